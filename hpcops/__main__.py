@@ -1,0 +1,3 @@
+from hpcops.cli.main import main
+
+main()

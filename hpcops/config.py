@@ -1,0 +1,173 @@
+"""The daemon's configuration: one YAML file, every default stated once, here.
+
+Where things live: `HPCOPS_HOME` (default `~/.hpcops`) holds the database, the socket, the lock,
+the pid file and the log; the config is `$HPCOPS_HOME/config.yaml` unless `--config` names another.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hpcops.errors import ConfigError
+
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9._/+-]+$")  # it lands on #SBATCH --output= lines
+_SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def default_home() -> Path:
+    env = os.environ.get("HPCOPS_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".hpcops"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SlurmConfig(_Strict):
+    account: str | None = Field(
+        default=None, description="The lab's Slurm account (sbatch -A); also the poll's filter."
+    )
+    default_partition: str | None = Field(
+        default=None, description="Partition for specs that name none; None lets Slurm choose."
+    )
+    squeue_interval_s: float = Field(
+        default=30.0,
+        ge=2.0,
+        le=3600.0,
+        description="Seconds between safety-net squeue polls (2 slurmctld RPCs each).",
+    )
+    partition_cache_s: float = Field(
+        default=600.0, ge=10.0, description="How long partition limits (sinfo) are trusted."
+    )
+    command_timeout_s: float = Field(default=60.0, ge=5.0, le=600.0)
+    submit_grace_s: float = Field(
+        default=30.0,
+        ge=5.0,
+        le=600.0,
+        description="A SUBMITTING run that Slurm does not know after this long is resubmitted.",
+    )
+
+    @field_validator("account", "default_partition")
+    @classmethod
+    def _slurm_name(cls, value: str | None) -> str | None:
+        if value is not None and not _SLURM_NAME.fullmatch(value):
+            raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+        return value
+
+
+class DaemonConfig(_Strict):
+    tick_interval_s: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=60.0,
+        description="Seconds between loop ticks; a tick reads markers, it asks Slurm nothing.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    log_backups: int = Field(default=5, ge=0, le=100)
+
+
+class Config(_Strict):
+    lab: str = Field(default="lab", description="The lab's name, used in job names and logs.")
+    max_active: int = Field(
+        default=8,
+        ge=1,
+        le=10000,
+        description="Runs pending or running in Slurm at once; the rest wait in hpcops' queue.",
+    )
+    run_root: Path | None = Field(
+        default=None,
+        description="Run directories on storage the compute nodes see; default $HPCOPS_HOME/runs.",
+    )
+    template_dirs: list[Path] = Field(
+        default_factory=list, description="The lab's own sbatch templates, searched first."
+    )
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+
+    @field_validator("lab")
+    @classmethod
+    def _lab_name(cls, value: str) -> str:
+        if not _SLURM_NAME.fullmatch(value):
+            raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+        return value
+
+    @field_validator("run_root")
+    @classmethod
+    def _run_root(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser()
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        if not _SAFE_PATH.fullmatch(str(value)):
+            raise ValueError(
+                "may hold only letters, digits and . _ / + - (it is written on "
+                "#SBATCH --output lines)"
+            )
+        return value
+
+    def run_root_in(self, home: Path) -> Path:
+        return self.run_root if self.run_root is not None else home / "runs"
+
+
+def load_config(path: Path | None, home: Path) -> Config:
+    """Read the config: a missing default file means defaults, a missing named file an error."""
+    explicit = path is not None
+    config_path = path if path is not None else home / "config.yaml"
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{config_path}: no such config file") from None
+        return Config()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_path}: cannot read: {exc}") from exc
+    return parse_config(text, str(config_path))
+
+
+def parse_config(text: str, source: str) -> Config:
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of settings")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(source, exc)) from None
+
+
+def _describe(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid config"]
+    for err in exc.errors():
+        location = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {location}: unknown setting{_did_you_mean(err['loc'])}")
+        else:
+            lines.append(f"  {location}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    names = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} Allowed: {', '.join(names)}"

@@ -1,0 +1,151 @@
+"""Every error hpcops raises on purpose, and the exit code the CLI gives for it.
+
+    HpcopsError                    exit 1: something failed that is not the caller's input
+    ├── InvalidInput               exit 2: the caller's spec, config, argument or request is wrong
+    │   ├── SpecError                  a spec file: each problem names its field and what is allowed
+    │   └── ConfigError                a config file
+    ├── NotRunning                 exit 3: no daemon answers on the socket
+    ├── NotFound                   exit 4: no such run
+    ├── PermissionDenied           exit 5: the caller's role does not allow the request
+    ├── ProtocolError              exit 1: client and daemon disagree on the wire format or version
+    ├── StoreError                 exit 1: the database could not be read or written
+    ├── AlreadyRunning             exit 1: another daemon holds this home's lock
+    └── SlurmError                 exit 1: a Slurm command failed
+        ├── SlurmUnreachable           slurmctld did not answer: retry later, never fail a run
+        └── SlurmRejected              Slurm refused the request (bad partition, QOS, ...)
+
+Foreign exceptions (pydantic, SQLAlchemy, OSError from subprocess) are translated into these where
+they are caught, so the CLI catches one root and prints one clear message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class HpcopsError(Exception):
+    """Root of every error hpcops raises on purpose."""
+
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(HpcopsError):
+    exit_code = 2
+    kind = "invalid_input"
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One thing wrong with one field: `location` is a dotted path such as `resources.mem`."""
+
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}" if self.location else self.message
+
+
+class SpecError(InvalidInput):
+    kind = "invalid_spec"
+
+    def __init__(self, source: str, problems: Sequence[FieldProblem]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = [f"{source}: invalid spec"] + [f"  {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class ConfigError(InvalidInput):
+    kind = "invalid_config"
+
+
+class NotRunning(HpcopsError):
+    exit_code = 3
+    kind = "not_running"
+
+
+class NotFound(HpcopsError):
+    exit_code = 4
+    kind = "not_found"
+
+
+class PermissionDenied(HpcopsError):
+    exit_code = 5
+    kind = "permission_denied"
+
+
+class ProtocolError(HpcopsError):
+    kind = "protocol"
+
+
+class StoreError(HpcopsError):
+    kind = "store"
+
+
+class AlreadyRunning(HpcopsError):
+    kind = "already_running"
+
+
+class SlurmError(HpcopsError):
+    """A Slurm command failed. Carries the evidence: the command, its exit status and stderr."""
+
+    kind = "slurm"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        argv: Sequence[str] = (),
+        returncode: int | None = None,
+        stderr: str = "",
+    ) -> None:
+        detail = message
+        if argv:
+            detail += f"\n  command: {' '.join(argv)}"
+        if returncode is not None:
+            detail += f"\n  exit status: {returncode}"
+        if stderr.strip():
+            detail += f"\n  stderr: {stderr.strip()}"
+        super().__init__(detail)
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class SlurmUnreachable(SlurmError):
+    kind = "slurm_unreachable"
+
+
+class SlurmRejected(SlurmError):
+    kind = "slurm_rejected"
+
+
+# The API sends errors as {"kind": ..., "message": ...}; the client raises the matching class again.
+ERROR_KINDS: dict[str, type[HpcopsError]] = {
+    cls.kind: cls
+    for cls in (
+        HpcopsError,
+        InvalidInput,
+        ConfigError,
+        NotRunning,
+        NotFound,
+        PermissionDenied,
+        ProtocolError,
+        StoreError,
+        AlreadyRunning,
+        SlurmError,
+        SlurmUnreachable,
+        SlurmRejected,
+    )
+}
+# A spec error crosses the wire as its rendered message; the client needs no field list to print it.
+ERROR_KINDS[SpecError.kind] = InvalidInput

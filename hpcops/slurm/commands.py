@@ -1,0 +1,115 @@
+"""Slurm command lines, built as argument lists by pure functions (no quoting here: a transport
+that crosses into a shell quotes once, at that boundary).
+
+Formats are chosen for Slurm 22.05 (NOTES-SLURM): `squeue --json` ignores every filter, so squeue
+gets an explicit --format; `sacct --json` reports exit 3 as success, so sacct gets --parsable2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+# ASCII unit separator between squeue/sinfo fields: a job name or a comment may hold '|' or spaces,
+# never this control character.
+FIELD_SEP = "\x1f"
+
+# squeue fields, in order. Free-text fields (comment, name) come last.
+SQUEUE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("job_id", "%i"),
+    ("state", "%T"),
+    ("reason", "%r"),
+    ("user", "%u"),
+    ("account", "%a"),
+    ("partition", "%P"),
+    ("cpus", "%C"),
+    ("gres", "%b"),
+    ("nodes", "%D"),
+    ("submit_time", "%V"),
+    ("start_time", "%S"),
+    ("time_limit", "%l"),
+    ("comment", "%k"),
+    ("name", "%j"),
+)
+
+SACCT_FIELDS: tuple[str, ...] = (
+    "JobID",
+    "State",
+    "ExitCode",
+    "Reason",
+    "Submit",
+    "Start",
+    "End",
+    "ElapsedRaw",
+    "TotalCPU",
+    "MaxRSS",
+    "AllocTRES",
+    "Partition",
+    "Comment",
+    "JobName",
+)
+
+SACCT_FIND_FIELDS: tuple[str, ...] = ("JobID", "State", "Submit", "Comment", "JobName")
+
+SINFO_FIELDS: tuple[tuple[str, str], ...] = (
+    ("partition", "%R"),
+    ("time_limit", "%l"),
+    ("availability", "%a"),
+)
+
+
+def sbatch_argv(script_path: str) -> list[str]:
+    return ["sbatch", "--parsable", script_path]
+
+
+def squeue_argv(*, account: str | None, user: str | None) -> list[str]:
+    """One squeue for every live job of the lab: filtered by the lab's account (which also shows
+    jobs submitted by hand, outside hpcops), else by the daemon's user."""
+    argv = ["squeue", "--noheader", "--format=" + FIELD_SEP.join(f for _, f in SQUEUE_FIELDS)]
+    if account:
+        argv.append(f"--account={account}")
+    elif user:
+        argv.append(f"--user={user}")
+    return argv
+
+
+def sacct_argv(job_ids: Sequence[str]) -> list[str]:
+    """Final accounting for jobs that ended; sacct asks slurmdbd, not slurmctld (0 RPCs there)."""
+    if not job_ids:
+        raise ValueError("sacct_argv needs at least one job id")
+    return [
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        "--jobs=" + ",".join(job_ids),
+        "--format=" + ",".join(SACCT_FIELDS),
+    ]
+
+
+def sacct_recent_argv(*, account: str | None, user: str | None, since: datetime) -> list[str]:
+    """Jobs submitted since `since`, with their comments: how a crashed submission is found by
+    token. sacct cannot filter by comment, so the caller filters; the window keeps it small."""
+    argv = [
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        "--allocations",
+        "--starttime=" + since.strftime("%Y-%m-%dT%H:%M:%S"),
+        "--endtime=now",
+        "--format=" + ",".join(SACCT_FIND_FIELDS),
+    ]
+    if account:
+        argv += ["--allusers", f"--accounts={account}"]
+    elif user:
+        argv.append(f"--user={user}")
+    return argv
+
+
+def scancel_argv(job_ids: Sequence[str]) -> list[str]:
+    if not job_ids:
+        raise ValueError("scancel_argv needs at least one job id")
+    return ["scancel", *job_ids]
+
+
+def sinfo_argv() -> list[str]:
+    return ["sinfo", "--noheader", "--format=" + FIELD_SEP.join(f for _, f in SINFO_FIELDS)]

@@ -1,0 +1,315 @@
+"""Pure parsers for Slurm 22.05's output, unit-tested on output captured from the real dev cluster
+(tests/fixtures/slurm). Every parser takes text and returns data; none raises on a field it does
+not understand — it records None and the caller decides.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from hpcops.slurm.commands import (
+    FIELD_SEP,
+    SACCT_FIELDS,
+    SACCT_FIND_FIELDS,
+    SINFO_FIELDS,
+    SQUEUE_FIELDS,
+)
+from hpcops.states import RunState, from_slurm
+
+TOKEN_PREFIX = "hpcops:"  # noqa: S105 (a comment prefix, not a secret)
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One live job as squeue shows it."""
+
+    job_id: str
+    state: RunState
+    slurm_state: str
+    reason: str
+    user: str
+    account: str
+    partition: str
+    cpus: int
+    gpus: int
+    submitted_at: float | None
+    started_at: float | None
+    comment: str
+    name: str
+
+    @property
+    def token(self) -> str | None:
+        return token_of(self.comment)
+
+
+@dataclass(frozen=True)
+class AccountingRecord:
+    """A job's sacct record: the job row, with MaxRSS from its steps (only steps carry it)."""
+
+    job_id: str
+    state: RunState
+    slurm_state: str
+    exit_code: int | None
+    signal: int | None
+    reason: str
+    submitted_at: float | None
+    started_at: float | None
+    ended_at: float | None
+    elapsed_s: int | None
+    total_cpu_s: float | None
+    max_rss_bytes: int | None
+    alloc_tres: str
+    partition: str
+    comment: str
+    name: str
+
+    @property
+    def token(self) -> str | None:
+        return token_of(self.comment)
+
+
+@dataclass(frozen=True)
+class RecentJob:
+    job_id: str
+    slurm_state: str
+    submitted_at: float | None
+    comment: str
+    name: str
+
+    @property
+    def token(self) -> str | None:
+        return token_of(self.comment)
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    max_time_s: int | None  # None: no limit
+    available: bool
+
+
+def token_of(comment: str) -> str | None:
+    comment = comment.strip()
+    if comment.startswith(TOKEN_PREFIX):
+        token = comment[len(TOKEN_PREFIX) :].split()[0] if comment[len(TOKEN_PREFIX) :] else ""
+        return token or None
+    return None
+
+
+def parse_sbatch_parsable(stdout: str) -> str:
+    """`sbatch --parsable` prints `ID` or `ID;cluster`."""
+    line = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    job_id = line.split(";", 1)[0].strip()
+    if not job_id.isdigit():
+        raise ValueError(f"sbatch --parsable printed {stdout.strip()!r}, not a job id")
+    return job_id
+
+
+# slurmctld did not answer: the request may or may not have reached it, so nothing may be concluded
+# about the job (Slurm 22.05 messages, see tests/fixtures/slurm/*unreachable*).
+_UNREACHABLE = re.compile(
+    r"Unable to contact slurm controller|Socket timed out|Zero Bytes were transmitted|"
+    r"Connection refused|Connection timed out|Communication connection failure|"
+    r"Transport endpoint is not connected|slurm_persist_conn_open|"
+    r"Unable to establish connection|Slurm backup controller in standby mode",
+    re.IGNORECASE,
+)
+
+# Slurm refused because a limit is full right now; the same request succeeds later.
+_LIMITED = re.compile(
+    r"AssocMax|QOSMax|MaxSubmit|job submit limit|Job violates accounting/QOS policy|"
+    r"AssocGrp|QOSGrp|Resource temporarily unavailable|Slurm temporarily unable",
+    re.IGNORECASE,
+)
+
+
+def is_unreachable(stderr: str) -> bool:
+    return bool(_UNREACHABLE.search(stderr))
+
+
+def is_limit(stderr: str) -> bool:
+    return bool(_LIMITED.search(stderr))
+
+
+def _int(text: str) -> int | None:
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def parse_slurm_timestamp(text: str) -> float | None:
+    """`2026-11-23T03:12:45` in the cluster's local time; "Unknown", "None", "N/A" → None."""
+    text = text.strip()
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:
+        return None
+
+
+def parse_duration_s(text: str) -> float | None:
+    """Slurm durations: `[D-]HH:MM:SS[.mmm]`, `MM:SS[.mmm]`, `UNLIMITED`/`INVALID` → None."""
+    text = text.strip()
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)", text)
+    if match is None:
+        if re.fullmatch(r"\d+", text):  # plain minutes, as in `%l` for some limits
+            return float(text) * 60
+        return None
+    days, hours, minutes, seconds = match.groups()
+    if days is not None and hours is None:
+        # "D-HH:MM" has no seconds part: the regex read it as hours=None, minutes=HH, seconds=MM.
+        return int(days) * 86400 + int(minutes) * 3600 + float(seconds) * 60
+    return int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
+
+
+def parse_size_bytes(text: str) -> int | None:
+    """sacct sizes such as `204800K`, `1.50G`, `0`; empty → None."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGTP]?)", text.strip())
+    if match is None:
+        return None
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def parse_exit_code(text: str) -> tuple[int | None, int | None]:
+    """sacct's `3:0` is exit status 3, signal 0; `0:9` a job killed by SIGKILL."""
+    code, _, sig = text.strip().partition(":")
+    return _int(code), _int(sig)
+
+
+def parse_gpus(gres: str) -> int:
+    """GPUs in a TRES/GRES string: `gres:gpu:2`, `gres/gpu=2`, `gpu:a100:2`, `N/A` → 0."""
+    total = 0
+    for match in re.finditer(r"gpu(?::[A-Za-z0-9_.-]+)?[:=](\d+)", gres):
+        total += int(match.group(1))
+    return total
+
+
+def _split(line: str, sep: str, n: int) -> list[str] | None:
+    """Split into n fields; the last (free-text) field keeps any separators inside it."""
+    parts = line.split(sep, n - 1)
+    return parts if len(parts) == n else None
+
+
+def parse_squeue(stdout: str) -> list[QueueEntry]:
+    entries = []
+    names = [name for name, _ in SQUEUE_FIELDS]
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        parts = _split(line, FIELD_SEP, len(names))
+        if parts is None:
+            continue
+        row = dict(zip(names, parts, strict=True))
+        entries.append(
+            QueueEntry(
+                job_id=row["job_id"].strip(),
+                state=from_slurm(row["state"]),
+                slurm_state=row["state"].strip(),
+                reason=row["reason"].strip(),
+                user=row["user"].strip(),
+                account=row["account"].strip(),
+                partition=row["partition"].strip(),
+                cpus=_int(row["cpus"]) or 0,
+                gpus=parse_gpus(row["gres"]),
+                submitted_at=parse_slurm_timestamp(row["submit_time"]),
+                started_at=parse_slurm_timestamp(row["start_time"]),
+                comment=row["comment"].strip(),
+                name=row["name"],
+            )
+        )
+    return entries
+
+
+def parse_sacct(stdout: str) -> dict[str, AccountingRecord]:
+    """Job rows keyed by job id; step rows (`ID.batch`, `ID.extern`, `ID.0`) only add MaxRSS."""
+    jobs: dict[str, dict[str, str]] = {}
+    step_rss: dict[str, int] = {}
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        parts = _split(line, "|", len(SACCT_FIELDS))
+        if parts is None:
+            continue
+        row = dict(zip(SACCT_FIELDS, parts, strict=True))
+        job_id, _, step = row["JobID"].partition(".")
+        if step:
+            rss = parse_size_bytes(row["MaxRSS"])
+            if rss is not None:
+                step_rss[job_id] = max(step_rss.get(job_id, 0), rss)
+        else:
+            jobs[job_id] = row
+    records = {}
+    for job_id, row in jobs.items():
+        exit_code, signal = parse_exit_code(row["ExitCode"])
+        elapsed = _int(row["ElapsedRaw"])
+        cpu = parse_duration_s(row["TotalCPU"])
+        records[job_id] = AccountingRecord(
+            job_id=job_id,
+            state=from_slurm(row["State"]),
+            slurm_state=row["State"].strip(),
+            exit_code=exit_code,
+            signal=signal,
+            reason=row["Reason"].strip(),
+            submitted_at=parse_slurm_timestamp(row["Submit"]),
+            started_at=parse_slurm_timestamp(row["Start"]),
+            ended_at=parse_slurm_timestamp(row["End"]),
+            elapsed_s=elapsed,
+            total_cpu_s=cpu,
+            max_rss_bytes=step_rss.get(job_id),
+            alloc_tres=row["AllocTRES"].strip(),
+            partition=row["Partition"].strip(),
+            comment=row["Comment"].strip(),
+            name=row["JobName"],
+        )
+    return records
+
+
+def parse_sacct_recent(stdout: str) -> list[RecentJob]:
+    jobs = []
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        parts = _split(line, "|", len(SACCT_FIND_FIELDS))
+        if parts is None:
+            continue
+        row = dict(zip(SACCT_FIND_FIELDS, parts, strict=True))
+        if "." in row["JobID"]:
+            continue
+        jobs.append(
+            RecentJob(
+                job_id=row["JobID"].strip(),
+                slurm_state=row["State"].strip(),
+                submitted_at=parse_slurm_timestamp(row["Submit"]),
+                comment=row["Comment"].strip(),
+                name=row["JobName"],
+            )
+        )
+    return jobs
+
+
+def parse_sinfo_partitions(stdout: str) -> dict[str, Partition]:
+    partitions = {}
+    names = [name for name, _ in SINFO_FIELDS]
+    for line in stdout.splitlines():
+        parts = _split(line, FIELD_SEP, len(names))
+        if parts is None:
+            continue
+        row = dict(zip(names, parts, strict=True))
+        limit = row["time_limit"].strip()
+        max_time = (
+            None if limit.lower() in {"infinite", "unlimited", "n/a"} else parse_duration_s(limit)
+        )
+        name = row["partition"].strip()
+        # One line per node state group: a partition may repeat; the limit is the same on each.
+        partitions[name] = Partition(
+            name=name,
+            max_time_s=int(max_time) if max_time is not None else None,
+            available=row["availability"].strip().lower() == "up",
+        )
+    return partitions

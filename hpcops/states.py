@@ -1,0 +1,96 @@
+"""The run lifecycle, and the one table that maps Slurm's job states onto it.
+
+QUEUED → (HELD) → STAGING → SUBMITTING → PENDING → RUNNING → COMPLETED | FAILED | CANCELLED |
+TIMEOUT | OUT_OF_MEMORY | NODE_FAIL | PREEMPTED | UNKNOWN
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+
+log = logging.getLogger(__name__)
+
+
+class RunState(StrEnum):
+    QUEUED = "QUEUED"
+    HELD = "HELD"
+    STAGING = "STAGING"
+    SUBMITTING = "SUBMITTING"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    NODE_FAIL = "NODE_FAIL"
+    PREEMPTED = "PREEMPTED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    @property
+    def in_slurm(self) -> bool:
+        """The run has (or may have) a Slurm job that the daemon must follow."""
+        return self in IN_SLURM_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {
+        RunState.COMPLETED,
+        RunState.FAILED,
+        RunState.CANCELLED,
+        RunState.TIMEOUT,
+        RunState.OUT_OF_MEMORY,
+        RunState.NODE_FAIL,
+        RunState.PREEMPTED,
+        RunState.UNKNOWN,
+    }
+)
+IN_SLURM_STATES = frozenset({RunState.SUBMITTING, RunState.PENDING, RunState.RUNNING})
+WAITING_STATES = frozenset({RunState.QUEUED, RunState.HELD})
+
+# Slurm job state names (squeue %T / sacct State, Slurm 22.05, squeue(1) "JOB STATE CODES") onto
+# ours. Live states map to PENDING/RUNNING; final ones to the terminal state a user expects.
+# sacct writes a cancellation as "CANCELLED by 1000"; only the first word is looked up.
+# PREEMPTED with PreemptMode=REQUEUE is followed by the job pending again under the same id
+# (NOTES-SLURM), so squeue's live view wins over a PREEMPTED seen earlier.
+SLURM_STATE_TABLE: dict[str, RunState] = {
+    "PENDING": RunState.PENDING,
+    "CONFIGURING": RunState.PENDING,
+    "REQUEUED": RunState.PENDING,
+    "REQUEUE_FED": RunState.PENDING,
+    "REQUEUE_HOLD": RunState.PENDING,
+    "RESV_DEL_HOLD": RunState.PENDING,
+    "SPECIAL_EXIT": RunState.PENDING,
+    "RESIZING": RunState.RUNNING,
+    "RUNNING": RunState.RUNNING,
+    "COMPLETING": RunState.RUNNING,
+    "SIGNALING": RunState.RUNNING,
+    "STAGE_OUT": RunState.RUNNING,
+    "SUSPENDED": RunState.RUNNING,
+    "STOPPED": RunState.RUNNING,
+    "COMPLETED": RunState.COMPLETED,
+    "FAILED": RunState.FAILED,
+    "BOOT_FAIL": RunState.FAILED,
+    "DEADLINE": RunState.TIMEOUT,
+    "TIMEOUT": RunState.TIMEOUT,
+    "CANCELLED": RunState.CANCELLED,
+    "REVOKED": RunState.CANCELLED,
+    "OUT_OF_MEMORY": RunState.OUT_OF_MEMORY,
+    "NODE_FAIL": RunState.NODE_FAIL,
+    "PREEMPTED": RunState.PREEMPTED,
+}
+
+
+def from_slurm(state: str) -> RunState:
+    """Map a Slurm state string; one nobody mapped becomes UNKNOWN and a warning, never a crash."""
+    word = state.strip().split(" ", 1)[0].rstrip("+").upper()
+    mapped = SLURM_STATE_TABLE.get(word)
+    if mapped is None:
+        log.warning("unmapped Slurm job state %r; recording UNKNOWN", state)
+        return RunState.UNKNOWN
+    return mapped

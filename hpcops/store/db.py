@@ -1,0 +1,216 @@
+"""SQLite (WAL) through sqlmodel. Only the daemon opens it (DESIGN.md, decision 1).
+
+Every transaction starts with BEGIN IMMEDIATE: a read-then-write in a deferred transaction fails at
+once with "database is locked" when another connection writes (NOTES-STACK: 921 of 2000 in a test),
+while IMMEDIATE waits its turn under the busy timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, func
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, SQLModel, col, create_engine, select
+
+from hpcops.errors import NotFound, StoreError
+from hpcops.states import IN_SLURM_STATES, RunState
+from hpcops.store.models import Event, Run
+
+_BUSY_TIMEOUT_S = 30.0
+
+
+def _configure(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN itself instead of pysqlite's implicit one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable across a process crash (kill -9) in WAL mode; only a power loss can
+        # drop the last commits, and the reconciliation by token repairs that.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._engine = create_engine(
+                f"sqlite:///{path}",
+                connect_args={"timeout": _BUSY_TIMEOUT_S, "check_same_thread": False},
+            )
+            _configure(self._engine)
+            SQLModel.metadata.create_all(self._engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the database {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        try:
+            with Session(self._engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database {self.path}: {exc}") from exc
+
+    # --- runs ------------------------------------------------------------------------------
+
+    def add_run(self, run: Run, actor: str, reason: str = "submitted") -> Run:
+        now = time.time()
+        run.created_at = run.created_at or now
+        run.updated_at = now
+        with self._session() as session:
+            session.add(run)
+            session.flush()
+            assert run.id is not None
+            session.add(
+                Event(
+                    run_id=run.id,
+                    at=now,
+                    actor=actor,
+                    from_state=None,
+                    to_state=run.state,
+                    reason=reason,
+                )
+            )
+        return run
+
+    def add_runs(self, runs: Sequence[Run], actor: str) -> list[Run]:
+        """Several runs in one transaction: all are queued, or none (a batch `submit`)."""
+        now = time.time()
+        with self._session() as session:
+            for run in runs:
+                run.created_at = run.created_at or now
+                run.updated_at = now
+                session.add(run)
+            session.flush()
+            for run in runs:
+                assert run.id is not None
+                session.add(
+                    Event(
+                        run_id=run.id,
+                        at=now,
+                        actor=actor,
+                        from_state=None,
+                        to_state=run.state,
+                        reason="submitted",
+                    )
+                )
+        return list(runs)
+
+    def get(self, run_id: int) -> Run:
+        with self._session() as session:
+            run = session.get(Run, run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id}; `hpcops ls` lists the runs")
+        return run
+
+    def list_runs(
+        self,
+        states: Iterable[RunState] | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[Run]:
+        query = select(Run)
+        if states is not None:
+            query = query.where(col(Run.state).in_([s.value for s in states]))
+        order = col(Run.id).desc() if newest_first else col(Run.id)
+        query = query.order_by(order)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._session() as session:
+            return list(session.exec(query).all())
+
+    def in_slurm(self) -> list[Run]:
+        return self.list_runs(IN_SLURM_STATES)
+
+    def count_in_slurm(self) -> int:
+        query = (
+            select(func.count())
+            .select_from(Run)
+            .where(col(Run.state).in_([s.value for s in IN_SLURM_STATES]))
+        )
+        with self._session() as session:
+            return int(session.exec(query).one())
+
+    def release_candidates(self, limit: int) -> list[Run]:
+        """Queued runs in release order: priority, then submission order."""
+        query = (
+            select(Run)
+            .where(Run.state == RunState.QUEUED.value)
+            .order_by(col(Run.priority).desc(), col(Run.id))
+            .limit(limit)
+        )
+        with self._session() as session:
+            return list(session.exec(query).all())
+
+    def counts_by_state(self) -> dict[str, int]:
+        query = select(Run.state, func.count()).group_by(Run.state)
+        with self._session() as session:
+            return {state: int(n) for state, n in session.exec(query).all()}
+
+    def transition(
+        self,
+        run_id: int,
+        to_state: RunState | None,
+        *,
+        actor: str,
+        note: str = "",
+        expect: Iterable[RunState] | None = None,
+        **fields: Any,
+    ) -> Run | None:
+        """Change a run atomically; with `expect`, only if it is still in one of those states.
+
+        Returns the updated run, or None when `expect` did not hold (someone else moved it first).
+        A state change writes an event; a field-only update writes one only if a note is given.
+        """
+        now = time.time()
+        with self._session() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise NotFound(f"no run {run_id}")
+            if expect is not None and run.state not in {s.value for s in expect}:
+                return None
+            from_state = run.state
+            for key, value in fields.items():
+                if not hasattr(run, key):
+                    raise StoreError(f"runs have no field {key!r}")
+                setattr(run, key, value)
+            if to_state is not None:
+                run.state = to_state.value
+            run.updated_at = now
+            session.add(run)
+            if (to_state is not None and to_state.value != from_state) or note:
+                session.add(
+                    Event(
+                        run_id=run_id,
+                        at=now,
+                        actor=actor,
+                        from_state=from_state,
+                        to_state=run.state,
+                        reason=note,
+                    )
+                )
+            return run
+
+    # --- events ----------------------------------------------------------------------------
+
+    def events(self, run_id: int) -> list[Event]:
+        self.get(run_id)
+        query = select(Event).where(Event.run_id == run_id).order_by(col(Event.id))
+        with self._session() as session:
+            return list(session.exec(query).all())

@@ -1,0 +1,57 @@
+"""The daemon's tables: runs, and the append-only events that say how each got where it is."""
+
+from __future__ import annotations
+
+from sqlmodel import Field, SQLModel
+
+
+class Run(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    experiment: str
+    owner: str = Field(index=True)
+    owner_uid: int
+    priority: int = Field(default=0)
+    state: str = Field(index=True)
+    spec_yaml: str
+    spec_hash: str
+    partition: str | None = None
+    gpus: int = 0
+    cpus: int = 1
+    run_dir: str = ""
+
+    # One token per submission attempt; it rides in the job's --comment so a crash between sbatch
+    # and the commit that records the job id can be repaired by finding the job by token.
+    token: str | None = Field(default=None, index=True)
+    attempt: int = 0
+    slurm_job_id: str | None = Field(default=None, index=True)
+
+    created_at: float
+    claimed_at: float | None = None  # when the run went SUBMITTING (drives the submit grace)
+    submitted_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None  # Slurm's reason, or ours (why it failed, why it waits)
+    elapsed_s: int | None = None
+    total_cpu_s: float | None = None
+    max_rss_bytes: int | None = None
+    stderr_tail: str | None = None
+
+    # The job's exit marker has been seen; the final state waits for sacct's record.
+    end_seen_at: float | None = None
+    marker_exit_code: int | None = None
+    cancel_requested_by: str | None = None
+    updated_at: float
+
+
+class Event(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(index=True, foreign_key="run.id")
+    at: float
+    actor: str
+    from_state: str | None
+    to_state: str | None
+    reason: str = ""

@@ -1,0 +1,505 @@
+"""`hpcops`: the command line. It talks only to the daemon's API, never to the database.
+
+Exit codes scripts can rely on: 0 success; 1 an operation failed; 2 invalid input (spec, config,
+argument); 3 no daemon answers; 4 no such run; 5 permission denied. For `hpcops wait`-style
+checks use `hpcops show RUN --json` and read `state`.
+
+Heavy modules (pydantic, jinja2, SQLAlchemy) are imported inside the commands that need them so
+that `hpcops --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from hpcops import __version__
+
+if TYPE_CHECKING:
+    from hpcops.api.client import Client
+
+STATE_NAMES = (
+    "QUEUED",
+    "HELD",
+    "STAGING",
+    "SUBMITTING",
+    "PENDING",
+    "RUNNING",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "UNKNOWN",
+)
+ACTIVE = ("QUEUED", "HELD", "STAGING", "SUBMITTING", "PENDING", "RUNNING")
+
+
+class Context:
+    def __init__(self, home: Path | None, debug: bool) -> None:
+        self.explicit_home = home
+        self.debug = debug
+        self._client: Client | None = None
+
+    @property
+    def home(self) -> Path:
+        from hpcops.config import default_home
+
+        return self.explicit_home or default_home()
+
+    def client(self) -> Client:
+        if self._client is None:
+            from hpcops.api.client import Client
+            from hpcops.daemon import HomePaths
+
+            self._client = Client(HomePaths(self.home).socket)
+        return self._client
+
+    def call(self, method: str, **params: Any) -> Any:
+        return self.client().call(method, **params)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON (a stable interface, see the README) instead of text.",
+)
+
+
+class HpcopsGroup(click.Group):
+    """Turns hpcops errors into one clear line and their exit code; --debug shows the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from hpcops.errors import HpcopsError
+
+        try:
+            return super().invoke(ctx)
+        except HpcopsError as exc:
+            obj = ctx.obj
+            if isinstance(obj, Context) and obj.debug:
+                raise
+            _fail(str(exc), exc.exit_code)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"hpcops: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(
+    cls=HpcopsGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, prog_name="hpcops")
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    envvar="HPCOPS_HOME",
+    help="The daemon's home (socket, database, logs). Default: $HPCOPS_HOME or ~/.hpcops.",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
+    """hpcops: the lab's experiment queue in front of Slurm.
+
+    \b
+    Write a spec (YAML), check it, submit it, follow it:
+      hpcops validate train.yaml
+      hpcops render train.yaml        # the exact sbatch script
+      hpcops submit train.yaml        # prints the run id
+      hpcops ls                       # the lab's runs
+      hpcops show 12                  # state, Slurm job, exit code, accounting
+      hpcops logs 12 --follow
+      hpcops cancel 12
+
+    \b
+    The daemon (one per lab) owns the queue: `hpcops daemon start`.
+    Exit codes: 0 ok, 1 failed, 2 invalid input, 3 no daemon, 4 no such run, 5 not allowed.
+    """
+    ctx.obj = Context(home, debug)
+
+
+# --- specs -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Check only the spec itself; skip the daemon's checks against the cluster.",
+)
+@pass_ctx
+def validate(obj: Context, specs: tuple[Path, ...], offline: bool) -> None:
+    """Check spec files without queueing anything.
+
+    Every problem names its field and what is allowed. With a daemon running, also checks the
+    partition and time limit against the cluster. Exit status 2 if any spec is invalid.
+    """
+    from hpcops.errors import InvalidInput, NotRunning
+    from hpcops.spec import load_spec_file, spec_to_yaml
+
+    failed = False
+    cluster_checked = not offline
+    for path in specs:
+        try:
+            spec = load_spec_file(path)
+            if not offline:
+                try:
+                    obj.call("validate", yaml=spec_to_yaml(spec), source=str(path))
+                except NotRunning:
+                    cluster_checked = False
+            click.echo(f"{path}: ok ({spec.name})")
+        except InvalidInput as exc:
+            click.echo(str(exc), err=True)
+            failed = True
+    if not cluster_checked and not offline:
+        click.echo(
+            "note: no daemon answered, so partitions and time limits were not checked", err=True
+        )
+    if failed:
+        sys.exit(2)
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Daemon config to render with (default: $HPCOPS_HOME/config.yaml).",
+)
+@pass_ctx
+def render(obj: Context, spec_path: Path, config_path: Path | None) -> None:
+    """Print the exact sbatch script SPEC would be submitted as.
+
+    The run id and token are placeholders until the daemon queues the run.
+    """
+    from hpcops.config import load_config
+    from hpcops.render import JobContext, render_script
+    from hpcops.rundir import RunDir
+    from hpcops.spec import load_spec_file
+
+    config = load_config(config_path, obj.home)
+    spec = load_spec_file(spec_path)
+    context = JobContext(
+        run_id="r-000000",
+        token="0" * 16,
+        run_dir=RunDir(config.run_root_in(obj.home) / "run-000000"),
+        account=config.slurm.account,
+        default_partition=config.slurm.default_partition,
+        lab=config.lab,
+    )
+    click.echo(render_script(spec, context, config.template_dirs), nl=False)
+
+
+@cli.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@json_option
+@pass_ctx
+def submit(obj: Context, specs: tuple[Path, ...], as_json: bool) -> None:
+    """Queue one or more specs; print each new run's id.
+
+    All specs are checked first: if any is invalid, none is queued (exit 2). The daemon releases
+    queued runs into Slurm in priority order, up to the lab's limits.
+
+    \b
+    --json prints {"id": N, "name": ...} for one spec, a list of those for several.
+    """
+    from hpcops.errors import InvalidInput
+    from hpcops.spec import load_spec_file, spec_to_yaml
+
+    payload, problems = [], []
+    for path in specs:
+        try:
+            payload.append({"yaml": spec_to_yaml(load_spec_file(path)), "source": str(path)})
+        except InvalidInput as exc:
+            problems.append(str(exc))
+    if problems:
+        raise InvalidInput("\n".join(problems) + "\nnothing was queued")
+    result = obj.call("submit", specs=payload)
+    runs = result["runs"]
+    if as_json:
+        from hpcops.cli.output import print_json
+
+        print_json(runs[0] if len(runs) == 1 else runs)
+        return
+    for run in runs:
+        click.echo(run["id"] if len(runs) == 1 else f"{run['id']}\t{run['name']}")
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+@cli.command("ls")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(STATE_NAMES, case_sensitive=False),
+    help="Only runs in this state (repeatable).",
+)
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Include ended runs (default: active runs and the 20 most recent ended ones).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100000),
+    default=None,
+    help="At most this many runs, newest first.",
+)
+@json_option
+@pass_ctx
+def list_runs(
+    obj: Context, states: tuple[str, ...], show_all: bool, limit: int | None, as_json: bool
+) -> None:
+    """List the lab's runs, newest first."""
+    from hpcops.cli.output import human_duration, local_time, print_json, table
+
+    if states:
+        runs = obj.call("list", states=[s.upper() for s in states], limit=limit)
+    elif show_all:
+        runs = obj.call("list", limit=limit)
+    else:
+        active = obj.call("list", states=list(ACTIVE), limit=limit)
+        ended = obj.call(
+            "list", states=[s for s in STATE_NAMES if s not in ACTIVE], limit=min(limit or 20, 20)
+        )
+        runs = active + ended
+    if as_json:
+        print_json(runs)
+        return
+    if not runs:
+        click.echo("no runs")
+        return
+    rows = [
+        [
+            str(r["id"]),
+            r["state"],
+            r["owner"],
+            str(r["priority"]),
+            r["slurm_job_id"] or "-",
+            local_time(r["created_at"]),
+            human_duration(r["elapsed_s"]),
+            _exit_text(r),
+            r["name"],
+        ]
+        for r in runs
+    ]
+    click.echo(
+        table(["ID", "STATE", "OWNER", "PRIO", "JOB", "QUEUED", "ELAPSED", "EXIT", "NAME"], rows)
+    )
+
+
+def _exit_text(run: dict[str, Any]) -> str:
+    if run["exit_code"] is None:
+        return "-"
+    if run.get("signal"):
+        return f"{run['exit_code']}:{run['signal']}"
+    return str(run["exit_code"])
+
+
+@cli.command()
+@click.argument("run", type=click.IntRange(min=1))
+@json_option
+@pass_ctx
+def show(obj: Context, run: int, as_json: bool) -> None:
+    """Everything about one run: state, Slurm job, exit code, accounting, stderr tail."""
+    from hpcops.cli.output import human_bytes, human_duration, local_time, print_json
+
+    data = obj.call("show", run=run)
+    if as_json:
+        print_json(data)
+        return
+    lines = [
+        ("run", f"{data['id']}  {data['name']}  (experiment {data['experiment']})"),
+        ("state", data["state"] + (f"  — {data['reason']}" if data["reason"] else "")),
+        ("owner", f"{data['owner']}   priority {data['priority']}"),
+        ("slurm job", data["slurm_job_id"] or "-"),
+        (
+            "resources",
+            f"partition {data['partition'] or '(default)'}, {data['cpus']} cpu, {data['gpus']} gpu",
+        ),
+        ("exit code", _exit_text(data)),
+        ("queued", local_time(data["created_at"])),
+        ("submitted", local_time(data["submitted_at"])),
+        ("started", local_time(data["started_at"])),
+        ("ended", local_time(data["ended_at"])),
+        ("elapsed", human_duration(data["elapsed_s"])),
+        ("cpu time", human_duration(data["total_cpu_s"])),
+        ("max rss", human_bytes(data["max_rss_bytes"])),
+        ("run dir", data["run_dir"] or "-"),
+    ]
+    for key, value in lines:
+        click.echo(f"{key + ':':<11} {value}")
+    if data.get("stderr_tail"):
+        click.echo("stderr (last lines):")
+        for line in data["stderr_tail"].splitlines():
+            click.echo(f"  | {line}")
+
+
+@cli.command()
+@click.argument("run", type=click.IntRange(min=1))
+@json_option
+@pass_ctx
+def history(obj: Context, run: int, as_json: bool) -> None:
+    """Every state change of a run: when, who, from, to, why."""
+    from hpcops.cli.output import local_time, print_json, table
+
+    events = obj.call("history", run=run)
+    if as_json:
+        print_json(events)
+        return
+    rows = [
+        [local_time(e["at"]), e["actor"], e["from"] or "-", e["to"] or "-", e["reason"]]
+        for e in events
+    ]
+    click.echo(table(["WHEN", "WHO", "FROM", "TO", "WHY"], rows))
+
+
+@cli.command()
+@click.argument("run", type=click.IntRange(min=1))
+@click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
+@click.option("--stdout", "stream", flag_value="stdout", default=True, hidden=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
+@click.option(
+    "--tail", type=click.IntRange(min=0), default=None, help="Start with only the last N bytes."
+)
+@pass_ctx
+def logs(obj: Context, run: int, stream: str, follow: bool, tail: int | None) -> None:
+    """Print a run's stdout (or --stderr), optionally following it as it grows."""
+    offset = -tail if tail else 0
+    out = sys.stdout
+    while True:
+        chunk = obj.call("logs", run=run, stream=stream, offset=offset, max_bytes=262144)
+        if chunk["data"]:
+            out.write(chunk["data"])
+            out.flush()
+        offset = chunk["offset"]
+        if chunk["data"] and chunk["offset"] < chunk["size"]:
+            continue  # more is already there: read it without waiting
+        if not follow or chunk["done"]:
+            return
+        time.sleep(0.5)
+
+
+# --- changing --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.IntRange(min=1))
+@json_option
+@pass_ctx
+def cancel(obj: Context, runs: tuple[int, ...], as_json: bool) -> None:
+    """Cancel runs: queued ones at once, ones in Slurm with scancel."""
+    from hpcops.cli.output import print_json
+
+    results = [obj.call("cancel", run=run) for run in runs]
+    if as_json:
+        print_json(results)
+        return
+    for result in results:
+        click.echo(result["message"])
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+@cli.group()
+def daemon() -> None:
+    """Start, stop and inspect the lab's daemon (one per home)."""
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Config file (default: $HPCOPS_HOME/config.yaml; see configs/hpcops.yaml).",
+)
+
+
+@daemon.command("run")
+@config_option
+@pass_ctx
+def daemon_run(obj: Context, config_path: Path | None) -> None:
+    """Run the daemon in the foreground (logs also to stderr)."""
+    from hpcops.daemon import run_daemon
+
+    run_daemon(obj.home, config_path, foreground=True)
+
+
+@daemon.command("start")
+@config_option
+@pass_ctx
+def daemon_start(obj: Context, config_path: Path | None) -> None:
+    """Start the daemon in the background; returns once it answers."""
+    from hpcops.config import load_config
+    from hpcops.daemon import HomePaths, start_background
+
+    load_config(config_path, obj.home)  # a bad config is the caller's error, shown here
+    pid = start_background(obj.home, config_path.resolve() if config_path else None)
+    click.echo(f"hpcops daemon started (pid {pid}); log: {HomePaths(obj.home).log}")
+
+
+@daemon.command("stop")
+@pass_ctx
+def daemon_stop(obj: Context) -> None:
+    """Stop the daemon (SIGTERM) and wait until it has exited."""
+    from hpcops.daemon import stop_daemon
+
+    pid = stop_daemon(obj.home)
+    click.echo(f"hpcops daemon {pid} stopped")
+
+
+@daemon.command("status")
+@json_option
+@pass_ctx
+def daemon_status(obj: Context, as_json: bool) -> None:
+    """Is the daemon running, and is Slurm answering it? Exit 3 if no daemon answers."""
+    from hpcops.cli.output import human_duration, print_json
+
+    info = obj.call("ping")
+    if as_json:
+        print_json(info)
+        return
+    slurm = info["slurm"]
+    click.echo(
+        f"daemon:  running, pid {info['pid']}, up {human_duration(info['uptime_s'])}, "
+        f"hpcops {info['version']}, lab {info['lab']}"
+    )
+    click.echo(f"home:    {info['home']}")
+    if slurm["reachable"]:
+        click.echo(f"slurm:   reachable (last poll {slurm['last_poll_at'] or 'not yet'})")
+    else:
+        click.echo(
+            f"slurm:   UNREACHABLE since {slurm['unreachable_since']}: "
+            f"{slurm['last_error']} (retrying)"
+        )
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(info["runs"].items()))
+    click.echo(f"runs:    {counts or 'none'}")
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(hpcops completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(cli, {}, "hpcops", "_HPCOPS_COMPLETE").source())
+
+
+def main() -> None:
+    cli(prog_name="hpcops")

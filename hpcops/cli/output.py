@@ -1,0 +1,73 @@
+"""How the CLI shows things to people: tables that fit the terminal, readable times and sizes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import click
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def local_time(iso: str | None) -> str:
+    """An API timestamp (UTC) in the user's local time, short."""
+    if not iso:
+        return "-"
+    moment = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone()
+    if moment.date() == datetime.now().astimezone().date():
+        return moment.strftime("%H:%M:%S")
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, shrink: int = -1) -> str:
+    """Columns padded to fit; when the terminal is narrow, column `shrink` is cut with '…'."""
+    width = shutil.get_terminal_size((120, 24)).columns if sys.stdout.isatty() else 200
+    cells = [list(headers)] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    total = sum(widths) + 2 * (len(widths) - 1)
+    if total > width:
+        index = shrink % len(widths)
+        widths[index] = max(len(headers[index]), widths[index] - (total - width))
+    lines = []
+    for row in cells:
+        parts = []
+        for i, cell in enumerate(row):
+            if len(cell) > widths[i]:
+                cell = cell[: max(1, widths[i] - 1)] + "…"
+            parts.append(cell.ljust(widths[i]))
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""The daemon process: one per home, holding the home's lock for its whole life.
+
+Two threads: the API server (one short-lived thread per connection) and the loop in the main
+thread. SIGTERM or SIGINT ends the current tick and exits cleanly; kill -9 loses nothing because
+every step is committed before the next one starts (see orchestrator.py).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import logging.handlers
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from hpcops.api.client import Client
+from hpcops.api.server import Api, ApiServer
+from hpcops.config import Config, load_config
+from hpcops.errors import AlreadyRunning, HpcopsError, NotRunning
+from hpcops.orchestrator import Orchestrator
+from hpcops.slurm.backend import CommandBackend
+from hpcops.store import Store
+from hpcops.transport.local import LocalTransport
+
+log = logging.getLogger("hpcops")
+
+
+@dataclass(frozen=True)
+class HomePaths:
+    home: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.home / "hpcops.sock"
+
+    @property
+    def lock(self) -> Path:
+        return self.home / "daemon.lock"
+
+    @property
+    def pid(self) -> Path:
+        return self.home / "daemon.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "daemon.log"
+
+    @property
+    def console(self) -> Path:
+        """stdout/stderr of a background daemon: tracebacks from before logging was set up."""
+        return self.home / "daemon.out"
+
+    @property
+    def database(self) -> Path:
+        return self.home / "hpcops.db"
+
+
+def _acquire_lock(paths: HomePaths) -> IO[str]:
+    handle = paths.lock.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        pid = _read_pid(paths)
+        raise AlreadyRunning(
+            f"another hpcops daemon (pid {pid or '?'}) owns {paths.home}; "
+            "`hpcops daemon status` shows it"
+        ) from None
+    return handle
+
+
+def _read_pid(paths: HomePaths) -> int | None:
+    try:
+        return int(paths.pid.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _setup_logging(paths: HomePaths, config: Config, foreground: bool) -> None:
+    handler = logging.handlers.RotatingFileHandler(
+        paths.log, maxBytes=config.daemon.log_max_bytes, backupCount=config.daemon.log_backups
+    )
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(fmt)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    if foreground:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(fmt)
+        root.addHandler(console)
+    root.setLevel(config.daemon.log_level)
+
+
+def build_orchestrator(store: Store, config: Config, home: Path) -> Orchestrator:
+    """The one place that turns settings into real collaborators."""
+    backend = CommandBackend(
+        LocalTransport(), account=config.slurm.account, timeout_s=config.slurm.command_timeout_s
+    )
+    return Orchestrator(store, backend, config, home, fault=os.environ.get("HPCOPS_FAULT"))
+
+
+def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> None:
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths = HomePaths(home)
+    config = load_config(config_path, home)
+    lock = _acquire_lock(paths)
+    _setup_logging(paths, config, foreground)
+    stop = threading.Event()
+    started_at = time.time()
+    store = Store(paths.database)
+    orchestrator = build_orchestrator(store, config, home)
+    server = ApiServer(paths.socket, Api(orchestrator, store, started_at=started_at))
+    server_thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: stopping after the current step", signal.Signals(signum).name)
+        stop.set()
+        orchestrator.wake.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    paths.pid.write_text(f"{os.getpid()}\n")
+    server_thread.start()
+    log.info(
+        "hpcops daemon %d started in %s (lab %s, max_active %d)",
+        os.getpid(),
+        home,
+        config.lab,
+        config.max_active,
+    )
+    try:
+        orchestrator.run_forever(stop)
+    finally:
+        server.shutdown()
+        server.server_close()
+        paths.socket.unlink(missing_ok=True)
+        paths.pid.unlink(missing_ok=True)
+        store.close()
+        log.info("hpcops daemon %d stopped", os.getpid())
+        lock.close()
+
+
+def start_background(home: Path, config_path: Path | None, *, timeout_s: float = 30.0) -> int:
+    """Start `hpcops daemon run` detached and wait until it answers; return its pid."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths = HomePaths(home)
+    if _answers(paths):
+        raise AlreadyRunning(f"a daemon already runs for {home} (pid {_read_pid(paths)})")
+    argv = [sys.executable, "-m", "hpcops", "--home", str(home), "daemon", "run"]
+    if config_path is not None:
+        argv += ["--config", str(config_path)]
+    with paths.console.open("ab") as console:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=console,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise HpcopsError(
+                f"the daemon exited with status {proc.returncode} at start:\n{_tail(paths.console)}"
+            )
+        if _answers(paths):
+            return proc.pid
+        time.sleep(0.1)
+    raise HpcopsError(
+        f"the daemon (pid {proc.pid}) did not answer within {timeout_s:.0f} s; see {paths.log}"
+    )
+
+
+def stop_daemon(home: Path, *, timeout_s: float = 30.0) -> int:
+    """SIGTERM the daemon that holds this home's lock and wait for it; return its pid."""
+    paths = HomePaths(home)
+    pid = _read_pid(paths)
+    if pid is None or not _is_hpcops_process(pid):
+        raise NotRunning(f"no hpcops daemon runs for {home}")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _is_hpcops_process(pid):
+            return pid
+        time.sleep(0.1)
+    raise HpcopsError(
+        f"daemon {pid} did not stop within {timeout_s:.0f} s; it may be waiting "
+        f"on a Slurm command (see {paths.log})"
+    )
+
+
+def _is_hpcops_process(pid: int) -> bool:
+    """The pid is alive and is an hpcops daemon (not a recycled pid of something else)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return b"hpcops" in cmdline and b"daemon" in cmdline
+
+
+def _answers(paths: HomePaths) -> bool:
+    try:
+        with Client(paths.socket, timeout_s=5.0) as client:
+            client.call("ping")
+        return True
+    except HpcopsError:
+        return False
+
+
+def _tail(path: Path, max_bytes: int = 4000) -> str:
+    try:
+        return path.read_bytes()[-max_bytes:].decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""

@@ -1,0 +1,651 @@
+"""The daemon's loop: follow the lab's jobs, repair what a crash left, release queued runs.
+
+One tick, in order:
+  1. read the markers the jobs write into their run directories (no Slurm call at all);
+  2. every `squeue_interval_s`, or sooner when something needs repair, ONE squeue for the whole lab
+     (the safety net for jobs that die without writing, and the lookup by token after a crash);
+  3. ONE sacct for the jobs that ended, for their final state and accounting (slurmdbd, not ctld);
+  4. scancel what users asked to cancel;
+  5. release queued runs into Slurm up to `max_active`.
+
+Submission is idempotent (DESIGN.md, decision 3): a run is committed as SUBMITTING with a fresh
+token before sbatch, and the token rides in the job's --comment. After a crash a SUBMITTING run is
+found again by its token in squeue or sacct and adopted; one that Slurm never saw is submitted
+again only after `submit_grace_s`, by which time an sbatch orphaned by the crash has returned.
+
+Slurm unreachable means back off and retry; it never marks a run failed (decision 4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from hpcops import policy
+from hpcops.config import Config
+from hpcops.errors import (
+    FieldProblem,
+    InvalidInput,
+    SlurmError,
+    SlurmRejected,
+    SlurmUnreachable,
+    SpecError,
+)
+from hpcops.render import JobContext, render_script
+from hpcops.rundir import RunDir, tail_text
+from hpcops.slurm.backend import SlurmBackend, SlurmLimited
+from hpcops.slurm.parse import AccountingRecord, Partition, QueueEntry
+from hpcops.spec import Spec, parse_spec, spec_to_yaml
+from hpcops.states import RunState, from_slurm
+from hpcops.store import Run, Store
+
+log = logging.getLogger(__name__)
+
+DAEMON = "daemon"
+_OOM_TEXT = "Exceeded job memory limit"
+# Without an accounting record this long after the job's end marker, trust the marker.
+_ACCOUNTING_PATIENCE_S = 120.0
+# A job that left squeue without a marker and without a record this long is UNKNOWN.
+_VANISHED_PATIENCE_S = 600.0
+_BACKOFF_MAX_S = 60.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asked, as the operating system says (SO_PEERCRED), never as the client claims."""
+
+    uid: int
+    name: str
+
+
+@dataclass
+class SlurmHealth:
+    reachable: bool = True
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: str = ""
+    since: float | None = None
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        store: Store,
+        slurm: SlurmBackend,
+        config: Config,
+        home: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        fault: str | None = None,
+    ) -> None:
+        self.store = store
+        self.slurm = slurm
+        self.config = config
+        self.home = home
+        self.run_root = config.run_root_in(home)
+        self.clock = clock
+        # A test-only fault point (HPCOPS_FAULT): the daemon kills itself with SIGKILL there.
+        self.fault = fault
+        self.health = SlurmHealth()
+        self.wake = threading.Event()
+        self.last_queue: list[QueueEntry] = []
+        self.last_queue_at: float | None = None
+        self._next_squeue_at = 0.0  # 0: the first tick polls, which is the start-up reconciliation
+        self._next_sacct_at: dict[int, float] = {}
+        self._sacct_delay_s: dict[int, float] = {}
+        self._cancel_sent: set[int] = set()
+        self._partitions: dict[str, Partition] = {}
+        self._partitions_at: float | None = None
+        self._lock = threading.Lock()  # partitions cache, shared with the API thread
+
+    # --- requests from the API --------------------------------------------------------------
+
+    def check_spec(self, spec: Spec, source: str) -> None:
+        """What only the cluster and the config can say about a spec, before it is queued."""
+        partition_name = spec.resources.partition or self.config.slurm.default_partition
+        partitions = self.partitions()
+        if partitions and partition_name is not None:
+            part = partitions.get(partition_name)
+            if part is None:
+                raise SpecError(
+                    source,
+                    [
+                        FieldProblem(
+                            "resources.partition",
+                            f"no partition {partition_name!r} on this cluster; "
+                            f"it has: {', '.join(sorted(partitions))}",
+                        )
+                    ],
+                )
+            if part.max_time_s is not None and spec.resources.time_limit_s > part.max_time_s:
+                raise SpecError(
+                    source,
+                    [
+                        FieldProblem(
+                            "resources.time",
+                            f"{spec.resources.time} is over partition {partition_name!r}'s "
+                            f"limit of {_format_s(part.max_time_s)}; Slurm would accept it and "
+                            "leave it pending "
+                            "forever (PartitionTimeLimit)",
+                        )
+                    ],
+                )
+        # Render once now so an unknown template or a bad directive is the submitter's error
+        # today, not a failed run tomorrow.
+        render_script(
+            spec, self._context(spec, run_id=0, token="0" * 16), self.config.template_dirs
+        )
+
+    def enqueue(self, specs: Sequence[tuple[str, str]], caller: Caller) -> list[Run]:
+        """Queue specs given as (yaml text, source name): all of them, or none."""
+        parsed = []
+        for text, source in specs:
+            spec = parse_spec(text, source)
+            self.check_spec(spec, source)
+            parsed.append(spec)
+        runs = [self._new_run(spec, caller) for spec in parsed]
+        runs = self.store.add_runs(runs, actor=caller.name)
+        for run in runs:
+            assert run.id is not None
+            self.store.transition(
+                run.id, None, actor=DAEMON, run_dir=str(self.run_root / f"run-{run.id:06d}")
+            )
+        self.wake.set()
+        return [self.store.get(run.id) for run in runs if run.id is not None]
+
+    def _new_run(self, spec: Spec, caller: Caller) -> Run:
+        canonical = spec_to_yaml(spec)
+        return Run(
+            name=spec.name,
+            experiment=spec.experiment,
+            owner=caller.name,
+            owner_uid=caller.uid,
+            priority=spec.priority,
+            state=RunState.QUEUED.value,
+            spec_yaml=canonical,
+            spec_hash=hashlib.sha256(canonical.encode()).hexdigest()[:16],
+            partition=spec.resources.partition or self.config.slurm.default_partition,
+            gpus=spec.resources.gpus * spec.resources.nodes,
+            cpus=spec.resources.cpus_per_task * spec.resources.ntasks,
+            created_at=self.clock(),
+            updated_at=self.clock(),
+        )
+
+    def cancel(self, run_id: int, caller: Caller) -> tuple[Run, str]:
+        run = self.store.get(run_id)
+        state = RunState(run.state)
+        if state.is_terminal:
+            return run, f"run {run_id} already ended ({state})"
+        if state in (RunState.QUEUED, RunState.HELD):
+            done = self.store.transition(
+                run_id,
+                RunState.CANCELLED,
+                actor=caller.name,
+                note="cancelled before release",
+                expect=(RunState.QUEUED, RunState.HELD),
+                ended_at=self.clock(),
+                cancel_requested_by=caller.name,
+            )
+            if done is not None:
+                return done, f"run {run_id} cancelled"
+        updated = self.store.transition(
+            run_id,
+            None,
+            actor=caller.name,
+            note="cancel requested",
+            cancel_requested_by=caller.name,
+        )
+        self.wake.set()
+        assert updated is not None
+        return updated, f"run {run_id}: cancel sent to Slurm job {run.slurm_job_id or '(pending)'}"
+
+    def partitions(self) -> dict[str, Partition]:
+        """Partition limits, cached; empty when Slurm cannot be asked right now."""
+        with self._lock:
+            fresh = (
+                self._partitions_at is not None
+                and self.clock() - self._partitions_at < self.config.slurm.partition_cache_s
+            )
+            if fresh or not self._slurm_callable():
+                return dict(self._partitions)
+            try:
+                self._partitions = self.slurm.partitions()
+                self._partitions_at = self.clock()
+            except SlurmError as exc:
+                log.warning("cannot read partition limits: %s", exc)
+            return dict(self._partitions)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.tick()
+            except Exception:
+                # One bad tick must not end the daemon that every lab member depends on.
+                log.exception("tick failed; the next one tries again")
+            elapsed = time.monotonic() - started
+            self.wake.wait(max(0.0, self.config.daemon.tick_interval_s - elapsed))
+            self.wake.clear()
+
+    def tick(self) -> None:
+        now = self.clock()
+        self._read_markers(self.store.in_slurm())
+        if not self._slurm_callable():
+            return
+        try:
+            if now >= self._next_squeue_at:
+                self._safety_net()
+            self._finalize_ended()
+            self._send_cancels()
+            self._release()
+        except SlurmUnreachable as exc:
+            self._slurm_failed(exc)
+        else:
+            self._slurm_ok()
+
+    # --- 1. markers -------------------------------------------------------------------------
+
+    def _read_markers(self, runs: Sequence[Run]) -> None:
+        for run in runs:
+            if run.id is None or run.slurm_job_id is None or not run.run_dir:
+                continue
+            rundir = RunDir(Path(run.run_dir))
+            if run.state == RunState.PENDING.value:
+                started = rundir.read_started()
+                if started is not None and started.slurm_job_id == run.slurm_job_id:
+                    self.store.transition(
+                        run.id,
+                        RunState.RUNNING,
+                        actor=DAEMON,
+                        note=f"started on {started.hostname}",
+                        expect=(RunState.PENDING,),
+                        started_at=started.started_at,
+                    )
+            if run.end_seen_at is None:
+                ended = rundir.read_exit()
+                if ended is not None:
+                    self.store.transition(
+                        run.id,
+                        None,
+                        actor=DAEMON,
+                        end_seen_at=self.clock(),
+                        marker_exit_code=ended.exit_code,
+                    )
+                    self._next_sacct_at.pop(run.id, None)
+
+    # --- 2. the safety net ------------------------------------------------------------------
+
+    def _safety_net(self) -> None:
+        entries = self.slurm.queue()
+        now = self.clock()
+        self.last_queue, self.last_queue_at = entries, now
+        by_id = {e.job_id: e for e in entries}
+        by_token = {e.token: e for e in entries if e.token}
+        orphans: list[Run] = []
+        for run in self.store.in_slurm():
+            assert run.id is not None
+            if run.state == RunState.SUBMITTING.value:
+                entry = by_token.get(run.token) if run.token else None
+                if entry is not None:
+                    self._adopt(run, entry.job_id, entry.state, entry.submitted_at)
+                else:
+                    orphans.append(run)
+                continue
+            if run.slurm_job_id is None:
+                continue
+            entry = by_id.get(run.slurm_job_id)
+            if entry is None:
+                if run.end_seen_at is None:
+                    # Gone from squeue without an end marker: cancelled, timed out or lost.
+                    # sacct will say which.
+                    self.store.transition(run.id, None, actor=DAEMON, end_seen_at=now)
+                    self._next_sacct_at.pop(run.id, None)
+                continue
+            fields: dict[str, Any] = {}
+            if entry.reason != (run.reason or "") and entry.reason not in ("", "None"):
+                fields["reason"] = entry.reason
+            if entry.state == RunState.RUNNING and run.state == RunState.PENDING.value:
+                self.store.transition(
+                    run.id,
+                    RunState.RUNNING,
+                    actor=DAEMON,
+                    note="running (squeue)",
+                    expect=(RunState.PENDING,),
+                    started_at=entry.started_at or now,
+                    **fields,
+                )
+            elif fields:
+                self.store.transition(run.id, None, actor=DAEMON, **fields)
+        if orphans:
+            self._reconcile_orphans(orphans)
+        # Orphans or adoptions pending repair: look again soon; otherwise at the sparse interval.
+        soon = any(r.state == RunState.SUBMITTING.value for r in self.store.in_slurm())
+        self._next_squeue_at = now + (5.0 if soon else self.config.slurm.squeue_interval_s)
+
+    def _adopt(self, run: Run, job_id: str, state: RunState, submitted_at: float | None) -> None:
+        assert run.id is not None
+        live = state if state in (RunState.PENDING, RunState.RUNNING) else RunState.PENDING
+        fields: dict[str, Any] = {
+            "slurm_job_id": job_id,
+            "submitted_at": submitted_at or self.clock(),
+        }
+        if state.is_terminal:
+            fields["end_seen_at"] = self.clock()
+        self.store.transition(
+            run.id,
+            live,
+            actor=DAEMON,
+            expect=(RunState.SUBMITTING,),
+            note=f"adopted Slurm job {job_id} by token {run.token}",
+            **fields,
+        )
+        log.info("run %s: adopted job %s found by token", run.id, job_id)
+
+    def _reconcile_orphans(self, orphans: Sequence[Run]) -> None:
+        """SUBMITTING runs that squeue does not know: finished already, or never submitted."""
+        earliest = min(r.claimed_at or r.created_at for r in orphans)
+        since = datetime.fromtimestamp(earliest) - timedelta(minutes=5)
+        recent = {j.token: j for j in self.slurm.recent_jobs(since) if j.token}
+        now = self.clock()
+        for run in orphans:
+            assert run.id is not None
+            job = recent.get(run.token) if run.token else None
+            if job is not None:
+                self._adopt(run, job.job_id, from_slurm(job.slurm_state), job.submitted_at)
+            elif now - (run.claimed_at or run.created_at) > self.config.slurm.submit_grace_s:
+                self.store.transition(
+                    run.id,
+                    RunState.QUEUED,
+                    actor=DAEMON,
+                    expect=(RunState.SUBMITTING,),
+                    note=f"no Slurm job carries token {run.token} "
+                    f"{self.config.slurm.submit_grace_s:.0f} s after the claim; "
+                    "the submission never reached Slurm, queued again",
+                    token=None,
+                )
+
+    # --- 3. final state ---------------------------------------------------------------------
+
+    def _finalize_ended(self) -> None:
+        now = self.clock()
+        due = [
+            r
+            for r in self.store.in_slurm()
+            if r.slurm_job_id is not None
+            and r.id is not None
+            and (r.end_seen_at is not None or r.id in self._cancel_sent)
+            and self._next_sacct_at.get(r.id, 0.0) <= now
+        ]
+        if not due:
+            return
+        records = self.slurm.accounting([r.slurm_job_id for r in due if r.slurm_job_id])
+        for run in due:
+            assert run.id is not None and run.slurm_job_id is not None
+            record = records.get(run.slurm_job_id)
+            if record is not None and record.state.is_terminal:
+                self._finish(run, record)
+                continue
+            if record is None and run.end_seen_at is not None:
+                waited = now - run.end_seen_at
+                if run.marker_exit_code is not None and waited > _ACCOUNTING_PATIENCE_S:
+                    self._finish_from_marker(run)
+                    continue
+                if run.marker_exit_code is None and waited > _VANISHED_PATIENCE_S:
+                    self.store.transition(
+                        run.id,
+                        RunState.UNKNOWN,
+                        actor=DAEMON,
+                        expect=(run_state(run),),
+                        note=f"job {run.slurm_job_id} left squeue without an exit marker and "
+                        "sacct has no record of it",
+                        reason="vanished: no exit marker and no accounting record",
+                        ended_at=now,
+                    )
+                    continue
+            # Not final yet (sacct lags the job's end by about a second): ask again, backing off.
+            delay = min(self._sacct_delay_s.get(run.id, 0.5) * 2, 30.0)
+            self._sacct_delay_s[run.id] = delay
+            self._next_sacct_at[run.id] = now + delay
+
+    def _finish(self, run: Run, record: AccountingRecord) -> None:
+        assert run.id is not None
+        rundir = RunDir(Path(run.run_dir))
+        state = record.state
+        tail = None
+        if state != RunState.COMPLETED:
+            tail = tail_text(rundir.stderr, max_lines=20)
+            # Without cgroups, OverMemoryKill ends the job FAILED 0:9 with this line in stderr
+            # (Slurm 22.05, NOTES-SLURM); a user asks "did it run out of memory?", so say so.
+            if state == RunState.FAILED and _OOM_TEXT in tail:
+                state = RunState.OUT_OF_MEMORY
+        # sacct's Reason is "None" for most ended jobs; say what a user needs, or nothing at all.
+        reason: str | None = record.reason if record.reason not in ("", "None") else None
+        if reason is None and state != RunState.COMPLETED:
+            reason = f"{record.slurm_state}, exit {record.exit_code}:{record.signal}"
+        self.store.transition(
+            run.id,
+            state,
+            actor=DAEMON,
+            expect=(run_state(run),),
+            note=f"Slurm: {record.slurm_state}, exit {record.exit_code}:{record.signal}",
+            exit_code=record.exit_code,
+            signal=record.signal,
+            reason=reason,
+            **_drop_none(
+                {
+                    "submitted_at": record.submitted_at,
+                    "started_at": record.started_at,
+                    "ended_at": record.ended_at or self.clock(),
+                    "elapsed_s": record.elapsed_s,
+                    "total_cpu_s": record.total_cpu_s,
+                    "max_rss_bytes": record.max_rss_bytes,
+                    "stderr_tail": tail,
+                }
+            ),
+        )
+        self._forget(run.id)
+        log.info("run %s: job %s ended %s", run.id, run.slurm_job_id, state)
+        self.wake.set()  # a slot is free: release now, not at the next tick
+
+    def _finish_from_marker(self, run: Run) -> None:
+        assert run.id is not None and run.marker_exit_code is not None
+        code = run.marker_exit_code
+        state = RunState.COMPLETED if code == 0 else RunState.FAILED
+        tail = None if code == 0 else tail_text(RunDir(Path(run.run_dir)).stderr)
+        self.store.transition(
+            run.id,
+            state,
+            actor=DAEMON,
+            expect=(run_state(run),),
+            note=f"no accounting record from sacct after {_ACCOUNTING_PATIENCE_S:.0f} s; "
+            "state from the job's exit marker",
+            exit_code=code,
+            ended_at=run.end_seen_at,
+            stderr_tail=tail,
+            reason="state from the job's exit marker (no sacct record)",
+        )
+        self._forget(run.id)
+
+    def _forget(self, run_id: int) -> None:
+        self._next_sacct_at.pop(run_id, None)
+        self._sacct_delay_s.pop(run_id, None)
+        self._cancel_sent.discard(run_id)
+
+    # --- 4. cancellations -------------------------------------------------------------------
+
+    def _send_cancels(self) -> None:
+        wanted = [
+            r
+            for r in self.store.in_slurm()
+            if r.cancel_requested_by and r.slurm_job_id and r.id not in self._cancel_sent
+        ]
+        if not wanted:
+            return
+        self.slurm.cancel([r.slurm_job_id for r in wanted if r.slurm_job_id])
+        for run in wanted:
+            assert run.id is not None
+            self._cancel_sent.add(run.id)
+            self._next_sacct_at[run.id] = self.clock() + 0.5
+
+    # --- 5. release -------------------------------------------------------------------------
+
+    def _release(self) -> None:
+        budget = policy.release_budget(
+            active=self.store.count_in_slurm(), max_active=self.config.max_active
+        )
+        if budget <= 0:
+            return
+        for run in self.store.release_candidates(budget):
+            if not self._submit(run):
+                break
+
+    def _submit(self, run: Run) -> bool:
+        """Submit one run; False when releasing should stop for this tick."""
+        assert run.id is not None
+        source = f"run {run.id}"
+        try:
+            spec = parse_spec(run.spec_yaml, source)
+            self.check_spec(spec, source)
+        except InvalidInput as exc:
+            # The cluster changed since the run was queued (a partition went away, a limit shrank).
+            self.store.transition(
+                run.id,
+                RunState.FAILED,
+                actor=DAEMON,
+                expect=(RunState.QUEUED,),
+                note=str(exc),
+                reason=str(exc),
+                ended_at=self.clock(),
+            )
+            return True
+        token = secrets.token_hex(8)
+        claimed = self.store.transition(
+            run.id,
+            RunState.SUBMITTING,
+            actor=DAEMON,
+            expect=(RunState.QUEUED,),
+            note=f"attempt {run.attempt + 1}, token {token}",
+            token=token,
+            attempt=run.attempt + 1,
+            claimed_at=self.clock(),
+        )
+        if claimed is None:
+            return True  # cancelled or changed by a user since it was read
+        rundir = RunDir(Path(claimed.run_dir))
+        rundir.create()
+        rundir.clear_markers()
+        script = render_script(spec, self._context(spec, run.id, token), self.config.template_dirs)
+        _write_atomic(rundir.spec, claimed.spec_yaml)
+        _write_atomic(rundir.script, script)
+        self._fault_point("before_sbatch")
+        try:
+            job_id = self.slurm.submit(PurePosixPath(rundir.script))
+        except SlurmUnreachable:
+            # The request may have reached slurmctld: the run stays SUBMITTING and is settled by
+            # token once Slurm answers again.
+            raise
+        except SlurmLimited as exc:
+            self.store.transition(
+                run.id,
+                RunState.QUEUED,
+                actor=DAEMON,
+                expect=(RunState.SUBMITTING,),
+                token=None,
+                note=f"waiting: {exc.stderr.strip() or exc.message}",
+                reason=f"Slurm limit: {exc.stderr.strip() or exc.message}",
+            )
+            return False
+        except SlurmRejected as exc:
+            self.store.transition(
+                run.id,
+                RunState.FAILED,
+                actor=DAEMON,
+                expect=(RunState.SUBMITTING,),
+                ended_at=self.clock(),
+                note=f"Slurm refused the job: {exc.stderr.strip()}",
+                reason=f"Slurm refused the job: {exc.stderr.strip()}",
+            )
+            return True
+        self._fault_point("after_sbatch")
+        self.store.transition(
+            run.id,
+            RunState.PENDING,
+            actor=DAEMON,
+            expect=(RunState.SUBMITTING,),
+            note=f"Slurm job {job_id}",
+            slurm_job_id=job_id,
+            submitted_at=self.clock(),
+        )
+        return True
+
+    def _context(self, spec: Spec, run_id: int, token: str) -> JobContext:
+        return JobContext(
+            run_id=f"r-{run_id:06d}",
+            token=token,
+            run_dir=RunDir(self.run_root / f"run-{run_id:06d}"),
+            account=self.config.slurm.account,
+            default_partition=self.config.slurm.default_partition,
+            lab=self.config.lab,
+        )
+
+    # --- Slurm health -----------------------------------------------------------------------
+
+    def _slurm_callable(self) -> bool:
+        return self.health.reachable or self.clock() >= self.health.retry_at
+
+    def _slurm_failed(self, exc: SlurmUnreachable) -> None:
+        h = self.health
+        h.failures += 1
+        delay = min(_BACKOFF_MAX_S, 2.0 ** min(h.failures, 6))
+        h.retry_at = self.clock() + delay
+        h.last_error = exc.message.splitlines()[0]
+        if h.reachable:
+            h.since = self.clock()
+            log.warning("Slurm unreachable, retrying with back-off: %s", exc)
+        h.reachable = False
+
+    def _slurm_ok(self) -> None:
+        h = self.health
+        if not h.reachable:
+            log.info("Slurm reachable again after %d failed attempts", h.failures)
+            self._next_squeue_at = 0.0  # catch up on everything that happened meanwhile
+        h.reachable, h.failures, h.since, h.last_error = True, 0, None, ""
+
+    def _fault_point(self, name: str) -> None:
+        if self.fault == name:
+            log.warning("fault point %s: killing the daemon with SIGKILL (HPCOPS_FAULT)", name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_state(run: Run) -> RunState:
+    return RunState(run.state)
+
+
+def _drop_none(fields: dict[str, Any]) -> dict[str, object]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _format_s(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}-{text}" if days else text
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,380 @@
+"""sbatch scripts from jinja2 templates: a spec and a submission's context in, a script out.
+
+Two kinds of value reach a script, and each is made safe in its own way:
+
+- Values on `#SBATCH` lines are not shell-quoted, because sbatch reads those lines with its own
+  small parser, not a shell. Instead every directive value is checked against a strict regex
+  before rendering (`sbatch_directives`), and after rendering every `#SBATCH` line the script
+  carries is checked again, so a lab template cannot slip an unchecked one in.
+- Values in shell code go through the `shquote` filter (shlex.quote). The one exception is the
+  spec's command, which is shell code by design; the template explains how it is embedded.
+
+Lab templates come from config, so they run in jinja2's immutable sandbox.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, NoReturn
+
+import jinja2
+import jinja2.sandbox
+
+from hpcops.errors import ConfigError, FieldProblem, SpecError
+from hpcops.rundir import RunDir
+from hpcops.spec import MODELLED_OPTIONS, ParamValue, Spec, extra_directive_problem
+
+__all__ = [
+    "BUILTIN_TEMPLATE_DIR",
+    "JobContext",
+    "job_name",
+    "render_script",
+    "sbatch_directives",
+]
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _builtin_template_dir() -> Path:
+    # An installed wheel carries the templates inside the package (pyproject's force-include);
+    # a checkout keeps them at the top of the repository, next to the lab configs.
+    for candidate in (_PACKAGE_DIR / "sbatch_templates", _PACKAGE_DIR.parent / "sbatch_templates"):
+        if candidate.is_dir():
+            return candidate
+    return _PACKAGE_DIR.parent / "sbatch_templates"
+
+
+BUILTIN_TEMPLATE_DIR: Path = _builtin_template_dir()
+TEMPLATE_SUFFIX: Final = ".sh.j2"
+
+_RUN_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_TOKEN_RE = re.compile(r"[0-9a-f]{8,64}")
+_LAB_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What the daemon knows about one submission attempt that the spec does not say."""
+
+    run_id: str  # "r-000042"
+    token: str  # hex, unique per submission attempt; sbatch --comment=hpcops:<token>
+    run_dir: RunDir
+    account: str | None  # the lab's Slurm account (-A); None: no directive
+    default_partition: str | None  # for specs that name none; None: Slurm's default
+    lab: str
+
+    def __post_init__(self) -> None:
+        # The daemon makes these; a bad one is a bug, not a user's mistake.
+        for name, value, pattern in (
+            ("run_id", self.run_id, _RUN_ID_RE),
+            ("token", self.token, _TOKEN_RE),
+            ("lab", self.lab, _LAB_RE),
+        ):
+            if not pattern.fullmatch(value):
+                raise ValueError(f"JobContext.{name} {value!r} must match {pattern.pattern}")
+
+
+def job_name(spec: Spec, ctx: JobContext) -> str:
+    """What sbatch --job-name gets: the spec's name, which squeue and sacct show to people."""
+    return spec.name
+
+
+# ─── #SBATCH directives ────────────────────────────────────────────────────────────────────────
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_SLURM_NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}"
+_COUNT = r"[1-9][0-9]{0,5}"
+# sbatch --output/--error take the path unquoted, and expand %-patterns (%j, %x, ...) and a
+# backslash in it: a run directory must do without spaces, quotes, '%' and '\'.
+_PATH_RE = re.compile(r"/[A-Za-z0-9._/+-]*")
+_EXTRA_VALUE = r"[A-Za-z0-9_.,:=@%/+-]{1,200}"
+
+# One regex per directive hpcops writes: the whole value must match.
+DIRECTIVE_VALUE_RE: Final[dict[str, re.Pattern[str]]] = {
+    option: re.compile(pattern)
+    for option, pattern in {
+        "job-name": _NAME,
+        "comment": r"hpcops:[0-9a-f]{8,64}",
+        "output": _PATH_RE.pattern,
+        "error": _PATH_RE.pattern,
+        "account": _SLURM_NAME,
+        "partition": rf"{_SLURM_NAME}(?:,{_SLURM_NAME}){{0,15}}",
+        "nodes": _COUNT,
+        "ntasks": _COUNT,
+        "cpus-per-task": _COUNT,
+        "mem": r"[1-9][0-9]{0,9}M",
+        "gres": rf"gpu(?::{_NAME})?:[1-9][0-9]?",
+        "time": _COUNT,
+        "qos": _SLURM_NAME,
+    }.items()
+}
+_EXTRA_OPTION_RE = re.compile(r"[a-z][a-z0-9-]{0,63}")
+_EXTRA_VALUE_RE = re.compile(_EXTRA_VALUE)
+_SBATCH_LINE_RE = re.compile(rf"#SBATCH --([a-z][a-z0-9-]{{0,63}})(?:=({_EXTRA_VALUE}))?")
+
+# Where a bad directive value came from, for the error.
+_SPEC_FIELD: Final = {
+    "job-name": "name",
+    "partition": "resources.partition",
+    "nodes": "resources.nodes",
+    "ntasks": "resources.ntasks",
+    "cpus-per-task": "resources.cpus_per_task",
+    "mem": "resources.mem",
+    "gres": "resources.gpu_type",
+    "time": "resources.time",
+    "qos": "resources.qos",
+}
+
+
+def _source(spec: Spec, ctx: JobContext) -> str:
+    return f"spec {spec.name!r} (run {ctx.run_id})"
+
+
+def sbatch_directives(spec: Spec, ctx: JobContext) -> list[tuple[str, str | None]]:
+    """The job's #SBATCH options in order, as (option without '--', value or None) pairs.
+
+    Pure. Every value is checked against its regex; a bad one raises SpecError naming the spec
+    field, or ConfigError naming the config setting it came from.
+    """
+    r = spec.resources
+    partition = r.partition if r.partition is not None else ctx.default_partition
+    pairs: list[tuple[str, str | None, str]] = [  # option, value, where the value came from
+        ("job-name", job_name(spec, ctx), "name"),
+        ("comment", f"hpcops:{ctx.token}", "token"),
+        ("output", str(ctx.run_dir.stdout), "run_root"),
+        ("error", str(ctx.run_dir.stderr), "run_root"),
+    ]
+    if ctx.account is not None:
+        pairs.append(("account", ctx.account, "account"))
+    if partition is not None:
+        where = "resources.partition" if r.partition is not None else "default_partition"
+        pairs.append(("partition", partition, where))
+    pairs += [
+        ("nodes", str(r.nodes), "resources.nodes"),
+        ("ntasks", str(r.ntasks), "resources.ntasks"),
+        ("cpus-per-task", str(r.cpus_per_task), "resources.cpus_per_task"),
+    ]
+    if r.mem_mb is not None:
+        pairs.append(("mem", f"{r.mem_mb}M", "resources.mem"))
+    if r.gpus > 0:
+        gres = f"gpu:{r.gpu_type}:{r.gpus}" if r.gpu_type else f"gpu:{r.gpus}"
+        pairs.append(("gres", gres, "resources.gpu_type" if r.gpu_type else "resources.gpus"))
+    pairs.append(("time", str(r.time_limit_min), "resources.time"))
+    if r.qos is not None:
+        pairs.append(("qos", r.qos, "resources.qos"))
+
+    directives: list[tuple[str, str | None]] = []
+    for option, value, where in pairs:
+        if value is None or not DIRECTIVE_VALUE_RE[option].fullmatch(value):
+            _bad_value(spec, ctx, option, value, where)
+        directives.append((option, value))
+    for i, item in enumerate(spec.extra_directives):
+        option, eq, value = item.removeprefix("--").partition("=")
+        problem = extra_directive_problem(item)
+        if problem is None and not (
+            item.startswith("--")
+            and _EXTRA_OPTION_RE.fullmatch(option)
+            and (not eq or _EXTRA_VALUE_RE.fullmatch(value))
+        ):
+            problem = "is not of the form --option or --option=value"
+        if problem is not None:
+            raise SpecError(_source(spec, ctx), [FieldProblem(f"extra_directives[{i}]", problem)])
+        directives.append((option, value if eq else None))
+    return directives
+
+
+def _bad_value(spec: Spec, ctx: JobContext, option: str, value: str | None, where: str) -> NoReturn:
+    shown = repr(value)
+    if where == "run_root":
+        raise ConfigError(
+            f"run directory {str(ctx.run_dir.path)!r} cannot go on an #SBATCH --{option} line: "
+            "sbatch takes that path unquoted and expands '%' and '\\' in it. Set run_root in the "
+            "lab config to an absolute path made of letters, digits and . _ - + / only, e.g. "
+            "/scratch/vision-lab/hpcops/runs"
+        )
+    if where in {"account", "default_partition"}:
+        raise ConfigError(
+            f"the lab config's {where} {shown} cannot go on an #SBATCH --{option} line; it must "
+            "be letters, digits, '.', '_' or '-', e.g. vision-lab"
+        )
+    if where == "token":
+        raise ValueError(f"JobContext.token {ctx.token!r} is not hex")
+    raise SpecError(
+        _source(spec, ctx),
+        [FieldProblem(where, f"{shown} cannot go on an #SBATCH --{option} line")],
+    )
+
+
+def _directive_line(option: str, value: str | None) -> str:
+    return f"#SBATCH --{option}" if value is None else f"#SBATCH --{option}={value}"
+
+
+def _header_problems(script: str, expected: Sequence[tuple[str, str | None]]) -> list[str]:
+    """What is wrong with a rendered script's #SBATCH lines; empty when nothing is.
+
+    sbatch reads #SBATCH lines up to the first line that is neither blank nor a comment. Each
+    expected directive must be there exactly once, and any other #SBATCH line there (a lab
+    template's fixed one) must be well formed and must not set an option hpcops controls.
+    """
+    problems: list[str] = []
+    header: list[str] = []
+    for line in script.split("\n"):
+        if line.strip() and not line.lstrip().startswith("#"):
+            break
+        header.append(line)
+    wanted = {_directive_line(o, v) for o, v in expected}
+    counts = dict.fromkeys(wanted, 0)
+    controlled = {o for o, _ in expected} | set(MODELLED_OPTIONS)
+    for number, line in enumerate(header, start=1):
+        stripped = line.lstrip()
+        if stripped.startswith("#PBS"):
+            problems.append(f"line {number} is a #PBS line, which sbatch also obeys: {line!r}")
+        if not stripped.startswith("#SBATCH"):
+            continue
+        if line in counts:
+            counts[line] += 1
+            continue
+        m = _SBATCH_LINE_RE.fullmatch(line)
+        if m is None:
+            problems.append(f"line {number} is not a well-formed #SBATCH line: {line[:80]!r}")
+        elif any(c.startswith(m[1]) for c in controlled):
+            problems.append(f"line {number} sets --{m[1]}, which hpcops controls: {line!r}")
+    for line, count in counts.items():
+        if count != 1:
+            problems.append(f"{line!r} appears {count} times before the first command; once needed")
+    return problems
+
+
+# ─── the script ────────────────────────────────────────────────────────────────────────────────
+
+
+def _env_text(value: ParamValue) -> str:
+    """A parameter as its environment variable holds it: YAML's spelling for booleans."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _shquote(value: object) -> str:
+    if isinstance(value, str | int | float):
+        return shlex.quote(_env_text(value))
+    raise TypeError(f"shquote takes a string or a number, not {type(value).__name__}")
+
+
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _exports(spec: Spec, ctx: JobContext) -> list[tuple[str, str]]:
+    exports = [
+        ("HPCOPS_RUN_ID", ctx.run_id),
+        ("HPCOPS_RUN_DIR", str(ctx.run_dir.path)),
+        ("HPCOPS_LAB", ctx.lab),
+        ("HPCOPS_EXPERIMENT", spec.experiment),
+    ]
+    exports += [(f"HPCOPS_PARAM_{k.upper()}", _env_text(v)) for k, v in spec.params.items()]
+    exports += list(spec.env.items())
+    for name, _ in exports:
+        if not _ENV_NAME_RE.fullmatch(name):  # the spec checked them; a name is never quoted
+            raise SpecError(
+                _source(spec, ctx), [FieldProblem("env", f"{name!r} is not a variable name")]
+            )
+    return exports
+
+
+def _heredoc_delimiter(command: str, token: str) -> str:
+    """A here-document delimiter that is not a line of the command (so cannot end it early)."""
+    delimiter = f"HPCOPS_COMMAND_{token}"
+    lines = set(command.split("\n"))
+    while delimiter in lines:
+        delimiter += "_"
+    return delimiter
+
+
+def _available(dirs: Sequence[Path]) -> list[str]:
+    names = {
+        p.name.removesuffix(TEMPLATE_SUFFIX)
+        for d in dirs
+        if d.is_dir()
+        for p in d.glob(f"*{TEMPLATE_SUFFIX}")
+    }
+    return sorted(names)
+
+
+def _environment(dirs: Sequence[Path]) -> jinja2.Environment:
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        loader=jinja2.FileSystemLoader([str(d) for d in dirs]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["shquote"] = _shquote
+    return env
+
+
+def render_script(spec: Spec, ctx: JobContext, template_dirs: Sequence[Path] = ()) -> str:
+    """The sbatch script for one submission of `spec`.
+
+    Templates are looked up as <spec.template>.sh.j2 in the lab's `template_dirs` first, then in
+    BUILTIN_TEMPLATE_DIR. Raises SpecError for an unknown template or a bad directive value,
+    ConfigError for a broken lab template or run_root.
+    """
+    dirs = [*template_dirs, BUILTIN_TEMPLATE_DIR]
+    source = _source(spec, ctx)
+    name = spec.template
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name) or name not in _available(dirs):
+        available = ", ".join(_available(dirs)) or "none"
+        raise SpecError(
+            source,
+            [
+                FieldProblem(
+                    "template",
+                    f"unknown template {name!r}; the templates are: {available} "
+                    f"(files <name>{TEMPLATE_SUFFIX} in {', '.join(str(d) for d in dirs)})",
+                )
+            ],
+        )
+
+    directives = sbatch_directives(spec, ctx)
+    run_dir = str(ctx.run_dir.path)
+    context = {
+        "spec": spec,
+        "run_id": ctx.run_id,
+        "lab": ctx.lab,
+        "token": ctx.token,
+        "run_dir": run_dir,
+        "directives": [_directive_line(o, v).removeprefix("#SBATCH ") for o, v in directives],
+        "exports": _exports(spec, ctx),
+        "workdir": spec.workdir,
+        "command": spec.command,
+        "command_delimiter": _heredoc_delimiter(spec.command, ctx.token),
+        "started_marker": ctx.run_dir.started_marker.name,
+        "exit_marker": ctx.run_dir.exit_marker.name,
+    }
+    env = _environment(dirs)
+    filename = name + TEMPLATE_SUFFIX
+    try:
+        script = env.get_template(filename).render(context)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(
+            f"sbatch template {exc.filename or filename}, line {exc.lineno}: {exc.message}"
+        ) from None
+    except Exception as exc:  # whatever a lab template's code raised, it is the template's fault
+        raise ConfigError(
+            f"sbatch template {filename} failed to render: {type(exc).__name__}: {exc}"
+        ) from None
+
+    problems = _header_problems(script, directives)
+    if problems:
+        raise ConfigError(
+            f"sbatch template {filename} wrote a header sbatch must not get:\n  "
+            + "\n  ".join(problems)
+        )
+    return script

@@ -1,0 +1,191 @@
+"""Integration tests run the real daemon (as a process) against the real dev Slurm cluster.
+
+Nothing here stands in for Slurm: the cluster comes from scripts/dev-cluster (Debian's packages),
+and the daemon and CLI run as the user would run them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEV_CLUSTER = REPO / "scripts" / "dev-cluster"
+ACTIVE = {"QUEUED", "HELD", "STAGING", "SUBMITTING", "PENDING", "RUNNING"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> None:
+    """The dev cluster, brought up if it is not (scripts/test brings it up first)."""
+    status = subprocess.run([str(DEV_CLUSTER), "status"], capture_output=True, text=True)
+    if status.returncode != 0:
+        subprocess.run([str(DEV_CLUSTER), "up"], check=True)
+
+
+def slurm(*argv: str) -> str:
+    return subprocess.run(list(argv), check=True, capture_output=True, text=True).stdout
+
+
+def sacct_jobs_named(name: str) -> list[dict[str, str]]:
+    """Every allocation Slurm's accounting holds under this job name (for duplicate checks)."""
+    out = slurm(
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        "--allocations",
+        "--allusers",
+        "--starttime=now-1days",
+        f"--name={name}",
+        "--format=JobID,State,ExitCode,ElapsedRaw,Comment",
+    )
+    rows = []
+    for line in out.splitlines():
+        job_id, state, exit_code, elapsed, comment = line.split("|")
+        rows.append(
+            {
+                "job_id": job_id,
+                "state": state,
+                "exit_code": exit_code,
+                "elapsed": elapsed,
+                "comment": comment,
+            }
+        )
+    return rows
+
+
+@dataclass
+class Daemon:
+    """One hpcops daemon in its own home, driven through the real CLI."""
+
+    home: Path
+    config: dict[str, Any]
+    env_extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "HPCOPS_HOME": str(self.home), **self.env_extra}
+
+    def cli(
+        self, *args: str, check: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hpcops", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"hpcops {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json", check=True).stdout)
+
+    def start(self, **env: str) -> None:
+        self.env_extra = dict(env)
+        (self.home / "config.yaml").write_text(json.dumps(self.config))
+        self.cli("daemon", "start", check=True)
+
+    def pid(self) -> int:
+        return int((self.home / "daemon.pid").read_text())
+
+    def stop(self) -> None:
+        if (self.home / "daemon.pid").exists():
+            self.cli("daemon", "stop")
+
+    def kill9(self) -> None:
+        pid = self.pid()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            # The daemon was started detached; reap it if it happens to be our child.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+
+    def submit(self, spec: Path) -> int:
+        return int(self.json("submit", str(spec))["id"])
+
+    def show(self, run: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.json("show", str(run))
+        return result
+
+    def wait_ended(self, run: int, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            data = self.show(run)
+            if data["state"] not in ACTIVE:
+                return data
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run} still {data['state']} after {timeout} s: {data}")
+            time.sleep(0.5)
+
+    def wait_state(self, run: int, states: set[str], timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            data = self.show(run)
+            if data["state"] in states:
+                return data
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"run {run} is {data['state']}, not {states}, after {timeout} s"
+                )
+            time.sleep(0.3)
+
+
+@pytest.fixture
+def daemon(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    # Not under pytest's tmp_path: run directories land on #SBATCH lines, which take only plain
+    # path characters, and pytest's names can hold brackets.
+    home = Path("/tmp") / f"hpcops-test-{uuid.uuid4().hex[:10]}"
+    home.mkdir(mode=0o700)
+    d = Daemon(
+        home=home,
+        config={
+            "lab": "testlab",
+            "max_active": 20,
+            "slurm": {"account": "lab", "default_partition": "cpu", "squeue_interval_s": 10},
+            "daemon": {"tick_interval_s": 0.5, "log_level": "DEBUG"},
+        },
+    )
+    d.start()
+    yield d
+    try:
+        runs = d.json("ls", "--all") if (home / "daemon.pid").exists() else []
+    except AssertionError:
+        runs = []
+    d.stop()
+    live = [r["slurm_job_id"] for r in runs if r["slurm_job_id"] and r["state"] in ACTIVE]
+    if live:
+        subprocess.run(["scancel", *live], check=False)
+
+
+def write_spec(directory: Path, name: str, command: str, **extra: Any) -> Path:
+    """A spec file with a unique name, so Slurm's accounting can be searched by job name."""
+    unique = f"{name}-{uuid.uuid4().hex[:8]}"
+    spec: dict[str, Any] = {"name": unique, "experiment": "integration", "command": command}
+    spec.update(extra)
+    path = directory / f"{unique}.yaml"
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return path

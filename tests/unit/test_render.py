@@ -1,0 +1,494 @@
+"""Rendering sbatch scripts: golden files, directive checks, and the script run by bash.
+
+The golden scripts in golden/ are compared byte for byte; a mismatch prints a unified diff.
+Regenerate them only on purpose: HPCOPS_REGEN_GOLDEN=1 pytest tests/unit/test_render.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hpcops.errors import ConfigError, SpecError
+from hpcops.render import (
+    BUILTIN_TEMPLATE_DIR,
+    JobContext,
+    job_name,
+    render_script,
+    sbatch_directives,
+)
+from hpcops.rundir import RunDir, parse_exit_marker, parse_start_marker
+from hpcops.spec import Resources, Spec, parse_spec
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+GOLDEN_NAMES = sorted(p.stem for p in GOLDEN_DIR.glob("*.yaml"))
+MINIMAL_YAML = "name: mnist-baseline\nexperiment: mnist\ncommand: python train.py\n"
+ContextFactory = Callable[..., JobContext]
+
+
+def load_example(name: str) -> Spec:
+    return parse_spec((GOLDEN_DIR / f"{name}.yaml").read_bytes(), f"{name}.yaml")
+
+
+# ─── golden files ──────────────────────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_rendered_script_matches_golden_file(name: str, golden_context: JobContext) -> None:
+    script = render_script(load_example(name), golden_context)
+    golden = GOLDEN_DIR / f"{name}.sh"
+    if os.environ.get("HPCOPS_REGEN_GOLDEN") == "1":
+        golden.write_text(script, encoding="utf-8")
+    if not golden.exists():
+        pytest.fail(
+            f"{golden} is missing; create it with HPCOPS_REGEN_GOLDEN=1 and review it",
+            pytrace=False,
+        )
+    expected = golden.read_text(encoding="utf-8")
+    if script != expected:
+        diff = difflib.unified_diff(
+            expected.splitlines(keepends=True),
+            script.splitlines(keepends=True),
+            fromfile=f"{golden} (expected)",
+            tofile="rendered",
+        )
+        pytest.fail(
+            "the rendered script differs from its golden file; if the change is intended, "
+            "regenerate with HPCOPS_REGEN_GOLDEN=1 and review the diff:\n" + "".join(diff),
+            pytrace=False,
+        )
+
+
+def test_every_example_has_a_golden_script() -> None:
+    assert {"minimal", "gpu", "nasty"} <= set(GOLDEN_NAMES)
+    assert sorted(p.stem for p in GOLDEN_DIR.glob("*.sh")) == GOLDEN_NAMES
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_golden_script_is_valid_bash(name: str) -> None:
+    result = subprocess.run(
+        ["bash", "-n", str(GOLDEN_DIR / f"{name}.sh")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# ─── directives ────────────────────────────────────────────────────────────────────────────────
+
+
+def test_directives_of_a_gpu_spec_in_order(golden_context: JobContext) -> None:
+    assert sbatch_directives(load_example("gpu"), golden_context) == [
+        ("job-name", "resnet50-imagenet"),
+        ("comment", "hpcops:0123456789abcdef"),
+        ("output", "/scratch/vision-lab/hpcops/runs/r-000042/stdout.log"),
+        ("error", "/scratch/vision-lab/hpcops/runs/r-000042/stderr.log"),
+        ("account", "vision-lab"),
+        ("partition", "gpu,gpu-long"),
+        ("nodes", "2"),
+        ("ntasks", "8"),
+        ("cpus-per-task", "8"),
+        ("mem", "262144M"),
+        ("gres", "gpu:a100:4"),
+        ("time", "2880"),
+        ("qos", "deadline"),
+        ("constraint", "ib"),
+        ("exclusive", None),
+        ("signal", "B:USR1@300"),
+        ("mail-type", "END,FAIL"),
+    ]
+
+
+def test_directives_leave_out_what_nobody_set(tmp_path: Path, make_context: ContextFactory) -> None:
+    ctx = make_context(tmp_path, account=None, default_partition=None)
+    options = [o for o, _ in sbatch_directives(parse_spec(MINIMAL_YAML, "t"), ctx)]
+    assert options == [
+        "job-name", "comment", "output", "error", "nodes", "ntasks", "cpus-per-task", "time",
+    ]  # fmt: skip
+
+
+def test_default_partition_only_when_the_spec_names_none(
+    tmp_path: Path, make_context: ContextFactory
+) -> None:
+    ctx = make_context(tmp_path, default_partition="cpu")
+    plain = dict(sbatch_directives(parse_spec(MINIMAL_YAML, "t"), ctx))
+    assert plain["partition"] == "cpu"
+    gpu = parse_spec(MINIMAL_YAML + "resources: {partition: gpu}\n", "t")
+    assert dict(sbatch_directives(gpu, ctx))["partition"] == "gpu"
+
+
+def test_gres_without_a_gpu_type_and_time_in_whole_minutes(
+    tmp_path: Path, make_context: ContextFactory
+) -> None:
+    spec = parse_spec(MINIMAL_YAML + "resources: {gpus: 2, time: '00:01:30'}\n", "t")
+    directives = dict(sbatch_directives(spec, make_context(tmp_path)))
+    assert directives["gres"] == "gpu:2"
+    assert directives["time"] == "2"  # 90 s round up: Slurm counts minutes
+
+
+def test_job_name_is_the_spec_name(golden_context: JobContext) -> None:
+    assert job_name(load_example("minimal"), golden_context) == "mnist-baseline"
+
+
+def test_an_unvalidated_spec_value_is_still_caught(
+    tmp_path: Path, make_context: ContextFactory
+) -> None:
+    # model_construct skips validation, as a careless caller might; the directive check must
+    # still refuse a value that would add an #SBATCH line of its own.
+    sneaky = Resources.model_construct(
+        partition="gpu\n#SBATCH --account=other", nodes=1, ntasks=1, cpus_per_task=1,
+        mem=None, gpus=0, gpu_type=None, time="60", qos=None,
+    )  # fmt: skip
+    spec = parse_spec(MINIMAL_YAML, "t").model_copy(update={"resources": sneaky})
+    with pytest.raises(SpecError) as info:
+        sbatch_directives(spec, make_context(tmp_path))
+    assert info.value.problems[0].location == "resources.partition"
+
+
+def test_an_unvalidated_extra_directive_is_still_caught(
+    tmp_path: Path, make_context: ContextFactory
+) -> None:
+    spec = parse_spec(MINIMAL_YAML, "t").model_copy(
+        update={"extra_directives": ["--constraint=ib\n#SBATCH --qos=high"]}
+    )
+    with pytest.raises(SpecError) as info:
+        render_script(spec, make_context(tmp_path))
+    assert info.value.problems[0].location == "extra_directives[0]"
+
+
+@pytest.mark.parametrize(
+    "run_dir", ["/scratch/my lab/runs/r-1", "/scratch/lab%j/r-1", "/scratch/l'ab/r-1", "runs/r-1"]
+)
+def test_a_run_dir_sbatch_cannot_take_names_run_root(
+    run_dir: str, make_context: ContextFactory
+) -> None:
+    spec = parse_spec(MINIMAL_YAML, "t")
+    with pytest.raises(ConfigError, match="run_root"):
+        sbatch_directives(spec, make_context(Path(run_dir)))
+
+
+@pytest.mark.parametrize("field", ["account", "default_partition"])
+def test_a_bad_config_value_names_the_setting(
+    field: str, tmp_path: Path, make_context: ContextFactory
+) -> None:
+    spec = parse_spec(MINIMAL_YAML, "t")
+    ctx = make_context(tmp_path, **{field: "lab\n#SBATCH --qos=high"})
+    with pytest.raises(ConfigError, match=field):
+        sbatch_directives(spec, ctx)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("run_id", "R 1"), ("token", "not-hex"), ("lab", "a lab"), ("token", "abc")],
+)
+def test_job_context_refuses_values_the_daemon_should_never_make(
+    field: str, value: str, tmp_path: Path, make_context: ContextFactory
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        make_context(tmp_path, **{field: value})
+
+
+# ─── templates ─────────────────────────────────────────────────────────────────────────────────
+
+
+def test_builtin_template_dir_holds_the_default_template() -> None:
+    assert (BUILTIN_TEMPLATE_DIR / "default.sh.j2").is_file()
+
+
+def test_unknown_template_names_the_ones_that_exist(
+    tmp_path: Path, make_context: ContextFactory
+) -> None:
+    (tmp_path / "gpu-cluster.sh.j2").write_text("#!/bin/bash\n")
+    spec = parse_spec(MINIMAL_YAML + "template: nope\n", "t")
+    with pytest.raises(SpecError) as info:
+        render_script(spec, make_context(tmp_path / "run"), [tmp_path])
+    problem = info.value.problems[0]
+    assert problem.location == "template"
+    assert "'nope'" in problem.message
+    assert "default, gpu-cluster" in problem.message
+
+
+def _lab_template(tmp_path: Path, name: str, text: str) -> Path:
+    lab_dir = tmp_path / "lab_templates"
+    lab_dir.mkdir(exist_ok=True)
+    (lab_dir / f"{name}.sh.j2").write_text(text)
+    return lab_dir
+
+
+def test_a_lab_template_extends_one_slot_of_the_default(
+    tmp_path: Path, make_context: ContextFactory
+) -> None:
+    lab_dir = _lab_template(
+        tmp_path,
+        "cuda",
+        '{% extends "default.sh.j2" %}\n'
+        "{% block prologue %}{{ super() }}module load cuda/12.2\n{% endblock %}\n",
+    )
+    spec = parse_spec(MINIMAL_YAML + "template: cuda\n", "t")
+    script = render_script(spec, make_context(tmp_path / "run"), [lab_dir])
+    assert "module load cuda/12.2\n" in script
+    assert script.index("module load") < script.index("# --- command ---")
+
+
+def test_a_lab_template_dir_comes_before_the_builtin(
+    tmp_path: Path, make_context: ContextFactory
+) -> None:
+    default = (BUILTIN_TEMPLATE_DIR / "default.sh.j2").read_text()
+    lab_dir = _lab_template(tmp_path, "default", default.replace("set -u\n", "set -u  # lab\n"))
+    script = render_script(parse_spec(MINIMAL_YAML, "t"), make_context(tmp_path / "r"), [lab_dir])
+    assert "set -u  # lab\n" in script
+
+
+HEADER = "#!/bin/bash\n{% for d in directives %}#SBATCH {{ d }}\n{% endfor %}{{ command }}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        (HEADER.replace("#!/bin/bash\n", "#!/bin/bash\n#SBATCH --partition=bigmem\n"),
+         "--partition, which hpcops controls"),
+        (HEADER.replace("#!/bin/bash\n", "#!/bin/bash\n#SBATCH --constraint=a b\n"),
+         "not a well-formed #SBATCH line"),
+        (HEADER.replace("#!/bin/bash\n", "#!/bin/bash\n#PBS -l walltime=1:00:00\n"),
+         "#PBS line"),
+        (HEADER.replace("#SBATCH {{ d }}\n", "{% if 'comment' not in d %}#SBATCH {{ d }}\n"
+                        "{% endif %}"),
+         "appears 0 times"),
+        ("#!/bin/bash\necho start\n{% for d in directives %}#SBATCH {{ d }}\n{% endfor %}",
+         "appears 0 times"),
+        ("{% for d in directives %}#SBATCH {{ d }}\n{% endfor %}{{ nope }}", "nope"),
+        ("{% for d in directives %}#SBATCH {{ d }}\n{% endfor %}{% if %}", "lab.sh.j2, line 2"),
+        ("{{ spec.__class__.__mro__ }}", "failed to render"),
+        ("{{ 1 / 0 }}", "ZeroDivisionError"),
+        ("{{ spec.params | shquote }}", "shquote takes a string or a number"),
+        ('{% extends "nowhere.sh.j2" %}', "nowhere.sh.j2"),
+    ],
+)  # fmt: skip
+def test_a_broken_lab_template_is_a_config_error(
+    text: str, phrase: str, tmp_path: Path, make_context: ContextFactory
+) -> None:
+    lab_dir = _lab_template(tmp_path, "lab", text)
+    spec = parse_spec(MINIMAL_YAML + "template: lab\n", "t")
+    with pytest.raises(ConfigError, match=re.escape(phrase)):
+        render_script(spec, make_context(tmp_path / "run"), [lab_dir])
+
+
+def test_a_fixed_well_formed_directive_in_a_lab_template_is_allowed(
+    tmp_path: Path, make_context: ContextFactory
+) -> None:
+    text = HEADER.replace("#!/bin/bash\n", "#!/bin/bash\n#SBATCH --constraint=ib\n")
+    lab_dir = _lab_template(tmp_path, "lab", text)
+    spec = parse_spec(MINIMAL_YAML + "template: lab\n", "t")
+    assert "#SBATCH --constraint=ib\n" in render_script(spec, make_context(tmp_path), [lab_dir])
+
+
+def test_the_command_cannot_end_its_here_document_early(golden_context: JobContext) -> None:
+    # nasty.yaml's command holds a line equal to the delimiter hpcops would pick first.
+    script = render_script(load_example("nasty"), golden_context)
+    assert "<<'HPCOPS_COMMAND_0123456789abcdef_'\n" in script
+
+
+# ─── the script, run by bash ───────────────────────────────────────────────────────────────────
+
+
+class Job:
+    """A rendered script run by bash as Slurm would start it, without Slurm.
+
+    stdout and stderr go to the run directory's logs, as #SBATCH --output/--error send them, so a
+    process the command leaves behind cannot hold a pipe open.
+    """
+
+    def __init__(self, tmp_path: Path, spec: Spec, make_context: ContextFactory) -> None:
+        self.run_dir = RunDir(tmp_path / "run")
+        self.run_dir.create()
+        self.run_dir.script.write_text(render_script(spec, make_context(self.run_dir.path)))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HPCOPS_", "SLURM_"))}
+        env["SLURM_JOB_ID"] = "1"
+        with self.run_dir.stdout.open("wb") as out, self.run_dir.stderr.open("wb") as err:
+            self.process = subprocess.Popen(
+                ["bash", str(self.run_dir.script)],
+                env=env,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # a process group of its own, like a job's processes
+            )
+
+    def finish(self, timeout_s: float = 20) -> tuple[int, str, str]:
+        status = self.process.wait(timeout=timeout_s)
+        return status, self.run_dir.stdout.read_text(), self.run_dir.stderr.read_text()
+
+    def wait_for(self, path: Path, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not path.exists():
+            assert self.process.poll() is None, self.finish()
+            assert time.monotonic() < deadline, f"{path} did not appear"
+            time.sleep(0.01)
+
+    def kill_all(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+StartJob = Callable[[Spec], Job]
+
+
+@pytest.fixture
+def start_job(tmp_path: Path, make_context: ContextFactory) -> Iterator[StartJob]:
+    jobs: list[Job] = []
+
+    def start(spec: Spec) -> Job:
+        jobs.append(Job(tmp_path, spec, make_context))
+        return jobs[-1]
+
+    yield start
+    for job in jobs:  # no process of a test's job outlives the test
+        job.kill_all()
+
+
+def spec_with(command: str, **fields: object) -> Spec:
+    data: dict[str, object] = {"name": "t", "experiment": "e", "command": command}
+    data.update(fields)
+    return Spec.model_validate(data)
+
+
+def test_nasty_values_reach_the_job_byte_for_byte(tmp_path: Path, start_job: StartJob) -> None:
+    workdir = tmp_path / 'it\'s a "quoted" dir' / "$(touch pwned-workdir)"
+    workdir.mkdir(parents=True)
+    nasty = load_example("nasty")
+    spec = Spec.model_validate({**nasty.model_dump(), "workdir": str(workdir)})
+    job = start_job(spec)
+    status, out, err = job.finish()
+    assert status == 0, err
+
+    environ = {}
+    for entry in (job.run_dir.path / "env.bin").read_bytes().split(b"\0")[:-1]:
+        name, _, value = entry.partition(b"=")
+        environ[name.decode()] = value
+    expected = {f"HPCOPS_PARAM_{k.upper()}": v for k, v in nasty.params.items()}
+    expected.update(nasty.env)
+    expected["HPCOPS_EXPERIMENT"] = nasty.experiment
+    expected["HPCOPS_RUN_ID"] = "r-000042"
+    expected["HPCOPS_RUN_DIR"] = str(job.run_dir.path)
+    as_text = {True: "true", False: "false"}
+    for name, value in expected.items():
+        text = as_text[value] if isinstance(value, bool) else str(value)
+        assert environ.get(name) == text.encode(), name
+    assert environ["HPCOPS_PARAM_EXPONENT"] == b"1e-05"
+    assert environ["NASTY_NUMBER"] == b"8"
+
+    assert (job.run_dir.path / "pwd.bin").read_bytes() == str(workdir).encode() + b"\0"
+    pwned = [p.name for p in tmp_path.rglob("pwned*")]
+    assert pwned == [], "a payload ran"
+    assert not Path("/nonexistent-hpcops-canary").exists()
+    # the command's own quoting survived, and the here-document did not end early
+    assert out.splitlines() == [
+        'it\'s "quoted", $escaped, a backslash \\ and a tab:\tend',
+        "the user's own here-document, ended by the delimiter hpcops would have picked: $NOT `run`",
+        "{{ jinja }} {% raw %} stays as written",
+    ]
+
+
+def test_markers_have_the_formats_the_daemon_reads(tmp_path: Path, start_job: StartJob) -> None:
+    before = time.time()
+    job = start_job(spec_with("true"))
+    assert job.finish()[0] == 0
+    start_text = job.run_dir.started_marker.read_text()
+    exit_text = job.run_dir.exit_marker.read_text()
+    assert re.fullmatch(r"[0-9]+ \S+ 1\n", start_text), start_text
+    assert re.fullmatch(r"0 [0-9]+\n", exit_text), exit_text
+    started = job.run_dir.read_started()
+    ended = parse_exit_marker(exit_text)
+    assert started == parse_start_marker(start_text)
+    assert started is not None and ended is not None
+    assert started.slurm_job_id == "1"
+    assert started.hostname == os.uname().nodename
+    assert before - 1 <= started.started_at <= ended.ended_at <= time.time() + 1
+    assert not list(job.run_dir.path.glob("*.tmp.*")), "a temporary marker was left behind"
+
+
+@pytest.mark.parametrize(
+    ("command", "status"),
+    [
+        ("echo failing; exit 3", 3),
+        ("exit 0\necho never", 0),
+        ('echo "unterminated', 2),  # a syntax error is the command's, not the script's
+        ("set -e; false; echo never", 1),
+        ("kill -9 $$", 137),
+        ("echo $UNSET_VARIABLE_IS_FINE", 0),  # the script's `set -u` does not leak
+    ],
+)
+def test_the_command_exit_status_lands_in_the_exit_marker(
+    command: str, status: int, start_job: StartJob
+) -> None:
+    job = start_job(spec_with(command))
+    assert job.finish()[0] == status
+    marker = job.run_dir.read_exit()
+    assert marker is not None and marker.exit_code == status
+
+
+def test_a_missing_workdir_fails_the_job_with_a_marker(tmp_path: Path, start_job: StartJob) -> None:
+    job = start_job(spec_with("echo never", workdir=str(tmp_path / "gone")))
+    status, out, err = job.finish()
+    assert status == 1 and out == ""
+    assert "gone" in err
+    marker = job.run_dir.read_exit()
+    assert marker is not None and marker.exit_code == 1
+
+
+def test_term_to_the_script_is_forwarded_and_exits_143(start_job: StartJob) -> None:
+    command = (
+        "trap 'echo \"child got TERM\"; exit 9' TERM\n"
+        'touch "$HPCOPS_RUN_DIR/ready"\n'
+        "sleep 60 & wait\n"
+    )
+    job = start_job(spec_with(command))
+    job.wait_for(job.run_dir.path / "ready")
+    job.process.send_signal(signal.SIGTERM)  # as `scancel --batch` would, to the script only
+    status, out, _ = job.finish()
+    assert status == 143
+    assert "child got TERM" in out
+    marker = job.run_dir.read_exit()
+    assert marker is not None and marker.exit_code == 143
+
+
+def test_term_to_every_process_of_the_job_exits_143(start_job: StartJob) -> None:
+    job = start_job(spec_with('touch "$HPCOPS_RUN_DIR/ready"; sleep 60'))
+    job.wait_for(job.run_dir.path / "ready")
+    os.killpg(job.process.pid, signal.SIGTERM)  # as Slurm does at the time limit
+    assert job.finish()[0] == 143
+    marker = job.run_dir.read_exit()
+    assert marker is not None and marker.exit_code == 143
+
+
+def test_usr1_is_forwarded_and_the_job_goes_on(start_job: StartJob) -> None:
+    command = (
+        "trap 'touch \"$HPCOPS_RUN_DIR/warned\"' USR1\n"
+        'touch "$HPCOPS_RUN_DIR/ready"\n'
+        'while [ ! -e "$HPCOPS_RUN_DIR/warned" ]; do sleep 0.05; done\n'
+        "exit 5\n"
+    )
+    job = start_job(spec_with(command))
+    job.wait_for(job.run_dir.path / "ready")
+    job.process.send_signal(signal.SIGUSR1)  # --signal=B:USR1@60 signals the script only
+    assert job.finish()[0] == 5
+    marker = job.run_dir.read_exit()
+    assert marker is not None and marker.exit_code == 5
+
+
+def test_a_requeued_job_clears_the_exit_marker_of_the_attempt_before(start_job: StartJob) -> None:
+    spec = spec_with('test ! -e "$HPCOPS_RUN_DIR/hpcops.exit"')
+    job = start_job(spec)
+    job.finish()
+    job.run_dir.exit_marker.write_text("143 1\n")  # the preempted attempt's
+    again = start_job(spec)
+    assert again.finish()[0] == 0
+    marker = again.run_dir.read_exit()
+    assert marker is not None and marker.exit_code == 0

@@ -133,10 +133,9 @@ class Orchestrator:
                     [
                         FieldProblem(
                             "resources.time",
-                            f"{spec.resources.time} is over partition {partition_name!r}'s "
-                            f"limit of {_format_s(part.max_time_s)}; Slurm would accept it and "
-                            "leave it pending "
-                            "forever (PartitionTimeLimit)",
+                            f"{spec.resources.time} is over the time limit of partition "
+                            f"{partition_name!r} ({_format_s(part.max_time_s)}); Slurm would "
+                            "accept it and leave it pending forever (PartitionTimeLimit)",
                         )
                     ],
                 )

@@ -154,13 +154,8 @@ class Orchestrator:
             parsed.append(spec)
         runs = [self._new_run(spec, caller) for spec in parsed]
         runs = self.store.add_runs(runs, actor=caller.name)
-        for run in runs:
-            assert run.id is not None
-            self.store.transition(
-                run.id, None, actor=DAEMON, run_dir=str(self.run_root / f"run-{run.id:06d}")
-            )
         self.wake.set()
-        return [self.store.get(run.id) for run in runs if run.id is not None]
+        return runs
 
     def _new_run(self, spec: Spec, caller: Caller) -> Run:
         canonical = spec_to_yaml(spec)
@@ -539,6 +534,8 @@ class Orchestrator:
             token=token,
             attempt=run.attempt + 1,
             claimed_at=self.clock(),
+            # Set with the claim, in one transaction: the directory exists only for released runs.
+            run_dir=str(self._run_dir(run.id)),
         )
         if claimed is None:
             return True  # cancelled or changed by a user since it was read
@@ -589,11 +586,14 @@ class Orchestrator:
         )
         return True
 
+    def _run_dir(self, run_id: int) -> Path:
+        return self.run_root / f"run-{run_id:06d}"
+
     def _context(self, spec: Spec, run_id: int, token: str) -> JobContext:
         return JobContext(
             run_id=f"r-{run_id:06d}",
             token=token,
-            run_dir=RunDir(self.run_root / f"run-{run_id:06d}"),
+            run_dir=RunDir(self._run_dir(run_id)),
             account=self.config.slurm.account,
             default_partition=self.config.slurm.default_partition,
             lab=self.config.lab,

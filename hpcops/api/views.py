@@ -44,7 +44,7 @@ def run_view(run: Run, *, detail: bool = False) -> dict[str, Any]:
     if detail:
         view.update(
             {
-                "run_dir": run.run_dir,
+                "run_dir": run.run_dir or None,
                 "spec_hash": run.spec_hash,
                 "spec": run.spec_yaml,
                 "stderr_tail": run.stderr_tail,

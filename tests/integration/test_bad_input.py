@@ -21,7 +21,9 @@ def test_every_malformed_spec_is_refused_with_exit_2(daemon: Daemon, tmp_path: P
     files = sorted(BAD_SPECS.iterdir())
     assert len(files) >= 20
     huge = tmp_path / "huge.yaml"
-    huge.write_bytes(b"name: x\nexperiment: e\ncommand: |\n" + b"  echo\n" * (10 * 1024 * 1024 // 7))
+    huge.write_bytes(
+        b"name: x\nexperiment: e\ncommand: |\n" + b"  echo\n" * (10 * 1024 * 1024 // 7)
+    )
     before = _queue(daemon)
     for path in [*files, huge]:
         proc = daemon.cli("submit", str(path))
@@ -43,7 +45,11 @@ def test_one_bad_spec_in_a_batch_queues_none(daemon: Daemon, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("resources", "field", "phrase"),
     [
-        ({"time": "03:00:00"}, "resources.time", "over the time limit of partition 'cpu' (02:00:00)"),
+        (
+            {"time": "03:00:00"},
+            "resources.time",
+            "over the time limit of partition 'cpu' (02:00:00)",
+        ),
         ({"partition": "nosuch"}, "resources.partition", "no partition 'nosuch'"),
     ],
 )

@@ -103,19 +103,24 @@ def test_history_records_every_transition(daemon: Daemon, tmp_path: Path) -> Non
     assert events[0]["actor"] == daemon.json("daemon", "status")["caller"]
 
 
-def test_kill9_between_sbatch_and_commit_adopts_the_job(daemon: Daemon, tmp_path: Path) -> None:
+def _crash_at(daemon: Daemon, fault: str, spec: Path) -> int:
+    """Submit with a fault point armed; return the run id once the daemon has killed itself."""
     daemon.stop()
-    daemon.start(HPCOPS_FAULT="after_sbatch")
-    spec = write_spec(tmp_path, "crash", "sleep 2; echo survived")
-    proc = daemon.cli("submit", str(spec), "--json", check=True)
-    run = int(__import__("json").loads(proc.stdout)["id"])
-    # The daemon submits the job, then kills itself before recording the job id.
+    daemon.start(HPCOPS_FAULT=fault)
+    run = daemon.submit(spec)
     deadline = time.monotonic() + 30
     while Path(f"/proc/{daemon.pid()}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not Path(f"/proc/{daemon.pid()}").exists(), "the fault point did not fire"
     (daemon.home / "daemon.pid").unlink()
-    daemon.start()  # no fault this time: start-up reconciliation adopts the job by its token
+    daemon.start()  # no fault this time
+    return run
+
+
+def test_kill9_between_sbatch_and_commit_adopts_the_job(daemon: Daemon, tmp_path: Path) -> None:
+    # The daemon submits the job, then dies before recording the job id; start-up finds the job
+    # by the token in its --comment and adopts it.
+    run = _crash_at(daemon, "after_sbatch", write_spec(tmp_path, "crash", "sleep 2; echo ok"))
     data = daemon.wait_ended(run)
     assert data["state"] == "COMPLETED"
     jobs = sacct_jobs_named(data["name"])
@@ -123,6 +128,19 @@ def test_kill9_between_sbatch_and_commit_adopts_the_job(daemon: Daemon, tmp_path
     assert jobs[0]["job_id"] == data["slurm_job_id"]
     history = daemon.json("history", str(run))
     assert any("adopted" in e["reason"] for e in history)
+
+
+def test_kill9_between_claim_and_sbatch_submits_once(daemon: Daemon, tmp_path: Path) -> None:
+    # The run was committed SUBMITTING, but sbatch never ran: after the grace period the daemon
+    # concludes Slurm never saw it and submits it, once.
+    daemon.config["slurm"]["submit_grace_s"] = 5
+    run = _crash_at(daemon, "before_sbatch", write_spec(tmp_path, "early", "echo ok"))
+    data = daemon.wait_ended(run, timeout=90)
+    assert data["state"] == "COMPLETED"
+    assert data["attempt"] == 2
+    assert len(sacct_jobs_named(data["name"])) == 1
+    history = daemon.json("history", str(run))
+    assert any("never reached Slurm" in e["reason"] for e in history)
 
 
 def test_restart_while_jobs_run(daemon: Daemon, tmp_path: Path) -> None:
@@ -166,3 +184,15 @@ def test_slurmctld_outage(daemon: Daemon, tmp_path: Path) -> None:
     for run in [*runs, queued_during_outage]:
         assert daemon.wait_ended(run, timeout=180)["state"] == "COMPLETED"
     assert daemon.json("daemon", "status")["slurm"]["reachable"] is True
+
+
+def test_logs_follow_streams_until_the_run_ends(daemon: Daemon, tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path, "follow", "for i in 1 2 3 4; do echo line $i; sleep 1; done; echo oops >&2"
+    )
+    run = daemon.submit(spec)
+    proc = daemon.cli("logs", str(run), "--follow", check=True, timeout=120)
+    assert proc.stdout.splitlines() == ["line 1", "line 2", "line 3", "line 4"]
+    assert daemon.cli("logs", str(run), "--stderr", check=True).stdout == "oops\n"
+    assert daemon.cli("logs", str(run), "--tail", "7", check=True).stdout == "line 4\n"
+    assert daemon.show(run)["state"] == "COMPLETED"

@@ -46,7 +46,7 @@ from hpcops.rundir import RunDir, tail_text
 from hpcops.slurm.backend import SlurmBackend, SlurmLimited
 from hpcops.slurm.parse import AccountingRecord, Partition, QueueEntry
 from hpcops.spec import Spec, parse_spec, spec_to_yaml
-from hpcops.states import RunState, from_slurm
+from hpcops.states import RunState
 from hpcops.store import Run, Store
 
 log = logging.getLogger(__name__)
@@ -204,13 +204,16 @@ class Orchestrator:
         return updated, f"run {run_id}: cancel sent to Slurm job {run.slurm_job_id or '(pending)'}"
 
     def partitions(self) -> dict[str, Partition]:
-        """Partition limits, cached; empty when Slurm cannot be asked right now."""
+        """Partition limits, cached; the old ones (or none) while Slurm does not answer.
+
+        Called from the API thread too: while Slurm is known to be down it asks nothing, so a
+        submission is not held up by a command that takes 9 s to fail (Slurm 22.05)."""
         with self._lock:
             fresh = (
                 self._partitions_at is not None
                 and self.clock() - self._partitions_at < self.config.slurm.partition_cache_s
             )
-            if fresh or not self._slurm_callable():
+            if fresh or not self.health.reachable:
                 return dict(self._partitions)
             try:
                 self._partitions = self.slurm.partitions()
@@ -351,13 +354,13 @@ class Orchestrator:
         """SUBMITTING runs that squeue does not know: finished already, or never submitted."""
         earliest = min(r.claimed_at or r.created_at for r in orphans)
         since = datetime.fromtimestamp(earliest) - timedelta(minutes=5)
-        recent = {j.token: j for j in self.slurm.recent_jobs(since) if j.token}
+        finished = {j.token: j for j in self.slurm.finished_jobs(since) if j.token}
         now = self.clock()
         for run in orphans:
             assert run.id is not None
-            job = recent.get(run.token) if run.token else None
+            job = finished.get(run.token) if run.token else None
             if job is not None:
-                self._adopt(run, job.job_id, from_slurm(job.slurm_state), job.submitted_at)
+                self._adopt(run, job.job_id, job.state, None)
             elif now - (run.claimed_at or run.created_at) > self.config.slurm.submit_grace_s:
                 self.store.transition(
                     run.id,

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from hpcops.errors import SlurmError, SlurmRejected, SlurmUnreachable
 from hpcops.slurm import commands, parse
-from hpcops.slurm.parse import AccountingRecord, Partition, QueueEntry, RecentJob
+from hpcops.slurm.parse import AccountingRecord, FinishedJob, Partition, QueueEntry
 from hpcops.transport.base import CommandResult, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class SlurmBackend(Protocol):
     def submit(self, script_path: PurePosixPath) -> str: ...
     def queue(self) -> list[QueueEntry]: ...
     def accounting(self, job_ids: Sequence[str]) -> dict[str, AccountingRecord]: ...
-    def recent_jobs(self, since: datetime) -> list[RecentJob]: ...
+    def finished_jobs(self, since: datetime) -> list[FinishedJob]: ...
     def cancel(self, job_ids: Sequence[str]) -> None: ...
     def partitions(self) -> dict[str, Partition]: ...
 
@@ -94,9 +94,9 @@ class CommandBackend:
             return {}
         return parse.parse_sacct(self._run(commands.sacct_argv(job_ids)).stdout)
 
-    def recent_jobs(self, since: datetime) -> list[RecentJob]:
-        argv = commands.sacct_recent_argv(account=self.account, user=self.user, since=since)
-        return parse.parse_sacct_recent(self._run(argv).stdout)
+    def finished_jobs(self, since: datetime) -> list[FinishedJob]:
+        argv = commands.sacct_finished_argv(account=self.account, user=self.user, since=since)
+        return parse.parse_sacct_finished(self._run(argv).stdout)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:

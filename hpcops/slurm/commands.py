@@ -32,8 +32,10 @@ SQUEUE_FIELDS: tuple[tuple[str, str], ...] = (
     ("name", "%j"),
 )
 
+# sacct fields, in order. JobName may hold the separator; the parser rejoins it.
 SACCT_FIELDS: tuple[str, ...] = (
     "JobID",
+    "JobName",
     "State",
     "ExitCode",
     "Reason",
@@ -44,16 +46,26 @@ SACCT_FIELDS: tuple[str, ...] = (
     "TotalCPU",
     "MaxRSS",
     "AllocTRES",
-    "Partition",
     "Comment",
-    "JobName",
+    "Partition",
+    "User",
 )
+SACCT_NAME_INDEX = 1
 
-SACCT_FIND_FIELDS: tuple[str, ...] = ("JobID", "State", "Submit", "Comment", "JobName")
+SACCT_FIND_FIELDS: tuple[str, ...] = ("JobID", "Comment", "State", "JobName")
+
+# Finished states for sacct --state: with it, sacct selects jobs by end time and also finds jobs
+# that never became eligible (held, cancelled while pending), which it otherwise misses
+# (tests/fixtures/slurm/README.md, Slurm 22.05).
+FINISHED_STATES = "BF,CA,CD,DL,F,NF,OOM,PR,TO"
 
 SINFO_FIELDS: tuple[tuple[str, str], ...] = (
     ("partition", "%R"),
     ("time_limit", "%l"),
+    ("nodes", "%D"),
+    ("cpus", "%c"),
+    ("memory_mb", "%m"),
+    ("gres", "%G"),
     ("availability", "%a"),
 )
 
@@ -86,9 +98,11 @@ def sacct_argv(job_ids: Sequence[str]) -> list[str]:
     ]
 
 
-def sacct_recent_argv(*, account: str | None, user: str | None, since: datetime) -> list[str]:
-    """Jobs submitted since `since`, with their comments: how a crashed submission is found by
-    token. sacct cannot filter by comment, so the caller filters; the window keeps it small."""
+def sacct_finished_argv(*, account: str | None, user: str | None, since: datetime) -> list[str]:
+    """Jobs that ended since `since`, with their comments: how a submission interrupted by a crash
+    is found by token once its job has already left squeue. sacct cannot filter by comment, so the
+    caller does; the window keeps the answer small. (sacct shows a job's comment only after the
+    job ended; live jobs are found by squeue's %k.)"""
     argv = [
         "sacct",
         "--noheader",
@@ -96,6 +110,7 @@ def sacct_recent_argv(*, account: str | None, user: str | None, since: datetime)
         "--allocations",
         "--starttime=" + since.strftime("%Y-%m-%dT%H:%M:%S"),
         "--endtime=now",
+        "--state=" + FINISHED_STATES,
         "--format=" + ",".join(SACCT_FIND_FIELDS),
     ]
     if account:

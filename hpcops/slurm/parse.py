@@ -13,6 +13,7 @@ from hpcops.slurm.commands import (
     FIELD_SEP,
     SACCT_FIELDS,
     SACCT_FIND_FIELDS,
+    SACCT_NAME_INDEX,
     SINFO_FIELDS,
     SQUEUE_FIELDS,
 )
@@ -71,10 +72,12 @@ class AccountingRecord:
 
 
 @dataclass(frozen=True)
-class RecentJob:
+class FinishedJob:
+    """A job that ended, as `sacct --state=<finished>` lists it: enough to find it by token."""
+
     job_id: str
+    state: RunState
     slurm_state: str
-    submitted_at: float | None
     comment: str
     name: str
 
@@ -190,6 +193,14 @@ def parse_gpus(gres: str) -> int:
     return total
 
 
+def _split_around(parts: list[str], n: int, free: int) -> list[str] | None:
+    """n fields where field `free` may itself hold separators: rejoin the surplus into it."""
+    if len(parts) < n:
+        return None
+    surplus = len(parts) - n
+    return [*parts[:free], "|".join(parts[free : free + surplus + 1]), *parts[free + surplus + 1 :]]
+
+
 def _split(line: str, sep: str, n: int) -> list[str] | None:
     """Split into n fields; the last (free-text) field keeps any separators inside it."""
     parts = line.split(sep, n - 1)
@@ -233,7 +244,7 @@ def parse_sacct(stdout: str) -> dict[str, AccountingRecord]:
     for line in stdout.splitlines():
         if not line.strip():
             continue
-        parts = _split(line, "|", len(SACCT_FIELDS))
+        parts = _split_around(line.split("|"), len(SACCT_FIELDS), SACCT_NAME_INDEX)
         if parts is None:
             continue
         row = dict(zip(SACCT_FIELDS, parts, strict=True))
@@ -270,22 +281,20 @@ def parse_sacct(stdout: str) -> dict[str, AccountingRecord]:
     return records
 
 
-def parse_sacct_recent(stdout: str) -> list[RecentJob]:
+def parse_sacct_finished(stdout: str) -> list[FinishedJob]:
     jobs = []
     for line in stdout.splitlines():
-        if not line.strip():
-            continue
         parts = _split(line, "|", len(SACCT_FIND_FIELDS))
         if parts is None:
             continue
         row = dict(zip(SACCT_FIND_FIELDS, parts, strict=True))
         if "." in row["JobID"]:
-            continue
+            continue  # a step row (without --allocations)
         jobs.append(
-            RecentJob(
+            FinishedJob(
                 job_id=row["JobID"].strip(),
+                state=from_slurm(row["State"]),
                 slurm_state=row["State"].strip(),
-                submitted_at=parse_slurm_timestamp(row["Submit"]),
                 comment=row["Comment"].strip(),
                 name=row["JobName"],
             )

@@ -58,6 +58,8 @@ _ACCOUNTING_PATIENCE_S = 120.0
 # A job that left squeue without a marker and without a record this long is UNKNOWN.
 _VANISHED_PATIENCE_S = 600.0
 _BACKOFF_MAX_S = 60.0
+# After Slurm refused a submission for a full association/QOS limit, try again this much later.
+_LIMIT_RETRY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class Orchestrator:
         self._next_sacct_at: dict[int, float] = {}
         self._sacct_delay_s: dict[int, float] = {}
         self._cancel_sent: set[int] = set()
+        self._limited_until = 0.0  # a Slurm limit refused the last submission: wait until then
         self._partitions: dict[str, Partition] = {}
         self._partitions_at: float | None = None
         self._lock = threading.Lock()  # partitions cache, shared with the API thread
@@ -362,14 +365,27 @@ class Orchestrator:
             if job is not None:
                 self._adopt(run, job.job_id, job.state, None)
             elif now - (run.claimed_at or run.created_at) > self.config.slurm.submit_grace_s:
+                never = (
+                    f"no Slurm job carries token {run.token} "
+                    f"{self.config.slurm.submit_grace_s:.0f} s after the claim; "
+                    "the submission never reached Slurm"
+                )
+                if run.cancel_requested_by:
+                    self.store.transition(
+                        run.id,
+                        RunState.CANCELLED,
+                        actor=DAEMON,
+                        expect=(RunState.SUBMITTING,),
+                        note=f"{never}; cancelled as {run.cancel_requested_by} asked",
+                        ended_at=now,
+                    )
+                    continue
                 self.store.transition(
                     run.id,
                     RunState.QUEUED,
                     actor=DAEMON,
                     expect=(RunState.SUBMITTING,),
-                    note=f"no Slurm job carries token {run.token} "
-                    f"{self.config.slurm.submit_grace_s:.0f} s after the claim; "
-                    "the submission never reached Slurm, queued again",
+                    note=f"{never}, queued again",
                     token=None,
                 )
 
@@ -391,6 +407,8 @@ class Orchestrator:
         for run in due:
             assert run.id is not None and run.slurm_job_id is not None
             record = records.get(run.slurm_job_id)
+            if record is not None and _is_placeholder(record):
+                record = None  # slurmdbd has not recorded the job itself yet
             if record is not None and record.state.is_terminal:
                 self._finish(run, record)
                 continue
@@ -454,6 +472,7 @@ class Orchestrator:
         )
         self._forget(run.id)
         log.info("run %s: job %s ended %s", run.id, run.slurm_job_id, state)
+        self._limited_until = 0.0  # a job ended, so a Slurm limit may have room again
         self.wake.set()  # a slot is free: release now, not at the next tick
 
     def _finish_from_marker(self, run: Run) -> None:
@@ -499,6 +518,8 @@ class Orchestrator:
     # --- 5. release -------------------------------------------------------------------------
 
     def _release(self) -> None:
+        if self.clock() < self._limited_until:
+            return
         budget = policy.release_budget(
             active=self.store.count_in_slurm(), max_active=self.config.max_active
         )
@@ -565,6 +586,8 @@ class Orchestrator:
                 note=f"waiting: {exc.stderr.strip() or exc.message}",
                 reason=f"Slurm limit: {exc.stderr.strip() or exc.message}",
             )
+            # Each try costs an sbatch RPC: wait for room rather than asking every tick.
+            self._limited_until = self.clock() + _LIMIT_RETRY_S
             return False
         except SlurmRejected as exc:
             self.store.transition(
@@ -629,6 +652,13 @@ class Orchestrator:
         if self.fault == name:
             log.warning("fault point %s: killing the daemon with SIGKILL (HPCOPS_FAULT)", name)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _is_placeholder(record: AccountingRecord) -> bool:
+    """For about a second after a job starts, sacct shows a row named `allocation` with no
+    comment (Slurm 22.05, tests/fixtures/slurm/sacct_first_second.txt); our jobs always carry a
+    comment once they have ended, so such a row is not the job's final record yet."""
+    return record.name == "allocation" and record.token is None
 
 
 def run_state(run: Run) -> RunState:

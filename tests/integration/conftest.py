@@ -44,8 +44,24 @@ def slurm(*argv: str) -> str:
     return subprocess.run(list(argv), check=True, capture_output=True, text=True).stdout
 
 
-def sacct_jobs_named(name: str) -> list[dict[str, str]]:
-    """Every allocation Slurm's accounting holds under this job name (for duplicate checks)."""
+def sacct_jobs_named(name: str, *, at_least: int = 0, timeout: float = 20) -> list[dict[str, str]]:
+    """Every allocation Slurm's accounting holds under this job name (for duplicate checks).
+
+    slurmdbd lags: for about a second a job's row is a placeholder named `allocation`, so wait up
+    to `timeout` for `at_least` rows, then look once more to catch a late duplicate."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _sacct_named(name)
+        if len(rows) >= at_least or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if at_least:
+        time.sleep(2)
+        rows = _sacct_named(name)
+    return rows
+
+
+def _sacct_named(name: str) -> list[dict[str, str]]:
     out = slurm(
         "sacct",
         "--noheader",

@@ -62,7 +62,7 @@ def test_cancel_running_job(daemon: Daemon, tmp_path: Path) -> None:
     daemon.cli("cancel", str(run), check=True)
     data = daemon.wait_ended(run, timeout=60)
     assert data["state"] == "CANCELLED"
-    jobs = sacct_jobs_named(data["name"])
+    jobs = sacct_jobs_named(data["name"], at_least=1)
     assert [j["state"].split()[0] for j in jobs] == ["CANCELLED"]
 
 
@@ -123,7 +123,7 @@ def test_kill9_between_sbatch_and_commit_adopts_the_job(daemon: Daemon, tmp_path
     run = _crash_at(daemon, "after_sbatch", write_spec(tmp_path, "crash", "sleep 2; echo ok"))
     data = daemon.wait_ended(run)
     assert data["state"] == "COMPLETED"
-    jobs = sacct_jobs_named(data["name"])
+    jobs = sacct_jobs_named(data["name"], at_least=1)
     assert len(jobs) == 1, f"exactly one Slurm job for the run, got {jobs}"
     assert jobs[0]["job_id"] == data["slurm_job_id"]
     history = daemon.json("history", str(run))
@@ -138,7 +138,7 @@ def test_kill9_between_claim_and_sbatch_submits_once(daemon: Daemon, tmp_path: P
     data = daemon.wait_ended(run, timeout=90)
     assert data["state"] == "COMPLETED"
     assert data["attempt"] == 2
-    assert len(sacct_jobs_named(data["name"])) == 1
+    assert len(sacct_jobs_named(data["name"], at_least=1)) == 1
     history = daemon.json("history", str(run))
     assert any("never reached Slurm" in e["reason"] for e in history)
 
@@ -156,7 +156,7 @@ def test_restart_while_jobs_run(daemon: Daemon, tmp_path: Path) -> None:
     for run in runs:
         data = daemon.wait_ended(run)
         assert data["state"] == "COMPLETED"
-        assert len(sacct_jobs_named(data["name"])) == 1
+        assert len(sacct_jobs_named(data["name"], at_least=1)) == 1
 
 
 def test_slurmctld_outage(daemon: Daemon, tmp_path: Path) -> None:

@@ -205,3 +205,12 @@ def test_sacct_finished_has_both_ends_of_the_window() -> None:
     assert "--starttime=2026-01-02T03:00:00" in argv and "--endtime=now" in argv
     assert any(a.startswith("--state=") for a in argv)
     assert "--allusers" in argv and "--accounts=lab" in argv
+
+
+def test_the_first_second_placeholder_is_not_taken_for_the_final_record() -> None:
+    from hpcops.orchestrator import _is_placeholder
+
+    placeholder = parse.parse_sacct(fixture("sacct_first_second.txt"))
+    assert placeholder and all(_is_placeholder(r) for r in placeholder.values())
+    real = parse.parse_sacct(fixture("sacct_mixed.txt"))
+    assert not any(_is_placeholder(r) for r in real.values())

@@ -115,6 +115,14 @@ class Orchestrator:
 
     def check_spec(self, spec: Spec, source: str) -> None:
         """What only the cluster and the config can say about a spec, before it is queued."""
+        self._check_cluster_limits(spec, source)
+        # Render once now so an unknown template or a bad directive is the submitter's error
+        # today, not a failed run tomorrow.
+        render_script(
+            spec, self._context(spec, run_id=0, token="0" * 16), self.config.template_dirs
+        )
+
+    def _check_cluster_limits(self, spec: Spec, source: str) -> None:
         partition_name = spec.resources.partition or self.config.slurm.default_partition
         partitions = self.partitions()
         if partitions and partition_name is not None:
@@ -142,11 +150,6 @@ class Orchestrator:
                         )
                     ],
                 )
-        # Render once now so an unknown template or a bad directive is the submitter's error
-        # today, not a failed run tomorrow.
-        render_script(
-            spec, self._context(spec, run_id=0, token="0" * 16), self.config.template_dirs
-        )
 
     def enqueue(self, specs: Sequence[tuple[str, str]], caller: Caller) -> list[Run]:
         """Queue specs given as (yaml text, source name): all of them, or none."""
@@ -533,11 +536,17 @@ class Orchestrator:
         """Submit one run; False when releasing should stop for this tick."""
         assert run.id is not None
         source = f"run {run.id}"
+        token = secrets.token_hex(8)
         try:
             spec = parse_spec(run.spec_yaml, source)
-            self.check_spec(spec, source)
+            self._check_cluster_limits(spec, source)
+            # Rendered before the claim: a template that broke since the run was queued fails the
+            # run here rather than leaving it SUBMITTING.
+            script = render_script(
+                spec, self._context(spec, run.id, token), self.config.template_dirs
+            )
         except InvalidInput as exc:
-            # The cluster changed since the run was queued (a partition went away, a limit shrank).
+            # The cluster or the lab's templates changed since the run was queued.
             self.store.transition(
                 run.id,
                 RunState.FAILED,
@@ -548,7 +557,6 @@ class Orchestrator:
                 ended_at=self.clock(),
             )
             return True
-        token = secrets.token_hex(8)
         claimed = self.store.transition(
             run.id,
             RunState.SUBMITTING,
@@ -566,7 +574,6 @@ class Orchestrator:
         rundir = RunDir(Path(claimed.run_dir))
         rundir.create()
         rundir.clear_markers()
-        script = render_script(spec, self._context(spec, run.id, token), self.config.template_dirs)
         _write_atomic(rundir.spec, claimed.spec_yaml)
         _write_atomic(rundir.script, script)
         self._fault_point("before_sbatch")

@@ -74,6 +74,82 @@ class DaemonConfig(_Strict):
     log_backups: int = Field(default=5, ge=0, le=100)
 
 
+_UNIX_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+
+
+def _check_unix_names(values: list[str]) -> list[str]:
+    for value in values:
+        if not _UNIX_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Unix user name")
+    return values
+
+
+class AccessConfig(_Strict):
+    """Who may do what. Identity always comes from the socket's peer credentials."""
+
+    socket_group: str | None = Field(
+        default=None,
+        description="Unix group that may connect to the daemon's socket (mode 0660); "
+        "None: only the daemon's own account (mode 0600).",
+    )
+    members_group: str | None = Field(
+        default=None, description="Members of this Unix group are lab members."
+    )
+    members: list[str] = Field(default_factory=list, description="Further members, by name.")
+    leads: list[str] = Field(
+        default_factory=list,
+        description="Group leads: any priority, hold/release/cancel any run, top, quotas.",
+    )
+    member_priority_min: int = Field(default=-100, ge=-1000, le=1000)
+    member_priority_max: int = Field(default=100, ge=-1000, le=1000)
+
+    _names = field_validator("members", "leads")(_check_unix_names)
+
+    @field_validator("socket_group", "members_group")
+    @classmethod
+    def _group_name(cls, value: str | None) -> str | None:
+        if value is not None and not _UNIX_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Unix group name")
+        return value
+
+
+class LimitsConfig(_Strict):
+    jobs: int | None = Field(default=None, ge=0, le=100000)
+    cpus: int | None = Field(default=None, ge=0, le=10_000_000)
+    gpus: int | None = Field(default=None, ge=0, le=100000)
+
+
+class QuotasConfig(_Strict):
+    """Concurrent use in Slurm (pending or running), jobs submitted by hand under the lab's
+    account included. A run that does not fit waits; it never fails for it."""
+
+    lab: LimitsConfig = Field(default_factory=LimitsConfig)
+    per_user: LimitsConfig = Field(default_factory=LimitsConfig)
+    users: dict[str, LimitsConfig] = Field(default_factory=dict)
+    partitions: dict[str, LimitsConfig] = Field(default_factory=dict)
+
+    @field_validator("users")
+    @classmethod
+    def _user_names(cls, value: dict[str, LimitsConfig]) -> dict[str, LimitsConfig]:
+        _check_unix_names(list(value))
+        return value
+
+    @field_validator("partitions")
+    @classmethod
+    def _partition_names(cls, value: dict[str, LimitsConfig]) -> dict[str, LimitsConfig]:
+        for name in value:
+            if not _SLURM_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a partition name")
+        return value
+
+
+class FairShareConfig(_Strict):
+    window_days: float = Field(default=7.0, gt=0, le=365)
+    gpu_hour_weight: float = Field(default=1.0, ge=0)
+    cpu_hour_weight: float = Field(default=0.05, ge=0)
+    refresh_s: float = Field(default=300.0, ge=10, description="How often usage is re-read.")
+
+
 class Config(_Strict):
     lab: str = Field(default="lab", description="The lab's name, used in job names and logs.")
     max_active: int = Field(
@@ -81,6 +157,13 @@ class Config(_Strict):
         ge=1,
         le=10000,
         description="Runs pending or running in Slurm at once; the rest wait in hpcops' queue.",
+    )
+    pending_window: int = Field(
+        default=4,
+        ge=1,
+        le=10000,
+        description="At most this many runs pending in Slurm at once, so that a priority change "
+        "in hpcops' queue still matters.",
     )
     run_root: Path | None = Field(
         default=None,
@@ -91,6 +174,9 @@ class Config(_Strict):
     )
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
+    quotas: QuotasConfig = Field(default_factory=QuotasConfig)
+    fair_share: FairShareConfig = Field(default_factory=FairShareConfig)
 
     @field_validator("lab")
     @classmethod

@@ -8,6 +8,7 @@ every step is committed before the next one starts (see orchestrator.py).
 from __future__ import annotations
 
 import fcntl
+import grp
 import logging
 import logging.handlers
 import os
@@ -16,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -24,43 +24,14 @@ from typing import IO
 from hpcops.api.client import Client
 from hpcops.api.server import Api, ApiServer
 from hpcops.config import Config, load_config
-from hpcops.errors import AlreadyRunning, HpcopsError, NotRunning
+from hpcops.errors import AlreadyRunning, ConfigError, HpcopsError, NotRunning
+from hpcops.home import HomePaths
 from hpcops.orchestrator import Orchestrator
 from hpcops.slurm.backend import CommandBackend
 from hpcops.store import Store
 from hpcops.transport.local import LocalTransport
 
 log = logging.getLogger("hpcops")
-
-
-@dataclass(frozen=True)
-class HomePaths:
-    home: Path
-
-    @property
-    def socket(self) -> Path:
-        return self.home / "hpcops.sock"
-
-    @property
-    def lock(self) -> Path:
-        return self.home / "daemon.lock"
-
-    @property
-    def pid(self) -> Path:
-        return self.home / "daemon.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.home / "daemon.log"
-
-    @property
-    def console(self) -> Path:
-        """stdout/stderr of a background daemon: tracebacks from before logging was set up."""
-        return self.home / "daemon.out"
-
-    @property
-    def database(self) -> Path:
-        return self.home / "hpcops.db"
 
 
 def _acquire_lock(paths: HomePaths) -> IO[str]:
@@ -108,6 +79,9 @@ def build_orchestrator(store: Store, config: Config, home: Path) -> Orchestrator
 
 
 def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> None:
+    # Members reach the daemon through its socket only; the database, logs and run files are
+    # the daemon's account's alone.
+    os.umask(0o077)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths = HomePaths(home)
     config = load_config(config_path, home)
@@ -117,7 +91,11 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
     started_at = time.time()
     store = Store(paths.database)
     orchestrator = build_orchestrator(store, config, home)
-    server = ApiServer(paths.socket, Api(orchestrator, store, started_at=started_at))
+    group = config.access.socket_group
+    if group is not None:
+        _open_home_to(home, group)
+    api = Api(orchestrator, store, started_at=started_at, daemon_uid=os.getuid())
+    server = ApiServer(paths.socket, api, group=group)
     server_thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -146,6 +124,17 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
         store.close()
         log.info("hpcops daemon %d stopped", os.getpid())
         lock.close()
+
+
+def _open_home_to(home: Path, group: str) -> None:
+    """Let the lab's group reach the socket: the home becomes group-traversable (0750). The
+    database and logs inside stay the daemon's own (run_daemon's umask makes them 0600)."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"access.socket_group: no Unix group {group!r}") from None
+    os.chown(home, -1, gid)
+    home.chmod(0o750)
 
 
 def start_background(home: Path, config_path: Path | None, *, timeout_s: float = 30.0) -> int:

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hpcops import policy
+from hpcops.access import Caller
 from hpcops.config import Config
 from hpcops.errors import (
     FieldProblem,
@@ -60,14 +61,7 @@ _VANISHED_PATIENCE_S = 600.0
 _BACKOFF_MAX_S = 60.0
 # After Slurm refused a submission for a full association/QOS limit, try again this much later.
 _LIMIT_RETRY_S = 30.0
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who asked, as the operating system says (SO_PEERCRED), never as the client claims."""
-
-    uid: int
-    name: str
+_REPLAN_S = 30.0
 
 
 @dataclass
@@ -107,6 +101,14 @@ class Orchestrator:
         self._sacct_delay_s: dict[int, float] = {}
         self._cancel_sent: set[int] = set()
         self._limited_until = 0.0  # a Slurm limit refused the last submission: wait until then
+        # The release plan is recomputed only when something it depends on changed (a run was
+        # queued, changed or ended; the poll saw other jobs; usage was re-read), and at least
+        # every _REPLAN_S: an idle daemon with 10,000 queued runs must stay idle.
+        self._dirty = True
+        self._planned_at = 0.0
+        self.last_decision: policy.Decision | None = None
+        self.usage: dict[str, float] = {}
+        self._usage_at: float | None = None
         self._partitions: dict[str, Partition] = {}
         self._partitions_at: float | None = None
         self._lock = threading.Lock()  # partitions cache, shared with the API thread
@@ -160,7 +162,7 @@ class Orchestrator:
             parsed.append(spec)
         runs = [self._new_run(spec, caller) for spec in parsed]
         runs = self.store.add_runs(runs, actor=caller.name)
-        self.wake.set()
+        self.changed()
         return runs
 
     def _new_run(self, spec: Spec, caller: Caller) -> Run:
@@ -197,6 +199,7 @@ class Orchestrator:
                 cancel_requested_by=caller.name,
             )
             if done is not None:
+                self.changed()
                 return done, f"run {run_id} cancelled"
         updated = self.store.transition(
             run_id,
@@ -205,7 +208,7 @@ class Orchestrator:
             note="cancel requested",
             cancel_requested_by=caller.name,
         )
-        self.wake.set()
+        self.changed()
         assert updated is not None
         return updated, f"run {run_id}: cancel sent to Slurm job {run.slurm_job_id or '(pending)'}"
 
@@ -252,6 +255,7 @@ class Orchestrator:
                 self._safety_net()
             self._finalize_ended()
             self._send_cancels()
+            self._refresh_usage()
             self._release()
         except SlurmUnreachable as exc:
             self._slurm_failed(exc)
@@ -276,6 +280,7 @@ class Orchestrator:
                         expect=(RunState.PENDING,),
                         started_at=started.started_at,
                     )
+                    self._dirty = True  # one fewer pending: the window has room
             if run.end_seen_at is None:
                 ended = rundir.read_exit()
                 if ended is not None:
@@ -294,6 +299,7 @@ class Orchestrator:
         entries = self.slurm.queue()
         now = self.clock()
         self.last_queue, self.last_queue_at = entries, now
+        self._dirty = True  # jobs submitted by hand may have come or gone
         by_id = {e.job_id: e for e in entries}
         by_token = {e.token: e for e in entries if e.token}
         orphans: list[Run] = []
@@ -476,7 +482,7 @@ class Orchestrator:
         self._forget(run.id)
         log.info("run %s: job %s ended %s", run.id, run.slurm_job_id, state)
         self._limited_until = 0.0  # a job ended, so a Slurm limit may have room again
-        self.wake.set()  # a slot is free: release now, not at the next tick
+        self.changed()  # room is free: release now, not at the next tick
 
     def _finish_from_marker(self, run: Run) -> None:
         assert run.id is not None and run.marker_exit_code is not None
@@ -521,16 +527,227 @@ class Orchestrator:
     # --- 5. release -------------------------------------------------------------------------
 
     def _release(self) -> None:
-        if self.clock() < self._limited_until:
+        now = self.clock()
+        if now < self._limited_until or not (self._dirty or now - self._planned_at > _REPLAN_S):
             return
-        budget = policy.release_budget(
-            active=self.store.count_in_slurm(), max_active=self.config.max_active
-        )
-        if budget <= 0:
-            return
-        for run in self.store.release_candidates(budget):
+        decision = self.plan()
+        for run in self.store.runs_by_ids(decision.release):
+            if run.state != RunState.QUEUED.value:
+                continue
             if not self._submit(run):
                 break
+        # What was just released changes what the queue waits for: plan again next tick.
+        self._dirty = bool(decision.release)
+
+    def plan(self) -> policy.Decision:
+        """The release plan for the queue as it is now (pure policy over fresh inputs)."""
+        candidates = [
+            policy.Candidate(
+                run_id=run_id,
+                owner=owner,
+                priority=priority,
+                queued_at=created_at,
+                cpus=cpus,
+                gpus=gpus,
+                partition=partition,
+            )
+            for run_id, owner, priority, created_at, cpus, gpus, partition in (
+                self.store.queued_summaries()
+            )
+        ]
+        decision = policy.plan_release(
+            candidates,
+            self.active_jobs(),
+            self.quotas(),
+            self.usage,
+            max_active=self.config.max_active,
+            pending_window=self.config.pending_window,
+        )
+        self.last_decision, self._planned_at, self._dirty = decision, self.clock(), False
+        return decision
+
+    def active_jobs(self) -> list[policy.Active]:
+        """The lab's jobs in Slurm: hpcops' own runs, and from the last poll those submitted by
+        hand under the lab's account (they count against the quotas too)."""
+        ours = self.store.in_slurm()
+        active = [
+            policy.Active(
+                owner=r.owner,
+                cpus=r.cpus,
+                gpus=r.gpus,
+                partition=r.partition,
+                pending=r.state != RunState.RUNNING.value,
+            )
+            for r in ours
+        ]
+        our_jobs = {r.slurm_job_id for r in ours if r.slurm_job_id}
+        our_tokens = {r.token for r in ours if r.token}
+        for entry in self.last_queue:
+            if entry.job_id in our_jobs or (entry.token and entry.token in our_tokens):
+                continue
+            if entry.token and entry.user == self.slurm_user:
+                continue  # a job of ours that has just ended and left the database's view
+            if entry.state.is_terminal:
+                continue
+            active.append(
+                policy.Active(
+                    owner=entry.user,
+                    cpus=entry.cpus,
+                    gpus=entry.gpus,
+                    partition=entry.partition or None,
+                    pending=entry.state == RunState.PENDING,
+                    by_hand=True,
+                )
+            )
+        return active
+
+    @property
+    def slurm_user(self) -> str:
+        return getattr(self.slurm, "user", "")
+
+    def quotas(self) -> policy.Quotas:
+        """The config's quotas with the leads' run-time overrides on top."""
+        q = self.config.quotas
+
+        def limits(cfg: Any) -> dict[str, int | None]:
+            return {"jobs": cfg.jobs, "cpus": cfg.cpus, "gpus": cfg.gpus}
+
+        scopes: dict[str, dict[str, int | None]] = {
+            "lab": limits(q.lab),
+            "per_user": limits(q.per_user),
+            **{f"user:{name}": limits(v) for name, v in q.users.items()},
+            **{f"partition:{name}": limits(v) for name, v in q.partitions.items()},
+        }
+        for override in self.store.quota_overrides():
+            scopes.setdefault(override.scope, {"jobs": None, "cpus": None, "gpus": None})
+            scopes[override.scope][override.resource] = override.value
+
+        def build(scope: str) -> policy.Limits:
+            return policy.Limits(**scopes.get(scope, {}))
+
+        return policy.Quotas(
+            lab=build("lab"),
+            per_user=build("per_user"),
+            users={k.split(":", 1)[1]: build(k) for k in scopes if k.startswith("user:")},
+            partitions={k.split(":", 1)[1]: build(k) for k in scopes if k.startswith("partition:")},
+        )
+
+    def _refresh_usage(self) -> None:
+        """Fair share: each member's GPU- and CPU-hours over the window, from Slurm's accounting
+        (sacct asks slurmdbd, not slurmctld). hpcops runs count for their owner, jobs submitted
+        by hand for their Slurm user."""
+        fair = self.config.fair_share
+        now = self.clock()
+        if self._usage_at is not None and now - self._usage_at < fair.refresh_s:
+            return
+        since = datetime.fromtimestamp(now - fair.window_days * 86400)
+        records = self.slurm.usage(since)
+        owners = self.store.owners_by_job([r.job_id for r in records])
+        usage: dict[str, float] = {}
+        for r in records:
+            owner = owners.get(r.job_id, r.user)
+            hours = r.elapsed_s / 3600
+            usage[owner] = usage.get(owner, 0.0) + hours * (
+                r.gpus * fair.gpu_hour_weight + r.cpus * fair.cpu_hour_weight
+            )
+        if usage != self.usage:
+            self._dirty = True
+        self.usage, self._usage_at = usage, now
+
+    # --- requests that change runs -----------------------------------------------------------
+
+    def set_priority(self, run_id: int, priority: int, caller: Caller) -> Run:
+        run = self.store.get(run_id)
+        updated = self.store.transition(
+            run_id,
+            None,
+            actor=caller.name,
+            note=f"priority {run.priority} -> {priority}",
+            priority=priority,
+        )
+        assert updated is not None
+        self.changed()
+        return updated
+
+    def top(self, run_id: int, caller: Caller) -> Run:
+        """The run goes next: above every queued run's priority."""
+        run = self.store.get(run_id)
+        highest = self.store.max_queued_priority()
+        priority = max(run.priority, (highest or 0) + (0 if highest == run.priority else 1))
+        updated = self.store.transition(
+            run_id,
+            None,
+            actor=caller.name,
+            note=f"moved to the top by {caller.name}: priority {run.priority} -> {priority}",
+            priority=priority,
+        )
+        assert updated is not None
+        self.changed()
+        return updated
+
+    def hold(self, run_id: int, caller: Caller) -> Run:
+        run = self.store.get(run_id)
+        if run.state == RunState.HELD.value:
+            return run
+        if run.state != RunState.QUEUED.value:
+            raise InvalidInput(
+                f"run {run_id} is {run.state}: only a run still in hpcops' queue can be held"
+                + ("; cancel it instead" if run.state in ("PENDING", "RUNNING") else "")
+            )
+        updated = self.store.transition(
+            run_id,
+            RunState.HELD,
+            actor=caller.name,
+            expect=(RunState.QUEUED,),
+            note=f"held by {caller.name}",
+            held_by=caller.name,
+        )
+        if updated is None:
+            raise InvalidInput(f"run {run_id} left the queue meanwhile; see `hpcops show {run_id}`")
+        self.changed()
+        return updated
+
+    def release_hold(self, run_id: int, caller: Caller) -> Run:
+        run = self.store.get(run_id)
+        if run.state != RunState.HELD.value:
+            raise InvalidInput(f"run {run_id} is {run.state}, not HELD")
+        updated = self.store.transition(
+            run_id,
+            RunState.QUEUED,
+            actor=caller.name,
+            expect=(RunState.HELD,),
+            note=f"released by {caller.name}",
+            held_by=None,
+        )
+        assert updated is not None
+        self.changed()
+        return updated
+
+    def why(self, run: Run) -> str:
+        """One line: why the run is where it is."""
+        state = RunState(run.state)
+        if state is RunState.QUEUED:
+            decision = self.last_decision
+            if decision is None or run.id is None:
+                return "just queued; the daemon is planning its release"
+            if run.id in decision.release:
+                return "being released into Slurm now"
+            if run.id not in decision.waiting:
+                return "just queued; the daemon is planning its release"
+            return decision.waiting[run.id]
+        if state is RunState.HELD:
+            return f"held by {'lead ' if run.held_by != run.owner else ''}{run.held_by}"
+        if state is RunState.SUBMITTING:
+            return "being submitted to Slurm"
+        if state is RunState.PENDING:
+            return f"Slurm: {run.reason or 'pending'}"
+        if state is RunState.RUNNING:
+            return "running"
+        return f"ended {state}" + (f": {run.reason}" if run.reason else "")
+
+    def changed(self) -> None:
+        self._dirty = True
+        self.wake.set()
 
     def _submit(self, run: Run) -> bool:
         """Submit one run; False when releasing should stop for this tick."""

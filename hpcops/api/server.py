@@ -6,25 +6,35 @@ lives in the daemon's home with mode 0600, so for now only the daemon's own acco
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import pwd
+import re
 import socket
 import socketserver
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpcops import __version__
+from hpcops.access import Caller, Role, authorize, check_priority, role_of, unix_groups
 from hpcops.api import protocol
-from hpcops.api.views import event_view, iso, run_view
-from hpcops.errors import HpcopsError, InvalidInput, ProtocolError
-from hpcops.orchestrator import Caller, Orchestrator
+from hpcops.api.views import audit_view, event_view, iso, quota_view, run_view
+from hpcops.errors import (
+    ConfigError,
+    HpcopsError,
+    InvalidInput,
+    PermissionDenied,
+    ProtocolError,
+)
+from hpcops.orchestrator import Orchestrator
 from hpcops.rundir import RunDir
 from hpcops.states import RunState
-from hpcops.store import Store
+from hpcops.store import Audit, QuotaOverride, Run, Store
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +53,30 @@ def peer_caller(sock: socket.socket) -> Caller:
     return Caller(uid=uid, name=name)
 
 
-class Api:
-    """Request handlers: plain methods taking the caller and the params, returning JSON data."""
+@dataclass(frozen=True)
+class Request:
+    caller: Caller
+    role: Role
+    params: dict[str, Any]
 
-    def __init__(self, orchestrator: Orchestrator, store: Store, *, started_at: float) -> None:
+
+# Methods that change something: each is audited, allowed or refused.
+_MUTATING = {"submit", "cancel", "priority", "hold", "release", "top", "quota_set"}
+
+
+class Api:
+    """Request handlers: plain methods taking a Request, returning JSON data. Every method
+    checks the caller's role first (access.authorize), and every change or refusal is audited."""
+
+    def __init__(
+        self, orchestrator: Orchestrator, store: Store, *, started_at: float, daemon_uid: int
+    ) -> None:
         self.orchestrator = orchestrator
         self.store = store
         self.started_at = started_at
-        self.methods: dict[str, Callable[[Caller, dict[str, Any]], Any]] = {
+        self.daemon_uid = daemon_uid
+        self.access = orchestrator.config.access
+        self.methods: dict[str, Callable[[Request], Any]] = {
             "ping": self.ping,
             "submit": self.submit,
             "validate": self.validate,
@@ -58,14 +84,25 @@ class Api:
             "show": self.show,
             "history": self.history,
             "logs": self.logs,
+            "why": self.why,
             "cancel": self.cancel,
+            "priority": self.priority,
+            "hold": self.hold,
+            "release": self.release,
+            "top": self.top,
+            "quota_show": self.quota_show,
+            "quota_set": self.quota_set,
+            "audit": self.audit_log,
         }
 
     def handle(self, caller: Caller, message: dict[str, Any]) -> dict[str, Any]:
         request_id = message.get("id")
+        method = message.get("method")
+        role = role_of(
+            caller, self.access, daemon_uid=self.daemon_uid, groups=unix_groups(caller.name)
+        )
         try:
             protocol.check_version(message, "client")
-            method = message.get("method")
             handler = self.methods.get(method) if isinstance(method, str) else None
             if handler is None:
                 raise ProtocolError(
@@ -74,26 +111,59 @@ class Api:
             params = message.get("params", {})
             if not isinstance(params, dict):
                 raise InvalidInput("params must be a JSON object")
-            return protocol.ok(request_id, handler(caller, params))
+            return protocol.ok(request_id, handler(Request(caller, role, params)))
+        except PermissionDenied as exc:
+            log.warning("refused %s from %s (%s): %s", method, caller.name, role, exc.message)
+            self._audit(
+                caller, role, str(method), _target(message), allowed=False, detail=exc.message
+            )
+            return protocol.failure(request_id, exc)
         except HpcopsError as exc:
             if isinstance(exc, InvalidInput):
-                log.info(
-                    "refused %s from %s: %s",
-                    message.get("method"),
-                    caller.name,
-                    exc.message.splitlines()[0],
-                )
+                log.info("invalid %s from %s: %s", method, caller.name, exc.message.splitlines()[0])
             return protocol.failure(request_id, exc)
         except Exception as exc:  # a bug must cost one request, not the daemon
-            log.exception("internal error handling %s", message.get("method"))
+            log.exception("internal error handling %s", method)
             return protocol.failure(
                 request_id,
                 HpcopsError(f"internal error in the daemon: {exc} (see the daemon's log)"),
             )
 
-    # --- methods ----------------------------------------------------------------------------
+    def _audit(
+        self,
+        caller: Caller,
+        role: Role,
+        action: str,
+        target: str,
+        *,
+        allowed: bool,
+        before: Any = None,
+        after: Any = None,
+        detail: str = "",
+    ) -> None:
+        self.store.audit(
+            Audit(
+                at=time.time(),
+                actor=caller.name,
+                role=role.value,
+                action=action,
+                target=target,
+                before=None if before is None else str(before),
+                after=None if after is None else str(after),
+                allowed=allowed,
+                detail=detail,
+            )
+        )
 
-    def ping(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
+    def _run_for(self, req: Request, action: str) -> Run:
+        """The run a request names, once the caller may do `action` to it."""
+        run = self.store.get(_run_id(req.params))
+        authorize(action, req.caller, req.role, owner=run.owner)
+        return run
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def ping(self, req: Request) -> dict[str, Any]:
         health = self.orchestrator.health
         return {
             "version": __version__,
@@ -101,10 +171,11 @@ class Api:
             "pid": os.getpid(),
             "started_at": iso(self.started_at),
             "uptime_s": round(time.time() - self.started_at, 1),
-            "caller": caller.name,
+            "caller": req.caller.name,
+            "role": req.role.value,
             "lab": self.orchestrator.config.lab,
             "home": str(self.orchestrator.home),
-            "runs": self.store.counts_by_state(),
+            "runs": self.store.counts_by_state() if req.role is not Role.OUTSIDER else {},
             "slurm": {
                 "reachable": health.reachable,
                 "unreachable_since": iso(health.since),
@@ -113,44 +184,59 @@ class Api:
             },
         }
 
-    def submit(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        specs = params.get("specs")
-        if not isinstance(specs, list) or not specs:
-            raise InvalidInput("params.specs must be a non-empty list of {yaml, source}")
-        if len(specs) > MAX_SPECS_PER_SUBMIT:
-            raise InvalidInput(f"at most {MAX_SPECS_PER_SUBMIT} specs per request")
-        pairs = [(_str(s, "yaml"), _str(s, "source")) for s in specs]
-        runs = self.orchestrator.enqueue(pairs, caller)
-        return {"runs": [{"id": r.id, "name": r.name, "state": r.state} for r in runs]}
-
-    def validate(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
+    def validate(self, req: Request) -> dict[str, Any]:
         from hpcops.spec import parse_spec
 
-        source = _str(params, "source")
-        spec = parse_spec(_str(params, "yaml"), source)
+        authorize("submit", req.caller, req.role)
+        source = _str(req.params, "source")
+        spec = parse_spec(_str(req.params, "yaml"), source)
         self.orchestrator.check_spec(spec, source)
+        check_priority(spec.priority, req.role, self.access)
         return {"valid": True, "name": spec.name}
 
-    def list_runs(self, caller: Caller, params: dict[str, Any]) -> list[dict[str, Any]]:
-        states = params.get("states")
-        wanted = None
-        if states is not None:
-            if not isinstance(states, list):
-                raise InvalidInput("params.states must be a list of state names")
-            wanted = [_state(s) for s in states]
-        limit = params.get("limit")
+    def list_runs(self, req: Request) -> list[dict[str, Any]]:
+        """Runs in the lab's queue order: in Slurm, then queued in release order, then held;
+        with `states`, those states newest first."""
+        authorize("read", req.caller, req.role)
+        states = req.params.get("states")
+        limit = req.params.get("limit")
         if limit is not None and (not isinstance(limit, int) or not 1 <= limit <= MAX_LIST):
             raise InvalidInput(f"params.limit must be an integer from 1 to {MAX_LIST}")
+        if states is not None and not isinstance(states, list):
+            raise InvalidInput("params.states must be a list of state names")
+        wanted = [_state(s) for s in states] if states is not None else None
         runs = self.store.list_runs(wanted, limit=limit, newest_first=True)
-        return [run_view(r) for r in runs]
+        runs = _queue_order(runs, self.orchestrator.last_decision)
+        return [self._view(r) for r in runs]
 
-    def show(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        return run_view(self.store.get(_run_id(params)), detail=True)
+    def _view(self, run: Run, *, detail: bool = False) -> dict[str, Any]:
+        view = run_view(run, detail=detail)
+        view["wait_reason"] = self.orchestrator.why(run) if RunState(run.state) in WAITING else None
+        return view
 
-    def history(self, caller: Caller, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return [event_view(e) for e in self.store.events(_run_id(params))]
+    def show(self, req: Request) -> dict[str, Any]:
+        authorize("read", req.caller, req.role)
+        return self._view(self.store.get(_run_id(req.params)), detail=True)
 
-    def logs(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
+    def why(self, req: Request) -> dict[str, Any]:
+        authorize("read", req.caller, req.role)
+        run = self.store.get(_run_id(req.params))
+        return {"id": run.id, "state": run.state, "why": self.orchestrator.why(run)}
+
+    def history(self, req: Request) -> list[dict[str, Any]]:
+        authorize("read", req.caller, req.role)
+        return [event_view(e) for e in self.store.events(_run_id(req.params))]
+
+    def audit_log(self, req: Request) -> list[dict[str, Any]]:
+        authorize("read", req.caller, req.role)
+        limit = req.params.get("limit", 200)
+        if not isinstance(limit, int) or not 1 <= limit <= 10000:
+            raise InvalidInput("params.limit must be an integer from 1 to 10000")
+        return [audit_view(a) for a in self.store.audit_log(limit=limit)]
+
+    def logs(self, req: Request) -> dict[str, Any]:
+        authorize("read", req.caller, req.role)
+        params = req.params
         run = self.store.get(_run_id(params))
         stream = params.get("stream", "stdout")
         if stream not in ("stdout", "stderr"):
@@ -160,15 +246,8 @@ class Api:
         if not isinstance(offset, int) or not isinstance(max_bytes, int):
             raise InvalidInput("params.offset and params.max_bytes must be integers")
         max_bytes = max(1, min(max_bytes, MAX_LOG_CHUNK_BYTES))
-        path = (
-            (
-                RunDir(Path(run.run_dir)).stdout
-                if stream == "stdout"
-                else RunDir(Path(run.run_dir)).stderr
-            )
-            if run.run_dir
-            else None
-        )
+        rundir = RunDir(Path(run.run_dir)) if run.run_dir else None
+        path = None if rundir is None else rundir.stdout if stream == "stdout" else rundir.stderr
         data, size, new_offset = b"", 0, max(offset, 0)
         if path is not None:
             try:
@@ -190,9 +269,212 @@ class Api:
             "done": done,
         }
 
-    def cancel(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        run, message = self.orchestrator.cancel(_run_id(params), caller)
-        return {"id": run.id, "state": run.state, "message": message}
+    def quota_show(self, req: Request) -> dict[str, Any]:
+        authorize("read", req.caller, req.role)
+        quotas = self.orchestrator.quotas()
+        active = self.orchestrator.active_jobs()
+        return quota_view(quotas, active, self.orchestrator.usage)
+
+    # --- changing ---------------------------------------------------------------------------
+
+    def submit(self, req: Request) -> dict[str, Any]:
+        from hpcops.spec import parse_spec
+
+        authorize("submit", req.caller, req.role)
+        specs = req.params.get("specs")
+        if not isinstance(specs, list) or not specs:
+            raise InvalidInput("params.specs must be a non-empty list of {yaml, source}")
+        if len(specs) > MAX_SPECS_PER_SUBMIT:
+            raise InvalidInput(f"at most {MAX_SPECS_PER_SUBMIT} specs per request")
+        pairs = [(_str(s, "yaml"), _str(s, "source")) for s in specs]
+        for text, source in pairs:
+            check_priority(parse_spec(text, source).priority, req.role, self.access)
+        runs = self.orchestrator.enqueue(pairs, req.caller)
+        for run in runs:
+            self._audit(
+                req.caller,
+                req.role,
+                "submit",
+                f"run {run.id}",
+                allowed=True,
+                after=f"{run.state} priority {run.priority}",
+            )
+        return {"runs": [{"id": r.id, "name": r.name, "state": r.state} for r in runs]}
+
+    def cancel(self, req: Request) -> dict[str, Any]:
+        run = self._run_for(req, "cancel")
+        assert run.id is not None
+        updated, message = self.orchestrator.cancel(run.id, req.caller)
+        self._audit(
+            req.caller,
+            req.role,
+            "cancel",
+            f"run {run.id}",
+            allowed=True,
+            before=run.state,
+            after=updated.state,
+            detail=message,
+        )
+        return {"id": updated.id, "state": updated.state, "message": message}
+
+    def priority(self, req: Request) -> dict[str, Any]:
+        run = self._run_for(req, "priority")
+        assert run.id is not None
+        value = req.params.get("priority")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput(f"a priority is an integer, not {value!r}")
+        check_priority(value, req.role, self.access)
+        updated = self.orchestrator.set_priority(run.id, value, req.caller)
+        self._audit(
+            req.caller,
+            req.role,
+            "priority",
+            f"run {run.id}",
+            allowed=True,
+            before=run.priority,
+            after=updated.priority,
+        )
+        note = (
+            ""
+            if run.state in ("QUEUED", "HELD")
+            else (f" (run {run.id} is already {run.state}: the priority orders hpcops' queue only)")
+        )
+        return {
+            "id": run.id,
+            "priority": updated.priority,
+            "message": f"run {run.id}: priority {run.priority} -> {updated.priority}{note}",
+        }
+
+    def hold(self, req: Request) -> dict[str, Any]:
+        run = self._run_for(req, "hold")
+        assert run.id is not None
+        updated = self.orchestrator.hold(run.id, req.caller)
+        self._audit(
+            req.caller,
+            req.role,
+            "hold",
+            f"run {run.id}",
+            allowed=True,
+            before=run.state,
+            after=updated.state,
+        )
+        return {"id": run.id, "state": updated.state, "message": f"run {run.id} held"}
+
+    def release(self, req: Request) -> dict[str, Any]:
+        run = self._run_for(req, "release")
+        assert run.id is not None
+        updated = self.orchestrator.release_hold(run.id, req.caller)
+        self._audit(
+            req.caller,
+            req.role,
+            "release",
+            f"run {run.id}",
+            allowed=True,
+            before=run.state,
+            after=updated.state,
+        )
+        return {"id": run.id, "state": updated.state, "message": f"run {run.id} released"}
+
+    def top(self, req: Request) -> dict[str, Any]:
+        run = self._run_for(req, "top")
+        assert run.id is not None
+        updated = self.orchestrator.top(run.id, req.caller)
+        self._audit(
+            req.caller,
+            req.role,
+            "top",
+            f"run {run.id}",
+            allowed=True,
+            before=run.priority,
+            after=updated.priority,
+        )
+        return {
+            "id": run.id,
+            "priority": updated.priority,
+            "message": f"run {run.id} goes next (priority {updated.priority})",
+        }
+
+    def quota_set(self, req: Request) -> dict[str, Any]:
+        authorize("quota", req.caller, req.role)
+        scope = _str(req.params, "scope")
+        resource = _str(req.params, "resource")
+        value = req.params.get("value")
+        _check_quota(scope, resource, value)
+        before = self.store.set_quota(
+            QuotaOverride(
+                scope=scope,
+                resource=resource,
+                value=value,
+                set_by=req.caller.name,
+                set_at=time.time(),
+            )
+        )
+        self.orchestrator.changed()  # a new quota changes what may be released
+        old = "config" if before is None else before.value
+        self._audit(
+            req.caller,
+            req.role,
+            "quota_set",
+            f"quota {scope}.{resource}",
+            allowed=True,
+            before=old,
+            after=value,
+        )
+        shown = "unlimited" if value is None else value
+        return {
+            "scope": scope,
+            "resource": resource,
+            "value": value,
+            "message": f"quota {scope}.{resource} = {shown}",
+        }
+
+
+WAITING = {RunState.QUEUED, RunState.HELD, RunState.PENDING, RunState.SUBMITTING}
+
+
+def _queue_order(runs: list[Run], decision: Any) -> list[Run]:
+    """In Slurm first (running, then pending), then queued in release order, then held, then
+    ended (newest first, as given)."""
+    position = {run_id: i for i, run_id in enumerate(decision.order)} if decision else {}
+    rank = {"RUNNING": 0, "SUBMITTING": 1, "PENDING": 1, "STAGING": 1, "QUEUED": 2, "HELD": 3}
+
+    def key(item: tuple[int, Run]) -> tuple[int, int, int]:
+        index, run = item
+        group = rank.get(run.state, 4)
+        within = position.get(run.id or 0, len(position)) if group == 2 else index
+        return (group, within, index)
+
+    return [run for _, run in sorted(enumerate(runs), key=key)]
+
+
+_SCOPE = re.compile(
+    r"^(lab|per_user|user:[a-z_][a-z0-9_.-]{0,31}|partition:[A-Za-z0-9][A-Za-z0-9._-]{0,63})$"
+)
+
+
+def _check_quota(scope: str, resource: str, value: Any) -> None:
+    if not _SCOPE.fullmatch(scope):
+        raise InvalidInput(
+            f"quota scope {scope!r} is not one of: lab, per_user, user:NAME, partition:NAME"
+        )
+    if resource not in ("jobs", "cpus", "gpus"):
+        raise InvalidInput(f"quota resource {resource!r} is not one of: jobs, cpus, gpus")
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000_000
+    ):
+        raise InvalidInput(
+            f"a quota is a whole number from 0 to 10000000, or null for unlimited; not {value!r}"
+        )
+
+
+def _target(message: dict[str, Any]) -> str:
+    params = message.get("params")
+    if isinstance(params, dict):
+        if "run" in params:
+            return f"run {params['run']!r}"
+        if "scope" in params:
+            return f"quota {params.get('scope')!r}.{params.get('resource')!r}"
+    return str(message.get("method"))
 
 
 def _str(params: Any, key: str) -> str:
@@ -245,12 +527,20 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
 
-    def __init__(self, path: Path, api: Api, mode: int = 0o600) -> None:
+    def __init__(self, path: Path, api: Api, *, group: str | None = None) -> None:
+        """The socket admits the daemon's account, and with `group` that Unix group too: anyone
+        else cannot even connect (the kernel refuses, before any hpcops code runs)."""
         self.api = api
         path.unlink(missing_ok=True)  # a stale socket from a killed daemon; the lock says we own it
-        old_umask = os.umask(0o177)  # no window in which the socket is more open than `mode`
+        old_umask = os.umask(0o177)  # no window in which the socket is more open than 0600
         try:
             super().__init__(str(path), _Handler)
         finally:
             os.umask(old_umask)
-        path.chmod(mode)
+        if group is not None:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise ConfigError(f"access.socket_group: no Unix group {group!r}") from None
+            os.chown(path, -1, gid)
+            path.chmod(0o660)

@@ -3,10 +3,12 @@ never rename or remove them. Times are ISO 8601 in UTC; durations in seconds; si
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from hpcops.store import Event, Run
+from hpcops.policy import Active, Limits, Quotas
+from hpcops.store import Audit, Event, Run
 
 
 def iso(epoch: float | None, timespec: str = "seconds") -> str | None:
@@ -62,4 +64,58 @@ def event_view(event: Event) -> dict[str, Any]:
         "from": event.from_state,
         "to": event.to_state,
         "reason": event.reason,
+    }
+
+
+def audit_view(entry: Audit) -> dict[str, Any]:
+    return {
+        "at": iso(entry.at, "milliseconds"),
+        "actor": entry.actor,
+        "role": entry.role,
+        "action": entry.action,
+        "target": entry.target,
+        "before": entry.before,
+        "after": entry.after,
+        "allowed": entry.allowed,
+        "detail": entry.detail,
+    }
+
+
+def quota_view(
+    quotas: Quotas, active: Sequence[Active], usage: Mapping[str, float]
+) -> dict[str, Any]:
+    """Effective quotas (config plus leads' overrides) beside what is in use now."""
+
+    def limits(value: Limits) -> dict[str, int | None]:
+        return {"jobs": value.jobs, "cpus": value.cpus, "gpus": value.gpus}
+
+    def in_use(jobs: Sequence[Active]) -> dict[str, int]:
+        return {
+            "jobs": len(jobs),
+            "cpus": sum(j.cpus for j in jobs),
+            "gpus": sum(j.gpus for j in jobs),
+        }
+
+    owners = sorted({j.owner for j in active} | set(quotas.users))
+    partitions = sorted({j.partition or "" for j in active} | set(quotas.partitions))
+    return {
+        "lab": {"limit": limits(quotas.lab), "in_use": in_use(active)},
+        "per_user": {"limit": limits(quotas.per_user)},
+        "users": {
+            owner: {
+                "limit": limits(quotas.for_user(owner)),
+                "in_use": in_use([j for j in active if j.owner == owner]),
+                "usage": round(usage.get(owner, 0.0), 3),
+            }
+            for owner in owners
+        },
+        "partitions": {
+            name: {
+                "limit": limits(quotas.partitions.get(name, Limits())),
+                "in_use": in_use([j for j in active if (j.partition or "") == name]),
+            }
+            for name in partitions
+            if name
+        },
+        "fair_share_usage": {k: round(v, 3) for k, v in sorted(usage.items())},
     }

@@ -56,7 +56,7 @@ class Context:
     def client(self) -> Client:
         if self._client is None:
             from hpcops.api.client import Client
-            from hpcops.daemon import HomePaths
+            from hpcops.home import HomePaths
 
             self._client = Client(HomePaths(self.home).socket)
         return self._client
@@ -101,7 +101,9 @@ def _fail(message: str, code: int) -> NoReturn:
 @click.version_option(__version__, prog_name="hpcops")
 @click.option(
     "--home",
-    type=click.Path(path_type=Path),
+    # No readability check: a member's shell cannot list the daemon's home, and the socket's
+    # own "permission denied" is the message that explains it.
+    type=click.Path(path_type=Path, readable=False),
     envvar="HPCOPS_HOME",
     help="The daemon's home (socket, database, logs). Default: $HPCOPS_HOME or ~/.hpcops.",
 )
@@ -119,6 +121,15 @@ def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
       hpcops show 12                  # state, Slurm job, exit code, accounting
       hpcops logs 12 --follow
       hpcops cancel 12
+
+    \b
+    The lab's queue:
+      hpcops why 12                   # why it still waits
+      hpcops priority 12 50           # members: own runs, within the member range
+      hpcops hold 12 / release 12
+      hpcops top 12                   # leads: goes next
+      hpcops quota show / quota set lab gpus 4
+      hpcops audit                    # every change and refusal
 
     \b
     The daemon (one per lab) owns the queue: `hpcops daemon start`.
@@ -264,7 +275,13 @@ def submit(obj: Context, specs: tuple[Path, ...], as_json: bool) -> None:
 def list_runs(
     obj: Context, states: tuple[str, ...], show_all: bool, limit: int | None, as_json: bool
 ) -> None:
-    """List the lab's runs, newest first."""
+    """List the lab's runs in queue order, with why each waits.
+
+    \b
+    Order: running and pending in Slurm, then queued runs in the order hpcops will release
+    them (priority, then fair share, then submission time), then held runs, then the most
+    recent ended runs. --state and --all list newest first within that order.
+    """
     from hpcops.cli.output import human_duration, local_time, print_json, table
 
     if states:
@@ -294,12 +311,12 @@ def list_runs(
             human_duration(r["elapsed_s"]),
             _exit_text(r),
             r["name"],
+            r.get("wait_reason") or "",
         ]
         for r in runs
     ]
-    click.echo(
-        table(["ID", "STATE", "OWNER", "PRIO", "JOB", "QUEUED", "ELAPSED", "EXIT", "NAME"], rows)
-    )
+    headers = ["ID", "STATE", "OWNER", "PRIO", "JOB", "QUEUED", "ELAPSED", "EXIT", "NAME", "WHY"]
+    click.echo(table(headers, rows))
 
 
 def _exit_text(run: dict[str, Any]) -> str:
@@ -402,15 +419,198 @@ def logs(obj: Context, run: int, stream: str, follow: bool, tail: int | None) ->
 @json_option
 @pass_ctx
 def cancel(obj: Context, runs: tuple[int, ...], as_json: bool) -> None:
-    """Cancel runs: queued ones at once, ones in Slurm with scancel."""
+    """Cancel runs: queued ones at once, ones in Slurm with scancel.
+
+    Members cancel their own runs; leads any run.
+    """
+    _run_action(obj, "cancel", runs, as_json)
+
+
+def _run_action(
+    obj: Context, method: str, runs: tuple[int, ...], as_json: bool, **params: Any
+) -> None:
     from hpcops.cli.output import print_json
 
-    results = [obj.call("cancel", run=run) for run in runs]
+    results = [obj.call(method, run=run, **params) for run in runs]
     if as_json:
-        print_json(results)
+        print_json(results if len(results) > 1 else results[0])
         return
     for result in results:
         click.echo(result["message"])
+
+
+@cli.command()
+@click.argument("run", type=click.IntRange(min=1))
+@click.argument("value", type=click.IntRange(-1000, 1000), metavar="PRIORITY")
+@json_option
+@pass_ctx
+def priority(obj: Context, run: int, value: int, as_json: bool) -> None:
+    """Set a run's priority in the lab's queue (higher goes first).
+
+    Members may set their own runs within the lab's member range; leads any run, any value.
+    """
+    _run_action(obj, "priority", (run,), as_json, priority=value)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.IntRange(min=1))
+@json_option
+@pass_ctx
+def hold(obj: Context, runs: tuple[int, ...], as_json: bool) -> None:
+    """Keep queued runs from being released until `hpcops release`."""
+    _run_action(obj, "hold", runs, as_json)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.IntRange(min=1))
+@json_option
+@pass_ctx
+def release(obj: Context, runs: tuple[int, ...], as_json: bool) -> None:
+    """Let held runs be released again (they keep their place in the queue)."""
+    _run_action(obj, "release", runs, as_json)
+
+
+@cli.command()
+@click.argument("run", type=click.IntRange(min=1))
+@json_option
+@pass_ctx
+def top(obj: Context, run: int, as_json: bool) -> None:
+    """Move a run to the top of the lab's queue: it goes next (leads only)."""
+    _run_action(obj, "top", (run,), as_json)
+
+
+@cli.command()
+@click.argument("run", type=click.IntRange(min=1))
+@json_option
+@pass_ctx
+def why(obj: Context, run: int, as_json: bool) -> None:
+    """Say in one line why a run is still waiting (or where it is)."""
+    from hpcops.cli.output import print_json
+
+    result = obj.call("why", run=run)
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"run {result['id']} ({result['state']}): {result['why']}")
+
+
+@cli.group()
+def quota() -> None:
+    """Show the lab's quotas and what is in use; leads change them."""
+
+
+QUOTA_SCOPE_HELP = "lab | per_user | user:NAME | partition:NAME"
+
+
+@quota.command("show")
+@json_option
+@pass_ctx
+def quota_show(obj: Context, as_json: bool) -> None:
+    """Quotas in force (the config's, with leads' changes) beside current use."""
+    from hpcops.cli.output import print_json, table
+
+    data = obj.call("quota_show")
+    if as_json:
+        print_json(data)
+        return
+
+    def cell(in_use: dict[str, int] | None, limit: dict[str, int | None], key: str) -> str:
+        cap = "∞" if limit[key] is None else str(limit[key])
+        return f"{in_use[key]}/{cap}" if in_use is not None else cap
+
+    rows = [
+        [
+            "lab",
+            *(
+                cell(data["lab"]["in_use"], data["lab"]["limit"], k)
+                for k in ("jobs", "cpus", "gpus")
+            ),
+            "-",
+        ]
+    ]
+    rows.append(
+        [
+            "per user (default)",
+            *(cell(None, data["per_user"]["limit"], k) for k in ("jobs", "cpus", "gpus")),
+            "-",
+        ]
+    )
+    for name, entry in data["users"].items():
+        rows.append(
+            [
+                f"user {name}",
+                *(cell(entry["in_use"], entry["limit"], k) for k in ("jobs", "cpus", "gpus")),
+                f"{entry['usage']:.2f}",
+            ]
+        )
+    for name, entry in data["partitions"].items():
+        rows.append(
+            [
+                f"partition {name}",
+                *(cell(entry["in_use"], entry["limit"], k) for k in ("jobs", "cpus", "gpus")),
+                "-",
+            ]
+        )
+    click.echo(table(["SCOPE", "JOBS", "CPUS", "GPUS", "FAIR-SHARE USAGE"], rows, shrink=0))
+
+
+@quota.command("set")
+@click.argument("scope", metavar="SCOPE")
+@click.argument("resource", type=click.Choice(["jobs", "cpus", "gpus"]))
+@click.argument("value", metavar="N|none")
+@json_option
+@pass_ctx
+def quota_set(obj: Context, scope: str, resource: str, value: str, as_json: bool) -> None:
+    """Set a quota (leads only): SCOPE is lab, per_user, user:NAME or partition:NAME.
+
+    \b
+    Examples:
+      hpcops quota set lab gpus 4            # the lab uses at most 4 GPUs at once
+      hpcops quota set user:alice gpus 2
+      hpcops quota set partition:gpu jobs 8
+      hpcops quota set per_user cpus none    # no per-user CPU limit
+    """
+    from hpcops.cli.output import print_json
+    from hpcops.errors import InvalidInput
+
+    if value.lower() in ("none", "unlimited"):
+        number: int | None = None
+    elif value.isdigit():
+        number = int(value)
+    else:
+        raise InvalidInput(f"a quota is a whole number or 'none', not {value!r}")
+    result = obj.call("quota_set", scope=scope, resource=resource, value=number)
+    if as_json:
+        print_json(result)
+        return
+    click.echo(result["message"])
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@json_option
+@pass_ctx
+def audit(obj: Context, limit: int, as_json: bool) -> None:
+    """The audit log: every change and every refusal, newest first."""
+    from hpcops.cli.output import local_time, print_json, table
+
+    entries = obj.call("audit", limit=limit)
+    if as_json:
+        print_json(entries)
+        return
+    rows = [
+        [
+            local_time(e["at"]),
+            e["actor"],
+            e["role"],
+            e["action"],
+            e["target"],
+            "ok" if e["allowed"] else "REFUSED",
+            f"{e['before']} -> {e['after']}" if e["before"] or e["after"] else e["detail"],
+        ]
+        for e in entries
+    ]
+    click.echo(table(["WHEN", "WHO", "ROLE", "ACTION", "TARGET", "", "CHANGE"], rows))
 
 
 # --- the daemon ------------------------------------------------------------------------------
@@ -445,7 +645,8 @@ def daemon_run(obj: Context, config_path: Path | None) -> None:
 def daemon_start(obj: Context, config_path: Path | None) -> None:
     """Start the daemon in the background; returns once it answers."""
     from hpcops.config import load_config
-    from hpcops.daemon import HomePaths, start_background
+    from hpcops.daemon import start_background
+    from hpcops.home import HomePaths
 
     load_config(config_path, obj.home)  # a bad config is the caller's error, shown here
     pid = start_background(obj.home, config_path.resolve() if config_path else None)

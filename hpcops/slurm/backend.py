@@ -14,7 +14,13 @@ from typing import Protocol
 
 from hpcops.errors import SlurmError, SlurmRejected, SlurmUnreachable
 from hpcops.slurm import commands, parse
-from hpcops.slurm.parse import AccountingRecord, FinishedJob, Partition, QueueEntry
+from hpcops.slurm.parse import (
+    AccountingRecord,
+    FinishedJob,
+    Partition,
+    QueueEntry,
+    UsageRecord,
+)
 from hpcops.transport.base import CommandResult, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -31,6 +37,7 @@ class SlurmBackend(Protocol):
     def queue(self) -> list[QueueEntry]: ...
     def accounting(self, job_ids: Sequence[str]) -> dict[str, AccountingRecord]: ...
     def finished_jobs(self, since: datetime) -> list[FinishedJob]: ...
+    def usage(self, since: datetime) -> list[UsageRecord]: ...
     def cancel(self, job_ids: Sequence[str]) -> None: ...
     def partitions(self) -> dict[str, Partition]: ...
 
@@ -97,6 +104,10 @@ class CommandBackend:
     def finished_jobs(self, since: datetime) -> list[FinishedJob]:
         argv = commands.sacct_finished_argv(account=self.account, user=self.user, since=since)
         return parse.parse_sacct_finished(self._run(argv).stdout)
+
+    def usage(self, since: datetime) -> list[UsageRecord]:
+        argv = commands.sacct_usage_argv(account=self.account, user=self.user, since=since)
+        return parse.parse_sacct_usage(self._run(argv).stdout)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:

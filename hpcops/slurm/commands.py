@@ -120,6 +120,27 @@ def sacct_finished_argv(*, account: str | None, user: str | None, since: datetim
     return argv
 
 
+SACCT_USAGE_FIELDS: tuple[str, ...] = ("JobID", "User", "ElapsedRaw", "AllocTRES")
+
+
+def sacct_usage_argv(*, account: str | None, user: str | None, since: datetime) -> list[str]:
+    """Every allocation of the lab since `since` with its size and elapsed time: fair share."""
+    argv = [
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        "--allocations",
+        "--starttime=" + since.strftime("%Y-%m-%dT%H:%M:%S"),
+        "--endtime=now",
+        "--format=" + ",".join(SACCT_USAGE_FIELDS),
+    ]
+    if account:
+        argv += ["--allusers", f"--accounts={account}"]
+    elif user:
+        argv.append(f"--user={user}")
+    return argv
+
+
 def scancel_argv(job_ids: Sequence[str]) -> list[str]:
     if not job_ids:
         raise ValueError("scancel_argv needs at least one job id")

@@ -14,6 +14,7 @@ from hpcops.slurm.commands import (
     SACCT_FIELDS,
     SACCT_FIND_FIELDS,
     SACCT_NAME_INDEX,
+    SACCT_USAGE_FIELDS,
     SINFO_FIELDS,
     SQUEUE_FIELDS,
 )
@@ -84,6 +85,17 @@ class FinishedJob:
     @property
     def token(self) -> str | None:
         return token_of(self.comment)
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One allocation's size and elapsed time, for fair share."""
+
+    job_id: str
+    user: str
+    elapsed_s: int
+    cpus: int
+    gpus: int
 
 
 @dataclass(frozen=True)
@@ -300,6 +312,31 @@ def parse_sacct_finished(stdout: str) -> list[FinishedJob]:
             )
         )
     return jobs
+
+
+def parse_tres_cpus(tres: str) -> int:
+    """CPUs in an AllocTRES string such as `billing=1,cpu=4,mem=1000M,node=1`."""
+    match = re.search(r"(?:^|,)cpu=(\d+)", tres)
+    return int(match.group(1)) if match else 0
+
+
+def parse_sacct_usage(stdout: str) -> list[UsageRecord]:
+    records = []
+    for line in stdout.splitlines():
+        parts = _split(line, "|", len(SACCT_USAGE_FIELDS))
+        if parts is None or "." in parts[0]:
+            continue
+        job_id, user, elapsed, tres = parts
+        records.append(
+            UsageRecord(
+                job_id=job_id.strip(),
+                user=user.strip(),
+                elapsed_s=_int(elapsed) or 0,
+                cpus=parse_tres_cpus(tres),
+                gpus=parse_gpus(tres),
+            )
+        )
+    return records
 
 
 def parse_sinfo_partitions(stdout: str) -> dict[str, Partition]:

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, func
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from hpcops.errors import NotFound, StoreError
 from hpcops.states import IN_SLURM_STATES, RunState
-from hpcops.store.models import Event, Run
+from hpcops.store.models import Audit, Event, QuotaOverride, Run
 
 _BUSY_TIMEOUT_S = 30.0
 
@@ -53,11 +54,25 @@ class Store:
             )
             _configure(self._engine)
             SQLModel.metadata.create_all(self._engine)
+            self._add_missing_columns()
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
 
     def close(self) -> None:
         self._engine.dispose()
+
+    def _add_missing_columns(self) -> None:
+        """Additive migration: a column added to a model since the database was made is added
+        to the table (nullable), so an upgraded daemon opens an older home."""
+        with self._engine.begin() as conn:
+            for table in SQLModel.metadata.sorted_tables:
+                have = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table.name})")}
+                for column in table.columns:
+                    if column.name not in have:
+                        kind = column.type.compile(dialect=self._engine.dialect)
+                        conn.exec_driver_sql(
+                            f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'
+                        )
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
@@ -147,6 +162,45 @@ class Store:
         with self._session() as session:
             return int(session.exec(query).one())
 
+    def queued_summaries(self) -> list[tuple[int, str, int, float, int, int, str | None]]:
+        """(id, owner, priority, created_at, cpus, gpus, partition) of every QUEUED run: the
+        release policy's input, read as plain rows (10,000 ORM objects a tick would cost)."""
+        # SQLAlchemy's own select: sqlmodel's typing stops at four columns.
+        query = sa_select(
+            col(Run.id),
+            col(Run.owner),
+            col(Run.priority),
+            col(Run.created_at),
+            col(Run.cpus),
+            col(Run.gpus),
+            col(Run.partition),
+        ).where(col(Run.state) == RunState.QUEUED.value)
+        with self._session() as session:
+            rows = session.connection().execute(query).all()
+        return [(int(r[0] or 0), r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+    def runs_by_ids(self, run_ids: Sequence[int]) -> list[Run]:
+        if not run_ids:
+            return []
+        query = select(Run).where(col(Run.id).in_(list(run_ids)))
+        with self._session() as session:
+            found = {r.id: r for r in session.exec(query).all()}
+        return [found[i] for i in run_ids if i in found]
+
+    def owners_by_job(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """Slurm job id -> the hpcops owner, for the jobs that are hpcops runs."""
+        if not job_ids:
+            return {}
+        query = select(Run.slurm_job_id, Run.owner).where(col(Run.slurm_job_id).in_(list(job_ids)))
+        with self._session() as session:
+            return {j: o for j, o in session.exec(query).all() if j is not None}
+
+    def max_queued_priority(self) -> int | None:
+        query = select(func.max(Run.priority)).where(Run.state == RunState.QUEUED.value)
+        with self._session() as session:
+            value = session.exec(query).one()
+        return int(value) if value is not None else None
+
     def release_candidates(self, limit: int) -> list[Run]:
         """Queued runs in release order: priority, then submission order."""
         query = (
@@ -214,3 +268,34 @@ class Store:
         query = select(Event).where(Event.run_id == run_id).order_by(col(Event.id))
         with self._session() as session:
             return list(session.exec(query).all())
+
+    # --- audit -----------------------------------------------------------------------------
+
+    def audit(self, entry: Audit) -> None:
+        with self._session() as session:
+            session.add(entry)
+
+    def audit_log(self, *, limit: int = 200, target: str | None = None) -> list[Audit]:
+        query = select(Audit)
+        if target is not None:
+            query = query.where(Audit.target == target)
+        query = query.order_by(col(Audit.id).desc()).limit(limit)
+        with self._session() as session:
+            return list(session.exec(query).all())
+
+    # --- quota overrides -------------------------------------------------------------------
+
+    def quota_overrides(self) -> list[QuotaOverride]:
+        with self._session() as session:
+            return list(session.exec(select(QuotaOverride)).all())
+
+    def set_quota(self, override: QuotaOverride) -> QuotaOverride | None:
+        """Store an override; return the one it replaced."""
+        with self._session() as session:
+            old = session.get(QuotaOverride, (override.scope, override.resource))
+            before = QuotaOverride.model_validate(old.model_dump()) if old else None
+            if old is not None:
+                session.delete(old)
+                session.flush()
+            session.add(override)
+        return before

@@ -44,6 +44,7 @@ class Run(SQLModel, table=True):
     end_seen_at: float | None = None
     marker_exit_code: int | None = None
     cancel_requested_by: str | None = None
+    held_by: str | None = None
     updated_at: float
 
 
@@ -55,3 +56,28 @@ class Event(SQLModel, table=True):
     from_state: str | None
     to_state: str | None
     reason: str = ""
+
+
+class Audit(SQLModel, table=True):
+    """Every request that changes something, and every refusal: who, when, before and after."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(index=True)
+    actor: str
+    role: str
+    action: str
+    target: str  # "run 42", "quota lab.gpus"
+    before: str | None = None
+    after: str | None = None
+    allowed: bool
+    detail: str = ""
+
+
+class QuotaOverride(SQLModel, table=True):
+    """A quota set by a lead at run time (`hpcops quota set`); it wins over the config's."""
+
+    scope: str = Field(primary_key=True)  # "lab", "per_user", "user:alice", "partition:gpu"
+    resource: str = Field(primary_key=True)  # "jobs", "cpus", "gpus"
+    value: int | None  # None: explicitly unlimited
+    set_by: str
+    set_at: float

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from hpcops.api.client import Client
-from tests.benchmarks.common import UserDaemon, write_result
+from tests.benchmarks.common import BENCH_USER, UserDaemon, ensure_user, write_result
 
 QUEUED = 10_000
 IDLE_WINDOW_S = 60.0
@@ -27,9 +27,12 @@ def _rss_mb(pid: int) -> float:
 
 
 def main() -> None:
+    ensure_user()
     daemon = UserDaemon(
-        "root",
+        BENCH_USER,
         {
+            # root submits through the API directly below, as a lab member
+            "access": {"members": ["root"]},
             "lab": "bench",
             "max_active": 1,
             "slurm": {"account": "lab", "default_partition": "cpu"},

@@ -1,0 +1,153 @@
+"""Submission burst: 1,000 `hpcops submit` calls from 4 Unix users at once (250 each, one CLI
+process per call, as scripts and people make them). All must be accepted and none lost. The
+baseline, in the same process and the same shape: 1,000 `sbatch --hold` calls by the same users.
+The lab quota holds every run in hpcops' queue, so what is measured is acceptance, not Slurm."""
+
+from __future__ import annotations
+
+import grp
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from tests.benchmarks.common import (
+    BENCH_USER,
+    UserDaemon,
+    ensure_user,
+    write_result,
+    write_specs,
+)
+
+GROUP = "hpcopsbenchlab"
+USERS = [f"hpcopsb{i}" for i in range(1, 5)]
+CALLS_PER_USER = 250
+
+
+def _ensure_lab() -> None:
+    try:
+        grp.getgrnam(GROUP)
+    except KeyError:
+        subprocess.run(["groupadd", GROUP], check=True)
+    for user in [BENCH_USER, *USERS]:
+        ensure_user(user)
+        subprocess.run(["usermod", "--append", "--groups", GROUP, user], check=True)
+
+
+def _burst(call: Callable[[str, int], None]) -> tuple[float, list[str]]:
+    errors: list[str] = []
+
+    def worker(user: str) -> None:
+        for i in range(CALLS_PER_USER):
+            try:
+                call(user, i)
+            except Exception as exc:
+                errors.append(f"{user} #{i}: {exc}")
+
+    threads = [threading.Thread(target=worker, args=(u,)) for u in USERS]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - started, errors
+
+
+def main() -> None:
+    _ensure_lab()
+    daemon = UserDaemon(
+        BENCH_USER,
+        {
+            "lab": "bench",
+            "max_active": 10,
+            "quotas": {"lab": {"jobs": 0}},
+            "access": {"socket_group": GROUP, "members_group": GROUP},
+            "slurm": {"account": "lab", "default_partition": "cpu"},
+        },
+    )
+    daemon.start()
+    specs = {
+        u: write_specs(daemon.home.parent / f"{daemon.home.name}-{u}", 1, "true", u)[0]
+        for u in USERS
+    }
+
+    def hpcops_submit(user: str, _i: int) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "hpcops",
+            "--home",
+            str(daemon.home),
+            "submit",
+            str(specs[user]),
+        ]
+        subprocess.run(
+            ["runuser", "-u", user, "--", *argv], check=True, capture_output=True, cwd="/tmp"
+        )
+
+    def raw_sbatch(user: str, i: int) -> None:
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                user,
+                "--",
+                "sbatch",
+                "--hold",
+                "--parsable",
+                "-A",
+                "lab",
+                "-J",
+                f"burst-baseline-{i}",
+                "-o",
+                "/dev/null",
+                "--wrap",
+                "true",
+            ],
+            check=True,
+            capture_output=True,
+            cwd="/tmp",
+        )
+
+    try:
+        hpcops_s, hpcops_errors = _burst(hpcops_submit)
+        runs = daemon.json("ls", "--all")
+        owners = {u: sum(r["owner"] == u for r in runs) for u in USERS}
+        ids = {r["id"] for r in runs}
+    finally:
+        daemon.stop()
+    raw_s, raw_errors = _burst(raw_sbatch)
+    for user in USERS:
+        subprocess.run(
+            [
+                "scancel",
+                "-u",
+                user,
+                "--name=" + ",".join(f"burst-baseline-{i}" for i in range(CALLS_PER_USER)),
+            ],
+            check=False,
+        )
+    total = len(USERS) * CALLS_PER_USER
+    write_result(
+        "burst",
+        {
+            "calls": total,
+            "users": len(USERS),
+            "accepted_runs": len(ids),
+            "runs_per_user": owners,
+            "lost": total - len(ids),
+            "errors": hpcops_errors[:5],
+            "hpcops_submit_s": round(hpcops_s, 1),
+            "hpcops_submits_per_s": round(total / hpcops_s, 1),
+            "raw_sbatch_s": round(raw_s, 1),
+            "raw_sbatch_per_s": round(total / raw_s, 1),
+            "raw_errors": raw_errors[:5],
+            "ratio": round(hpcops_s / raw_s, 2),
+            "target": "all accepted, none lost; throughput reported",
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -39,6 +39,7 @@ STATE_NAMES = (
     "UNKNOWN",
 )
 ACTIVE = ("QUEUED", "HELD", "STAGING", "SUBMITTING", "PENDING", "RUNNING")
+QUEUED_SHOWN = 30  # plain `hpcops ls` shows the head of the queue
 
 
 class Context:
@@ -300,6 +301,14 @@ def list_runs(
     if not runs:
         click.echo("no runs")
         return
+    hidden = 0
+    if not (states or show_all or limit):
+        # A table of 10,000 queued runs helps nobody: show the head of the queue.
+        queued = [r for r in runs if r["state"] == "QUEUED"]
+        if len(queued) > QUEUED_SHOWN:
+            hidden_ids = {r["id"] for r in queued[QUEUED_SHOWN:]}
+            runs = [r for r in runs if r["id"] not in hidden_ids]
+            hidden = len(hidden_ids)
     rows = [
         [
             str(r["id"]),
@@ -317,6 +326,8 @@ def list_runs(
     ]
     headers = ["ID", "STATE", "OWNER", "PRIO", "JOB", "QUEUED", "ELAPSED", "EXIT", "NAME", "WHY"]
     click.echo(table(headers, rows))
+    if hidden:
+        click.echo(f"... and {hidden} more queued runs (hpcops ls --state QUEUED)")
 
 
 def _exit_text(run: dict[str, Any]) -> str:

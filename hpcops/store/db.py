@@ -70,8 +70,14 @@ class Store:
                 for column in table.columns:
                     if column.name not in have:
                         kind = column.type.compile(dialect=self._engine.dialect)
+                        default = getattr(column.default, "arg", None)
+                        literal = (
+                            f" DEFAULT {default!r}"
+                            if isinstance(default, int | float | str) and not callable(default)
+                            else ""
+                        )
                         conn.exec_driver_sql(
-                            f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'
+                            f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{literal}'
                         )
 
     @contextmanager

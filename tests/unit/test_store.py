@@ -120,3 +120,26 @@ def test_survives_reopen(tmp_path: Path) -> None:
     first.close()
     assert run.id is not None
     assert Store(path).get(run.id).owner == "alice"
+
+
+def test_an_older_database_gains_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # the run table as the first release made it
+        db.execute(
+            "CREATE TABLE run (id INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+            "experiment VARCHAR NOT NULL, owner VARCHAR NOT NULL, owner_uid INTEGER NOT NULL, "
+            "priority INTEGER NOT NULL, state VARCHAR NOT NULL, spec_yaml VARCHAR NOT NULL, "
+            "spec_hash VARCHAR NOT NULL, created_at FLOAT NOT NULL, updated_at FLOAT NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO run (name, experiment, owner, owner_uid, priority, state, spec_yaml, "
+            "spec_hash, created_at, updated_at) VALUES ('old', 'e', 'bob', 1, 0, 'COMPLETED', "
+            "'', '', 0, 0)"
+        )
+    store = Store(path)
+    run = store.get(1)
+    assert run.name == "old" and run.held_by is None and run.token is None
+    assert (run.gpus, run.cpus, run.attempt) == (0, 1, 0), "new columns get their defaults"
+    assert store.add_run(_run("new"), actor="alice").id == 2

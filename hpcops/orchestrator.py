@@ -656,13 +656,13 @@ class Orchestrator:
 
     # --- requests that change runs -----------------------------------------------------------
 
-    def set_priority(self, run_id: int, priority: int, caller: Caller) -> Run:
+    def set_priority(self, run_id: int, priority: int, caller: Caller, note: str = "") -> Run:
         run = self.store.get(run_id)
         updated = self.store.transition(
             run_id,
             None,
             actor=caller.name,
-            note=f"priority {run.priority} -> {priority}",
+            note=note or f"priority {run.priority} -> {priority}",
             priority=priority,
         )
         assert updated is not None
@@ -674,16 +674,8 @@ class Orchestrator:
         run = self.store.get(run_id)
         highest = self.store.max_queued_priority()
         priority = max(run.priority, (highest or 0) + (0 if highest == run.priority else 1))
-        updated = self.store.transition(
-            run_id,
-            None,
-            actor=caller.name,
-            note=f"moved to the top by {caller.name}: priority {run.priority} -> {priority}",
-            priority=priority,
-        )
-        assert updated is not None
-        self.changed()
-        return updated
+        note = f"moved to the top by {caller.name}: priority {run.priority} -> {priority}"
+        return self.set_priority(run_id, priority, caller, note)
 
     def hold(self, run_id: int, caller: Caller) -> Run:
         run = self.store.get(run_id)

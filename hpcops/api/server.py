@@ -317,82 +317,71 @@ class Api:
         )
         return {"id": updated.id, "state": updated.state, "message": message}
 
+    def _change_run(
+        self,
+        req: Request,
+        action: str,
+        apply: Callable[[Run], Run],
+        field: str,
+        message: Callable[[Run, Run], str],
+    ) -> dict[str, Any]:
+        """Authorize, apply, audit (before and after of `field`), answer."""
+        run = self._run_for(req, action)
+        updated = apply(run)
+        before, after = getattr(run, field), getattr(updated, field)
+        self._audit(
+            req.caller, req.role, action, f"run {run.id}", allowed=True, before=before, after=after
+        )
+        return {"id": run.id, field: after, "message": message(run, updated)}
+
     def priority(self, req: Request) -> dict[str, Any]:
-        run = self._run_for(req, "priority")
-        assert run.id is not None
         value = req.params.get("priority")
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidInput(f"a priority is an integer, not {value!r}")
         check_priority(value, req.role, self.access)
-        updated = self.orchestrator.set_priority(run.id, value, req.caller)
-        self._audit(
-            req.caller,
-            req.role,
+
+        def message(run: Run, updated: Run) -> str:
+            note = (
+                ""
+                if run.state in ("QUEUED", "HELD")
+                else (f" (run {run.id} is already {run.state}: priority orders hpcops' queue only)")
+            )
+            return f"run {run.id}: priority {run.priority} -> {updated.priority}{note}"
+
+        return self._change_run(
+            req,
             "priority",
-            f"run {run.id}",
-            allowed=True,
-            before=run.priority,
-            after=updated.priority,
+            lambda run: self.orchestrator.set_priority(_id(run), value, req.caller),
+            "priority",
+            message,
         )
-        note = (
-            ""
-            if run.state in ("QUEUED", "HELD")
-            else (f" (run {run.id} is already {run.state}: the priority orders hpcops' queue only)")
-        )
-        return {
-            "id": run.id,
-            "priority": updated.priority,
-            "message": f"run {run.id}: priority {run.priority} -> {updated.priority}{note}",
-        }
 
     def hold(self, req: Request) -> dict[str, Any]:
-        run = self._run_for(req, "hold")
-        assert run.id is not None
-        updated = self.orchestrator.hold(run.id, req.caller)
-        self._audit(
-            req.caller,
-            req.role,
+        return self._change_run(
+            req,
             "hold",
-            f"run {run.id}",
-            allowed=True,
-            before=run.state,
-            after=updated.state,
+            lambda run: self.orchestrator.hold(_id(run), req.caller),
+            "state",
+            lambda run, _: f"run {run.id} held",
         )
-        return {"id": run.id, "state": updated.state, "message": f"run {run.id} held"}
 
     def release(self, req: Request) -> dict[str, Any]:
-        run = self._run_for(req, "release")
-        assert run.id is not None
-        updated = self.orchestrator.release_hold(run.id, req.caller)
-        self._audit(
-            req.caller,
-            req.role,
+        return self._change_run(
+            req,
             "release",
-            f"run {run.id}",
-            allowed=True,
-            before=run.state,
-            after=updated.state,
+            lambda run: self.orchestrator.release_hold(_id(run), req.caller),
+            "state",
+            lambda run, _: f"run {run.id} released",
         )
-        return {"id": run.id, "state": updated.state, "message": f"run {run.id} released"}
 
     def top(self, req: Request) -> dict[str, Any]:
-        run = self._run_for(req, "top")
-        assert run.id is not None
-        updated = self.orchestrator.top(run.id, req.caller)
-        self._audit(
-            req.caller,
-            req.role,
+        return self._change_run(
+            req,
             "top",
-            f"run {run.id}",
-            allowed=True,
-            before=run.priority,
-            after=updated.priority,
+            lambda run: self.orchestrator.top(_id(run), req.caller),
+            "priority",
+            lambda run, updated: f"run {run.id} goes next (priority {updated.priority})",
         )
-        return {
-            "id": run.id,
-            "priority": updated.priority,
-            "message": f"run {run.id} goes next (priority {updated.priority})",
-        }
 
     def quota_set(self, req: Request) -> dict[str, Any]:
         authorize("quota", req.caller, req.role)
@@ -475,6 +464,11 @@ def _target(message: dict[str, Any]) -> str:
         if "scope" in params:
             return f"quota {params.get('scope')!r}.{params.get('resource')!r}"
     return str(message.get("method"))
+
+
+def _id(run: Run) -> int:
+    assert run.id is not None  # runs read from the store always have one
+    return run.id
 
 
 def _str(params: Any, key: str) -> str:

@@ -98,11 +98,16 @@ def sacct_argv(job_ids: Sequence[str]) -> list[str]:
     ]
 
 
-def sacct_finished_argv(*, account: str | None, user: str | None, since: datetime) -> list[str]:
-    """Jobs that ended since `since`, with their comments: how a submission interrupted by a crash
-    is found by token once its job has already left squeue. sacct cannot filter by comment, so the
-    caller does; the window keeps the answer small. (sacct shows a job's comment only after the
-    job ended; live jobs are found by squeue's %k.)"""
+def _sacct_window_argv(
+    fields: Sequence[str],
+    *,
+    account: str | None,
+    user: str | None,
+    since: datetime,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """One row per allocation of the lab (its account, else the daemon's user) from `since` to
+    now. sacct needs both ends of the window once --state is given (Slurm 22.05)."""
     argv = [
         "sacct",
         "--noheader",
@@ -110,14 +115,28 @@ def sacct_finished_argv(*, account: str | None, user: str | None, since: datetim
         "--allocations",
         "--starttime=" + since.strftime("%Y-%m-%dT%H:%M:%S"),
         "--endtime=now",
-        "--state=" + FINISHED_STATES,
-        "--format=" + ",".join(SACCT_FIND_FIELDS),
+        *extra,
+        "--format=" + ",".join(fields),
     ]
     if account:
         argv += ["--allusers", f"--accounts={account}"]
     elif user:
         argv.append(f"--user={user}")
     return argv
+
+
+def sacct_finished_argv(*, account: str | None, user: str | None, since: datetime) -> list[str]:
+    """Jobs that ended since `since`, with their comments: how a submission interrupted by a crash
+    is found by token once its job has already left squeue. sacct cannot filter by comment, so the
+    caller does; the window keeps the answer small. (sacct shows a job's comment only after the
+    job ended; live jobs are found by squeue's %k.)"""
+    return _sacct_window_argv(
+        SACCT_FIND_FIELDS,
+        account=account,
+        user=user,
+        since=since,
+        extra=["--state=" + FINISHED_STATES],
+    )
 
 
 SACCT_USAGE_FIELDS: tuple[str, ...] = ("JobID", "User", "ElapsedRaw", "AllocTRES")
@@ -125,20 +144,7 @@ SACCT_USAGE_FIELDS: tuple[str, ...] = ("JobID", "User", "ElapsedRaw", "AllocTRES
 
 def sacct_usage_argv(*, account: str | None, user: str | None, since: datetime) -> list[str]:
     """Every allocation of the lab since `since` with its size and elapsed time: fair share."""
-    argv = [
-        "sacct",
-        "--noheader",
-        "--parsable2",
-        "--allocations",
-        "--starttime=" + since.strftime("%Y-%m-%dT%H:%M:%S"),
-        "--endtime=now",
-        "--format=" + ",".join(SACCT_USAGE_FIELDS),
-    ]
-    if account:
-        argv += ["--allusers", f"--accounts={account}"]
-    elif user:
-        argv.append(f"--user={user}")
-    return argv
+    return _sacct_window_argv(SACCT_USAGE_FIELDS, account=account, user=user, since=since)
 
 
 def scancel_argv(job_ids: Sequence[str]) -> list[str]:

@@ -59,7 +59,9 @@ class Client:
         self._next_id += 1
         try:
             self._sock.sendall(protocol.encode(protocol.request(request_id, method, params)))
-            line = self._reader.readline(protocol.MAX_LINE_BYTES + 1)
+            # No cap on answers: MAX_LINE_BYTES protects the daemon from clients, and a listing
+            # of 10,000 runs is larger than any request.
+            line = self._reader.readline()
         except TimeoutError:
             raise ProtocolError(
                 f"the daemon did not answer {method} within {self.timeout_s:.0f} s"

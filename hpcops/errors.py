@@ -5,8 +5,12 @@
     │   ├── SpecError                  a spec file: each problem names its field and what is allowed
     │   └── ConfigError                a config file
     ├── NotRunning                 exit 3: no daemon answers on the socket
+    │   └── RemoteUnreachable          the login node cannot be reached (DNS, refused, timeout,
+    │                                  no hpcops there)
     ├── NotFound                   exit 4: no such run
     ├── PermissionDenied           exit 5: the caller's role does not allow the request
+    │   ├── AuthenticationFailed       the login node refused our SSH keys
+    │   └── HostKeyRejected            the login node's host key is unknown or has changed
     ├── ProtocolError              exit 1: client and daemon disagree on the wire format or version
     ├── StoreError                 exit 1: the database could not be read or written
     ├── AlreadyRunning             exit 1: another daemon holds this home's lock
@@ -83,6 +87,18 @@ class PermissionDenied(HpcopsError):
     kind = "permission_denied"
 
 
+class RemoteUnreachable(NotRunning):
+    kind = "remote_unreachable"
+
+
+class AuthenticationFailed(PermissionDenied):
+    kind = "authentication_failed"
+
+
+class HostKeyRejected(PermissionDenied):
+    kind = "host_key_rejected"
+
+
 class ProtocolError(HpcopsError):
     kind = "protocol"
 
@@ -137,6 +153,9 @@ ERROR_KINDS: dict[str, type[HpcopsError]] = {
         InvalidInput,
         ConfigError,
         NotRunning,
+        RemoteUnreachable,
+        AuthenticationFailed,
+        HostKeyRejected,
         NotFound,
         PermissionDenied,
         ProtocolError,

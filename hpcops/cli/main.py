@@ -21,6 +21,7 @@ from hpcops import __version__
 
 if TYPE_CHECKING:
     from hpcops.api.client import Client
+    from hpcops.api.remote import RemoteClient
 
 STATE_NAMES = (
     "QUEUED",
@@ -43,10 +44,11 @@ QUEUED_SHOWN = 30  # plain `hpcops ls` shows the head of the queue
 
 
 class Context:
-    def __init__(self, home: Path | None, debug: bool) -> None:
+    def __init__(self, home: Path | None, debug: bool, remote: str | None) -> None:
         self.explicit_home = home
         self.debug = debug
-        self._client: Client | None = None
+        self.remote_name = remote
+        self._client: Client | RemoteClient | None = None
 
     @property
     def home(self) -> Path:
@@ -54,13 +56,27 @@ class Context:
 
         return self.explicit_home or default_home()
 
-    def client(self) -> Client:
+    def client(self) -> Client | RemoteClient:
+        """The daemon's API: over SSH when a remote is named (--remote, or the client config's
+        default_remote), else the local socket. Either way one connection serves the call."""
         if self._client is None:
-            from hpcops.api.client import Client
-            from hpcops.home import HomePaths
+            from hpcops.client_config import load_client_config
 
-            self._client = Client(HomePaths(self.home).socket)
+            chosen = load_client_config().remote(self.remote_name)
+            if chosen is not None and self.explicit_home is None:
+                from hpcops.api.remote import RemoteClient
+
+                self._client = RemoteClient(*chosen)
+            else:
+                from hpcops.api.client import Client
+                from hpcops.home import HomePaths
+
+                self._client = Client(HomePaths(self.home).socket)
         return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
     def call(self, method: str, **params: Any) -> Any:
         return self.client().call(method, **params)
@@ -108,9 +124,16 @@ def _fail(message: str, code: int) -> NoReturn:
     envvar="HPCOPS_HOME",
     help="The daemon's home (socket, database, logs). Default: $HPCOPS_HOME or ~/.hpcops.",
 )
+@click.option(
+    "--remote",
+    envvar="HPCOPS_REMOTE",
+    metavar="NAME",
+    help="Talk to the daemon on this remote (from the client config, ~/.config/hpcops/"
+    "config.yaml) over SSH. Default: the config's default_remote, else this machine.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, home: Path | None, remote: str | None, debug: bool) -> None:
     """hpcops: the lab's experiment queue in front of Slurm.
 
     \b
@@ -136,7 +159,8 @@ def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
     The daemon (one per lab) owns the queue: `hpcops daemon start`.
     Exit codes: 0 ok, 1 failed, 2 invalid input, 3 no daemon, 4 no such run, 5 not allowed.
     """
-    ctx.obj = Context(home, debug)
+    ctx.obj = Context(home, debug, remote)
+    ctx.call_on_close(ctx.obj.close)
 
 
 # --- specs -----------------------------------------------------------------------------------
@@ -700,6 +724,16 @@ def daemon_status(obj: Context, as_json: bool) -> None:
         )
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(info["runs"].items()))
     click.echo(f"runs:    {counts or 'none'}")
+
+
+@cli.command(hidden=True)
+@pass_ctx
+def api(obj: Context) -> None:
+    """Relay API requests from stdin to the daemon's socket (what `--remote` runs over SSH)."""
+    from hpcops.api.relay import relay
+    from hpcops.home import HomePaths
+
+    relay(HomePaths(obj.home).socket, sys.stdin.buffer, sys.stdout.buffer)
 
 
 @cli.command()

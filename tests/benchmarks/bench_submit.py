@@ -20,6 +20,7 @@ def main() -> None:
         {
             "lab": "bench",
             "max_active": JOBS,
+            "pending_window": JOBS,  # all 200 in Slurm at once: that is what is measured
             "slurm": {"account": "lab", "default_partition": "cpu"},
             "daemon": {"tick_interval_s": 1.0},
         },

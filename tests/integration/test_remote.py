@@ -1,0 +1,243 @@
+"""From a laptop over SSH: a real OpenSSH sshd on a loopback port (scripts/dev-sshd), a "laptop"
+Unix user with its own keys, known_hosts and hpcops client config, and a lab member's account on
+the "login node" (this machine) that runs `hpcops api` for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lab import MEMBERS, SERVICE, Lab, new_lab
+
+REPO = Path(__file__).resolve().parents[2]
+DEV_SSHD = REPO / "scripts" / "dev-sshd"
+PORT = int(os.environ.get("HPCOPS_DEV_SSHD_PORT", "2222"))
+LAPTOP = "hpcops-laptop"
+MEMBER = MEMBERS[0]
+
+
+def _run(*argv: str, user: str | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    if user is not None:
+        argv = ("runuser", "-u", user, "--", *argv)
+    return subprocess.run(list(argv), capture_output=True, text=True, cwd="/tmp", **kw)
+
+
+@pytest.fixture(scope="session")
+def sshd() -> str:
+    subprocess.run([str(DEV_SSHD), "up"], check=True, stdout=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(DEV_SSHD), "known-hosts"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@pytest.fixture
+def laptop(sshd: str, cluster: None) -> Iterator[tuple[Lab, Path]]:
+    """A lab daemon, and a laptop user whose default remote reaches it as MEMBER over SSH."""
+    lab = new_lab({"quotas": {}})
+    if _run("id", LAPTOP).returncode != 0:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", LAPTOP], check=True)
+    home = Path(f"~{LAPTOP}").expanduser()
+    ssh_dir = home / ".ssh"
+    shutil.rmtree(ssh_dir, ignore_errors=True)
+    ssh_dir.mkdir(mode=0o700)
+    shutil.chown(ssh_dir, LAPTOP, LAPTOP)
+    _run(
+        "ssh-keygen",
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        str(ssh_dir / "id_ed25519"),
+        user=LAPTOP,
+    ).check_returncode()
+    _run(str(DEV_SSHD), "add-key", MEMBER, str(ssh_dir / "id_ed25519.pub")).check_returncode()
+    known = ssh_dir / "known_hosts"
+    known.write_text(sshd + "\n")
+    shutil.chown(known, LAPTOP, LAPTOP)
+    config_dir = home / ".config" / "hpcops"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "default_remote": "lab",
+        "remotes": {
+            "lab": {
+                "host": "127.0.0.1",
+                "port": PORT,
+                "user": MEMBER,
+                "command": [str(REPO / ".venv" / "bin" / "hpcops")],
+                "home": str(lab.home),
+            },
+            "nohpcops": {
+                "host": "127.0.0.1",
+                "port": PORT,
+                "user": MEMBER,
+                "command": ["/nonexistent/bin/hpcops"],
+                "home": str(lab.home),
+            },
+            "nodns": {"host": "no-such-host.invalid", "user": MEMBER},
+            "closed": {"host": "127.0.0.1", "port": 1, "user": MEMBER},
+            "wrongkey": {
+                "host": "127.0.0.1",
+                "port": PORT,
+                "user": MEMBER,
+                "identity_file": str(ssh_dir / "other_key"),
+            },
+        },
+    }
+    (config_dir / "config.yaml").write_text(json.dumps(config))
+    _run(
+        "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh_dir / "other_key"), user=LAPTOP
+    ).check_returncode()
+    subprocess.run(["chown", "-R", f"{LAPTOP}:{LAPTOP}", str(home / ".config")], check=True)
+    yield lab, home
+    lab.stop()
+
+
+def laptop_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return _run(sys.executable, "-m", "hpcops", *args, user=LAPTOP, timeout=timeout)
+
+
+def _spec(home: Path, name: str, command: str) -> str:
+    path = home / f"{name}.yaml"
+    path.write_text(
+        json.dumps({"name": name, "experiment": "remote", "command": command, "workdir": "/tmp"})
+    )
+    shutil.chown(path, LAPTOP, LAPTOP)
+    return str(path)
+
+
+def test_submit_from_the_laptop_runs_as_the_ssh_user(laptop: tuple[Lab, Path]) -> None:
+    _, home = laptop
+    proc = laptop_cli("submit", "--json", _spec(home, "from-laptop", "echo hello from $HOSTNAME"))
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(proc.stdout)["id"]
+    shown = json.loads(laptop_cli("show", str(run), "--json").stdout)
+    assert shown["owner"] == MEMBER, "the daemon saw the SSH user, as the OS knows it"
+    follow = laptop_cli("logs", str(run), "--follow")
+    assert follow.returncode == 0 and follow.stdout.startswith("hello from"), follow
+    assert json.loads(laptop_cli("show", str(run), "--json").stdout)["state"] == "COMPLETED"
+    listing = json.loads(laptop_cli("--remote", "lab", "ls", "--json").stdout)
+    assert [r["id"] for r in listing] == [run]
+
+
+def test_unknown_host_key_is_refused_with_its_fingerprint(laptop: tuple[Lab, Path]) -> None:
+    _, home = laptop
+    known = home / ".ssh" / "known_hosts"
+    known.write_text("")
+    proc = laptop_cli("ls")
+    assert proc.returncode == 5, proc.stderr
+    assert "not in ~/.ssh/known_hosts" in proc.stderr and "SHA256:" in proc.stderr
+    assert "Nothing was added" in proc.stderr
+    assert known.read_text() == "", "no key is ever added silently"
+
+
+def test_changed_host_key_is_refused(laptop: tuple[Lab, Path], sshd: str) -> None:
+    _, home = laptop
+    fake = _run(
+        "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", "/tmp/hpcops-fake-hostkey", input="y\n"
+    )
+    assert fake.returncode == 0, fake.stderr
+    public = Path("/tmp/hpcops-fake-hostkey.pub").read_text().split()[:2]
+    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{PORT} {' '.join(public)}\n")
+    proc = laptop_cli("ls")
+    assert proc.returncode == 5 and "has CHANGED" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("remote", "code", "phrase"),
+    [
+        ("wrongkey", 5, "refused our SSH keys"),
+        ("nohpcops", 3, "is not found on remote 'nohpcops'"),
+        ("nodns", 3, "cannot resolve 'no-such-host.invalid'"),
+        ("closed", 3, "cannot reach"),
+    ],
+)
+def test_clear_distinct_errors(
+    laptop: tuple[Lab, Path], remote: str, code: int, phrase: str
+) -> None:
+    proc = laptop_cli("--remote", remote, "ls")
+    assert proc.returncode == code, proc.stderr
+    assert phrase in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_daemon_not_running_is_said_plainly(laptop: tuple[Lab, Path]) -> None:
+    lab, _ = laptop
+    lab.stop()
+    proc = laptop_cli("ls")
+    assert proc.returncode == 3 and "no hpcops daemon runs on" in proc.stderr, proc.stderr
+
+
+def _session_pids(master: int) -> list[int]:
+    """sshd's per-connection processes: children of the listener."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_sshd_stopping_during_follow_is_said_clearly(laptop: tuple[Lab, Path]) -> None:
+    lab, home = laptop
+    run = int(
+        json.loads(
+            laptop_cli(
+                "submit",
+                "--json",
+                _spec(home, "long-follow", "for i in $(seq 1 60); do echo tick $i; sleep 1; done"),
+            ).stdout
+        )["id"]
+    )
+    follow = subprocess.Popen(
+        [
+            "runuser",
+            "-u",
+            LAPTOP,
+            "--",
+            sys.executable,
+            "-m",
+            "hpcops",
+            "logs",
+            str(run),
+            "--follow",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/tmp",
+    )
+    try:
+        assert follow.stdout is not None
+        first = follow.stdout.readline()
+        assert first.startswith("tick"), first
+        master = int(Path("/var/lib/hpcops-dev-sshd/sshd.pid").read_text())
+        # Stopping the listener leaves live sessions alone (OpenSSH forks one per connection):
+        # end those too, by pid, as a reboot of the login node's sshd would.
+        for pid in _session_pids(master):
+            os.kill(pid, signal.SIGTERM)
+        subprocess.run([str(DEV_SSHD), "down"], check=True, stdout=subprocess.DEVNULL)
+        _, stderr = follow.communicate(timeout=60)
+        assert follow.returncode == 3, stderr
+        assert "lost the SSH connection" in stderr or "connection to remote" in stderr, stderr
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+        subprocess.run([str(DEV_SSHD), "up"], check=True, stdout=subprocess.DEVNULL)
+    # The daemon and its runs did not notice.
+    assert lab.json(SERVICE, "show", str(run))["state"] in {"PENDING", "RUNNING"}
+    lab.ok(SERVICE, "cancel", str(run))
+    time.sleep(1)

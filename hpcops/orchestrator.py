@@ -62,6 +62,7 @@ _BACKOFF_MAX_S = 60.0
 # After Slurm refused a submission for a full association/QOS limit, try again this much later.
 _LIMIT_RETRY_S = 30.0
 _REPLAN_S = 30.0
+_UNLIMITED = 10**12
 
 
 @dataclass
@@ -100,11 +101,15 @@ class Orchestrator:
         self._next_sacct_at: dict[int, float] = {}
         self._sacct_delay_s: dict[int, float] = {}
         self._cancel_sent: set[int] = set()
-        self._limited_until = 0.0  # a Slurm limit refused the last submission: wait until then
+        # Runs that a full Slurm limit refused: not before this time (back-off per run, so one
+        # run Slurm keeps refusing does not hold up the lab's other runs).
+        self._retry_after: dict[int, float] = {}
+        self._retry_delay_s: dict[int, float] = {}
         # The release plan is recomputed only when something it depends on changed (a run was
         # queued, changed or ended; the poll saw other jobs; usage was re-read), and at least
         # every _REPLAN_S: an idle daemon with 10,000 queued runs must stay idle.
         self._dirty = True
+        self._generation = 0  # bumped by every change; a plan knows which one it saw
         self._planned_at = 0.0
         self.last_decision: policy.Decision | None = None
         self.usage: dict[str, float] = {}
@@ -250,17 +255,24 @@ class Orchestrator:
         self._read_markers(self.store.in_slurm())
         if not self._slurm_callable():
             return
-        try:
-            if now >= self._next_squeue_at:
-                self._safety_net()
-            self._finalize_ended()
-            self._send_cancels()
-            self._refresh_usage()
-            self._release()
-        except SlurmUnreachable as exc:
-            self._slurm_failed(exc)
-        else:
-            self._slurm_ok()
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("poll", lambda: self._safety_net() if now >= self._next_squeue_at else None),
+            ("final states", self._finalize_ended),
+            ("cancellations", self._send_cancels),
+            ("fair-share usage", self._refresh_usage),
+            ("release", self._release),
+        ]
+        for name, step in steps:
+            try:
+                step()
+            except SlurmUnreachable as exc:
+                self._slurm_failed(exc)
+                return
+            except Exception:
+                # One step's surprise (an unexpected Slurm message, a broken marker file) must
+                # not starve the others: the rest of the tick still runs.
+                log.exception("tick step %r failed; the other steps go on", name)
+        self._slurm_ok()
 
     # --- 1. markers -------------------------------------------------------------------------
 
@@ -268,36 +280,45 @@ class Orchestrator:
         for run in runs:
             if run.id is None or run.slurm_job_id is None or not run.run_dir:
                 continue
-            rundir = RunDir(Path(run.run_dir))
-            if run.state == RunState.PENDING.value:
-                started = rundir.read_started()
-                if started is not None and started.slurm_job_id == run.slurm_job_id:
-                    self.store.transition(
-                        run.id,
-                        RunState.RUNNING,
-                        actor=DAEMON,
-                        note=f"started on {started.hostname}",
-                        expect=(RunState.PENDING,),
-                        started_at=started.started_at,
-                    )
-                    self._dirty = True  # one fewer pending: the window has room
-            if run.end_seen_at is None:
-                ended = rundir.read_exit()
-                if ended is not None:
-                    self.store.transition(
-                        run.id,
-                        None,
-                        actor=DAEMON,
-                        end_seen_at=self.clock(),
-                        marker_exit_code=ended.exit_code,
-                    )
-                    self._next_sacct_at.pop(run.id, None)
+            try:
+                self._read_markers_of(run)
+            except OSError as exc:
+                log.warning("run %s: cannot read its markers: %s", run.id, exc)
+
+    def _read_markers_of(self, run: Run) -> None:
+        assert run.id is not None
+        rundir = RunDir(Path(run.run_dir))
+        if run.state == RunState.PENDING.value:
+            started = rundir.read_started()
+            if started is not None and started.slurm_job_id == run.slurm_job_id:
+                self.store.transition(
+                    run.id,
+                    RunState.RUNNING,
+                    actor=DAEMON,
+                    note=f"started on {started.hostname}",
+                    expect=(RunState.PENDING,),
+                    started_at=started.started_at,
+                )
+                self._dirty = True  # one fewer pending: the window has room
+        # Read until its code is known: the poll may have noticed the end first.
+        if run.marker_exit_code is None:
+            ended = rundir.read_exit()
+            if ended is not None:
+                self.store.transition(
+                    run.id,
+                    None,
+                    actor=DAEMON,
+                    end_seen_at=run.end_seen_at or self.clock(),
+                    marker_exit_code=ended.exit_code,
+                )
+                self._next_sacct_at.pop(run.id, None)
 
     # --- 2. the safety net ------------------------------------------------------------------
 
     def _safety_net(self) -> None:
-        entries = self.slurm.queue()
         now = self.clock()
+        self._next_squeue_at = now + self.config.slurm.squeue_interval_s  # also if this fails
+        entries = self.slurm.queue()
         self.last_queue, self.last_queue_at = entries, now
         self._dirty = True  # jobs submitted by hand may have come or gone
         by_id = {e.job_id: e for e in entries}
@@ -371,8 +392,13 @@ class Orchestrator:
         for run in orphans:
             assert run.id is not None
             job = finished.get(run.token) if run.token else None
+            started = RunDir(Path(run.run_dir)).read_started() if run.run_dir else None
             if job is not None:
                 self._adopt(run, job.job_id, job.state, None)
+            elif started is not None:
+                # The job ran (it wrote its start marker, with its id) even though neither
+                # squeue nor sacct could name it by token: adopt it, never submit it twice.
+                self._adopt(run, started.slurm_job_id, RunState.RUNNING, None)
             elif now - (run.claimed_at or run.created_at) > self.config.slurm.submit_grace_s:
                 never = (
                     f"no Slurm job carries token {run.token} "
@@ -421,6 +447,10 @@ class Orchestrator:
             if record is not None and record.state.is_terminal:
                 self._finish(run, record)
                 continue
+            if record is not None and self._gone_from_squeue(run):
+                # sacct still says it runs, squeue has not seen it since it ended: a "runaway"
+                # record (its end was lost between slurmctld and slurmdbd). Judge as if absent.
+                record = None
             if record is None and run.end_seen_at is not None:
                 waited = now - run.end_seen_at
                 if run.marker_exit_code is not None and waited > _ACCOUNTING_PATIENCE_S:
@@ -437,14 +467,54 @@ class Orchestrator:
                         reason="vanished: no exit marker and no accounting record",
                         ended_at=now,
                     )
+                    self._forget(run.id)
                     continue
             # Not final yet (sacct lags the job's end by about a second): ask again, backing off.
             delay = min(self._sacct_delay_s.get(run.id, 0.5) * 2, 30.0)
             self._sacct_delay_s[run.id] = delay
             self._next_sacct_at[run.id] = now + delay
 
+    def _gone_from_squeue(self, run: Run) -> bool:
+        """The job ended long ago and no poll since has listed it."""
+        if run.end_seen_at is None or self.last_queue_at is None:
+            return False
+        return (
+            self.clock() - run.end_seen_at > _ACCOUNTING_PATIENCE_S
+            and self.last_queue_at > run.end_seen_at
+            and all(e.job_id != run.slurm_job_id for e in self.last_queue)
+        )
+
+    def _requeued(self, run: Run) -> QueueEntry | None:
+        """The live entry of a job Slurm requeued (preemption, node failure with requeue), whose
+        sacct record already reads PREEMPTED or NODE_FAIL. Costs one squeue, only then."""
+        return next(
+            (
+                e
+                for e in self.slurm.queue()
+                if e.job_id == run.slurm_job_id and e.state in (RunState.PENDING, RunState.RUNNING)
+            ),
+            None,
+        )
+
     def _finish(self, run: Run, record: AccountingRecord) -> None:
         assert run.id is not None
+        if record.state in (RunState.PREEMPTED, RunState.NODE_FAIL):
+            entry = self._requeued(run)
+            if entry is not None:
+                # The markers speak for the attempt Slurm took back; the next writes its own.
+                RunDir(Path(run.run_dir)).clear_markers()
+                self.store.transition(
+                    run.id,
+                    RunState.PENDING,
+                    actor=DAEMON,
+                    expect=(run_state(run),),
+                    note=f"Slurm requeued job {run.slurm_job_id} after {record.slurm_state}",
+                    reason=entry.reason or "requeued",
+                    end_seen_at=None,
+                    marker_exit_code=None,
+                )
+                self._forget(run.id)
+                return
         rundir = RunDir(Path(run.run_dir))
         state = record.state
         tail = None
@@ -464,7 +534,7 @@ class Orchestrator:
             actor=DAEMON,
             expect=(run_state(run),),
             note=f"Slurm: {record.slurm_state}, exit {record.exit_code}:{record.signal}",
-            exit_code=record.exit_code,
+            exit_code=_exit_code(record, run.marker_exit_code),
             signal=record.signal,
             reason=reason,
             **_drop_none(
@@ -481,8 +551,6 @@ class Orchestrator:
         )
         self._forget(run.id)
         log.info("run %s: job %s ended %s", run.id, run.slurm_job_id, state)
-        self._limited_until = 0.0  # a job ended, so a Slurm limit may have room again
-        self.changed()  # room is free: release now, not at the next tick
 
     def _finish_from_marker(self, run: Run) -> None:
         assert run.id is not None and run.marker_exit_code is not None
@@ -504,9 +572,12 @@ class Orchestrator:
         self._forget(run.id)
 
     def _forget(self, run_id: int) -> None:
+        """A run left Slurm for good: drop its bookkeeping and release into the room it left."""
         self._next_sacct_at.pop(run_id, None)
         self._sacct_delay_s.pop(run_id, None)
         self._cancel_sent.discard(run_id)
+        self._retry_after.clear()  # a job ended, so a full Slurm limit may have room again
+        self.changed()  # release now, not at the next replan
 
     # --- 4. cancellations -------------------------------------------------------------------
 
@@ -528,19 +599,20 @@ class Orchestrator:
 
     def _release(self) -> None:
         now = self.clock()
-        if now < self._limited_until or not (self._dirty or now - self._planned_at > _REPLAN_S):
+        if not (self._dirty or now - self._planned_at > _REPLAN_S):
             return
         decision = self.plan()
         for run in self.store.runs_by_ids(decision.release):
-            if run.state != RunState.QUEUED.value:
+            if run.state != RunState.QUEUED.value or self._retry_after.get(run.id or 0, 0) > now:
                 continue
             if not self._submit(run):
                 break
         # What was just released changes what the queue waits for: plan again next tick.
-        self._dirty = bool(decision.release)
+        self._dirty = self._dirty or bool(decision.release)
 
     def plan(self) -> policy.Decision:
         """The release plan for the queue as it is now (pure policy over fresh inputs)."""
+        generation = self._generation
         candidates = [
             policy.Candidate(
                 run_id=run_id,
@@ -563,7 +635,9 @@ class Orchestrator:
             max_active=self.config.max_active,
             pending_window=self.config.pending_window,
         )
-        self.last_decision, self._planned_at, self._dirty = decision, self.clock(), False
+        self.last_decision, self._planned_at = decision, self.clock()
+        # A change made by the API while this plan read the store stays pending.
+        self._dirty = self._generation != generation
         return decision
 
     def active_jobs(self) -> list[policy.Active]:
@@ -620,7 +694,12 @@ class Orchestrator:
         }
         for override in self.store.quota_overrides():
             scopes.setdefault(override.scope, {"jobs": None, "cpus": None, "gpus": None})
-            scopes[override.scope][override.resource] = override.value
+            value = override.value
+            if value is None and override.scope.startswith("user:"):
+                # For one user, None would mean "use per_user"; a lead who said "unlimited"
+                # means no limit.
+                value = _UNLIMITED
+            scopes[override.scope][override.resource] = value
 
         def build(scope: str) -> policy.Limits:
             return policy.Limits(**scopes.get(scope, {}))
@@ -673,7 +752,9 @@ class Orchestrator:
         """The run goes next: above every queued run's priority."""
         run = self.store.get(run_id)
         highest = self.store.max_queued_priority()
-        priority = max(run.priority, (highest or 0) + (0 if highest == run.priority else 1))
+        # Strictly above every queued run (a tie would leave fair share to decide), capped at
+        # the top of the allowed range.
+        priority = min(1000, max(run.priority, (highest if highest is not None else 0) + 1))
         note = f"moved to the top by {caller.name}: priority {run.priority} -> {priority}"
         return self.set_priority(run_id, priority, caller, note)
 
@@ -722,6 +803,12 @@ class Orchestrator:
             decision = self.last_decision
             if decision is None or run.id is None:
                 return "just queued; the daemon is planning its release"
+            retry_at = self._retry_after.get(run.id, 0.0)
+            if retry_at > self.clock():
+                return (
+                    f"{run.reason or 'Slurm refused it for a limit'}; trying again in "
+                    f"{retry_at - self.clock():.0f} s"
+                )
             if run.id in decision.release:
                 return "being released into Slurm now"
             if run.id not in decision.waiting:
@@ -738,6 +825,7 @@ class Orchestrator:
         return f"ended {state}" + (f": {run.reason}" if run.reason else "")
 
     def changed(self) -> None:
+        self._generation += 1
         self._dirty = True
         self.wake.set()
 
@@ -780,6 +868,9 @@ class Orchestrator:
         )
         if claimed is None:
             return True  # cancelled or changed by a user since it was read
+        if claimed.cancel_requested_by:
+            self._cancel_unsubmitted(claimed, "before sbatch")
+            return True
         rundir = RunDir(Path(claimed.run_dir))
         rundir.create()
         rundir.clear_markers()
@@ -793,6 +884,9 @@ class Orchestrator:
             # token once Slurm answers again.
             raise
         except SlurmLimited as exc:
+            if self.store.get(run.id).cancel_requested_by:
+                self._cancel_unsubmitted(self.store.get(run.id), "after Slurm refused it")
+                return True
             self.store.transition(
                 run.id,
                 RunState.QUEUED,
@@ -802,8 +896,11 @@ class Orchestrator:
                 note=f"waiting: {exc.stderr.strip() or exc.message}",
                 reason=f"Slurm limit: {exc.stderr.strip() or exc.message}",
             )
-            # Each try costs an sbatch RPC: wait for room rather than asking every tick.
-            self._limited_until = self.clock() + _LIMIT_RETRY_S
+            # Each try costs an sbatch RPC: this run waits (doubling, up to 10 min) while the
+            # others may still go.
+            delay = min(self._retry_delay_s.get(run.id, _LIMIT_RETRY_S / 2) * 2, 600.0)
+            self._retry_delay_s[run.id] = delay
+            self._retry_after[run.id] = self.clock() + delay
             return False
         except SlurmRejected as exc:
             self.store.transition(
@@ -830,6 +927,19 @@ class Orchestrator:
 
     def _run_dir(self, run_id: int) -> Path:
         return self.run_root / f"run-{run_id:06d}"
+
+    def _cancel_unsubmitted(self, run: Run, when: str) -> None:
+        """A cancel that arrived while the run was SUBMITTING, honoured before any job exists."""
+        assert run.id is not None
+        self.store.transition(
+            run.id,
+            RunState.CANCELLED,
+            actor=DAEMON,
+            expect=(RunState.SUBMITTING,),
+            note=f"cancelled {when}, as {run.cancel_requested_by} asked",
+            ended_at=self.clock(),
+        )
+        self.changed()
 
     def _context(self, spec: Spec, run_id: int, token: str) -> JobContext:
         return JobContext(
@@ -875,6 +985,14 @@ def _is_placeholder(record: AccountingRecord) -> bool:
     comment (Slurm 22.05, tests/fixtures/slurm/sacct_first_second.txt); our jobs always carry a
     comment once they have ended, so such a row is not the job's final record yet."""
     return record.name == "allocation" and record.token is None
+
+
+def _exit_code(record: AccountingRecord, marker: int | None) -> int | None:
+    """sacct reduces exit codes modulo 128 (`exit 143` shows as 15:0, measured on 22.05); the
+    script's own exit marker has the real one. Use it when the two agree modulo 128."""
+    if marker is None or record.exit_code is None or record.signal:
+        return record.exit_code
+    return marker if marker % 128 == record.exit_code % 128 else record.exit_code
 
 
 def run_state(run: Run) -> RunState:

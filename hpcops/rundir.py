@@ -15,6 +15,7 @@ ended by reading the filesystem instead of asking slurmctld (DESIGN.md, decision
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,11 +80,19 @@ class RunDir:
 
 
 def _read_small(path: Path) -> str | None:
+    """A marker's text, or None. The job owns its run directory and could leave anything at a
+    marker's path: a FIFO must not block the daemon (O_NONBLOCK, regular files only), and an
+    unreadable file counts as not written yet."""
     try:
-        with path.open("rb") as f:
-            return f.read(4096).decode("utf-8", errors="replace")
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, 4096).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
 
 
 def parse_start_marker(text: str) -> StartMarker | None:

@@ -544,6 +544,8 @@ MODELLED_OPTIONS: Final[dict[str, str]] = {
     "export": "use env",
     "export-file": "use env",
     "hold": "runs wait in hpcops' own queue, where priorities apply",
+    "begin": "runs wait in hpcops' own queue (hpcops hold, or a schedule), not in Slurm's",
+    "deadline": "a run pending in Slurm holds one of the lab's release slots; keep it short",
     "wait": "the daemon submits and follows the job; sbatch must return at once",
     "test-only": "hpcops must really submit the job it records",
     "clusters": "the daemon follows jobs on one cluster",

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from hpcops import __version__
-from hpcops.access import Caller, Role, authorize, check_priority, role_of, unix_groups
+from hpcops.access import (
+    LEADS,
+    Caller,
+    Role,
+    authorize,
+    check_priority,
+    role_of,
+    unix_groups,
+)
 from hpcops.api import protocol
 from hpcops.api.views import audit_view, event_view, iso, quota_view, run_view
 from hpcops.errors import (
@@ -339,6 +347,7 @@ class Api:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidInput(f"a priority is an integer, not {value!r}")
         check_priority(value, req.role, self.access)
+        self._lead_decision_guard(req, self._run_for(req, "priority"), "priority")
 
         def message(run: Run, updated: Run) -> str:
             note = (
@@ -365,7 +374,23 @@ class Api:
             lambda run, _: f"run {run.id} held",
         )
 
+    def _lead_decision_guard(self, req: Request, run: Run, action: str) -> None:
+        """A member may not undo what a lead decided about their run."""
+        if req.role in LEADS:
+            return
+        if action == "release" and run.held_by and run.held_by != run.owner:
+            raise PermissionDenied(
+                f"run {run.id} was held by {run.held_by}; only a group lead may release it"
+            )
+        low, high = self.access.member_priority_min, self.access.member_priority_max
+        if action == "priority" and not low <= run.priority <= high:
+            raise PermissionDenied(
+                f"run {run.id}'s priority {run.priority} was set by a group lead (outside the "
+                f"member range {low} to {high}); only a lead may change it"
+            )
+
     def release(self, req: Request) -> dict[str, Any]:
+        self._lead_decision_guard(req, self._run_for(req, "release"), "release")
         return self._change_run(
             req,
             "release",

@@ -195,11 +195,17 @@ class Store:
 
     def owners_by_job(self, job_ids: Sequence[str]) -> dict[str, str]:
         """Slurm job id -> the hpcops owner, for the jobs that are hpcops runs."""
-        if not job_ids:
-            return {}
-        query = select(Run.slurm_job_id, Run.owner).where(col(Run.slurm_job_id).in_(list(job_ids)))
-        with self._session() as session:
-            return {j: o for j, o in session.exec(query).all() if j is not None}
+        owners: dict[str, str] = {}
+        ids = list(job_ids)
+        # In chunks: SQLite caps the variables of one statement, and a week of a busy lab's
+        # accounting (array jobs by hand included) can hold tens of thousands of job ids.
+        for start in range(0, len(ids), 500):
+            query = select(Run.slurm_job_id, Run.owner).where(
+                col(Run.slurm_job_id).in_(ids[start : start + 500])
+            )
+            with self._session() as session:
+                owners.update({j: o for j, o in session.exec(query).all() if j is not None})
+        return owners
 
     def max_queued_priority(self) -> int | None:
         query = select(func.max(Run.priority)).where(Run.state == RunState.QUEUED.value)

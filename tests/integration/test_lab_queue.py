@@ -55,7 +55,11 @@ def test_members_own_their_runs_leads_rule_all_and_refusals_are_audited(lab: Lab
     lab.ok(LEAD, "hold", str(run))
     why = lab.json(M1, "why", str(run))["why"]
     assert why == f"held by lead {LEAD}", why
-    lab.ok(M1, "release", str(run))
+    undo = lab.cli(M1, "release", str(run))
+    assert undo.returncode == 5 and f"held by {LEAD}" in undo.stderr, undo.stderr
+    reset = lab.cli(M1, "priority", str(run), "0")
+    assert reset.returncode == 5 and "set by a group lead" in reset.stderr, reset.stderr
+    lab.ok(LEAD, "release", str(run))
     lab.ok(LEAD, "cancel", str(run))
     assert lab.json(M1, "show", str(run))["state"] == "CANCELLED"
 
@@ -68,6 +72,7 @@ def test_members_own_their_runs_leads_rule_all_and_refusals_are_audited(lab: Lab
         (M1, "priority"),
         (M1, "submit"),
         (M1, "top"),
+        (M1, "release"),
         (M1, "quota_set"),
     }
     changes = [(e["actor"], e["action"], e["before"], e["after"]) for e in entries if e["allowed"]]

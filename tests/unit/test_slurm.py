@@ -214,3 +214,18 @@ def test_the_first_second_placeholder_is_not_taken_for_the_final_record() -> Non
     assert placeholder and all(_is_placeholder(r) for r in placeholder.values())
     real = parse.parse_sacct(fixture("sacct_mixed.txt"))
     assert not any(_is_placeholder(r) for r in real.values())
+
+
+def test_exit_code_prefers_the_marker_where_sacct_reduced_it() -> None:
+    from dataclasses import replace
+
+    from hpcops.orchestrator import _exit_code
+
+    failed = parse.parse_sacct(fixture("sacct_mixed.txt"))["11"]  # FAILED 3:0
+    assert _exit_code(failed, 3) == 3
+    assert _exit_code(replace(failed, exit_code=15), 143) == 143, "sacct shows 143 as 15:0"
+    assert _exit_code(replace(failed, exit_code=72), 200) == 200
+    assert _exit_code(failed, None) == 3, "no marker: sacct's figure"
+    assert _exit_code(failed, 7) == 3, "disagreeing marker: sacct wins"
+    oom = parse.parse_sacct(fixture("sacct_mixed.txt"))["15"]  # FAILED 0:9
+    assert _exit_code(oom, 137) == 0, "killed by a signal: sacct's exit and signal stand"

@@ -538,3 +538,12 @@ def test_spec_to_yaml_round_trips_random_specs() -> None:
     rng = random.Random(1234)
     for _ in range(300):
         round_trip(random_spec(rng))
+
+
+def test_begin_and_deadline_are_refused_as_extra_directives() -> None:
+    # A run pending in Slurm until a date would hold one of the lab's release slots meanwhile.
+    for option in ("--begin=now+1hour", "--deadline=2030-01-01T00:00:00"):
+        text = f"name: x\nexperiment: e\ncommand: 'true'\nextra_directives: ['{option}']\n"
+        with pytest.raises(SpecError) as info:
+            parse_spec(text, "spec.yaml")
+        assert "extra_directives" in str(info.value), str(info.value)

@@ -26,8 +26,8 @@ def main() -> None:
     lr = float(param("lr", "0.1"))
     epochs = int(param("epochs", "20"))
     seed = int(param("seed", "0"))
-    data = make_data(2000, seed)
-    train, test = data[:1500], data[1500:]
+    data = make_data(40000, seed)
+    train, test = data[:30000], data[30000:]
     w = [0.0, 0.0, 0.0]
     b = 0.0
     for epoch in range(1, epochs + 1):
@@ -38,7 +38,7 @@ def main() -> None:
             g = p - y
             w = [wi - lr * g * xi for wi, xi in zip(w, x, strict=True)]
             b -= lr * g
-        if epoch % 5 == 0 or epoch == epochs:
+        if epoch % 10 == 0 or epoch == epochs:
             print(f"epoch {epoch}: train loss {loss / len(train):.4f}", flush=True)
     correct = sum(
         (sum(wi * xi for wi, xi in zip(w, x, strict=True)) + b > 0) == bool(y) for x, y in test

@@ -196,3 +196,44 @@ def test_logs_follow_streams_until_the_run_ends(daemon: Daemon, tmp_path: Path) 
     assert daemon.cli("logs", str(run), "--stderr", check=True).stdout == "oops\n"
     assert daemon.cli("logs", str(run), "--tail", "7", check=True).stdout == "line 4\n"
     assert daemon.show(run)["state"] == "COMPLETED"
+
+
+def test_a_preempted_and_requeued_job_is_followed_to_its_end(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    # PreemptMode=REQUEUE (dev cluster): a high-QOS job takes the node; Slurm records the run's
+    # job PREEMPTED and queues the same job id again. The run must follow it, not end there.
+    spec = write_spec(
+        tmp_path,
+        "preempted",
+        "echo start; sleep 15; echo done",
+        resources={"qos": "low", "cpus_per_task": 16},
+    )
+    run = daemon.submit(spec)
+    job = daemon.wait_state(run, {"RUNNING"})["slurm_job_id"]
+    slurm(
+        "sbatch",
+        "--parsable",
+        "-A",
+        "lab",
+        "--qos=high",
+        "-c",
+        "16",
+        "-J",
+        "preemptor",
+        "-o",
+        "/dev/null",
+        "--wrap",
+        "sleep 3",
+    )
+    deadline = time.monotonic() + 90
+    while not any("requeued" in e["reason"] for e in daemon.json("history", str(run))):
+        assert time.monotonic() < deadline, daemon.json("history", str(run))
+        assert daemon.show(run)["state"] not in {"PREEMPTED", "COMPLETED", "FAILED"}
+        time.sleep(1)
+    # A requeued job becomes eligible only after about 121 s (NOTES-SLURM); lift that.
+    slurm("scontrol", "update", f"jobid={job}", "starttime=now")
+    data = daemon.wait_ended(run, timeout=180)
+    assert data["state"] == "COMPLETED", data
+    assert data["slurm_job_id"] == job
+    assert daemon.cli("logs", str(run), check=True).stdout.split() == ["start", "done"]

@@ -447,6 +447,16 @@ class Orchestrator:
             if record is not None and record.state.is_terminal:
                 self._finish(run, record)
                 continue
+            if (
+                record is not None
+                and record.state is RunState.PENDING
+                and run.state == RunState.RUNNING.value
+            ):
+                # It wrote its exit marker, yet its job is pending again: Slurm requeued it, and
+                # sacct already shows the new attempt (the PREEMPTED record can be gone by the
+                # time we ask, seen on 22.05).
+                self._back_to_pending(run, record.slurm_state, record.reason)
+                continue
             if record is not None and self._gone_from_squeue(run):
                 # sacct still says it runs, squeue has not seen it since it ended: a "runaway"
                 # record (its end was lost between slurmctld and slurmdbd). Judge as if absent.
@@ -473,6 +483,23 @@ class Orchestrator:
             delay = min(self._sacct_delay_s.get(run.id, 0.5) * 2, 30.0)
             self._sacct_delay_s[run.id] = delay
             self._next_sacct_at[run.id] = now + delay
+
+    def _back_to_pending(self, run: Run, seen: str, slurm_reason: str) -> None:
+        """Slurm took the job back and queued it again under the same id: follow it."""
+        assert run.id is not None
+        # The markers speak for the attempt Slurm took back; the next attempt writes its own.
+        RunDir(Path(run.run_dir)).clear_markers()
+        self.store.transition(
+            run.id,
+            RunState.PENDING,
+            actor=DAEMON,
+            expect=(run_state(run),),
+            note=f"Slurm requeued job {run.slurm_job_id} ({seen})",
+            reason=slurm_reason if slurm_reason not in ("", "None") else "requeued",
+            end_seen_at=None,
+            marker_exit_code=None,
+        )
+        self._forget(run.id)
 
     def _gone_from_squeue(self, run: Run) -> bool:
         """The job ended long ago and no poll since has listed it."""
@@ -501,19 +528,7 @@ class Orchestrator:
         if record.state in (RunState.PREEMPTED, RunState.NODE_FAIL):
             entry = self._requeued(run)
             if entry is not None:
-                # The markers speak for the attempt Slurm took back; the next writes its own.
-                RunDir(Path(run.run_dir)).clear_markers()
-                self.store.transition(
-                    run.id,
-                    RunState.PENDING,
-                    actor=DAEMON,
-                    expect=(run_state(run),),
-                    note=f"Slurm requeued job {run.slurm_job_id} after {record.slurm_state}",
-                    reason=entry.reason or "requeued",
-                    end_seen_at=None,
-                    marker_exit_code=None,
-                )
-                self._forget(run.id)
+                self._back_to_pending(run, record.slurm_state, entry.reason)
                 return
         rundir = RunDir(Path(run.run_dir))
         state = record.state

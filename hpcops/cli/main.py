@@ -144,6 +144,7 @@ def cli(ctx: click.Context, home: Path | None, remote: str | None, debug: bool) 
       hpcops ls                       # the lab's runs
       hpcops show 12                  # state, Slurm job, exit code, accounting
       hpcops logs 12 --follow
+      hpcops wait 12                  # exit 0 once it COMPLETED, 1 if it ended otherwise
       hpcops cancel 12
 
     \b
@@ -444,6 +445,68 @@ def logs(obj: Context, run: int, stream: str, follow: bool, tail: int | None) ->
         if not follow or chunk["done"]:
             return
         time.sleep(0.5)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Give up after this many seconds (exit 124).",
+)
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(min=0.2),
+    default=1.0,
+    show_default=True,
+    help="Seconds between checks.",
+)
+@json_option
+@pass_ctx
+def wait(
+    obj: Context, runs: tuple[int, ...], timeout_s: float | None, interval_s: float, as_json: bool
+) -> None:
+    """Wait until runs have ended; exit 0 only if all COMPLETED.
+
+    \b
+    Exit status: 0 all COMPLETED; 1 some ended otherwise (FAILED, CANCELLED, TIMEOUT, ...);
+    124 the --timeout passed first (like timeout(1)). For scripts:
+      hpcops wait "$(hpcops submit train.yaml)" && echo trained
+    """
+    from hpcops.cli.output import print_json
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pending = list(runs)
+    ended: dict[int, dict[str, Any]] = {}
+    while pending:
+        for run in list(pending):
+            data = obj.call("show", run=run)
+            if data["state"] not in ACTIVE:
+                ended[run] = data
+                pending.remove(run)
+        if not pending:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            waiting = ", ".join(str(r) for r in pending)
+            click.echo(f"hpcops: still waiting for run(s) {waiting} after {timeout_s} s", err=True)
+            sys.exit(124)
+        time.sleep(interval_s)
+    results = [
+        {"id": r, "state": ended[r]["state"], "exit_code": ended[r]["exit_code"]} for r in runs
+    ]
+    if as_json:
+        print_json(results if len(results) > 1 else results[0])
+    else:
+        for result in results:
+            click.echo(
+                f"run {result['id']}: {result['state']}"
+                + (f" (exit {result['exit_code']})" if result["exit_code"] else "")
+            )
+    if any(r["state"] != "COMPLETED" for r in results):
+        sys.exit(1)
 
 
 # --- changing --------------------------------------------------------------------------------

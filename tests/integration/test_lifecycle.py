@@ -22,6 +22,7 @@ def test_job_completes_and_show_agrees_with_sacct(daemon: Daemon, tmp_path: Path
     data = daemon.wait_ended(run)
     assert data["state"] == "COMPLETED", data
     assert data["exit_code"] == 0
+    assert daemon.cli("wait", str(run)).returncode == 0
     assert daemon.cli("logs", str(run), check=True).stdout.strip() == f"done {200 * 1024 * 1024}"
 
     out = slurm(
@@ -50,6 +51,8 @@ def test_failing_script_reports_exit_code_and_stderr(daemon: Daemon, tmp_path: P
     data = daemon.wait_ended(run)
     assert data["state"] == "FAILED"
     assert data["exit_code"] == 3
+    waited = daemon.cli("wait", str(run))
+    assert waited.returncode == 1 and "FAILED (exit 3)" in waited.stdout
     assert "ValueError: bad shard 7" in data["stderr_tail"]
     shown = daemon.cli("show", str(run), check=True).stdout
     assert "ValueError: bad shard 7" in shown and "FAILED" in shown
@@ -59,6 +62,7 @@ def test_cancel_running_job(daemon: Daemon, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, "cancel", "sleep 300")
     run = daemon.submit(spec)
     data = daemon.wait_state(run, {"RUNNING"})
+    assert daemon.cli("wait", str(run), "--timeout", "1").returncode == 124
     daemon.cli("cancel", str(run), check=True)
     data = daemon.wait_ended(run, timeout=60)
     assert data["state"] == "CANCELLED"

@@ -406,14 +406,7 @@ class Orchestrator:
                     "the submission never reached Slurm"
                 )
                 if run.cancel_requested_by:
-                    self.store.transition(
-                        run.id,
-                        RunState.CANCELLED,
-                        actor=DAEMON,
-                        expect=(RunState.SUBMITTING,),
-                        note=f"{never}; cancelled as {run.cancel_requested_by} asked",
-                        ended_at=now,
-                    )
+                    self._cancel_unsubmitted(run, f"after the check by token ({never})")
                     continue
                 self.store.transition(
                     run.id,

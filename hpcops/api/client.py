@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from hpcops.api import protocol
-from hpcops.errors import NotRunning, PermissionDenied, ProtocolError
+from hpcops.errors import HpcopsError, NotRunning, PermissionDenied, ProtocolError
 
 
-class Client:
+class Client(protocol.LineClient):
     def __init__(self, socket_path: Path, *, timeout_s: float = 120.0) -> None:
+        super().__init__()
         self.socket_path = socket_path
         self.timeout_s = timeout_s
         self._sock: socket.socket | None = None
         self._reader: Any = None
-        self._next_id = 1
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -51,30 +39,25 @@ class Client:
         self._sock = sock
         self._reader = sock.makefile("rb")
 
-    def call(self, method: str, **params: Any) -> Any:
+    def _exchange(self, method: str, line: bytes) -> bytes:
         if self._sock is None:
             self._connect()
         assert self._sock is not None
-        request_id = self._next_id
-        self._next_id += 1
         try:
-            self._sock.sendall(protocol.encode(protocol.request(request_id, method, params)))
+            self._sock.sendall(line)
             # No cap on answers: MAX_LINE_BYTES protects the daemon from clients, and a listing
             # of 10,000 runs is larger than any request.
-            line = self._reader.readline()
+            answer: bytes = self._reader.readline()
         except TimeoutError:
             raise ProtocolError(
                 f"the daemon did not answer {method} within {self.timeout_s:.0f} s"
             ) from None
         except OSError as exc:
             raise NotRunning(f"lost the connection to the daemon: {exc}") from None
-        if not line:
-            raise NotRunning("the daemon closed the connection (it may be stopping)")
-        response = protocol.decode(line)
-        protocol.check_version(response, "daemon")
-        if not response.get("ok"):
-            protocol.raise_error(response.get("error"))
-        return response.get("result")
+        return answer
+
+    def _closed(self) -> HpcopsError:
+        return NotRunning("the daemon closed the connection (it may be stopping)")
 
     def close(self) -> None:
         if self._reader is not None:

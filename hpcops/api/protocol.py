@@ -12,6 +12,7 @@ A request with another "v" is answered with a protocol error that names both ver
 from __future__ import annotations
 
 import json
+from types import TracebackType
 from typing import Any
 
 from hpcops.errors import ERROR_KINDS, HpcopsError, ProtocolError
@@ -66,3 +67,45 @@ def raise_error(error: Any) -> None:
         raise ProtocolError(f"malformed error in response: {error!r}")
     cls = ERROR_KINDS.get(str(error.get("kind")), HpcopsError)
     raise cls(str(error.get("message", "unknown error")))
+
+
+class LineClient:
+    """What the socket client and the SSH client share: numbered requests, one JSON line each
+    way. A subclass says how one line travels (`_exchange`) and how to let go (`close`)."""
+
+    def __init__(self) -> None:
+        self._next_id = 1
+
+    def _exchange(self, method: str, line: bytes) -> bytes:
+        """Send one request line; return the answer line, or b"" if the other end closed."""
+        raise NotImplementedError
+
+    def _closed(self) -> HpcopsError:
+        """The error to raise when the other end closed instead of answering."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def call(self, method: str, **params: Any) -> Any:
+        request_id = self._next_id
+        self._next_id += 1
+        line = self._exchange(method, encode(request(request_id, method, params)))
+        if not line:
+            raise self._closed()
+        response = decode(line)
+        check_version(response, "daemon")
+        if not response.get("ok"):
+            raise_error(response.get("error"))
+        return response.get("result")
+
+    def __enter__(self) -> LineClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -15,7 +15,6 @@ import hashlib
 import shlex
 import socket
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import paramiko
@@ -25,6 +24,7 @@ from hpcops.client_config import Remote
 from hpcops.errors import (
     AuthenticationFailed,
     HostKeyRejected,
+    HpcopsError,
     NotRunning,
     ProtocolError,
     RemoteUnreachable,
@@ -147,27 +147,16 @@ def connect(remote: Remote, name: str) -> paramiko.SSHClient:
     return client
 
 
-class RemoteClient:
+class RemoteClient(protocol.LineClient):
     """The same `call` as the local Client, carried by `hpcops api` over SSH."""
 
     def __init__(self, name: str, remote: Remote) -> None:
+        super().__init__()
         self.name = name
         self.remote = remote
         self._ssh: paramiko.SSHClient | None = None
         self._channel: paramiko.Channel | None = None
         self._reader: Any = None
-        self._next_id = 1
-
-    def __enter__(self) -> RemoteClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _open(self) -> None:
         self._ssh = connect(self.remote, self.name)
@@ -182,29 +171,24 @@ class RemoteClient:
         self._channel = channel
         self._reader = channel.makefile("rb")
 
-    def call(self, method: str, **params: Any) -> Any:
+    def _exchange(self, method: str, line: bytes) -> bytes:
         if self._channel is None:
             self._open()
         assert self._channel is not None
-        request_id = self._next_id
-        self._next_id += 1
         try:
-            self._channel.sendall(protocol.encode(protocol.request(request_id, method, params)))
-            line = self._reader.readline()
+            self._channel.sendall(line)
+            answer: bytes = self._reader.readline()
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise RemoteUnreachable(
                 f"lost the SSH connection to remote {self.name!r}: {exc}"
             ) from None
-        if not line:
-            raise self._why_closed()
-        response = protocol.decode(line)
-        protocol.check_version(response, "daemon")
-        if not response.get("ok"):
-            protocol.raise_error(response.get("error"))
-        return response.get("result")
+        return answer
 
-    def _why_closed(self) -> Exception:
+    def _closed(self) -> HpcopsError:
         assert self._channel is not None
+        # The exit status travels in its own message, which can arrive just after the EOF that
+        # ended our read: wait for it briefly (paramiko sets status_event on it, or on close).
+        self._channel.status_event.wait(timeout=5)
         status = self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
         stderr = self._channel.recv_stderr(4096).decode("utf-8", errors="replace").strip()
         command = " ".join(self.remote.command)

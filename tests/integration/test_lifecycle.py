@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -108,17 +109,22 @@ def test_history_records_every_transition(daemon: Daemon, tmp_path: Path) -> Non
 
 
 def _crash_at(daemon: Daemon, fault: str, spec: Path) -> int:
-    """Submit with a fault point armed; return the run id once the daemon has killed itself."""
+    """Submit with a fault point armed; return the run id once the daemon killed itself and a
+    new one started. The daemon may die before it answers the submit (the loop can reach the
+    fault point first): the run was committed all the same, and is found by name."""
     daemon.stop()
     daemon.start(HPCOPS_FAULT=fault)
-    run = daemon.submit(spec)
+    daemon.cli("submit", str(spec))
     deadline = time.monotonic() + 30
     while Path(f"/proc/{daemon.pid()}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not Path(f"/proc/{daemon.pid()}").exists(), "the fault point did not fire"
     (daemon.home / "daemon.pid").unlink()
     daemon.start()  # no fault this time
-    return run
+    name = json.loads(spec.read_text())["name"]
+    runs = [r["id"] for r in daemon.json("ls", "--all") if r["name"] == name]
+    assert len(runs) == 1, f"the crash lost or doubled the run: {runs}"
+    return int(runs[0])
 
 
 def test_kill9_between_sbatch_and_commit_adopts_the_job(daemon: Daemon, tmp_path: Path) -> None:

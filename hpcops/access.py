@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from hpcops.config import AccessConfig
-from hpcops.errors import InvalidInput, PermissionDenied
+from hpcops.errors import ConfigError, InvalidInput, PermissionDenied
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,14 @@ def unix_groups(name: str) -> frozenset[str]:
         except KeyError:
             continue
     return frozenset(names)
+
+
+def group_gid(name: str) -> int:
+    """The gid of the group named by access.socket_group, or a config error naming it."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"access.socket_group: no Unix group {name!r}") from None
 
 
 def role_of(

@@ -8,7 +8,6 @@ every step is committed before the next one starts (see orchestrator.py).
 from __future__ import annotations
 
 import fcntl
-import grp
 import logging
 import logging.handlers
 import os
@@ -21,10 +20,11 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from hpcops.access import group_gid
 from hpcops.api.client import Client
 from hpcops.api.server import Api, ApiServer
 from hpcops.config import Config, load_config
-from hpcops.errors import AlreadyRunning, ConfigError, HpcopsError, NotRunning
+from hpcops.errors import AlreadyRunning, HpcopsError, NotRunning
 from hpcops.home import HomePaths
 from hpcops.orchestrator import Orchestrator
 from hpcops.slurm.backend import CommandBackend
@@ -129,11 +129,7 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
 def _open_home_to(home: Path, group: str) -> None:
     """Let the lab's group reach the socket: the home becomes group-traversable (0750). The
     database and logs inside stay the daemon's own (run_daemon's umask makes them 0600)."""
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ConfigError(f"access.socket_group: no Unix group {group!r}") from None
-    os.chown(home, -1, gid)
+    os.chown(home, -1, group_gid(group))
     home.chmod(0o750)
 
 

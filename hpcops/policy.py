@@ -46,7 +46,6 @@ __all__ = [
     "Scope",
     "describe_usage",
     "plan_release",
-    "release_budget",
     "release_order_key",
 ]
 
@@ -55,12 +54,6 @@ RESOURCES: tuple[Resource, ...] = ("jobs", "cpus", "gpus")
 _UNIT: dict[Resource, str] = {"jobs": "job", "cpus": "CPU", "gpus": "GPU"}
 # How many users a reason names before "+N more": a reason is one line of `hpcops ls`.
 _NAMES_SHOWN = 5
-
-
-def release_budget(*, active: int, max_active: int) -> int:
-    """How many queued runs may go to Slurm now: only a small window sits pending in Slurm, so a
-    priority change in hpcops' queue still matters (DESIGN.md, decision 5)."""
-    return max(0, max_active - active)
 
 
 # slots: the planner reads these attributes tens of thousands of times per tick, and slot access

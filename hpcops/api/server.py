@@ -6,7 +6,6 @@ lives in the daemon's home with mode 0600, so for now only the daemon's own acco
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
 import pwd
@@ -27,13 +26,13 @@ from hpcops.access import (
     Role,
     authorize,
     check_priority,
+    group_gid,
     role_of,
     unix_groups,
 )
 from hpcops.api import protocol
 from hpcops.api.views import audit_view, event_view, iso, quota_view, run_view
 from hpcops.errors import (
-    ConfigError,
     HpcopsError,
     InvalidInput,
     PermissionDenied,
@@ -557,9 +556,5 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         finally:
             os.umask(old_umask)
         if group is not None:
-            try:
-                gid = grp.getgrnam(group).gr_gid
-            except KeyError:
-                raise ConfigError(f"access.socket_group: no Unix group {group!r}") from None
-            os.chown(path, -1, gid)
+            os.chown(path, -1, group_gid(group))
             path.chmod(0o660)

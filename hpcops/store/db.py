@@ -213,17 +213,6 @@ class Store:
             value = session.exec(query).one()
         return int(value) if value is not None else None
 
-    def release_candidates(self, limit: int) -> list[Run]:
-        """Queued runs in release order: priority, then submission order."""
-        query = (
-            select(Run)
-            .where(Run.state == RunState.QUEUED.value)
-            .order_by(col(Run.priority).desc(), col(Run.id))
-            .limit(limit)
-        )
-        with self._session() as session:
-            return list(session.exec(query).all())
-
     def counts_by_state(self) -> dict[str, int]:
         query = select(Run.state, func.count()).group_by(Run.state)
         with self._session() as session:

@@ -17,7 +17,6 @@ from hpcops.policy import (
     Scope,
     describe_usage,
     plan_release,
-    release_budget,
     release_order_key,
 )
 
@@ -418,11 +417,6 @@ def test_waiting_holds_every_run_not_released_in_release_order() -> None:
 def test_an_empty_queue() -> None:
     decision = plan([], [job(pending=True)])
     assert (decision.release, dict(decision.waiting), decision.order) == ([], {}, [])
-
-
-def test_release_budget_is_unchanged() -> None:
-    assert release_budget(active=3, max_active=5) == 2
-    assert release_budget(active=7, max_active=5) == 0
 
 
 # --- properties on random labs ----------------------------------------------------------------

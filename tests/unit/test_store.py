@@ -95,15 +95,6 @@ def test_concurrent_claims_give_each_run_to_exactly_one_claimer(store: Store) ->
     assert sorted(won) == sorted(i for i in ids if i is not None)
 
 
-def test_release_candidates_in_priority_then_submission_order(store: Store) -> None:
-    store.add_runs(
-        [_run("low", 0), _run("high", 5), _run("low2", 0), _run("high2", 5)], actor="alice"
-    )
-    names = [r.name for r in store.release_candidates(10)]
-    assert names == ["high", "high2", "low", "low2"]
-    assert [r.name for r in store.release_candidates(1)] == ["high"]
-
-
 def test_counts_and_in_slurm(store: Store) -> None:
     runs = store.add_runs([_run("a"), _run("b")], actor="alice")
     assert runs[0].id is not None

@@ -150,6 +150,27 @@ class FairShareConfig(_Strict):
     refresh_s: float = Field(default=300.0, ge=10, description="How often usage is re-read.")
 
 
+class CodeConfig(_Strict):
+    mirror_root: Path | None = Field(
+        default=None,
+        description="The lab's bare git mirror and its upload folder, on storage the compute "
+        "nodes see; default $HPCOPS_HOME/code.",
+    )
+    fetch_timeout_s: float = Field(
+        default=300.0,
+        ge=5.0,
+        le=3600.0,
+        description="Longest a submit may spend taking in a bundle or fetching a repo URL.",
+    )
+
+    @field_validator("mirror_root")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_absolute():
+            raise ValueError("must be an absolute path")
+        return value.expanduser() if value is not None else None
+
+
 class Config(_Strict):
     lab: str = Field(default="lab", description="The lab's name, used in job names and logs.")
     max_active: int = Field(
@@ -177,6 +198,7 @@ class Config(_Strict):
     access: AccessConfig = Field(default_factory=AccessConfig)
     quotas: QuotasConfig = Field(default_factory=QuotasConfig)
     fair_share: FairShareConfig = Field(default_factory=FairShareConfig)
+    code: CodeConfig = Field(default_factory=CodeConfig)
 
     @field_validator("lab")
     @classmethod
@@ -202,6 +224,9 @@ class Config(_Strict):
 
     def run_root_in(self, home: Path) -> Path:
         return self.run_root if self.run_root is not None else home / "runs"
+
+    def code_root_in(self, home: Path) -> Path:
+        return self.code.mirror_root if self.code.mirror_root is not None else home / "code"
 
 
 def load_config(path: Path | None, home: Path) -> Config:

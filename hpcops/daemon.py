@@ -23,6 +23,7 @@ from typing import IO
 from hpcops.access import group_gid
 from hpcops.api.client import Client
 from hpcops.api.server import Api, ApiServer
+from hpcops.code.git import GitError
 from hpcops.config import Config, load_config
 from hpcops.errors import AlreadyRunning, HpcopsError, NotRunning
 from hpcops.home import HomePaths
@@ -94,6 +95,11 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
     group = config.access.socket_group
     if group is not None:
         _open_home_to(home, group)
+    try:
+        orchestrator.code_mirror.ensure()
+    except (OSError, GitError, KeyError) as exc:
+        # Runs without code: need no mirror; a spec with code: gets this error at submit.
+        log.warning("the code mirror in %s is not usable: %s", orchestrator.code_mirror.root, exc)
     api = Api(orchestrator, store, started_at=started_at, daemon_uid=os.getuid())
     server = ApiServer(paths.socket, api, group=group)
     server_thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)

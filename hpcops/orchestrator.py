@@ -33,6 +33,7 @@ from typing import Any
 
 from hpcops import policy
 from hpcops.access import Caller
+from hpcops.code.mirror import CodeMirror, MirrorError, Shipment
 from hpcops.config import Config
 from hpcops.errors import (
     FieldProblem,
@@ -42,11 +43,11 @@ from hpcops.errors import (
     SlurmUnreachable,
     SpecError,
 )
-from hpcops.render import JobContext, render_script
+from hpcops.render import CodeCheckout, JobContext, render_script
 from hpcops.rundir import RunDir, tail_text
 from hpcops.slurm.backend import SlurmBackend, SlurmLimited
 from hpcops.slurm.parse import AccountingRecord, Partition, QueueEntry
-from hpcops.spec import Spec, parse_spec, spec_to_yaml
+from hpcops.spec import FULL_COMMIT_RE, Code, Spec, parse_spec, spec_to_yaml
 from hpcops.states import RunState
 from hpcops.store import Run, Store
 
@@ -90,6 +91,11 @@ class Orchestrator:
         self.config = config
         self.home = home
         self.run_root = config.run_root_in(home)
+        self.code_mirror = CodeMirror(
+            config.code_root_in(home),
+            group=config.access.socket_group,
+            fetch_timeout_s=config.code.fetch_timeout_s,
+        )
         self.clock = clock
         # A test-only fault point (HPCOPS_FAULT): the daemon kills itself with SIGKILL there.
         self.fault = fault
@@ -158,21 +164,95 @@ class Orchestrator:
                     ],
                 )
 
-    def enqueue(self, specs: Sequence[tuple[str, str]], caller: Caller) -> list[Run]:
-        """Queue specs given as (yaml text, source name): all of them, or none."""
+    def enqueue(
+        self,
+        specs: Sequence[tuple[str, str]],
+        caller: Caller,
+        shipments: Sequence[Shipment | None] | None = None,
+    ) -> list[Run]:
+        """Queue specs given as (yaml text, source name): all of them, or none.
+
+        `shipments` say, per spec, what the submitter's client did about its code (see
+        hpcops.code); a spec's code commit must be in the lab's mirror once its shipment is in."""
         parsed = []
-        for text, source in specs:
+        for i, (text, source) in enumerate(specs):
             spec = parse_spec(text, source)
+            shipment = shipments[i] if shipments else None
+            spec, code_fields = self._pin_code(spec, shipment, source, caller)
             self.check_spec(spec, source)
-            parsed.append(spec)
-        runs = [self._new_run(spec, caller) for spec in parsed]
+            parsed.append((spec, code_fields))
+        runs = [self._new_run(spec, caller, **fields) for spec, fields in parsed]
         runs = self.store.add_runs(runs, actor=caller.name)
         self.changed()
         return runs
 
-    def _new_run(self, spec: Spec, caller: Caller) -> Run:
+    def _pin_code(
+        self, spec: Spec, shipment: Shipment | None, source: str, caller: Caller
+    ) -> tuple[Spec, dict[str, Any]]:
+        """The spec with its code commit resolved, and the run's code_* fields.
+
+        Takes in the submitter's bundle, or fetches a repository URL, into the mirror; refuses a
+        commit the mirror does not hold, since the job could not check it out."""
+        shipment = shipment or Shipment()
+        if spec.code is None:
+            if shipment.bundle or shipment.dirty:
+                raise InvalidInput(f"{source}: code was shipped for a spec without code:")
+            return spec, {}
+        code = spec.code
+        try:
+            if code.is_url:
+                if shipment.bundle or shipment.dirty:
+                    raise InvalidInput(f"{source}: a repository URL is fetched, not shipped")
+                commit = self.code_mirror.fetch_url(code.repo, code.commit)
+                checkout = commit
+            else:
+                if not FULL_COMMIT_RE.fullmatch(code.commit):
+                    raise _code_problem(
+                        source,
+                        "code.commit",
+                        f"must be a full commit id when the spec comes from the API; got "
+                        f"{code.commit!r} (`hpcops submit` resolves branches and tags on your "
+                        "machine)",
+                    )
+                commit = code.commit
+                if shipment.bundle:
+                    self.code_mirror.receive_bundle(shipment.bundle, caller.uid)
+                checkout = shipment.checkout or commit
+                self._check_checkout(commit, checkout, shipment.dirty, source)
+            self.code_mirror.keep(checkout)
+        except MirrorError as exc:
+            raise _code_problem(source, "code", str(exc)) from None
+        pinned = spec.model_copy(update={"code": Code(repo=code.repo, commit=commit)})
+        fields = {
+            "code_repo": code.repo,
+            "code_commit": commit,
+            "code_checkout": checkout,
+            "code_dirty": shipment.dirty,
+        }
+        return pinned, fields
+
+    def _check_checkout(self, commit: str, checkout: str, dirty: bool, source: str) -> None:
+        if not FULL_COMMIT_RE.fullmatch(checkout):
+            raise _code_problem(source, "code", f"checkout {checkout!r} is not a full commit id")
+        missing = {commit, checkout} - self.code_mirror.have({commit, checkout})
+        if missing:
+            raise _code_problem(
+                source,
+                "code.commit",
+                f"commit {sorted(missing)[0]} is not in the lab's code mirror; `hpcops submit` "
+                "ships it from your repository",
+            )
+        if dirty != (checkout != commit) or (
+            dirty and self.code_mirror.parent_of(checkout) != commit
+        ):
+            raise _code_problem(
+                source, "code", f"a dirty snapshot must be a commit on top of {commit}"
+            )
+
+    def _new_run(self, spec: Spec, caller: Caller, **code_fields: Any) -> Run:
         canonical = spec_to_yaml(spec)
         return Run(
+            **code_fields,
             name=spec.name,
             experiment=spec.experiment,
             owner=caller.name,
@@ -848,7 +928,9 @@ class Orchestrator:
             # Rendered before the claim: a template that broke since the run was queued fails the
             # run here rather than leaving it SUBMITTING.
             script = render_script(
-                spec, self._context(spec, run.id, token), self.config.template_dirs
+                spec,
+                self._context(spec, run.id, token, run.code_checkout),
+                self.config.template_dirs,
             )
         except InvalidInput as exc:
             # The cluster or the lab's templates changed since the run was queued.
@@ -949,7 +1031,16 @@ class Orchestrator:
         )
         self.changed()
 
-    def _context(self, spec: Spec, run_id: int, token: str) -> JobContext:
+    def _context(
+        self, spec: Spec, run_id: int, token: str, checkout: str | None = None
+    ) -> JobContext:
+        code = None
+        if spec.code is not None:
+            # At submit-time checks the commit may not be pinned yet; any full id renders alike.
+            commit = checkout or (
+                spec.code.commit if FULL_COMMIT_RE.fullmatch(spec.code.commit) else "0" * 40
+            )
+            code = CodeCheckout(str(self.code_mirror.path / "objects"), commit)
         return JobContext(
             run_id=f"r-{run_id:06d}",
             token=token,
@@ -957,6 +1048,7 @@ class Orchestrator:
             account=self.config.slurm.account,
             default_partition=self.config.slurm.default_partition,
             lab=self.config.lab,
+            code=code,
         )
 
     # --- Slurm health -----------------------------------------------------------------------
@@ -986,6 +1078,10 @@ class Orchestrator:
         if self.fault == name:
             log.warning("fault point %s: killing the daemon with SIGKILL (HPCOPS_FAULT)", name)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _code_problem(source: str, location: str, message: str) -> SpecError:
+    return SpecError(source, [FieldProblem(location, message)])
 
 
 def _is_placeholder(record: AccountingRecord) -> bool:

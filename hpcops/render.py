@@ -57,6 +57,23 @@ _TOKEN_RE = re.compile(r"[0-9a-f]{8,64}")
 _LAB_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+
+
+@dataclass(frozen=True)
+class CodeCheckout:
+    """The commit a job checks out into <run_dir>/src, from the objects of the lab's mirror."""
+
+    objects: str  # the mirror's object directory, used as an alternate: nothing is copied
+    commit: str
+
+    def __post_init__(self) -> None:
+        if not _COMMIT_RE.fullmatch(self.commit):
+            raise ValueError(f"CodeCheckout.commit {self.commit!r} is not a full commit id")
+        if not self.objects.startswith("/"):
+            raise ValueError(f"CodeCheckout.objects {self.objects!r} must be absolute")
+
+
 @dataclass(frozen=True)
 class JobContext:
     """What the daemon knows about one submission attempt that the spec does not say."""
@@ -67,6 +84,7 @@ class JobContext:
     account: str | None  # the lab's Slurm account (-A); None: no directive
     default_partition: str | None  # for specs that name none; None: Slurm's default
     lab: str
+    code: CodeCheckout | None = None  # with a spec's code: the commit to check out
 
     def __post_init__(self) -> None:
         # The daemon makes these; a bad one is a bug, not a user's mistake.
@@ -278,6 +296,11 @@ def _exports(spec: Spec, ctx: JobContext) -> list[tuple[str, str]]:
         ("HPCOPS_LAB", ctx.lab),
         ("HPCOPS_EXPERIMENT", spec.experiment),
     ]
+    if ctx.code is not None:
+        exports += [
+            ("HPCOPS_CODE_DIR", _source_dir(ctx)),
+            ("HPCOPS_GIT_COMMIT", ctx.code.commit),
+        ]
     exports += [(f"HPCOPS_PARAM_{k.upper()}", _env_text(v)) for k, v in spec.params.items()]
     exports += list(spec.env.items())
     for name, _ in exports:
@@ -286,6 +309,17 @@ def _exports(spec: Spec, ctx: JobContext) -> list[tuple[str, str]]:
                 _source(spec, ctx), [FieldProblem("env", f"{name!r} is not a variable name")]
             )
     return exports
+
+
+def _source_dir(ctx: JobContext) -> str:
+    return str(ctx.run_dir.path / "src")
+
+
+def _workdir(spec: Spec, ctx: JobContext) -> str | None:
+    """Where the command runs: with code, the checkout or a folder of it (or an absolute path)."""
+    if spec.code is None or (spec.workdir is not None and spec.workdir.startswith("/")):
+        return spec.workdir
+    return str(Path(_source_dir(ctx)) / (spec.workdir or ""))
 
 
 def _heredoc_delimiter(command: str, token: str) -> str:
@@ -357,7 +391,9 @@ def render_script(spec: Spec, ctx: JobContext, template_dirs: Sequence[Path] = (
         "run_dir": run_dir,
         "directives": [_directive_line(o, v).removeprefix("#SBATCH ") for o, v in directives],
         "exports": _exports(spec, ctx),
-        "workdir": spec.workdir,
+        "workdir": _workdir(spec, ctx),
+        "code": ctx.code,
+        "source_dir": _source_dir(ctx),
         "command": spec.command,
         "command_delimiter": _heredoc_delimiter(spec.command, ctx.token),
         "started_marker": ctx.run_dir.started_marker.name,

@@ -370,11 +370,52 @@ def _check_workdir(value: str | None) -> str | None:
             f"starts with '~', which hpcops does not expand; write the full path, "
             f"e.g. /home/ana/mnist (got {_show(value)})"
         )
-    if not value.startswith("/"):
+    if not value.startswith("/") and ".." in Path(value).parts:
+        raise ValueError(f"a path inside the checkout cannot go up with '..'; got {_show(value)}")
+    return value
+
+
+_URL_SCHEMES: Final = ("https://", "http://", "ssh://", "git://", "file://")
+_SCP_LIKE_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:")
+_REV_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/~^-]{0,199}")
+FULL_COMMIT_RE = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+
+
+def is_repo_url(value: str) -> bool:
+    """A repository the cluster fetches itself (URL or user@host:path), not a local path."""
+    return value.startswith(_URL_SCHEMES) or bool(_SCP_LIKE_RE.match(value))
+
+
+def _check_repo(value: str) -> str:
+    _check_text(value, max_chars=MAX_WORKDIR_CHARS, what="a path or URL")
+    if not value or value.startswith("-"):
         raise ValueError(
-            f"must be an absolute path such as /home/ana/mnist; got {_show(value)} "
-            "(a relative workdir is resolved against the spec file's folder only when hpcops "
-            "reads the file itself)"
+            f"must be a git repository: a path such as /home/ana/mnist or '.', or a URL such as "
+            f"https://github.com/lab/mnist.git; got {_show(value)}"
+        )
+    if "://" in value and not is_repo_url(value):
+        raise ValueError(
+            f"URL scheme not allowed; use one of {', '.join(s[:-3] for s in _URL_SCHEMES)} "
+            f"(got {_show(value)})"
+        )
+    if value.startswith("~"):
+        raise ValueError(
+            f"starts with '~', which hpcops does not expand; write the full path "
+            f"(got {_show(value)})"
+        )
+    if not is_repo_url(value) and not value.startswith("/"):
+        raise ValueError(
+            f"must be an absolute path or a URL; got {_show(value)} (a relative repo is resolved "
+            "against the spec file's folder only when hpcops reads the file itself)"
+        )
+    return value
+
+
+def _check_rev(value: str) -> str:
+    if not _REV_RE.fullmatch(value) or ".." in value or value.endswith(("/", ".lock")):
+        raise ValueError(
+            "must be a commit id, a branch or a tag (letters, digits, '.', '_', '/', '-', '~', "
+            f"'^'; no '..'), e.g. 'main' or '3f2a9c1'; got {_show(value)}"
         )
     return value
 
@@ -688,6 +729,19 @@ class Resources(BaseModel):
         return -(-self.time_limit_s // 60)
 
 
+class Code(BaseModel):
+    """The run's code: a git repository and the commit to check out into the run's directory."""
+
+    model_config = _MODEL_CONFIG
+
+    repo: Annotated[str, AfterValidator(_check_repo)]
+    commit: Annotated[str, AfterValidator(_check_rev)] = "HEAD"
+
+    @property
+    def is_url(self) -> bool:
+        return is_repo_url(self.repo)
+
+
 class Spec(BaseModel):
     """One experiment: what to run, with which parameters, on what resources."""
 
@@ -696,6 +750,7 @@ class Spec(BaseModel):
     name: Annotated[str, AfterValidator(_NAME.check)]
     experiment: Annotated[str, AfterValidator(_check_experiment)]
     command: Annotated[str, AfterValidator(_check_command)]
+    code: Code | None = None
     workdir: Annotated[str | None, AfterValidator(_check_workdir)] = None
     params: dict[_ParamKey, _ParamVal] = {}
     env: dict[_EnvKey, _EnvVal] = {}
@@ -721,6 +776,19 @@ class Spec(BaseModel):
             seen[upper] = key
         return value
 
+    @field_validator("workdir")
+    @classmethod
+    def _relative_only_in_checkout(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Only when code is known to be absent: an invalid code block has its own message.
+        no_code = "code" in info.data and info.data["code"] is None
+        if value is not None and not value.startswith("/") and no_code:
+            raise ValueError(
+                f"must be an absolute path such as /home/ana/mnist; got {_show(value)} (a "
+                "relative workdir is a folder of the checkout when the spec has code:, or is "
+                "resolved against the spec file's folder when hpcops reads the file itself)"
+            )
+        return value
+
     @field_validator("env")
     @classmethod
     def _env_size(cls, value: dict[str, str]) -> dict[str, str]:
@@ -744,6 +812,9 @@ _EXAMPLES: Final = {
     "experiment": "experiment: mnist",
     "command": "command: python train.py --epochs 10",
     "workdir": "workdir: /home/ana/mnist",
+    "code": "code: {repo: ., commit: HEAD}",
+    "code.repo": "repo: /home/ana/mnist",
+    "code.commit": "commit: main",
     "params": "params: {lr: 0.001, epochs: 10}",
     "params.*": "lr: 0.001",
     "env": "env: {OMP_NUM_THREADS: '8'}",
@@ -775,7 +846,7 @@ _EXPECTED: Final = {
     "model_attributes_type": "a mapping",
     "list_type": "a list",
 }
-_MODELS: Final[dict[str, type[BaseModel]]] = {"": Spec, "resources": Resources}
+_MODELS: Final[dict[str, type[BaseModel]]] = {"": Spec, "resources": Resources, "code": Code}
 _SIMPLE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -1153,18 +1224,31 @@ def _parse(data: bytes | str, source: str, base_dir: Path | None) -> Spec:
         plain = _plain_data(data)
     except _ProblemsFound as exc:
         raise SpecError(source, exc.problems) from None
-    if base_dir is not None:
+    code = plain.get("code")
+    if base_dir is not None and isinstance(code, dict):
+        # With code, the workdir is a folder of the checkout; only the repo is the file's.
+        repo = code.get("repo")
+        if _is_relative_text(repo):
+            code["repo"] = os.path.normpath(base_dir / str(repo))
+    elif base_dir is not None:
         workdir = plain.get("workdir")
         if workdir is None:
             plain["workdir"] = str(base_dir)
-        elif (
-            isinstance(workdir, str)
-            and workdir
-            and not workdir.startswith(("/", "~"))
-            and not _CONTROL_RE.search(workdir)
-        ):
-            plain["workdir"] = str(base_dir / workdir)
+        elif _is_relative_text(workdir):
+            plain["workdir"] = str(base_dir / str(workdir))
     return _validate(plain, source)
+
+
+def _is_relative_text(value: object) -> bool:
+    """A relative path that validation would otherwise accept (left alone if it is bad)."""
+    return (
+        isinstance(value, str)
+        and bool(value)
+        and not value.startswith(("/", "~", "-"))
+        and not is_repo_url(value)
+        and "://" not in value
+        and not _CONTROL_RE.search(value)
+    )
 
 
 def parse_spec(data: bytes | str, source: str) -> Spec:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,20 @@ class Client(protocol.LineClient):
         except OSError as exc:
             raise NotRunning(f"lost the connection to the daemon: {exc}") from None
         return answer
+
+    def upload(self, local: Path, remote_dir: str, name: str) -> None:
+        # On the login node the "upload" is a copy into the daemon's incoming folder.
+        target = Path(remote_dir) / name
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as out, local.open("rb") as src:
+                shutil.copyfileobj(src, out, 1024 * 1024)
+            target.chmod(0o644)  # whatever the umask: the daemon's account reads it
+        except OSError as exc:
+            raise PermissionDenied(
+                f"cannot put the code bundle into {remote_dir}: {exc.strerror}; the daemon's "
+                "code folder admits the lab's group (access.socket_group)"
+            ) from None
 
     def _closed(self) -> HpcopsError:
         return NotRunning("the daemon closed the connection (it may be stopping)")

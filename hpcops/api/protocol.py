@@ -12,6 +12,7 @@ A request with another "v" is answered with a protocol error that names both ver
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -85,6 +86,10 @@ class LineClient:
         raise NotImplementedError
 
     def close(self) -> None:
+        raise NotImplementedError
+
+    def upload(self, local: Path, remote_dir: str, name: str) -> None:
+        """Put a file where the daemon can read it (a code bundle), mode 0644."""
         raise NotImplementedError
 
     def call(self, method: str, **params: Any) -> Any:

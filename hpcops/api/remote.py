@@ -26,6 +26,7 @@ from hpcops.errors import (
     HostKeyRejected,
     HpcopsError,
     NotRunning,
+    PermissionDenied,
     ProtocolError,
     RemoteUnreachable,
 )
@@ -183,6 +184,27 @@ class RemoteClient(protocol.LineClient):
                 f"lost the SSH connection to remote {self.name!r}: {exc}"
             ) from None
         return answer
+
+    def upload(self, local: Path, remote_dir: str, name: str) -> None:
+        # SFTP on the connection this call already has: no second login.
+        assert self._ssh is not None, "upload comes after a call has opened the connection"
+        target = f"{remote_dir}/{name}"
+        try:
+            sftp = self._ssh.open_sftp()
+            try:
+                sftp.put(str(local), target, confirm=True)
+                sftp.chmod(target, 0o644)  # whatever the umask: the daemon's account reads it
+            finally:
+                sftp.close()
+        except PermissionError as exc:
+            raise PermissionDenied(
+                f"cannot put the code bundle into {remote_dir} on remote {self.name!r}: {exc}; "
+                "the daemon's code folder admits the lab's group (access.socket_group)"
+            ) from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise RemoteUnreachable(
+                f"lost the SSH connection to remote {self.name!r} while shipping code: {exc}"
+            ) from None
 
     def _closed(self) -> HpcopsError:
         assert self._channel is not None

@@ -32,6 +32,8 @@ from hpcops.access import (
 )
 from hpcops.api import protocol
 from hpcops.api.views import audit_view, event_view, iso, quota_view, run_view
+from hpcops.code.git import GitError
+from hpcops.code.mirror import BUNDLE_NAME_RE, MAX_HAVE_QUERY, Shipment
 from hpcops.errors import (
     HpcopsError,
     InvalidInput,
@@ -40,6 +42,7 @@ from hpcops.errors import (
 )
 from hpcops.orchestrator import Orchestrator
 from hpcops.rundir import RunDir
+from hpcops.spec import FULL_COMMIT_RE
 from hpcops.states import RunState
 from hpcops.store import Audit, QuotaOverride, Run, Store
 
@@ -86,6 +89,7 @@ class Api:
         self.methods: dict[str, Callable[[Request], Any]] = {
             "ping": self.ping,
             "submit": self.submit,
+            "code_have": self.code_have,
             "validate": self.validate,
             "list": self.list_runs,
             "show": self.show,
@@ -294,9 +298,10 @@ class Api:
         if len(specs) > MAX_SPECS_PER_SUBMIT:
             raise InvalidInput(f"at most {MAX_SPECS_PER_SUBMIT} specs per request")
         pairs = [(_str(s, "yaml"), _str(s, "source")) for s in specs]
+        shipments = [_shipment(s.get("code")) for s in specs]
         for text, source in pairs:
             check_priority(parse_spec(text, source).priority, req.role, self.access)
-        runs = self.orchestrator.enqueue(pairs, req.caller)
+        runs = self.orchestrator.enqueue(pairs, req.caller, shipments)
         for run in runs:
             self._audit(
                 req.caller,
@@ -307,6 +312,25 @@ class Api:
                 after=f"{run.state} priority {run.priority}",
             )
         return {"runs": [{"id": r.id, "name": r.name, "state": r.state} for r in runs]}
+
+    def code_have(self, req: Request) -> dict[str, Any]:
+        """Which of the submitter's commits the lab's mirror holds, and where to put a bundle."""
+        authorize("submit", req.caller, req.role)
+        commits = req.params.get("commits")
+        if (
+            not isinstance(commits, list)
+            or len(commits) > MAX_HAVE_QUERY
+            or not all(isinstance(c, str) and FULL_COMMIT_RE.fullmatch(c) for c in commits)
+        ):
+            raise InvalidInput(
+                f"params.commits must be a list of at most {MAX_HAVE_QUERY} full commit ids"
+            )
+        mirror = self.orchestrator.code_mirror
+        try:
+            have = mirror.have(commits)
+        except GitError as exc:
+            raise InvalidInput(f"the lab's code mirror is not usable: {exc}") from None
+        return {"have": sorted(have), "incoming": str(mirror.incoming)}
 
     def cancel(self, req: Request) -> dict[str, Any]:
         run = self._run_for(req, "cancel")
@@ -500,6 +524,24 @@ def _str(params: Any, key: str) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"params.{key} must be a string")
     return value
+
+
+def _shipment(value: Any) -> Shipment | None:
+    """A submit request's per-spec `code`: {bundle, checkout, dirty}, each optional."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"bundle", "checkout", "dirty"}:
+        raise InvalidInput("params.specs[].code must be an object with bundle, checkout, dirty")
+    bundle, checkout, dirty = value.get("bundle"), value.get("checkout"), value.get("dirty", False)
+    if bundle is not None and not (isinstance(bundle, str) and BUNDLE_NAME_RE.fullmatch(bundle)):
+        raise InvalidInput(f"params.specs[].code.bundle: {bundle!r} is not a bundle name")
+    if checkout is not None and not (
+        isinstance(checkout, str) and FULL_COMMIT_RE.fullmatch(checkout)
+    ):
+        raise InvalidInput(f"params.specs[].code.checkout: {checkout!r} is not a full commit id")
+    if not isinstance(dirty, bool):
+        raise InvalidInput("params.specs[].code.dirty must be true or false")
+    return Shipment(bundle=bundle, checkout=checkout, dirty=dirty)
 
 
 def _run_id(params: dict[str, Any]) -> int:

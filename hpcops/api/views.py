@@ -42,6 +42,18 @@ def run_view(run: Run, *, detail: bool = False) -> dict[str, Any]:
         "max_rss_bytes": run.max_rss_bytes,
         "attempt": run.attempt,
         "cancel_requested_by": run.cancel_requested_by,
+        # The exact code (specs with code: only): repo as given, the commit named, the commit
+        # checked out (a snapshot on top of it when dirty). null without code.
+        "code": (
+            {
+                "repo": run.code_repo,
+                "commit": run.code_commit,
+                "checkout": run.code_checkout,
+                "dirty": run.code_dirty,
+            }
+            if run.code_commit
+            else None
+        ),
     }
     if detail:
         view.update(

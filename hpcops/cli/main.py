@@ -240,30 +240,46 @@ def render(obj: Context, spec_path: Path, config_path: Path | None) -> None:
 
 @cli.command()
 @click.argument("specs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--allow-dirty",
+    is_flag=True,
+    help="Ship uncommitted changes of a spec's code repository as a snapshot commit on top "
+    "of HEAD; the run is marked dirty. Without it, a dirty tree is refused.",
+)
 @json_option
 @pass_ctx
-def submit(obj: Context, specs: tuple[Path, ...], as_json: bool) -> None:
+def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bool) -> None:
     """Queue one or more specs; print each new run's id.
 
     All specs are checked first: if any is invalid, none is queued (exit 2). The daemon releases
     queued runs into Slurm in priority order, up to the lab's limits.
 
-    \b
-    --json prints {"id": N, "name": ...} for one spec, a list of those for several.
-    """
-    from hpcops.errors import InvalidInput
-    from hpcops.spec import load_spec_file, spec_to_yaml
+    A spec with `code: {repo: ., commit: HEAD}` runs that exact commit: hpcops resolves it here,
+    refuses uncommitted changes (unless --allow-dirty), and ships only the git objects the lab's
+    mirror lacks. The job checks the commit out into its run directory.
 
-    payload, problems = [], []
+    \b
+    --json prints {"id": N, "name": ..., "code": {...}} for one spec, a list of those for
+    several; "code" (specs with code: only) has repo, commit, dirty and bundle_bytes.
+    """
+    from hpcops.api.ship import prepare
+    from hpcops.errors import InvalidInput
+    from hpcops.spec import load_spec_file
+
+    loaded, problems = [], []
     for path in specs:
         try:
-            payload.append({"yaml": spec_to_yaml(load_spec_file(path)), "source": str(path)})
+            loaded.append((load_spec_file(path), str(path)))
         except InvalidInput as exc:
             problems.append(str(exc))
     if problems:
         raise InvalidInput("\n".join(problems) + "\nnothing was queued")
-    result = obj.call("submit", specs=payload)
+    prepared = prepare(obj.client(), loaded, allow_dirty=allow_dirty, quiet=as_json)
+    result = obj.call("submit", specs=[p.request_item() for p in prepared])
     runs = result["runs"]
+    for run, item in zip(runs, prepared, strict=True):
+        if item.shipped:
+            run["code"] = item.shipped
     if as_json:
         from hpcops.cli.output import print_json
 
@@ -392,6 +408,7 @@ def show(obj: Context, run: int, as_json: bool) -> None:
         ("elapsed", human_duration(data["elapsed_s"])),
         ("cpu time", human_duration(data["total_cpu_s"])),
         ("max rss", human_bytes(data["max_rss_bytes"])),
+        ("code", _code_text(data.get("code"))),
         ("run dir", data["run_dir"] or "-"),
     ]
     for key, value in lines:
@@ -400,6 +417,15 @@ def show(obj: Context, run: int, as_json: bool) -> None:
         click.echo("stderr (last lines):")
         for line in data["stderr_tail"].splitlines():
             click.echo(f"  | {line}")
+
+
+def _code_text(code: dict[str, Any] | None) -> str:
+    if not code:
+        return "-"
+    text = f"{code['repo']} @ {code['commit']}"
+    if code["dirty"]:
+        text += f"  DIRTY: uncommitted changes shipped as snapshot {code['checkout'][:12]}"
+    return text
 
 
 @cli.command()

@@ -20,6 +20,13 @@ class Run(SQLModel, table=True):
     cpus: int = 1
     run_dir: str = ""
 
+    # The exact code (spec's code:): the commit the user named, resolved; the commit the job checks
+    # out (a snapshot on top of it when the working tree was dirty); where it came from.
+    code_repo: str | None = None
+    code_commit: str | None = None
+    code_checkout: str | None = None
+    code_dirty: bool = False
+
     # One token per submission attempt; it rides in the job's --comment so a crash between sbatch
     # and the commit that records the job id can be repaired by finding the job by token.
     token: str | None = Field(default=None, index=True)

@@ -130,6 +130,66 @@ def test_submit_from_the_laptop_runs_as_the_ssh_user(laptop: tuple[Lab, Path]) -
     assert [r["id"] for r in listing] == [run]
 
 
+def _laptop_git(repo: Path, *args: str) -> str:
+    proc = _run(
+        "git",
+        "-C",
+        str(repo),
+        "-c",
+        "user.name=Ana",
+        "-c",
+        "user.email=ana@lab",
+        *args,
+        user=LAPTOP,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_the_laptops_exact_commit_runs_and_only_new_objects_travel(
+    laptop: tuple[Lab, Path],
+) -> None:
+    _, home = laptop
+    repo = home / "project"
+    shutil.rmtree(repo, ignore_errors=True)
+    _run("mkdir", str(repo), user=LAPTOP).check_returncode()
+    _laptop_git(repo, "init", "--quiet")
+    # 2 MiB that do not compress: the first shipment must carry them, the second must not.
+    (repo / "weights.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    (repo / "message.txt").write_text("v1\n")
+    (repo / "spec.yaml").write_text(
+        json.dumps(
+            {
+                "name": "laptop-code",
+                "experiment": "remote",
+                "command": "git rev-parse HEAD; cat message.txt",
+                "code": {"repo": "."},
+            }
+        )
+    )
+    subprocess.run(["chown", "-R", f"{LAPTOP}:{LAPTOP}", str(repo)], check=True)
+    _laptop_git(repo, "add", ".")
+    _laptop_git(repo, "commit", "--quiet", "-m", "v1")
+
+    shipped = []
+    for version in ("v1", "v2"):
+        if version == "v2":
+            (repo / "message.txt").write_text("v2\n")
+            _laptop_git(repo, "commit", "--quiet", "-am", "v2")
+        head = _laptop_git(repo, "rev-parse", "HEAD")
+        proc = laptop_cli("submit", "--json", str(repo / "spec.yaml"))
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        shipped.append(result["code"]["bundle_bytes"])
+        run = str(result["id"])
+        follow = laptop_cli("logs", run, "--follow")
+        assert follow.stdout.splitlines() == [head, version], follow
+        shown = json.loads(laptop_cli("show", run, "--json").stdout)
+        assert shown["state"] == "COMPLETED" and shown["code"]["commit"] == head
+    assert shipped[0] > 2 * 1024 * 1024, "the first submit ships the whole history"
+    assert shipped[1] < 4096, f"the second ships the new commit only, not {shipped[1]} bytes"
+
+
 def test_unknown_host_key_is_refused_with_its_fingerprint(laptop: tuple[Lab, Path]) -> None:
     _, home = laptop
     known = home / ".ssh" / "known_hosts"

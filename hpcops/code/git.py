@@ -1,0 +1,55 @@
+"""Running git: one place for the environment, the timeout and turning failures into messages."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+# A full object name: SHA-1 (40 hex digits) or SHA-256 (64).
+FULL_SHA_RE = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+
+
+class GitError(Exception):
+    """git failed; the message carries its stderr, ready to show after a sentence of ours."""
+
+
+def git(
+    args: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 120.0,
+    stdin: str | None = None,
+) -> str:
+    """Run `git ARGS` and return its stdout; GitError with git's own words if it fails."""
+    full_env = {
+        **os.environ,
+        "LC_ALL": "C",
+        # Never wait for a password or a passphrase: a daemon has no one to ask.
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "/bin/false",
+        "SSH_ASKPASS": "/bin/false",
+        **(env or {}),
+    }
+    try:
+        proc = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            env=full_env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise GitError("git is not installed (not found on PATH)") from None
+    except subprocess.TimeoutExpired:
+        raise GitError(f"`git {' '.join(args[:2])}` took more than {timeout_s:.0f} s") from None
+    if proc.returncode != 0:
+        detail = proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}"
+        raise GitError("; ".join(line.strip() for line in detail.splitlines()[-3:]))
+    return proc.stdout

@@ -1,0 +1,204 @@
+"""The daemon's side: one bare mirror of every commit the lab's runs use, on the cluster's disk.
+
+    <root>/mirror.git   bare repository; refs/hpcops/c/<sha> keeps each run's commit alive
+    <root>/incoming/    where submitters drop bundles (sticky, group-writable, not listable)
+
+Only the daemon writes the mirror, and git checks every object it takes in (transfer.fsckObjects),
+so a member's bundle can add commits but never change another run's. Jobs run as the daemon's
+account and check out straight from the mirror's objects (an alternate), without copying them.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcops.code.git import FULL_SHA_RE, GitError, git
+
+log = logging.getLogger(__name__)
+
+BUNDLE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.bundle")
+STALE_UPLOAD_S = 24 * 3600  # a bundle left behind by a submit that failed after uploading
+MAX_HAVE_QUERY = 512
+SHIP_REF = "refs/hpcops/ship"  # the one ref of every bundle hpcops makes
+
+
+class MirrorError(Exception):
+    """A bundle or a fetch the mirror could not take; the message is for the submitter."""
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """What a submitter's client did about one spec's code (the submit request's `code`)."""
+
+    bundle: str | None = None  # a file it put in incoming/, when the mirror lacked the commit
+    checkout: str | None = None  # the snapshot commit of a dirty tree, else the spec's commit
+    dirty: bool = False
+
+
+@dataclass(frozen=True)
+class Received:
+    commit: str
+    bundle_bytes: int
+
+
+class CodeMirror:
+    def __init__(self, root: Path, *, group: str | None = None, fetch_timeout_s: float = 300.0):
+        self.root = root
+        self.path = root / "mirror.git"
+        self.incoming = root / "incoming"
+        self.group = group
+        self.fetch_timeout_s = fetch_timeout_s
+        # One writer at a time: two fetches of the same commit would race for its ref's lock.
+        self._lock = threading.Lock()
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def ensure(self) -> None:
+        """Create the mirror and the incoming folder if needed, and drop stale uploads."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not (self.path / "HEAD").exists():
+            git(["init", "--quiet", "--bare", str(self.path)])
+            git(["-C", str(self.path), "config", "transfer.fsckObjects", "true"])
+            # Unreachable objects of a failed fetch may go, never a commit a run needs: each
+            # has a ref. Automatic gc would run inside a submit request; gc is the admin's.
+            git(["-C", str(self.path), "config", "gc.auto", "0"])
+        self.incoming.mkdir(exist_ok=True)
+        if self.group is not None:
+            gid = grp.getgrnam(self.group).gr_gid
+            os.chown(self.root, -1, gid)
+            os.chown(self.incoming, -1, gid)
+            # Members pass through root and drop files into incoming, without seeing others'.
+            self.root.chmod(0o750)
+            self.incoming.chmod(0o1730)
+        else:
+            self.incoming.chmod(0o700)
+        self._drop_stale_uploads()
+
+    def _drop_stale_uploads(self) -> None:
+        cutoff = time.time() - STALE_UPLOAD_S
+        for entry in self.incoming.iterdir():
+            try:
+                if entry.lstat().st_mtime < cutoff:
+                    entry.unlink()
+            except OSError as exc:
+                log.warning("cannot remove stale upload %s: %s", entry, exc)
+
+    # --- questions ------------------------------------------------------------------------
+
+    def have(self, commits: Iterable[str]) -> set[str]:
+        """Which of these full commit ids the mirror holds."""
+        wanted = [c for c in commits if FULL_SHA_RE.fullmatch(c)]
+        if not wanted:
+            return set()
+        out = git(
+            ["-C", str(self.path), "cat-file", "--batch-check=%(objectname) %(objecttype)"],
+            stdin="".join(f"{c}\n" for c in wanted),
+        )
+        held = set()
+        for line in out.splitlines():
+            name, _, kind = line.partition(" ")
+            if kind == "commit":
+                held.add(name)
+        return held
+
+    def parent_of(self, commit: str) -> str | None:
+        try:
+            return git(["-C", str(self.path), "rev-parse", "--verify", f"{commit}^1"]).strip()
+        except GitError:
+            return None
+
+    # --- taking code in -------------------------------------------------------------------
+
+    def receive_bundle(self, name: str, uid: int) -> Received:
+        """Fetch a submitter's bundle from incoming/ into the mirror, then delete it.
+
+        The file must be a regular file owned by the caller: nobody can make the daemon read a
+        file they could not read themselves, or take in someone else's upload."""
+        if not BUNDLE_NAME_RE.fullmatch(name):
+            raise MirrorError(f"bundle name {name!r} is not one hpcops makes")
+        path = self.incoming / name
+        try:
+            owner = path.lstat().st_uid
+        except FileNotFoundError:
+            raise MirrorError(f"no uploaded bundle {name!r} in {self.incoming}") from None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            if owner == uid:  # the caller's own broken upload (a symlink, say): drop it
+                path.unlink(missing_ok=True)
+            raise MirrorError(f"cannot open the uploaded bundle {name!r}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as upload:
+            info = os.fstat(upload.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != uid:
+                raise MirrorError(f"{path} is not a bundle uploaded by you")  # it stays theirs
+            # git reads a path, and the uploader could swap what the path names: copy what was
+            # opened and checked into a file of the daemon's own, and fetch from that.
+            private = self.root / f".receiving-{secrets.token_hex(8)}.bundle"
+            with private.open("xb") as copy:
+                shutil.copyfileobj(upload, copy, 1024 * 1024)
+        path.unlink(missing_ok=True)
+        try:
+            with self._lock:
+                heads = git(["-C", str(self.path), "bundle", "list-heads", str(private)])
+                commit, ref = _single_head(heads)
+                git(
+                    [
+                        "-C",
+                        str(self.path),
+                        "fetch",
+                        "--quiet",
+                        "--no-tags",
+                        str(private),
+                        f"{ref}:refs/hpcops/c/{commit}",
+                    ],
+                    timeout_s=self.fetch_timeout_s,
+                )
+            return Received(commit, info.st_size)
+        except GitError as exc:
+            raise MirrorError(f"the mirror refused the bundle: {exc}") from None
+        finally:
+            private.unlink(missing_ok=True)
+
+    def fetch_url(self, url: str, rev: str) -> str:
+        """Fetch `rev` (a branch, tag or full commit id) from `url`; return its commit id."""
+        with self._lock:
+            try:
+                git(
+                    ["-C", str(self.path), "fetch", "--quiet", "--no-tags", url, rev],
+                    timeout_s=self.fetch_timeout_s,
+                )
+                commit = git(
+                    ["-C", str(self.path), "rev-parse", "--verify", "FETCH_HEAD^{commit}"]
+                ).strip()
+                git(["-C", str(self.path), "update-ref", f"refs/hpcops/c/{commit}", commit])
+            except GitError as exc:
+                raise MirrorError(f"cannot fetch {rev!r} from {url}: {exc}") from None
+        return commit
+
+    def keep(self, commit: str) -> None:
+        """Make sure a commit the mirror holds (sent earlier) has its own ref."""
+        with self._lock:
+            git(["-C", str(self.path), "update-ref", f"refs/hpcops/c/{commit}", commit])
+
+
+def _single_head(heads: str) -> tuple[str, str]:
+    rows = [line.split(" ", 1) for line in heads.splitlines() if line.strip()]
+    if (
+        len(rows) != 1
+        or len(rows[0]) != 2
+        or not FULL_SHA_RE.fullmatch(rows[0][0])
+        or rows[0][1] != SHIP_REF
+    ):
+        raise MirrorError("a bundle from hpcops holds exactly one commit; this one does not")
+    return rows[0][0], rows[0][1]

@@ -84,6 +84,7 @@ _RULES: dict[str, tuple[tuple[Role, ...], tuple[Role, ...]]] = {
     "cancel": (LEADS, (Role.MEMBER,)),
     "top": (LEADS, ()),
     "quota": (LEADS, ()),
+    "cache": (LEADS, ()),
 }
 
 _WHAT = {
@@ -95,6 +96,7 @@ _WHAT = {
     "cancel": "cancel",
     "top": "move runs to the top of the queue",
     "quota": "change quotas",
+    "cache": "remove data from the lab's cache",
 }
 
 

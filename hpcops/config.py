@@ -171,6 +171,36 @@ class CodeConfig(_Strict):
         return value.expanduser() if value is not None else None
 
 
+class DataConfig(_Strict):
+    cache_root: Path | None = Field(
+        default=None,
+        description="The lab's content-addressed data cache, on scratch the compute nodes see; "
+        "default $HPCOPS_HOME/data-cache.",
+    )
+    staging: Literal["inline"] = Field(
+        default="inline",
+        description="inline: the job stages its data before the command runs.",
+    )
+    python: Path | None = Field(
+        default=None,
+        description="The Python (with hpcops and DVC) that jobs stage with; default the "
+        "daemon's own.",
+    )
+    gc_grace_s: float = Field(
+        default=3600.0,
+        ge=0.0,
+        description="`hpcops cache gc` leaves objects younger than this: a fetch in progress "
+        "has not written its version's manifest yet.",
+    )
+
+    @field_validator("cache_root", "python")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_absolute():
+            raise ValueError("must be an absolute path")
+        return value.expanduser() if value is not None else None
+
+
 class Config(_Strict):
     lab: str = Field(default="lab", description="The lab's name, used in job names and logs.")
     max_active: int = Field(
@@ -199,6 +229,7 @@ class Config(_Strict):
     quotas: QuotasConfig = Field(default_factory=QuotasConfig)
     fair_share: FairShareConfig = Field(default_factory=FairShareConfig)
     code: CodeConfig = Field(default_factory=CodeConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
 
     @field_validator("lab")
     @classmethod
@@ -224,6 +255,9 @@ class Config(_Strict):
 
     def run_root_in(self, home: Path) -> Path:
         return self.run_root if self.run_root is not None else home / "runs"
+
+    def data_cache_in(self, home: Path) -> Path:
+        return self.data.cache_root if self.data.cache_root is not None else home / "data-cache"
 
     def code_root_in(self, home: Path) -> Path:
         return self.code.mirror_root if self.code.mirror_root is not None else home / "code"

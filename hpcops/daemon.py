@@ -96,6 +96,7 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
     if group is not None:
         _open_home_to(home, group)
     try:
+        orchestrator.data_cache.ensure()
         orchestrator.code_mirror.ensure()
     except (OSError, GitError, KeyError) as exc:
         # Runs without code: need no mirror; a spec with code: gets this error at submit.

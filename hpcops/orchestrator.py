@@ -19,10 +19,12 @@ Slurm unreachable means back off and retry; it never marks a run failed (decisio
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +37,8 @@ from hpcops import policy
 from hpcops.access import Caller
 from hpcops.code.mirror import CodeMirror, MirrorError, Shipment
 from hpcops.config import Config
+from hpcops.data.cache import ContentCache
+from hpcops.data.versions import DataVersion, DataVersionError, read_version
 from hpcops.errors import (
     FieldProblem,
     InvalidInput,
@@ -43,7 +47,7 @@ from hpcops.errors import (
     SlurmUnreachable,
     SpecError,
 )
-from hpcops.render import CodeCheckout, JobContext, render_script
+from hpcops.render import CodeCheckout, JobContext, StagingStep, data_dest, render_script
 from hpcops.rundir import RunDir, tail_text
 from hpcops.slurm.backend import SlurmBackend, SlurmLimited
 from hpcops.slurm.parse import AccountingRecord, Partition, QueueEntry
@@ -62,6 +66,8 @@ _VANISHED_PATIENCE_S = 600.0
 _BACKOFF_MAX_S = 60.0
 # After Slurm refused a submission for a full association/QOS limit, try again this much later.
 _LIMIT_RETRY_S = 30.0
+STAGING_PLAN = "staging.json"
+STAGING_PROGRESS = "hpcops.staging"
 _REPLAN_S = 30.0
 _UNLIMITED = 10**12
 
@@ -96,6 +102,8 @@ class Orchestrator:
             group=config.access.socket_group,
             fetch_timeout_s=config.code.fetch_timeout_s,
         )
+        self.data_cache = ContentCache(config.data_cache_in(home))
+        self.staging_python = str(config.data.python or sys.executable)
         self.clock = clock
         # A test-only fault point (HPCOPS_FAULT): the daemon kills itself with SIGKILL there.
         self.fault = fault
@@ -179,6 +187,7 @@ class Orchestrator:
             spec = parse_spec(text, source)
             shipment = shipments[i] if shipments else None
             spec, code_fields = self._pin_code(spec, shipment, source, caller)
+            code_fields.update(self._pin_data(spec, code_fields, source))
             self.check_spec(spec, source)
             parsed.append((spec, code_fields))
         runs = [self._new_run(spec, caller, **fields) for spec, fields in parsed]
@@ -230,6 +239,49 @@ class Orchestrator:
             "code_dirty": shipment.dirty,
         }
         return pinned, fields
+
+    def _pin_data(self, spec: Spec, code: dict[str, Any], source: str) -> dict[str, Any]:
+        """The data version of each target, read from its .dvc file at the pinned commit."""
+        if not spec.data:
+            return {}
+        versions = []
+        for i, target in enumerate(spec.data):
+            try:
+                if target.repo is not None:
+                    commit = self.code_mirror.fetch_url(target.repo, target.rev or "HEAD")
+                else:
+                    commit = code["code_checkout"]
+                md5, size, nfiles = read_version(str(self.code_mirror.path), commit, target.path)
+            except (MirrorError, DataVersionError) as exc:
+                raise _code_problem(source, f"data[{i}]", str(exc)) from None
+            versions.append(
+                DataVersion(
+                    path=target.path,
+                    repo=target.repo or code["code_repo"],
+                    rev=commit,
+                    md5=md5,
+                    size=size,
+                    nfiles=nfiles,
+                    dest=target.where,
+                    env=target.env_name,
+                )
+            )
+        return {"data_json": json.dumps([v.to_json() for v in versions])}
+
+    def _write_staging_plan(self, spec: Spec, run: Run, ctx: JobContext) -> None:
+        """The plan the job's stager follows: each version, and where the job will read it."""
+        assert run.data_json is not None and ctx.staging is not None
+        targets = []
+        for item in json.loads(run.data_json):
+            item["dest"] = data_dest(spec, ctx, item["dest"])
+            targets.append(item)
+        plan = {
+            "cache": str(self.data_cache.root),
+            "mirror": str(self.code_mirror.path),
+            "progress": str(ctx.run_dir.path / STAGING_PROGRESS),
+            "targets": targets,
+        }
+        _write_atomic(Path(ctx.staging.plan), json.dumps(plan, indent=1))
 
     def _check_checkout(self, commit: str, checkout: str, dirty: bool, source: str) -> None:
         if not FULL_COMMIT_RE.fullmatch(checkout):
@@ -927,11 +979,8 @@ class Orchestrator:
             self._check_cluster_limits(spec, source)
             # Rendered before the claim: a template that broke since the run was queued fails the
             # run here rather than leaving it SUBMITTING.
-            script = render_script(
-                spec,
-                self._context(spec, run.id, token, run.code_checkout),
-                self.config.template_dirs,
-            )
+            ctx = self._context(spec, run.id, token, run.code_checkout)
+            script = render_script(spec, ctx, self.config.template_dirs)
         except InvalidInput as exc:
             # The cluster or the lab's templates changed since the run was queued.
             self.store.transition(
@@ -965,6 +1014,8 @@ class Orchestrator:
         rundir.create()
         rundir.clear_markers()
         _write_atomic(rundir.spec, claimed.spec_yaml)
+        if claimed.data_json:
+            self._write_staging_plan(spec, claimed, ctx)
         _write_atomic(rundir.script, script)
         self._fault_point("before_sbatch")
         try:
@@ -1041,6 +1092,10 @@ class Orchestrator:
                 spec.code.commit if FULL_COMMIT_RE.fullmatch(spec.code.commit) else "0" * 40
             )
             code = CodeCheckout(str(self.code_mirror.path / "objects"), commit)
+        staging = None
+        if spec.data:
+            plan = self._run_dir(run_id) / STAGING_PLAN
+            staging = StagingStep(self.staging_python, str(plan))
         return JobContext(
             run_id=f"r-{run_id:06d}",
             token=token,
@@ -1049,6 +1104,7 @@ class Orchestrator:
             default_partition=self.config.slurm.default_partition,
             lab=self.config.lab,
             code=code,
+            staging=staging,
         )
 
     # --- Slurm health -----------------------------------------------------------------------

@@ -75,6 +75,14 @@ class CodeCheckout:
 
 
 @dataclass(frozen=True)
+class StagingStep:
+    """The job stages its data itself before the command: `python -m hpcops.data.stage plan`."""
+
+    python: str
+    plan: str
+
+
+@dataclass(frozen=True)
 class JobContext:
     """What the daemon knows about one submission attempt that the spec does not say."""
 
@@ -85,6 +93,7 @@ class JobContext:
     default_partition: str | None  # for specs that name none; None: Slurm's default
     lab: str
     code: CodeCheckout | None = None  # with a spec's code: the commit to check out
+    staging: StagingStep | None = None  # with a spec's data: how the job stages it
 
     def __post_init__(self) -> None:
         # The daemon makes these; a bad one is a bug, not a user's mistake.
@@ -301,6 +310,7 @@ def _exports(spec: Spec, ctx: JobContext) -> list[tuple[str, str]]:
             ("HPCOPS_CODE_DIR", _source_dir(ctx)),
             ("HPCOPS_GIT_COMMIT", ctx.code.commit),
         ]
+    exports += [(t.env_name, data_dest(spec, ctx, t.where)) for t in spec.data]
     exports += [(f"HPCOPS_PARAM_{k.upper()}", _env_text(v)) for k, v in spec.params.items()]
     exports += list(spec.env.items())
     for name, _ in exports:
@@ -313,6 +323,11 @@ def _exports(spec: Spec, ctx: JobContext) -> list[tuple[str, str]]:
 
 def _source_dir(ctx: JobContext) -> str:
     return str(ctx.run_dir.path / "src")
+
+
+def data_dest(spec: Spec, ctx: JobContext, where: str) -> str:
+    """Where the job finds a data target: `where` under its working directory."""
+    return str(Path(_workdir(spec, ctx) or ctx.run_dir.path) / where)
 
 
 def _workdir(spec: Spec, ctx: JobContext) -> str | None:
@@ -393,6 +408,7 @@ def render_script(spec: Spec, ctx: JobContext, template_dirs: Sequence[Path] = (
         "exports": _exports(spec, ctx),
         "workdir": _workdir(spec, ctx),
         "code": ctx.code,
+        "staging": ctx.staging,
         "source_dir": _source_dir(ctx),
         "command": spec.command,
         "command_delimiter": _heredoc_delimiter(spec.command, ctx.token),

@@ -73,13 +73,17 @@ class RunDir:
         text = _read_small(self.exit_marker)
         return parse_exit_marker(text) if text is not None else None
 
+    def read_small(self, name: str, max_bytes: int = 65536) -> str | None:
+        """A small file the job writes (the stager's progress), read as safely as a marker."""
+        return _read_small(self.path / name, max_bytes)
+
     def clear_markers(self) -> None:
         """Before a (re)submission: an earlier attempt's markers must not speak for this job."""
         for marker in (self.started_marker, self.exit_marker):
             marker.unlink(missing_ok=True)
 
 
-def _read_small(path: Path) -> str | None:
+def _read_small(path: Path, max_bytes: int = 4096) -> str | None:
     """A marker's text, or None. The job owns its run directory and could leave anything at a
     marker's path: a FIFO must not block the daemon (O_NONBLOCK, regular files only), and an
     unreadable file counts as not written yet."""
@@ -90,7 +94,7 @@ def _read_small(path: Path) -> str | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        return os.read(fd, 4096).decode("utf-8", errors="replace")
+        return os.read(fd, max_bytes).decode("utf-8", errors="replace")
     finally:
         os.close(fd)
 

@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Final, Protocol
+from typing import Annotated, Any, Final, Literal, Protocol
 
 import yaml
 from pydantic import (
@@ -420,6 +420,61 @@ def _check_rev(value: str) -> str:
     return value
 
 
+_DATA_PATH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/@+-]{0,1023}")
+_DATA_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+MAX_DATA_TARGETS: Final = 16
+
+
+def _check_data_path(value: str) -> str:
+    """A path inside a repository (or the job's work directory): relative, never going up."""
+    if (
+        not _DATA_PATH_RE.fullmatch(value)
+        or ".." in value.split("/")
+        or "//" in value
+        or value.endswith("/")
+    ):
+        raise ValueError(
+            "must be a relative path of letters, digits and . _ / @ + - (no '..', no "
+            f"leading or trailing '/'), e.g. data/mnist; got {_show(value)}"
+        )
+    return value
+
+
+def _check_data_repo(value: str | None) -> str | None:
+    if value is None:
+        return None
+    _check_repo(value)
+    if not is_repo_url(value):
+        raise ValueError(
+            "must be a URL the cluster can fetch (https, ssh, git, file or user@host:path); data "
+            f"in the run's own repository needs no repo (got {_show(value)})"
+        )
+    return value
+
+
+def data_env_name(path: str) -> str:
+    """HPCOPS_DATA_<NAME> for a target without a name: its last path part, in capitals."""
+    base = re.sub(r"[^A-Za-z0-9]", "_", path.rsplit("/", 1)[-1]).upper().strip("_") or "DATA"
+    return base if base[0].isalpha() else f"D_{base}"
+
+
+def _optional_rev(value: str | None) -> str | None:
+    return None if value is None else _check_rev(value)
+
+
+def _optional_data_path(value: str | None) -> str | None:
+    return None if value is None else _check_data_path(value)
+
+
+def _optional_data_name(value: str | None) -> str | None:
+    if value is not None and not _DATA_NAME_RE.fullmatch(value):
+        raise ValueError(
+            "must be capital letters, digits and '_', starting with a letter (the job gets "
+            f"HPCOPS_DATA_<NAME>), e.g. MNIST; got {_show(value)}"
+        )
+    return value
+
+
 def _range(lo: int, hi: int, example: str) -> Callable[[int], int]:
     def check(value: int) -> int:
         if not lo <= value <= hi:
@@ -729,6 +784,26 @@ class Resources(BaseModel):
         return -(-self.time_limit_s // 60)
 
 
+class DataTarget(BaseModel):
+    """One DVC-tracked file or directory the job reads, staged onto scratch before it starts."""
+
+    model_config = _MODEL_CONFIG
+
+    path: Annotated[str, AfterValidator(_check_data_path)]
+    repo: Annotated[str | None, AfterValidator(_check_data_repo)] = None
+    rev: Annotated[str | None, AfterValidator(_optional_rev)] = None
+    dest: Annotated[str | None, AfterValidator(_optional_data_path)] = None
+    name: Annotated[str | None, AfterValidator(_optional_data_name)] = None
+
+    @property
+    def env_name(self) -> str:
+        return f"HPCOPS_DATA_{self.name or data_env_name(self.path)}"
+
+    @property
+    def where(self) -> str:
+        return self.dest or self.path
+
+
 class Code(BaseModel):
     """The run's code: a git repository and the commit to check out into the run's directory."""
 
@@ -752,6 +827,8 @@ class Spec(BaseModel):
     command: Annotated[str, AfterValidator(_check_command)]
     code: Code | None = None
     workdir: Annotated[str | None, AfterValidator(_check_workdir)] = None
+    data: list[DataTarget] = []
+    staging: Literal["inline"] | None = None
     params: dict[_ParamKey, _ParamVal] = {}
     env: dict[_EnvKey, _EnvVal] = {}
     resources: Resources = Resources()
@@ -789,6 +866,36 @@ class Spec(BaseModel):
             )
         return value
 
+    @field_validator("data")
+    @classmethod
+    def _data_fits(cls, value: list[DataTarget], info: ValidationInfo) -> list[DataTarget]:
+        if len(value) > MAX_DATA_TARGETS:
+            raise ValueError(f"has {len(value)} targets; at most {MAX_DATA_TARGETS}")
+        no_code = "code" in info.data and info.data["code"] is None
+        names: dict[str, int] = {}
+        places: dict[str, int] = {}
+        for i, target in enumerate(value):
+            if target.repo is None and no_code:
+                raise ValueError(
+                    f"[{i}] needs a repo: the spec has no code: whose repository it could come from"
+                )
+            if target.rev is not None and target.repo is None:
+                raise ValueError(
+                    f"[{i}].rev: data in the run's own repository is read at the run's commit; "
+                    "a rev goes with a repo URL"
+                )
+            for seen, key, what in (
+                (names, target.env_name, "variable"),
+                (places, target.where, "dest"),
+            ):
+                if key in seen:
+                    raise ValueError(
+                        f"[{seen[key]}] and [{i}] have the same {what} {key}; give one a "
+                        f"{'name' if what == 'variable' else 'dest'}"
+                    )
+                seen[key] = i
+        return value
+
     @field_validator("env")
     @classmethod
     def _env_size(cls, value: dict[str, str]) -> dict[str, str]:
@@ -815,6 +922,14 @@ _EXAMPLES: Final = {
     "code": "code: {repo: ., commit: HEAD}",
     "code.repo": "repo: /home/ana/mnist",
     "code.commit": "commit: main",
+    "data": "data: [{path: data/mnist}]",
+    "data.*": "- {path: data/mnist, dest: data/mnist}",
+    "data.*.path": "path: data/mnist",
+    "data.*.repo": "repo: https://github.com/lab/datasets.git",
+    "data.*.rev": "rev: v2",
+    "data.*.dest": "dest: data/mnist",
+    "data.*.name": "name: MNIST",
+    "staging": "staging: inline",
     "params": "params: {lr: 0.001, epochs: 10}",
     "params.*": "lr: 0.001",
     "env": "env: {OMP_NUM_THREADS: '8'}",
@@ -846,7 +961,12 @@ _EXPECTED: Final = {
     "model_attributes_type": "a mapping",
     "list_type": "a list",
 }
-_MODELS: Final[dict[str, type[BaseModel]]] = {"": Spec, "resources": Resources, "code": Code}
+_MODELS: Final[dict[str, type[BaseModel]]] = {
+    "": Spec,
+    "resources": Resources,
+    "code": Code,
+    "data.*": DataTarget,
+}
 _SIMPLE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -886,7 +1006,7 @@ def _unknown_field(parent: str, key: str) -> str:
         message += " GPUs are asked for with gpus and gpu_type, e.g. gpus: 2, gpu_type: a100."
     elif parent == "" and key in {"account", "output", "error", "job_name", "job-name"}:
         message += " hpcops sets it itself."
-    where = "resources" if parent == "resources" else "a spec"
+    where = {"": "a spec", "data.*": "a data target"}.get(parent, parent)
     return f"{message} Allowed fields in {where}: {', '.join(allowed)}"
 
 
@@ -905,10 +1025,13 @@ def _translate(error: Any) -> FieldProblem:
     example = _EXAMPLES.get(pattern)
     if kind == "value_error":
         return FieldProblem(where, str(error["ctx"]["error"]))
+    if kind == "literal_error":
+        allowed = error.get("ctx", {}).get("expected", "")
+        return FieldProblem(where, f"must be one of {allowed}; got {_describe_value(value)}")
     if kind == "missing":
         return FieldProblem(where, f"is required; e.g. {example or MINIMAL_SPEC}")
     if kind == "extra_forbidden":
-        return FieldProblem(where, _unknown_field(_location(loc[:-1]), str(loc[-1])))
+        return FieldProblem(where, _unknown_field(_pattern(loc[:-1]), str(loc[-1])))
     if kind in _EXPECTED:
         message = f"expected {_EXPECTED[kind]}; got {_describe_value(value)}"
         if kind == "int_type" and isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):

@@ -6,6 +6,7 @@ lives in the daemon's home with mode 0600, so for now only the daemon's own acco
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pwd
@@ -34,13 +35,14 @@ from hpcops.api import protocol
 from hpcops.api.views import audit_view, event_view, iso, quota_view, run_view
 from hpcops.code.git import GitError
 from hpcops.code.mirror import BUNDLE_NAME_RE, MAX_HAVE_QUERY, Shipment
+from hpcops.data.usage import VersionUse, plan_gc, version_uses
 from hpcops.errors import (
     HpcopsError,
     InvalidInput,
     PermissionDenied,
     ProtocolError,
 )
-from hpcops.orchestrator import Orchestrator
+from hpcops.orchestrator import STAGING_PROGRESS, Orchestrator
 from hpcops.rundir import RunDir
 from hpcops.spec import FULL_COMMIT_RE
 from hpcops.states import RunState
@@ -71,7 +73,7 @@ class Request:
 
 
 # Methods that change something: each is audited, allowed or refused.
-_MUTATING = {"submit", "cancel", "priority", "hold", "release", "top", "quota_set"}
+_MUTATING = {"submit", "cancel", "priority", "hold", "release", "top", "quota_set", "cache_gc"}
 
 
 class Api:
@@ -90,6 +92,8 @@ class Api:
             "ping": self.ping,
             "submit": self.submit,
             "code_have": self.code_have,
+            "cache_ls": self.cache_ls,
+            "cache_gc": self.cache_gc,
             "validate": self.validate,
             "list": self.list_runs,
             "show": self.show,
@@ -227,7 +231,10 @@ class Api:
 
     def show(self, req: Request) -> dict[str, Any]:
         authorize("read", req.caller, req.role)
-        return self._view(self.store.get(_run_id(req.params)), detail=True)
+        run = self.store.get(_run_id(req.params))
+        view = self._view(run, detail=True)
+        view["staging"] = _staging_progress(run) if run.data_json else None
+        return view
 
     def why(self, req: Request) -> dict[str, Any]:
         authorize("read", req.caller, req.role)
@@ -331,6 +338,60 @@ class Api:
         except GitError as exc:
             raise InvalidInput(f"the lab's code mirror is not usable: {exc}") from None
         return {"have": sorted(have), "incoming": str(mirror.incoming)}
+
+    def cache_ls(self, req: Request) -> list[dict[str, Any]]:
+        """The data versions the lab's runs used: size, last use, runs, whether in the cache."""
+        authorize("read", req.caller, req.role)
+        cache = self.orchestrator.data_cache
+        uses = version_uses(self.store.list_runs())
+        return [
+            _version_view(use, cache.missing(use.md5))
+            for use in sorted(uses.values(), key=lambda u: -u.last_used)
+        ]
+
+    def cache_gc(self, req: Request) -> dict[str, Any]:
+        """Remove versions no queued or active run needs: unused for long, or over a size."""
+        authorize("cache", req.caller, req.role)
+        older = req.params.get("older_than_s")
+        max_bytes = req.params.get("max_bytes")
+        dry_run = req.params.get("dry_run", False)
+        for name, value in (("older_than_s", older), ("max_bytes", max_bytes)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+            ):
+                raise InvalidInput(f"params.{name} must be a non-negative number or null")
+        if older is None and max_bytes is None:
+            raise InvalidInput("say what to remove: --older-than, --max-size, or both")
+        if not isinstance(dry_run, bool):
+            raise InvalidInput("params.dry_run must be true or false")
+        cache = self.orchestrator.data_cache
+        uses = version_uses(self.store.list_runs())
+        plan = plan_gc(uses, now=time.time(), older_than_s=older, max_bytes=max_bytes)
+        files = freed = 0
+        if not dry_run:
+            keep: set[str] = set()
+            for md5 in plan.keep:
+                keep |= cache.objects_of(md5)
+            grace = self.orchestrator.config.data.gc_grace_s
+            files, freed = cache.remove_except(keep, min_age_s=grace)
+            self._audit(
+                req.caller,
+                req.role,
+                "cache_gc",
+                "data cache",
+                allowed=True,
+                after=f"removed {len(plan.remove)} versions, {files} files, {freed} bytes",
+            )
+        return {
+            "removed": [
+                {"md5": md5, "reason": plan.reasons[md5], "paths": sorted(uses[md5].paths)}
+                for md5 in plan.remove
+            ],
+            "kept": len(plan.keep),
+            "files_removed": files,
+            "bytes_freed": freed,
+            "dry_run": dry_run,
+        }
 
     def cancel(self, req: Request) -> dict[str, Any]:
         run = self._run_for(req, "cancel")
@@ -524,6 +585,33 @@ def _str(params: Any, key: str) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"params.{key} must be a string")
     return value
+
+
+def _version_view(use: VersionUse, missing: list[Any] | None) -> dict[str, Any]:
+    return {
+        "md5": use.md5,
+        "paths": sorted(use.paths),
+        "repos": sorted(use.repos),
+        "size": use.size,
+        "nfiles": use.nfiles,
+        "runs": sorted(use.runs),
+        "last_used": iso(use.last_used),
+        "needed": use.needed,
+        # complete: every object is in the cache; partial: some; absent: not even the manifest
+        "in_cache": "absent" if missing is None else ("complete" if not missing else "partial"),
+    }
+
+
+def _staging_progress(run: Run) -> dict[str, Any] | None:
+    """The stager's progress file ({"targets": {path: {phase, files_done, ...}}}), if any."""
+    if not run.run_dir:
+        return None
+    try:
+        text = RunDir(Path(run.run_dir)).read_small(STAGING_PROGRESS)
+        data = json.loads(text) if text else None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _shipment(value: Any) -> Shipment | None:

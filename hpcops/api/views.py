@@ -3,6 +3,7 @@ never rename or remove them. Times are ISO 8601 in UTC; durations in seconds; si
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +56,8 @@ def run_view(run: Run, *, detail: bool = False) -> dict[str, Any]:
             else None
         ),
     }
+    # The data versions (specs with data: only): path, repo, rev, md5, size, nfiles, dest, env.
+    view["data"] = json.loads(run.data_json) if run.data_json else []
     if detail:
         view.update(
             {

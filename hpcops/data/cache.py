@@ -1,0 +1,228 @@
+"""The lab's content-addressed data cache on scratch, in DVC's own layout (files/md5/ab/cdef...),
+so DVC fetches straight into it and skips whatever is already there.
+
+A run never reads the cache itself: it gets a view, a read-only copy of exactly its version
+(a reflink where the filesystem has them, else a copy). Hardlinks would be cheaper, but a job
+running as the cache's owner can chmod a hardlinked file and write through it, changing the data
+of every other run (NOTES-STACK). A copy it may change is its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+_FICLONE = 0x40049409  # ioctl: share the blocks (btrfs, XFS); ext4 says EOPNOTSUPP
+_CHUNK = 1024 * 1024
+
+
+class CacheError(Exception):
+    """The cache cannot give this version: corrupt or missing objects. Message for the user."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    relpath: str  # "" for a single file
+    md5: str
+
+
+class ContentCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "files" / "md5"
+
+    def ensure(self) -> None:
+        self.objects.mkdir(parents=True, exist_ok=True)
+        (self.root / "locks").mkdir(exist_ok=True)
+
+    def object_path(self, md5: str) -> Path:
+        return self.objects / md5[:2] / md5[2:]
+
+    def has(self, md5: str) -> bool:
+        return self.object_path(md5).is_file()
+
+    # --- a version's objects ----------------------------------------------------------------
+
+    def entries(self, md5: str) -> list[Entry] | None:
+        """The objects of a version; None while a directory's manifest is not in the cache."""
+        if not md5.endswith(".dir"):
+            return [Entry("", md5)]
+        manifest = self.object_path(md5)
+        try:
+            items = json.loads(manifest.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"the manifest {md5} in the cache is unreadable: {exc}") from None
+        entries = []
+        for item in items:
+            relpath, obj = item.get("relpath"), item.get("md5")
+            if (
+                not isinstance(relpath, str)
+                or not _safe_relpath(relpath)
+                or not isinstance(obj, str)
+            ):
+                raise CacheError(f"the manifest {md5} names a bad entry: {item!r}")
+            entries.append(Entry(relpath, obj))
+        return entries
+
+    def missing(self, md5: str) -> list[Entry] | None:
+        """What the cache lacks of a version ([] when complete; None: the manifest itself)."""
+        entries = self.entries(md5)
+        if entries is None:
+            return None
+        return [e for e in entries if not self.has(e.md5)]
+
+    def size_of(self, entries: list[Entry]) -> int:
+        total = 0
+        for e in entries:
+            with contextlib.suppress(FileNotFoundError):
+                total += self.object_path(e.md5).stat().st_size
+        return total
+
+    def verify(self, md5s: set[str]) -> list[str]:
+        """Objects whose content does not hash to their name: removed, and returned."""
+        bad = []
+        for md5 in sorted(md5s):
+            path = self.object_path(md5)
+            try:
+                actual = _md5_of(path)
+            except FileNotFoundError:
+                continue
+            if actual != md5.removesuffix(".dir"):
+                path.unlink(missing_ok=True)
+                bad.append(md5)
+        return bad
+
+    @contextlib.contextmanager
+    def lock(self, md5: str) -> Iterator[None]:
+        """One stager per version at a time: the others wait, then find it complete."""
+        path = self.root / "locks" / f"{md5}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- views ------------------------------------------------------------------------------
+
+    def make_view(
+        self, md5: str, dest: Path, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Copy a complete version to `dest` (replacing an earlier attempt's), read-only.
+        Returns the number of files."""
+        entries = self.entries(md5)
+        if entries is None or self.missing(md5):
+            raise CacheError(f"version {md5} is not complete in the cache")
+        _remove_tree(dest)
+        tmp = dest.with_name(f".{dest.name}.staging")
+        _remove_tree(tmp)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not md5.endswith(".dir"):
+            _clone(self.object_path(md5), tmp)
+            tmp.chmod(0o444)
+        else:
+            tmp.mkdir()
+            dirs = {tmp}
+            for i, e in enumerate(entries, 1):
+                target = tmp / e.relpath
+                if target.parent not in dirs:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    dirs.update([target.parent, *target.parent.parents])
+                _clone(self.object_path(e.md5), target)
+                target.chmod(0o444)
+                if progress is not None and (i % 200 == 0 or i == len(entries)):
+                    progress(i, len(entries))
+            for d in sorted(
+                (d for d in dirs if tmp in (d, *d.parents)), key=lambda p: -len(p.parts)
+            ):
+                d.chmod(0o555)
+        tmp.rename(dest)
+        return len(entries)
+
+    # --- housekeeping -----------------------------------------------------------------------
+
+    def total_size(self) -> int:
+        total = 0
+        for path in self.objects.glob("*/*"):
+            with contextlib.suppress(FileNotFoundError):
+                total += path.lstat().st_size
+        return total
+
+    def remove_except(self, keep: set[str], *, min_age_s: float = 3600.0) -> tuple[int, int]:
+        """Delete every object not in `keep` (manifests included); (files, bytes) freed.
+
+        Objects younger than `min_age_s` stay: a fetch in progress has not written its version's
+        manifest yet, so nothing else says that they are needed."""
+        files = freed = 0
+        cutoff = time.time() - min_age_s
+        for path in self.objects.glob("*/*"):
+            md5 = path.parent.name + path.name
+            if md5 in keep or path.name.startswith("."):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                info = path.lstat()
+                if info.st_mtime > cutoff:
+                    continue
+                size = info.st_size
+                path.unlink()
+                files += 1
+                freed += size
+        return files, freed
+
+    def all_objects(self) -> set[str]:
+        return {p.parent.name + p.name for p in self.objects.glob("*/*")}
+
+    def objects_of(self, md5: str) -> set[str]:
+        """Every object a version uses (its manifest too), as far as the cache knows it."""
+        entries = self.entries(md5)
+        names = {md5} if md5.endswith(".dir") else set()
+        return names | {e.md5 for e in entries or []}
+
+
+def _safe_relpath(relpath: str) -> bool:
+    parts = relpath.split("/")
+    return bool(relpath) and not relpath.startswith("/") and ".." not in parts and "" not in parts
+
+
+def _md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _clone(source: Path, target: Path) -> None:
+    """A reflink if the filesystem shares blocks, else a plain copy."""
+    with source.open("rb") as src, target.open("xb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
+                raise
+        shutil.copyfileobj(src, dst, _CHUNK)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a view, read-only as it is."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_file() or path.is_symlink():
+        path.unlink()
+        return
+    for dirpath, _, _ in os.walk(path):
+        Path(dirpath).chmod(stat.S_IRWXU)
+    shutil.rmtree(path)

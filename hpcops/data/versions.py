@@ -1,0 +1,84 @@
+"""A data version, read from git alone: DVC's .dvc file at a commit names the content's md5."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import yaml
+
+from hpcops.code.git import GitError, git
+
+_MD5_RE = re.compile(r"[0-9a-f]{32}(?:\.dir)?")
+MAX_DVC_FILE_BYTES = 64 * 1024
+
+
+class DataVersionError(Exception):
+    """The target is not a DVC-tracked file or directory at that commit; the message says why."""
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    """One staged target of one run: where it comes from, its version, and where the job sees it."""
+
+    path: str  # in the repository
+    repo: str  # the repository as the spec named it (the run's code repo, or a URL)
+    rev: str  # the commit the .dvc file was read at
+    md5: str  # DVC's hash: "<md5>.dir" for a directory
+    size: int | None
+    nfiles: int | None
+    dest: str  # absolute: where the job finds it
+    env: str  # HPCOPS_DATA_<NAME>
+
+    @property
+    def is_dir(self) -> bool:
+        return self.md5.endswith(".dir")
+
+    @property
+    def content_md5(self) -> str:
+        return self.md5.removesuffix(".dir")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DataVersion:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def parse_dvc_file(text: str, where: str) -> tuple[str, int | None, int | None]:
+    """(md5, size, nfiles) of the one output a `dvc add` file describes."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DataVersionError(f"{where} is not valid YAML: {exc}") from None
+    outs = data.get("outs") if isinstance(data, dict) else None
+    if not isinstance(outs, list) or len(outs) != 1 or not isinstance(outs[0], dict):
+        raise DataVersionError(f"{where} does not describe exactly one DVC output (outs:)")
+    out = outs[0]
+    md5 = out.get("md5")
+    if not isinstance(md5, str) or not _MD5_RE.fullmatch(md5):
+        raise DataVersionError(f"{where} has no md5 for its output (was it `dvc add`ed?)")
+    size, nfiles = out.get("size"), out.get("nfiles")
+    return (
+        md5,
+        size if isinstance(size, int) else None,
+        nfiles if isinstance(nfiles, int) else (None if md5.endswith(".dir") else 1),
+    )
+
+
+def read_version(mirror: str, commit: str, path: str) -> tuple[str, int | None, int | None]:
+    """The version of `path` at `commit`, from the .dvc file in the lab's code mirror."""
+    dvc_file = f"{path}.dvc"
+    try:
+        size = int(git(["-C", mirror, "cat-file", "-s", f"{commit}:{dvc_file}"]).strip())
+    except GitError:
+        raise DataVersionError(
+            f"{dvc_file} is not in the repository at {commit[:12]}: is {path} tracked by DVC "
+            "(`dvc add`), and the .dvc file committed?"
+        ) from None
+    if size > MAX_DVC_FILE_BYTES:
+        raise DataVersionError(f"{dvc_file} at {commit[:12]} is {size} bytes; not a .dvc file")
+    text = git(["-C", mirror, "cat-file", "blob", f"{commit}:{dvc_file}"])
+    return parse_dvc_file(text, f"{dvc_file} at {commit[:12]}")

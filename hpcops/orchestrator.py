@@ -95,6 +95,9 @@ class Orchestrator:
         self.fault = fault
         self.health = SlurmHealth()
         self.wake = threading.Event()
+        # Set once a tick has run: the first is the start-up reconciliation, after which the
+        # database says which runs are really still active (schedules wait for it).
+        self.ticked = threading.Event()
         self.last_queue: list[QueueEntry] = []
         self.last_queue_at: float | None = None
         self._next_squeue_at = 0.0  # 0: the first tick polls, which is the start-up reconciliation
@@ -169,6 +172,12 @@ class Orchestrator:
         runs = self.store.add_runs(runs, actor=caller.name)
         self.changed()
         return runs
+
+    def prepare_run(self, spec: Spec, source: str, caller: Caller) -> Run:
+        """A run of the spec for `caller`, checked as `enqueue` checks it, not yet stored: a
+        schedule's firing stores it together with its firing record (scheduling/service.py)."""
+        self.check_spec(spec, source)
+        return self._new_run(spec, caller)
 
     def _new_run(self, spec: Spec, caller: Caller) -> Run:
         canonical = spec_to_yaml(spec)
@@ -246,6 +255,7 @@ class Orchestrator:
             except Exception:
                 # One bad tick must not end the daemon that every lab member depends on.
                 log.exception("tick failed; the next one tries again")
+            self.ticked.set()
             elapsed = time.monotonic() - started
             self.wake.wait(max(0.0, self.config.daemon.tick_interval_s - elapsed))
             self.wake.clear()

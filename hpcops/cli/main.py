@@ -1,8 +1,8 @@
 """`hpcops`: the command line. It talks only to the daemon's API, never to the database.
 
 Exit codes scripts can rely on: 0 success; 1 an operation failed; 2 invalid input (spec, config,
-argument); 3 no daemon answers; 4 no such run; 5 permission denied. For `hpcops wait`-style
-checks use `hpcops show RUN --json` and read `state`.
+argument); 3 no daemon answers; 4 no such run or schedule; 5 permission denied. For
+`hpcops wait`-style checks use `hpcops show RUN --json` and read `state`.
 
 Heavy modules (pydantic, jinja2, SQLAlchemy) are imported inside the commands that need them so
 that `hpcops --help` stays fast.
@@ -163,7 +163,8 @@ def cli(ctx: click.Context, home: Path | None, remote: str | None, debug: bool) 
 
     \b
     The daemon (one per lab) owns the queue: `hpcops daemon start`.
-    Exit codes: 0 ok, 1 failed, 2 invalid input, 3 no daemon, 4 no such run, 5 not allowed.
+    Exit codes: 0 ok, 1 failed, 2 invalid input, 3 no daemon, 4 no such run/schedule,
+    5 not allowed.
     """
     ctx.obj = Context(home, debug, remote)
     ctx.call_on_close(ctx.obj.close)

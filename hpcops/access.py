@@ -85,6 +85,8 @@ _RULES: dict[str, tuple[tuple[Role, ...], tuple[Role, ...]]] = {
     "top": (LEADS, ()),
     "quota": (LEADS, ()),
     "cache": (LEADS, ()),
+    # pause, resume, remove, run-now: a schedule's owner, or a lead
+    "schedule": (LEADS, (Role.MEMBER,)),
 }
 
 _WHAT = {
@@ -97,11 +99,15 @@ _WHAT = {
     "top": "move runs to the top of the queue",
     "quota": "change quotas",
     "cache": "remove data from the lab's cache",
+    "schedule": "change",
 }
 
 
-def authorize(action: str, caller: Caller, role: Role, *, owner: str | None = None) -> None:
-    """Raise PermissionDenied, naming the role the request needs, unless `role` may do it."""
+def authorize(
+    action: str, caller: Caller, role: Role, *, owner: str | None = None, thing: str = "run"
+) -> None:
+    """Raise PermissionDenied, naming the role the request needs, unless `role` may do it.
+    `thing` is what `owner` owns, for the message ("run", "schedule")."""
     anyone, own_only = _RULES[action]
     if role in anyone:
         return
@@ -114,8 +120,8 @@ def authorize(action: str, caller: Caller, role: Role, *, owner: str | None = No
         )
     if own_only and owner is not None:
         raise PermissionDenied(
-            f"{caller.name} may {_WHAT[action]} only their own runs; this run belongs to "
-            f"{owner}. It needs the lead role."
+            f"{caller.name} may {_WHAT[action]} only their own {thing}s; this {thing} belongs "
+            f"to {owner}. It needs the lead role."
         )
     raise PermissionDenied(f"only a group lead may {_WHAT[action]}; {caller.name} is a {role}")
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hpcops.errors import ConfigError
+from hpcops.scheduling import timing
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9._/+-]+$")  # it lands on #SBATCH --output= lines
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -201,6 +202,35 @@ class DataConfig(_Strict):
         return value.expanduser() if value is not None else None
 
 
+class SchedulesConfig(_Strict):
+    """Defaults for `hpcops schedule add`; each schedule keeps the values it was added with."""
+
+    timezone: str | None = Field(
+        default=None,
+        description="Time zone of cron schedules that name none; None: the login node's zone.",
+    )
+    catch_up: Literal["one", "none", "all"] = Field(
+        default="one", description="What a schedule does about firings missed while down."
+    )
+    catch_up_grace_s: int = Field(
+        default=3600,
+        ge=0,
+        le=31 * 86400,
+        description="A missed firing older than this gets no catch-up run.",
+    )
+    min_interval_s: int = Field(
+        default=60,
+        ge=1,
+        le=86400,
+        description="The shortest `--every` interval: each firing costs an sbatch.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return None if value is None else timing.check_timezone(value)
+
+
 class Config(_Strict):
     lab: str = Field(default="lab", description="The lab's name, used in job names and logs.")
     max_active: int = Field(
@@ -230,6 +260,7 @@ class Config(_Strict):
     fair_share: FairShareConfig = Field(default_factory=FairShareConfig)
     code: CodeConfig = Field(default_factory=CodeConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)
 
     @field_validator("lab")
     @classmethod

@@ -1,7 +1,8 @@
 """The daemon process: one per home, holding the home's lock for its whole life.
 
-Two threads: the API server (one short-lived thread per connection) and the loop in the main
-thread. SIGTERM or SIGINT ends the current tick and exits cleanly; kill -9 loses nothing because
+Three threads: the API server (one short-lived thread per connection), the loop in the main
+thread, and APScheduler's, which fires the schedules (scheduling/service.py). SIGTERM or SIGINT
+ends the current tick and exits cleanly; kill -9 loses nothing because
 every step is committed before the next one starts (see orchestrator.py).
 """
 
@@ -28,6 +29,7 @@ from hpcops.config import Config, load_config
 from hpcops.errors import AlreadyRunning, HpcopsError, NotRunning
 from hpcops.home import HomePaths
 from hpcops.orchestrator import Orchestrator
+from hpcops.scheduling.service import ScheduleService
 from hpcops.slurm.backend import CommandBackend
 from hpcops.store import Store
 from hpcops.transport.local import LocalTransport
@@ -102,6 +104,12 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
         # Runs without code: need no mirror; a spec with code: gets this error at submit.
         log.warning("the code mirror in %s is not usable: %s", orchestrator.code_mirror.root, exc)
     api = Api(orchestrator, store, started_at=started_at, daemon_uid=os.getuid())
+    schedules = ScheduleService(
+        store, orchestrator, config, daemon_uid=os.getuid(), fault=os.environ.get("HPCOPS_FAULT")
+    )
+    api = Api(
+        orchestrator, store, started_at=started_at, daemon_uid=os.getuid(), schedules=schedules
+    )
     server = ApiServer(paths.socket, api, group=group)
     server_thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)
 
@@ -112,8 +120,16 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    # Before the API: a request about schedules finds APScheduler agreeing with our table.
+    schedules.start()
     paths.pid.write_text(f"{os.getpid()}\n")
     server_thread.start()
+    threading.Thread(
+        target=schedules.resume_after,
+        args=(orchestrator.ticked, stop),
+        name="schedules-start",
+        daemon=True,
+    ).start()
     log.info(
         "hpcops daemon %d started in %s (lab %s, max_active %d)",
         os.getpid(),
@@ -126,6 +142,7 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
     finally:
         server.shutdown()
         server.server_close()
+        schedules.shutdown()
         paths.socket.unlink(missing_ok=True)
         paths.pid.unlink(missing_ok=True)
         store.close()

@@ -7,7 +7,7 @@
     ├── NotRunning                 exit 3: no daemon answers on the socket
     │   └── RemoteUnreachable          the login node cannot be reached (DNS, refused, timeout,
     │                                  no hpcops there)
-    ├── NotFound                   exit 4: no such run
+    ├── NotFound                   exit 4: no such run or schedule
     ├── PermissionDenied           exit 5: the caller's role does not allow the request
     │   ├── AuthenticationFailed       the login node refused our SSH keys
     │   └── HostKeyRejected            the login node's host key is unknown or has changed

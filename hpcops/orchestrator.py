@@ -109,6 +109,9 @@ class Orchestrator:
         self.fault = fault
         self.health = SlurmHealth()
         self.wake = threading.Event()
+        # Set once a tick has run: the first is the start-up reconciliation, after which the
+        # database says which runs are really still active (schedules wait for it).
+        self.ticked = threading.Event()
         self.last_queue: list[QueueEntry] = []
         self.last_queue_at: float | None = None
         self._next_squeue_at = 0.0  # 0: the first tick polls, which is the start-up reconciliation
@@ -214,14 +217,15 @@ class Orchestrator:
                     raise InvalidInput(f"{source}: a repository URL is fetched, not shipped")
                 commit = self.code_mirror.fetch_url(code.repo, code.commit)
                 checkout = commit
+            elif not FULL_COMMIT_RE.fullmatch(code.commit) and not shipment.bundle:
+                # A branch of a repository on the cluster's disk (a schedule's firing, or the
+                # API): the daemon fetches it itself, so the run gets the commit current now.
+                commit = self._fetch_local(code.repo, code.commit, source)
+                checkout = commit
             else:
                 if not FULL_COMMIT_RE.fullmatch(code.commit):
                     raise _code_problem(
-                        source,
-                        "code.commit",
-                        f"must be a full commit id when the spec comes from the API; got "
-                        f"{code.commit!r} (`hpcops submit` resolves branches and tags on your "
-                        "machine)",
+                        source, "code.commit", f"must be a full commit id; got {code.commit!r}"
                     )
                 commit = code.commit
                 if shipment.bundle:
@@ -239,6 +243,17 @@ class Orchestrator:
             "code_dirty": shipment.dirty,
         }
         return pinned, fields
+
+    def _fetch_local(self, repo: str, rev: str, source: str) -> str:
+        try:
+            return self.code_mirror.fetch_url(repo, rev)
+        except MirrorError as exc:
+            raise _code_problem(
+                source,
+                "code.commit",
+                f"{rev!r} must be a full commit id, or {repo} a repository the daemon can read "
+                f"(`hpcops submit` resolves branches on your machine): {exc}",
+            ) from None
 
     def _pin_data(self, spec: Spec, code: dict[str, Any], source: str) -> dict[str, Any]:
         """The data version of each target, read from its .dvc file at the pinned commit."""
@@ -300,6 +315,14 @@ class Orchestrator:
             raise _code_problem(
                 source, "code", f"a dirty snapshot must be a commit on top of {commit}"
             )
+
+    def prepare_run(self, spec: Spec, source: str, caller: Caller) -> Run:
+        """A run of the spec for `caller`, checked as `enqueue` checks it, not yet stored: a
+        schedule's firing stores it together with its firing record (scheduling/service.py)."""
+        spec, fields = self._pin_code(spec, None, source, caller)
+        fields.update(self._pin_data(spec, fields, source))
+        self.check_spec(spec, source)
+        return self._new_run(spec, caller, **fields)
 
     def _new_run(self, spec: Spec, caller: Caller, **code_fields: Any) -> Run:
         canonical = spec_to_yaml(spec)
@@ -378,6 +401,7 @@ class Orchestrator:
             except Exception:
                 # One bad tick must not end the daemon that every lab member depends on.
                 log.exception("tick failed; the next one tries again")
+            self.ticked.set()
             elapsed = time.monotonic() - started
             self.wake.wait(max(0.0, self.config.daemon.tick_interval_s - elapsed))
             self.wake.clear()

@@ -39,15 +39,18 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from hpcops.errors import FieldProblem, SpecError
+from hpcops.scheduling import timing
 
 __all__ = [
     "MAX_SPEC_BYTES",
     "MODELLED_OPTIONS",
     "ParamValue",
     "Resources",
+    "ScheduleBlock",
     "Spec",
     "extra_directive_problem",
     "load_spec_file",
@@ -817,6 +820,56 @@ class Code(BaseModel):
         return is_repo_url(self.repo)
 
 
+def _check_cron(value: str | None) -> str | None:
+    if value is None:
+        return None
+    timing.parse_cron(value)
+    return " ".join(value.split())  # one space between fields, as `schedule ls` shows it
+
+
+def _check_timezone(value: str | None) -> str | None:
+    return None if value is None else timing.check_timezone(value)
+
+
+def _check_catch_up(value: str | None) -> str | None:
+    return None if value is None else timing.check_catch_up(value)
+
+
+def _optional_range(lo: int, hi: int, example: str) -> Callable[[int | None], int | None]:
+    check = _range(lo, hi, example)
+    return lambda value: None if value is None else check(value)
+
+
+class ScheduleBlock(BaseModel):
+    """When `hpcops schedule add SPEC` queues the spec again: a cron expression (crontab's five
+    fields, in `timezone`) or an interval in seconds. Options given on the command line win over
+    the block. `hpcops submit` queues such a spec once and does not schedule it.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    cron: Annotated[str | None, AfterValidator(_check_cron)] = None
+    every_s: Annotated[
+        int | None, AfterValidator(_optional_range(1, timing.MAX_EVERY_S, "every_s: 3600"))
+    ] = None
+    timezone: Annotated[str | None, AfterValidator(_check_timezone)] = None
+    name: Annotated[str | None, AfterValidator(_optional(_NAME))] = None
+    catch_up: Annotated[str | None, AfterValidator(_check_catch_up)] = None
+    catch_up_grace_s: Annotated[
+        int | None, AfterValidator(_optional_range(0, 31 * 86400, "catch_up_grace_s: 3600"))
+    ] = None
+    allow_overlap: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_cadence(self) -> ScheduleBlock:
+        if (self.cron is None) == (self.every_s is None):
+            raise ValueError(
+                "needs exactly one of cron (e.g. cron: '0 3 * * 1') and every_s "
+                "(e.g. every_s: 3600)"
+            )
+        return self
+
+
 class Spec(BaseModel):
     """One experiment: what to run, with which parameters, on what resources."""
 
@@ -836,6 +889,7 @@ class Spec(BaseModel):
     template: Annotated[str, AfterValidator(_TEMPLATE.check)] = "default"
     extra_directives: Annotated[list[_Directive], AfterValidator(_check_extra_directives)] = []
     tags: dict[_TagKey, _TagVal] = {}
+    schedule: ScheduleBlock | None = None
 
     @field_validator("params")
     @classmethod
@@ -950,6 +1004,14 @@ _EXAMPLES: Final = {
     "extra_directives.*": "- --constraint=skylake",
     "tags": "tags: {paper: neurips}",
     "tags.*": "paper: neurips",
+    "schedule": "schedule: {cron: '0 3 * * 1', timezone: Europe/Berlin}",
+    "schedule.cron": "cron: '0 3 * * 1'",
+    "schedule.every_s": "every_s: 3600",
+    "schedule.timezone": "timezone: Europe/Berlin",
+    "schedule.name": "name: nightly-retrain",
+    "schedule.catch_up": "catch_up: one",
+    "schedule.catch_up_grace_s": "catch_up_grace_s: 3600",
+    "schedule.allow_overlap": "allow_overlap: false",
 }
 _EXPECTED: Final = {
     "string_type": "a string",
@@ -966,6 +1028,7 @@ _MODELS: Final[dict[str, type[BaseModel]]] = {
     "resources": Resources,
     "code": Code,
     "data.*": DataTarget,
+    "schedule": ScheduleBlock,
 }
 _SIMPLE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -1007,6 +1070,7 @@ def _unknown_field(parent: str, key: str) -> str:
     elif parent == "" and key in {"account", "output", "error", "job_name", "job-name"}:
         message += " hpcops sets it itself."
     where = {"": "a spec", "data.*": "a data target"}.get(parent, parent)
+    where = parent or "a spec"
     return f"{message} Allowed fields in {where}: {', '.join(allowed)}"
 
 
@@ -1452,6 +1516,9 @@ _CanonicalDumper.add_representer(str, _represent_str)
 def spec_to_yaml(spec: Spec) -> str:
     """The spec as canonical YAML, every field written out, that parse_spec reads back equal."""
     data = spec.model_dump(mode="python")
+    if data.get("schedule") is None:
+        # Absent unless given, so a spec without one keeps its canonical text and hash.
+        data.pop("schedule", None)
     return yaml.dump(
         data,
         Dumper=_CanonicalDumper,

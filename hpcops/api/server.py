@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcops import __version__
 from hpcops.access import (
@@ -32,7 +32,15 @@ from hpcops.access import (
     unix_groups,
 )
 from hpcops.api import protocol
-from hpcops.api.views import audit_view, event_view, iso, quota_view, run_view
+from hpcops.api.views import (
+    audit_view,
+    event_view,
+    firing_view,
+    iso,
+    quota_view,
+    run_view,
+    schedule_view,
+)
 from hpcops.code.git import GitError
 from hpcops.code.mirror import BUNDLE_NAME_RE, MAX_HAVE_QUERY, Shipment
 from hpcops.data.usage import VersionUse, plan_gc, version_uses
@@ -46,7 +54,10 @@ from hpcops.orchestrator import STAGING_PROGRESS, Orchestrator
 from hpcops.rundir import RunDir
 from hpcops.spec import FULL_COMMIT_RE
 from hpcops.states import RunState
-from hpcops.store import Audit, QuotaOverride, Run, Store
+from hpcops.store import Audit, QuotaOverride, Run, Schedule, Store
+
+if TYPE_CHECKING:
+    from hpcops.scheduling.service import ScheduleService
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +84,21 @@ class Request:
 
 
 # Methods that change something: each is audited, allowed or refused.
-_MUTATING = {"submit", "cancel", "priority", "hold", "release", "top", "quota_set", "cache_gc"}
+_MUTATING = {
+    "submit",
+    "cancel",
+    "priority",
+    "hold",
+    "release",
+    "top",
+    "quota_set",
+    "cache_gc",
+    "schedule_add",
+    "schedule_pause",
+    "schedule_resume",
+    "schedule_remove",
+    "schedule_run_now",
+}
 
 
 class Api:
@@ -81,10 +106,17 @@ class Api:
     checks the caller's role first (access.authorize), and every change or refusal is audited."""
 
     def __init__(
-        self, orchestrator: Orchestrator, store: Store, *, started_at: float, daemon_uid: int
+        self,
+        orchestrator: Orchestrator,
+        store: Store,
+        *,
+        started_at: float,
+        daemon_uid: int,
+        schedules: ScheduleService | None = None,
     ) -> None:
         self.orchestrator = orchestrator
         self.store = store
+        self.schedules = schedules
         self.started_at = started_at
         self.daemon_uid = daemon_uid
         self.access = orchestrator.config.access
@@ -108,6 +140,13 @@ class Api:
             "quota_show": self.quota_show,
             "quota_set": self.quota_set,
             "audit": self.audit_log,
+            "schedule_add": self.schedule_add,
+            "schedule_list": self.schedule_list,
+            "schedule_show": self.schedule_show,
+            "schedule_pause": self.schedule_pause,
+            "schedule_resume": self.schedule_resume,
+            "schedule_remove": self.schedule_remove,
+            "schedule_run_now": self.schedule_run_now,
         }
 
     def handle(self, caller: Caller, message: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +273,9 @@ class Api:
         run = self.store.get(_run_id(req.params))
         view = self._view(run, detail=True)
         view["staging"] = _staging_progress(run) if run.data_json else None
+        view["schedule_name"] = (
+            self.store.get_schedule(run.schedule_id).name if run.schedule_id else None
+        )
         return view
 
     def why(self, req: Request) -> dict[str, Any]:
@@ -526,6 +568,150 @@ class Api:
             "message": f"quota {scope}.{resource} = {shown}",
         }
 
+    # --- schedules --------------------------------------------------------------------------
+
+    def _service(self) -> ScheduleService:
+        if self.schedules is None:
+            raise HpcopsError("this daemon was started without schedules")
+        return self.schedules
+
+    def _schedule_view(self, schedule: Schedule) -> dict[str, Any]:
+        service = self._service()
+        assert schedule.id is not None
+        removed = schedule.removed_at is not None
+        return schedule_view(
+            schedule,
+            next_fire_at=service.next_fire_times([schedule]).get(schedule.id),
+            problem=None if removed else service.problem(schedule),
+            last_firing=self.store.latest_firings().get(schedule.id),
+        )
+
+    def schedule_add(self, req: Request) -> dict[str, Any]:
+        from hpcops.scheduling.service import ScheduleOptions
+        from hpcops.spec import parse_spec
+
+        authorize("submit", req.caller, req.role)
+        params = req.params
+        source = _str(params, "source")
+        spec = parse_spec(_str(params, "yaml"), source)
+        check_priority(spec.priority, req.role, self.access)
+        options = ScheduleOptions(
+            name=_optional(params, "name", str),
+            cron=_optional(params, "cron", str),
+            every_s=_optional(params, "every_s", int),
+            timezone=_optional(params, "timezone", str),
+            catch_up=_optional(params, "catch_up", str),
+            catch_up_grace_s=_optional(params, "catch_up_grace_s", int),
+            allow_overlap=_optional(params, "allow_overlap", bool),
+        )
+        schedule = self._service().add(spec, source, options, req.caller)
+        view = self._schedule_view(schedule)
+        self._audit(
+            req.caller,
+            req.role,
+            "schedule_add",
+            f"schedule {schedule.id}",
+            allowed=True,
+            after=f"{view['cadence']} {schedule.name} (spec {schedule.spec_name})",
+        )
+        return view
+
+    def schedule_list(self, req: Request) -> list[dict[str, Any]]:
+        authorize("read", req.caller, req.role)
+        include_removed = req.params.get("all", False)
+        if not isinstance(include_removed, bool):
+            raise InvalidInput("params.all must be true or false")
+        service = self._service()
+        schedules = self.store.schedules(include_removed=include_removed)
+        next_times = service.next_fire_times(schedules)
+        latest = self.store.latest_firings()
+        return [
+            schedule_view(
+                s,
+                next_fire_at=next_times.get(s.id or 0),
+                # Checked now: a spec the cluster or the templates no longer accept shows up
+                # here before its next firing fails.
+                problem=None if s.removed_at is not None else service.problem(s),
+                last_firing=latest.get(s.id or 0),
+            )
+            for s in schedules
+        ]
+
+    def schedule_show(self, req: Request) -> dict[str, Any]:
+        authorize("read", req.caller, req.role)
+        schedule = self.store.find_schedule(_schedule_ref(req.params))
+        limit = req.params.get("limit", 20)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10000:
+            raise InvalidInput("params.limit must be an integer from 1 to 10000")
+        assert schedule.id is not None
+        view = self._schedule_view(schedule)
+        view["spec"] = schedule.spec_yaml
+        firings = self.store.firings(schedule.id, limit=limit)
+        view["firings"] = [firing_view(f, state) for f, state in firings]
+        return view
+
+    def _change_schedule(
+        self, req: Request, action: str, apply: Callable[[Schedule], tuple[Schedule, str]]
+    ) -> dict[str, Any]:
+        """Find, authorize (owner or lead), apply, audit (status before and after), answer."""
+        schedule = self.store.find_schedule(_schedule_ref(req.params))
+        authorize("schedule", req.caller, req.role, owner=schedule.owner, thing="schedule")
+        if schedule.removed_at is not None:
+            raise InvalidInput(
+                f"schedule {schedule.id} ({schedule.name}) was removed by {schedule.removed_by}"
+            )
+        before = self._schedule_view(schedule)
+        updated, message = apply(schedule)
+        after = self._schedule_view(updated)
+        self._audit(
+            req.caller,
+            req.role,
+            action,
+            f"schedule {schedule.id}",
+            allowed=True,
+            before=before["status"],
+            after=after["status"],
+            detail=message,
+        )
+        return {**after, "message": message}
+
+    def schedule_pause(self, req: Request) -> dict[str, Any]:
+        def pause(s: Schedule) -> tuple[Schedule, str]:
+            return self._service().set_paused(s, True), f"schedule {s.id} ({s.name}) paused"
+
+        return self._change_schedule(req, "schedule_pause", pause)
+
+    def schedule_resume(self, req: Request) -> dict[str, Any]:
+        def resume(s: Schedule) -> tuple[Schedule, str]:
+            return (
+                self._service().set_paused(s, False),
+                f"schedule {s.id} ({s.name}) resumed; firings missed while paused are not made up",
+            )
+
+        return self._change_schedule(req, "schedule_resume", resume)
+
+    def schedule_remove(self, req: Request) -> dict[str, Any]:
+        def remove(s: Schedule) -> tuple[Schedule, str]:
+            return (
+                self._service().remove(s, req.caller),
+                f"schedule {s.id} ({s.name}) removed; its runs and firings are kept",
+            )
+
+        return self._change_schedule(req, "schedule_remove", remove)
+
+    def schedule_run_now(self, req: Request) -> dict[str, Any]:
+        fired: list[dict[str, Any]] = []
+
+        def run_now(s: Schedule) -> tuple[Schedule, str]:
+            firing = self._service().run_now(s, req.caller)
+            fired.append(firing_view(firing, None))
+            if firing.outcome == "submitted":
+                return s, f"schedule {s.id} ({s.name}): run {firing.run_id} queued"
+            return s, f"schedule {s.id} ({s.name}): {firing.outcome}: {firing.reason}"
+
+        result = self._change_schedule(req, "schedule_run_now", run_now)
+        return {**result, "firing": fired[0]}
+
 
 WAITING = {RunState.QUEUED, RunState.HELD, RunState.PENDING, RunState.SUBMITTING}
 
@@ -570,6 +756,8 @@ def _target(message: dict[str, Any]) -> str:
     if isinstance(params, dict):
         if "run" in params:
             return f"run {params['run']!r}"
+        if "schedule" in params:
+            return f"schedule {params['schedule']!r}"
         if "scope" in params:
             return f"quota {params.get('scope')!r}.{params.get('resource')!r}"
     return str(message.get("method"))
@@ -630,6 +818,28 @@ def _shipment(value: Any) -> Shipment | None:
     if not isinstance(dirty, bool):
         raise InvalidInput("params.specs[].code.dirty must be true or false")
     return Shipment(bundle=bundle, checkout=checkout, dirty=dirty)
+
+
+def _optional(params: dict[str, Any], key: str, kind: type) -> Any:
+    value = params.get(key)
+    if value is None:
+        return None
+    # bool is an int in Python; an integer option must not take true/false, nor the reverse.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidInput(f"params.{key} must be {kind.__name__}, not {value!r}")
+    return value
+
+
+def _schedule_ref(params: dict[str, Any]) -> int | str:
+    """A schedule named by id (a positive integer) or by name."""
+    value = params.get("schedule")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, str) and value.isdigit() and int(value) >= 1:
+        return int(value)
+    if isinstance(value, str) and 1 <= len(value) <= 64:
+        return value
+    raise InvalidInput(f"a schedule is named by its id or its name, not {value!r}")
 
 
 def _run_id(params: dict[str, Any]) -> int:

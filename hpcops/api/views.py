@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hpcops.policy import Active, Limits, Quotas
-from hpcops.store import Audit, Event, Run
+from hpcops.scheduling.timing import cadence
+from hpcops.store import Audit, Event, Firing, Run, Schedule
 
 
 def iso(epoch: float | None, timespec: str = "seconds") -> str | None:
@@ -55,6 +56,8 @@ def run_view(run: Run, *, detail: bool = False) -> dict[str, Any]:
             if run.code_commit
             else None
         ),
+        "schedule_id": run.schedule_id,
+        "firing_id": run.firing_id,
     }
     # The data versions (specs with data: only): path, repo, rev, md5, size, nfiles, dest, env.
     view["data"] = json.loads(run.data_json) if run.data_json else []
@@ -133,4 +136,57 @@ def quota_view(
             if name
         },
         "fair_share_usage": {k: round(v, 3) for k, v in sorted(usage.items())},
+    }
+
+
+def firing_view(firing: Firing, run_state: str | None) -> dict[str, Any]:
+    return {
+        "id": firing.id,
+        "schedule_id": firing.schedule_id,
+        "scheduled_for": iso(firing.scheduled_for),
+        "fired_at": iso(firing.fired_at),
+        "kind": firing.kind,
+        "actor": firing.actor,
+        "outcome": firing.outcome,
+        "reason": firing.reason or None,
+        "run_id": firing.run_id,
+        "run_state": run_state,
+    }
+
+
+def schedule_view(
+    schedule: Schedule,
+    *,
+    next_fire_at: float | None,
+    problem: str | None,
+    last_firing: tuple[Firing, str | None] | None,
+) -> dict[str, Any]:
+    if schedule.removed_at is not None:
+        status = "removed"
+    elif problem is not None:
+        status = "broken"
+    else:
+        status = "paused" if schedule.paused else "active"
+    return {
+        "id": schedule.id,
+        "name": schedule.name,
+        "owner": schedule.owner,
+        "spec_name": schedule.spec_name,
+        "status": status,
+        "cron": schedule.cron,
+        "every_s": schedule.every_s,
+        "timezone": schedule.timezone,
+        "cadence": cadence(schedule.cron, schedule.every_s, schedule.timezone),
+        "catch_up": schedule.catch_up,
+        "catch_up_grace_s": schedule.catch_up_grace_s,
+        "allow_overlap": schedule.allow_overlap,
+        "paused": schedule.paused,
+        "next_fire_at": iso(next_fire_at),
+        "problem": problem,
+        "last_error": schedule.last_error,
+        "last_firing": firing_view(*last_firing) if last_firing else None,
+        "created_at": iso(schedule.created_at),
+        "updated_at": iso(schedule.updated_at),
+        "removed_at": iso(schedule.removed_at),
+        "removed_by": schedule.removed_by,
     }

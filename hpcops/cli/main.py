@@ -1,8 +1,8 @@
 """`hpcops`: the command line. It talks only to the daemon's API, never to the database.
 
 Exit codes scripts can rely on: 0 success; 1 an operation failed; 2 invalid input (spec, config,
-argument); 3 no daemon answers; 4 no such run; 5 permission denied. For `hpcops wait`-style
-checks use `hpcops show RUN --json` and read `state`.
+argument); 3 no daemon answers; 4 no such run or schedule; 5 permission denied. For
+`hpcops wait`-style checks use `hpcops show RUN --json` and read `state`.
 
 Heavy modules (pydantic, jinja2, SQLAlchemy) are imported inside the commands that need them so
 that `hpcops --help` stays fast.
@@ -157,8 +157,14 @@ def cli(ctx: click.Context, home: Path | None, remote: str | None, debug: bool) 
       hpcops audit                    # every change and refusal
 
     \b
+    Scheduled retraining:
+      hpcops schedule add train.yaml --cron "0 3 * * 1"
+      hpcops schedule ls / show NAME / pause / resume / rm / run-now
+
+    \b
     The daemon (one per lab) owns the queue: `hpcops daemon start`.
-    Exit codes: 0 ok, 1 failed, 2 invalid input, 3 no daemon, 4 no such run, 5 not allowed.
+    Exit codes: 0 ok, 1 failed, 2 invalid input, 3 no daemon, 4 no such run/schedule,
+    5 not allowed.
     """
     ctx.obj = Context(home, debug, remote)
     ctx.call_on_close(ctx.obj.close)
@@ -269,9 +275,17 @@ def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bo
     loaded, problems = [], []
     for path in specs:
         try:
-            loaded.append((load_spec_file(path), str(path)))
+            spec = load_spec_file(path)
+            loaded.append((spec, str(path)))
         except InvalidInput as exc:
             problems.append(str(exc))
+            continue
+        if spec.schedule is not None:
+            click.echo(
+                f"note: {path} has a schedule: block; submit queues it once, now. "
+                f"`hpcops schedule add {path}` schedules it.",
+                err=True,
+            )
     if problems:
         raise InvalidInput("\n".join(problems) + "\nnothing was queued")
     prepared = prepare(obj.client(), loaded, allow_dirty=allow_dirty, quiet=as_json)
@@ -411,6 +425,14 @@ def show(obj: Context, run: int, as_json: bool) -> None:
         ("code", _code_text(data.get("code"))),
         ("run dir", data["run_dir"] or "-"),
     ]
+    if data.get("schedule_id"):
+        lines.append(
+            (
+                "schedule",
+                f"{data['schedule_id']} ({data.get('schedule_name') or '?'}), "
+                f"firing {data['firing_id']}",
+            )
+        )
     for key, value in lines:
         click.echo(f"{key + ':':<11} {value}")
     for item in data.get("data") or []:
@@ -758,6 +780,297 @@ def audit(obj: Context, limit: int, as_json: bool) -> None:
         for e in entries
     ]
     click.echo(table(["WHEN", "WHO", "ROLE", "ACTION", "TARGET", "", "CHANGE"], rows))
+
+
+# --- schedules -------------------------------------------------------------------------------
+
+
+@cli.group()
+def schedule() -> None:
+    """Queue a spec again and again: scheduled retraining.
+
+    Each firing queues a fresh run of the spec, owned by the schedule's owner and checked like
+    `hpcops submit` (role, priority range, cluster limits; quotas hold it in the queue). The run
+    records its schedule and firing (`hpcops show`).
+
+    \b
+      hpcops schedule add train.yaml --cron "0 3 * * 1"      # Mondays 03:00, local zone
+      hpcops schedule add train.yaml --cron "30 2 * * *" --timezone Europe/Berlin --name nightly
+      hpcops schedule add eval.yaml --every 3600             # an interval in seconds
+      hpcops schedule ls                                     # status, next firing, last outcome
+      hpcops schedule show nightly                           # recent firings and their runs
+      hpcops schedule pause nightly / resume nightly / rm nightly
+      hpcops schedule run-now nightly                        # one firing now; prints the run id
+
+    A spec may carry the same settings in a schedule: block (cron or every_s, timezone, name,
+    catch_up, catch_up_grace_s, allow_overlap); options given here win. Only a schedule's owner
+    or a lead may pause, resume, remove or run it; every change is audited.
+    """
+
+
+SCHEDULE_ARG_HELP = "a schedule's id or name"
+
+
+@schedule.command("add")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.option(
+    "--cron",
+    metavar="EXPR",
+    help="crontab's five fields: minute hour day-of-month month day-of-week, e.g. "
+    "'0 3 * * 1' (Mondays 03:00; 0 and 7 are Sunday), '*/15 * * * *', '0 9-17 * * mon-fri'.",
+)
+@click.option(
+    "--every",
+    "every_s",
+    type=click.IntRange(min=1),
+    metavar="SECONDS",
+    help="Fire every SECONDS seconds instead of on a cron (at least the config's "
+    "schedules.min_interval_s, 60 by default).",
+)
+@click.option("--name", help="The schedule's name (default: the spec's name).")
+@click.option(
+    "--timezone",
+    metavar="TZ",
+    help="IANA time zone the cron is read in, e.g. Europe/Berlin (default: the config's "
+    "schedules.timezone, else the login node's).",
+)
+@click.option(
+    "--catch-up",
+    type=click.Choice(["one", "none", "all"]),
+    help="Firings missed while the daemon was down: one run for the latest (default), none, "
+    "or one for each; only within the grace period.",
+)
+@click.option(
+    "--catch-up-grace",
+    "catch_up_grace_s",
+    type=click.IntRange(0, 31 * 86400),
+    metavar="SECONDS",
+    help="A missed firing older than this gets no catch-up run (default: the config's "
+    "schedules.catch_up_grace_s, 3600).",
+)
+@click.option(
+    "--allow-overlap/--no-overlap",
+    default=None,
+    help="Fire even while an earlier firing's run is queued or running (default: skip that "
+    "firing and record why).",
+)
+@json_option
+@pass_ctx
+def schedule_add(
+    obj: Context,
+    spec_path: Path,
+    cron: str | None,
+    every_s: int | None,
+    name: str | None,
+    timezone: str | None,
+    catch_up: str | None,
+    catch_up_grace_s: int | None,
+    allow_overlap: bool | None,
+    as_json: bool,
+) -> None:
+    """Schedule SPEC: queue a fresh run of it on a cron or an interval.
+
+    The spec is checked now as `hpcops submit` checks it (exit 2 if invalid, and nothing is
+    scheduled), and stored with the schedule: later edits of the file do not change it.
+    """
+    from hpcops.cli.output import print_json
+    from hpcops.spec import load_spec_file, spec_to_yaml
+
+    if cron is not None and every_s is not None:
+        raise click.UsageError("give --cron or --every, not both")
+    spec = load_spec_file(spec_path)
+    params: dict[str, Any] = {
+        "yaml": spec_to_yaml(spec),
+        "source": str(spec_path),
+        "name": name,
+        "cron": cron,
+        "every_s": every_s,
+        "timezone": timezone,
+        "catch_up": catch_up,
+        "catch_up_grace_s": catch_up_grace_s,
+        "allow_overlap": allow_overlap,
+    }
+    result = obj.call("schedule_add", **{k: v for k, v in params.items() if v is not None})
+    if as_json:
+        print_json(result)
+        return
+    click.echo(
+        f"schedule {result['id']} ({result['name']}): {result['cadence']}, "
+        f"next {_when(result['next_fire_at'])}"
+    )
+
+
+def _when(iso: str | None) -> str:
+    from hpcops.cli.output import local_time
+
+    return "-" if iso is None else local_time(iso)
+
+
+@schedule.command("ls")
+@click.option("--all", "show_all", is_flag=True, help="Include removed schedules.")
+@json_option
+@pass_ctx
+def schedule_ls(obj: Context, show_all: bool, as_json: bool) -> None:
+    """List the lab's schedules: status (active, paused, broken), next firing, last outcome.
+
+    A schedule is broken when its spec would not be queued now (the cluster or the lab's
+    templates changed); the PROBLEM column says why. The others fire regardless.
+    """
+    from hpcops.cli.output import print_json, table
+
+    schedules = obj.call("schedule_list", all=show_all)
+    if as_json:
+        print_json(schedules)
+        return
+    if not schedules:
+        click.echo("no schedules (hpcops schedule add SPEC --cron EXPR)")
+        return
+    rows = []
+    for s in schedules:
+        last = s["last_firing"]
+        outcome = "-"
+        if last is not None:
+            outcome = last["outcome"] + (f" run {last['run_id']}" if last["run_id"] else "")
+        problem = s["problem"] or s["last_error"] or ""
+        rows.append(
+            [
+                str(s["id"]),
+                s["name"],
+                s["owner"],
+                s["status"],
+                s["cadence"],
+                _when(s["next_fire_at"]),
+                outcome,
+                problem.splitlines()[0] if problem else "",
+            ]
+        )
+    headers = ["ID", "NAME", "OWNER", "STATUS", "WHEN", "NEXT", "LAST", "PROBLEM"]
+    click.echo(table(headers, rows))
+
+
+@schedule.command("show")
+@click.argument("ref", metavar="SCHEDULE")
+@click.option(
+    "--firings",
+    "limit",
+    type=click.IntRange(1, 10000),
+    default=20,
+    show_default=True,
+    help="How many recent firings to list.",
+)
+@json_option
+@pass_ctx
+def schedule_show(obj: Context, ref: str, limit: int, as_json: bool) -> None:
+    """One schedule (SCHEDULE: its id or name) and its recent firings with their runs."""
+    from hpcops.cli.output import local_time, print_json, table
+
+    data = obj.call("schedule_show", schedule=ref, limit=limit)
+    if as_json:
+        print_json(data)
+        return
+    overlap = "allowed" if data["allow_overlap"] else "skipped while a run is active"
+    lines = [
+        ("schedule", f"{data['id']}  {data['name']}  (spec {data['spec_name']})"),
+        ("status", data["status"]),
+        ("owner", data["owner"]),
+        ("when", data["cadence"]),
+        ("next", _when(data["next_fire_at"])),
+        ("catch-up", f"{data['catch_up']}, within {data['catch_up_grace_s']} s"),
+        ("overlap", overlap),
+        ("created", local_time(data["created_at"])),
+    ]
+    if data["removed_at"]:
+        lines.append(("removed", f"{local_time(data['removed_at'])} by {data['removed_by']}"))
+    if data["problem"]:
+        lines.append(("problem", data["problem"]))
+    if data["last_error"]:
+        lines.append(("last error", data["last_error"]))
+    for key, value in lines:
+        click.echo(f"{key + ':':<11} {value}")
+    firings = data["firings"]
+    if not firings:
+        click.echo("no firings yet")
+        return
+    rows = [
+        [
+            str(f["id"]),
+            local_time(f["scheduled_for"]),
+            f["kind"],
+            f["outcome"],
+            str(f["run_id"] or "-"),
+            f["run_state"] or "-",
+            f["reason"] or "",
+        ]
+        for f in firings
+    ]
+    click.echo(table(["FIRING", "FOR", "KIND", "OUTCOME", "RUN", "STATE", "WHY"], rows))
+
+
+def _schedule_action(obj: Context, method: str, refs: tuple[str, ...], as_json: bool) -> None:
+    from hpcops.cli.output import print_json
+
+    results = [obj.call(method, schedule=ref) for ref in refs]
+    if as_json:
+        print_json(results if len(results) > 1 else results[0])
+        return
+    for result in results:
+        click.echo(result["message"])
+
+
+@schedule.command("pause")
+@click.argument("refs", nargs=-1, required=True, metavar="SCHEDULE...")
+@json_option
+@pass_ctx
+def schedule_pause(obj: Context, refs: tuple[str, ...], as_json: bool) -> None:
+    """Stop schedules from firing until `resume` (owner or lead)."""
+    _schedule_action(obj, "schedule_pause", refs, as_json)
+
+
+@schedule.command("resume")
+@click.argument("refs", nargs=-1, required=True, metavar="SCHEDULE...")
+@json_option
+@pass_ctx
+def schedule_resume(obj: Context, refs: tuple[str, ...], as_json: bool) -> None:
+    """Let paused schedules fire again, from their next time on (owner or lead).
+
+    Firings that fell into the pause are not made up.
+    """
+    _schedule_action(obj, "schedule_resume", refs, as_json)
+
+
+@schedule.command("rm")
+@click.argument("refs", nargs=-1, required=True, metavar="SCHEDULE...")
+@json_option
+@pass_ctx
+def schedule_rm(obj: Context, refs: tuple[str, ...], as_json: bool) -> None:
+    """Remove schedules (owner or lead). Their runs and firings are kept (`ls --all`)."""
+    _schedule_action(obj, "schedule_remove", refs, as_json)
+
+
+@schedule.command("run-now")
+@click.argument("ref", metavar="SCHEDULE")
+@json_option
+@pass_ctx
+def schedule_run_now(obj: Context, ref: str, as_json: bool) -> None:
+    """Fire a schedule once, now (owner or lead); print the new run's id.
+
+    \b
+    It follows the schedule's overlap rule: while an earlier firing's run is still queued or
+    running (and overlap is not allowed) the firing is skipped, says why, and exits 1.
+      hpcops wait "$(hpcops schedule run-now nightly)"
+    """
+    from hpcops.cli.output import print_json
+
+    result = obj.call("schedule_run_now", schedule=ref)
+    firing = result["firing"]
+    if as_json:
+        print_json(result)
+    elif firing["outcome"] == "submitted":
+        click.echo(firing["run_id"])
+    if firing["outcome"] != "submitted":
+        if not as_json:
+            click.echo(f"hpcops: {result['message']}", err=True)
+        sys.exit(1)
 
 
 # --- the daemon ------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The daemon's database: runs and their append-only event log."""
 
 from hpcops.store.db import Store
-from hpcops.store.models import Audit, Event, QuotaOverride, Run
+from hpcops.store.models import Audit, Event, Firing, QuotaOverride, Run, Schedule
 
-__all__ = ["Audit", "Event", "QuotaOverride", "Run", "Store"]
+__all__ = ["Audit", "Event", "Firing", "QuotaOverride", "Run", "Schedule", "Store"]

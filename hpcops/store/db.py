@@ -19,9 +19,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
-from hpcops.errors import NotFound, StoreError
-from hpcops.states import IN_SLURM_STATES, RunState
-from hpcops.store.models import Audit, Event, QuotaOverride, Run
+from hpcops.errors import InvalidInput, NotFound, StoreError
+from hpcops.scheduling.timing import overlap_reason
+from hpcops.states import IN_SLURM_STATES, TERMINAL_STATES, RunState
+from hpcops.store.models import Audit, Event, Firing, QuotaOverride, Run, Schedule
 
 _BUSY_TIMEOUT_S = 30.0
 
@@ -60,6 +61,12 @@ class Store:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    @property
+    def engine(self) -> Engine:
+        """For APScheduler's job store: the same file with the same BEGIN IMMEDIATE and busy
+        timeout, so its writes queue behind ours instead of failing with "database is locked"."""
+        return self._engine
 
     def _add_missing_columns(self) -> None:
         """Additive migration: a column added to a model since the database was made is added
@@ -300,3 +307,155 @@ class Store:
                 session.flush()
             session.add(override)
         return before
+
+    # --- schedules -------------------------------------------------------------------------
+
+    def add_schedule(self, schedule: Schedule) -> Schedule:
+        """Store a new schedule; its name must not be taken by another that is not removed."""
+        with self._session() as session:
+            clash = session.exec(
+                select(Schedule.id).where(
+                    Schedule.name == schedule.name, col(Schedule.removed_at).is_(None)
+                )
+            ).first()
+            if clash is not None:
+                raise InvalidInput(
+                    f"a schedule named {schedule.name!r} exists already (schedule {clash}); "
+                    "choose another with --name, or remove that one first"
+                )
+            session.add(schedule)
+        return schedule
+
+    def schedules(self, *, include_removed: bool = False) -> list[Schedule]:
+        query = select(Schedule)
+        if not include_removed:
+            query = query.where(col(Schedule.removed_at).is_(None))
+        with self._session() as session:
+            return list(session.exec(query.order_by(col(Schedule.id))).all())
+
+    def get_schedule(self, schedule_id: int) -> Schedule:
+        with self._session() as session:
+            schedule = session.get(Schedule, schedule_id)
+        if schedule is None:
+            raise NotFound(f"no schedule {schedule_id}; `hpcops schedule ls` lists them")
+        return schedule
+
+    def find_schedule(self, ref: int | str) -> Schedule:
+        """A schedule by id (removed ones too, for their history) or by the name of one that
+        is not removed."""
+        if isinstance(ref, int):
+            return self.get_schedule(ref)
+        query = select(Schedule).where(Schedule.name == ref, col(Schedule.removed_at).is_(None))
+        with self._session() as session:
+            found = session.exec(query).first()
+        if found is None:
+            raise NotFound(f"no schedule named {ref!r}; `hpcops schedule ls` lists them")
+        return found
+
+    def update_schedule(self, schedule_id: int, **fields: Any) -> Schedule:
+        with self._session() as session:
+            schedule = session.get(Schedule, schedule_id)
+            if schedule is None:
+                raise NotFound(f"no schedule {schedule_id}")
+            for key, value in fields.items():
+                if not hasattr(schedule, key):
+                    raise StoreError(f"schedules have no field {key!r}")
+                setattr(schedule, key, value)
+            schedule.updated_at = time.time()
+            session.add(schedule)
+        return schedule
+
+    def record_firing(
+        self, firing: Firing, run: Run | None, *, allow_overlap: bool, run_note: str
+    ) -> tuple[Firing, bool]:
+        """Record a firing and, if it queues one, its run: both in one transaction, or neither.
+
+        Idempotent per (schedule, scheduled time): when that firing is already recorded (the
+        daemon died after this commit and APScheduler fires the same time again), the existing
+        record comes back with False and nothing is written. With `run` and no overlap allowed,
+        a run of the schedule that has not ended turns the firing into a skip, decided inside
+        this transaction so that two firings at once cannot both queue.
+        """
+        now = time.time()
+        with self._session() as session:
+            existing = session.exec(
+                select(Firing).where(
+                    Firing.schedule_id == firing.schedule_id,
+                    Firing.scheduled_for == firing.scheduled_for,
+                )
+            ).first()
+            if existing is not None:
+                return existing, False
+            schedule = session.get(Schedule, firing.schedule_id)
+            if schedule is None:
+                raise NotFound(f"no schedule {firing.schedule_id}")
+            if run is not None:
+                active = session.exec(
+                    select(Run.id, Run.state)
+                    .where(
+                        Run.schedule_id == firing.schedule_id,
+                        col(Run.state).not_in([s.value for s in TERMINAL_STATES]),
+                        # Its job wrote its exit marker or left squeue: the command is over,
+                        # only sacct's final record is awaited.
+                        col(Run.end_seen_at).is_(None),
+                    )
+                    .order_by(col(Run.id).desc())
+                ).first()
+                skip = overlap_reason(
+                    active[0] if active else None, active[1] if active else None, allow_overlap
+                )
+                if skip is not None:
+                    firing.outcome, firing.reason, run = "skipped", skip, None
+            if run is not None:
+                run.schedule_id = firing.schedule_id
+                run.created_at = run.created_at or now
+                run.updated_at = now
+                session.add(run)
+                session.flush()
+                firing.run_id = run.id
+                firing.outcome = "submitted"
+            session.add(firing)
+            session.flush()
+            if run is not None:
+                assert run.id is not None
+                run.firing_id = firing.id
+                session.add(run)
+                session.add(
+                    Event(
+                        run_id=run.id,
+                        at=now,
+                        actor=run.owner,
+                        from_state=None,
+                        to_state=run.state,
+                        reason=f"{run_note}, firing {firing.id}",
+                    )
+                )
+            if firing.outcome == "error":
+                schedule.last_error = firing.reason
+            elif firing.outcome == "submitted":
+                schedule.last_error = None
+            session.add(schedule)
+        return firing, True
+
+    def firings(self, schedule_id: int, *, limit: int = 20) -> list[tuple[Firing, str | None]]:
+        """The newest firings of a schedule, each with its run's state now (None: no run)."""
+        query = (
+            select(Firing, Run.state)
+            .join(Run, col(Run.id) == col(Firing.run_id), isouter=True)
+            .where(Firing.schedule_id == schedule_id)
+            .order_by(col(Firing.id).desc())
+            .limit(limit)
+        )
+        with self._session() as session:
+            return [(f, state) for f, state in session.exec(query).all()]
+
+    def latest_firings(self) -> dict[int, tuple[Firing, str | None]]:
+        """schedule id -> its newest firing and that firing's run state."""
+        newest = sa_select(func.max(Firing.id)).group_by(col(Firing.schedule_id)).scalar_subquery()
+        query = (
+            select(Firing, Run.state)
+            .join(Run, col(Run.id) == col(Firing.run_id), isouter=True)
+            .where(col(Firing.id).in_(newest))
+        )
+        with self._session() as session:
+            return {f.schedule_id: (f, state) for f, state in session.exec(query).all()}

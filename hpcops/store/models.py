@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -57,6 +58,10 @@ class Run(SQLModel, table=True):
     held_by: str | None = None
     updated_at: float
 
+    # Set when a schedule's firing queued the run (hpcops schedule).
+    schedule_id: int | None = Field(default=None, index=True)
+    firing_id: int | None = None
+
 
 class Event(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
@@ -91,3 +96,46 @@ class QuotaOverride(SQLModel, table=True):
     value: int | None  # None: explicitly unlimited
     set_by: str
     set_at: float
+
+
+class Schedule(SQLModel, table=True):
+    """A spec that is queued again on a cron or an interval (`hpcops schedule add`).
+
+    The source of truth for schedules; APScheduler's job store (same database) only drives
+    when they fire. A removed schedule stays, marked, so its runs keep their provenance."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    owner: str
+    owner_uid: int
+    spec_yaml: str  # canonical, without the spec's schedule block
+    spec_name: str
+    cron: str | None = None
+    every_s: int | None = None
+    timezone: str
+    catch_up: str  # timing.CATCH_UP_POLICIES
+    catch_up_grace_s: int
+    allow_overlap: bool = False
+    paused: bool = False
+    last_error: str | None = None  # the latest firing's error; cleared by a firing that queues
+    created_at: float
+    updated_at: float
+    removed_at: float | None = None
+    removed_by: str | None = None
+
+
+class Firing(SQLModel, table=True):
+    """One firing of a schedule and what came of it. At most one per (schedule, scheduled
+    time): a firing repeated after a crash finds its record and queues nothing twice."""
+
+    __table_args__ = (UniqueConstraint("schedule_id", "scheduled_for"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    schedule_id: int = Field(foreign_key="schedule.id", index=True)
+    scheduled_for: float  # epoch seconds, rounded to the millisecond
+    fired_at: float
+    kind: str  # "scheduled", "catch-up", "run-now"
+    actor: str  # "daemon", or who asked for run-now
+    outcome: str  # "submitted", "skipped", "error"
+    reason: str = ""
+    run_id: int | None = None

@@ -1,0 +1,458 @@
+"""The daemon's schedules: APScheduler says when, this module turns each firing into a run.
+
+APScheduler 3.x runs in its own thread (BackgroundScheduler) with its jobs in the daemon's
+database (SQLAlchemyJobStore, table `apscheduler_jobs`), so schedules survive restarts and
+neither the loop's tick nor the API waits for a firing. Our tables (Schedule, Firing) say what
+exists and what happened; at start-up APScheduler's jobs are made to agree with them.
+
+Two APScheduler behaviours are replaced, because a firing needs its scheduled time and the
+catch-up decision needs every missed time:
+  - the job function gets no scheduled time in 3.x, so due jobs go to FiringExecutor, which
+    hands the times to `ScheduleService._on_due` (the stored job target, `due`, is never called);
+  - coalescing and misfire handling are off; timing.plan_firings decides, and says why.
+
+Crash safety (kill -9 at any instant). FiringExecutor runs a firing in the scheduler's thread
+*before* APScheduler moves the job's next run time on in its store, and a firing's record and
+its run are written in one transaction, at most once per (schedule, scheduled time):
+  - killed before that commit: the store still holds the old time, which comes due again at
+    start-up (a catch-up, within the grace), so the run is not lost;
+  - killed after it, before APScheduler's update: the same time comes due again and
+    Store.record_firing finds its record, so nothing is queued twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from apscheduler.executors.base import BaseExecutor
+
+from hpcops.access import Caller, authorize, check_priority, role_of, unix_groups
+from hpcops.config import Config
+from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied
+from hpcops.orchestrator import DAEMON, Orchestrator
+from hpcops.scheduling import timing
+from hpcops.spec import Spec, parse_spec, spec_to_yaml
+from hpcops.store import Audit, Firing, Run, Schedule, Store
+
+if TYPE_CHECKING:
+    from apscheduler.job import Job
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+log = logging.getLogger(__name__)
+
+_JOB_PREFIX = "schedule-"
+_MAX_REASON_CHARS = 2000
+# The spec's rule for names (spec.py): a schedule's name is typed and shown like a run's.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def due(schedule_id: int) -> None:
+    """The job target APScheduler stores for each schedule (it needs an importable function).
+    FiringExecutor never calls it: it passes the scheduled times to the daemon's
+    ScheduleService, which the function would have no way to learn."""
+    raise RuntimeError(
+        f"schedule {schedule_id}: hpcops' scheduled jobs run only through FiringExecutor"
+    )
+
+
+class FiringExecutor(BaseExecutor):  # type: ignore[misc]  # APScheduler has no type hints
+    """Runs a due job in the scheduler's own thread, with its scheduled times. Inline, like
+    APScheduler's DebugExecutor, so that the firing is committed before APScheduler records
+    the job's next run time (see the module docstring)."""
+
+    def __init__(self, on_due: Callable[[int, list[datetime]], None]) -> None:
+        super().__init__()
+        self._on_due = on_due
+
+    def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
+        try:
+            self._on_due(int(job.args[0]), list(run_times))
+        except BaseException:
+            self._run_job_error(job.id, *sys.exc_info()[1:])
+        else:
+            self._run_job_success(job.id, [])
+
+
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """What `schedule add` says; None: take it from the spec's schedule block, then the config."""
+
+    name: str | None = None
+    cron: str | None = None
+    every_s: int | None = None
+    timezone: str | None = None
+    catch_up: str | None = None
+    catch_up_grace_s: int | None = None
+    allow_overlap: bool | None = None
+
+
+def _job_id(schedule_id: int | None) -> str:
+    return f"{_JOB_PREFIX}{schedule_id}"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 1] + "…"
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def _local_zone() -> str:
+    """The login node's time zone, as an IANA name, for cron schedules that name none."""
+    import tzlocal  # APScheduler's own dependency
+
+    try:
+        return str(tzlocal.get_localzone_name() or "UTC")
+    except Exception:  # tzlocal raises its own errors for odd /etc/localtime setups
+        return "UTC"
+
+
+class ScheduleService:
+    def __init__(
+        self,
+        store: Store,
+        orchestrator: Orchestrator,
+        config: Config,
+        *,
+        daemon_uid: int,
+        clock: Callable[[], float] = time.time,
+        fault: str | None = None,
+    ) -> None:
+        self.store = store
+        self.orchestrator = orchestrator
+        self.config = config
+        self.daemon_uid = daemon_uid
+        self.clock = clock
+        self.fault = fault  # HPCOPS_FAULT, for the kill -9 tests
+        self._scheduler: BackgroundScheduler | None = None
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(
+            jobstores={"default": SQLAlchemyJobStore(engine=self.store.engine)},
+            executors={"default": FiringExecutor(self._on_due)},
+            # Every due time reaches _on_due: plan_firings coalesces and judges lateness.
+            job_defaults={"coalesce": False, "misfire_grace_time": None, "max_instances": 1},
+            timezone=UTC,
+        )
+        # Paused while APScheduler's jobs are made to agree with our table (NOTES-STACK: stored
+        # jobs are visible only once started), and until resume_after says the runs are known.
+        scheduler.start(paused=True)
+        self._scheduler = scheduler
+        for schedule in self.store.schedules():
+            self._sync_job(schedule)
+        known = {_job_id(s.id) for s in self.store.schedules()}
+        for job in scheduler.get_jobs():
+            if job.id not in known:
+                # Its schedule was removed, or never committed, before a crash.
+                scheduler.remove_job(job.id)
+        log.info("schedules: %d, firing once the loop's first tick has run", len(known))
+
+    def resume_after(self, ready: threading.Event, stop: threading.Event) -> None:
+        """Let schedules fire once `ready` is set (the loop's first tick: start-up
+        reconciliation). Until then a catch-up firing would see runs that ended while the
+        daemon was down as still running, and skip itself for overlap."""
+        while not ready.wait(0.5):
+            if stop.is_set():
+                return
+        if self._scheduler is not None and not stop.is_set():
+            self._scheduler.resume()
+
+    def shutdown(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)  # lets a firing in progress commit
+            self._scheduler = None
+
+    def _sync_job(self, schedule: Schedule) -> None:
+        """Make APScheduler's job agree with the schedule's row: present and running, paused,
+        or gone. A schedule whose trigger cannot be built is reported, the others go on."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        job_id = _job_id(schedule.id)
+        job = scheduler.get_job(job_id)
+        if schedule.removed_at is not None:
+            if job is not None:
+                scheduler.remove_job(job_id)
+            return
+        if job is None:
+            try:
+                trigger = timing.build_trigger(
+                    cron=schedule.cron,
+                    every_s=schedule.every_s,
+                    timezone=schedule.timezone,
+                    anchor=schedule.created_at,
+                )
+            except (ValueError, LookupError) as exc:
+                log.error("schedule %s: cannot build its trigger: %s", schedule.id, exc)
+                self.store.update_schedule(_id(schedule), last_error=f"cannot schedule it: {exc}")
+                return
+            extra: dict[str, Any] = {"next_run_time": None} if schedule.paused else {}
+            scheduler.add_job(
+                due, trigger=trigger, args=[schedule.id], id=job_id, name=schedule.name, **extra
+            )
+            return
+        if schedule.paused and job.next_run_time is not None:
+            scheduler.pause_job(job_id)
+        elif not schedule.paused and job.next_run_time is None:
+            scheduler.resume_job(job_id)  # the next time from now: a pause is not caught up
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def add(self, spec: Spec, source: str, options: ScheduleOptions, caller: Caller) -> Schedule:
+        """A new schedule of `spec`, owned by the caller; every value is checked first, and a
+        bad one changes nothing (InvalidInput naming the option)."""
+        block = spec.schedule
+        defaults = self.config.schedules
+
+        def pick(name: str) -> Any:
+            return _first(getattr(options, name), getattr(block, name, None) if block else None)
+
+        cron, every_s = options.cron, options.every_s
+        if cron is None and every_s is None and block is not None:
+            cron, every_s = block.cron, block.every_s
+        if (cron is None) == (every_s is None):
+            raise InvalidInput(
+                "a schedule needs exactly one of --cron EXPR (e.g. --cron '0 3 * * 1') and "
+                "--every SECONDS, or a schedule: block in the spec"
+            )
+        problems = []
+        if cron is not None:
+            try:
+                timing.parse_cron(cron)
+                cron = " ".join(cron.split())
+            except ValueError as exc:
+                problems.append(f"cron {cron!r}: {exc}")
+        if every_s is not None:
+            try:
+                timing.check_every_s(every_s, defaults.min_interval_s)
+            except ValueError as exc:
+                problems.append(f"every: {exc}")
+        zone = _first(pick("timezone"), defaults.timezone) or _local_zone()
+        try:
+            zone = timing.check_timezone(zone)
+        except ValueError as exc:
+            problems.append(f"timezone: {exc}")
+        catch_up = _first(pick("catch_up"), defaults.catch_up)
+        try:
+            timing.check_catch_up(catch_up)
+        except ValueError as exc:
+            problems.append(f"catch-up: {exc}")
+        grace = _first(pick("catch_up_grace_s"), defaults.catch_up_grace_s)
+        if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= 31 * 86400:
+            problems.append(f"catch-up grace: {grace!r} is not a whole number of seconds 0-2678400")
+        name = _first(options.name, block.name if block else None, spec.name)
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            problems.append(
+                f"name: {name!r} must be letters, digits and . _ - (starting with a letter or "
+                "digit), at most 64 characters"
+            )
+        if problems:
+            raise InvalidInput(f"{source}: cannot schedule it:\n  " + "\n  ".join(problems))
+        # The spec must be one that `hpcops submit` would queue today.
+        plain = spec.model_copy(update={"schedule": None})
+        self.orchestrator.check_spec(plain, source)
+        now = self.clock()
+        schedule = self.store.add_schedule(
+            Schedule(
+                name=name,
+                owner=caller.name,
+                owner_uid=caller.uid,
+                spec_yaml=spec_to_yaml(plain),
+                spec_name=spec.name,
+                cron=cron,
+                every_s=every_s,
+                timezone=zone,
+                catch_up=catch_up,
+                catch_up_grace_s=grace,
+                allow_overlap=bool(pick("allow_overlap")),
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        self._sync_job(schedule)
+        return schedule
+
+    def set_paused(self, schedule: Schedule, paused: bool) -> Schedule:
+        updated = self.store.update_schedule(_id(schedule), paused=paused)
+        self._sync_job(updated)
+        return updated
+
+    def remove(self, schedule: Schedule, caller: Caller) -> Schedule:
+        updated = self.store.update_schedule(
+            _id(schedule), removed_at=self.clock(), removed_by=caller.name
+        )
+        self._sync_job(updated)
+        return updated
+
+    def run_now(self, schedule: Schedule, caller: Caller) -> Firing:
+        firing, _ = self.fire(
+            schedule,
+            round(self.clock(), 3),
+            kind="run-now",
+            actor=caller.name,
+            note=f"run now, asked by {caller.name}",
+        )
+        return firing
+
+    def next_fire_times(self, schedules: list[Schedule]) -> dict[int, float | None]:
+        """When each fires next, from its trigger: no APScheduler lock, so `schedule ls`
+        answers while a firing is in progress."""
+        now = datetime.now(UTC)
+        times: dict[int, float | None] = {}
+        for s in schedules:
+            if s.paused or s.removed_at is not None or s.id is None:
+                times[_id(s)] = None
+                continue
+            try:
+                trigger = timing.build_trigger(
+                    cron=s.cron, every_s=s.every_s, timezone=s.timezone, anchor=s.created_at
+                )
+                nxt = trigger.get_next_fire_time(None, now)
+            except (ValueError, LookupError):
+                nxt = None
+            times[s.id] = nxt.timestamp() if nxt is not None else None
+        return times
+
+    def problem(self, schedule: Schedule) -> str | None:
+        """Why the schedule's spec would not be queued now (the cluster, the templates or the
+        spec rules changed since it was added), or None."""
+        source = f"schedule {schedule.id} ({schedule.name})"
+        try:
+            spec = parse_spec(schedule.spec_yaml, source)
+            self.orchestrator.check_spec(spec, source)
+        except InvalidInput as exc:
+            return exc.message
+        return None
+
+    # --- firing -----------------------------------------------------------------------------
+
+    def _on_due(self, schedule_id: int, run_times: list[datetime]) -> None:
+        """APScheduler says these times of this schedule are due (FiringExecutor)."""
+        now = self.clock()
+        schedule = self.store.get_schedule(schedule_id)
+        if schedule.removed_at is not None or schedule.paused:
+            return  # changed while the job was due; _sync_job has dealt with the job
+        plans = timing.plan_firings(
+            [round(t.timestamp(), 3) for t in run_times],
+            now,
+            catch_up=schedule.catch_up,
+            grace_s=schedule.catch_up_grace_s,
+        )
+        for plan in plans:
+            self.fire(
+                schedule,
+                plan.scheduled_for,
+                kind=plan.kind,
+                actor=DAEMON,
+                note=plan.reason,
+                submit=plan.fire,
+            )
+
+    def fire(
+        self,
+        schedule: Schedule,
+        scheduled_for: float,
+        *,
+        kind: str,
+        actor: str,
+        note: str = "",
+        submit: bool = True,
+    ) -> tuple[Firing, bool]:
+        """One firing: a fresh run of the schedule's spec for its owner, recorded with it in
+        one transaction. Returns the firing and whether it is new (False: already recorded)."""
+        firing = Firing(
+            schedule_id=_id(schedule),
+            scheduled_for=scheduled_for,
+            fired_at=self.clock(),
+            kind=kind,
+            actor=actor,
+            outcome="skipped",
+            reason=_clip(note),
+        )
+        run: Run | None = None
+        if submit:
+            try:
+                run = self._run_for(schedule)
+            except HpcopsError as exc:
+                firing.outcome = "error"
+                firing.reason = _clip("; ".join(filter(None, [note, exc.message])))
+            except Exception as exc:  # a bug costs this firing, not the scheduler
+                log.exception("schedule %s: firing failed", schedule.id)
+                firing.outcome = "error"
+                firing.reason = _clip(f"internal error: {exc!r} (see the daemon's log)")
+        self._fault_point("firing_before_commit")
+        recorded, new = self.store.record_firing(
+            firing,
+            run,
+            allow_overlap=schedule.allow_overlap,
+            run_note=f"queued by schedule {schedule.id} ({schedule.name})",
+        )
+        self._fault_point("firing_after_commit")
+        if new:
+            log.info(
+                "schedule %s (%s) fired for %s: %s%s%s",
+                schedule.id,
+                schedule.name,
+                datetime.fromtimestamp(scheduled_for, UTC).isoformat(timespec="seconds"),
+                recorded.outcome,
+                f" run {recorded.run_id}" if recorded.run_id else "",
+                f" ({recorded.reason})" if recorded.reason else "",
+            )
+            if recorded.outcome == "submitted":
+                self.orchestrator.changed()
+        return recorded, new
+
+    def _run_for(self, schedule: Schedule) -> Run:
+        """The run a firing queues: the schedule's spec with its moving references resolved
+        now, owned by the schedule's owner and checked as `hpcops submit` checks theirs (role,
+        priority range, cluster limits, template); quotas apply in the queue as for any run."""
+        owner = Caller(uid=schedule.owner_uid, name=schedule.owner)
+        access = self.config.access
+        role = role_of(owner, access, daemon_uid=self.daemon_uid, groups=unix_groups(owner.name))
+        source = f"schedule {schedule.id} ({schedule.name})"
+        try:
+            authorize("submit", owner, role)
+            # Moving references (a code branch, a data target's rev) are resolved by
+            # prepare_run, through the lab's code mirror: the run gets today's commit.
+            spec = parse_spec(schedule.spec_yaml, source)
+            check_priority(spec.priority, role, access)
+        except PermissionDenied as exc:
+            self.store.audit(
+                Audit(
+                    at=self.clock(),
+                    actor=owner.name,
+                    role=role.value,
+                    action="schedule_fire",
+                    target=f"schedule {schedule.id}",
+                    allowed=False,
+                    detail=exc.message,
+                )
+            )
+            raise PermissionDenied(f"the schedule's owner may no longer submit: {exc}") from None
+        return self.orchestrator.prepare_run(spec, source, owner)
+
+    def _fault_point(self, name: str) -> None:
+        if self.fault == name:
+            log.warning("fault point %s: killing the daemon with SIGKILL (HPCOPS_FAULT)", name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _id(schedule: Schedule) -> int:
+    assert schedule.id is not None  # schedules read from the store always have one
+    return schedule.id

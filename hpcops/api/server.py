@@ -37,11 +37,13 @@ from hpcops.errors import (
     InvalidInput,
     PermissionDenied,
     ProtocolError,
+    SlurmUnreachable,
 )
 from hpcops.orchestrator import Orchestrator
 from hpcops.rundir import RunDir
 from hpcops.states import RunState
 from hpcops.store import Audit, QuotaOverride, Run, Store
+from hpcops.transport.base import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +190,8 @@ class Api:
                 "unreachable_since": iso(health.since),
                 "last_error": health.last_error or None,
                 "last_poll_at": iso(self.orchestrator.last_queue_at),
+                "transport": self.orchestrator.files.kind,
+                "ssh_connections_opened": self.orchestrator.files.connections_opened,
             },
         }
 
@@ -258,15 +262,12 @@ class Api:
         data, size, new_offset = b"", 0, max(offset, 0)
         if path is not None:
             try:
-                with path.open("rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    # A negative offset asks for the last -offset bytes (tail).
-                    start = max(0, size + offset) if offset < 0 else min(offset, size)
-                    f.seek(start)
-                    data = f.read(max_bytes)
-                    new_offset = start + len(data)
-            except FileNotFoundError:
-                pass
+                # A negative offset asks for the last -offset bytes (tail). Off the cluster the
+                # log is read over the daemon's open SSH connection.
+                chunk = self.orchestrator.files.read_chunk(path, offset, max_bytes)
+            except TransportError as exc:
+                raise SlurmUnreachable(f"cannot read {path} on the cluster: {exc}") from None
+            data, size, new_offset = chunk.data, chunk.size, chunk.start + len(chunk.data)
         done = RunState(run.state).is_terminal and new_offset >= size
         return {
             "data": data.decode("utf-8", errors="replace"),

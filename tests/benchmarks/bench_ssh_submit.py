@@ -42,13 +42,18 @@ def _laptop(*argv: str) -> list[str]:
     return ["runuser", "-u", LAPTOP, "--", *argv]
 
 
-def _submitted_at(database: Path, run_id: int, timeout_s: float = 30) -> float:
+def _queued_and_submitted_at(
+    database: Path, run_id: int, timeout_s: float = 30
+) -> tuple[float, float]:
+    """When the daemon queued the run, and when its sbatch (over SSH) returned the job id."""
     deadline = time.monotonic() + timeout_s
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
         while time.monotonic() < deadline:
-            row = db.execute("SELECT submitted_at FROM run WHERE id = ?", (run_id,)).fetchone()
-            if row and row[0] is not None:
-                return float(row[0])
+            row = db.execute(
+                "SELECT created_at, submitted_at FROM run WHERE id = ?", (run_id,)
+            ).fetchone()
+            if row and row[1] is not None:
+                return float(row[0]), float(row[1])
             time.sleep(0.005)
     raise TimeoutError(f"run {run_id} not submitted within {timeout_s} s")
 
@@ -116,7 +121,7 @@ def main() -> None:
         f"{SSH_BENCH_USER}@127.0.0.1",
     ]
     hpcops = [sys.executable, "-m", "hpcops", "--remote", "bench"]
-    to_slurm, cli, raw, ssh_true, remote_ping = [], [], [], [], []
+    to_slurm, cli, raw, ssh_true, remote_ping, backend = [], [], [], [], [], []
     with jobs_held_pending(SSH_BENCH_USER):
         daemon.start()
         try:
@@ -127,7 +132,11 @@ def main() -> None:
                 started = time.time()
                 cli_s, out = _timed(_laptop(*hpcops, "submit", "--json", str(specs / f"s{i}.yaml")))
                 run_id = int(json.loads(out)["id"])
-                to_slurm.append(_submitted_at(daemon.home / "hpcops.db", run_id) - started)
+                queued_at, submitted_at = _queued_and_submitted_at(
+                    daemon.home / "hpcops.db", run_id
+                )
+                to_slurm.append(submitted_at - started)
+                backend.append(submitted_at - queued_at)
                 cli.append(cli_s)
                 run_dir = Path(daemon.json("show", str(run_id))["run_dir"])
                 copy = raw_dir / f"run-{run_id}.sbatch"
@@ -157,6 +166,7 @@ def main() -> None:
             "breakdown": {
                 "ssh_true_s_median": round(median(ssh_true), 3),
                 "hpcops_remote_daemon_status_s_median": round(median(remote_ping), 3),
+                "daemon_queued_to_sbatch_returned_over_ssh_s_median": round(median(backend), 3),
                 "laptop_python_import_paramiko_s_median": round(python_s, 3),
             },
             "setup": "laptop user -> dev sshd 127.0.0.1:2222 -> hpcops api -> daemon; the "

@@ -128,29 +128,30 @@ def commands_since(offset: int, user: str) -> int:
     return len(re.findall(rf"Starting session: command for {re.escape(user)} from", text))
 
 
-def daemon_ports(daemon_pid: int) -> list[int]:
+def _established(filter_expression: str) -> list[str]:
+    """`ss` lines of established TCP connections matching the filter, with their processes."""
     out = subprocess.run(
-        ["ss", "-tnpH", "state", "established", f"( dport = :{PORT} )"],
+        ["ss", "-tnpH", "state", "established", filter_expression],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    return out.splitlines()
+
+
+def daemon_ports(daemon_pid: int) -> list[int]:
+    """Local ports of the daemon's connections to the sshd."""
     return [
-        int(line.split()[2].rsplit(":", 1)[1])
-        for line in out.splitlines()
+        int(line.split()[2].rsplit(":", 1)[1])  # Recv-Q Send-Q Local Peer Process
+        for line in _established(f"( dport = :{PORT} )")
         if f"pid={daemon_pid}," in line
     ]
 
 
 def kill_server_side(local_port: int) -> int:
     """SIGKILL the sshd processes of one connection, found by its socket (never by name)."""
-    out = subprocess.run(
-        ["ss", "-tnpH", "state", "established", f"( sport = :{PORT} and dport = :{local_port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    pids = {int(p) for p in re.findall(r"pid=(\d+)", out)}
+    lines = _established(f"( sport = :{PORT} and dport = :{local_port} )")
+    pids = {int(p) for line in lines for p in re.findall(r"pid=(\d+)", line)}
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

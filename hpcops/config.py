@@ -9,17 +9,27 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hpcops.errors import ConfigError
 from hpcops.scheduling import timing
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9._/+-]+$")  # it lands on #SBATCH --output= lines
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")  # a DNS name, IP or ssh alias
+_UNIX_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
 
 
 def default_home() -> Path:
@@ -29,6 +39,52 @@ def default_home() -> Path:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SshConfig(_Strict):
+    """The cluster's login node, for a daemon that runs off the cluster (slurm.transport: ssh).
+    The daemon account's ~/.ssh/config applies to what is left out (HostName, User, Port,
+    IdentityFile, ProxyJump)."""
+
+    host: str = Field(description="The login node: a host name, an address or an ssh alias.")
+    user: str | None = Field(default=None, description="The account the jobs run as there.")
+    port: int | None = Field(default=None, ge=1, le=65535)
+    identity_file: Path | None = Field(default=None, description="Private key file.")
+    known_hosts: Path = Field(
+        default=Path("~/.ssh/known_hosts"),
+        description="Host keys to trust; an unknown or changed key is refused, never added.",
+    )
+    connect_timeout_s: float = Field(default=15.0, gt=0, le=300)
+    min_reconnect_interval_s: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=3600.0,
+        description="At most one new SSH connection per this many seconds, whatever happens.",
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not _HOST_NAME.fullmatch(value):
+            raise ValueError(
+                "must be a host name, an IP address or an ~/.ssh/config alias "
+                "(letters, digits and _ . -), e.g. login.cluster.example.edu"
+            )
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None and not _UNIX_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Unix user name")
+        return value
+
+    @field_validator("identity_file", "known_hosts")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_absolute():
+            raise ValueError("must be an absolute path or start with ~/")
+        return value
 
 
 class SlurmConfig(_Strict):
@@ -55,12 +111,32 @@ class SlurmConfig(_Strict):
         description="A SUBMITTING run that Slurm does not know after this long is resubmitted.",
     )
 
+    transport: Literal["local", "ssh"] = Field(
+        default="local",
+        description="local: Slurm's commands on this machine (the login node); ssh: over one "
+        "persistent SSH connection to slurm.ssh.host, for a daemon off the cluster.",
+    )
+    ssh: SshConfig | None = None
+
     @field_validator("account", "default_partition")
     @classmethod
     def _slurm_name(cls, value: str | None) -> str | None:
         if value is not None and not _SLURM_NAME.fullmatch(value):
             raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
         return value
+
+    @model_validator(mode="after")
+    def _ssh_with_transport(self) -> SlurmConfig:
+        if self.transport == "ssh" and self.ssh is None:
+            raise ValueError(
+                "transport is ssh but slurm.ssh is missing; e.g. "
+                "ssh: {host: login.cluster.example.edu, user: labsvc}"
+            )
+        if self.transport == "local" and self.ssh is not None:
+            raise ValueError(
+                "slurm.ssh is set but transport is local; set transport: ssh to use it"
+            )
+        return self
 
 
 class DaemonConfig(_Strict):
@@ -73,9 +149,6 @@ class DaemonConfig(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     log_backups: int = Field(default=5, ge=0, le=100)
-
-
-_UNIX_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
 
 
 def _check_unix_names(values: list[str]) -> list[str]:
@@ -284,6 +357,16 @@ class Config(_Strict):
             )
         return value
 
+    @model_validator(mode="after")
+    def _run_root_on_the_cluster(self) -> Config:
+        if self.slurm.transport == "ssh" and self.run_root is None:
+            raise ValueError(
+                "run_root is required with slurm.transport: ssh: the run directories live on "
+                "the cluster's shared storage, not in the daemon's home; e.g. "
+                "run_root: /scratch/lab/hpcops/runs"
+            )
+        return self
+
     def run_root_in(self, home: Path) -> Path:
         return self.run_root if self.run_root is not None else home / "runs"
 
@@ -330,8 +413,10 @@ def _describe(source: str, exc: ValidationError) -> str:
         location = ".".join(str(part) for part in err["loc"])
         if err["type"] == "extra_forbidden":
             lines.append(f"  {location}: unknown setting{_did_you_mean(err['loc'])}")
-        else:
+        elif location:
             lines.append(f"  {location}: {err['msg']}")
+        else:  # a check across settings names them in its message
+            lines.append(f"  {err['msg']}")
     return "\n".join(lines)
 
 
@@ -340,6 +425,11 @@ def _did_you_mean(loc: tuple[int | str, ...]) -> str:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         annotation = field.annotation if field else None
+        # An optional section (`ssh: SshConfig | None`): suggest from the section's model.
+        annotation = next(
+            (a for a in typing.get_args(annotation) if isinstance(a, type) and a is not type(None)),
+            annotation,
+        )
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return ""
         model = annotation

@@ -26,12 +26,19 @@ from hpcops.api.client import Client
 from hpcops.api.server import Api, ApiServer
 from hpcops.code.git import GitError
 from hpcops.config import Config, load_config
-from hpcops.errors import AlreadyRunning, HpcopsError, NotRunning
+from hpcops.errors import (
+    AlreadyRunning,
+    AuthenticationFailed,
+    HostKeyRejected,
+    HpcopsError,
+    NotRunning,
+)
 from hpcops.home import HomePaths
 from hpcops.orchestrator import Orchestrator
 from hpcops.scheduling.service import ScheduleService
 from hpcops.slurm.backend import CommandBackend
 from hpcops.store import Store
+from hpcops.transport.base import Transport
 from hpcops.transport.local import LocalTransport
 
 log = logging.getLogger("hpcops")
@@ -73,12 +80,52 @@ def _setup_logging(paths: HomePaths, config: Config, foreground: bool) -> None:
     root.setLevel(config.daemon.log_level)
 
 
+def build_transport(config: Config) -> tuple[Transport, str | None]:
+    """This machine, or the login node over SSH (slurm.transport); and the account the jobs
+    run as there, when it is not the daemon's own (None)."""
+    ssh = config.slurm.ssh
+    if config.slurm.transport == "local" or ssh is None:
+        return LocalTransport(), None
+    from hpcops.transport.ssh import SshTransport
+    from hpcops.transport.ssh_connect import SshTarget
+
+    transport = SshTransport(
+        SshTarget(
+            host=ssh.host,
+            label="slurm.ssh",
+            fix_hint="slurm.ssh in the daemon's config (or its account's ~/.ssh/config)",
+            user=ssh.user,
+            port=ssh.port,
+            identity_file=ssh.identity_file,
+            known_hosts=ssh.known_hosts,
+            connect_timeout_s=ssh.connect_timeout_s,
+        ),
+        min_reconnect_interval_s=ssh.min_reconnect_interval_s,
+        io_timeout_s=config.slurm.command_timeout_s,
+    )
+    try:
+        transport.connect_now()
+    except (HostKeyRejected, AuthenticationFailed):
+        raise  # a configuration that can never work: refuse to start, and say why
+    except HpcopsError as exc:
+        # The cluster may just be down right now: start, keep answering clients, retry later.
+        log.warning("cannot reach the cluster yet, will retry: %s", exc)
+    return transport, transport.remote_user
+
+
 def build_orchestrator(store: Store, config: Config, home: Path) -> Orchestrator:
     """The one place that turns settings into real collaborators."""
+    transport, cluster_user = build_transport(config)
     backend = CommandBackend(
-        LocalTransport(), account=config.slurm.account, timeout_s=config.slurm.command_timeout_s
+        transport,
+        account=config.slurm.account,
+        # Off the cluster, jobs belong to the account the SSH connection logs in as.
+        user=cluster_user,
+        timeout_s=config.slurm.command_timeout_s,
     )
-    return Orchestrator(store, backend, config, home, fault=os.environ.get("HPCOPS_FAULT"))
+    return Orchestrator(
+        store, backend, config, home, files=transport, fault=os.environ.get("HPCOPS_FAULT")
+    )
 
 
 def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> None:
@@ -145,6 +192,7 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
         schedules.shutdown()
         paths.socket.unlink(missing_ok=True)
         paths.pid.unlink(missing_ok=True)
+        orchestrator.files.close()
         store.close()
         log.info("hpcops daemon %d stopped", os.getpid())
         lock.close()

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from hpcops import policy
@@ -48,12 +48,20 @@ from hpcops.errors import (
     SpecError,
 )
 from hpcops.render import CodeCheckout, JobContext, StagingStep, data_dest, render_script
-from hpcops.rundir import RunDir, tail_text
+from hpcops.rundir import (
+    TAIL_MAX_BYTES,
+    RunDir,
+    last_lines,
+    parse_exit_marker,
+    parse_start_marker,
+)
 from hpcops.slurm.backend import SlurmBackend, SlurmLimited
 from hpcops.slurm.parse import AccountingRecord, Partition, QueueEntry
 from hpcops.spec import FULL_COMMIT_RE, Code, Spec, parse_spec, spec_to_yaml
 from hpcops.states import RunState
 from hpcops.store import Run, Store
+from hpcops.transport.base import Transport, TransportError
+from hpcops.transport.local import LocalTransport
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +97,15 @@ class Orchestrator:
         config: Config,
         home: Path,
         *,
+        files: Transport | None = None,
         clock: Callable[[], float] = time.time,
         fault: str | None = None,
     ) -> None:
         self.store = store
         self.slurm = slurm
+        # The run directories' files, where the jobs see them: this machine's filesystem, or the
+        # cluster's over the same SSH connection as Slurm's commands.
+        self.files: Transport = files if files is not None else LocalTransport()
         self.config = config
         self.home = home
         self.run_root = config.run_root_in(home)
@@ -206,6 +218,15 @@ class Orchestrator:
         Takes in the submitter's bundle, or fetches a repository URL, into the mirror; refuses a
         commit the mirror does not hold, since the job could not check it out."""
         shipment = shipment or Shipment()
+        if self.config.slurm.transport == "ssh" and (spec.code is not None or spec.data):
+            # The mirror and the data cache live beside the daemon; jobs on the cluster could
+            # not read them. Refused now rather than failing every job later.
+            raise _code_problem(
+                source,
+                "code" if spec.code is not None else "data",
+                "not available with a daemon off the cluster (slurm.transport: ssh): the code "
+                "mirror and the data cache must be on storage the jobs see",
+            )
         if spec.code is None:
             if shipment.bundle or shipment.dirty:
                 raise InvalidInput(f"{source}: code was shipped for a spec without code:")
@@ -296,7 +317,7 @@ class Orchestrator:
             "progress": str(ctx.run_dir.path / STAGING_PROGRESS),
             "targets": targets,
         }
-        _write_atomic(Path(ctx.staging.plan), json.dumps(plan, indent=1))
+        self.files.write_file(PurePosixPath(ctx.staging.plan), json.dumps(plan, indent=1))
 
     def _check_checkout(self, commit: str, checkout: str, dirty: bool, source: str) -> None:
         if not FULL_COMMIT_RE.fullmatch(checkout):
@@ -408,7 +429,14 @@ class Orchestrator:
 
     def tick(self) -> None:
         now = self.clock()
-        self._read_markers(self.store.in_slurm())
+        try:
+            self._read_markers(self.store.in_slurm())
+        except TransportError as exc:
+            # Off the cluster the markers come over the same connection as Slurm's commands:
+            # the cluster is out of reach, and the back-off below says when to try again.
+            if self._slurm_callable():
+                self._slurm_failed(SlurmUnreachable(str(exc)))
+            return
         if not self._slurm_callable():
             return
         steps: list[tuple[str, Callable[[], None]]] = [
@@ -424,6 +452,9 @@ class Orchestrator:
             except SlurmUnreachable as exc:
                 self._slurm_failed(exc)
                 return
+            except TransportError as exc:  # a run directory's file on an unreachable cluster
+                self._slurm_failed(SlurmUnreachable(str(exc)))
+                return
             except Exception:
                 # One step's surprise (an unexpected Slurm message, a broken marker file) must
                 # not starve the others: the rest of the tick still runs.
@@ -433,19 +464,33 @@ class Orchestrator:
     # --- 1. markers -------------------------------------------------------------------------
 
     def _read_markers(self, runs: Sequence[Run]) -> None:
-        for run in runs:
-            if run.id is None or run.slurm_job_id is None or not run.run_dir:
-                continue
-            try:
-                self._read_markers_of(run)
-            except OSError as exc:
-                log.warning("run %s: cannot read its markers: %s", run.id, exc)
+        """Every marker the runs in Slurm may have written since the last tick, in one read
+        (over SSH: one command for all of them, not one per run)."""
+        followed = [r for r in runs if r.id is not None and r.slurm_job_id and r.run_dir]
+        wanted: list[PurePath] = []
+        for run in followed:
+            rundir = RunDir(Path(run.run_dir))
+            if run.state == RunState.PENDING.value:
+                wanted.append(rundir.started_marker)
+            # Read until its code is known: the poll may have noticed the end first.
+            if run.marker_exit_code is None:
+                wanted.append(rundir.exit_marker)
+        if not wanted:
+            return
+        try:
+            texts = self.files.read_small_files(wanted)
+        except OSError as exc:
+            log.warning("cannot read the runs' markers: %s", exc)
+            return
+        for run in followed:
+            self._apply_markers(run, texts)
 
-    def _read_markers_of(self, run: Run) -> None:
+    def _apply_markers(self, run: Run, texts: dict[PurePath, str]) -> None:
         assert run.id is not None
         rundir = RunDir(Path(run.run_dir))
         if run.state == RunState.PENDING.value:
-            started = rundir.read_started()
+            text = texts.get(rundir.started_marker)
+            started = parse_start_marker(text) if text is not None else None
             if started is not None and started.slurm_job_id == run.slurm_job_id:
                 self.store.transition(
                     run.id,
@@ -456,9 +501,9 @@ class Orchestrator:
                     started_at=started.started_at,
                 )
                 self._dirty = True  # one fewer pending: the window has room
-        # Read until its code is known: the poll may have noticed the end first.
         if run.marker_exit_code is None:
-            ended = rundir.read_exit()
+            text = texts.get(rundir.exit_marker)
+            ended = parse_exit_marker(text) if text is not None else None
             if ended is not None:
                 self.store.transition(
                     run.id,
@@ -544,11 +589,15 @@ class Orchestrator:
         earliest = min(r.claimed_at or r.created_at for r in orphans)
         since = datetime.fromtimestamp(earliest) - timedelta(minutes=5)
         finished = {j.token: j for j in self.slurm.finished_jobs(since) if j.token}
+        markers = self.files.read_small_files(
+            [RunDir(Path(r.run_dir)).started_marker for r in orphans if r.run_dir]
+        )
         now = self.clock()
         for run in orphans:
             assert run.id is not None
             job = finished.get(run.token) if run.token else None
-            started = RunDir(Path(run.run_dir)).read_started() if run.run_dir else None
+            text = markers.get(RunDir(Path(run.run_dir)).started_marker) if run.run_dir else None
+            started = parse_start_marker(text) if text is not None else None
             if job is not None:
                 self._adopt(run, job.job_id, job.state, None)
             elif started is not None:
@@ -637,7 +686,7 @@ class Orchestrator:
         """Slurm took the job back and queued it again under the same id: follow it."""
         assert run.id is not None
         # The markers speak for the attempt Slurm took back; the next attempt writes its own.
-        RunDir(Path(run.run_dir)).clear_markers()
+        self.files.remove_files(RunDir(Path(run.run_dir)).markers)
         self.store.transition(
             run.id,
             RunState.PENDING,
@@ -679,11 +728,10 @@ class Orchestrator:
             if entry is not None:
                 self._back_to_pending(run, record.slurm_state, entry.reason)
                 return
-        rundir = RunDir(Path(run.run_dir))
         state = record.state
         tail = None
         if state != RunState.COMPLETED:
-            tail = tail_text(rundir.stderr, max_lines=20)
+            tail = self._stderr_tail(run)
             # Without cgroups, OverMemoryKill ends the job FAILED 0:9 with this line in stderr
             # (Slurm 22.05, NOTES-SLURM); a user asks "did it run out of memory?", so say so.
             if state == RunState.FAILED and _OOM_TEXT in tail:
@@ -720,7 +768,7 @@ class Orchestrator:
         assert run.id is not None and run.marker_exit_code is not None
         code = run.marker_exit_code
         state = RunState.COMPLETED if code == 0 else RunState.FAILED
-        tail = None if code == 0 else tail_text(RunDir(Path(run.run_dir)).stderr)
+        tail = None if code == 0 else self._stderr_tail(run)
         self.store.transition(
             run.id,
             state,
@@ -734,6 +782,16 @@ class Orchestrator:
             reason="state from the job's exit marker (no sacct record)",
         )
         self._forget(run.id)
+
+    def _stderr_tail(self, run: Run) -> str:
+        """The last lines of the job's stderr, read from its end (one request over SSH)."""
+        path = RunDir(Path(run.run_dir)).stderr
+        try:
+            chunk = self.files.read_chunk(path, -TAIL_MAX_BYTES, TAIL_MAX_BYTES)
+        except OSError as exc:
+            log.warning("run %s: cannot read %s: %s", run.id, path, exc)
+            return ""
+        return last_lines(chunk.data, max_lines=20)
 
     def _forget(self, run_id: int) -> None:
         """A run left Slurm for good: drop its bookkeeping and release into the room it left."""
@@ -1035,12 +1093,14 @@ class Orchestrator:
             self._cancel_unsubmitted(claimed, "before sbatch")
             return True
         rundir = RunDir(Path(claimed.run_dir))
-        rundir.create()
-        rundir.clear_markers()
-        _write_atomic(rundir.spec, claimed.spec_yaml)
+        # A TransportError here leaves the run SUBMITTING with no job: the check by token
+        # queues it again after submit_grace_s.
+        self.files.make_dir(rundir.path)
+        self.files.remove_files(rundir.markers)
+        self.files.write_file(rundir.spec, claimed.spec_yaml)
         if claimed.data_json:
             self._write_staging_plan(spec, claimed, ctx)
-        _write_atomic(rundir.script, script)
+        self.files.write_file(rundir.script, script)
         self._fault_point("before_sbatch")
         try:
             job_id = self.slurm.submit(PurePosixPath(rundir.script))
@@ -1193,9 +1253,3 @@ def _format_s(seconds: int) -> str:
     minutes, secs = divmod(rest, 60)
     text = f"{hours:02d}:{minutes:02d}:{secs:02d}"
     return f"{days}-{text}" if days else text
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

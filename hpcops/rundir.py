@@ -1,7 +1,9 @@
 """A run's directory on shared storage: the contract between the job script and the daemon.
 
 The job writes its own start and end markers here, so the daemon learns that a job started or
-ended by reading the filesystem instead of asking slurmctld (DESIGN.md, decision 4).
+ended by reading the filesystem instead of asking slurmctld (DESIGN.md, decision 4). The files
+are reached through the daemon's transport (hpcops/transport): on this machine, or over SSH for a
+daemon off the cluster; this module only names them and parses them.
 
     RUN_DIR/
       job.sbatch        the rendered script, exactly as submitted
@@ -14,8 +16,6 @@ ended by reading the filesystem instead of asking slurmctld (DESIGN.md, decision
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,42 +61,9 @@ class RunDir:
     def exit_marker(self) -> Path:
         return self.path / "hpcops.exit"
 
-    def create(self) -> None:
-        # 0o750: the lab's group may read logs; nobody else sees the lab's work.
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
-
-    def read_started(self) -> StartMarker | None:
-        text = _read_small(self.started_marker)
-        return parse_start_marker(text) if text is not None else None
-
-    def read_exit(self) -> ExitMarker | None:
-        text = _read_small(self.exit_marker)
-        return parse_exit_marker(text) if text is not None else None
-
-    def read_small(self, name: str, max_bytes: int = 65536) -> str | None:
-        """A small file the job writes (the stager's progress), read as safely as a marker."""
-        return _read_small(self.path / name, max_bytes)
-
-    def clear_markers(self) -> None:
-        """Before a (re)submission: an earlier attempt's markers must not speak for this job."""
-        for marker in (self.started_marker, self.exit_marker):
-            marker.unlink(missing_ok=True)
-
-
-def _read_small(path: Path, max_bytes: int = 4096) -> str | None:
-    """A marker's text, or None. The job owns its run directory and could leave anything at a
-    marker's path: a FIFO must not block the daemon (O_NONBLOCK, regular files only), and an
-    unreadable file counts as not written yet."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except (FileNotFoundError, PermissionError, IsADirectoryError):
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, max_bytes).decode("utf-8", errors="replace")
-    finally:
-        os.close(fd)
+    @property
+    def markers(self) -> tuple[Path, Path]:
+        return self.started_marker, self.exit_marker
 
 
 def parse_start_marker(text: str) -> StartMarker | None:
@@ -119,14 +86,11 @@ def parse_exit_marker(text: str) -> ExitMarker | None:
         return None
 
 
-def tail_text(path: Path, max_lines: int = 20, max_bytes: int = 16384) -> str:
-    """The last lines of a log, read from its end so a 10 GB log costs the same as a small one."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            f.seek(max(0, size - max_bytes), os.SEEK_SET)
-            data = f.read(max_bytes)
-    except FileNotFoundError:
-        return ""
+TAIL_MAX_BYTES = 16384
+
+
+def last_lines(data: bytes, max_lines: int = 20) -> str:
+    """The last lines of a log's end (the last TAIL_MAX_BYTES of it are enough: a 10 GB log
+    costs the same as a small one)."""
     lines = data.decode("utf-8", errors="replace").splitlines()
     return "\n".join(lines[-max_lines:])

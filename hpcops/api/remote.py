@@ -2,150 +2,46 @@
 speaks the same newline-delimited JSON as the Unix socket. `hpcops api` forwards each request to
 the daemon's socket as the SSH user, so the daemon's SO_PEERCRED check sees who really called.
 
-One SSH connection per CLI call, reused for everything that call does. Host keys are checked
-against known_hosts and never added silently. paramiko loads here only, so a local `hpcops`
-never pays for it.
+One SSH connection per CLI call, reused for everything that call does. Connecting (~/.ssh/config,
+host keys checked against known_hosts and never added silently, one clear error per way of
+failing) is transport/ssh_connect.py's, shared with the daemon's SSH transport. paramiko loads
+only with these modules, so a local `hpcops` never pays for it.
 """
 
 from __future__ import annotations
 
-import base64
-import getpass
-import hashlib
 import shlex
-import socket
 from pathlib import Path
 from typing import Any
 
 import paramiko
 
 from hpcops.api import protocol
-from hpcops.client_config import Remote
+from hpcops.client_config import Remote, client_config_path
 from hpcops.errors import (
-    AuthenticationFailed,
-    HostKeyRejected,
     HpcopsError,
     NotRunning,
     PermissionDenied,
     ProtocolError,
     RemoteUnreachable,
 )
-
-KNOWN_HOSTS = Path("~/.ssh/known_hosts")
-SSH_CONFIG = Path("~/.ssh/config")
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH's form: `ssh-ed25519 SHA256:...` (what `ssh-keygen -lf` prints)."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return f"{key.get_name()} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
-
-
-def _host_label(hostname: str, port: int) -> str:
-    return hostname if port == 22 else f"[{hostname}]:{port}"
-
-
-class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
-    """Never trust on first use: an unknown host key is refused with what the user needs to
-    decide (the fingerprint) and to act (how to record it after checking it)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        raise HostKeyRejected(
-            f"the host key of {_host_label(hostname, self.port)} is not in {KNOWN_HOSTS}: "
-            f"{fingerprint(key)}. Check it with the cluster's admins, then record it with "
-            f"`ssh -p {self.port} {hostname} true` (answer yes) or "
-            f"`ssh-keyscan -p {self.port} {hostname} >> {KNOWN_HOSTS}`. Nothing was added."
-        )
-
-
-def _resolve(remote: Remote) -> tuple[str, int, str, list[str], str | None]:
-    """hostname, port, user, key files and ProxyJump for a remote, with ~/.ssh/config applied."""
-    options: dict[str, Any] = {}
-    config_path = SSH_CONFIG.expanduser()
-    if config_path.exists():
-        options = dict(paramiko.SSHConfig.from_path(str(config_path)).lookup(remote.host))
-    hostname = str(options.get("hostname", remote.host))
-    port = remote.port or int(options.get("port", 22))
-    user = remote.user or str(options.get("user") or getpass.getuser())
-    keys = (
-        [str(remote.identity_file)]
-        if remote.identity_file
-        else [str(Path(k).expanduser()) for k in options.get("identityfile", [])]
-    )
-    jump = options.get("proxyjump")
-    return hostname, port, user, keys, str(jump) if jump else None
+from hpcops.transport.ssh_connect import SshTarget
+from hpcops.transport.ssh_connect import connect as ssh_connect
 
 
 def connect(remote: Remote, name: str) -> paramiko.SSHClient:
     """One authenticated SSH connection to a remote, or a clear error saying what failed."""
-    hostname, port, user, keys, jump = _resolve(remote)
-    where = f"{user}@{_host_label(hostname, port)} (remote {name!r})"
-    sock: Any = None
-    if jump is not None:
-        jump_remote = Remote(host=jump.split(",")[0], connect_timeout_s=remote.connect_timeout_s)
-        jump_client = connect(jump_remote, f"{name} via ProxyJump {jump}")
-        transport = jump_client.get_transport()
-        assert transport is not None
-        sock = transport.open_channel("direct-tcpip", (hostname, port), ("127.0.0.1", 0))
-    client = paramiko.SSHClient()
-    known = KNOWN_HOSTS.expanduser()
-    if known.exists():
-        client.load_host_keys(str(known))  # load_host_keys, not system keys: never saved back
-    client.set_missing_host_key_policy(_RefuseUnknownHost(port))
-    try:
-        client.connect(
-            hostname,
-            port=port,
-            username=user,
-            # paramiko takes a list of key files too (SSHClient.connect's docs); its stubs say str
-            key_filename=keys or None,  # type: ignore[arg-type]
-            sock=sock,
-            timeout=remote.connect_timeout_s,
-            banner_timeout=remote.connect_timeout_s,
-            auth_timeout=remote.connect_timeout_s,
-            look_for_keys=not keys,
-            allow_agent=True,
+    return ssh_connect(
+        SshTarget(
+            host=remote.host,
+            label=f"remote {name!r}",
+            fix_hint=f"remotes.{name} in {client_config_path()} or ~/.ssh/config",
+            user=remote.user,
+            port=remote.port,
+            identity_file=remote.identity_file,
+            connect_timeout_s=remote.connect_timeout_s,
         )
-    except HostKeyRejected:
-        client.close()
-        raise
-    except paramiko.BadHostKeyException as exc:
-        client.close()
-        raise HostKeyRejected(
-            f"the host key of {_host_label(hostname, port)} has CHANGED: it offered "
-            f"{fingerprint(exc.key)}, {KNOWN_HOSTS} has {fingerprint(exc.expected_key)}. "
-            "Someone may be intercepting the connection; if the admins confirm the new key, "
-            f"remove the old one with `ssh-keygen -R '{_host_label(hostname, port)}'`."
-        ) from None
-    except paramiko.AuthenticationException as exc:
-        client.close()
-        raise AuthenticationFailed(
-            f"{where} refused our SSH keys ({exc}); keys tried: "
-            f"{', '.join(keys) if keys else 'the agent and ~/.ssh/id_*'}. "
-            "Check IdentityFile in ~/.ssh/config and that your public key is in the login "
-            "node's ~/.ssh/authorized_keys."
-        ) from None
-    except socket.gaierror as exc:
-        client.close()
-        raise RemoteUnreachable(
-            f"cannot resolve {hostname!r} (remote {name!r}): {exc.strerror}; check the host in "
-            "your hpcops client config or ~/.ssh/config"
-        ) from None
-    except TimeoutError:
-        client.close()
-        raise RemoteUnreachable(
-            f"{where} did not answer within {remote.connect_timeout_s:.0f} s (timeout); is the "
-            "VPN up?"
-        ) from None
-    except (paramiko.SSHException, OSError) as exc:
-        client.close()
-        raise RemoteUnreachable(f"cannot reach {where}: {exc}") from None
-    return client
+    )
 
 
 class RemoteClient(protocol.LineClient):

@@ -49,6 +49,7 @@ from hpcops.errors import (
     InvalidInput,
     PermissionDenied,
     ProtocolError,
+    SlurmUnreachable,
 )
 from hpcops.orchestrator import STAGING_PROGRESS, Orchestrator
 from hpcops.rundir import RunDir
@@ -58,6 +59,7 @@ from hpcops.store import Audit, QuotaOverride, Run, Schedule, Store
 
 if TYPE_CHECKING:
     from hpcops.scheduling.service import ScheduleService
+from hpcops.transport.base import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +237,8 @@ class Api:
                 "unreachable_since": iso(health.since),
                 "last_error": health.last_error or None,
                 "last_poll_at": iso(self.orchestrator.last_queue_at),
+                "transport": self.orchestrator.files.kind,
+                "ssh_connections_opened": self.orchestrator.files.connections_opened,
             },
         }
 
@@ -272,7 +276,7 @@ class Api:
         authorize("read", req.caller, req.role)
         run = self.store.get(_run_id(req.params))
         view = self._view(run, detail=True)
-        view["staging"] = _staging_progress(run) if run.data_json else None
+        view["staging"] = self._staging_progress(run) if run.data_json else None
         view["schedule_name"] = (
             self.store.get_schedule(run.schedule_id).name if run.schedule_id else None
         )
@@ -311,15 +315,12 @@ class Api:
         data, size, new_offset = b"", 0, max(offset, 0)
         if path is not None:
             try:
-                with path.open("rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    # A negative offset asks for the last -offset bytes (tail).
-                    start = max(0, size + offset) if offset < 0 else min(offset, size)
-                    f.seek(start)
-                    data = f.read(max_bytes)
-                    new_offset = start + len(data)
-            except FileNotFoundError:
-                pass
+                # A negative offset asks for the last -offset bytes (tail). Off the cluster the
+                # log is read over the daemon's open SSH connection.
+                chunk = self.orchestrator.files.read_chunk(path, offset, max_bytes)
+            except TransportError as exc:
+                raise SlurmUnreachable(f"cannot read {path} on the cluster: {exc}") from None
+            data, size, new_offset = chunk.data, chunk.size, chunk.start + len(chunk.data)
         done = RunState(run.state).is_terminal and new_offset >= size
         return {
             "data": data.decode("utf-8", errors="replace"),
@@ -380,6 +381,18 @@ class Api:
         except GitError as exc:
             raise InvalidInput(f"the lab's code mirror is not usable: {exc}") from None
         return {"have": sorted(have), "incoming": str(mirror.incoming)}
+
+    def _staging_progress(self, run: Run) -> dict[str, Any] | None:
+        """The stager's progress file ({"targets": {path: {phase, files_done, ...}}}), if any."""
+        if not run.run_dir:
+            return None
+        try:
+            path = Path(run.run_dir) / STAGING_PROGRESS
+            chunk = self.orchestrator.files.read_chunk(path, 0, 256 * 1024)
+            data = json.loads(chunk.data) if chunk.data else None
+        except (TransportError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def cache_ls(self, req: Request) -> list[dict[str, Any]]:
         """The data versions the lab's runs used: size, last use, runs, whether in the cache."""
@@ -788,18 +801,6 @@ def _version_view(use: VersionUse, missing: list[Any] | None) -> dict[str, Any]:
         # complete: every object is in the cache; partial: some; absent: not even the manifest
         "in_cache": "absent" if missing is None else ("complete" if not missing else "partial"),
     }
-
-
-def _staging_progress(run: Run) -> dict[str, Any] | None:
-    """The stager's progress file ({"targets": {path: {phase, files_done, ...}}}), if any."""
-    if not run.run_dir:
-        return None
-    try:
-        text = RunDir(Path(run.run_dir)).read_small(STAGING_PROGRESS)
-        data = json.loads(text) if text else None
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _shipment(value: Any) -> Shipment | None:

@@ -1253,6 +1253,10 @@ def daemon_status(obj: Context, as_json: bool) -> None:
         f"hpcops {info['version']}, lab {info['lab']}"
     )
     click.echo(f"home:    {info['home']}")
+    if slurm.get("transport") == "ssh":
+        click.echo(
+            f"cluster: over SSH, {slurm['ssh_connections_opened']} connection(s) opened so far"
+        )
     if slurm["reachable"]:
         click.echo(f"slurm:   reachable (last poll {slurm['last_poll_at'] or 'not yet'})")
     else:

@@ -40,6 +40,16 @@ def cluster() -> None:
         subprocess.run([str(DEV_CLUSTER), "up"], check=True)
 
 
+@pytest.fixture(scope="session")
+def sshd() -> str:
+    """The dev sshd (scripts/dev-sshd) on loopback; its known_hosts line."""
+    dev_sshd = REPO / "scripts" / "dev-sshd"
+    subprocess.run([str(dev_sshd), "up"], check=True, stdout=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(dev_sshd), "known-hosts"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
 def slurm(*argv: str) -> str:
     return subprocess.run(list(argv), check=True, capture_output=True, text=True).stdout
 

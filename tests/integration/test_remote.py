@@ -31,14 +31,6 @@ def _run(*argv: str, user: str | None = None, **kw: Any) -> subprocess.Completed
     return subprocess.run(list(argv), capture_output=True, text=True, cwd="/tmp", **kw)
 
 
-@pytest.fixture(scope="session")
-def sshd() -> str:
-    subprocess.run([str(DEV_SSHD), "up"], check=True, stdout=subprocess.DEVNULL)
-    return subprocess.run(
-        [str(DEV_SSHD), "known-hosts"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
 @pytest.fixture
 def laptop(sshd: str, cluster: None) -> Iterator[tuple[Lab, Path]]:
     """A lab daemon, and a laptop user whose default remote reaches it as MEMBER over SSH."""

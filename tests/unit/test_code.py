@@ -174,7 +174,7 @@ def test_the_job_script_checks_out_the_commit_from_the_mirror(
     )
     objects = str(mirror.path / "objects")
     ctx = make_context(tmp_path / "run", code=CodeCheckout(objects, first))
-    ctx.run_dir.create()
+    ctx.run_dir.path.mkdir(parents=True)
     script = render_script(spec, ctx)
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr

@@ -39,6 +39,24 @@ def test_missing_named_config_is_an_error(tmp_path: Path) -> None:
         ("run_root: '/scratch/my lab'", "may hold only letters"),
         ("slurm: {account: 'lab\nx'}", "slurm.account"),
         ("- a list", "the top level must be a mapping"),
+        ("slurm: {transport: sftp}", "slurm.transport: Input should be 'local' or 'ssh'"),
+        (
+            "slurm: {transport: ssh}",
+            "slurm: Value error, transport is ssh but slurm.ssh is missing",
+        ),
+        ("slurm: {ssh: {host: login}}", "slurm.ssh is set but transport is local"),
+        (
+            "slurm: {transport: ssh, ssh: {host: login}}",
+            "run_root is required with slurm.transport: ssh",
+        ),
+        ("slurm: {transport: ssh, ssh: {hots: x}}", "slurm.ssh.hots: unknown setting; did you"),
+        ("slurm: {transport: ssh, ssh: {host: 'a;b'}}", "slurm.ssh.host: Value error, must be"),
+        ("slurm: {transport: ssh, ssh: {host: a, user: 'Bad User'}}", "slurm.ssh.user"),
+        ("slurm: {transport: ssh, ssh: {host: a, known_hosts: kh}}", "slurm.ssh.known_hosts"),
+        (
+            "slurm: {transport: ssh, ssh: {host: a, min_reconnect_interval_s: 0.1}}",
+            "slurm.ssh.min_reconnect_interval_s: Input should be greater than or equal to 1",
+        ),
         ("a: [unclosed", "not valid YAML"),
     ],
 )
@@ -47,3 +65,14 @@ def test_bad_config_names_the_setting(text: str, expected: str) -> None:
         parse_config(text, "cfg.yaml")
     assert expected in str(info.value)
     assert str(info.value).startswith("cfg.yaml")
+
+
+def test_ssh_transport_config() -> None:
+    config = parse_config(
+        "run_root: /scratch/lab/runs\n"
+        "slurm: {transport: ssh, ssh: {host: login.example.edu, user: labsvc, port: 2222}}",
+        "cfg.yaml",
+    )
+    assert config.slurm.ssh is not None
+    assert (config.slurm.ssh.host, config.slurm.ssh.port) == ("login.example.edu", 2222)
+    assert config.slurm.ssh.min_reconnect_interval_s == 60.0

@@ -26,13 +26,20 @@ from hpcops.render import (
     render_script,
     sbatch_directives,
 )
-from hpcops.rundir import RunDir, parse_exit_marker, parse_start_marker
+from hpcops.rundir import ExitMarker, RunDir, parse_exit_marker, parse_start_marker
 from hpcops.spec import Resources, Spec, parse_spec
+from hpcops.transport.local import LocalTransport
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 GOLDEN_NAMES = sorted(p.stem for p in GOLDEN_DIR.glob("*.yaml"))
 MINIMAL_YAML = "name: mnist-baseline\nexperiment: mnist\ncommand: python train.py\n"
 ContextFactory = Callable[..., JobContext]
+
+
+def _exit_marker(run_dir: RunDir) -> ExitMarker | None:
+    """The exit marker as the daemon reads it (through its transport)."""
+    text = LocalTransport().read_small_files([run_dir.exit_marker]).get(run_dir.exit_marker)
+    return parse_exit_marker(text) if text is not None else None
 
 
 def load_example(name: str) -> Spec:
@@ -307,7 +314,7 @@ class Job:
 
     def __init__(self, tmp_path: Path, spec: Spec, make_context: ContextFactory) -> None:
         self.run_dir = RunDir(tmp_path / "run")
-        self.run_dir.create()
+        self.run_dir.path.mkdir(parents=True, exist_ok=True)
         self.run_dir.script.write_text(render_script(spec, make_context(self.run_dir.path)))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HPCOPS_", "SLURM_"))}
         env["SLURM_JOB_ID"] = "1"
@@ -404,9 +411,8 @@ def test_markers_have_the_formats_the_daemon_reads(tmp_path: Path, start_job: St
     exit_text = job.run_dir.exit_marker.read_text()
     assert re.fullmatch(r"[0-9]+ \S+ 1\n", start_text), start_text
     assert re.fullmatch(r"0 [0-9]+\n", exit_text), exit_text
-    started = job.run_dir.read_started()
+    started = parse_start_marker(start_text)
     ended = parse_exit_marker(exit_text)
-    assert started == parse_start_marker(start_text)
     assert started is not None and ended is not None
     assert started.slurm_job_id == "1"
     assert started.hostname == os.uname().nodename
@@ -430,7 +436,7 @@ def test_the_command_exit_status_lands_in_the_exit_marker(
 ) -> None:
     job = start_job(spec_with(command))
     assert job.finish()[0] == status
-    marker = job.run_dir.read_exit()
+    marker = _exit_marker(job.run_dir)
     assert marker is not None and marker.exit_code == status
 
 
@@ -439,7 +445,7 @@ def test_a_missing_workdir_fails_the_job_with_a_marker(tmp_path: Path, start_job
     status, out, err = job.finish()
     assert status == 1 and out == ""
     assert "gone" in err
-    marker = job.run_dir.read_exit()
+    marker = _exit_marker(job.run_dir)
     assert marker is not None and marker.exit_code == 1
 
 
@@ -455,7 +461,7 @@ def test_term_to_the_script_is_forwarded_and_exits_143(start_job: StartJob) -> N
     status, out, _ = job.finish()
     assert status == 143
     assert "child got TERM" in out
-    marker = job.run_dir.read_exit()
+    marker = _exit_marker(job.run_dir)
     assert marker is not None and marker.exit_code == 143
 
 
@@ -464,7 +470,7 @@ def test_term_to_every_process_of_the_job_exits_143(start_job: StartJob) -> None
     job.wait_for(job.run_dir.path / "ready")
     os.killpg(job.process.pid, signal.SIGTERM)  # as Slurm does at the time limit
     assert job.finish()[0] == 143
-    marker = job.run_dir.read_exit()
+    marker = _exit_marker(job.run_dir)
     assert marker is not None and marker.exit_code == 143
 
 
@@ -479,7 +485,7 @@ def test_usr1_is_forwarded_and_the_job_goes_on(start_job: StartJob) -> None:
     job.wait_for(job.run_dir.path / "ready")
     job.process.send_signal(signal.SIGUSR1)  # --signal=B:USR1@60 signals the script only
     assert job.finish()[0] == 5
-    marker = job.run_dir.read_exit()
+    marker = _exit_marker(job.run_dir)
     assert marker is not None and marker.exit_code == 5
 
 
@@ -490,5 +496,5 @@ def test_a_requeued_job_clears_the_exit_marker_of_the_attempt_before(start_job: 
     job.run_dir.exit_marker.write_text("143 1\n")  # the preempted attempt's
     again = start_job(spec)
     assert again.finish()[0] == 0
-    marker = again.run_dir.read_exit()
+    marker = _exit_marker(again.run_dir)
     assert marker is not None and marker.exit_code == 0

@@ -5,19 +5,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hpcops.rundir import RunDir, parse_exit_marker, parse_start_marker, tail_text
+from hpcops.rundir import RunDir, last_lines, parse_exit_marker, parse_start_marker
+from hpcops.transport.local import LocalTransport
 
 
 def test_markers_round_trip(tmp_path: Path) -> None:
-    rundir = RunDir(tmp_path)
-    assert rundir.read_started() is None and rundir.read_exit() is None
+    rundir, files = RunDir(tmp_path), LocalTransport()
+    assert files.read_small_files(rundir.markers) == {}
     rundir.started_marker.write_text("1700000000 node1 42\n")
     rundir.exit_marker.write_text("3 1700000010\n")
-    started, ended = rundir.read_started(), rundir.read_exit()
+    texts = files.read_small_files(rundir.markers)
+    started = parse_start_marker(texts[rundir.started_marker])
+    ended = parse_exit_marker(texts[rundir.exit_marker])
     assert started is not None and started.slurm_job_id == "42"
     assert ended is not None and ended.exit_code == 3
-    rundir.clear_markers()
-    assert rundir.read_exit() is None
+    files.remove_files(rundir.markers)
+    files.remove_files(rundir.markers)  # already gone: fine
+    assert files.read_small_files(rundir.markers) == {}
 
 
 def test_half_written_or_garbage_markers_are_not_markers() -> None:
@@ -30,12 +34,15 @@ def test_a_fifo_or_directory_at_a_marker_path_does_not_block(tmp_path: Path) -> 
     rundir = RunDir(tmp_path)
     os.mkfifo(rundir.exit_marker)
     rundir.started_marker.mkdir()
-    assert rundir.read_exit() is None
-    assert rundir.read_started() is None
+    assert LocalTransport().read_small_files(rundir.markers) == {}
 
 
 def test_tail_reads_only_the_end(tmp_path: Path) -> None:
     log = tmp_path / "stderr.log"
     log.write_text("x" * 100_000 + "\nlast line\n")
-    assert tail_text(log, max_lines=1) == "last line"
-    assert tail_text(tmp_path / "missing.log") == ""
+    chunk = LocalTransport().read_chunk(log, -16384, 16384)
+    assert chunk.size == 100_011 and chunk.start == 100_011 - 16384
+    assert last_lines(chunk.data, max_lines=1) == "last line"
+    missing = LocalTransport().read_chunk(tmp_path / "missing.log", -16384, 16384)
+    assert (missing.data, missing.size) == (b"", 0)
+    assert last_lines(missing.data) == ""

@@ -7,7 +7,6 @@ the pid file and the log; the config is `$HPCOPS_HOME/config.yaml` unless `--con
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import typing
 from pathlib import Path
@@ -30,11 +29,6 @@ _SAFE_PATH = re.compile(r"^[A-Za-z0-9._/+-]+$")  # it lands on #SBATCH --output=
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HOST_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")  # a DNS name, IP or ssh alias
 _UNIX_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
-
-
-def default_home() -> Path:
-    env = os.environ.get("HPCOPS_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".hpcops"
 
 
 class _Strict(BaseModel):

@@ -3,8 +3,16 @@ socket without importing the daemon."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def default_home() -> Path:
+    """$HPCOPS_HOME, else ~/.hpcops. Here, not in config.py: `hpcops api` (run over SSH for every
+    laptop call) needs the home and nothing of pydantic."""
+    env = os.environ.get("HPCOPS_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".hpcops"
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class Context:
 
     @property
     def home(self) -> Path:
-        from hpcops.config import default_home
+        from hpcops.home import default_home
 
         return self.explicit_home or default_home()
 
@@ -64,6 +64,9 @@ class Context:
 
             chosen = load_client_config().remote(self.remote_name)
             if chosen is not None and self.explicit_home is None:
+                from hpcops.transport.lean_paramiko import skip_invoke_unless_needed
+
+                skip_invoke_unless_needed()  # before paramiko is imported: every call pays it
                 from hpcops.api.remote import RemoteClient
 
                 self._client = RemoteClient(*chosen)

@@ -380,7 +380,7 @@ def test_a_new_commit_between_two_firings_is_what_the_next_run_uses(sd: Daemon) 
     so after a new commit (new code and a new data version) the next run has both."""
     import json
 
-    from test_data import DataRepo
+    from test_data_staging import DataRepo
 
     repo = DataRepo(sd.home)
     branch = repo.git("branch", "--show-current")

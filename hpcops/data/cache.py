@@ -204,16 +204,24 @@ def _md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+_reflinks_work: bool | None = None  # learnt on the first copy: ext4 has none, XFS/btrfs do
+
+
 def _clone(source: Path, target: Path) -> None:
-    """A reflink if the filesystem shares blocks, else a plain copy."""
-    with source.open("rb") as src, target.open("xb") as dst:
-        try:
-            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
-                raise
-        shutil.copyfileobj(src, dst, _CHUNK)
+    """A reflink if the filesystem shares blocks, else a kernel-side copy (sendfile)."""
+    global _reflinks_work
+    if _reflinks_work is not False:
+        with source.open("rb") as src, target.open("xb") as dst:
+            try:
+                fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+                _reflinks_work = True
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
+                    raise
+                _reflinks_work = False
+        target.unlink()
+    shutil.copyfile(source, target)
 
 
 def _remove_tree(path: Path) -> None:

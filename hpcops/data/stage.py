@@ -62,6 +62,7 @@ def stage(plan: dict[str, Any], progress: Progress) -> None:
         def copied(done: int, total: int, target: str = version.path) -> None:
             progress.update(target, files_done=done, files_total=total)
 
+        view_started = time.monotonic()
         files = cache.make_view(version.md5, Path(version.dest), copied)
         progress.update(
             version.path,
@@ -69,13 +70,14 @@ def stage(plan: dict[str, Any], progress: Progress) -> None:
             files_total=files,
             files_done=files,
             seconds=round(time.monotonic() - started, 3),
+            view_s=round(time.monotonic() - view_started, 3),
             **fetched,
         )
 
 
 def _fetch_missing(
     cache: ContentCache, version: DataVersion, mirror: Path, progress: Progress
-) -> dict[str, int]:
+) -> dict[str, float]:
     missing = cache.missing(version.md5)
     if missing == []:
         progress.update(version.path, phase="cached", fetched_files=0, fetched_bytes=0)
@@ -90,13 +92,17 @@ def _fetch_missing(
         target=_watch, args=(cache, version, before, progress, stop), daemon=True
     )
     watcher.start()
+    started = time.monotonic()
     try:
         error = _dvc_fetch(version, mirror, cache.root)
     finally:
         stop.set()
         watcher.join()
+    fetch_s = time.monotonic() - started
     new = _present(cache, version) - before
+    started = time.monotonic()
     bad = cache.verify(new)
+    verify_s = time.monotonic() - started
     if bad:
         raise CacheError(
             f"{len(bad)} object(s) DVC fetched for {version.path} do not match their md5 "
@@ -108,7 +114,12 @@ def _fetch_missing(
         count = "its manifest" if still is None else f"{len(still)} file(s)"
         raise CacheError(f"DVC could not fetch {count} of {version.path}: {error or 'no reason'}")
     fetched_bytes = cache.size_of([Entry("", md5) for md5 in new])
-    return {"fetched_files": len(new), "fetched_bytes": fetched_bytes}
+    return {
+        "fetched_files": len(new),
+        "fetched_bytes": fetched_bytes,
+        "fetch_s": round(fetch_s, 3),
+        "verify_s": round(verify_s, 3),
+    }
 
 
 def _present(cache: ContentCache, version: DataVersion) -> set[str]:

@@ -55,6 +55,7 @@ TEMPLATE_SUFFIX: Final = ".sh.j2"
 _RUN_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _TOKEN_RE = re.compile(r"[0-9a-f]{8,64}")
 _LAB_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_MLFLOW_VAR_RE = re.compile(r"MLFLOW_[A-Z_]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class JobContext:
     account: str | None  # the lab's Slurm account (-A); None: no directive
     default_partition: str | None  # for specs that name none; None: Slurm's default
     lab: str
+    # The MLflow run the job logs into (MLFLOW_TRACKING_URI, MLFLOW_RUN_ID, ...), exported
+    # quoted like every value; empty when the run is not tracked (hpcops/tracking).
+    mlflow_env: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         # The daemon makes these; a bad one is a bug, not a user's mistake.
@@ -77,6 +81,9 @@ class JobContext:
         ):
             if not pattern.fullmatch(value):
                 raise ValueError(f"JobContext.{name} {value!r} must match {pattern.pattern}")
+        for var, _ in self.mlflow_env:
+            if not _MLFLOW_VAR_RE.fullmatch(var):
+                raise ValueError(f"JobContext.mlflow_env: {var!r} is not an MLFLOW_ variable")
 
 
 def job_name(spec: Spec, ctx: JobContext) -> str:
@@ -277,6 +284,7 @@ def _exports(spec: Spec, ctx: JobContext) -> list[tuple[str, str]]:
         ("HPCOPS_RUN_DIR", str(ctx.run_dir.path)),
         ("HPCOPS_LAB", ctx.lab),
         ("HPCOPS_EXPERIMENT", spec.experiment),
+        *ctx.mlflow_env,
     ]
     exports += [(f"HPCOPS_PARAM_{k.upper()}", _env_text(v)) for k, v in spec.params.items()]
     exports += list(spec.env.items())
@@ -357,6 +365,7 @@ def render_script(spec: Spec, ctx: JobContext, template_dirs: Sequence[Path] = (
         "run_dir": run_dir,
         "directives": [_directive_line(o, v).removeprefix("#SBATCH ") for o, v in directives],
         "exports": _exports(spec, ctx),
+        "tracked": bool(ctx.mlflow_env),
         "workdir": spec.workdir,
         "command": spec.command,
         "command_delimiter": _heredoc_delimiter(spec.command, ctx.token),

@@ -42,6 +42,7 @@ def run_view(run: Run, *, detail: bool = False) -> dict[str, Any]:
         "max_rss_bytes": run.max_rss_bytes,
         "attempt": run.attempt,
         "cancel_requested_by": run.cancel_requested_by,
+        "mlflow_run_id": run.mlflow_run_id,
     }
     if detail:
         view.update(

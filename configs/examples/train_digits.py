@@ -10,6 +10,7 @@ Deterministic for a given seed: `hpcops rerun` reproduces the same accuracy.
 import os
 import pickle
 import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -50,10 +51,9 @@ def main() -> None:
     print(f"test accuracy {test_acc:.4f}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.pkl")
-        with open(path, "wb") as f:
-            pickle.dump({"scaler": scaler, "model": model}, f)
-        mlflow.log_artifact(path, "model")
+        path = Path(tmp) / "model.pkl"
+        path.write_bytes(pickle.dumps({"scaler": scaler, "model": model}))
+        mlflow.log_artifact(str(path), "model")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ offset per file and reads only what is new, and only whole lines.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -52,7 +53,11 @@ def prepare(root: Path, *, run_name: str, user: str) -> RelayStore:
     from mlflow.entities import ViewType
     from mlflow.store.tracking.file_store import FileStore
 
-    root.mkdir(parents=True, exist_ok=True, mode=0o750)
+    if root.exists() and not (root / EXPERIMENT_ID / "meta.yaml").is_file():
+        # Left by a crash inside FileStore's own set-up, before any run existed: start over.
+        # (FileStore makes its default experiment only when the root does not exist yet.)
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
     store = FileStore(str(root))
     found = store.search_runs([EXPERIMENT_ID], None, ViewType.ALL, max_results=1)
     if found:

@@ -78,9 +78,8 @@ class MlflowServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited {proc.returncode}:\n{self.access_log.read_text()[-3000:]}"
-                )
+                tail = self.access_log.read_text()[-3000:]
+                raise RuntimeError(f"mlflow server exited {proc.returncode}:\n{tail}")
             if self.healthy():
                 return
             time.sleep(0.3)

@@ -4,13 +4,14 @@ real MLflow file store, rerun's overrides, the job's MLflow environment in the s
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from hpcops.config import parse_config
 from hpcops.errors import ConfigError, InvalidInput
-from hpcops.render import render_script
+from hpcops.render import JobContext, render_script
 from hpcops.spec import parse_spec
 from hpcops.states import RunState
 from hpcops.store import Run, Store
@@ -19,7 +20,8 @@ from hpcops.tracking import records, relay
 from hpcops.tracking.records import Batch, MetricPoint
 from hpcops.tracking.rerun import apply_overrides, parse_assignments, typed_value
 from hpcops.tracking.server import split_batch
-from tests.unit.conftest import ContextFactory
+
+ContextFactory = Callable[..., JobContext]
 
 SPEC = """
 name: digits
@@ -293,7 +295,7 @@ def test_set_values_read_like_yaml(text: str, value: object) -> None:
     "item", ["command=rm -rf /", "workdir=/tmp", "params.lr", "params.=1", "template=x"]
 )
 def test_rerun_refuses_what_it_may_not_change(item: str) -> None:
-    with pytest.raises(InvalidInput, match="KEY=VALUE|a rerun may set"):
+    with pytest.raises(InvalidInput, match=r"KEY=VALUE|a rerun may set"):
         parse_assignments([item])
 
 

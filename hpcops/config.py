@@ -298,6 +298,103 @@ class SchedulesConfig(_Strict):
         return None if value is None else timing.check_timezone(value)
 
 
+_TRACKING_SCHEMES = ("http://", "https://", "sqlite:///")
+_URI_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f'\"`$\\]")
+
+
+class TrackingConfig(_Strict):
+    """MLflow records of every run (hpcops/tracking). See the README's "MLflow" section."""
+
+    enabled: bool = Field(default=True, description="Record every run in MLflow.")
+    tracking_uri: str | None = Field(
+        default=None,
+        description="The lab's `mlflow server` (http:// or https://), or a sqlite:/// store. "
+        "Default: sqlite:///$HPCOPS_HOME/mlflow.db.",
+    )
+    mode: Literal["auto", "direct", "relay"] = Field(
+        default="auto",
+        description="direct: jobs log to the server; relay: jobs log into a file store on "
+        "shared scratch that the daemon copies to the server; auto: direct for an http(s) "
+        "server, relay for a sqlite store.",
+    )
+    relay_root: Path | None = Field(
+        default=None,
+        description="Where relay file stores go, on storage the compute nodes share: one "
+        "directory per run. Default: an `mlflow` directory in each run's directory.",
+    )
+    relay_interval_s: float = Field(
+        default=5.0, ge=0.5, le=600.0, description="How often a relay copies what jobs logged."
+    )
+    request_timeout_s: int = Field(
+        default=10, ge=1, le=300, description="One request to the tracking server, at most."
+    )
+    create_wait_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=600.0,
+        description="In direct mode, how long a queued run may wait for its MLflow record "
+        "before it is released in relay mode instead.",
+    )
+    cluster: str | None = Field(
+        default=None,
+        description="The cluster's name for the `hpcops.cluster` tag; default: ClusterName from "
+        "slurm.conf ($SLURM_CONF or /etc/slurm/slurm.conf).",
+    )
+    max_log_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="stdout/stderr larger than this are attached as their last this-many bytes.",
+    )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(_TRACKING_SCHEMES):
+            raise ValueError(
+                "must be an http:// or https:// MLflow server, or sqlite:////absolute/path.db, "
+                "e.g. http://mlflow.lab.example.edu:5000"
+            )
+        if _URI_FORBIDDEN.search(value):
+            raise ValueError("must not hold spaces, quotes, '$', '\\' or control characters")
+        authority = value.split("://", 1)[1].split("/", 1)[0]
+        if "@" in authority:
+            raise ValueError(
+                "must not carry credentials (user:password@): it is written into job scripts. "
+                "Give the daemon MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or "
+                "MLFLOW_TRACKING_TOKEN) in its environment instead"
+            )
+        return value.rstrip("/")
+
+    @field_validator("relay_root")
+    @classmethod
+    def _relay_root(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser()
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        if not _SAFE_PATH.fullmatch(str(value)):
+            raise ValueError("may hold only letters, digits and . _ / + -")
+        return value
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str | None) -> str | None:
+        if value is not None and not _SLURM_NAME.fullmatch(value):
+            raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+        return value
+
+    def uri_in(self, home: Path) -> str:
+        return self.tracking_uri or f"sqlite:///{home / 'mlflow.db'}"
+
+    def mode_for(self, home: Path) -> Literal["direct", "relay"]:
+        if self.mode != "auto":
+            return self.mode
+        return "direct" if self.uri_in(home).startswith(("http://", "https://")) else "relay"
+
+
 class Config(_Strict):
     lab: str = Field(default="lab", description="The lab's name, used in job names and logs.")
     max_active: int = Field(
@@ -328,6 +425,7 @@ class Config(_Strict):
     code: CodeConfig = Field(default_factory=CodeConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("lab")
     @classmethod
@@ -369,6 +467,32 @@ class Config(_Strict):
 
     def code_root_in(self, home: Path) -> Path:
         return self.code.mirror_root if self.code.mirror_root is not None else home / "code"
+
+    @model_validator(mode="after")
+    def _relay_needs_the_cluster(self) -> Config:
+        # A relay store is written by the daemon beside itself and by the job on the cluster:
+        # one filesystem. A daemon off the cluster can only record runs that log directly.
+        if (
+            self.slurm.transport == "ssh"
+            and self.tracking.enabled
+            and self.tracking.mode_for(Path("/")) == "relay"
+        ):
+            raise ValueError(
+                "with slurm.transport: ssh, tracking needs mode direct and an http(s) "
+                "tracking_uri the compute nodes reach (relay stores would live off the "
+                "cluster), or tracking.enabled: false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _direct_needs_a_server(self) -> Config:
+        uri = self.tracking.tracking_uri
+        if self.tracking.mode == "direct" and not (uri or "").startswith(("http://", "https://")):
+            raise ValueError(
+                "tracking.mode direct needs tracking.tracking_uri to be an http(s) MLflow server "
+                "that compute nodes reach; with a sqlite store use mode relay (or auto)"
+            )
+        return self
 
 
 def load_config(path: Path | None, home: Path) -> Config:

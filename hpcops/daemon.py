@@ -123,8 +123,19 @@ def build_orchestrator(store: Store, config: Config, home: Path) -> Orchestrator
         user=cluster_user,
         timeout_s=config.slurm.command_timeout_s,
     )
+    tracker = None
+    if config.tracking.enabled:
+        from hpcops.tracking.worker import Tracker
+
+        tracker = Tracker(store, config, home)
     return Orchestrator(
-        store, backend, config, home, files=transport, fault=os.environ.get("HPCOPS_FAULT")
+        store,
+        backend,
+        config,
+        home,
+        files=transport,
+        fault=os.environ.get("HPCOPS_FAULT"),
+        tracker=tracker,
     )
 
 
@@ -139,7 +150,7 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
     _setup_logging(paths, config, foreground)
     stop = threading.Event()
     started_at = time.time()
-    store = Store(paths.database)
+    store = Store(paths.database, track=config.tracking.enabled)
     orchestrator = build_orchestrator(store, config, home)
     group = config.access.socket_group
     if group is not None:
@@ -164,6 +175,8 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
         log.info("signal %s: stopping after the current step", signal.Signals(signum).name)
         stop.set()
         orchestrator.wake.set()
+        if orchestrator.tracker is not None:
+            orchestrator.tracker.wake.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
@@ -177,6 +190,12 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
         name="schedules-start",
         daemon=True,
     ).start()
+    if orchestrator.tracker is not None:
+        # MLflow requests happen on this thread only: a slow or absent tracking server never
+        # holds up the loop or the API.
+        threading.Thread(
+            target=orchestrator.tracker.run_forever, args=(stop,), name="tracking", daemon=True
+        ).start()
     log.info(
         "hpcops daemon %d started in %s (lab %s, max_active %d)",
         os.getpid(),

@@ -14,9 +14,12 @@
     ├── ProtocolError              exit 1: client and daemon disagree on the wire format or version
     ├── StoreError                 exit 1: the database could not be read or written
     ├── AlreadyRunning             exit 1: another daemon holds this home's lock
-    └── SlurmError                 exit 1: a Slurm command failed
-        ├── SlurmUnreachable           slurmctld did not answer: retry later, never fail a run
-        └── SlurmRejected              Slurm refused the request (bad partition, QOS, ...)
+    ├── SlurmError                 exit 1: a Slurm command failed
+    │   ├── SlurmUnreachable           slurmctld did not answer: retry later, never fail a run
+    │   └── SlurmRejected              Slurm refused the request (bad partition, QOS, ...)
+    └── TrackingError              exit 1: the MLflow tracking server failed a request
+        ├── TrackingUnreachable        it did not answer (down, timeout, 5xx): retry later
+        └── TrackingRejected           it refused the request (a bad value, no such run)
 
 Foreign exceptions (pydantic, SQLAlchemy, OSError from subprocess) are translated into these where
 they are caught, so the CLI catches one root and prints one clear message.
@@ -145,6 +148,18 @@ class SlurmRejected(SlurmError):
     kind = "slurm_rejected"
 
 
+class TrackingError(HpcopsError):
+    kind = "tracking"
+
+
+class TrackingUnreachable(TrackingError):
+    kind = "tracking_unreachable"
+
+
+class TrackingRejected(TrackingError):
+    kind = "tracking_rejected"
+
+
 # The API sends errors as {"kind": ..., "message": ...}; the client raises the matching class again.
 ERROR_KINDS: dict[str, type[HpcopsError]] = {
     cls.kind: cls
@@ -164,6 +179,9 @@ ERROR_KINDS: dict[str, type[HpcopsError]] = {
         SlurmError,
         SlurmUnreachable,
         SlurmRejected,
+        TrackingError,
+        TrackingUnreachable,
+        TrackingRejected,
     )
 }
 # A spec error crosses the wire as its rendered message; the client needs no field list to print it.

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path, PurePath, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcops import policy
 from hpcops.access import Caller
@@ -56,12 +56,21 @@ from hpcops.rundir import (
     parse_start_marker,
 )
 from hpcops.slurm.backend import SlurmBackend, SlurmLimited
-from hpcops.slurm.parse import AccountingRecord, Partition, QueueEntry
+from hpcops.slurm.parse import (
+    AccountingRecord,
+    Partition,
+    QueueEntry,
+    parse_gpus,
+    parse_tres_cpus,
+)
 from hpcops.spec import FULL_COMMIT_RE, Code, Spec, parse_spec, spec_to_yaml
 from hpcops.states import RunState
 from hpcops.store import Run, Store
 from hpcops.transport.base import Transport, TransportError
 from hpcops.transport.local import LocalTransport
+
+if TYPE_CHECKING:
+    from hpcops.tracking.worker import JobTracking, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +109,12 @@ class Orchestrator:
         files: Transport | None = None,
         clock: Callable[[], float] = time.time,
         fault: str | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self.store = store
+        # MLflow records (hpcops/tracking): None when tracking is off. Its own thread talks to
+        # the server; the loop only asks it what a job's environment is and whether to wait.
+        self.tracker = tracker
         self.slurm = slurm
         # The run directories' files, where the jobs see them: this machine's filesystem, or the
         # cluster's over the same SSH connection as Slurm's commands.
@@ -208,6 +221,8 @@ class Orchestrator:
         runs = [self._new_run(spec, caller, **fields) for spec, fields in parsed]
         runs = self.store.add_runs(runs, actor=caller.name)
         self.changed()
+        if self.tracker is not None:
+            self.tracker.wake.set()  # create the records now, so release need not wait
         return runs
 
     def _pin_code(
@@ -758,6 +773,9 @@ class Orchestrator:
                     "total_cpu_s": record.total_cpu_s,
                     "max_rss_bytes": record.max_rss_bytes,
                     "stderr_tail": tail,
+                    "slurm_state": record.slurm_state,
+                    "alloc_cpus": parse_tres_cpus(record.alloc_tres) if record.alloc_tres else None,
+                    "alloc_gpus": parse_gpus(record.alloc_tres) if record.alloc_tres else None,
                 }
             ),
         )
@@ -826,6 +844,9 @@ class Orchestrator:
         decision = self.plan()
         for run in self.store.runs_by_ids(decision.release):
             if run.state != RunState.QUEUED.value or self._retry_after.get(run.id or 0, 0) > now:
+                continue
+            if self.tracker is not None and not self.tracker.may_release(run, now):
+                self._dirty = True  # its MLflow record is being made: look again next tick
                 continue
             if not self._submit(run):
                 break
@@ -1018,6 +1039,66 @@ class Orchestrator:
         self.changed()
         return updated
 
+    # --- rerun (hpcops/tracking) ---------------------------------------------------------------
+
+    def rerun(
+        self,
+        source: int | str,
+        overrides: dict[str, str],
+        caller: Caller,
+        check: Callable[[Spec], None] | None = None,
+    ) -> Run:
+        """Queue a run again from its record: an hpcops run id, or an MLflow run id (this
+        daemon's, or any run on the tracking server that hpcops recorded). Same spec, same code
+        commit, same params unless `overrides` change them; the two records are linked."""
+        import json
+
+        from hpcops.tracking.records import MLFLOW_RUN_ID_RE
+        from hpcops.tracking.rerun import apply_overrides
+
+        original: Run | None = None
+        if isinstance(source, int):
+            original = self.store.get(source)
+        elif MLFLOW_RUN_ID_RE.fullmatch(source):
+            original = self.store.find_by_mlflow_run(source)
+        else:
+            raise InvalidInput(
+                f"{source!r} is neither an hpcops run id (a number) nor an MLflow run id "
+                "(32 hex digits)"
+            )
+        tags: dict[str, str] = {}
+        if original is not None:
+            spec_yaml, mlflow_id = original.spec_yaml, original.mlflow_run_id
+        else:
+            assert isinstance(source, str)
+            if self.tracker is None:
+                raise InvalidInput("tracking is off (tracking.enabled: false): no MLflow records")
+            spec_yaml, tags = self.tracker.recorded_spec(source)
+            mlflow_id = source
+        label = f"rerun of {source}"
+        spec = parse_spec(json.dumps(apply_overrides(spec_yaml, overrides)), label)
+        # The same code: the recorded spec names the full commit, and a dirty original's
+        # snapshot is checked out again from the mirror; the data, read at that commit, is the
+        # same version.
+        if original is not None:
+            shipment = Shipment(checkout=original.code_checkout, dirty=original.code_dirty)
+        else:
+            dirty = tags.get("hpcops.git.dirty") == "true"
+            shipment = Shipment(checkout=tags.get("hpcops.git.snapshot"), dirty=dirty)
+        spec, fields = self._pin_code(spec, shipment, label, caller)
+        fields.update(self._pin_data(spec, fields, label))
+        self.check_spec(spec, label)
+        if check is not None:
+            check(spec)  # the caller's own limits (a member's priority range), before queueing
+        run = self._new_run(spec, caller, **fields)
+        run.rerun_of_mlflow = mlflow_id
+        run.rerun_of_run = original.id if original is not None else None
+        [added] = self.store.add_runs([run], actor=caller.name)
+        self.changed()
+        if self.tracker is not None:
+            self.tracker.wake.set()
+        return added
+
     def why(self, run: Run) -> str:
         """One line: why the run is where it is."""
         state = RunState(run.state)
@@ -1056,12 +1137,14 @@ class Orchestrator:
         assert run.id is not None
         source = f"run {run.id}"
         token = secrets.token_hex(8)
+        tracking = self._job_tracking(run)
+        mlflow_env = tracking.env if tracking is not None else ()
         try:
             spec = parse_spec(run.spec_yaml, source)
             self._check_cluster_limits(spec, source)
             # Rendered before the claim: a template that broke since the run was queued fails the
             # run here rather than leaving it SUBMITTING.
-            ctx = self._context(spec, run.id, token, run.code_checkout)
+            ctx = self._context(spec, run.id, token, mlflow_env, checkout=run.code_checkout)
             script = render_script(spec, ctx, self.config.template_dirs)
         except InvalidInput as exc:
             # The cluster or the lab's templates changed since the run was queued.
@@ -1086,6 +1169,8 @@ class Orchestrator:
             claimed_at=self.clock(),
             # Set with the claim, in one transaction: the directory exists only for released runs.
             run_dir=str(self._run_dir(run.id)),
+            # Where the job logs its MLflow data (a relay store), committed with the claim.
+            **(tracking.fields if tracking is not None else {}),
         )
         if claimed is None:
             return True  # cancelled or changed by a user since it was read
@@ -1167,7 +1252,13 @@ class Orchestrator:
         self.changed()
 
     def _context(
-        self, spec: Spec, run_id: int, token: str, checkout: str | None = None
+        self,
+        spec: Spec,
+        run_id: int,
+        token: str,
+        mlflow_env: tuple[tuple[str, str], ...] = (),
+        *,
+        checkout: str | None = None,
     ) -> JobContext:
         code = None
         if spec.code is not None:
@@ -1189,7 +1280,21 @@ class Orchestrator:
             lab=self.config.lab,
             code=code,
             staging=staging,
+            mlflow_env=mlflow_env,
         )
+
+    def _job_tracking(self, run: Run) -> JobTracking | None:
+        """The MLflow environment for this submission. A relay store that cannot be made (say,
+        scratch is full) must not stop the job: it runs untracked, and the record still gets
+        hpcops' own part (creation, Slurm's accounting, the logs)."""
+        if self.tracker is None:
+            return None
+        assert run.id is not None
+        try:
+            return self.tracker.job_tracking(run, self._run_dir(run.id))
+        except Exception:
+            log.exception("run %s: no MLflow environment for its job; it runs untracked", run.id)
+            return None
 
     # --- Slurm health -----------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ TEMPLATE_SUFFIX: Final = ".sh.j2"
 _RUN_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _TOKEN_RE = re.compile(r"[0-9a-f]{8,64}")
 _LAB_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_MLFLOW_VAR_RE = re.compile(r"MLFLOW_[A-Z_]{1,64}")
 
 
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
@@ -94,6 +95,9 @@ class JobContext:
     lab: str
     code: CodeCheckout | None = None  # with a spec's code: the commit to check out
     staging: StagingStep | None = None  # with a spec's data: how the job stages it
+    # The MLflow run the job logs into (MLFLOW_TRACKING_URI, MLFLOW_RUN_ID, ...), exported
+    # quoted like every value; empty when the run is not tracked (hpcops/tracking).
+    mlflow_env: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         # The daemon makes these; a bad one is a bug, not a user's mistake.
@@ -104,6 +108,9 @@ class JobContext:
         ):
             if not pattern.fullmatch(value):
                 raise ValueError(f"JobContext.{name} {value!r} must match {pattern.pattern}")
+        for var, _ in self.mlflow_env:
+            if not _MLFLOW_VAR_RE.fullmatch(var):
+                raise ValueError(f"JobContext.mlflow_env: {var!r} is not an MLFLOW_ variable")
 
 
 def job_name(spec: Spec, ctx: JobContext) -> str:
@@ -304,6 +311,7 @@ def _exports(spec: Spec, ctx: JobContext) -> list[tuple[str, str]]:
         ("HPCOPS_RUN_DIR", str(ctx.run_dir.path)),
         ("HPCOPS_LAB", ctx.lab),
         ("HPCOPS_EXPERIMENT", spec.experiment),
+        *ctx.mlflow_env,
     ]
     if ctx.code is not None:
         exports += [
@@ -406,6 +414,7 @@ def render_script(spec: Spec, ctx: JobContext, template_dirs: Sequence[Path] = (
         "run_dir": run_dir,
         "directives": [_directive_line(o, v).removeprefix("#SBATCH ") for o, v in directives],
         "exports": _exports(spec, ctx),
+        "tracked": bool(ctx.mlflow_env),
         "workdir": _workdir(spec, ctx),
         "code": ctx.code,
         "staging": ctx.staging,

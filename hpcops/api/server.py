@@ -95,6 +95,7 @@ _MUTATING = {
     "top",
     "quota_set",
     "cache_gc",
+    "rerun",
     "schedule_add",
     "schedule_pause",
     "schedule_resume",
@@ -149,6 +150,7 @@ class Api:
             "schedule_resume": self.schedule_resume,
             "schedule_remove": self.schedule_remove,
             "schedule_run_now": self.schedule_run_now,
+            "rerun": self.rerun,
         }
 
     def handle(self, caller: Caller, message: dict[str, Any]) -> dict[str, Any]:
@@ -280,6 +282,25 @@ class Api:
         view["schedule_name"] = (
             self.store.get_schedule(run.schedule_id).name if run.schedule_id else None
         )
+        view.update(self._tracking_view(run))
+        return view
+
+    def _tracking_view(self, run: Run) -> dict[str, Any]:
+        """The run's MLflow record for `show` (read from the database: no server call)."""
+        tracker = self.orchestrator.tracker
+        if tracker is None:
+            return {
+                "mlflow_run_id": run.mlflow_run_id,
+                "mlflow_experiment_id": run.mlflow_experiment_id,
+                "mlflow_url": None,
+                "mlflow_tracking_uri": None,
+                "mlflow_relay_dir": run.mlflow_relay_dir,
+                "tracking_pending": [],
+                "tracking_error": None,
+            }
+        view = tracker.view(run)
+        view["rerun_of_mlflow"] = run.rerun_of_mlflow
+        view["rerun_of_run"] = run.rerun_of_run
         return view
 
     def why(self, req: Request) -> dict[str, Any]:
@@ -446,6 +467,48 @@ class Api:
             "files_removed": files,
             "bytes_freed": freed,
             "dry_run": dry_run,
+        }
+
+    def rerun(self, req: Request) -> dict[str, Any]:
+        """Queue a run again from its record (hpcops/tracking): params.run is an hpcops run id
+        or an MLflow run id, params.set the `--set` overrides {"params.lr": "0.01"}."""
+        from hpcops.tracking.rerun import check_key
+
+        authorize("submit", req.caller, req.role)
+        source = req.params.get("run")
+        if isinstance(source, bool) or not isinstance(source, int | str):
+            raise InvalidInput(f"params.run must be a run id or an MLflow run id, not {source!r}")
+        if isinstance(source, int) and source < 1:
+            raise InvalidInput(f"a run id is a positive integer, not {source}")
+        overrides = req.params.get("set", {})
+        if not isinstance(overrides, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in overrides.items()
+        ):
+            raise InvalidInput('params.set must map keys to text, e.g. {"params.lr": "0.01"}')
+        for key in overrides:
+            check_key(key)
+        run = self.orchestrator.rerun(
+            source,
+            overrides,
+            req.caller,
+            check=lambda spec: check_priority(spec.priority, req.role, self.access),
+        )
+        self._audit(
+            req.caller,
+            req.role,
+            "rerun",
+            f"run {run.id}",
+            allowed=True,
+            after=f"{run.state} priority {run.priority}",
+            detail=f"rerun of {source}"
+            + (f" with {', '.join(f'{k}={v}' for k, v in overrides.items())}" if overrides else ""),
+        )
+        return {
+            "id": run.id,
+            "name": run.name,
+            "state": run.state,
+            "rerun_of": source,
+            "rerun_of_mlflow": run.rerun_of_mlflow,
         }
 
     def cancel(self, req: Request) -> dict[str, Any]:

@@ -149,6 +149,7 @@ def cli(ctx: click.Context, home: Path | None, remote: str | None, debug: bool) 
       hpcops logs 12 --follow
       hpcops wait 12                  # exit 0 once it COMPLETED, 1 if it ended otherwise
       hpcops cancel 12
+      hpcops rerun 12 --set params.lr=0.01   # again, from its MLflow record
 
     \b
     The lab's queue:
@@ -427,6 +428,7 @@ def show(obj: Context, run: int, as_json: bool) -> None:
         ("max rss", human_bytes(data["max_rss_bytes"])),
         ("code", _code_text(data.get("code"))),
         ("run dir", data["run_dir"] or "-"),
+        *_mlflow_lines(data),
     ]
     if data.get("schedule_id"):
         lines.append(
@@ -474,6 +476,82 @@ def _code_text(code: dict[str, Any] | None) -> str:
     if code["dirty"]:
         text += f"  DIRTY: uncommitted changes shipped as snapshot {code['checkout'][:12]}"
     return text
+
+
+def _mlflow_lines(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """`show`'s MLflow lines: the record's URL (or id and store), what is still owed to it."""
+    run_id = data.get("mlflow_run_id")
+    if run_id is None and not data.get("tracking_pending"):
+        return []
+    if data.get("mlflow_url"):
+        record = data["mlflow_url"]
+    elif run_id:
+        record = f"run {run_id}, experiment {data.get('mlflow_experiment_id')}"
+        if data.get("mlflow_tracking_uri"):
+            record += f" in {data['mlflow_tracking_uri']}"
+    else:
+        record = "being created"
+    lines = [("mlflow", record)]
+    if data.get("mlflow_relay_dir"):
+        lines.append(("relay", data["mlflow_relay_dir"]))
+    pending = data.get("tracking_pending") or []
+    error = data.get("tracking_error")
+    if pending or error:
+        owed = ", ".join(pending) or "nothing"
+        lines.append(("tracking", f"owed: {owed}" + (f" — {error}" if error else "")))
+    if data.get("rerun_of_mlflow") or data.get("rerun_of_run"):
+        of = data.get("rerun_of_run") or data.get("rerun_of_mlflow")
+        lines.append(("rerun of", str(of)))
+    return lines
+
+
+@cli.command()
+@click.argument("run", metavar="RUN")
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change one field of the recorded spec (repeatable): params.NAME, tags.NAME, "
+    "resources.FIELD, priority or name. Values are read like YAML: 0.01, 3, true, text.",
+)
+@json_option
+@pass_ctx
+def rerun(obj: Context, run: str, assignments: tuple[str, ...], as_json: bool) -> None:
+    """Run an experiment again from its record; print the new run's id.
+
+    RUN is an hpcops run id (12) or an MLflow run id (32 hex digits, from `hpcops show` or the
+    MLflow UI). The spec is rebuilt from the record: the same command, code commit, data and
+    params, unless --set changes them. The new run is yours, and the two MLflow records are
+    linked both ways (tags hpcops.rerun_of and hpcops.rerun_by).
+
+    \b
+      hpcops rerun 12
+      hpcops rerun 12 --set params.lr=0.01 --set params.seed=3
+      hpcops rerun 4f1c0a9e2b6d4f7e8a1b2c3d4e5f6a7b --json
+    """
+    from hpcops.errors import InvalidInput
+    from hpcops.tracking.rerun import parse_assignments
+
+    source: int | str
+    if run.isdigit():
+        source = int(run)
+        if source < 1:
+            raise InvalidInput(f"RUN {run!r}: a run id is a positive integer")
+    elif len(run) == 32 and all(c in "0123456789abcdef" for c in run):
+        source = run
+    else:
+        raise InvalidInput(
+            f"RUN {run!r} is neither an hpcops run id (a number) nor an MLflow run id "
+            "(32 hex digits)"
+        )
+    result = obj.call("rerun", run=source, set=parse_assignments(list(assignments)))
+    if as_json:
+        from hpcops.cli.output import print_json
+
+        print_json(result)
+        return
+    click.echo(result["id"])
 
 
 @cli.command()

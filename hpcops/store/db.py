@@ -22,7 +22,16 @@ from sqlmodel import Session, SQLModel, col, create_engine, select
 from hpcops.errors import InvalidInput, NotFound, StoreError
 from hpcops.scheduling.timing import overlap_reason
 from hpcops.states import IN_SLURM_STATES, TERMINAL_STATES, RunState
-from hpcops.store.models import Audit, Event, Firing, QuotaOverride, Run, Schedule
+from hpcops.store.models import (
+    Audit,
+    Event,
+    Firing,
+    QuotaOverride,
+    RelayCursor,
+    Run,
+    Schedule,
+    TrackingOp,
+)
 
 _BUSY_TIMEOUT_S = 30.0
 
@@ -45,9 +54,31 @@ def _configure(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def tracking_ops_for(from_state: str | None, to_state: str) -> list[str]:
+    """The MLflow operations a state change owes (the outbox's rule; pure).
+
+    Queued: the record is created. Slurm took the job (a submission confirmed, or adopted by
+    token after a crash): its job id and script. Ended, from wherever: the record is closed.
+    """
+    if from_state == to_state:
+        return []
+    if from_state is None:
+        return ["create"]
+    if RunState(to_state).is_terminal:
+        return ["close"]
+    if from_state == RunState.SUBMITTING.value and to_state in (
+        RunState.PENDING.value,
+        RunState.RUNNING.value,
+    ):
+        return ["submitted"]
+    return []
+
+
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, track: bool = False) -> None:
+        """`track`: write the MLflow outbox (TrackingOp) with every state change that owes one."""
         self.path = path
+        self.track = track
         try:
             self._engine = create_engine(
                 f"sqlite:///{path}",
@@ -115,7 +146,17 @@ class Store:
                     reason=reason,
                 )
             )
+            self._owe_tracking(session, run.id, None, run.state, now)
         return run
+
+    def _owe_tracking(
+        self, session: Session, run_id: int, from_state: str | None, to_state: str, now: float
+    ) -> None:
+        """Outbox rows for a state change, in the transaction that makes the change."""
+        if not self.track:
+            return
+        for kind in tracking_ops_for(from_state, to_state):
+            session.add(TrackingOp(run_id=run_id, kind=kind, created_at=now))
 
     def add_runs(self, runs: Sequence[Run], actor: str) -> list[Run]:
         """Several runs in one transaction: all are queued, or none (a batch `submit`)."""
@@ -138,6 +179,7 @@ class Store:
                         reason="submitted",
                     )
                 )
+                self._owe_tracking(session, run.id, None, run.state, now)
         return list(runs)
 
     def get(self, run_id: int) -> Run:
@@ -267,6 +309,7 @@ class Store:
                         reason=note,
                     )
                 )
+            self._owe_tracking(session, run_id, from_state, run.state, now)
             return run
 
     # --- events ----------------------------------------------------------------------------
@@ -430,6 +473,7 @@ class Store:
                         reason=f"{run_note}, firing {firing.id}",
                     )
                 )
+                self._owe_tracking(session, run.id, None, run.state, now)
             if firing.outcome == "error":
                 schedule.last_error = firing.reason
             elif firing.outcome == "submitted":
@@ -459,3 +503,88 @@ class Store:
         )
         with self._session() as session:
             return {f.schedule_id: (f, state) for f, state in session.exec(query).all()}
+
+    # --- the MLflow outbox -----------------------------------------------------------------
+
+    def tracking_due(self, now: float, limit: int = 200) -> list[TrackingOp]:
+        """For each run, its oldest undone operation, if it is due: a run's operations are done
+        in order (no close before the create), while one run's wait holds up no other."""
+        query = (
+            select(TrackingOp).where(col(TrackingOp.done_at).is_(None)).order_by(col(TrackingOp.id))
+        )
+        with self._session() as session:
+            ops = list(session.exec(query.limit(limit * 4)).all())
+        first: dict[int, TrackingOp] = {}
+        for op in ops:
+            first.setdefault(op.run_id, op)
+        return [op for op in first.values() if op.not_before <= now][:limit]
+
+    def tracking_attempt(self, op_id: int) -> TrackingOp:
+        """Count an attempt before it is made: after a crash, attempts > 0 says the server may
+        already hold what the attempt created."""
+        with self._session() as session:
+            op = session.get(TrackingOp, op_id)
+            if op is None:
+                raise StoreError(f"no tracking operation {op_id}")
+            op.attempts += 1
+            session.add(op)
+            return op
+
+    def tracking_done(self, op_id: int, *, error: str | None = None, failed: bool = False) -> None:
+        with self._session() as session:
+            op = session.get(TrackingOp, op_id)
+            if op is not None:
+                op.done_at = time.time()
+                op.failed = failed
+                op.last_error = error
+                session.add(op)
+
+    def tracking_retry(self, op_id: int, *, not_before: float, error: str) -> None:
+        with self._session() as session:
+            op = session.get(TrackingOp, op_id)
+            if op is not None:
+                op.not_before = not_before
+                op.last_error = error
+                session.add(op)
+
+    def tracking_ops(self, run_id: int) -> list[TrackingOp]:
+        query = select(TrackingOp).where(TrackingOp.run_id == run_id).order_by(col(TrackingOp.id))
+        with self._session() as session:
+            return list(session.exec(query).all())
+
+    def tracking_backlog(self) -> int:
+        query = (
+            select(func.count()).select_from(TrackingOp).where(col(TrackingOp.done_at).is_(None))
+        )
+        with self._session() as session:
+            return int(session.exec(query).one())
+
+    def set_tracking_fields(self, run_id: int, **fields: Any) -> None:
+        """MLflow ids on a run: no state change, no event."""
+        self.transition(run_id, None, actor="daemon", **fields)
+
+    def find_by_mlflow_run(self, mlflow_run_id: str) -> Run | None:
+        query = select(Run).where(Run.mlflow_run_id == mlflow_run_id)
+        with self._session() as session:
+            return session.exec(query).first()
+
+    def relaying(self) -> list[Run]:
+        """Runs whose job logs into a relay file store and whose server record exists."""
+        query = (
+            select(Run)
+            .where(col(Run.mlflow_relay_dir).is_not(None))
+            .where(col(Run.mlflow_run_id).is_not(None))
+            .where(col(Run.state).in_([RunState.PENDING.value, RunState.RUNNING.value]))
+        )
+        with self._session() as session:
+            return list(session.exec(query).all())
+
+    def relay_cursors(self, run_id: int) -> dict[str, str]:
+        query = select(RelayCursor).where(RelayCursor.run_id == run_id)
+        with self._session() as session:
+            return {c.key: c.value for c in session.exec(query).all()}
+
+    def save_relay_cursors(self, run_id: int, cursors: dict[str, str]) -> None:
+        with self._session() as session:
+            for key, value in cursors.items():
+                session.merge(RelayCursor(run_id=run_id, key=key, value=value))

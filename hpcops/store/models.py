@@ -62,6 +62,22 @@ class Run(SQLModel, table=True):
     schedule_id: int | None = Field(default=None, index=True)
     firing_id: int | None = None
 
+    # The run's MLflow record (hpcops/tracking). The server's run, once the daemon created it;
+    # in relay mode also the file store on shared scratch the job logs into, and its run there.
+    mlflow_run_id: str | None = Field(default=None, index=True)
+    mlflow_experiment_id: str | None = None
+    mlflow_artifact_uri: str | None = None
+    mlflow_relay_dir: str | None = None
+    mlflow_relay_run_id: str | None = None
+    # A rerun: the MLflow run (and, when it is this daemon's, the hpcops run) it reproduces.
+    rerun_of_mlflow: str | None = None
+    rerun_of_run: int | None = None
+    # From sacct's record of the ended job, for the MLflow record: its raw state ("CANCELLED by
+    # 0") and what Slurm allocated (AllocTRES), which may differ from what the spec asked for.
+    slurm_state: str | None = None
+    alloc_cpus: int | None = None
+    alloc_gpus: int | None = None
+
 
 class Event(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
@@ -139,3 +155,32 @@ class Firing(SQLModel, table=True):
     outcome: str  # "submitted", "skipped", "error"
     reason: str = ""
     run_id: int | None = None
+
+
+class TrackingOp(SQLModel, table=True):
+    """The outbox: an MLflow operation a state change owes, written in the same transaction as
+    that change, done by the tracking thread when the server answers (hpcops/tracking/worker.py).
+
+    kind: "create" (queued: the run's record, status SCHEDULED), "submitted" (Slurm took it: job
+    id and the sbatch script), "close" (ended: final status, accounting, logs).
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(index=True, foreign_key="run.id")
+    kind: str
+    created_at: float
+    attempts: int = 0
+    not_before: float = 0.0
+    last_error: str | None = None
+    done_at: float | None = Field(default=None, index=True)
+    failed: bool = False  # given up after repeated refusals; the error says why
+
+
+class RelayCursor(SQLModel, table=True):
+    """How far the relay has copied one run's file store: per metric file the byte offset, per
+    param/tag the value sent, per artifact its size and mtime. Written after the server took the
+    batch, so a crash resends at most one batch, which the server takes again unchanged."""
+
+    run_id: int = Field(primary_key=True, foreign_key="run.id")
+    key: str = Field(primary_key=True)  # "metric:loss", "param:lr", "tag:x", "artifact:a/b.pt"
+    value: str

@@ -86,6 +86,7 @@ def ssh_daemon(extra_ssh: dict[str, Any] | None = None, **config: Any) -> UserDa
     base: dict[str, Any] = {
         "lab": "bench",
         "run_root": str(run_root),
+        "tracking": {"enabled": False},  # relay stores cannot live off the cluster
         "slurm": {
             "account": "lab",
             "default_partition": "cpu",

@@ -66,6 +66,8 @@ def offsite(sshd: str, cluster: None) -> Iterator[tuple[Lab, Path]]:
         {
             "run_root": str(run_root),
             "pending_window": 2,
+            # Off the cluster, runs are recorded only by a tracking server the jobs reach.
+            "tracking": {"enabled": False},
             "slurm": {
                 "transport": "ssh",
                 "squeue_interval_s": 5,

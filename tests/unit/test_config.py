@@ -68,9 +68,11 @@ def test_bad_config_names_the_setting(text: str, expected: str) -> None:
 
 
 def test_ssh_transport_config() -> None:
+    ssh = "slurm: {transport: ssh, ssh: {host: login.example.edu, user: labsvc, port: 2222}}\n"
+    with pytest.raises(ConfigError, match=r"transport: ssh, tracking needs mode direct"):
+        parse_config("run_root: /scratch/lab/runs\n" + ssh, "cfg.yaml")
     config = parse_config(
-        "run_root: /scratch/lab/runs\n"
-        "slurm: {transport: ssh, ssh: {host: login.example.edu, user: labsvc, port: 2222}}",
+        "run_root: /scratch/lab/runs\n" + ssh + "tracking: {tracking_uri: 'http://mlflow:5000'}",
         "cfg.yaml",
     )
     assert config.slurm.ssh is not None

@@ -1,0 +1,11 @@
+"""MLflow records of every run: created when a run is queued, followed while its job runs
+(directly, or relayed from a file store on shared scratch), closed with Slurm's accounting.
+
+    records.py  what a record holds: tags, params, metrics, status (pure)
+    server.py   the tracking server's few verbs; MLflow's exceptions stop there
+    relay.py    the file store a job without network logs into, and reading what is new in it
+    worker.py   the tracking thread: the outbox, the relay, back-off while the server is down
+    rerun.py    a new spec from a recorded one, with `--set` overrides (pure)
+
+MLflow is imported only inside the functions that talk to it, so `hpcops --help` stays fast.
+"""

@@ -1,0 +1,192 @@
+"""What a run's MLflow record holds, as pure functions of the run: tags, params, metrics, status.
+
+The daemon writes three batches per run (creation, submission, closing); each is computed here
+from the run's row, so what the record says is tested on plain data, without a server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpcops.spec import ParamValue, Spec
+from hpcops.states import RunState
+from hpcops.store import Run
+
+# Tags hpcops owns. A relayed job cannot overwrite them, and rerun reads them back.
+TAG_PREFIX = "hpcops."
+KEY_TAG = "hpcops.key"  # the client-made key that makes creation idempotent
+RUN_ID_TAG = "hpcops.run_id"
+RERUN_OF_TAG = "hpcops.rerun_of"
+RERUN_BY_TAG = "hpcops.rerun_by"
+SPEC_ARTIFACT = "hpcops/spec.yaml"
+SCRIPT_ARTIFACT = "hpcops/job.sbatch"
+ARTIFACT_DIR = "hpcops"
+
+# MLflow's own run statuses (mlflow.entities.RunStatus).
+SCHEDULED = "SCHEDULED"
+RUNNING = "RUNNING"
+FINISHED = "FINISHED"
+FAILED = "FAILED"
+KILLED = "KILLED"
+
+_STATUS_OF: dict[RunState, str] = {
+    RunState.COMPLETED: FINISHED,
+    # Stopped from outside rather than failing on its own: a user's scancel, or a preemption
+    # that did not requeue the job.
+    RunState.CANCELLED: KILLED,
+    RunState.PREEMPTED: KILLED,
+    RunState.FAILED: FAILED,
+    RunState.TIMEOUT: FAILED,
+    RunState.OUT_OF_MEMORY: FAILED,
+    RunState.NODE_FAIL: FAILED,
+    RunState.UNKNOWN: FAILED,
+}
+
+
+def mlflow_status(state: RunState) -> str:
+    """The MLflow status for a run that ended in `state`."""
+    if not state.is_terminal:
+        raise ValueError(f"{state} has not ended")
+    return _STATUS_OF[state]
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    key: str
+    value: float
+    timestamp_ms: int
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One log_batch request's worth: metrics, params and tags."""
+
+    metrics: list[MetricPoint] = field(default_factory=list)
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.metrics or self.params or self.tags)
+
+
+def instance_key(lab: str, home: Path, run_id: int) -> str:
+    """A key no other daemon's run shares, even on a server several labs use: the lab, a hash
+    of the daemon's home, and the run id."""
+    digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
+    return f"{lab}:{digest}:{run_id}"
+
+
+def param_text(value: ParamValue) -> str:
+    """A param as MLflow keeps it (text), spelled as the job's HPCOPS_PARAM_ variable spells it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def params_of(spec: Spec) -> dict[str, str]:
+    return {key: param_text(value) for key, value in spec.params.items()}
+
+
+def creation_tags(
+    run: Run, spec: Spec, *, key: str, version: str, data_versions: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Tags the record is created with, while the run waits in hpcops' queue."""
+    assert run.id is not None
+    tags = dict(spec.tags)  # the spec's own tags, under hpcops' (which win)
+    tags.update(
+        {
+            "mlflow.user": run.owner,
+            "mlflow.runName": run.name,
+            KEY_TAG: key,
+            RUN_ID_TAG: str(run.id),
+            "hpcops.owner": run.owner,
+            "hpcops.priority": str(run.priority),
+            "hpcops.spec_hash": run.spec_hash,
+            "hpcops.version": version,
+        }
+    )
+    if run.code_repo:
+        tags["hpcops.git.repo"] = run.code_repo
+        tags["mlflow.source.git.repoURL"] = run.code_repo
+    if run.code_commit:
+        tags["hpcops.git.commit"] = run.code_commit
+        tags["mlflow.source.git.commit"] = run.code_commit
+        tags["hpcops.git.dirty"] = "true" if run.code_dirty else "false"
+        if run.code_dirty and run.code_checkout:
+            # The snapshot of the uncommitted changes, in the lab's mirror: what a rerun checks out.
+            tags["hpcops.git.snapshot"] = run.code_checkout
+    for name, version_id in sorted((data_versions or {}).items()):
+        tags[f"hpcops.data.{name}"] = version_id
+    if run.rerun_of_mlflow:
+        tags[RERUN_OF_TAG] = run.rerun_of_mlflow
+    if run.rerun_of_run is not None:
+        tags["hpcops.rerun_of_run"] = str(run.rerun_of_run)
+    return tags
+
+
+def submission_tags(run: Run, *, cluster: str | None, mode: str) -> dict[str, str]:
+    """Tags once Slurm took the job."""
+    tags = {
+        "hpcops.slurm_job_id": run.slurm_job_id or "",
+        "hpcops.partition": run.partition or "",
+        "hpcops.attempt": str(run.attempt),
+        "hpcops.tracking_mode": mode,
+    }
+    if cluster:
+        tags["hpcops.cluster"] = cluster
+    return {k: v for k, v in tags.items() if v}
+
+
+def closing_batch(run: Run, *, end_ms: int) -> Batch:
+    """Slurm's accounting of the ended job: numbers as metrics, words as tags; one batch
+    whatever the number of figures (MLflow's log_batch takes up to 1000 metrics and 100 tags)."""
+    state = RunState(run.state)
+    figures: dict[str, float | int | None] = {
+        "slurm.elapsed_s": run.elapsed_s,
+        "slurm.cpu_time_s": run.total_cpu_s,
+        "slurm.max_rss_bytes": run.max_rss_bytes,
+        "slurm.exit_code": run.exit_code,
+        "slurm.alloc_cpus": run.alloc_cpus,
+        "slurm.alloc_gpus": run.alloc_gpus,
+    }
+    metrics = [
+        MetricPoint(key, float(value), end_ms, 0)
+        for key, value in figures.items()
+        if value is not None
+    ]
+    tags = {
+        "hpcops.state": state.value,
+        "slurm.state": run.slurm_state or state.value,
+    }
+    if run.exit_code is not None:
+        tags["slurm.exit_code"] = f"{run.exit_code}:{run.signal or 0}"
+    if run.reason:
+        tags["hpcops.reason"] = run.reason[:5000]
+    if run.slurm_job_id:
+        tags["hpcops.slurm_job_id"] = run.slurm_job_id
+    return Batch(metrics=metrics, tags=tags)
+
+
+def ui_url(tracking_uri: str, experiment_id: str | None, run_id: str | None) -> str | None:
+    """The run's page in the MLflow UI, when the record lives on a server."""
+    if not (run_id and experiment_id) or not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+_CLUSTER_LINE = re.compile(r"^\s*ClusterName\s*=\s*([A-Za-z0-9._-]+)", re.IGNORECASE | re.MULTILINE)
+
+
+def cluster_name(slurm_conf_text: str) -> str | None:
+    """ClusterName from slurm.conf's text (slurm.conf(5): keys are case-insensitive)."""
+    match = _CLUSTER_LINE.search(slurm_conf_text)
+    return match.group(1) if match else None
+
+
+MLFLOW_RUN_ID_RE = re.compile(r"[0-9a-f]{32}")

@@ -1,0 +1,171 @@
+"""Relay mode: the job logs into an MLflow file store on shared scratch, the daemon copies it.
+
+Compute nodes that cannot reach the tracking server still see shared scratch. Before sbatch the
+daemon creates a file store with one run in it and hands the job its id (MLFLOW_TRACKING_URI=
+file:///..., MLFLOW_RUN_ID), so the user's `mlflow.log_metric(...)` needs no change. The daemon
+reads what appears there and logs it onto the run's record on the server, keeping each metric's
+timestamp and step: the server's record is the one direct logging would have made.
+
+The file store's layout (MLflow's FileStore, stable since MLflow 1.x):
+
+    ROOT/0/RUN_ID/meta.yaml
+                 /metrics/KEY       one line per point: "<timestamp_ms> <value> <step>[ ...]"
+                 /params/KEY        the value
+                 /tags/KEY          the value
+                 /artifacts/...     files as logged
+
+KEY may hold '/', which becomes subdirectories. Metric files only grow, so the relay keeps a byte
+offset per file and reads only what is new, and only whole lines.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from hpcops.tracking.records import TAG_PREFIX, Batch, MetricPoint
+
+EXPERIMENT_ID = "0"  # FileStore's default experiment; the relay store holds one run
+# Tags the file store writes itself, or that hpcops owns on the server: not copied.
+_SKIPPED_TAGS = {"mlflow.runName", "mlflow.user"}
+
+
+@dataclass(frozen=True)
+class RelayStore:
+    root: Path
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        return self.root.as_uri()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / EXPERIMENT_ID / self.run_id
+
+
+def prepare(root: Path, *, run_name: str, user: str) -> RelayStore:
+    """The file store at `root` with its one run, created if missing (idempotent: a store made
+    by an attempt that crashed before it was recorded is found again, not made twice)."""
+    from mlflow.entities import ViewType
+    from mlflow.store.tracking.file_store import FileStore
+
+    if root.exists() and not (root / EXPERIMENT_ID / "meta.yaml").is_file():
+        # Left by a crash inside FileStore's own set-up, before any run existed: start over.
+        # (FileStore makes its default experiment only when the root does not exist yet.)
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    store = FileStore(str(root))
+    found = store.search_runs([EXPERIMENT_ID], None, ViewType.ALL, max_results=1)
+    if found:
+        return RelayStore(root, found[0].info.run_id)
+    run = store.create_run(
+        experiment_id=EXPERIMENT_ID,
+        user_id=user,
+        start_time=int(time.time() * 1000),
+        tags=[],
+        run_name=run_name,
+    )
+    return RelayStore(root, run.info.run_id)
+
+
+def job_env(relay: RelayStore) -> tuple[tuple[str, str], ...]:
+    return (
+        ("MLFLOW_TRACKING_URI", relay.uri),
+        ("MLFLOW_RUN_ID", relay.run_id),
+        ("MLFLOW_EXPERIMENT_ID", EXPERIMENT_ID),
+        # MLflow 3 refuses a file store unless asked for one (measured on 3.17.2).
+        ("MLFLOW_ALLOW_FILE_STORE", "true"),
+    )
+
+
+def parse_metric_lines(data: bytes) -> tuple[list[tuple[int, float, int]], int]:
+    """Points in a chunk of a FileStore metric file, and how many bytes of it they used.
+
+    Only whole lines count: a line still being written (no newline yet) is left for next time.
+    A line that does not parse is skipped, not fatal: the user's job owns this file."""
+    end = data.rfind(b"\n") + 1
+    points: list[tuple[int, float, int]] = []
+    for line in data[:end].splitlines():
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        try:
+            timestamp = int(parts[0])
+            value = float(parts[1])
+            step = int(parts[2]) if len(parts) > 2 else 0
+        except ValueError:
+            continue
+        points.append((timestamp, value, step))
+    return points, end
+
+
+@dataclass
+class Delta:
+    """What is new in a relay store since the cursors: one batch, files to upload, and the
+    cursors to keep once the server has taken both."""
+
+    batch: Batch = field(default_factory=Batch)
+    artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
+    cursors: dict[str, str] = field(default_factory=dict)
+
+
+def _files(directory: Path) -> list[tuple[str, Path]]:
+    if not directory.is_dir():
+        return []
+    found = []
+    for dirpath, _dirs, names in os.walk(directory):
+        for name in names:
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                found.append((path.relative_to(directory).as_posix(), path))
+    return sorted(found)
+
+
+def _read_text(path: Path, limit: int = 1024 * 1024) -> str:
+    with path.open("rb") as f:
+        return f.read(limit).decode("utf-8", errors="replace")
+
+
+def collect(run_dir: Path, cursors: dict[str, str], *, final: bool) -> Delta:
+    """Everything in the file-store run at `run_dir` that the cursors say was not sent yet."""
+    delta = Delta()
+    batch = delta.batch
+    for key, path in _files(run_dir / "metrics"):
+        cursor = f"metric:{key}"
+        offset = int(cursors.get(cursor, "0"))
+        with path.open("rb") as f:
+            f.seek(offset)
+            chunk = f.read(8 * 1024 * 1024)
+        points, used = parse_metric_lines(chunk)
+        batch.metrics.extend(MetricPoint(key, v, ts, step) for ts, v, step in points)
+        if used:
+            delta.cursors[cursor] = str(offset + used)
+    for key, path in _files(run_dir / "params"):
+        value = _read_text(path)
+        # A param file is written in place: empty may mean "being written". Params cannot
+        # change once logged, so wait for the value, except on the last pass.
+        if (value or final) and cursors.get(f"param:{key}") != value:
+            batch.params[key] = value
+            delta.cursors[f"param:{key}"] = value
+    for key, path in _files(run_dir / "tags"):
+        if key in _SKIPPED_TAGS or key.startswith(TAG_PREFIX):
+            continue
+        value = _read_text(path)
+        if cursors.get(f"tag:{key}") != value:
+            batch.tags[key] = value
+            delta.cursors[f"tag:{key}"] = value
+    for rel, path in _files(run_dir / "artifacts"):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        signature = f"{st.st_size}:{st.st_mtime_ns}"
+        if cursors.get(f"artifact:{rel}") != signature:
+            parent = PurePosixPath(rel).parent.as_posix()
+            delta.artifacts.append((path, None if parent == "." else parent))
+            delta.cursors[f"artifact:{rel}"] = signature
+    return delta

@@ -1,0 +1,424 @@
+"""The daemon's tracking thread: every run's MLflow record, from an outbox in the database.
+
+Each state change that owes the record something writes a TrackingOp row in the same transaction
+(store.tracking_ops_for): "create" when a run is queued, "submitted" when Slurm took its job,
+"close" when it ended. This thread does them in order per run, with back-off while the server
+does not answer, so the loop that follows Slurm and the socket API never wait on the tracking
+server, and a record owed while it is down is completed when it is back. kill -9 loses nothing:
+an operation is done again until it is marked done, and every one is idempotent — creation
+counts its attempts first, and a retried creation first looks the run up by its `hpcops.key`.
+
+HTTP requests for one run's record (creation plus closing), against `mlflow server`:
+  create     create_run (with its tags), log_batch (params), update (SCHEDULED), spec.yaml
+  submitted  log_batch (Slurm job id, partition, cluster), job.sbatch
+  close      log_batch (Slurm's figures as metrics and tags), stdout, stderr, update (status)
+that is 10, whatever the number of figures, plus one experiment lookup per experiment per
+daemon (tests/benchmarks/bench_tracking.py counts them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from hpcops import __version__
+from hpcops.config import Config
+from hpcops.errors import (
+    HpcopsError,
+    InvalidInput,
+    NotFound,
+    TrackingError,
+    TrackingRejected,
+    TrackingUnreachable,
+)
+from hpcops.rundir import RunDir
+from hpcops.spec import parse_spec
+from hpcops.states import RunState
+from hpcops.store import Run, Store, TrackingOp
+from hpcops.tracking import records, relay
+from hpcops.tracking.records import Batch
+from hpcops.tracking.server import TrackingServer, configure_client
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_MAX_S = 60.0
+_MAX_REFUSALS = 5  # a request the server refused this often is given up, with its error kept
+_IDLE_WAIT_S = 0.5
+
+
+@dataclass
+class TrackingHealth:
+    reachable: bool = True
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: str = ""
+    since: float | None = None
+
+
+@dataclass(frozen=True)
+class JobTracking:
+    """What one submission of a run gets: the job's MLFLOW_ variables and the run fields that
+    record where it logs (committed with the claim)."""
+
+    mode: Literal["direct", "relay"]
+    env: tuple[tuple[str, str], ...]
+    fields: dict[str, Any]
+
+
+ServerFactory = Callable[[str, Path | None], TrackingServer]
+
+
+def _real_server(uri: str, artifact_root: Path | None) -> TrackingServer:
+    return TrackingServer(uri, artifact_root=artifact_root)
+
+
+class Tracker:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        home: Path,
+        *,
+        server_factory: ServerFactory = _real_server,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.cfg = config.tracking
+        self.lab = config.lab
+        self.home = home
+        self.uri = self.cfg.uri_in(home)
+        self.mode = self.cfg.mode_for(home)
+        self.clock = clock
+        self.health = TrackingHealth()
+        self.wake = threading.Event()
+        self.cluster = self.cfg.cluster or _cluster_from_slurm_conf()
+        self._server_factory = server_factory
+        self._server: TrackingServer | None = None
+        self._next_relay_at = 0.0
+        configure_client(self.cfg.request_timeout_s)
+
+    # --- asked by the loop (never waits on the server) ---------------------------------------
+
+    def may_release(self, run: Run, now: float) -> bool:
+        """In direct mode a job must know its MLflow run before it starts: a queued run waits
+        for its record a little (it is usually made within a second), but never for a server
+        that does not answer — after `create_wait_s`, or at once while the server is down, it
+        is released in relay mode instead, and nothing is lost."""
+        if self.mode != "direct" or run.mlflow_run_id is not None:
+            return True
+        if not self.health.reachable:
+            return True
+        return now - run.created_at >= self.cfg.create_wait_s
+
+    def job_tracking(self, run: Run, run_dir: Path) -> JobTracking:
+        """The MLflow environment of the run's next submission. Relay stores are made here, on
+        shared scratch (a filesystem call, no server)."""
+        assert run.id is not None
+        if self.mode == "direct" and run.mlflow_run_id and run.mlflow_experiment_id:
+            env = (
+                ("MLFLOW_TRACKING_URI", self.uri),
+                ("MLFLOW_RUN_ID", run.mlflow_run_id),
+                ("MLFLOW_EXPERIMENT_ID", run.mlflow_experiment_id),
+            )
+            return JobTracking("direct", env, {"mlflow_relay_dir": None})
+        if self.cfg.relay_root is not None:
+            root = self.cfg.relay_root / f"run-{run.id:06d}"
+        else:
+            root = run_dir / "mlflow"
+        store = relay.prepare(root, run_name=run.name, user=run.owner)
+        return JobTracking(
+            "relay",
+            relay.job_env(store),
+            {"mlflow_relay_dir": str(store.root), "mlflow_relay_run_id": store.run_id},
+        )
+
+    def view(self, run: Run) -> dict[str, Any]:
+        """The run's record for `hpcops show`: ids, the UI's URL, and what is still owed."""
+        assert run.id is not None
+        ops = self.store.tracking_ops(run.id)
+        pending = [op for op in ops if op.done_at is None]
+        failed = [op for op in ops if op.failed]
+        error = next((op.last_error for op in pending if op.last_error), None)
+        if error is None and failed:
+            error = f"gave up on {failed[-1].kind}: {failed[-1].last_error}"
+        return {
+            "mlflow_run_id": run.mlflow_run_id,
+            "mlflow_experiment_id": run.mlflow_experiment_id,
+            "mlflow_url": records.ui_url(self.uri, run.mlflow_experiment_id, run.mlflow_run_id),
+            "mlflow_tracking_uri": self.uri,
+            "mlflow_relay_dir": run.mlflow_relay_dir,
+            "tracking_pending": [op.kind for op in pending],
+            "tracking_error": error,
+        }
+
+    # --- the thread --------------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.step()
+            except Exception:
+                log.exception("tracking step failed; the next one tries again")
+            self.wake.wait(_IDLE_WAIT_S)
+            self.wake.clear()
+
+    def step(self) -> None:
+        now = self.clock()
+        if now < self.health.retry_at:
+            return
+        try:
+            server = self._connect()
+            self._flush(server, now)
+            if now >= self._next_relay_at:
+                self._next_relay_at = now + self.cfg.relay_interval_s
+                self._relay_all(server)
+        except TrackingUnreachable as exc:
+            self._failed(exc)
+            return
+        self._ok()
+
+    def _connect(self) -> TrackingServer:
+        if self._server is None:
+            artifact_root = None if self.uri.startswith("http") else self.home / "mlartifacts"
+            try:
+                self._server = self._server_factory(self.uri, artifact_root)
+            except TrackingError:
+                raise
+            except Exception as exc:  # the client could not even open the store
+                raise TrackingUnreachable(f"cannot open {self.uri}: {exc}") from exc
+        return self._server
+
+    def _failed(self, exc: TrackingUnreachable) -> None:
+        h = self.health
+        h.failures += 1
+        h.retry_at = self.clock() + min(_BACKOFF_MAX_S, 2.0 ** min(h.failures - 1, 6))
+        h.last_error = exc.message.splitlines()[0]
+        if h.reachable:
+            h.since = self.clock()
+            log.warning("tracking server %s unreachable, retrying with back-off: %s", self.uri, exc)
+        h.reachable = False
+
+    def _ok(self) -> None:
+        h = self.health
+        if not h.reachable:
+            log.info("tracking server %s reachable again", self.uri)
+            self._next_relay_at = 0.0
+        h.reachable, h.failures, h.since, h.last_error, h.retry_at = True, 0, None, "", 0.0
+
+    # --- the outbox --------------------------------------------------------------------------
+
+    def _flush(self, server: TrackingServer, now: float) -> None:
+        for op in self.store.tracking_due(now):
+            assert op.id is not None
+            try:
+                self._apply(server, op)
+            except TrackingRejected as exc:
+                self._refused(op, exc)
+                continue
+            except TrackingUnreachable as exc:
+                self.store.tracking_retry(op.id, not_before=0.0, error=exc.message[:2000])
+                raise
+            self.store.tracking_done(op.id)
+
+    def _refused(self, op: TrackingOp, exc: TrackingRejected) -> None:
+        assert op.id is not None
+        attempts = op.attempts + 1
+        if attempts >= _MAX_REFUSALS:
+            log.error("run %s: giving up on MLflow %s: %s", op.run_id, op.kind, exc)
+            self.store.tracking_done(op.id, error=exc.message[:2000], failed=True)
+        else:
+            delay = min(600.0, 5.0 * 2**attempts)
+            log.warning(
+                "run %s: MLflow refused %s (retry in %.0f s): %s", op.run_id, op.kind, delay, exc
+            )
+            self.store.tracking_retry(
+                op.id, not_before=self.clock() + delay, error=exc.message[:2000]
+            )
+
+    def _apply(self, server: TrackingServer, op: TrackingOp) -> None:
+        assert op.id is not None
+        attempt = self.store.tracking_attempt(op.id)
+        run = self.store.get(op.run_id)
+        if op.kind == "create":
+            self._create(server, run, first_try=attempt.attempts == 1)
+            return
+        if run.mlflow_run_id is None or run.mlflow_artifact_uri is None:
+            raise TrackingRejected(f"run {run.id} has no MLflow record: its creation failed")
+        if op.kind == "submitted":
+            self._submitted(server, run)
+        elif op.kind == "close":
+            self._close(server, run)
+        else:
+            raise TrackingRejected(f"unknown tracking operation {op.kind!r}")
+
+    def _create(self, server: TrackingServer, run: Run, *, first_try: bool) -> None:
+        assert run.id is not None
+        spec = parse_spec(run.spec_yaml, f"run {run.id}")
+        if run.mlflow_run_id is None or run.mlflow_artifact_uri is None:
+            experiment_id = server.experiment_id(run.experiment)
+            key = records.instance_key(self.lab, self.home, run.id)
+            # Only a retry can find a record an earlier attempt made before a crash.
+            created = None if first_try else server.find_run(experiment_id, records.KEY_TAG, key)
+            if created is None:
+                created = server.create_run(
+                    experiment_id,
+                    name=run.name,
+                    user=run.owner,
+                    start_ms=int(run.created_at * 1000),
+                    tags=records.creation_tags(
+                        run, spec, key=key, version=__version__, data_versions=_data(run)
+                    ),
+                )
+            self.store.set_tracking_fields(
+                run.id,
+                mlflow_run_id=created.run_id,
+                mlflow_experiment_id=created.experiment_id,
+                mlflow_artifact_uri=created.artifact_uri,
+            )
+            run = self.store.get(run.id)
+        assert run.mlflow_run_id is not None and run.mlflow_artifact_uri is not None
+        server.log_batch(run.mlflow_run_id, Batch(params=records.params_of(spec)))
+        if RunState(run.state) in (RunState.QUEUED, RunState.HELD, RunState.SUBMITTING):
+            server.set_status(run.mlflow_run_id, records.SCHEDULED)
+        server.upload_text(
+            run.mlflow_artifact_uri, "spec.yaml", run.spec_yaml, records.ARTIFACT_DIR
+        )
+        if run.rerun_of_mlflow:
+            self._link_original(server, run)
+
+    def _link_original(self, server: TrackingServer, run: Run) -> None:
+        """The other direction of a rerun's link: the original names its reruns."""
+        assert run.rerun_of_mlflow is not None and run.mlflow_run_id is not None
+        tags = {
+            records.RERUN_BY_TAG: run.mlflow_run_id,
+            f"{records.RERUN_BY_TAG}.{run.mlflow_run_id}": str(run.id),
+        }
+        try:
+            server.log_batch(run.rerun_of_mlflow, Batch(tags=tags))
+        except TrackingRejected as exc:  # the original is gone from the server: keep the rerun
+            log.warning("run %s: cannot tag the original %s: %s", run.id, run.rerun_of_mlflow, exc)
+
+    def _submitted(self, server: TrackingServer, run: Run) -> None:
+        assert run.mlflow_run_id is not None and run.mlflow_artifact_uri is not None
+        mode = "relay" if run.mlflow_relay_dir else "direct"
+        tags = records.submission_tags(run, cluster=self.cluster, mode=mode)
+        server.log_batch(run.mlflow_run_id, Batch(tags=tags))
+        script = RunDir(Path(run.run_dir)).script if run.run_dir else None
+        if script is not None and script.is_file():
+            server.upload(run.mlflow_artifact_uri, script, records.ARTIFACT_DIR)
+
+    def _close(self, server: TrackingServer, run: Run) -> None:
+        assert run.mlflow_run_id is not None and run.mlflow_artifact_uri is not None
+        if run.mlflow_relay_dir and run.mlflow_relay_run_id:
+            self._relay_one(server, run, final=True)
+        end_ms = int((run.ended_at or self.clock()) * 1000)
+        server.log_batch(run.mlflow_run_id, records.closing_batch(run, end_ms=end_ms))
+        if run.run_dir:
+            rundir = RunDir(Path(run.run_dir))
+            for path in (rundir.stdout, rundir.stderr):
+                self._upload_log(server, run.mlflow_artifact_uri, path)
+        status = records.mlflow_status(RunState(run.state))
+        server.set_status(run.mlflow_run_id, status, end_ms)
+
+    def _upload_log(self, server: TrackingServer, artifact_uri: str, path: Path) -> None:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size <= self.cfg.max_log_bytes:
+            server.upload(artifact_uri, path, records.ARTIFACT_DIR)
+            return
+        # A 10 GB log must not go to the server whole: its end says how the job ended.
+        with path.open("rb") as f:
+            f.seek(size - self.cfg.max_log_bytes)
+            tail = f.read(self.cfg.max_log_bytes)
+        with tempfile.TemporaryDirectory(prefix="hpcops-log-") as tmp:
+            cut = Path(tmp) / path.name
+            cut.write_bytes(
+                f"[hpcops: the first {size - len(tail)} bytes of {size} are left out]\n".encode()
+                + tail
+            )
+            server.upload(artifact_uri, cut, records.ARTIFACT_DIR)
+
+    # --- relay -------------------------------------------------------------------------------
+
+    def _relay_all(self, server: TrackingServer) -> None:
+        for run in self.store.relaying():
+            try:
+                self._relay_one(server, run, final=False)
+            except TrackingRejected as exc:
+                log.warning("run %s: relay refused by the server: %s", run.id, exc)
+            except OSError as exc:
+                log.warning("run %s: cannot read its relay store: %s", run.id, exc)
+
+    def _relay_one(self, server: TrackingServer, run: Run, *, final: bool) -> None:
+        assert run.id is not None and run.mlflow_run_id is not None
+        assert run.mlflow_relay_dir is not None and run.mlflow_relay_run_id is not None
+        assert run.mlflow_artifact_uri is not None
+        store = relay.RelayStore(Path(run.mlflow_relay_dir), run.mlflow_relay_run_id)
+        cursors = self.store.relay_cursors(run.id)
+        try:
+            delta = relay.collect(store.run_dir, cursors, final=final)
+        except OSError as exc:
+            if final:  # the store is gone (scratch purged): close the record without it
+                log.warning("run %s: relay store unreadable at the end: %s", run.id, exc)
+                return
+            raise
+        if delta.batch:
+            server.log_batch(run.mlflow_run_id, delta.batch)
+        for path, artifact_dir in delta.artifacts:
+            server.upload(run.mlflow_artifact_uri, path, artifact_dir)
+        if (
+            not final
+            and run.state == RunState.RUNNING.value
+            and cursors.get("status") != records.RUNNING
+        ):
+            server.set_status(run.mlflow_run_id, records.RUNNING)
+            delta.cursors["status"] = records.RUNNING
+        if delta.cursors:
+            self.store.save_relay_cursors(run.id, delta.cursors)
+
+    # --- rerun -------------------------------------------------------------------------------
+
+    def recorded_spec(self, mlflow_run_id: str) -> tuple[str, dict[str, str]]:
+        """The spec a run on the server was made from (its `hpcops/spec.yaml`), and its tags.
+
+        Asked by the API thread for a rerun of a record this daemon does not hold; one request
+        at most `request_timeout_s` long, never the loop's business."""
+        server = self._connect()
+        try:
+            record = server.get_run(mlflow_run_id)
+            text = server.read_text_artifact(record.artifact_uri, records.SPEC_ARTIFACT)
+        except TrackingRejected as exc:
+            raise NotFound(
+                f"no hpcops record for MLflow run {mlflow_run_id} on {self.uri}: {exc.message}"
+            ) from exc
+        except TrackingUnreachable as exc:
+            raise HpcopsError(
+                f"cannot read MLflow run {mlflow_run_id}: the tracking server does not answer "
+                f"({exc.message}); try again later"
+            ) from exc
+        if not text.strip():
+            raise InvalidInput(f"MLflow run {mlflow_run_id} has an empty hpcops/spec.yaml")
+        return text, record.tags
+
+
+def _cluster_from_slurm_conf() -> str | None:
+    path = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+    try:
+        return records.cluster_name(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+
+
+def _data(run: Run) -> dict[str, str]:
+    """Each data target's version (DVC's md5), by its path: tagged hpcops.data.<path>."""
+    return {item["path"]: item["md5"] for item in json.loads(run.data_json or "[]")}

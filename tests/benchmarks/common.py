@@ -127,7 +127,10 @@ class UserDaemon:
             pid_file = self.home / "daemon.pid"
             if pid_file.exists():
                 os.kill(int(pid_file.read_text()), 15)
-        subprocess.run(["scancel", "-u", self.user], check=False)
+        # Every job of the benchmark's own user, which nothing else runs as; never root's, which
+        # would cancel other engineers' test jobs on the shared cluster.
+        if self.user != "root":
+            subprocess.run(["scancel", "-u", self.user], check=False)
 
     def wait(self, predicate: Any, timeout_s: float, what: str) -> float:
         started = time.monotonic()

@@ -239,16 +239,53 @@ class CodeConfig(_Strict):
         return value.expanduser() if value is not None else None
 
 
+class StagingJobConfig(_Strict):
+    """What the staging job asks Slurm for: it reads a remote and writes scratch, little CPU."""
+
+    partition: str | None = Field(
+        default=None, description="Partition of staging jobs; None: slurm.default_partition."
+    )
+    qos: str | None = None
+    cpus: int = Field(default=1, ge=1, le=64)
+    mem: str = Field(default="2G", description="--mem of the staging job (512M, 2G).")
+    time: str = Field(default="01:00:00", description="--time of the staging job.")
+
+    @field_validator("partition", "qos")
+    @classmethod
+    def _slurm_name(cls, value: str | None) -> str | None:
+        if value is not None and not _SLURM_NAME.fullmatch(value):
+            raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+        return value
+
+    @field_validator("mem")
+    @classmethod
+    def _mem(cls, value: str) -> str:
+        from hpcops.spec import parse_mem_mb
+
+        parse_mem_mb(value)
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        from hpcops.spec import parse_slurm_time
+
+        parse_slurm_time(value)
+        return value
+
+
 class DataConfig(_Strict):
     cache_root: Path | None = Field(
         default=None,
         description="The lab's content-addressed data cache, on scratch the compute nodes see; "
         "default $HPCOPS_HOME/data-cache.",
     )
-    staging: Literal["inline"] = Field(
-        default="inline",
-        description="inline: the job stages its data before the command runs.",
+    staging: Literal["job", "inline"] = Field(
+        default="job",
+        description="job: a small Slurm job of its own stages the data, and the run's job "
+        "starts after it (afterok); inline: the run's job stages it before its command.",
     )
+    staging_job: StagingJobConfig = Field(default_factory=lambda: StagingJobConfig())
     python: Path | None = Field(
         default=None,
         description="The Python (with hpcops and DVC) that jobs stage with; default the "

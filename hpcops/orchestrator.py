@@ -18,6 +18,7 @@ Slurm unreachable means back off and retry; it never marks a run failed (decisio
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -47,7 +48,17 @@ from hpcops.errors import (
     SlurmUnreachable,
     SpecError,
 )
-from hpcops.render import CodeCheckout, JobContext, StagingStep, data_dest, render_script
+from hpcops.render import (
+    STAGING_LOG,
+    STAGING_SCRIPT,
+    CodeCheckout,
+    JobContext,
+    StagingJob,
+    StagingStep,
+    data_view,
+    render_script,
+    render_staging_script,
+)
 from hpcops.rundir import (
     TAIL_MAX_BYTES,
     RunDir,
@@ -63,7 +74,15 @@ from hpcops.slurm.parse import (
     parse_gpus,
     parse_tres_cpus,
 )
-from hpcops.spec import FULL_COMMIT_RE, Code, Spec, parse_spec, spec_to_yaml
+from hpcops.spec import (
+    FULL_COMMIT_RE,
+    Code,
+    Spec,
+    parse_mem_mb,
+    parse_slurm_time,
+    parse_spec,
+    spec_to_yaml,
+)
 from hpcops.states import RunState
 from hpcops.store import Run, Store
 from hpcops.transport.base import Transport, TransportError
@@ -83,8 +102,11 @@ _VANISHED_PATIENCE_S = 600.0
 _BACKOFF_MAX_S = 60.0
 # After Slurm refused a submission for a full association/QOS limit, try again this much later.
 _LIMIT_RETRY_S = 30.0
+# In Slurm, not started yet: the start marker or squeue moves these to RUNNING.
+_NOT_STARTED = (RunState.PENDING.value, RunState.STAGING.value)
 STAGING_PLAN = "staging.json"
 STAGING_PROGRESS = "hpcops.staging"
+STAGING_MARKER = "hpcops.staged"  # "<exit code> <epoch>", written by the stager at its end
 _REPLAN_S = 30.0
 _UNLIMITED = 10**12
 
@@ -324,12 +346,13 @@ class Orchestrator:
         assert run.data_json is not None and ctx.staging is not None
         targets = []
         for item in json.loads(run.data_json):
-            item["dest"] = data_dest(spec, ctx, item["dest"])
+            item["dest"] = data_view(ctx, item["dest"])
             targets.append(item)
         plan = {
             "cache": str(self.data_cache.root),
             "mirror": str(self.code_mirror.path),
             "progress": str(ctx.run_dir.path / STAGING_PROGRESS),
+            "marker": str(ctx.run_dir.path / STAGING_MARKER),
             "targets": targets,
         }
         self.files.write_file(PurePosixPath(ctx.staging.plan), json.dumps(plan, indent=1))
@@ -485,8 +508,10 @@ class Orchestrator:
         wanted: list[PurePath] = []
         for run in followed:
             rundir = RunDir(Path(run.run_dir))
-            if run.state == RunState.PENDING.value:
+            if run.state in _NOT_STARTED:
                 wanted.append(rundir.started_marker)
+            if run.state == RunState.STAGING.value:
+                wanted.append(rundir.path / STAGING_MARKER)
             # Read until its code is known: the poll may have noticed the end first.
             if run.marker_exit_code is None:
                 wanted.append(rundir.exit_marker)
@@ -502,17 +527,29 @@ class Orchestrator:
 
     def _apply_markers(self, run: Run, texts: dict[PurePath, str]) -> None:
         assert run.id is not None
+        run_id = run.id
         rundir = RunDir(Path(run.run_dir))
-        if run.state == RunState.PENDING.value:
+        if run.state == RunState.STAGING.value:
+            staged = texts.get(rundir.path / STAGING_MARKER, "").split()
+            if staged[:1] == ["0"]:
+                run = self.store.transition(
+                    run_id,
+                    RunState.PENDING,
+                    actor=DAEMON,
+                    note=f"data staged (job {run.staging_job_id})",
+                    expect=(RunState.STAGING,),
+                ) or self.store.get(run_id)
+            # A failed staging: Slurm ends the run's job (kill-on-invalid-dep); _finish says why.
+        if run.state in _NOT_STARTED:
             text = texts.get(rundir.started_marker)
             started = parse_start_marker(text) if text is not None else None
             if started is not None and started.slurm_job_id == run.slurm_job_id:
                 self.store.transition(
-                    run.id,
+                    run_id,
                     RunState.RUNNING,
                     actor=DAEMON,
                     note=f"started on {started.hostname}",
-                    expect=(RunState.PENDING,),
+                    expect=(RunState.PENDING, RunState.STAGING),
                     started_at=started.started_at,
                 )
                 self._dirty = True  # one fewer pending: the window has room
@@ -521,13 +558,13 @@ class Orchestrator:
             ended = parse_exit_marker(text) if text is not None else None
             if ended is not None:
                 self.store.transition(
-                    run.id,
+                    run_id,
                     None,
                     actor=DAEMON,
                     end_seen_at=run.end_seen_at or self.clock(),
                     marker_exit_code=ended.exit_code,
                 )
-                self._next_sacct_at.pop(run.id, None)
+                self._next_sacct_at.pop(run_id, None)
 
     # --- 2. the safety net ------------------------------------------------------------------
 
@@ -562,13 +599,13 @@ class Orchestrator:
             fields: dict[str, Any] = {}
             if entry.reason != (run.reason or "") and entry.reason not in ("", "None"):
                 fields["reason"] = entry.reason
-            if entry.state == RunState.RUNNING and run.state == RunState.PENDING.value:
+            if entry.state == RunState.RUNNING and run.state in _NOT_STARTED:
                 self.store.transition(
                     run.id,
                     RunState.RUNNING,
                     actor=DAEMON,
                     note="running (squeue)",
-                    expect=(RunState.PENDING,),
+                    expect=(RunState.PENDING, RunState.STAGING),
                     started_at=entry.started_at or now,
                     **fields,
                 )
@@ -745,7 +782,14 @@ class Orchestrator:
                 return
         state = record.state
         tail = None
-        if state != RunState.COMPLETED:
+        staging_error = self._staging_failure(run) if state == RunState.CANCELLED else None
+        if staging_error is not None:
+            # Slurm cancelled the run's job because its staging job failed (afterok,
+            # kill-on-invalid-dep): a failed run, with DVC's words and the stager's log.
+            state = RunState.FAILED
+            record = dataclasses.replace(record, reason=f"data staging failed: {staging_error}")
+            tail = self._tail(RunDir(Path(run.run_dir)).path / STAGING_LOG)
+        elif state != RunState.COMPLETED:
             tail = self._stderr_tail(run)
             # Without cgroups, OverMemoryKill ends the job FAILED 0:9 with this line in stderr
             # (Slurm 22.05, NOTES-SLURM); a user asks "did it run out of memory?", so say so.
@@ -801,13 +845,36 @@ class Orchestrator:
         )
         self._forget(run.id)
 
+    def _staging_failure(self, run: Run) -> str | None:
+        """Why the run's staging job failed, from the stager's progress file; None if it did
+        not fail (or the run had no staging job)."""
+        if run.staging_job_id is None or run.cancel_requested_by:
+            return None
+        path = RunDir(Path(run.run_dir)).path / STAGING_PROGRESS
+        try:
+            chunk = self.files.read_chunk(path, 0, 256 * 1024)
+            targets = json.loads(chunk.data).get("targets", {}) if chunk.data else {}
+        except (OSError, ValueError, AttributeError):
+            targets = {}
+        failed = targets.get("error") if isinstance(targets, dict) else None
+        if isinstance(failed, dict) and failed.get("phase") == "failed":
+            return str(failed.get("error", "see hpcops logs --staging"))
+        done = (
+            isinstance(targets, dict)
+            and targets
+            and all(isinstance(t, dict) and t.get("phase") == "done" for t in targets.values())
+        )
+        return None if done else "the staging job ended before it staged the data"
+
     def _stderr_tail(self, run: Run) -> str:
         """The last lines of the job's stderr, read from its end (one request over SSH)."""
-        path = RunDir(Path(run.run_dir)).stderr
+        return self._tail(RunDir(Path(run.run_dir)).stderr)
+
+    def _tail(self, path: PurePath) -> str:
         try:
             chunk = self.files.read_chunk(path, -TAIL_MAX_BYTES, TAIL_MAX_BYTES)
         except OSError as exc:
-            log.warning("run %s: cannot read %s: %s", run.id, path, exc)
+            log.warning("cannot read %s: %s", path, exc)
             return ""
         return last_lines(chunk.data, max_lines=20)
 
@@ -829,7 +896,14 @@ class Orchestrator:
         ]
         if not wanted:
             return
-        self.slurm.cancel([r.slurm_job_id for r in wanted if r.slurm_job_id])
+        jobs = [r.slurm_job_id for r in wanted if r.slurm_job_id]
+        # A staging job too, while its run still waits for it (it may already have ended).
+        jobs += [
+            r.staging_job_id
+            for r in wanted
+            if r.staging_job_id and r.state == RunState.STAGING.value
+        ]
+        self.slurm.cancel(jobs)
         for run in wanted:
             assert run.id is not None
             self._cancel_sent.add(run.id)
@@ -1121,6 +1195,11 @@ class Orchestrator:
             return f"held by {'lead ' if run.held_by != run.owner else ''}{run.held_by}"
         if state is RunState.SUBMITTING:
             return "being submitted to Slurm"
+        if state is RunState.STAGING:
+            return (
+                f"staging its data (Slurm job {run.staging_job_id}); its job "
+                f"{run.slurm_job_id} starts when that succeeds"
+            )
         if state is RunState.PENDING:
             return f"Slurm: {run.reason or 'pending'}"
         if state is RunState.RUNNING:
@@ -1187,13 +1266,25 @@ class Orchestrator:
             self._write_staging_plan(spec, claimed, ctx)
         self.files.write_file(rundir.script, script)
         self._fault_point("before_sbatch")
+        staging_job: str | None = None
         try:
+            if ctx.staging is not None and not ctx.staging.inline:
+                # A staging job of its own first; the run's job then waits for it (afterok).
+                # A crash between the two leaves a staging job whose token ends in ":stage":
+                # the check by token never takes it for the run's job, so the run is submitted
+                # again after submit_grace_s, and the stray stager only warms the cache.
+                staging_job = self._submit_staging_job(spec, ctx)
+                self._fault_point("after_staging_sbatch")
+                ctx = dataclasses.replace(ctx, after=staging_job)
+                script = render_script(spec, ctx, self.config.template_dirs)
+                self.files.write_file(rundir.script, script)
             job_id = self.slurm.submit(PurePosixPath(rundir.script))
         except SlurmUnreachable:
             # The request may have reached slurmctld: the run stays SUBMITTING and is settled by
             # token once Slurm answers again.
             raise
         except SlurmLimited as exc:
+            self._drop_staging_job(staging_job)
             if self.store.get(run.id).cancel_requested_by:
                 self._cancel_unsubmitted(self.store.get(run.id), "after Slurm refused it")
                 return True
@@ -1213,6 +1304,7 @@ class Orchestrator:
             self._retry_after[run.id] = self.clock() + delay
             return False
         except SlurmRejected as exc:
+            self._drop_staging_job(staging_job)
             self.store.transition(
                 run.id,
                 RunState.FAILED,
@@ -1226,14 +1318,38 @@ class Orchestrator:
         self._fault_point("after_sbatch")
         self.store.transition(
             run.id,
-            RunState.PENDING,
+            RunState.STAGING if staging_job is not None else RunState.PENDING,
             actor=DAEMON,
             expect=(RunState.SUBMITTING,),
-            note=f"Slurm job {job_id}",
+            note=f"Slurm job {job_id}"
+            + (f" after staging job {staging_job}" if staging_job is not None else ""),
             slurm_job_id=job_id,
+            staging_job_id=staging_job,
             submitted_at=self.clock(),
         )
         return True
+
+    def _submit_staging_job(self, spec: Spec, ctx: JobContext) -> str:
+        cfg = self.config.data.staging_job
+        job = StagingJob(
+            partition=cfg.partition,
+            qos=cfg.qos,
+            cpus=cfg.cpus,
+            mem_mb=parse_mem_mb(cfg.mem),
+            time_min=max(1, parse_slurm_time(cfg.time) // 60),
+        )
+        path = ctx.run_dir.path / STAGING_SCRIPT
+        self.files.write_file(path, render_staging_script(spec, ctx, job))
+        return self.slurm.submit(PurePosixPath(path))
+
+    def _drop_staging_job(self, staging_job: str | None) -> None:
+        """The run's job was refused after its staging job went in: the stager is not needed."""
+        if staging_job is None:
+            return
+        try:
+            self.slurm.cancel([staging_job])
+        except SlurmError as exc:
+            log.warning("cannot cancel staging job %s: %s", staging_job, exc)
 
     def _run_dir(self, run_id: int) -> Path:
         return self.run_root / f"run-{run_id:06d}"
@@ -1270,7 +1386,8 @@ class Orchestrator:
         staging = None
         if spec.data:
             plan = self._run_dir(run_id) / STAGING_PLAN
-            staging = StagingStep(self.staging_python, str(plan))
+            inline = (spec.staging or self.config.data.staging) == "inline"
+            staging = StagingStep(self.staging_python, str(plan), inline=inline)
         return JobContext(
             run_id=f"r-{run_id:06d}",
             token=token,

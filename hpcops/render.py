@@ -77,10 +77,23 @@ class CodeCheckout:
 
 @dataclass(frozen=True)
 class StagingStep:
-    """The job stages its data itself before the command: `python -m hpcops.data.stage plan`."""
+    """How the run's data is staged: `python -m hpcops.data.stage PLAN`, by the job itself before
+    its command (inline), or by a staging job of its own that the job depends on."""
 
     python: str
     plan: str
+    inline: bool = True
+
+
+@dataclass(frozen=True)
+class StagingJob:
+    """What the staging job asks Slurm for (the config's data.staging_job)."""
+
+    partition: str | None
+    qos: str | None
+    cpus: int
+    mem_mb: int
+    time_min: int
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,7 @@ class JobContext:
     lab: str
     code: CodeCheckout | None = None  # with a spec's code: the commit to check out
     staging: StagingStep | None = None  # with a spec's data: how the job stages it
+    after: str | None = None  # the staging job's id: the job starts only after it succeeded
     # The MLflow run the job logs into (MLFLOW_TRACKING_URI, MLFLOW_RUN_ID, ...), exported
     # quoted like every value; empty when the run is not tracked (hpcops/tracking).
     mlflow_env: tuple[tuple[str, str], ...] = ()
@@ -145,6 +159,8 @@ DIRECTIVE_VALUE_RE: Final[dict[str, re.Pattern[str]]] = {
         "gres": rf"gpu(?::{_NAME})?:[1-9][0-9]?",
         "time": _COUNT,
         "qos": _SLURM_NAME,
+        "dependency": r"afterok:[0-9]{1,12}",
+        "kill-on-invalid-dep": r"yes",
     }.items()
 }
 _EXTRA_OPTION_RE = re.compile(r"[a-z][a-z0-9-]{0,63}")
@@ -201,6 +217,10 @@ def sbatch_directives(spec: Spec, ctx: JobContext) -> list[tuple[str, str | None
     pairs.append(("time", str(r.time_limit_min), "resources.time"))
     if r.qos is not None:
         pairs.append(("qos", r.qos, "resources.qos"))
+    if ctx.after is not None:
+        # Staged data first; if staging fails, Slurm ends this job instead of keeping it.
+        pairs.append(("dependency", f"afterok:{ctx.after}", "staging"))
+        pairs.append(("kill-on-invalid-dep", "yes", "staging"))
 
     directives: list[tuple[str, str | None]] = []
     for option, value, where in pairs:
@@ -334,8 +354,15 @@ def _source_dir(ctx: JobContext) -> str:
 
 
 def data_dest(spec: Spec, ctx: JobContext, where: str) -> str:
-    """Where the job finds a data target: `where` under its working directory."""
+    """Where the job finds a data target: `where` under its working directory (a link to the
+    target's view)."""
     return str(Path(_workdir(spec, ctx) or ctx.run_dir.path) / where)
+
+
+def data_view(ctx: JobContext, where: str) -> str:
+    """Where the stager puts a target's read-only copy: in the run directory, outside the code
+    checkout, which a requeued job makes afresh."""
+    return str(ctx.run_dir.path / "data" / where)
 
 
 def _workdir(spec: Spec, ctx: JobContext) -> str | None:
@@ -381,6 +408,52 @@ def _environment(dirs: tuple[Path, ...]) -> jinja2.Environment:
     return env
 
 
+STAGING_LOG = "staging.log"
+STAGING_SCRIPT = "staging.sbatch"
+
+
+def render_staging_script(spec: Spec, ctx: JobContext, job: StagingJob) -> str:
+    """The staging job's script: the stager and nothing else, on a small allocation. Its comment
+    carries the run's token with ":stage", so the check by token never mistakes it for the
+    run's own job; its output goes to RUN_DIR/staging.log (`hpcops logs --staging`)."""
+    assert ctx.staging is not None
+    partition = job.partition or ctx.default_partition
+    directives: list[tuple[str, str]] = [
+        ("job-name", f"{job_name(spec, ctx)[:57]}-stage"),
+        ("comment", f"hpcops:{ctx.token}:stage"),
+        ("output", str(ctx.run_dir.path / STAGING_LOG)),
+        ("error", str(ctx.run_dir.path / STAGING_LOG)),
+    ]
+    if ctx.account is not None:
+        directives.append(("account", ctx.account))
+    if partition is not None:
+        directives.append(("partition", partition))
+    if job.qos is not None:
+        directives.append(("qos", job.qos))
+    directives += [
+        ("nodes", "1"),
+        ("ntasks", "1"),
+        ("cpus-per-task", str(job.cpus)),
+        ("mem", f"{job.mem_mb}M"),
+        ("time", str(job.time_min)),
+    ]
+    lines = ["#!/bin/bash"]
+    for option, value in directives:
+        pattern = _STAGING_COMMENT_RE if option == "comment" else DIRECTIVE_VALUE_RE[option]
+        if not pattern.fullmatch(value):
+            raise ConfigError(f"staging job: --{option}={value!r} cannot go on an #SBATCH line")
+        lines.append(f"#SBATCH --{option}={value}")
+    lines += [
+        f"# hpcops: stage the data of run {ctx.run_id} (lab {ctx.lab}) before its job starts.",
+        f"exec {_shquote(ctx.staging.python)} -m hpcops.data.stage {_shquote(ctx.staging.plan)}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+_STAGING_COMMENT_RE = re.compile(r"hpcops:[0-9a-f]{8,64}:stage")
+
+
 def render_script(spec: Spec, ctx: JobContext, template_dirs: Sequence[Path] = ()) -> str:
     """The sbatch script for one submission of `spec`.
 
@@ -418,6 +491,8 @@ def render_script(spec: Spec, ctx: JobContext, template_dirs: Sequence[Path] = (
         "workdir": _workdir(spec, ctx),
         "code": ctx.code,
         "staging": ctx.staging,
+        # (link under the working directory, the view it points to), one per data target
+        "data_links": [(data_dest(spec, ctx, t.where), data_view(ctx, t.where)) for t in spec.data],
         "source_dir": _source_dir(ctx),
         "command": spec.command,
         "command_delimiter": _heredoc_delimiter(spec.command, ctx.token),

@@ -881,7 +881,7 @@ class Spec(BaseModel):
     code: Code | None = None
     workdir: Annotated[str | None, AfterValidator(_check_workdir)] = None
     data: list[DataTarget] = []
-    staging: Literal["inline"] | None = None
+    staging: Literal["job", "inline"] | None = None
     params: dict[_ParamKey, _ParamVal] = {}
     env: dict[_EnvKey, _EnvVal] = {}
     resources: Resources = Resources()

@@ -1,7 +1,10 @@
 """The run lifecycle, and the one table that maps Slurm's job states onto it.
 
-QUEUED → (HELD) → STAGING → SUBMITTING → PENDING → RUNNING → COMPLETED | FAILED | CANCELLED |
+QUEUED → (HELD) → SUBMITTING → (STAGING) → PENDING → RUNNING → COMPLETED | FAILED | CANCELLED |
 TIMEOUT | OUT_OF_MEMORY | NODE_FAIL | PREEMPTED | UNKNOWN
+
+STAGING: the run's data is being staged by a Slurm job of its own, which the run's job depends on
+(afterok); the run's job waits in Slurm meanwhile.
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ TERMINAL_STATES = frozenset(
         RunState.UNKNOWN,
     }
 )
-IN_SLURM_STATES = frozenset({RunState.SUBMITTING, RunState.PENDING, RunState.RUNNING})
+IN_SLURM_STATES = frozenset(
+    {RunState.SUBMITTING, RunState.STAGING, RunState.PENDING, RunState.RUNNING}
+)
 WAITING_STATES = frozenset({RunState.QUEUED, RunState.HELD})
 
 # Slurm job state names (squeue %T / sacct State, Slurm 22.05, squeue(1) "JOB STATE CODES") onto

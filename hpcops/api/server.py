@@ -52,6 +52,7 @@ from hpcops.errors import (
     SlurmUnreachable,
 )
 from hpcops.orchestrator import STAGING_PROGRESS, Orchestrator
+from hpcops.render import STAGING_LOG
 from hpcops.rundir import RunDir
 from hpcops.spec import FULL_COMMIT_RE
 from hpcops.states import RunState
@@ -324,15 +325,20 @@ class Api:
         params = req.params
         run = self.store.get(_run_id(params))
         stream = params.get("stream", "stdout")
-        if stream not in ("stdout", "stderr"):
-            raise InvalidInput("params.stream must be 'stdout' or 'stderr'")
+        if stream not in ("stdout", "stderr", "staging"):
+            raise InvalidInput("params.stream must be 'stdout', 'stderr' or 'staging'")
         offset = params.get("offset", 0)
         max_bytes = params.get("max_bytes", 65536)
         if not isinstance(offset, int) or not isinstance(max_bytes, int):
             raise InvalidInput("params.offset and params.max_bytes must be integers")
         max_bytes = max(1, min(max_bytes, MAX_LOG_CHUNK_BYTES))
         rundir = RunDir(Path(run.run_dir)) if run.run_dir else None
-        path = None if rundir is None else rundir.stdout if stream == "stdout" else rundir.stderr
+        paths = (
+            {"stdout": rundir.stdout, "stderr": rundir.stderr, "staging": rundir.path / STAGING_LOG}
+            if rundir is not None
+            else {}
+        )
+        path = paths.get(stream)
         data, size, new_offset = b"", 0, max(offset, 0)
         if path is not None:
             try:
@@ -342,7 +348,11 @@ class Api:
             except TransportError as exc:
                 raise SlurmUnreachable(f"cannot read {path} on the cluster: {exc}") from None
             data, size, new_offset = chunk.data, chunk.size, chunk.start + len(chunk.data)
-        done = RunState(run.state).is_terminal and new_offset >= size
+        # The staging log is complete once the run left STAGING (or never had a staging job).
+        over = RunState(run.state).is_terminal or (
+            stream == "staging" and run.state != RunState.STAGING.value
+        )
+        done = over and new_offset >= size
         return {
             "data": data.decode("utf-8", errors="replace"),
             "offset": new_offset,

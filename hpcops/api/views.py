@@ -59,6 +59,7 @@ def run_view(run: Run, *, detail: bool = False) -> dict[str, Any]:
         "schedule_id": run.schedule_id,
         "firing_id": run.firing_id,
         "mlflow_run_id": run.mlflow_run_id,
+        "staging_job_id": run.staging_job_id,
     }
     # The data versions (specs with data: only): path, repo, rev, md5, size, nfiles, dest, env.
     view["data"] = json.loads(run.data_json) if run.data_json else []

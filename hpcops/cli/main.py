@@ -447,6 +447,10 @@ def show(obj: Context, run: int, as_json: bool) -> None:
             f"{'data:':<11} {item['path']} @ {item['rev'][:12]}  md5 {item['md5']} "
             f"({size}{files}) -> ${item['env']}"
         )
+    if data.get("staging_job_id"):
+        click.echo(
+            f"{'staging job:':<11} {data['staging_job_id']} (hpcops logs {data['id']} --staging)"
+        )
     staging = (data.get("staging") or {}).get("targets") or {}
     for target, state in staging.items():
         click.echo(f"{'staging:':<11} {target}: {_staging_text(state)}")
@@ -576,6 +580,12 @@ def history(obj: Context, run: int, as_json: bool) -> None:
 @cli.command()
 @click.argument("run", type=click.IntRange(min=1))
 @click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
+@click.option(
+    "--staging",
+    "stream",
+    flag_value="staging",
+    help="Show the log of the run's data staging job (files and bytes as they arrive).",
+)
 @click.option("--stdout", "stream", flag_value="stdout", default=True, hidden=True)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
 @click.option(
@@ -583,7 +593,7 @@ def history(obj: Context, run: int, as_json: bool) -> None:
 )
 @pass_ctx
 def logs(obj: Context, run: int, stream: str, follow: bool, tail: int | None) -> None:
-    """Print a run's stdout (or --stderr), optionally following it as it grows."""
+    """Print a run's stdout (or --stderr, or --staging), optionally following it as it grows."""
     offset = -tail if tail else 0
     out = sys.stdout
     while True:

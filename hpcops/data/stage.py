@@ -208,8 +208,20 @@ def main(argv: list[str], out: Callable[[str], None] = print) -> int:
     except (CacheError, GitError, OSError, subprocess.CalledProcessError) as exc:
         progress.update("error", phase="failed", error=str(exc))
         print(f"hpcops staging failed: {exc}", file=sys.stderr)
+        _mark(plan, 1)
         return 1
+    _mark(plan, 0)
     return 0
+
+
+def _mark(plan: dict[str, Any], code: int) -> None:
+    """The staged marker, "<code> <epoch>": the daemon reads it with the job's own markers, so
+    it learns that staging ended without asking Slurm."""
+    if plan.get("marker"):
+        path = Path(plan["marker"])
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(f"{code} {int(time.time())}\n")
+        tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def tracking_ops_for(from_state: str | None, to_state: str) -> list[str]:
     if RunState(to_state).is_terminal:
         return ["close"]
     if from_state == RunState.SUBMITTING.value and to_state in (
+        RunState.STAGING.value,
         RunState.PENDING.value,
         RunState.RUNNING.value,
     ):
@@ -574,7 +575,11 @@ class Store:
             select(Run)
             .where(col(Run.mlflow_relay_dir).is_not(None))
             .where(col(Run.mlflow_run_id).is_not(None))
-            .where(col(Run.state).in_([RunState.PENDING.value, RunState.RUNNING.value]))
+            .where(
+                col(Run.state).in_(
+                    [RunState.STAGING.value, RunState.PENDING.value, RunState.RUNNING.value]
+                )
+            )
         )
         with self._session() as session:
             return list(session.exec(query).all())

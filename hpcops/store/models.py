@@ -30,6 +30,8 @@ class Run(SQLModel, table=True):
     # The data versions (spec's data:), as JSON: [{path, repo, rev, md5, size, nfiles, dest, env}]
     # with dest relative to the job's working directory.
     data_json: str | None = None
+    # The Slurm job that stages the data before the run's job (data.staging: job).
+    staging_job_id: str | None = None
 
     # One token per submission attempt; it rides in the job's --comment so a crash between sbatch
     # and the commit that records the job id can be repaired by finding the job by token.

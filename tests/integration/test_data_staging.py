@@ -167,6 +167,41 @@ def test_a_version_is_fetched_once_and_a_new_one_only_for_its_changes(daemon: Da
     assert f"md5 {third['run']['data'][0]['md5']}" in text and "$HPCOPS_DATA_DS" in text
 
 
+def test_staging_runs_as_a_slurm_job_of_its_own_that_the_job_waits_for(daemon: Daemon) -> None:
+    repo = DataRepo(daemon.home)
+    run = staged(daemon, daemon.submit(repo.spec))["run"]
+    states = [e["to"] for e in daemon.json("history", str(run["id"]))]
+    assert states[:3] == ["QUEUED", "SUBMITTING", "STAGING"], states
+    assert "PENDING" in states or "RUNNING" in states
+    stage_job = run["staging_job_id"]
+    assert stage_job and stage_job != run["slurm_job_id"]
+    accounting = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", stage_job, "--format=JobName,State"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert accounting == [f"{run['name']}-stage|COMPLETED"], accounting
+    log = daemon.cli("logs", str(run["id"]), "--staging", check=True).stdout
+    assert "hpcops staging data/ds: done" in log, log
+    script = (Path(run["run_dir"]) / "job.sbatch").read_text()
+    assert f"#SBATCH --dependency=afterok:{stage_job}" in script
+    assert "#SBATCH --kill-on-invalid-dep=yes" in script
+    assert "hpcops.data.stage" not in script, "the job itself stages nothing"
+
+
+def test_inline_staging_stages_in_the_job_itself(daemon: Daemon) -> None:
+    repo = DataRepo(daemon.home)
+    spec = json.loads(repo.spec.read_text())
+    repo.spec.write_text(json.dumps({**spec, "staging": "inline"}))
+    repo.git("commit", "--quiet", "-am", "inline")
+    result = staged(daemon, daemon.submit(repo.spec))
+    run = result["run"]
+    assert run["staging_job_id"] is None and result["ds"]["phase"] == "done"
+    assert "STAGING" not in [e["to"] for e in daemon.json("history", str(run["id"]))]
+    assert job_saw(daemon, run["id"]) == digest(repo.path / "data" / "ds")
+
+
 def test_five_runs_of_a_new_version_fetch_it_once(daemon: Daemon) -> None:
     repo = DataRepo(daemon.home)
     runs = [int(r["id"]) for r in daemon.json("submit", *[str(repo.spec)] * 5)]
@@ -197,6 +232,7 @@ def test_a_bad_remote_fails_the_run_clearly_and_leaves_the_cache_clean(
     detail = daemon.show(shown["id"])
     tail = detail["stderr_tail"]
     assert "hpcops staging failed" in tail, tail
+    assert detail["reason"].startswith("data staging failed: "), detail["reason"]
     if how == "corrupt":
         assert "do not match their md5" in tail and "corrupt" in tail
     else:

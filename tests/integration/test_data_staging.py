@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACTIVE, Daemon
+from conftest import ACTIVE, Daemon, sacct_jobs_named
 from lab import MEMBERS, Lab, new_lab
 
 from hpcops.data.cache import ContentCache
@@ -352,3 +352,18 @@ def test_gc_keeps_what_active_runs_need_and_frees_the_rest(daemon: Daemon) -> No
     daemon.cli("cancel", str(active), check=True)
     bad = daemon.cli("cache", "gc")
     assert bad.returncode == 2 and "--older-than" in bad.stderr
+
+
+@pytest.mark.parametrize("fault", ["after_staging_sbatch", "after_sbatch"])
+def test_kill_9_around_the_staging_job_submits_the_run_once(daemon: Daemon, fault: str) -> None:
+    """Killed after the staging job went in (its run's job not yet), or after both went in but
+    before the commit: after a restart the run completes, with exactly one job of its own."""
+    from test_lifecycle import _crash_at
+
+    daemon.config["slurm"]["submit_grace_s"] = 5
+    repo = DataRepo(daemon.home)
+    run = _crash_at(daemon, fault, repo.spec)
+    data = staged(daemon, run)["run"]
+    jobs = sacct_jobs_named(data["name"], at_least=1)
+    assert [j["job_id"] for j in jobs] == [data["slurm_job_id"]], jobs
+    assert job_saw(daemon, run) == digest(repo.path / "data" / "ds")

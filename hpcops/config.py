@@ -10,10 +10,11 @@ import difflib
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -218,8 +219,18 @@ class FairShareConfig(_Strict):
     refresh_s: float = Field(default=300.0, ge=10, description="How often usage is re-read.")
 
 
+def _absolute_path(value: Path | None) -> Path | None:
+    """An optional path setting: ~ expanded, and absolute (the daemon has no useful cwd)."""
+    if value is not None and not value.expanduser().is_absolute():
+        raise ValueError("must be an absolute path")
+    return value.expanduser() if value is not None else None
+
+
+OptionalAbsolutePath = Annotated[Path | None, AfterValidator(_absolute_path)]
+
+
 class CodeConfig(_Strict):
-    mirror_root: Path | None = Field(
+    mirror_root: OptionalAbsolutePath = Field(
         default=None,
         description="The lab's bare git mirror and its upload folder, on storage the compute "
         "nodes see; default $HPCOPS_HOME/code.",
@@ -230,13 +241,6 @@ class CodeConfig(_Strict):
         le=3600.0,
         description="Longest a submit may spend taking in a bundle or fetching a repo URL.",
     )
-
-    @field_validator("mirror_root")
-    @classmethod
-    def _absolute(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.expanduser().is_absolute():
-            raise ValueError("must be an absolute path")
-        return value.expanduser() if value is not None else None
 
 
 class StagingJobConfig(_Strict):
@@ -275,7 +279,7 @@ class StagingJobConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    cache_root: Path | None = Field(
+    cache_root: OptionalAbsolutePath = Field(
         default=None,
         description="The lab's content-addressed data cache, on scratch the compute nodes see; "
         "default $HPCOPS_HOME/data-cache.",
@@ -286,7 +290,7 @@ class DataConfig(_Strict):
         "starts after it (afterok); inline: the run's job stages it before its command.",
     )
     staging_job: StagingJobConfig = Field(default_factory=lambda: StagingJobConfig())
-    python: Path | None = Field(
+    python: OptionalAbsolutePath = Field(
         default=None,
         description="The Python (with hpcops and DVC) that jobs stage with; default the "
         "daemon's own.",
@@ -297,13 +301,6 @@ class DataConfig(_Strict):
         description="`hpcops cache gc` leaves objects younger than this: a fetch in progress "
         "has not written its version's manifest yet.",
     )
-
-    @field_validator("cache_root", "python")
-    @classmethod
-    def _absolute(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.expanduser().is_absolute():
-            raise ValueError("must be an absolute path")
-        return value.expanduser() if value is not None else None
 
 
 class SchedulesConfig(_Strict):

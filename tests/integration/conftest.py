@@ -180,22 +180,25 @@ class Daemon:
             time.sleep(0.3)
 
 
-@pytest.fixture
-def daemon(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def running_daemon(
+    prefix: str = "hpcops-test", env: dict[str, str] | None = None, **config: Any
+) -> Iterator[Daemon]:
+    """A root daemon in a fresh home under /tmp, with `config` over the test defaults; its runs
+    still in Slurm are cancelled afterwards (by job id: never other tests' jobs)."""
     # Not under pytest's tmp_path: run directories land on #SBATCH lines, which take only plain
     # path characters, and pytest's names can hold brackets.
-    home = Path("/tmp") / f"hpcops-test-{uuid.uuid4().hex[:10]}"
+    home = Path("/tmp") / f"{prefix}-{uuid.uuid4().hex[:10]}"
     home.mkdir(mode=0o700)
-    d = Daemon(
-        home=home,
-        config={
-            "lab": "testlab",
-            "max_active": 20,
-            "slurm": {"account": "lab", "default_partition": "cpu", "squeue_interval_s": 10},
-            "daemon": {"tick_interval_s": 0.5, "log_level": "DEBUG"},
-        },
-    )
-    d.start()
+    base: dict[str, Any] = {
+        "lab": "testlab",
+        "max_active": 20,
+        "slurm": {"account": "lab", "default_partition": "cpu", "squeue_interval_s": 10},
+        "daemon": {"tick_interval_s": 0.5, "log_level": "DEBUG"},
+    }
+    for key, value in config.items():
+        base[key] = {**base[key], **value} if isinstance(base.get(key), dict) else value
+    d = Daemon(home=home, config=base)
+    d.start(**(env or {}))
     yield d
     try:
         runs = d.json("ls", "--all") if (home / "daemon.pid").exists() else []
@@ -205,6 +208,11 @@ def daemon(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     live = [r["slurm_job_id"] for r in runs if r["slurm_job_id"] and r["state"] in ACTIVE]
     if live:
         subprocess.run(["scancel", *live], check=False)
+
+
+@pytest.fixture
+def daemon(cluster: None) -> Iterator[Daemon]:
+    yield from running_daemon()
 
 
 def write_spec(directory: Path, name: str, command: str, **extra: Any) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, Daemon
+from conftest import REPO, Daemon, running_daemon
 from mlflow_server import MlflowServer, free_port
 
 EXAMPLES = REPO / "configs" / "examples"
@@ -36,29 +36,12 @@ def _client(server: MlflowServer) -> Any:
 
 
 def _daemon(cluster: None, server: MlflowServer, **tracking: Any) -> Iterator[Daemon]:
-    home = Path("/tmp") / f"hpcops-test-{uuid.uuid4().hex[:10]}"
-    home.mkdir(mode=0o700)
-    d = Daemon(
-        home=home,
-        config={
-            "lab": "testlab",
-            "max_active": 20,
-            "slurm": {"account": "lab", "default_partition": "cpu", "squeue_interval_s": 10},
-            "daemon": {"tick_interval_s": 0.5, "log_level": "DEBUG"},
-            "tracking": {"tracking_uri": server.uri, "relay_interval_s": 1.0, **tracking},
-        },
-    )
     # A daemon started with MLflow settings of its own in its environment: the jobs must not
     # inherit them through sbatch.
-    d.start(MLFLOW_TRACKING_TOKEN="daemon-secret", MLFLOW_TRACKING_URI="http://wrong:1")
-    yield d
-    runs = d.json("ls", "--all") if (home / "daemon.pid").exists() else []
-    d.stop()
-    live = [r["slurm_job_id"] for r in runs if r["slurm_job_id"] and r["state"] not in _ENDED]
-    if live:
-        import subprocess
-
-        subprocess.run(["scancel", *live], check=False)
+    yield from running_daemon(
+        env={"MLFLOW_TRACKING_TOKEN": "daemon-secret", "MLFLOW_TRACKING_URI": "http://wrong:1"},
+        tracking={"tracking_uri": server.uri, "relay_interval_s": 1.0, **tracking},
+    )
 
 
 _ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "UNKNOWN"}

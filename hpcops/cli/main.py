@@ -1101,6 +1101,9 @@ def schedule_show(obj: Context, ref: str, limit: int, as_json: bool) -> None:
         ("overlap", overlap),
         ("created", local_time(data["created_at"])),
     ]
+    if data["on_data_change"]:
+        # Missed checks are one check at start-up: the data is what it is now.
+        lines = [line for line in lines if line[0] != "catch-up"]
     if data["last_check"]:
         check = data["last_check"]
         lines.append(("last check", f"{local_time(check['at'])}  {check['result']}"))

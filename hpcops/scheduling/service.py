@@ -46,7 +46,7 @@ from apscheduler.executors.base import BaseExecutor
 
 from hpcops.access import Caller, authorize, check_priority, role_of, unix_groups
 from hpcops.config import Config
-from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied
+from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied, SpecError
 from hpcops.orchestrator import DAEMON, Orchestrator
 from hpcops.scheduling import datachange, timing
 from hpcops.spec import Spec, parse_spec, spec_to_yaml
@@ -450,7 +450,12 @@ class ScheduleService:
             spec = parse_spec(schedule.spec_yaml, source)
             current = self.orchestrator.current_data(spec, source, owner)
         except Exception as exc:
-            message = exc.message if isinstance(exc, HpcopsError) else f"internal error: {exc!r}"
+            if isinstance(exc, SpecError):  # the field and why, without the "invalid spec" line
+                message = "; ".join(str(p) for p in exc.problems)
+            elif isinstance(exc, HpcopsError):
+                message = exc.message
+            else:
+                message = f"internal error: {exc!r}"
             if not isinstance(exc, HpcopsError):
                 log.exception("schedule %s: data check failed", schedule_id)
             else:

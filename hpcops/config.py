@@ -323,13 +323,29 @@ class SchedulesConfig(_Strict):
         default=60,
         ge=1,
         le=86400,
-        description="The shortest `--every` interval: each firing costs an sbatch.",
+        description="The shortest `--every` and `--check-every` interval: each firing costs "
+        "an sbatch, each data check a git fetch.",
+    )
+    check_every_s: int = Field(
+        default=300,
+        ge=1,
+        le=timing.MAX_EVERY_S,
+        description="How often an on-data-change schedule checks its data (`--check-every`).",
     )
 
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str | None) -> str | None:
         return None if value is None else timing.check_timezone(value)
+
+    @model_validator(mode="after")
+    def _default_check_within_minimum(self) -> SchedulesConfig:
+        if self.check_every_s < self.min_interval_s:
+            raise ValueError(
+                f"check_every_s ({self.check_every_s}) is below min_interval_s "
+                f"({self.min_interval_s}); raise it, or lower min_interval_s"
+            )
+        return self
 
 
 _TRACKING_SCHEMES = ("http://", "https://", "sqlite:///")

@@ -383,6 +383,15 @@ class Orchestrator:
         self.check_spec(spec, source)
         return self._new_run(spec, caller, **fields)
 
+    def current_data(self, spec: Spec, source: str, caller: Caller) -> list[DataVersion]:
+        """The data versions a run of the spec queued now would stage: its moving references
+        (code branch, data revs) resolved through the mirror exactly as `prepare_run` resolves
+        them, the .dvc files read; nothing queued, no data moved. An on-data-change schedule's
+        check. Each commit it sees keeps a ref in the mirror, as a submission's does."""
+        spec, fields = self._pin_code(spec, None, source, caller)
+        data_json = self._pin_data(spec, fields, source).get("data_json")
+        return [DataVersion.from_json(item) for item in json.loads(data_json or "[]")]
+
     def _new_run(self, spec: Spec, caller: Caller, **code_fields: Any) -> Run:
         canonical = spec_to_yaml(spec)
         return Run(

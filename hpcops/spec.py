@@ -842,8 +842,9 @@ def _optional_range(lo: int, hi: int, example: str) -> Callable[[int | None], in
 
 class ScheduleBlock(BaseModel):
     """When `hpcops schedule add SPEC` queues the spec again: a cron expression (crontab's five
-    fields, in `timezone`) or an interval in seconds. Options given on the command line win over
-    the block. `hpcops submit` queues such a spec once and does not schedule it.
+    fields, in `timezone`), an interval in seconds, or a change of its DVC-tracked data (checked
+    every `check_every_s`). Options given on the command line win over the block. `hpcops
+    submit` queues such a spec once and does not schedule it.
     """
 
     model_config = _MODEL_CONFIG
@@ -859,13 +860,24 @@ class ScheduleBlock(BaseModel):
         int | None, AfterValidator(_optional_range(0, 31 * 86400, "catch_up_grace_s: 3600"))
     ] = None
     allow_overlap: bool | None = None
+    on_data_change: bool | None = None
+    check_every_s: Annotated[
+        int | None,
+        AfterValidator(_optional_range(1, timing.MAX_EVERY_S, "check_every_s: 300")),
+    ] = None
 
     @model_validator(mode="after")
     def _one_cadence(self) -> ScheduleBlock:
-        if (self.cron is None) == (self.every_s is None):
+        given = [self.cron is not None, self.every_s is not None, bool(self.on_data_change)]
+        if sum(given) != 1:
             raise ValueError(
-                "needs exactly one of cron (e.g. cron: '0 3 * * 1') and every_s "
-                "(e.g. every_s: 3600)"
+                "needs exactly one of cron (e.g. cron: '0 3 * * 1'), every_s (e.g. every_s: "
+                "3600) and on_data_change: true"
+            )
+        if self.check_every_s is not None and not self.on_data_change:
+            raise ValueError(
+                "check_every_s is how often an on_data_change schedule looks at its data; "
+                "it needs on_data_change: true"
             )
         return self
 
@@ -1012,6 +1024,8 @@ _EXAMPLES: Final = {
     "schedule.catch_up": "catch_up: one",
     "schedule.catch_up_grace_s": "catch_up_grace_s: 3600",
     "schedule.allow_overlap": "allow_overlap: false",
+    "schedule.on_data_change": "on_data_change: true",
+    "schedule.check_every_s": "check_every_s: 300",
 }
 _EXPECTED: Final = {
     "string_type": "a string",

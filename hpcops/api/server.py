@@ -689,6 +689,8 @@ class Api:
             catch_up=_optional(params, "catch_up", str),
             catch_up_grace_s=_optional(params, "catch_up_grace_s", int),
             allow_overlap=_optional(params, "allow_overlap", bool),
+            on_data_change=_optional(params, "on_data_change", bool),
+            check_every_s=_optional(params, "check_every_s", int),
         )
         schedule = self._service().add(spec, source, options, req.caller)
         view = self._schedule_view(schedule)

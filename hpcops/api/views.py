@@ -153,6 +153,12 @@ def firing_view(firing: Firing, run_state: str | None) -> dict[str, Any]:
         "reason": firing.reason or None,
         "run_id": firing.run_id,
         "run_state": run_state,
+        # The data versions it was for (path and md5 of each target), when the spec has data.
+        "data": [
+            {"path": item["path"], "md5": item["md5"]} for item in json.loads(firing.data_json)
+        ]
+        if firing.data_json
+        else None,
     }
 
 
@@ -165,7 +171,7 @@ def schedule_view(
 ) -> dict[str, Any]:
     if schedule.removed_at is not None:
         status = "removed"
-    elif problem is not None:
+    elif problem is not None or schedule.last_check_ok is False:
         status = "broken"
     else:
         status = "paused" if schedule.paused else "active"
@@ -178,7 +184,22 @@ def schedule_view(
         "cron": schedule.cron,
         "every_s": schedule.every_s,
         "timezone": schedule.timezone,
-        "cadence": cadence(schedule.cron, schedule.every_s, schedule.timezone),
+        "cadence": cadence(
+            schedule.cron,
+            schedule.every_s,
+            schedule.timezone,
+            schedule.check_every_s if schedule.on_data_change else None,
+        ),
+        "on_data_change": schedule.on_data_change,
+        "check_every_s": schedule.check_every_s,
+        "last_check": None
+        if schedule.last_checked_at is None
+        else {
+            "at": iso(schedule.last_checked_at),
+            "ok": schedule.last_check_ok,
+            "summary": (schedule.last_check or "").partition(": ")[0],
+            "result": schedule.last_check,
+        },
         "catch_up": schedule.catch_up,
         "catch_up_grace_s": schedule.catch_up_grace_s,
         "allow_overlap": schedule.allow_overlap,

@@ -888,13 +888,15 @@ def schedule() -> None:
       hpcops schedule add train.yaml --cron "0 3 * * 1"      # Mondays 03:00, local zone
       hpcops schedule add train.yaml --cron "30 2 * * *" --timezone Europe/Berlin --name nightly
       hpcops schedule add eval.yaml --every 3600             # an interval in seconds
+      hpcops schedule add train.yaml --on-data-change        # when its DVC data changes
       hpcops schedule ls                                     # status, next firing, last outcome
       hpcops schedule show nightly                           # recent firings and their runs
       hpcops schedule pause nightly / resume nightly / rm nightly
       hpcops schedule run-now nightly                        # one firing now; prints the run id
 
-    A spec may carry the same settings in a schedule: block (cron or every_s, timezone, name,
-    catch_up, catch_up_grace_s, allow_overlap); options given here win. Only a schedule's owner
+    A spec may carry the same settings in a schedule: block (cron, every_s or on_data_change with
+    check_every_s, timezone, name, catch_up, catch_up_grace_s, allow_overlap); options given
+    here win. Only a schedule's owner
     or a lead may pause, resume, remove or run it; every change is audited.
     """
 
@@ -917,6 +919,22 @@ SCHEDULE_ARG_HELP = "a schedule's id or name"
     metavar="SECONDS",
     help="Fire every SECONDS seconds instead of on a cron (at least the config's "
     "schedules.min_interval_s, 60 by default).",
+)
+@click.option(
+    "--on-data-change",
+    is_flag=True,
+    default=None,
+    help="Fire when the spec's DVC-tracked data changes: every --check-every seconds the daemon "
+    "resolves the spec's code branch (and each data target's rev) and reads the data's md5 from "
+    "its .dvc file; a version its last run did not use queues a run. The spec needs data:.",
+)
+@click.option(
+    "--check-every",
+    "check_every_s",
+    type=click.IntRange(min=1),
+    metavar="SECONDS",
+    help="How often an --on-data-change schedule checks (default: the config's "
+    "schedules.check_every_s, 300; at least schedules.min_interval_s).",
 )
 @click.option("--name", help="The schedule's name (default: the spec's name).")
 @click.option(
@@ -952,6 +970,8 @@ def schedule_add(
     spec_path: Path,
     cron: str | None,
     every_s: int | None,
+    on_data_change: bool | None,
+    check_every_s: int | None,
     name: str | None,
     timezone: str | None,
     catch_up: str | None,
@@ -959,7 +979,7 @@ def schedule_add(
     allow_overlap: bool | None,
     as_json: bool,
 ) -> None:
-    """Schedule SPEC: queue a fresh run of it on a cron or an interval.
+    """Schedule SPEC: queue a fresh run of it on a cron, an interval, or when its data changes.
 
     The spec is checked now as `hpcops submit` checks it (exit 2 if invalid, and nothing is
     scheduled), and stored with the schedule: later edits of the file do not change it.
@@ -969,6 +989,10 @@ def schedule_add(
 
     if cron is not None and every_s is not None:
         raise click.UsageError("give --cron or --every, not both")
+    if on_data_change and (cron is not None or every_s is not None):
+        raise click.UsageError(
+            "--on-data-change is a trigger of its own; give it, --cron or --every, not two"
+        )
     spec = load_spec_file(spec_path)
     params: dict[str, Any] = {
         "yaml": spec_to_yaml(spec),
@@ -976,6 +1000,8 @@ def schedule_add(
         "name": name,
         "cron": cron,
         "every_s": every_s,
+        "on_data_change": on_data_change,
+        "check_every_s": check_every_s,
         "timezone": timezone,
         "catch_up": catch_up,
         "catch_up_grace_s": catch_up_grace_s,
@@ -985,9 +1011,10 @@ def schedule_add(
     if as_json:
         print_json(result)
         return
+    next_what = "next check" if result["on_data_change"] else "next"
     click.echo(
         f"schedule {result['id']} ({result['name']}): {result['cadence']}, "
-        f"next {_when(result['next_fire_at'])}"
+        f"{next_what} {_when(result['next_fire_at'])}"
     )
 
 
@@ -1005,7 +1032,9 @@ def schedule_ls(obj: Context, show_all: bool, as_json: bool) -> None:
     """List the lab's schedules: status (active, paused, broken), next firing, last outcome.
 
     A schedule is broken when its spec would not be queued now (the cluster or the lab's
-    templates changed); the PROBLEM column says why. The others fire regardless.
+    templates changed), or when an on-data-change schedule's last check could not read its data
+    (repository unreachable, .dvc file missing); the PROBLEM column says why. The others fire
+    regardless. For an on-data-change schedule NEXT is its next check, CHECKED its last one.
     """
     from hpcops.cli.output import print_json, table
 
@@ -1023,6 +1052,7 @@ def schedule_ls(obj: Context, show_all: bool, as_json: bool) -> None:
         if last is not None:
             outcome = last["outcome"] + (f" run {last['run_id']}" if last["run_id"] else "")
         problem = s["problem"] or s["last_error"] or ""
+        check = s["last_check"]
         rows.append(
             [
                 str(s["id"]),
@@ -1031,11 +1061,12 @@ def schedule_ls(obj: Context, show_all: bool, as_json: bool) -> None:
                 s["status"],
                 s["cadence"],
                 _when(s["next_fire_at"]),
+                f"{_when(check['at'])} {check['summary']}" if check else "-",
                 outcome,
                 problem.splitlines()[0] if problem else "",
             ]
         )
-    headers = ["ID", "NAME", "OWNER", "STATUS", "WHEN", "NEXT", "LAST", "PROBLEM"]
+    headers = ["ID", "NAME", "OWNER", "STATUS", "WHEN", "NEXT", "CHECKED", "LAST", "PROBLEM"]
     click.echo(table(headers, rows))
 
 
@@ -1065,11 +1096,17 @@ def schedule_show(obj: Context, ref: str, limit: int, as_json: bool) -> None:
         ("status", data["status"]),
         ("owner", data["owner"]),
         ("when", data["cadence"]),
-        ("next", _when(data["next_fire_at"])),
+        ("next check" if data["on_data_change"] else "next", _when(data["next_fire_at"])),
         ("catch-up", f"{data['catch_up']}, within {data['catch_up_grace_s']} s"),
         ("overlap", overlap),
         ("created", local_time(data["created_at"])),
     ]
+    if data["on_data_change"]:
+        # Missed checks are one check at start-up: the data is what it is now.
+        lines = [line for line in lines if line[0] != "catch-up"]
+    if data["last_check"]:
+        check = data["last_check"]
+        lines.append(("last check", f"{local_time(check['at'])}  {check['result']}"))
     if data["removed_at"]:
         lines.append(("removed", f"{local_time(data['removed_at'])} by {data['removed_by']}"))
     if data["problem"]:

@@ -11,6 +11,12 @@ catch-up decision needs every missed time:
     hands the times to `ScheduleService._on_due` (the stored job target, `due`, is never called);
   - coalescing and misfire handling are off; timing.plan_firings decides, and says why.
 
+On-data-change schedules (datachange.py) have an interval job too, but its due times start a
+check, not a firing: in a small thread pool of their own, so that a slow or unreachable
+repository holds up neither the other schedules' firings nor the loop or the API. A check
+decides from the store (the versions of its last firing's run), never from memory, so a kill -9
+mid-check loses nothing: the next check, after the restart, decides the same.
+
 Crash safety (kill -9 at any instant). FiringExecutor runs a firing in the scheduler's thread
 *before* APScheduler moves the job's next run time on in its store, and a firing's record and
 its run are written in one transaction, at most once per (schedule, scheduled time):
@@ -22,6 +28,7 @@ its run are written in one transaction, at most once per (schedule, scheduled ti
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -30,6 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -38,9 +46,9 @@ from apscheduler.executors.base import BaseExecutor
 
 from hpcops.access import Caller, authorize, check_priority, role_of, unix_groups
 from hpcops.config import Config
-from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied
+from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied, SpecError
 from hpcops.orchestrator import DAEMON, Orchestrator
-from hpcops.scheduling import timing
+from hpcops.scheduling import datachange, timing
 from hpcops.spec import Spec, parse_spec, spec_to_yaml
 from hpcops.store import Audit, Firing, Run, Schedule, Store
 
@@ -94,6 +102,12 @@ class ScheduleOptions:
     catch_up: str | None = None
     catch_up_grace_s: int | None = None
     allow_overlap: bool | None = None
+    on_data_change: bool | None = None
+    check_every_s: int | None = None
+
+
+# At most this many on-data-change checks at once (each is a git fetch and a few reads).
+_CHECK_THREADS = 2
 
 
 def _job_id(schedule_id: int | None) -> str:
@@ -136,6 +150,11 @@ class ScheduleService:
         self.clock = clock
         self.fault = fault  # HPCOPS_FAULT, for the kill -9 tests
         self._scheduler: BackgroundScheduler | None = None
+        self._checks: ThreadPoolExecutor | None = None
+        # Schedules with a check in progress: a check that outlasts its interval is not
+        # started again beside itself.
+        self._checking: set[int] = set()
+        self._checking_lock = threading.Lock()
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -154,6 +173,7 @@ class ScheduleService:
         # jobs are visible only once started), and until resume_after says the runs are known.
         scheduler.start(paused=True)
         self._scheduler = scheduler
+        self._checks = ThreadPoolExecutor(_CHECK_THREADS, thread_name_prefix="hpcops-data-check")
         for schedule in self.store.schedules():
             self._sync_job(schedule)
         known = {_job_id(s.id) for s in self.store.schedules()}
@@ -177,6 +197,11 @@ class ScheduleService:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)  # lets a firing in progress commit
             self._scheduler = None
+        if self._checks is not None:
+            # A check that has not started is dropped (the next start checks again); one in
+            # progress finishes, so a firing it is making commits.
+            self._checks.shutdown(wait=True, cancel_futures=True)
+            self._checks = None
 
     def _sync_job(self, schedule: Schedule) -> None:
         """Make APScheduler's job agree with the schedule's row: present and running, paused,
@@ -192,12 +217,7 @@ class ScheduleService:
             return
         if job is None:
             try:
-                trigger = timing.build_trigger(
-                    cron=schedule.cron,
-                    every_s=schedule.every_s,
-                    timezone=schedule.timezone,
-                    anchor=schedule.created_at,
-                )
+                trigger = _trigger(schedule)
             except (ValueError, LookupError) as exc:
                 log.error("schedule %s: cannot build its trigger: %s", schedule.id, exc)
                 self.store.update_schedule(_id(schedule), last_error=f"cannot schedule it: {exc}")
@@ -224,14 +244,35 @@ class ScheduleService:
             return _first(getattr(options, name), getattr(block, name, None) if block else None)
 
         cron, every_s = options.cron, options.every_s
-        if cron is None and every_s is None and block is not None:
-            cron, every_s = block.cron, block.every_s
-        if (cron is None) == (every_s is None):
+        on_data = bool(options.on_data_change)
+        if cron is None and every_s is None and not on_data and block is not None:
+            cron, every_s, on_data = block.cron, block.every_s, bool(block.on_data_change)
+        if on_data and (cron is not None or every_s is not None):
             raise InvalidInput(
-                "a schedule needs exactly one of --cron EXPR (e.g. --cron '0 3 * * 1') and "
-                "--every SECONDS, or a schedule: block in the spec"
+                "on-data-change: a schedule fires on one trigger; --on-data-change "
+                "(on_data_change) cannot be combined with --cron or --every (cron, every_s)"
+            )
+        if (cron is None) == (every_s is None) and not on_data:
+            raise InvalidInput(
+                "a schedule needs exactly one of --cron EXPR (e.g. --cron '0 3 * * 1'), "
+                "--every SECONDS and --on-data-change, or a schedule: block in the spec"
             )
         problems = []
+        check_every_s = pick("check_every_s")
+        if on_data:
+            check_every_s = _first(check_every_s, defaults.check_every_s)
+            try:
+                datachange.check_check_every_s(check_every_s, defaults.min_interval_s)
+            except ValueError as exc:
+                problems.append(f"check-every: {exc}")
+            watch = datachange.watch_problem(spec)
+            if watch is not None:
+                problems.append(f"data: {watch}")
+        elif check_every_s is not None:
+            problems.append(
+                "check-every: is how often an on-data-change schedule looks at its data; it "
+                "needs --on-data-change (on_data_change: true)"
+            )
         if cron is not None:
             try:
                 timing.parse_cron(cron)
@@ -267,6 +308,10 @@ class ScheduleService:
         # The spec must be one that `hpcops submit` would queue today.
         plain = spec.model_copy(update={"schedule": None})
         self.orchestrator.check_spec(plain, source)
+        if on_data:
+            # The branch and the .dvc files must be readable now: a typo in a path is told to
+            # the one adding the schedule, not found by every check. The first check fires.
+            self.orchestrator.current_data(plain, source, caller)
         now = self.clock()
         schedule = self.store.add_schedule(
             Schedule(
@@ -281,6 +326,8 @@ class ScheduleService:
                 catch_up=catch_up,
                 catch_up_grace_s=grace,
                 allow_overlap=bool(pick("allow_overlap")),
+                on_data_change=on_data,
+                check_every_s=check_every_s if on_data else None,
                 created_at=now,
                 updated_at=now,
             )
@@ -320,10 +367,7 @@ class ScheduleService:
                 times[_id(s)] = None
                 continue
             try:
-                trigger = timing.build_trigger(
-                    cron=s.cron, every_s=s.every_s, timezone=s.timezone, anchor=s.created_at
-                )
-                nxt = trigger.get_next_fire_time(None, now)
+                nxt = _trigger(s).get_next_fire_time(None, now)
             except (ValueError, LookupError):
                 nxt = None
             times[s.id] = nxt.timestamp() if nxt is not None else None
@@ -348,6 +392,11 @@ class ScheduleService:
         schedule = self.store.get_schedule(schedule_id)
         if schedule.removed_at is not None or schedule.paused:
             return  # changed while the job was due; _sync_job has dealt with the job
+        if schedule.on_data_change:
+            # Checks missed while the daemon was down are one check now: the data is what it
+            # is now, whatever it was in between.
+            self._start_check(schedule_id, max(t.timestamp() for t in run_times))
+            return
         plans = timing.plan_firings(
             [round(t.timestamp(), 3) for t in run_times],
             now,
@@ -364,6 +413,83 @@ class ScheduleService:
                 submit=plan.fire,
             )
 
+    def _start_check(self, schedule_id: int, due_at: float) -> None:
+        pool = self._checks
+        if pool is None:
+            return
+        with self._checking_lock:
+            if schedule_id in self._checking:
+                log.info("schedule %s: its previous data check is still running", schedule_id)
+                return
+            self._checking.add(schedule_id)
+        try:
+            pool.submit(self._check_in_pool, schedule_id, due_at)
+        except RuntimeError:  # the pool is shutting down with the daemon
+            with self._checking_lock:
+                self._checking.discard(schedule_id)
+
+    def _check_in_pool(self, schedule_id: int, due_at: float) -> None:
+        try:
+            self.check_data(schedule_id, due_at)
+        except Exception:  # a bug costs this check, not the pool or the other schedules
+            log.exception("schedule %s: data check failed", schedule_id)
+        finally:
+            with self._checking_lock:
+                self._checking.discard(schedule_id)
+
+    def check_data(self, schedule_id: int, due_at: float) -> Firing | None:
+        """One check of an on-data-change schedule: read the data versions now (queueing
+        nothing), decide (datachange.decide), record the result on the schedule, and fire if
+        the data changed. Returns the firing, if there was one."""
+        schedule = self.store.get_schedule(schedule_id)
+        if schedule.removed_at is not None or schedule.paused or not schedule.on_data_change:
+            return None
+        source = f"schedule {schedule_id} ({schedule.name})"
+        owner = Caller(uid=schedule.owner_uid, name=schedule.owner)
+        try:
+            spec = parse_spec(schedule.spec_yaml, source)
+            current = self.orchestrator.current_data(spec, source, owner)
+        except Exception as exc:
+            if isinstance(exc, SpecError):  # the field and why, without the "invalid spec" line
+                message = "; ".join(str(p) for p in exc.problems)
+            elif isinstance(exc, HpcopsError):
+                message = exc.message
+            else:
+                message = f"internal error: {exc!r}"
+            if not isinstance(exc, HpcopsError):
+                log.exception("schedule %s: data check failed", schedule_id)
+            else:
+                log.warning("schedule %s: data check failed: %s", schedule_id, message)
+            self.store.record_check(
+                schedule_id, at=self.clock(), ok=False, result=_clip(f"failed: {message}")
+            )
+            return None
+        fired, failed = self.store.data_baseline(schedule_id)
+        active = self.store.active_scheduled_run(schedule_id)
+        decision = datachange.decide(
+            tuple(datachange.TargetVersion(v.path, v.md5) for v in current),
+            fired=datachange.versions_from_data_json(fired),
+            failed=datachange.versions_from_data_json(failed),
+            active_run=active[0] if active else None,
+            active_state=active[1] if active else None,
+            allow_overlap=schedule.allow_overlap,
+        )
+        self.store.record_check(
+            schedule_id, at=self.clock(), ok=True, result=_clip(decision.result)
+        )
+        if not decision.fire:
+            log.debug("schedule %s: %s", schedule_id, decision.result)
+            return None
+        firing, _ = self.fire(
+            schedule,
+            round(due_at, 3),
+            kind="data-change",
+            actor=DAEMON,
+            note=decision.result,
+            data_json=json.dumps([v.to_json() for v in current]),
+        )
+        return firing
+
     def fire(
         self,
         schedule: Schedule,
@@ -373,9 +499,12 @@ class ScheduleService:
         actor: str,
         note: str = "",
         submit: bool = True,
+        data_json: str | None = None,
     ) -> tuple[Firing, bool]:
         """One firing: a fresh run of the schedule's spec for its owner, recorded with it in
-        one transaction. Returns the firing and whether it is new (False: already recorded)."""
+        one transaction. Returns the firing and whether it is new (False: already recorded).
+        `data_json`: the data versions a check read, kept on a firing that queues no run (its
+        run's own versions are kept on one that does)."""
         firing = Firing(
             schedule_id=_id(schedule),
             scheduled_for=scheduled_for,
@@ -384,6 +513,7 @@ class ScheduleService:
             actor=actor,
             outcome="skipped",
             reason=_clip(note),
+            data_json=data_json,
         )
         run: Run | None = None
         if submit:
@@ -451,6 +581,17 @@ class ScheduleService:
         if self.fault == name:
             log.warning("fault point %s: killing the daemon with SIGKILL (HPCOPS_FAULT)", name)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _trigger(schedule: Schedule) -> Any:
+    """The APScheduler trigger of a schedule; an on-data-change schedule's is the interval of
+    its checks."""
+    return timing.build_trigger(
+        cron=schedule.cron,
+        every_s=schedule.check_every_s if schedule.on_data_change else schedule.every_s,
+        timezone=schedule.timezone,
+        anchor=schedule.created_at,
+    )
 
 
 def _id(schedule: Schedule) -> int:

@@ -225,8 +225,12 @@ def build_trigger(
     return IntervalTrigger(seconds=every_s, start_date=start, timezone=zone)
 
 
-def cadence(cron: str | None, every_s: int | None, timezone: str) -> str:
-    """How often, in words for a table."""
+def cadence(
+    cron: str | None, every_s: int | None, timezone: str, check_every_s: int | None = None
+) -> str:
+    """How often, in words for a table. `check_every_s`: an on-data-change schedule."""
+    if check_every_s is not None:
+        return f"on data change, checked every {check_every_s} s"
     if cron is not None:
         return f"cron {cron} ({timezone})"
     return f"every {every_s} s"

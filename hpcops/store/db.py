@@ -434,23 +434,14 @@ class Store:
             if schedule is None:
                 raise NotFound(f"no schedule {firing.schedule_id}")
             if run is not None:
-                active = session.exec(
-                    select(Run.id, Run.state)
-                    .where(
-                        Run.schedule_id == firing.schedule_id,
-                        col(Run.state).not_in([s.value for s in TERMINAL_STATES]),
-                        # Its job wrote its exit marker or left squeue: the command is over,
-                        # only sacct's final record is awaited.
-                        col(Run.end_seen_at).is_(None),
-                    )
-                    .order_by(col(Run.id).desc())
-                ).first()
+                active = _active_scheduled_run(session, firing.schedule_id)
                 skip = overlap_reason(
                     active[0] if active else None, active[1] if active else None, allow_overlap
                 )
                 if skip is not None:
                     firing.outcome, firing.reason, run = "skipped", skip, None
             if run is not None:
+                firing.data_json = run.data_json
                 run.schedule_id = firing.schedule_id
                 run.created_at = run.created_at or now
                 run.updated_at = now
@@ -481,6 +472,48 @@ class Store:
                 schedule.last_error = None
             session.add(schedule)
         return firing, True
+
+    def active_scheduled_run(self, schedule_id: int) -> tuple[int, str] | None:
+        """The newest run of the schedule that has not ended (id, state), or None."""
+        with self._session() as session:
+            return _active_scheduled_run(session, schedule_id)
+
+    def data_baseline(self, schedule_id: int) -> tuple[str | None, str | None]:
+        """What an on-data-change check compares with: the data versions (data_json) of the run
+        of the schedule's latest submitted firing, and those of a failed firing after it."""
+        with self._session() as session:
+            fired = session.exec(
+                select(Firing.id, Run.data_json)
+                .join(Run, col(Run.id) == col(Firing.run_id))
+                .where(Firing.schedule_id == schedule_id, Firing.outcome == "submitted")
+                .order_by(col(Firing.id).desc())
+            ).first()
+            failed_query = select(Firing.data_json).where(
+                Firing.schedule_id == schedule_id,
+                Firing.outcome == "error",
+                col(Firing.data_json).is_not(None),
+            )
+            if fired is not None:
+                failed_query = failed_query.where(col(Firing.id) > fired[0])
+            failed = session.exec(failed_query.order_by(col(Firing.id).desc())).first()
+        return (fired[1] if fired is not None else None), failed
+
+    def record_check(self, schedule_id: int, *, at: float, ok: bool, result: str) -> Schedule:
+        """An on-data-change check's result on its schedule. A check that could not read the
+        versions sets last_error (the schedule shows as broken); the next good one clears it."""
+        with self._session() as session:
+            schedule = session.get(Schedule, schedule_id)
+            if schedule is None:
+                raise NotFound(f"no schedule {schedule_id}")
+            if not ok:
+                schedule.last_error = result
+            elif schedule.last_check_ok is False:
+                schedule.last_error = None
+            schedule.last_checked_at = at
+            schedule.last_check = result
+            schedule.last_check_ok = ok
+            session.add(schedule)
+        return schedule
 
     def firings(self, schedule_id: int, *, limit: int = 20) -> list[tuple[Firing, str | None]]:
         """The newest firings of a schedule, each with its run's state now (None: no run)."""
@@ -593,3 +626,20 @@ class Store:
         with self._session() as session:
             for key, value in cursors.items():
                 session.merge(RelayCursor(run_id=run_id, key=key, value=value))
+
+
+def _active_scheduled_run(session: Session, schedule_id: int) -> tuple[int, str] | None:
+    active = session.exec(
+        select(Run.id, Run.state)
+        .where(
+            Run.schedule_id == schedule_id,
+            col(Run.state).not_in([s.value for s in TERMINAL_STATES]),
+            # Its job wrote its exit marker or left squeue: the command is over, only sacct's
+            # final record is awaited.
+            col(Run.end_seen_at).is_(None),
+        )
+        .order_by(col(Run.id).desc())
+    ).first()
+    if active is None or active[0] is None:
+        return None
+    return active[0], active[1]

@@ -117,7 +117,8 @@ class QuotaOverride(SQLModel, table=True):
 
 
 class Schedule(SQLModel, table=True):
-    """A spec that is queued again on a cron or an interval (`hpcops schedule add`).
+    """A spec that is queued again on a cron, an interval, or when its DVC-tracked data changes
+    (`hpcops schedule add`).
 
     The source of truth for schedules; APScheduler's job store (same database) only drives
     when they fire. A removed schedule stays, marked, so its runs keep their provenance."""
@@ -136,6 +137,14 @@ class Schedule(SQLModel, table=True):
     allow_overlap: bool = False
     paused: bool = False
     last_error: str | None = None  # the latest firing's error; cleared by a firing that queues
+    # On data change (scheduling/datachange.py): every check_every_s the daemon reads the data
+    # versions and fires when they differ from its last run's. A check that fires nothing
+    # leaves only these fields, not a Firing row.
+    on_data_change: bool = False
+    check_every_s: int | None = None
+    last_checked_at: float | None = None
+    last_check: str | None = None  # "no change: ...", "changed: ...", "failed: ..."
+    last_check_ok: bool | None = None  # False: the check could not read the versions
     created_at: float
     updated_at: float
     removed_at: float | None = None
@@ -152,11 +161,14 @@ class Firing(SQLModel, table=True):
     schedule_id: int = Field(foreign_key="schedule.id", index=True)
     scheduled_for: float  # epoch seconds, rounded to the millisecond
     fired_at: float
-    kind: str  # "scheduled", "catch-up", "run-now"
+    kind: str  # "scheduled", "catch-up", "run-now", "data-change"
     actor: str  # "daemon", or who asked for run-now
     outcome: str  # "submitted", "skipped", "error"
     reason: str = ""
     run_id: int | None = None
+    # The data versions it was for, as Run.data_json: its run's, or (no run) those its check
+    # read, so that a firing that failed is not retried for the same data on every check.
+    data_json: str | None = None
 
 
 class TrackingOp(SQLModel, table=True):

@@ -409,3 +409,124 @@ def test_a_new_commit_between_two_firings_is_what_the_next_run_uses(sd: Daemon) 
     second = _wait_for(run_on_new_commit, 180, "a retraining on the new commit completes")
     assert second["data"][0]["md5"] != first["data"][0]["md5"], "and on the new data version"
     assert second["data"][0]["rev"] == new_head
+
+
+def test_on_data_change_fires_for_each_new_data_version_and_not_for_code_commits(
+    sd: Daemon,
+) -> None:
+    """The schedule watches a branch of a repository on the login node: every check resolves it
+    and reads the data's md5, queueing nothing; only a new data version queues a run."""
+    import json
+
+    from test_data_staging import DataRepo
+
+    repo = DataRepo(sd.home)
+    branch = repo.git("branch", "--show-current")
+    spec = json.loads(repo.spec.read_text())
+    spec["code"] = {"repo": str(repo.path), "commit": branch}
+    mirror = sd.home / "code" / "mirror.git"
+
+    # Refused, with the field named, and nothing scheduled: a target that is not DVC-tracked,
+    # a spec without data, a second trigger, a check interval without the trigger.
+    missing = sd.home / "missing.yaml"
+    missing.write_text(json.dumps({**spec, "data": [{"path": "data/nope"}]}))
+    no_data = sd.home / "no-data.yaml"
+    no_data.write_text(json.dumps({k: v for k, v in spec.items() if k != "data"}))
+    path = sd.home / "watch.yaml"
+    path.write_text(json.dumps(spec))
+    for args, message in [
+        ([missing, "--on-data-change"], "data[0]: data/nope.dvc is not in the repository"),
+        ([no_data, "--on-data-change"], "data: the spec has no data: targets to watch"),
+        ([path, "--on-data-change", "--every", "60"], "give it, --cron or --every, not two"),
+        ([path, "--every", "60", "--check-every", "5"], "check-every: is how often"),
+    ]:
+        proc = sd.cli("schedule", "add", *map(str, args))
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+    from hpcops.api.client import Client
+    from hpcops.errors import InvalidInput
+
+    with Client(sd.home / "hpcops.sock") as client:
+        for params, message in [
+            ({"on_data_change": "yes"}, "params.on_data_change must be bool"),
+            ({"on_data_change": True, "check_every_s": 0}, "check-every: 0 s is outside 1-"),
+            ({"on_data_change": True, "cron": "0 3 * * 1"}, "cannot be combined with --cron"),
+        ]:
+            with pytest.raises(InvalidInput, match=re.escape(message)):
+                client.call("schedule_add", yaml=path.read_text(), source="api", **params)
+    assert sd.json("schedule", "ls", "--all") == []
+
+    added = _add(sd, path, "--on-data-change", "--check-every", "2", "--name", "watch")
+    assert added["cadence"] == "on data change, checked every 2 s"
+    assert (added["on_data_change"], added["check_every_s"]) == (True, 2)
+
+    def runs_of(firings: list[dict[str, Any]]) -> list[int]:
+        return [f["run_id"] for f in firings if f["run_id"]]
+
+    # Never fired: the first check fires.
+    first_firing = _wait_for(lambda: _firings(sd, "watch"), 20, "the first check fires")[0]
+    assert (first_firing["kind"], first_firing["outcome"]) == ("data-change", "submitted")
+    assert first_firing["reason"].startswith("first version: data/ds ")
+    first = sd.wait_ended(first_firing["run_id"], timeout=180)
+    assert first["state"] == "COMPLETED", first
+    first_md5 = sd.show(first_firing["run_id"])["data"][0]["md5"]
+    assert first_firing["data"] == [{"path": "data/ds", "md5": first_md5}]
+
+    def checks_since(moment: float, count: int) -> dict[str, Any] | None:
+        """The schedule, once its checks have gone on for `count` intervals after `moment`."""
+        shown: dict[str, Any] = sd.json("schedule", "show", "watch")
+        check = shown["last_check"]
+        return shown if check and _epoch(check["at"]) >= moment + 2 * count else None
+
+    # A commit that changes only code: the checks see it (the mirror fetched it), fire nothing.
+    (repo.path / "train.py").write_text("print('a better model')\n")
+    repo.commit("code only")
+    code_head = repo.git("rev-parse", "HEAD")
+    committed = time.time()
+    shown = _wait_for(lambda: checks_since(committed, 3), 30, "three checks after the commit")
+    assert shown["last_check"]["ok"] and shown["last_check"]["summary"] == "no change"
+    assert first_md5[:12] in shown["last_check"]["result"]
+    assert subprocess.run(["git", "-C", str(mirror), "cat-file", "-e", code_head]).returncode == 0
+    assert len(_firings(sd, "watch")) == 1, _firings(sd, "watch")
+
+    # A commit that changes the data: exactly one new firing, whose run stages the new version.
+    (repo.path / "data" / "ds" / "small" / "00042.txt").write_text("relabelled\n")
+    repo.commit("new labels")
+    data_head = repo.git("rev-parse", "HEAD")
+    second_firing = _wait_for(
+        lambda: _firings(sd, "watch")[1:], 20, "a firing for the new data version"
+    )[0]
+    second = sd.wait_ended(second_firing["run_id"], timeout=180)
+    assert second["state"] == "COMPLETED", second
+    second_run = sd.show(second_firing["run_id"])
+    new_md5 = second_run["data"][0]["md5"]
+    assert new_md5 != first_md5 and second_run["data"][0]["rev"] == data_head
+    assert second_run["code"]["commit"] == data_head
+    assert second_firing["reason"] == f"changed: data/ds {first_md5[:12]} -> {new_md5[:12]}"
+    assert second_firing["data"] == [{"path": "data/ds", "md5": new_md5}]
+    ended = time.time()
+    _wait_for(lambda: checks_since(ended, 3), 30, "three checks after the second run")
+    firings = _firings(sd, "watch")
+    assert len(firings) == 2 and len(set(runs_of(firings))) == 2, firings
+    table = sd.cli("schedule", "ls", check=True).stdout
+    assert "on data change, checked every 2 s" in table and "no change" in table
+
+    # The repository goes away: the check fails, the schedule shows as broken with the reason,
+    # and nothing fires; back again, it is active and still fires nothing for the same data.
+    moved = repo.path.with_name(repo.path.name + "-away")
+    repo.path.rename(moved)
+    broken = _wait_for(
+        lambda: [s for s in sd.json("schedule", "ls") if s["status"] == "broken"],
+        20,
+        "the failed check shows",
+    )[0]
+    assert broken["last_check"]["ok"] is False
+    assert broken["last_error"].startswith("failed: code.commit: "), broken["last_error"]
+    assert "broken" in sd.cli("schedule", "ls", check=True).stdout
+    moved.rename(repo.path)
+    _wait_for(
+        lambda: sd.json("schedule", "show", "watch")["status"] == "active", 20, "a good check"
+    )
+    assert sd.json("schedule", "show", "watch")["last_error"] is None
+    assert len(_firings(sd, "watch")) == 2
+    sd.cli("schedule", "rm", "watch", check=True)

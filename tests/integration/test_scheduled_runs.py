@@ -10,13 +10,12 @@ import itertools
 import re
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACTIVE, Daemon, sacct_jobs_named, write_spec
+from conftest import ACTIVE, Daemon, running_daemon, sacct_jobs_named, write_spec
 from lab import LEAD, MEMBERS, Lab, new_lab
 
 M1 = MEMBERS[0]
@@ -36,28 +35,9 @@ def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 @pytest.fixture
 def sd(cluster: None) -> Iterator[Daemon]:
     """A daemon whose schedules may fire every second."""
-    home = Path("/tmp") / f"hpcops-sched-{uuid.uuid4().hex[:10]}"
-    home.mkdir(mode=0o700)
-    d = Daemon(
-        home=home,
-        config={
-            "lab": "testlab",
-            "max_active": 20,
-            "slurm": {"account": "lab", "default_partition": "cpu", "squeue_interval_s": 5},
-            "daemon": {"tick_interval_s": 0.5, "log_level": "DEBUG"},
-            "schedules": {"min_interval_s": 1},
-        },
+    yield from running_daemon(
+        "hpcops-sched", slurm={"squeue_interval_s": 5}, schedules={"min_interval_s": 1}
     )
-    d.start()
-    yield d
-    try:
-        runs = d.json("ls", "--all") if (home / "daemon.pid").exists() else []
-    except AssertionError:
-        runs = []
-    d.stop()
-    live = [r["slurm_job_id"] for r in runs if r["slurm_job_id"] and r["state"] in ACTIVE]
-    if live:
-        subprocess.run(["scancel", *live], check=False)
 
 
 def _add(d: Daemon, spec: Path, *options: str) -> dict[str, Any]:

@@ -161,7 +161,6 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
     except (OSError, GitError, KeyError) as exc:
         # Runs without code: need no mirror; a spec with code: gets this error at submit.
         log.warning("the code mirror in %s is not usable: %s", orchestrator.code_mirror.root, exc)
-    api = Api(orchestrator, store, started_at=started_at, daemon_uid=os.getuid())
     schedules = ScheduleService(
         store, orchestrator, config, daemon_uid=os.getuid(), fault=os.environ.get("HPCOPS_FAULT")
     )

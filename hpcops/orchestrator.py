@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcops import policy
 from hpcops.access import Caller
+from hpcops.code.git import GitError
 from hpcops.code.mirror import CodeMirror, MirrorError, Shipment
 from hpcops.config import Config
 from hpcops.data.cache import ContentCache
@@ -286,12 +287,12 @@ class Orchestrator:
                         source, "code.commit", f"must be a full commit id; got {code.commit!r}"
                     )
                 commit = code.commit
-                if shipment.bundle:
-                    self.code_mirror.receive_bundle(shipment.bundle, caller.uid)
                 checkout = shipment.checkout or commit
+                if shipment.bundle:
+                    self.code_mirror.receive_bundle(shipment.bundle, caller.uid, checkout)
                 self._check_checkout(commit, checkout, shipment.dirty, source)
             self.code_mirror.keep(checkout)
-        except MirrorError as exc:
+        except (MirrorError, GitError) as exc:
             raise _code_problem(source, "code", str(exc)) from None
         pinned = spec.model_copy(update={"code": Code(repo=code.repo, commit=commit)})
         fields = {
@@ -325,7 +326,7 @@ class Orchestrator:
                 else:
                     commit = code["code_checkout"]
                 md5, size, nfiles = read_version(str(self.code_mirror.path), commit, target.path)
-            except (MirrorError, DataVersionError) as exc:
+            except (MirrorError, DataVersionError, GitError) as exc:
                 raise _code_problem(source, f"data[{i}]", str(exc)) from None
             versions.append(
                 DataVersion(
@@ -1091,7 +1092,7 @@ class Orchestrator:
         if run.state != RunState.QUEUED.value:
             raise InvalidInput(
                 f"run {run_id} is {run.state}: only a run still in hpcops' queue can be held"
-                + ("; cancel it instead" if run.state in ("PENDING", "RUNNING") else "")
+                + ("; cancel it instead" if run.state in ("STAGING", "PENDING", "RUNNING") else "")
             )
         updated = self.store.transition(
             run_id,
@@ -1134,7 +1135,6 @@ class Orchestrator:
         """Queue a run again from its record: an hpcops run id, or an MLflow run id (this
         daemon's, or any run on the tracking server that hpcops recorded). Same spec, same code
         commit, same params unless `overrides` change them; the two records are linked."""
-        import json
 
         from hpcops.tracking.records import MLFLOW_RUN_ID_RE
         from hpcops.tracking.rerun import apply_overrides

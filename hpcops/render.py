@@ -408,6 +408,7 @@ def _environment(dirs: tuple[Path, ...]) -> jinja2.Environment:
     return env
 
 
+_STAGING_COMMENT_RE = re.compile(r"hpcops:[0-9a-f]{8,64}:stage")
 STAGING_LOG = "staging.log"
 STAGING_SCRIPT = "staging.sbatch"
 
@@ -449,9 +450,6 @@ def render_staging_script(spec: Spec, ctx: JobContext, job: StagingJob) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-_STAGING_COMMENT_RE = re.compile(r"hpcops:[0-9a-f]{8,64}:stage")
 
 
 def render_script(spec: Spec, ctx: JobContext, template_dirs: Sequence[Path] = ()) -> str:

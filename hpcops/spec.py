@@ -1084,7 +1084,6 @@ def _unknown_field(parent: str, key: str) -> str:
     elif parent == "" and key in {"account", "output", "error", "job_name", "job-name"}:
         message += " hpcops sets it itself."
     where = {"": "a spec", "data.*": "a data target"}.get(parent, parent)
-    where = parent or "a spec"
     return f"{message} Allowed fields in {where}: {', '.join(allowed)}"
 
 

@@ -801,7 +801,13 @@ class Api:
         return {**result, "firing": fired[0]}
 
 
-WAITING = {RunState.QUEUED, RunState.HELD, RunState.PENDING, RunState.SUBMITTING}
+WAITING = {
+    RunState.QUEUED,
+    RunState.HELD,
+    RunState.SUBMITTING,
+    RunState.STAGING,
+    RunState.PENDING,
+}
 
 
 def _queue_order(runs: list[Run], decision: Any) -> list[Run]:

@@ -63,12 +63,12 @@ def prepare(
                 scratch=scratch / f"snapshot-{i}",
                 source=p.source,
             )
-        have, incoming = _negotiate(client, list(pinned.values()))
+        haves, incoming = _negotiate(client, [pinned[i] for i in range(len(local))])
         sent: dict[str, dict[str, Any]] = {}  # checkout commit -> what was sent for it
         for i, p in enumerate(local):
             pc = pinned[i]
             if pc.checkout not in sent:
-                sent[pc.checkout] = _ship(client, pc, have, incoming, scratch / f"b{i}", quiet)
+                sent[pc.checkout] = _ship(client, pc, haves[i], incoming, scratch / f"b{i}", quiet)
             bundle = sent[pc.checkout].pop("bundle", None)  # a bundle is taken in once
             p.spec = p.spec.model_copy(update={"code": Code(repo=str(pc.repo), commit=pc.commit)})
             p.code = {"bundle": bundle, "checkout": pc.checkout, "dirty": pc.dirty}
@@ -81,9 +81,11 @@ def prepare(
     return prepared
 
 
-def _negotiate(client: LineClient, pinned: list[PinnedCode]) -> tuple[set[str], str]:
-    """What the mirror holds of these histories, in at most two questions; and the folder to
-    put bundles in. The checkouts themselves are asked first: if held, nothing travels."""
+def _negotiate(client: LineClient, pinned: list[PinnedCode]) -> tuple[list[set[str]], str]:
+    """What the mirror holds of each pinned commit's history, in at most two questions for all
+    of them; and the folder to put bundles in. The checkouts themselves are asked first: if
+    held, nothing travels. Each repository gets only its own commits back: a bundle can
+    exclude only commits its repository knows."""
     histories = [first_parent_history(pc) for pc in pinned]
     have: set[str] = set()
     incoming = ""
@@ -99,7 +101,7 @@ def _negotiate(client: LineClient, pinned: list[PinnedCode]) -> tuple[set[str], 
             rounds.append([h[i] for h in histories for i in refine_indices(h, have)])
             if not rounds[1]:
                 break
-    return have, incoming
+    return [have & {*h, pc.checkout} for pc, h in zip(pinned, histories, strict=True)], incoming
 
 
 def _ship(

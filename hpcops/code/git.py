@@ -8,12 +8,15 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from hpcops.errors import HpcopsError
+
 # A full object name: SHA-1 (40 hex digits) or SHA-256 (64).
 FULL_SHA_RE = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
 
-class GitError(Exception):
-    """git failed; the message carries its stderr, ready to show after a sentence of ours."""
+class GitError(HpcopsError):
+    """git failed; the message carries its stderr. An HpcopsError, so that whatever git call a
+    command makes, a failure reaches the user as a message (exit 1), never as a traceback."""
 
 
 def git(

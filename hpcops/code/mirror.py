@@ -3,8 +3,9 @@
     <root>/mirror.git   bare repository; refs/hpcops/c/<sha> keeps each run's commit alive
     <root>/incoming/    where submitters drop bundles (sticky, group-writable, not listable)
 
-Only the daemon writes the mirror, and git checks every object it takes in (transfer.fsckObjects),
-so a member's bundle can add commits but never change another run's. Jobs run as the daemon's
+Only the daemon writes the mirror, and git checks every object it takes in (transfer.fsckObjects,
+on a fetch from a scratch repository: see receive_bundle), so a member's bundle can add commits
+but never change another run's. Jobs run as the daemon's
 account and check out straight from the mirror's objects (an alternate), without copying them.
 """
 
@@ -17,6 +18,7 @@ import re
 import secrets
 import shutil
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -87,7 +89,8 @@ class CodeMirror:
 
     def _drop_stale_uploads(self) -> None:
         cutoff = time.time() - STALE_UPLOAD_S
-        for entry in self.incoming.iterdir():
+        # Uploads never taken in, and copies a daemon killed mid-receive left in the root.
+        for entry in [*self.incoming.iterdir(), *self.root.glob(".receiving-*.bundle")]:
             try:
                 if entry.lstat().st_mtime < cutoff:
                     entry.unlink()
@@ -120,7 +123,7 @@ class CodeMirror:
 
     # --- taking code in -------------------------------------------------------------------
 
-    def receive_bundle(self, name: str, uid: int) -> Received:
+    def receive_bundle(self, name: str, uid: int, expected: str | None = None) -> Received:
         """Fetch a submitter's bundle from incoming/ into the mirror, then delete it.
 
         The file must be a regular file owned by the caller: nobody can make the daemon read a
@@ -149,9 +152,24 @@ class CodeMirror:
                 shutil.copyfileobj(upload, copy, 1024 * 1024)
         path.unlink(missing_ok=True)
         try:
-            with self._lock:
+            with self._lock, tempfile.TemporaryDirectory(dir=self.root) as tmp:
                 heads = git(["-C", str(self.path), "bundle", "list-heads", str(private)])
                 commit, ref = _single_head(heads)
+                if expected is not None and commit != expected:
+                    raise MirrorError(f"the bundle holds commit {commit}, not {expected}")
+                # git checks objects fetched from a repository (index-pack --strict with
+                # transfer.fsckObjects) but not those fetched from a bundle file: unbundle
+                # into a scratch repository that borrows the mirror's objects, then fetch
+                # from it, so every new object is checked before the mirror takes it.
+                scratch = Path(tmp) / "unbundle.git"
+                git(["init", "--quiet", "--bare", str(scratch)])
+                (scratch / "objects" / "info" / "alternates").write_text(
+                    f"{self.path / 'objects'}\n"
+                )
+                git(
+                    ["-C", str(scratch), "fetch", "--quiet", str(private), f"{ref}:{ref}"],
+                    timeout_s=self.fetch_timeout_s,
+                )
                 git(
                     [
                         "-C",
@@ -159,7 +177,7 @@ class CodeMirror:
                         "fetch",
                         "--quiet",
                         "--no-tags",
-                        str(private),
+                        f"file://{scratch}",
                         f"{ref}:refs/hpcops/c/{commit}",
                     ],
                     timeout_s=self.fetch_timeout_s,

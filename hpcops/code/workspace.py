@@ -145,11 +145,6 @@ def write_bundle(pinned: PinnedCode, have: set[str], out: Path, scratch: Path) -
     return out
 
 
-def is_url(repo: str) -> bool:
-    """A repository the cluster fetches itself, rather than one on this machine to ship from."""
-    return "://" in repo or (":" in repo.split("/", 1)[0] and "@" in repo.split(":", 1)[0])
-
-
 def _dirty_paths(top: Path) -> list[str]:
     """Tracked changes and untracked files that are not ignored: everything a run would miss."""
     out = git(

@@ -4,12 +4,16 @@ the job script's checkout run by bash against a real mirror."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hpcops.api.protocol import LineClient
+from hpcops.api.ship import prepare
 from hpcops.code.git import git as run_git
 from hpcops.code.mirror import CodeMirror, MirrorError
 from hpcops.code.workspace import (
@@ -186,3 +190,66 @@ def test_the_job_script_checks_out_the_commit_from_the_mirror(
     )
     assert proc.returncode == 1 and "could not check out commit" in proc.stderr
     assert "print(" not in proc.stdout
+
+
+def test_a_bundle_with_a_malformed_object_is_refused(
+    repo: Path, mirror: CodeMirror, tmp_path: Path
+) -> None:
+    """git does not fsck what it fetches from a bundle file; the mirror must anyway."""
+    base = git(repo, "rev-parse", "HEAD")
+    ship(repo, mirror, tmp_path)
+    tree = git(repo, "rev-parse", "HEAD^{tree}")
+    bad = f"tree {tree}\nparent {base}\nauthor x <x@y 1 +0000\ncommitter x <x@y> 1 +0000\n\nbad\n"
+    (tmp_path / "commit").write_text(bad)
+    sha = git(repo, "hash-object", "-t", "commit", "-w", "--literally", str(tmp_path / "commit"))
+    git(repo, "update-ref", "refs/hpcops/ship", sha)
+    bundle = str(mirror.incoming / "bad.bundle")
+    git(repo, "bundle", "create", bundle, "refs/hpcops/ship", f"^{base}")
+    with pytest.raises(MirrorError, match="badEmail"):
+        mirror.receive_bundle("bad.bundle", os.getuid())
+    assert mirror.have([sha]) == set(), "the malformed commit did not enter the mirror"
+    first = pin(repo, sha, allow_dirty=False, scratch=tmp_path, source="s")
+    write_bundle(first, set(), mirror.incoming / "other.bundle", tmp_path / "o")
+    with pytest.raises(MirrorError, match=f"holds commit {sha}, not"):
+        mirror.receive_bundle("other.bundle", os.getuid(), expected="ab" * 20)
+
+
+class MirrorClient(LineClient):
+    """The two API calls `hpcops submit` makes before submitting, answered by a mirror in this
+    process (the daemon's own code for them is CodeMirror's)."""
+
+    def __init__(self, mirror: CodeMirror) -> None:
+        super().__init__()
+        self.mirror = mirror
+
+    def call(self, method: str, **params: Any) -> Any:
+        assert method == "code_have"
+        held = self.mirror.have(params["commits"])
+        return {"have": sorted(held), "incoming": str(self.mirror.incoming)}
+
+    def upload(self, local: Path, remote_dir: str, name: str) -> None:
+        shutil.copyfile(local, Path(remote_dir) / name)
+
+
+def test_specs_from_two_repositories_ship_together(
+    repo: Path, mirror: CodeMirror, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    git(other, "init", "--quiet")
+    (other / "x.py").write_text("x = 1\n")
+    git(other, "add", ".")
+    git(other, "commit", "--quiet", "-m", "x")
+    ship(repo, mirror, tmp_path)  # the mirror knows the first repository already
+    commit(repo, "print('v2')\n")
+    specs = [
+        (parse_spec(f"name: a\nexperiment: e\ncommand: c\ncode: {{repo: {r}}}\n", "s"), str(r))
+        for r in (repo, other)
+    ]
+    prepared = prepare(MirrorClient(mirror), specs, allow_dirty=False, quiet=True)
+    for item in prepared:
+        assert item.code is not None and item.code["bundle"]
+        mirror.receive_bundle(item.code["bundle"], os.getuid(), item.code["checkout"])
+    heads = {git(repo, "rev-parse", "HEAD"), git(other, "rev-parse", "HEAD")}
+    assert mirror.have(heads) == heads
+    assert prepared[0].shipped["bundle_bytes"] < 2048, "only the new commit of the first"

@@ -519,18 +519,14 @@ class Config(_Strict):
         return self.code.mirror_root if self.code.mirror_root is not None else home / "code"
 
     @model_validator(mode="after")
-    def _relay_needs_the_cluster(self) -> Config:
-        # A relay store is written by the daemon beside itself and by the job on the cluster:
-        # one filesystem. A daemon off the cluster can only record runs that log directly.
-        if (
-            self.slurm.transport == "ssh"
-            and self.tracking.enabled
-            and self.tracking.mode_for(Path("/")) == "relay"
-        ):
+    def _tracking_needs_the_cluster(self) -> Config:
+        # The tracker reads the run directories (script, logs, relay stores) from the daemon's
+        # own disk, and falls back to relay mode while the server is down: off the cluster,
+        # neither would reach the jobs. Refused rather than half-working.
+        if self.slurm.transport == "ssh" and self.tracking.enabled:
             raise ValueError(
-                "with slurm.transport: ssh, tracking needs mode direct and an http(s) "
-                "tracking_uri the compute nodes reach (relay stores would live off the "
-                "cluster), or tracking.enabled: false"
+                "MLflow tracking does not work yet with a daemon off the cluster "
+                "(slurm.transport: ssh); set tracking.enabled: false"
             )
         return self
 

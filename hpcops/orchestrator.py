@@ -237,10 +237,9 @@ class Orchestrator:
         for i, (text, source) in enumerate(specs):
             spec = parse_spec(text, source)
             shipment = shipments[i] if shipments else None
-            spec, code_fields = self._pin_code(spec, shipment, source, caller)
-            code_fields.update(self._pin_data(spec, code_fields, source))
+            spec, fields = self._pin(spec, shipment, source, caller)
             self.check_spec(spec, source)
-            parsed.append((spec, code_fields))
+            parsed.append((spec, fields))
         runs = [self._new_run(spec, caller, **fields) for spec, fields in parsed]
         runs = self.store.add_runs(runs, actor=caller.name)
         self.changed()
@@ -274,7 +273,7 @@ class Orchestrator:
             if code.is_url:
                 if shipment.bundle or shipment.dirty:
                     raise InvalidInput(f"{source}: a repository URL is fetched, not shipped")
-                commit = self.code_mirror.fetch_url(code.repo, code.commit)
+                commit = self._fetch(code.repo, code.commit)
                 checkout = commit
             elif not FULL_COMMIT_RE.fullmatch(code.commit) and not shipment.bundle:
                 # A branch of a repository on the cluster's disk (a schedule's firing, or the
@@ -314,15 +313,37 @@ class Orchestrator:
                 f"(`hpcops submit` resolves branches on your machine): {exc}",
             ) from None
 
-    def _pin_data(self, spec: Spec, code: dict[str, Any], source: str) -> dict[str, Any]:
-        """The data version of each target, read from its .dvc file at the pinned commit."""
+    def _pin(
+        self, spec: Spec, shipment: Shipment | None, source: str, caller: Caller
+    ) -> tuple[Spec, dict[str, Any]]:
+        """The spec with every moving reference resolved (code commit, data revs), and the
+        run's code_* and data_json fields: what a run records so it can be run again."""
+        spec, fields = self._pin_code(spec, shipment, source, caller)
+        spec, data_fields = self._pin_data(spec, fields, source)
+        return spec, {**fields, **data_fields}
+
+    def _fetch(self, repo: str, rev: str) -> str:
+        """`rev` of a repository the daemon fetches; no network when it is a full commit id
+        the mirror holds already (a rerun, or a schedule pinned to a commit)."""
+        if FULL_COMMIT_RE.fullmatch(rev) and self.code_mirror.have([rev]):
+            self.code_mirror.keep(rev)
+            return rev
+        return self.code_mirror.fetch_url(repo, rev)
+
+    def _pin_data(
+        self, spec: Spec, code: dict[str, Any], source: str
+    ) -> tuple[Spec, dict[str, Any]]:
+        """The data version of each target, read from its .dvc file at the pinned commit; a
+        target of another repository gets that commit as its rev in the stored spec."""
         if not spec.data:
-            return {}
+            return spec, {}
         versions = []
+        targets = []
         for i, target in enumerate(spec.data):
             try:
                 if target.repo is not None:
-                    commit = self.code_mirror.fetch_url(target.repo, target.rev or "HEAD")
+                    commit = self._fetch(target.repo, target.rev or "HEAD")
+                    target = target.model_copy(update={"rev": commit})
                 else:
                     commit = code["code_checkout"]
                 md5, size, nfiles = read_version(str(self.code_mirror.path), commit, target.path)
@@ -340,7 +361,9 @@ class Orchestrator:
                     env=target.env_name,
                 )
             )
-        return {"data_json": json.dumps([v.to_json() for v in versions])}
+            targets.append(target)
+        pinned = spec.model_copy(update={"data": targets})
+        return pinned, {"data_json": json.dumps([v.to_json() for v in versions])}
 
     def _write_staging_plan(self, spec: Spec, run: Run, ctx: JobContext) -> None:
         """The plan the job's stager follows: each version, and where the job will read it."""
@@ -354,6 +377,9 @@ class Orchestrator:
             "mirror": str(self.code_mirror.path),
             "progress": str(ctx.run_dir.path / STAGING_PROGRESS),
             "marker": str(ctx.run_dir.path / STAGING_MARKER),
+            # The attempt's token: a stray stager of an earlier attempt (a crash between the two
+            # sbatch calls) writes markers the daemon can tell from this attempt's.
+            "token": ctx.token,
             "targets": targets,
         }
         self.files.write_file(PurePosixPath(ctx.staging.plan), json.dumps(plan, indent=1))
@@ -379,8 +405,7 @@ class Orchestrator:
     def prepare_run(self, spec: Spec, source: str, caller: Caller) -> Run:
         """A run of the spec for `caller`, checked as `enqueue` checks it, not yet stored: a
         schedule's firing stores it together with its firing record (scheduling/service.py)."""
-        spec, fields = self._pin_code(spec, None, source, caller)
-        fields.update(self._pin_data(spec, fields, source))
+        spec, fields = self._pin(spec, None, source, caller)
         self.check_spec(spec, source)
         return self._new_run(spec, caller, **fields)
 
@@ -389,9 +414,8 @@ class Orchestrator:
         (code branch, data revs) resolved through the mirror exactly as `prepare_run` resolves
         them, the .dvc files read; nothing queued, no data moved. An on-data-change schedule's
         check. Each commit it sees keeps a ref in the mirror, as a submission's does."""
-        spec, fields = self._pin_code(spec, None, source, caller)
-        data_json = self._pin_data(spec, fields, source).get("data_json")
-        return [DataVersion.from_json(item) for item in json.loads(data_json or "[]")]
+        _, fields = self._pin(spec, None, source, caller)
+        return [DataVersion.from_json(item) for item in json.loads(fields.get("data_json", "[]"))]
 
     def _new_run(self, spec: Spec, caller: Caller, **code_fields: Any) -> Run:
         canonical = spec_to_yaml(spec)
@@ -540,8 +564,9 @@ class Orchestrator:
         run_id = run.id
         rundir = RunDir(Path(run.run_dir))
         if run.state == RunState.STAGING.value:
+            # "<exit code> <epoch> <token>": only this attempt's stager speaks for it.
             staged = texts.get(rundir.path / STAGING_MARKER, "").split()
-            if staged[:1] == ["0"]:
+            if staged[:1] == ["0"] and staged[2:3] == [run.token]:
                 run = self.store.transition(
                     run_id,
                     RunState.PENDING,
@@ -592,7 +617,14 @@ class Orchestrator:
             if run.state == RunState.SUBMITTING.value:
                 entry = by_token.get(run.token) if run.token else None
                 if entry is not None:
-                    self._adopt(run, entry.job_id, entry.state, entry.submitted_at)
+                    stager = by_token.get(f"{run.token}:stage")
+                    self._adopt(
+                        run,
+                        entry.job_id,
+                        entry.state,
+                        entry.submitted_at,
+                        staging_job=stager.job_id if stager is not None else None,
+                    )
                 else:
                     orphans.append(run)
                 continue
@@ -622,17 +654,30 @@ class Orchestrator:
             elif fields:
                 self.store.transition(run.id, None, actor=DAEMON, **fields)
         if orphans:
-            self._reconcile_orphans(orphans)
+            self._reconcile_orphans(orphans, by_token)
         # Orphans or adoptions pending repair: look again soon; otherwise at the sparse interval.
         soon = any(r.state == RunState.SUBMITTING.value for r in self.store.in_slurm())
         self._next_squeue_at = now + (5.0 if soon else self.config.slurm.squeue_interval_s)
 
-    def _adopt(self, run: Run, job_id: str, state: RunState, submitted_at: float | None) -> None:
+    def _adopt(
+        self,
+        run: Run,
+        job_id: str,
+        state: RunState,
+        submitted_at: float | None,
+        *,
+        staging_job: str | None = None,
+    ) -> None:
         assert run.id is not None
-        live = state if state in (RunState.PENDING, RunState.RUNNING) else RunState.PENDING
+        live: RunState = (
+            state if state in (RunState.PENDING, RunState.RUNNING) else RunState.PENDING
+        )
+        if live is RunState.PENDING and staging_job is not None:
+            live = RunState.STAGING  # the staged marker moves it on, or _finish says why not
         fields: dict[str, Any] = {
             "slurm_job_id": job_id,
             "submitted_at": submitted_at or self.clock(),
+            "staging_job_id": staging_job,
         }
         if state.is_terminal:
             fields["end_seen_at"] = self.clock()
@@ -646,7 +691,9 @@ class Orchestrator:
         )
         log.info("run %s: adopted job %s found by token", run.id, job_id)
 
-    def _reconcile_orphans(self, orphans: Sequence[Run]) -> None:
+    def _reconcile_orphans(
+        self, orphans: Sequence[Run], live_by_token: dict[str, QueueEntry]
+    ) -> None:
         """SUBMITTING runs that squeue does not know: finished already, or never submitted."""
         earliest = min(r.claimed_at or r.created_at for r in orphans)
         since = datetime.fromtimestamp(earliest) - timedelta(minutes=5)
@@ -660,8 +707,16 @@ class Orchestrator:
             job = finished.get(run.token) if run.token else None
             text = markers.get(RunDir(Path(run.run_dir)).started_marker) if run.run_dir else None
             started = parse_start_marker(text) if text is not None else None
+            stage_token = f"{run.token}:stage"
+            stager = live_by_token.get(stage_token) or finished.get(stage_token)
             if job is not None:
-                self._adopt(run, job.job_id, job.state, None)
+                self._adopt(
+                    run,
+                    job.job_id,
+                    job.state,
+                    None,
+                    staging_job=stager.job_id if stager is not None else None,
+                )
             elif started is not None:
                 # The job ran (it wrote its start marker, with its id) even though neither
                 # squeue nor sacct could name it by token: adopt it, never submit it twice.
@@ -672,6 +727,10 @@ class Orchestrator:
                     f"{self.config.slurm.submit_grace_s:.0f} s after the claim; "
                     "the submission never reached Slurm"
                 )
+                if stage_token in live_by_token:
+                    # Its staging job went in, the run's own job did not: the stager is
+                    # not needed, and must not write into the next attempt's directory.
+                    self._drop_staging_job(live_by_token[stage_token].job_id)
                 if run.cancel_requested_by:
                     self._cancel_unsubmitted(run, f"after the check by token ({never})")
                     continue
@@ -856,23 +915,23 @@ class Orchestrator:
         self._forget(run.id)
 
     def _staging_failure(self, run: Run) -> str | None:
-        """Why the run's staging job failed, from the stager's progress file; None if it did
+        """Why the run's staging job failed, from this attempt's progress file; None if it did
         not fail (or the run had no staging job)."""
         if run.staging_job_id is None or run.cancel_requested_by:
             return None
         path = RunDir(Path(run.run_dir)).path / STAGING_PROGRESS
         try:
             chunk = self.files.read_chunk(path, 0, 256 * 1024)
-            targets = json.loads(chunk.data).get("targets", {}) if chunk.data else {}
-        except (OSError, ValueError, AttributeError):
-            targets = {}
-        failed = targets.get("error") if isinstance(targets, dict) else None
-        if isinstance(failed, dict) and failed.get("phase") == "failed":
-            return str(failed.get("error", "see hpcops logs --staging"))
-        done = (
-            isinstance(targets, dict)
-            and targets
-            and all(isinstance(t, dict) and t.get("phase") == "done" for t in targets.values())
+            progress = json.loads(chunk.data) if chunk.data else {}
+        except (OSError, ValueError):
+            progress = {}
+        if not isinstance(progress, dict) or progress.get("token") != run.token:
+            return "the staging job ended before it staged the data (hpcops logs --staging)"
+        if progress.get("error"):
+            return str(progress["error"])
+        targets = progress.get("targets")
+        done = isinstance(targets, dict) and all(
+            isinstance(t, dict) and t.get("phase") == "done" for t in targets.values()
         )
         return None if done else "the staging job ended before it staged the data"
 
@@ -1168,8 +1227,7 @@ class Orchestrator:
         else:
             dirty = tags.get("hpcops.git.dirty") == "true"
             shipment = Shipment(checkout=tags.get("hpcops.git.snapshot"), dirty=dirty)
-        spec, fields = self._pin_code(spec, shipment, label, caller)
-        fields.update(self._pin_data(spec, fields, label))
+        spec, fields = self._pin(spec, shipment, label, caller)
         self.check_spec(spec, label)
         if check is not None:
             check(spec)  # the caller's own limits (a member's priority range), before queueing
@@ -1269,7 +1327,8 @@ class Orchestrator:
         # A TransportError here leaves the run SUBMITTING with no job: the check by token
         # queues it again after submit_grace_s.
         self.files.make_dir(rundir.path)
-        self.files.remove_files(rundir.markers)
+        staged = [rundir.path / STAGING_MARKER, rundir.path / STAGING_PROGRESS]
+        self.files.remove_files([*rundir.markers, *staged])
         self.files.write_file(rundir.spec, claimed.spec_yaml)
         if claimed.data_json:
             self._write_staging_plan(spec, claimed, ctx)

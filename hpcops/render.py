@@ -354,8 +354,11 @@ def _source_dir(ctx: JobContext) -> str:
 
 
 def data_dest(spec: Spec, ctx: JobContext, where: str) -> str:
-    """Where the job finds a data target: `where` under its working directory (a link to the
-    target's view)."""
+    """Where the job finds a data target: with code, `where` in its checkout (a link to the
+    target's view); without, the view itself. A link in a spec's own workdir, shared by every
+    run of the spec, would let one run's link point another run at the wrong version."""
+    if spec.code is None:
+        return data_view(ctx, where)
     return str(Path(_workdir(spec, ctx) or ctx.run_dir.path) / where)
 
 
@@ -490,7 +493,11 @@ def render_script(spec: Spec, ctx: JobContext, template_dirs: Sequence[Path] = (
         "code": ctx.code,
         "staging": ctx.staging,
         # (link under the working directory, the view it points to), one per data target
-        "data_links": [(data_dest(spec, ctx, t.where), data_view(ctx, t.where)) for t in spec.data],
+        "data_links": [
+            (data_dest(spec, ctx, t.where), data_view(ctx, t.where))
+            for t in spec.data
+            if spec.code is not None
+        ],
         "source_dir": _source_dir(ctx),
         "command": spec.command,
         "command_delimiter": _heredoc_delimiter(spec.command, ctx.token),

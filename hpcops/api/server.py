@@ -43,6 +43,7 @@ from hpcops.api.views import (
 )
 from hpcops.code.git import GitError
 from hpcops.code.mirror import BUNDLE_NAME_RE, MAX_HAVE_QUERY, Shipment
+from hpcops.data.cache import CacheError
 from hpcops.data.usage import VersionUse, plan_gc, version_uses
 from hpcops.errors import (
     HpcopsError,
@@ -451,15 +452,24 @@ class Api:
         if not isinstance(dry_run, bool):
             raise InvalidInput("params.dry_run must be true or false")
         cache = self.orchestrator.data_cache
-        uses = version_uses(self.store.list_runs())
-        plan = plan_gc(uses, now=time.time(), older_than_s=older, max_bytes=max_bytes)
         files = freed = 0
-        if not dry_run:
-            keep: set[str] = set()
-            for md5 in plan.keep:
-                keep |= cache.objects_of(md5)
-            grace = self.orchestrator.config.data.gc_grace_s
-            files, freed = cache.remove_except(keep, min_age_s=grace)
+        if dry_run:
+            uses = version_uses(self.store.list_runs())
+            plan = plan_gc(uses, now=time.time(), older_than_s=older, max_bytes=max_bytes)
+        else:
+            # Alone in the cache (no stager at work), and the plan made inside: a run queued
+            # a moment ago counts, and no stager is between its look and its copy.
+            try:
+                with cache.exclusive(wait_s=10.0):
+                    uses = version_uses(self.store.list_runs())
+                    plan = plan_gc(uses, now=time.time(), older_than_s=older, max_bytes=max_bytes)
+                    keep: set[str] = set()
+                    for md5 in plan.keep:
+                        keep |= cache.objects_of(md5)
+                    grace = self.orchestrator.config.data.gc_grace_s
+                    files, freed = cache.remove_except(keep, min_age_s=grace)
+            except CacheError as exc:
+                raise HpcopsError(str(exc)) from None
             self._audit(
                 req.caller,
                 req.role,

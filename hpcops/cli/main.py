@@ -451,9 +451,11 @@ def show(obj: Context, run: int, as_json: bool) -> None:
         click.echo(
             f"{'staging job:':<11} {data['staging_job_id']} (hpcops logs {data['id']} --staging)"
         )
-    staging = (data.get("staging") or {}).get("targets") or {}
-    for target, state in staging.items():
+    staging = data.get("staging") or {}
+    for target, state in (staging.get("targets") or {}).items():
         click.echo(f"{'staging:':<11} {target}: {_staging_text(state)}")
+    if staging.get("error"):
+        click.echo(f"{'staging:':<11} failed: {staging['error']}")
     if data.get("stderr_tail"):
         click.echo("stderr (last lines):")
         for line in data["stderr_tail"].splitlines():

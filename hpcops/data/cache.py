@@ -107,13 +107,57 @@ class ContentCache:
     @contextlib.contextmanager
     def lock(self, md5: str) -> Iterator[None]:
         """One stager per version at a time: the others wait, then find it complete."""
-        path = self.root / "locks" / f"{md5}.lock"
+        with self._flock(self.root / "locks" / f"{md5}.lock", fcntl.LOCK_EX):
+            yield
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Held (shared) by every stager from its first look at the cache to its last copy: a
+        gc, which needs it alone, never removes objects a stager has counted on."""
+        with self._flock(self.root / "locks" / "gc.lock", fcntl.LOCK_SH):
+            yield
+
+    @contextlib.contextmanager
+    def exclusive(self, wait_s: float) -> Iterator[None]:
+        """For gc: no stager at work. CacheError if stagers keep it busy for `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        path = self.root / "locks" / "gc.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise CacheError(
+                            f"data is being staged (for {wait_s:.0f} s now); try gc again later"
+                        ) from None
+                    time.sleep(0.2)
             yield
         finally:
             os.close(fd)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _flock(path: Path, how: int) -> Iterator[None]:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, how)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- verified versions ------------------------------------------------------------------
+
+    def is_verified(self, md5: str) -> bool:
+        return (self.root / "verified" / md5).exists()
+
+    def mark_verified(self, md5: str) -> None:
+        """Every object of the version was hashed after it arrived: a stager killed between
+        DVC's download and the check leaves a version complete but not verified."""
+        (self.root / "verified").mkdir(exist_ok=True)
+        (self.root / "verified" / md5).touch()
 
     # --- views ------------------------------------------------------------------------------
 
@@ -125,8 +169,7 @@ class ContentCache:
         entries = self.entries(md5)
         if entries is None or self.missing(md5):
             raise CacheError(f"version {md5} is not complete in the cache")
-        _remove_tree(dest)
-        tmp = dest.with_name(f".{dest.name}.staging")
+        tmp = dest.with_name(f".{dest.name}.staging-{os.getpid()}")
         _remove_tree(tmp)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not md5.endswith(".dir"):
@@ -148,6 +191,7 @@ class ContentCache:
                 (d for d in dirs if tmp in (d, *d.parents)), key=lambda p: -len(p.parts)
             ):
                 d.chmod(0o555)
+        _remove_tree(dest)  # an earlier attempt's view
         tmp.rename(dest)
         return len(entries)
 
@@ -176,6 +220,7 @@ class ContentCache:
                 if info.st_mtime > cutoff:
                     continue
                 size = info.st_size
+                (self.root / "verified" / md5).unlink(missing_ok=True)
                 path.unlink()
                 files += 1
                 freed += size

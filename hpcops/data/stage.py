@@ -34,15 +34,29 @@ class Progress:
     """What the progress file says: one object per target, rewritten atomically."""
 
     path: Path | None
+    token: str | None = None  # the submission attempt this staging belongs to
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    error: str | None = None
     _last_print: float = 0.0
+
+    def update_file(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        state = {"token": self.token, "targets": self.targets, "error": self.error}
+        tmp.write_text(json.dumps({**state, "at": time.time()}))
+        tmp.replace(self.path)
+
+    def fail(self, error: str) -> None:
+        self.error = error
+        for state in self.targets.values():
+            if state.get("phase") != "done":
+                state["phase"] = "failed"
+        self.update_file()
 
     def update(self, target: str, **fields: Any) -> None:
         self.targets.setdefault(target, {}).update(fields)
-        if self.path is not None:
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text(json.dumps({"targets": self.targets, "at": time.time()}))
-            tmp.replace(self.path)
+        self.update_file()
         now = time.monotonic()
         if fields.get("phase") != "fetching" or now - self._last_print >= 5:
             self._last_print = now
@@ -52,6 +66,11 @@ class Progress:
 def stage(plan: dict[str, Any], progress: Progress) -> None:
     cache = ContentCache(Path(plan["cache"]))
     cache.ensure()
+    with cache.in_use():
+        _stage_targets(plan, cache, progress)
+
+
+def _stage_targets(plan: dict[str, Any], cache: ContentCache, progress: Progress) -> None:
     for item in plan["targets"]:
         version = DataVersion.from_json(item)
         started = time.monotonic()
@@ -79,8 +98,13 @@ def _fetch_missing(
     cache: ContentCache, version: DataVersion, mirror: Path, progress: Progress
 ) -> dict[str, float]:
     missing = cache.missing(version.md5)
-    if missing == []:
+    if missing == [] and cache.is_verified(version.md5):
         progress.update(version.path, phase="cached", fetched_files=0, fetched_bytes=0)
+        return {"fetched_files": 0, "fetched_bytes": 0}
+    if missing == []:
+        # Complete but never verified (a stager was killed before its check): check it now.
+        _verify(cache, version, _present(cache, version))
+        cache.mark_verified(version.md5)
         return {"fetched_files": 0, "fetched_bytes": 0}
     # What the cache holds before: of this version if its manifest is known, else everything
     # (a version never seen; its fetch costs far more than listing the cache).
@@ -99,20 +123,18 @@ def _fetch_missing(
         stop.set()
         watcher.join()
     fetch_s = time.monotonic() - started
-    new = _present(cache, version) - before
+    present = _present(cache, version)
+    new = present - before
     started = time.monotonic()
-    bad = cache.verify(new)
+    # Every object of the version, not just the new ones: objects it shares with another
+    # version may have come from a stager killed before its own check.
+    _verify(cache, version, present)
     verify_s = time.monotonic() - started
-    if bad:
-        raise CacheError(
-            f"{len(bad)} object(s) DVC fetched for {version.path} do not match their md5 "
-            f"(first: {bad[0]}): the remote's copy is corrupt. They were removed from the "
-            "cache; repair the remote (dvc push from a good copy) and submit again"
-        )
     still = cache.missing(version.md5)
     if still is None or still:
         count = "its manifest" if still is None else f"{len(still)} file(s)"
         raise CacheError(f"DVC could not fetch {count} of {version.path}: {error or 'no reason'}")
+    cache.mark_verified(version.md5)
     fetched_bytes = cache.size_of([Entry("", md5) for md5 in new])
     return {
         "fetched_files": len(new),
@@ -120,6 +142,16 @@ def _fetch_missing(
         "fetch_s": round(fetch_s, 3),
         "verify_s": round(verify_s, 3),
     }
+
+
+def _verify(cache: ContentCache, version: DataVersion, objects: set[str]) -> None:
+    bad = cache.verify(objects)
+    if bad:
+        raise CacheError(
+            f"{len(bad)} object(s) DVC fetched for {version.path} do not match their md5 "
+            f"(first: {bad[0]}): the remote's copy is corrupt. They were removed from the "
+            "cache; repair the remote (dvc push from a good copy) and submit again"
+        )
 
 
 def _present(cache: ContentCache, version: DataVersion) -> set[str]:
@@ -202,11 +234,13 @@ def main(argv: list[str], out: Callable[[str], None] = print) -> int:
         out("usage: python -m hpcops.data.stage PLAN.json")
         return 2
     plan = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    progress = Progress(Path(plan["progress"]) if plan.get("progress") else None)
+    progress = Progress(
+        Path(plan["progress"]) if plan.get("progress") else None, token=plan.get("token")
+    )
     try:
         stage(plan, progress)
     except (CacheError, GitError, OSError, subprocess.CalledProcessError) as exc:
-        progress.update("error", phase="failed", error=str(exc))
+        progress.fail(str(exc))
         print(f"hpcops staging failed: {exc}", file=sys.stderr)
         _mark(plan, 1)
         return 1
@@ -220,7 +254,7 @@ def _mark(plan: dict[str, Any], code: int) -> None:
     if plan.get("marker"):
         path = Path(plan["marker"])
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(f"{code} {int(time.time())}\n")
+        tmp.write_text(f"{code} {int(time.time())} {plan.get('token', '-')}\n")
         tmp.replace(path)
 
 

@@ -72,14 +72,21 @@ class LocalTransport:
         return found
 
     def read_chunk(self, path: PurePath, offset: int, max_bytes: int) -> FileChunk:
+        # The job owns its run directory: a FIFO or a directory where a log should be must
+        # neither block the daemon nor fail it; it reads as an empty file.
         try:
-            with Path(path).open("rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                start = max(0, size + offset) if offset < 0 else min(offset, size)
-                f.seek(start)
-                return FileChunk(f.read(max_bytes), start, size)
-        except FileNotFoundError:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
             return FileChunk(b"", max(offset, 0), 0)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            return FileChunk(b"", max(offset, 0), 0)
+        with os.fdopen(fd, "rb") as f:
+            size = info.st_size
+            start = max(0, size + offset) if offset < 0 else min(offset, size)
+            f.seek(start)
+            return FileChunk(f.read(max_bytes), start, size)
 
     def close(self) -> None:
         return None

@@ -237,7 +237,8 @@ def test_a_bad_remote_fails_the_run_clearly_and_leaves_the_cache_clean(
         assert "do not match their md5" in tail and "corrupt" in tail
     else:
         assert "DVC could not fetch" in tail
-    assert detail["staging"]["targets"]["error"]["phase"] == "failed"
+    assert detail["staging"]["targets"]["data/ds"]["phase"] == "failed"
+    assert detail["staging"]["error"] and detail["reason"].endswith(detail["staging"]["error"])
     cache = ContentCache(daemon.home / "data-cache")
     bad = cache.verify(cache.all_objects())
     assert bad == [], "nothing half-written or corrupt stays in the cache"

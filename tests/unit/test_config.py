@@ -69,11 +69,10 @@ def test_bad_config_names_the_setting(text: str, expected: str) -> None:
 
 def test_ssh_transport_config() -> None:
     ssh = "slurm: {transport: ssh, ssh: {host: login.example.edu, user: labsvc, port: 2222}}\n"
-    with pytest.raises(ConfigError, match=r"transport: ssh, tracking needs mode direct"):
+    with pytest.raises(ConfigError, match=r"tracking does not work yet with a daemon off"):
         parse_config("run_root: /scratch/lab/runs\n" + ssh, "cfg.yaml")
     config = parse_config(
-        "run_root: /scratch/lab/runs\n" + ssh + "tracking: {tracking_uri: 'http://mlflow:5000'}",
-        "cfg.yaml",
+        "run_root: /scratch/lab/runs\n" + ssh + "tracking: {enabled: false}", "cfg.yaml"
     )
     assert config.slurm.ssh is not None
     assert (config.slurm.ssh.host, config.slurm.ssh.port) == ("login.example.edu", 2222)

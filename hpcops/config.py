@@ -229,6 +229,19 @@ def _absolute_path(value: Path | None) -> Path | None:
 OptionalAbsolutePath = Annotated[Path | None, AfterValidator(_absolute_path)]
 
 
+def _run_directory(value: Path | None) -> Path | None:
+    """Where run directories go: absolute, and plain enough for an #SBATCH --output line."""
+    value = _absolute_path(value)
+    if value is not None and not _SAFE_PATH.fullmatch(str(value)):
+        raise ValueError(
+            "may hold only letters, digits and . _ / + - (it is written on #SBATCH --output lines)"
+        )
+    return value
+
+
+RunDirectoryPath = Annotated[Path | None, AfterValidator(_run_directory)]
+
+
 class CodeConfig(_Strict):
     mirror_root: OptionalAbsolutePath = Field(
         default=None,
@@ -367,7 +380,7 @@ class TrackingConfig(_Strict):
         "shared scratch that the daemon copies to the server; auto: direct for an http(s) "
         "server, relay for a sqlite store.",
     )
-    relay_root: Path | None = Field(
+    relay_root: RunDirectoryPath = Field(
         default=None,
         description="Where relay file stores go, on storage the compute nodes share: one "
         "directory per run. Default: an `mlflow` directory in each run's directory.",
@@ -417,18 +430,6 @@ class TrackingConfig(_Strict):
             )
         return value.rstrip("/")
 
-    @field_validator("relay_root")
-    @classmethod
-    def _relay_root(cls, value: Path | None) -> Path | None:
-        if value is None:
-            return None
-        value = value.expanduser()
-        if not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        if not _SAFE_PATH.fullmatch(str(value)):
-            raise ValueError("may hold only letters, digits and . _ / + -")
-        return value
-
     @field_validator("cluster")
     @classmethod
     def _cluster(cls, value: str | None) -> str | None:
@@ -460,7 +461,7 @@ class Config(_Strict):
         description="At most this many runs pending in Slurm at once, so that a priority change "
         "in hpcops' queue still matters.",
     )
-    run_root: Path | None = Field(
+    run_root: RunDirectoryPath = Field(
         default=None,
         description="Run directories on storage the compute nodes see; default $HPCOPS_HOME/runs.",
     )
@@ -482,21 +483,6 @@ class Config(_Strict):
     def _lab_name(cls, value: str) -> str:
         if not _SLURM_NAME.fullmatch(value):
             raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-        return value
-
-    @field_validator("run_root")
-    @classmethod
-    def _run_root(cls, value: Path | None) -> Path | None:
-        if value is None:
-            return None
-        value = value.expanduser()
-        if not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        if not _SAFE_PATH.fullmatch(str(value)):
-            raise ValueError(
-                "may hold only letters, digits and . _ / + - (it is written on "
-                "#SBATCH --output lines)"
-            )
         return value
 
     @model_validator(mode="after")

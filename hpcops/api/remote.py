@@ -76,6 +76,11 @@ class RemoteClient(protocol.LineClient):
             self._channel.sendall(line)
             answer: bytes = self._reader.readline()
         except (OSError, EOFError, paramiko.SSHException) as exc:
+            # The remote command may have ended before it read the request (`hpcops` not
+            # found there, exit 127): its exit status says why, not the closed channel.
+            self._channel.status_event.wait(timeout=2)
+            if self._channel.exit_status_ready() and self._channel.recv_exit_status() >= 0:
+                return b""  # _closed() names the cause
             raise RemoteUnreachable(
                 f"lost the SSH connection to remote {self.name!r}: {exc}"
             ) from None

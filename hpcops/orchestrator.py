@@ -25,7 +25,6 @@ import logging
 import os
 import secrets
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcops import policy
 from hpcops.access import Caller
+from hpcops.backoff import backoff_s
 from hpcops.code.git import GitError
 from hpcops.code.mirror import CodeMirror, MirrorError, Shipment
 from hpcops.config import Config
@@ -49,13 +49,12 @@ from hpcops.errors import (
     SlurmUnreachable,
     SpecError,
 )
+from hpcops.jobcontext import Placement, build_job_context, run_dir_path
 from hpcops.render import (
     STAGING_LOG,
     STAGING_SCRIPT,
-    CodeCheckout,
     JobContext,
     StagingJob,
-    StagingStep,
     data_view,
     render_script,
     render_staging_script,
@@ -105,7 +104,6 @@ _BACKOFF_MAX_S = 60.0
 _LIMIT_RETRY_S = 30.0
 # In Slurm, not started yet: the start marker or squeue moves these to RUNNING.
 _NOT_STARTED = (RunState.PENDING.value, RunState.STAGING.value)
-STAGING_PLAN = "staging.json"
 STAGING_PROGRESS = "hpcops.staging"
 STAGING_MARKER = "hpcops.staged"  # "<exit code> <epoch>", written by the stager at its end
 _REPLAN_S = 30.0
@@ -119,6 +117,16 @@ class SlurmHealth:
     retry_at: float = 0.0
     last_error: str = ""
     since: float | None = None
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """What the engine can tell about itself, for `hpcops status`/`ls`/`quota` (read-only)."""
+
+    health: SlurmHealth
+    last_poll_at: float | None  # the last squeue that answered
+    decision: policy.Decision | None  # the last release plan: the queue's order and reasons
+    usage: dict[str, float]  # fair-share usage by user, as last read
 
 
 class Orchestrator:
@@ -151,7 +159,8 @@ class Orchestrator:
             fetch_timeout_s=config.code.fetch_timeout_s,
         )
         self.data_cache = ContentCache(config.data_cache_in(home))
-        self.staging_python = str(config.data.python or sys.executable)
+        self.placement = Placement.of(config, home)
+        self.staging_python = self.placement.staging_python
         self.clock = clock
         # A test-only fault point (HPCOPS_FAULT): the daemon kills itself with SIGKILL there.
         self.fault = fault
@@ -164,12 +173,12 @@ class Orchestrator:
         self.last_queue_at: float | None = None
         self._next_squeue_at = 0.0  # 0: the first tick polls, which is the start-up reconciliation
         self._next_sacct_at: dict[int, float] = {}
-        self._sacct_delay_s: dict[int, float] = {}
+        self._sacct_misses: dict[int, int] = {}
         self._cancel_sent: set[int] = set()
         # Runs that a full Slurm limit refused: not before this time (back-off per run, so one
         # run Slurm keeps refusing does not hold up the lab's other runs).
         self._retry_after: dict[int, float] = {}
-        self._retry_delay_s: dict[int, float] = {}
+        self._limit_refusals: dict[int, int] = {}
         # The release plan is recomputed only when something it depends on changed (a run was
         # queued, changed or ended; the poll saw other jobs; usage was re-read), and at least
         # every _REPLAN_S: an idle daemon with 10,000 queued runs must stay idle.
@@ -184,6 +193,14 @@ class Orchestrator:
         self._lock = threading.Lock()  # partitions cache, shared with the API thread
 
     # --- requests from the API --------------------------------------------------------------
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            health=dataclasses.replace(self.health),
+            last_poll_at=self.last_queue_at,
+            decision=self.last_decision,
+            usage=dict(self.usage),
+        )
 
     def check_spec(self, spec: Spec, source: str) -> None:
         """What only the cluster and the config can say about a spec, before it is queued."""
@@ -799,8 +816,9 @@ class Orchestrator:
                     self._forget(run.id)
                     continue
             # Not final yet (sacct lags the job's end by about a second): ask again, backing off.
-            delay = min(self._sacct_delay_s.get(run.id, 0.5) * 2, 30.0)
-            self._sacct_delay_s[run.id] = delay
+            misses = self._sacct_misses.get(run.id, 0) + 1
+            self._sacct_misses[run.id] = misses
+            delay = backoff_s(misses, first_s=1.0, max_s=30.0)
             self._next_sacct_at[run.id] = now + delay
 
     def _back_to_pending(self, run: Run, seen: str, slurm_reason: str) -> None:
@@ -950,7 +968,7 @@ class Orchestrator:
     def _forget(self, run_id: int) -> None:
         """A run left Slurm for good: drop its bookkeeping and release into the room it left."""
         self._next_sacct_at.pop(run_id, None)
-        self._sacct_delay_s.pop(run_id, None)
+        self._sacct_misses.pop(run_id, None)
         self._cancel_sent.discard(run_id)
         self._retry_after.clear()  # a job ended, so a full Slurm limit may have room again
         self.changed()  # release now, not at the next replan
@@ -1367,8 +1385,9 @@ class Orchestrator:
             )
             # Each try costs an sbatch RPC: this run waits (doubling, up to 10 min) while the
             # others may still go.
-            delay = min(self._retry_delay_s.get(run.id, _LIMIT_RETRY_S / 2) * 2, 600.0)
-            self._retry_delay_s[run.id] = delay
+            refusals = self._limit_refusals.get(run.id, 0) + 1
+            self._limit_refusals[run.id] = refusals
+            delay = backoff_s(refusals, first_s=_LIMIT_RETRY_S, max_s=600.0)
             self._retry_after[run.id] = self.clock() + delay
             return False
         except SlurmRejected as exc:
@@ -1420,7 +1439,7 @@ class Orchestrator:
             log.warning("cannot cancel staging job %s: %s", staging_job, exc)
 
     def _run_dir(self, run_id: int) -> Path:
-        return self.run_root / f"run-{run_id:06d}"
+        return run_dir_path(self.run_root, run_id)
 
     def _cancel_unsubmitted(self, run: Run, when: str) -> None:
         """A cancel that arrived while the run was SUBMITTING, honoured before any job exists."""
@@ -1444,28 +1463,14 @@ class Orchestrator:
         *,
         checkout: str | None = None,
     ) -> JobContext:
-        code = None
-        if spec.code is not None:
-            # At submit-time checks the commit may not be pinned yet; any full id renders alike.
-            commit = checkout or (
-                spec.code.commit if FULL_COMMIT_RE.fullmatch(spec.code.commit) else "0" * 40
-            )
-            code = CodeCheckout(str(self.code_mirror.path / "objects"), commit)
-        staging = None
-        if spec.data:
-            plan = self._run_dir(run_id) / STAGING_PLAN
-            inline = (spec.staging or self.config.data.staging) == "inline"
-            staging = StagingStep(self.staging_python, str(plan), inline=inline)
-        return JobContext(
-            run_id=f"r-{run_id:06d}",
-            token=token,
-            run_dir=RunDir(self._run_dir(run_id)),
-            account=self.config.slurm.account,
-            default_partition=self.config.slurm.default_partition,
-            lab=self.config.lab,
-            code=code,
-            staging=staging,
+        return build_job_context(
+            spec,
+            self.config,
+            self.placement,
+            run_id,
+            token,
             mlflow_env=mlflow_env,
+            checkout=checkout,
         )
 
     def _job_tracking(self, run: Run) -> JobTracking | None:
@@ -1489,7 +1494,7 @@ class Orchestrator:
     def _slurm_failed(self, exc: SlurmUnreachable) -> None:
         h = self.health
         h.failures += 1
-        delay = min(_BACKOFF_MAX_S, 2.0 ** min(h.failures, 6))
+        delay = backoff_s(h.failures, first_s=2.0, max_s=_BACKOFF_MAX_S)
         h.retry_at = self.clock() + delay
         h.last_error = exc.message.splitlines()[0]
         if h.reachable:

@@ -224,7 +224,7 @@ class Api:
     # --- reading ----------------------------------------------------------------------------
 
     def ping(self, req: Request) -> dict[str, Any]:
-        health = self.orchestrator.health
+        health = self.orchestrator.status().health
         return {
             "version": __version__,
             "protocol": protocol.PROTOCOL_VERSION,
@@ -240,7 +240,7 @@ class Api:
                 "reachable": health.reachable,
                 "unreachable_since": iso(health.since),
                 "last_error": health.last_error or None,
-                "last_poll_at": iso(self.orchestrator.last_queue_at),
+                "last_poll_at": iso(self.orchestrator.status().last_poll_at),
                 "transport": self.orchestrator.files.kind,
                 "ssh_connections_opened": self.orchestrator.files.connections_opened,
             },
@@ -268,7 +268,7 @@ class Api:
             raise InvalidInput("params.states must be a list of state names")
         wanted = [_state(s) for s in states] if states is not None else None
         runs = self.store.list_runs(wanted, limit=limit, newest_first=True)
-        runs = _queue_order(runs, self.orchestrator.last_decision)
+        runs = _queue_order(runs, self.orchestrator.status().decision)
         return [self._view(r) for r in runs]
 
     def _view(self, run: Run, *, detail: bool = False) -> dict[str, Any]:
@@ -366,7 +366,7 @@ class Api:
         authorize("read", req.caller, req.role)
         quotas = self.orchestrator.quotas()
         active = self.orchestrator.active_jobs()
-        return quota_view(quotas, active, self.orchestrator.usage)
+        return quota_view(quotas, active, self.orchestrator.status().usage)
 
     # --- changing ---------------------------------------------------------------------------
 

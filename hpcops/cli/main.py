@@ -231,20 +231,13 @@ def render(obj: Context, spec_path: Path, config_path: Path | None) -> None:
     The run id and token are placeholders until the daemon queues the run.
     """
     from hpcops.config import load_config
-    from hpcops.render import JobContext, render_script
-    from hpcops.rundir import RunDir
+    from hpcops.jobcontext import Placement, build_job_context
+    from hpcops.render import render_script
     from hpcops.spec import load_spec_file
 
     config = load_config(config_path, obj.home)
     spec = load_spec_file(spec_path)
-    context = JobContext(
-        run_id="r-000000",
-        token="0" * 16,
-        run_dir=RunDir(config.run_root_in(obj.home) / "run-000000"),
-        account=config.slurm.account,
-        default_partition=config.slurm.default_partition,
-        lab=config.lab,
-    )
+    context = build_job_context(spec, config, Placement.of(config, obj.home), 0, "0" * 16)
     click.echo(render_script(spec, context, config.template_dirs), nl=False)
 
 

@@ -54,10 +54,15 @@ class Received:
     bundle_bytes: int
 
 
+def mirror_path(root: Path) -> Path:
+    """The bare repository under the lab's code root (config code.mirror_root)."""
+    return root / "mirror.git"
+
+
 class CodeMirror:
     def __init__(self, root: Path, *, group: str | None = None, fetch_timeout_s: float = 300.0):
         self.root = root
-        self.path = root / "mirror.git"
+        self.path = mirror_path(root)
         self.incoming = root / "incoming"
         self.group = group
         self.fetch_timeout_s = fetch_timeout_s

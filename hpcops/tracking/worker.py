@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hpcops import __version__
+from hpcops.backoff import backoff_s
 from hpcops.config import Config
 from hpcops.errors import (
     HpcopsError,
@@ -235,7 +236,7 @@ class Tracker:
             log.error("run %s: giving up on MLflow %s: %s", op.run_id, op.kind, exc)
             self.store.tracking_done(op.id, error=exc.message[:2000], failed=True)
         else:
-            delay = min(600.0, 5.0 * 2**attempts)
+            delay = backoff_s(attempts, first_s=10.0, max_s=600.0)
             log.warning(
                 "run %s: MLflow refused %s (retry in %.0f s): %s", op.run_id, op.kind, delay, exc
             )

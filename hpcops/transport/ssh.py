@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import paramiko
 
+from hpcops.backoff import backoff_s
 from hpcops.errors import HpcopsError
 from hpcops.transport.base import (
     SMALL_FILE_MAX_BYTES,
@@ -64,10 +65,9 @@ class ReconnectLimiter:
 
     def delay_s(self) -> float:
         """Since the last attempt: the interval, doubled for each failure after the first."""
-        if self.failures <= 1:
-            return self.min_interval_s
-        doubled = self.min_interval_s * 2.0 ** min(self.failures - 1, 30)
-        return min(doubled, max(self.backoff_max_s, self.min_interval_s))
+        return backoff_s(
+            max(self.failures, 1), first_s=self.min_interval_s, max_s=self.backoff_max_s
+        )
 
     def may_connect(self, now: float) -> bool:
         return now >= self.next_allowed_at()

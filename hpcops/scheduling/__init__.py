@@ -1,8 +1,8 @@
 """Scheduled retraining: schedules that queue a fresh run of a spec on a cron, an interval, or
 when its DVC-tracked data changes.
 
-    timing.py      pure: cron and time-zone checks, triggers, catch-up and overlap decisions
-                   (imported by spec.py, so it sits at the spec's layer and imports only errors)
+    hpcops/cadence.py (outside this package, below spec and config, which import it)
+                   pure: cron and time-zone checks, triggers, catch-up and overlap decisions
     datachange.py  pure: whether an on-data-change check fires, given the data versions now
                    and those of the schedule's earlier firings
     service.py     the daemon's side: APScheduler, the firing path, data checks,

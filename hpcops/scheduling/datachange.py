@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from hpcops.scheduling.timing import MAX_EVERY_S
+from hpcops.cadence import MAX_EVERY_S
 
 if TYPE_CHECKING:
     from hpcops.spec import Spec

@@ -9,7 +9,7 @@ Two APScheduler behaviours are replaced, because a firing needs its scheduled ti
 catch-up decision needs every missed time:
   - the job function gets no scheduled time in 3.x, so due jobs go to FiringExecutor, which
     hands the times to `ScheduleService._on_due` (the stored job target, `due`, is never called);
-  - coalescing and misfire handling are off; timing.plan_firings decides, and says why.
+  - coalescing and misfire handling are off; cadence.plan_firings decides, and says why.
 
 On-data-change schedules (datachange.py) have an interval job too, but its due times start a
 check, not a firing: in a small thread pool of their own, so that a slow or unreachable
@@ -44,11 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 from apscheduler.executors.base import BaseExecutor
 
+from hpcops import cadence
 from hpcops.access import Caller, authorize, check_priority, role_of, unix_groups
 from hpcops.config import Config
 from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied, SpecError
 from hpcops.orchestrator import DAEMON, Orchestrator
-from hpcops.scheduling import datachange, timing
+from hpcops.scheduling import datachange
 from hpcops.spec import Spec, parse_spec, spec_to_yaml
 from hpcops.store import Audit, Firing, Run, Schedule, Store
 
@@ -275,23 +276,23 @@ class ScheduleService:
             )
         if cron is not None:
             try:
-                timing.parse_cron(cron)
+                cadence.parse_cron(cron)
                 cron = " ".join(cron.split())
             except ValueError as exc:
                 problems.append(f"cron {cron!r}: {exc}")
         if every_s is not None:
             try:
-                timing.check_every_s(every_s, defaults.min_interval_s)
+                cadence.check_every_s(every_s, defaults.min_interval_s)
             except ValueError as exc:
                 problems.append(f"every: {exc}")
         zone = _first(pick("timezone"), defaults.timezone) or _local_zone()
         try:
-            zone = timing.check_timezone(zone)
+            zone = cadence.check_timezone(zone)
         except ValueError as exc:
             problems.append(f"timezone: {exc}")
         catch_up = _first(pick("catch_up"), defaults.catch_up)
         try:
-            timing.check_catch_up(catch_up)
+            cadence.check_catch_up(catch_up)
         except ValueError as exc:
             problems.append(f"catch-up: {exc}")
         grace = _first(pick("catch_up_grace_s"), defaults.catch_up_grace_s)
@@ -397,7 +398,7 @@ class ScheduleService:
             # is now, whatever it was in between.
             self._start_check(schedule_id, max(t.timestamp() for t in run_times))
             return
-        plans = timing.plan_firings(
+        plans = cadence.plan_firings(
             [round(t.timestamp(), 3) for t in run_times],
             now,
             catch_up=schedule.catch_up,
@@ -586,7 +587,7 @@ class ScheduleService:
 def _trigger(schedule: Schedule) -> Any:
     """The APScheduler trigger of a schedule; an on-data-change schedule's is the interval of
     its checks."""
-    return timing.build_trigger(
+    return cadence.build_trigger(
         cron=schedule.cron,
         every_s=schedule.check_every_s if schedule.on_data_change else schedule.every_s,
         timezone=schedule.timezone,

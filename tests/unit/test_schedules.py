@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from hpcops import cadence as timing
 from hpcops.errors import InvalidInput, SpecError
-from hpcops.scheduling import timing
 from hpcops.spec import parse_spec, spec_to_yaml
 from hpcops.states import RunState
 from hpcops.store import Firing, Run, Schedule, Store

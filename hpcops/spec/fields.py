@@ -1,0 +1,455 @@
+"""The spec's field checks: each takes a value pydantic has typed and returns it, or raises
+ValueError with the message a user sees (what is wrong, what is allowed, usually an example).
+
+Pure and free of pydantic: model.py attaches them to fields with AfterValidator/BeforeValidator.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from hpcops import cadence
+from hpcops.describe import CONTROL_RE, describe_char, describe_value, show
+from hpcops.names import NAME_FIRST, NAME_MAX_CHARS, NAME_REST, SLURM_NAME_FIRST
+from hpcops.units import parse_mem_mb, parse_slurm_time
+
+ParamValue = str | int | float | bool
+
+MAX_TIME_S: Final = 30 * 24 * 3600
+MAX_MEM_MB: Final = 16 * 1024 * 1024  # 16T: more than any node we know of has
+MAX_COMMAND_BYTES: Final = 64 * 1024  # bash -c gets it as one argument; Linux caps one at 128 KiB
+MAX_VALUE_CHARS: Final = 4096
+MAX_TAG_VALUE_CHARS: Final = 256
+MAX_PARAMS: Final = 200
+MAX_ENV: Final = 200
+MAX_TAGS: Final = 100
+MAX_WORKDIR_CHARS: Final = 4096
+
+# The command is shell code: it may hold newlines and tabs, and no other control character.
+_COMMAND_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@dataclass(frozen=True)
+class Token:
+    """A short identifier that may end up on an #SBATCH line: a strict character set."""
+
+    what: str
+    first: str  # regex class for the first character
+    rest: str  # regex class for the others
+    allowed: str  # those classes in words
+    max_len: int
+    example: str
+    pattern: re.Pattern[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        pattern = re.compile(f"{self.first}{self.rest}{{0,{self.max_len - 1}}}")
+        object.__setattr__(self, "pattern", pattern)
+
+    def check(self, value: str) -> str:
+        if self.pattern.fullmatch(value):
+            return value
+        rule = (
+            f"{self.what} must be {self.allowed}, at most {self.max_len} characters, "
+            f"e.g. {self.example!r}"
+        )
+        if not value:
+            raise ValueError(f"is empty; {rule}")
+        rest = re.compile(self.rest)
+        for i, ch in enumerate(value):
+            if not rest.fullmatch(ch):
+                raise ValueError(f"contains {describe_char(ch)} at position {i + 1}; {rule}")
+        if not re.fullmatch(self.first, value[0]):
+            raise ValueError(f"starts with {describe_char(value[0])}; {rule}")
+        raise ValueError(f"is {len(value)} characters long; {rule}")
+
+
+NAME = Token(
+    "a name",
+    NAME_FIRST,
+    NAME_REST,
+    "letters, digits, '.', '_' or '-', starting with a letter or digit",
+    NAME_MAX_CHARS,
+    "mnist-baseline",
+)
+PARTITION = Token(
+    "a partition",
+    SLURM_NAME_FIRST,
+    NAME_REST,
+    "letters, digits, '.', '_' or '-'",
+    NAME_MAX_CHARS,
+    "gpu",
+)
+QOS = Token(
+    "a QOS", SLURM_NAME_FIRST, NAME_REST, "letters, digits, '.', '_' or '-'", NAME_MAX_CHARS, "high"
+)
+GPU_TYPE = Token(
+    "a GPU type",
+    NAME_FIRST,
+    NAME_REST,
+    "letters, digits, '.', '_' or '-' (as in the cluster's gres.conf)",
+    NAME_MAX_CHARS,
+    "a100",
+)
+TEMPLATE = Token(
+    "a template name",
+    "[a-z0-9]",
+    "[a-z0-9_-]",
+    "lower-case letters, digits, '_' or '-' (the file is <name>.sh.j2)",
+    64,
+    "default",
+)
+PARAM_KEY = Token(
+    "a parameter name",
+    "[A-Za-z_]",
+    "[A-Za-z0-9_]",
+    "letters, digits and '_', not starting with a digit (it becomes HPCOPS_PARAM_<NAME>)",
+    64,
+    "learning_rate",
+)
+TAG_KEY = Token(
+    "a tag name",
+    "[A-Za-z_]",
+    "[A-Za-z0-9_]",
+    "letters, digits and '_', not starting with a digit",
+    64,
+    "paper",
+)
+ENV_KEY = Token(
+    "an environment variable name",
+    "[A-Za-z_]",
+    "[A-Za-z0-9_]",
+    "letters, digits and '_', not starting with a digit",
+    128,
+    "OMP_NUM_THREADS",
+)
+
+
+def check_partition(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) > 256:
+        raise ValueError(f"is {len(value)} characters long; at most 256")
+    # sbatch takes a comma-separated list: the job starts in whichever partition frees first.
+    for part in value.split(","):
+        try:
+            PARTITION.check(part)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (or a comma-separated list such as 'gpu,gpu-long')") from None
+    return value
+
+
+def optional(token: Token) -> Callable[[str | None], str | None]:
+    def check(value: str | None) -> str | None:
+        return None if value is None else token.check(value)
+
+    return check
+
+
+def check_text(value: str, *, max_chars: int, what: str = "text") -> str:
+    """Free text that must stay on one line: no control characters, bounded length."""
+    bad = CONTROL_RE.search(value)
+    if bad:
+        raise ValueError(
+            f"contains {describe_char(bad.group())} at position {bad.start() + 1}; "
+            f"{what} must be on one line, without control characters"
+        )
+    if len(value) > max_chars:
+        raise ValueError(f"is {len(value)} characters long; at most {max_chars}")
+    return value
+
+
+def check_experiment(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty; give the experiment the results are filed under, e.g. 'mnist'")
+    check_text(value, max_chars=100, what="an experiment name")
+    if not value.isprintable():
+        ch = next(c for c in value if not c.isprintable())
+        raise ValueError(f"contains the unprintable character U+{ord(ch):04X}; e.g. 'mnist'")
+    if value != value.strip():
+        raise ValueError(f"has spaces at its start or end ({show(value)}); e.g. 'mnist'")
+    return value
+
+
+def check_command(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty; e.g. command: python train.py --epochs 10")
+    bad = _COMMAND_CONTROL_RE.search(value)
+    if bad:
+        line = value.count("\n", 0, bad.start()) + 1
+        raise ValueError(
+            f"contains {describe_char(bad.group())} on its line {line}; a command may hold "
+            "newlines and tabs but no other control characters"
+        )
+    size = len(value.encode("utf-8"))
+    if size > MAX_COMMAND_BYTES:
+        raise ValueError(
+            f"is {size} bytes; at most {MAX_COMMAND_BYTES} (64 KiB). Put a long script in a file "
+            "and run that, e.g. command: bash run.sh"
+        )
+    return value
+
+
+def check_workdir(value: str | None) -> str | None:
+    if value is None:
+        return None
+    check_text(value, max_chars=MAX_WORKDIR_CHARS, what="a path")
+    if value.startswith("~"):
+        raise ValueError(
+            f"starts with '~', which hpcops does not expand; write the full path, "
+            f"e.g. /home/ana/mnist (got {show(value)})"
+        )
+    if not value.startswith("/") and ".." in Path(value).parts:
+        raise ValueError(f"a path inside the checkout cannot go up with '..'; got {show(value)}")
+    return value
+
+
+_URL_SCHEMES: Final = ("https://", "http://", "ssh://", "git://", "file://")
+_SCP_LIKE_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:")
+_REV_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/~^-]{0,199}")
+
+
+def is_repo_url(value: str) -> bool:
+    """A repository the cluster fetches itself (URL or user@host:path), not a local path."""
+    return value.startswith(_URL_SCHEMES) or bool(_SCP_LIKE_RE.match(value))
+
+
+def check_repo(value: str) -> str:
+    check_text(value, max_chars=MAX_WORKDIR_CHARS, what="a path or URL")
+    if not value or value.startswith("-"):
+        raise ValueError(
+            f"must be a git repository: a path such as /home/ana/mnist or '.', or a URL such as "
+            f"https://github.com/lab/mnist.git; got {show(value)}"
+        )
+    if "://" in value and not is_repo_url(value):
+        raise ValueError(
+            f"URL scheme not allowed; use one of {', '.join(s[:-3] for s in _URL_SCHEMES)} "
+            f"(got {show(value)})"
+        )
+    if value.startswith("~"):
+        raise ValueError(
+            f"starts with '~', which hpcops does not expand; write the full path "
+            f"(got {show(value)})"
+        )
+    if not is_repo_url(value) and not value.startswith("/"):
+        raise ValueError(
+            f"must be an absolute path or a URL; got {show(value)} (a relative repo is resolved "
+            "against the spec file's folder only when hpcops reads the file itself)"
+        )
+    return value
+
+
+def check_rev(value: str) -> str:
+    if not _REV_RE.fullmatch(value) or ".." in value or value.endswith(("/", ".lock")):
+        raise ValueError(
+            "must be a commit id, a branch or a tag (letters, digits, '.', '_', '/', '-', '~', "
+            f"'^'; no '..'), e.g. 'main' or '3f2a9c1'; got {show(value)}"
+        )
+    return value
+
+
+_DATA_PATH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/@+-]{0,1023}")
+_DATA_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+MAX_DATA_TARGETS: Final = 16
+
+
+def check_data_path(value: str) -> str:
+    """A path inside a repository (or the job's work directory): relative, never going up."""
+    if (
+        not _DATA_PATH_RE.fullmatch(value)
+        or ".." in value.split("/")
+        or "//" in value
+        or value.endswith("/")
+    ):
+        raise ValueError(
+            "must be a relative path of letters, digits and . _ / @ + - (no '..', no "
+            f"leading or trailing '/'), e.g. data/mnist; got {show(value)}"
+        )
+    return value
+
+
+def check_data_repo(value: str | None) -> str | None:
+    if value is None:
+        return None
+    check_repo(value)
+    if not is_repo_url(value):
+        raise ValueError(
+            "must be a URL the cluster can fetch (https, ssh, git, file or user@host:path); data "
+            f"in the run's own repository needs no repo (got {show(value)})"
+        )
+    return value
+
+
+def data_env_name(path: str) -> str:
+    """HPCOPS_DATA_<NAME> for a target without a name: its last path part, in capitals."""
+    base = re.sub(r"[^A-Za-z0-9]", "_", path.rsplit("/", 1)[-1]).upper().strip("_") or "DATA"
+    return base if base[0].isalpha() else f"D_{base}"
+
+
+def optional_rev(value: str | None) -> str | None:
+    return None if value is None else check_rev(value)
+
+
+def optional_data_path(value: str | None) -> str | None:
+    return None if value is None else check_data_path(value)
+
+
+def optional_data_name(value: str | None) -> str | None:
+    if value is not None and not _DATA_NAME_RE.fullmatch(value):
+        raise ValueError(
+            "must be capital letters, digits and '_', starting with a letter (the job gets "
+            f"HPCOPS_DATA_<NAME>), e.g. MNIST; got {show(value)}"
+        )
+    return value
+
+
+def in_range(lo: int, hi: int, example: str) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}; got {value} (e.g. {example})")
+        return value
+
+    return check
+
+
+def scalar_text(value: object) -> object:
+    """YAML numbers and booleans given where text is expected, as the text a shell would see."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number or a string; got {value!r}")
+        return repr(value)
+    return value
+
+
+def int_as_text(value: object) -> object:
+    """`mem: 4096` and `time: 90` are YAML integers; their fields hold the text Slurm reads."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def check_param_value(value: object) -> object:
+    if isinstance(value, str):
+        return check_text(value, max_chars=MAX_VALUE_CHARS, what="a parameter value")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number; got {value!r}")
+    if isinstance(value, bool | int | float):
+        return value
+    if value is None:
+        raise ValueError("is empty (null); give it a value, or remove the line")
+    raise ValueError(
+        f"must be a string, a number or true/false; got {describe_value(value)}. "
+        "A list or mapping does not fit in one environment variable: give each value its own "
+        "parameter (layers_1: 64, layers_2: 128) or a string (layers: '64,128')"
+    )
+
+
+def check_env_value(value: str) -> str:
+    return check_text(value, max_chars=MAX_VALUE_CHARS, what="an environment value")
+
+
+def check_tag_value(value: str) -> str:
+    return check_text(value, max_chars=MAX_TAG_VALUE_CHARS, what="a tag")
+
+
+# Names whose value the job's own shell needs, or that bash refuses or rewrites on its own.
+_ENV_RESERVED_NAMES: Final = {
+    "PATH": "it would replace the job's whole PATH, hpcops' own commands included, with a fixed "
+    "value; extend it in the command instead, e.g. "
+    "command: export PATH=/opt/tool/bin:$PATH && python train.py",
+    "IFS": "it changes how the job's shell splits words",
+    "ENV": "it names a file every shell of the job would run first; run it in the command instead",
+    "SHELLOPTS": "bash keeps it read-only",
+    "EUID": "bash keeps it read-only",
+    "UID": "bash keeps it read-only",
+    "PPID": "bash keeps it read-only",
+    "_": "bash rewrites it after every command",
+}
+_ENV_RESERVED_PREFIXES: Final = {
+    "SLURM_": "Slurm sets SLURM_* variables inside the job; choose another name",
+    "HPCOPS_": "HPCOPS_* is hpcops' own (HPCOPS_RUN_ID, HPCOPS_PARAM_<NAME>, ...); put values in "
+    "params to get HPCOPS_PARAM_<NAME>",
+    "BASH": "bash sets BASH* variables itself, and BASH_ENV names a file every bash of the job "
+    "would run first; run it in the command instead",
+}
+
+
+def check_env_key(value: str) -> str:
+    ENV_KEY.check(value)
+    if value in _ENV_RESERVED_NAMES:
+        raise ValueError(f"cannot be set through env: {_ENV_RESERVED_NAMES[value]}")
+    for prefix, why in _ENV_RESERVED_PREFIXES.items():
+        if value.startswith(prefix):
+            raise ValueError(f"cannot be set through env: {why}")
+    return value
+
+
+def check_mem(value: str | None) -> str | None:
+    if value is None:
+        return None
+    example = "e.g. mem: 16G, mem: 512M or mem: 4096 (megabytes)"
+    try:
+        mb = parse_mem_mb(value)
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc}; got {show(value)}. Memory is a whole number with M, G or T, or a number "
+            f"of megabytes; {example}"
+        ) from None
+    if mb == 0:
+        raise ValueError(
+            f"must be at least 1M; got {show(value)}. Slurm reads --mem=0 as 'all of a node's "
+            f"memory', which hpcops does not offer: ask for a size, {example}"
+        )
+    if mb > MAX_MEM_MB:
+        raise ValueError(f"must be at most 16T ({MAX_MEM_MB} MB); got {show(value)}; {example}")
+    return value
+
+
+def check_time(value: str) -> str:
+    example = "e.g. time: '02:00:00' (2 hours), time: 90 (minutes) or time: '1-12:00:00'"
+    upper = value.upper()
+    if upper in {"UNLIMITED", "INFINITE"}:
+        raise ValueError(f"must be at most 30 days (30-00:00:00); got {show(value)}; {example}")
+    try:
+        seconds = parse_slurm_time(value)
+    except ValueError as exc:
+        hint = ""
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*[hHmMdDsS].*", value):
+            hint = " (units such as 'h' are not Slurm's: write 02:00:00 for 2h)"
+        raise ValueError(f"{exc}{hint}; got {show(value)}; {example}") from None
+    if seconds < 60:
+        raise ValueError(f"must be at least 1 minute; got {show(value)}; {example}")
+    if seconds > MAX_TIME_S:
+        raise ValueError(
+            f"must be at most 30 days (30-00:00:00); got {show(value)} "
+            f"({seconds / 86400:.1f} days); {example}"
+        )
+    return value
+
+
+def check_cron(value: str | None) -> str | None:
+    if value is None:
+        return None
+    cadence.parse_cron(value)
+    return " ".join(value.split())  # one space between fields, as `schedule ls` shows it
+
+
+def check_timezone(value: str | None) -> str | None:
+    return None if value is None else cadence.check_timezone(value)
+
+
+def check_catch_up(value: str | None) -> str | None:
+    return None if value is None else cadence.check_catch_up(value)
+
+
+def optional_range(lo: int, hi: int, example: str) -> Callable[[int | None], int | None]:
+    check = in_range(lo, hi, example)
+    return lambda value: None if value is None else check(value)

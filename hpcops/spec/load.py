@@ -1,0 +1,121 @@
+"""Reading a spec: YAML text or a file in, a validated Spec out; and the canonical text back.
+
+The YAML itself is read by hpcops.yamlio (size limit, UTF-8, no anchors, aliases or tags, plain
+data only); this module adds what only a spec knows: that it is a mapping of fields, what a
+relative path in it is relative to, and the Spec model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hpcops.describe import CONTROL_RE, describe_value
+from hpcops.errors import FieldProblem, SpecError
+from hpcops.spec.fields import is_repo_url
+from hpcops.spec.messages import MINIMAL_SPEC, validate
+from hpcops.spec.model import Spec
+from hpcops.yamlio import MAX_YAML_BYTES, SPEC, YamlProblems, dump_yaml, read_bounded, read_yaml
+
+MAX_SPEC_BYTES: int = MAX_YAML_BYTES
+
+
+def _is_blank(data: bytes | str) -> bool:
+    text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+    return not text.removeprefix("\ufeff").strip()
+
+
+def _plain_data(data: bytes | str) -> dict[str, object]:
+    """The spec's YAML as plain data, every reason to refuse it raised as YamlProblems."""
+    root = read_yaml(data, SPEC)
+    if root is None:
+        what = "empty" if _is_blank(data) else "empty (it holds only comments or null)"
+        raise YamlProblems.one(f"the spec is {what}; a minimal spec is:\n{_indent(MINIMAL_SPEC)}")
+    if not isinstance(root, dict):
+        raise YamlProblems.one(
+            f"the spec must be a YAML mapping of fields; got {describe_value(root)}. "
+            f"A minimal spec is:\n{_indent(MINIMAL_SPEC)}"
+        )
+    return root
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"      {line}" for line in text.splitlines())
+
+
+def _parse(data: bytes | str, source: str, base_dir: Path | None) -> Spec:
+    try:
+        plain = _plain_data(data)
+    except YamlProblems as exc:
+        raise SpecError(source, exc.problems) from None
+    code = plain.get("code")
+    if base_dir is not None and isinstance(code, dict):
+        # With code, the workdir is a folder of the checkout; only the repo is the file's.
+        repo = code.get("repo")
+        if _is_relative_text(repo):
+            code["repo"] = os.path.normpath(base_dir / str(repo))
+    elif base_dir is not None:
+        workdir = plain.get("workdir")
+        if workdir is None:
+            plain["workdir"] = str(base_dir)
+        elif _is_relative_text(workdir):
+            plain["workdir"] = str(base_dir / str(workdir))
+    return validate(plain, source)
+
+
+def _is_relative_text(value: object) -> bool:
+    """A relative path that validation would otherwise accept (left alone if it is bad)."""
+    return (
+        isinstance(value, str)
+        and bool(value)
+        and not value.startswith(("/", "~", "-"))
+        and not is_repo_url(value)
+        and "://" not in value
+        and not CONTROL_RE.search(value)
+    )
+
+
+def parse_spec(data: bytes | str, source: str) -> Spec:
+    """A validated Spec from YAML text or bytes; `source` names it in messages (a path, "-").
+
+    Raises SpecError, and nothing else, for any input. A relative workdir is refused here: only
+    load_spec_file knows what it is relative to.
+    """
+    try:
+        return _parse(data, source, None)
+    except SpecError:
+        raise
+    except Exception as exc:  # a bug of ours must still come out as the promised error
+        raise SpecError(source, [FieldProblem("", f"could not be read: {exc!r}")]) from exc
+
+
+def load_spec_file(path: str | Path) -> Spec:
+    """Read and validate a spec file.
+
+    A relative workdir is resolved against the spec file's folder, and a spec without one runs
+    there. Reads at most MAX_SPEC_BYTES + 1 bytes, so a huge file costs no memory.
+    """
+    source = os.fspath(path)
+    try:
+        data = read_bounded(path, SPEC)
+    except OSError as exc:
+        problem = FieldProblem("", f"cannot read the spec file: {exc.strerror or exc}")
+        raise SpecError(source, [problem]) from None
+    except YamlProblems as exc:
+        raise SpecError(source, exc.problems) from None
+    base_dir = Path(path).absolute().parent
+    try:
+        return _parse(data, source, base_dir)
+    except SpecError:
+        raise
+    except Exception as exc:
+        raise SpecError(source, [FieldProblem("", f"could not be read: {exc!r}")]) from exc
+
+
+def spec_to_yaml(spec: Spec) -> str:
+    """The spec as canonical YAML, every field written out, that parse_spec reads back equal."""
+    data = spec.model_dump(mode="python")
+    if data.get("schedule") is None:
+        # Absent unless given, so a spec without one keeps its canonical text and hash.
+        data.pop("schedule", None)
+    return dump_yaml(data)

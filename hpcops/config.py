@@ -6,13 +6,11 @@ the pid file and the log; the config is `$HPCOPS_HOME/config.yaml` unless `--con
 
 from __future__ import annotations
 
-import difflib
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -23,11 +21,14 @@ from pydantic import (
     model_validator,
 )
 
-from hpcops.errors import ConfigError
-from hpcops.scheduling import timing
+from hpcops import cadence
+from hpcops.errors import ConfigError, FieldProblem
+from hpcops.names import SLURM_NAME_PATTERN, SLURM_NAME_RE, closest
+from hpcops.units import parse_mem_mb, parse_slurm_time
+from hpcops.yamlio import CONFIG, YamlProblems, read_bounded, read_yaml
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9._/+-]+$")  # it lands on #SBATCH --output= lines
-_SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SLURM_NAME_RULE = f"must match {SLURM_NAME_PATTERN}"
 _HOST_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")  # a DNS name, IP or ssh alias
 _UNIX_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
 
@@ -116,8 +117,8 @@ class SlurmConfig(_Strict):
     @field_validator("account", "default_partition")
     @classmethod
     def _slurm_name(cls, value: str | None) -> str | None:
-        if value is not None and not _SLURM_NAME.fullmatch(value):
-            raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+        if value is not None and not SLURM_NAME_RE.fullmatch(value):
+            raise ValueError(_SLURM_NAME_RULE)
         return value
 
     @model_validator(mode="after")
@@ -207,7 +208,7 @@ class QuotasConfig(_Strict):
     @classmethod
     def _partition_names(cls, value: dict[str, LimitsConfig]) -> dict[str, LimitsConfig]:
         for name in value:
-            if not _SLURM_NAME.fullmatch(name):
+            if not SLURM_NAME_RE.fullmatch(name):
                 raise ValueError(f"{name!r} is not a partition name")
         return value
 
@@ -270,23 +271,25 @@ class StagingJobConfig(_Strict):
     @field_validator("partition", "qos")
     @classmethod
     def _slurm_name(cls, value: str | None) -> str | None:
-        if value is not None and not _SLURM_NAME.fullmatch(value):
-            raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+        if value is not None and not SLURM_NAME_RE.fullmatch(value):
+            raise ValueError(_SLURM_NAME_RULE)
         return value
+
+    @field_validator("mem", "time", mode="before")
+    @classmethod
+    def _number_as_text(cls, value: object) -> object:
+        # `mem: 4096` (megabytes) and `time: 90` (minutes) are YAML integers, as in a spec.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("mem")
     @classmethod
     def _mem(cls, value: str) -> str:
-        from hpcops.spec import parse_mem_mb
-
         parse_mem_mb(value)
         return value
 
     @field_validator("time")
     @classmethod
     def _time(cls, value: str) -> str:
-        from hpcops.spec import parse_slurm_time
-
         parse_slurm_time(value)
         return value
 
@@ -342,14 +345,14 @@ class SchedulesConfig(_Strict):
     check_every_s: int = Field(
         default=300,
         ge=1,
-        le=timing.MAX_EVERY_S,
+        le=cadence.MAX_EVERY_S,
         description="How often an on-data-change schedule checks its data (`--check-every`).",
     )
 
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str | None) -> str | None:
-        return None if value is None else timing.check_timezone(value)
+        return None if value is None else cadence.check_timezone(value)
 
     @model_validator(mode="after")
     def _default_check_within_minimum(self) -> SchedulesConfig:
@@ -433,8 +436,8 @@ class TrackingConfig(_Strict):
     @field_validator("cluster")
     @classmethod
     def _cluster(cls, value: str | None) -> str | None:
-        if value is not None and not _SLURM_NAME.fullmatch(value):
-            raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+        if value is not None and not SLURM_NAME_RE.fullmatch(value):
+            raise ValueError(_SLURM_NAME_RULE)
         return value
 
     def uri_in(self, home: Path) -> str:
@@ -481,8 +484,8 @@ class Config(_Strict):
     @field_validator("lab")
     @classmethod
     def _lab_name(cls, value: str) -> str:
-        if not _SLURM_NAME.fullmatch(value):
-            raise ValueError("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+        if not SLURM_NAME_RE.fullmatch(value):
+            raise ValueError(_SLURM_NAME_RULE)
         return value
 
     @model_validator(mode="after")
@@ -532,21 +535,26 @@ def load_config(path: Path | None, home: Path) -> Config:
     explicit = path is not None
     config_path = path if path is not None else home / "config.yaml"
     try:
-        text = config_path.read_text(encoding="utf-8")
+        data = read_bounded(config_path, CONFIG)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{config_path}: no such config file") from None
         return Config()
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"{config_path}: cannot read: {exc}") from exc
-    return parse_config(text, str(config_path))
+    except YamlProblems as exc:
+        raise ConfigError(_yaml_problems(str(config_path), exc.problems)) from None
+    return parse_config(data, str(config_path))
 
 
-def parse_config(text: str, source: str) -> Config:
+def parse_config(text: str | bytes, source: str) -> Config:
+    """The config from YAML text, read by hpcops' one YAML reader (hpcops.yamlio): YAML 1.2's
+    scalars as in a spec (`time: 1:30:00` is text, not YAML 1.1's base-60 integer 5400), no
+    anchors, aliases or tags, no duplicate keys, at most 1 MiB. ConfigError for anything else."""
     try:
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        data = read_yaml(text, CONFIG)
+    except YamlProblems as exc:
+        raise ConfigError(_yaml_problems(source, exc.problems)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -555,6 +563,14 @@ def parse_config(text: str, source: str) -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(source, exc)) from None
+
+
+def _yaml_problems(source: str, problems: list[FieldProblem]) -> str:
+    if len(problems) == 1 and not problems[0].location:
+        return f"{source}: {problems[0].message}"
+    lines = [f"{source}: invalid config"]
+    lines += [f"  {p.location}: {p.message}" if p.location else f"  {p.message}" for p in problems]
+    return "\n".join(lines)
 
 
 def _describe(source: str, exc: ValidationError) -> str:
@@ -584,6 +600,6 @@ def _did_you_mean(loc: tuple[int | str, ...]) -> str:
             return ""
         model = annotation
     names = list(model.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    close = closest(str(loc[-1]), names)
+    hint = f"; did you mean '{close}'?" if close else ""
     return f"{hint} Allowed: {', '.join(names)}"

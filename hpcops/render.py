@@ -26,6 +26,7 @@ import jinja2
 import jinja2.sandbox
 
 from hpcops.errors import ConfigError, FieldProblem, SpecError
+from hpcops.names import FULL_COMMIT_RE, NAME_PATTERN, SLURM_NAME_PATTERN
 from hpcops.rundir import RunDir
 from hpcops.spec import MODELLED_OPTIONS, ParamValue, Spec, extra_directive_problem
 
@@ -58,9 +59,6 @@ _LAB_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MLFLOW_VAR_RE = re.compile(r"MLFLOW_[A-Z_]{1,64}")
 
 
-_COMMIT_RE = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
-
-
 @dataclass(frozen=True)
 class CodeCheckout:
     """The commit a job checks out into <run_dir>/src, from the objects of the lab's mirror."""
@@ -69,7 +67,7 @@ class CodeCheckout:
     commit: str
 
     def __post_init__(self) -> None:
-        if not _COMMIT_RE.fullmatch(self.commit):
+        if not FULL_COMMIT_RE.fullmatch(self.commit):
             raise ValueError(f"CodeCheckout.commit {self.commit!r} is not a full commit id")
         if not self.objects.startswith("/"):
             raise ValueError(f"CodeCheckout.objects {self.objects!r} must be absolute")
@@ -134,8 +132,8 @@ def job_name(spec: Spec, ctx: JobContext) -> str:
 
 # ─── #SBATCH directives ────────────────────────────────────────────────────────────────────────
 
-_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
-_SLURM_NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}"
+_NAME = NAME_PATTERN
+_SLURM_NAME = SLURM_NAME_PATTERN
 _COUNT = r"[1-9][0-9]{0,5}"
 # sbatch --output/--error take the path unquoted, and expand %-patterns (%j, %x, ...) and a
 # backslash in it: a run directory must do without spaces, quotes, '%' and '\'.

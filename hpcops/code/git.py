@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hpcops.errors import HpcopsError
-
-# A full object name: SHA-1 (40 hex digits) or SHA-256 (64).
-FULL_SHA_RE = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
 
 class GitError(HpcopsError):

@@ -25,7 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcops.code.git import FULL_SHA_RE, GitError, git
+from hpcops.code.git import GitError, git
+from hpcops.names import FULL_COMMIT_RE as FULL_SHA_RE
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcops.code.git import FULL_SHA_RE, GitError, git
+from hpcops.code.git import GitError, git
 from hpcops.code.mirror import SHIP_REF
 from hpcops.errors import FieldProblem, SpecError
+from hpcops.names import FULL_COMMIT_RE as FULL_SHA_RE
 
 MAX_DIRTY_FILES_SHOWN = 10
 # How many commits of the first-parent history to offer the mirror as "have": the newest

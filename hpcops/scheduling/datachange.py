@@ -121,7 +121,7 @@ def check_check_every_s(value: object, min_s: int) -> int:
 
 
 def _is_full_commit(rev: str) -> bool:
-    from hpcops.spec import FULL_COMMIT_RE
+    from hpcops.names import FULL_COMMIT_RE
 
     return FULL_COMMIT_RE.fullmatch(rev) is not None
 

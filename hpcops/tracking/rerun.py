@@ -6,9 +6,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 from hpcops.errors import InvalidInput
+from hpcops.yamlio import SPEC, YamlProblems, read_yaml
 
 # What a rerun may change. The command, workdir and template stay as recorded: a rerun runs
 # the same code; a different experiment is a new spec.
@@ -52,8 +51,16 @@ def check_key(key: str) -> None:
 
 
 def apply_overrides(spec_yaml: str, overrides: Mapping[str, str]) -> dict[str, Any]:
-    """The recorded spec as data, with the overrides applied; parse_spec validates the result."""
-    data = yaml.safe_load(spec_yaml)
+    """The recorded spec as data, with the overrides applied; parse_spec validates the result.
+
+    The recorded text comes from MLflow, which anyone with access to the tracking server can
+    write: it is read by hpcops' one YAML reader, as a spec file is (at most 1 MiB, no anchors or
+    aliases, so a few hundred bytes cannot expand into gigabytes, YAML 1.2 scalars).
+    """
+    try:
+        data = read_yaml(spec_yaml, SPEC)
+    except YamlProblems as exc:
+        raise InvalidInput(f"the recorded spec cannot be read: {_first(exc)}") from None
     if not isinstance(data, dict):
         raise InvalidInput("the recorded spec is not a mapping")
     for key, text in overrides.items():
@@ -68,3 +75,13 @@ def apply_overrides(spec_yaml: str, overrides: Mapping[str, str]) -> dict[str, A
             data[head] = section
         section[rest] = typed_value(text, section.get(rest)) if head != "tags" else text
     return data
+
+
+def _first(exc: YamlProblems) -> str:
+    problem = exc.problems[0]
+    more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+    return (
+        f"{problem.location}: {problem.message}{more}"
+        if problem.location
+        else problem.message + more
+    )

@@ -6,6 +6,7 @@ import pytest
 
 from hpcops.config import Config, load_config, parse_config
 from hpcops.errors import ConfigError
+from hpcops.spec import parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,3 +78,79 @@ def test_ssh_transport_config() -> None:
     assert config.slurm.ssh is not None
     assert (config.slurm.ssh.host, config.slurm.ssh.port) == ("login.example.edu", 2222)
     assert config.slurm.ssh.min_reconnect_interval_s == 60.0
+
+
+# ─── the one YAML reader ───────────────────────────────────────────────────────────────────────
+
+SPEC_YAML = "name: mnist-baseline\nexperiment: mnist\ncommand: python train.py\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["data: {staging_job: {time: 1:30:00}}", "data:\n  staging_job:\n    time: 1:30:00\n"],
+)
+def test_a_config_reads_a_time_as_a_spec_does(text: str) -> None:
+    # Read with yaml.safe_load (YAML 1.1), 1:30:00 was the base-60 integer 5400 and the config
+    # refused it ("Input should be a valid string") while a spec took it as 90 minutes.
+    config = parse_config(text, "cfg.yaml")
+    spec = parse_spec(SPEC_YAML + "resources: {time: 1:30:00}\n", "spec.yaml")
+    assert config.data.staging_job.time == spec.resources.time == "1:30:00"
+
+
+def test_staging_job_mem_and_time_may_be_yaml_integers_as_in_a_spec() -> None:
+    config = parse_config("data: {staging_job: {time: 90, mem: 4096}}", "cfg.yaml")
+    assert (config.data.staging_job.time, config.data.staging_job.mem) == ("90", "4096")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "quotas:\n  users:\n    ana: &std {jobs: 2}\n    bob: *std\n",
+            "cfg.yaml: invalid config\n  quotas.users.ana: YAML anchor '&std' at line 3, "
+            "column 10: anchors and aliases are not allowed in a config; write each value out "
+            "in full",
+        ),
+        (
+            "max_active: 3\nmax_active: 4\n",
+            "cfg.yaml: invalid config\n  max_active: duplicate key 'max_active' (lines 1 and 2); "
+            "YAML would silently keep only the last value: remove one",
+        ),
+        ("lab: !!python/name:os.system x\n", "tags are not allowed in a config"),
+        ("lab: x\n---\nlab: y\n", "a config file holds one document"),
+        ("a: [unclosed", "cfg.yaml: not valid YAML at line 2, column 1: did not find expected"),
+    ],
+)
+def test_a_config_is_plain_data(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "cfg.yaml")
+    assert expected in str(info.value)
+
+
+def test_a_huge_config_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"# " + b"x" * (2 * 1024 * 1024))
+    with pytest.raises(ConfigError, match=r"the config is 2097154 bytes; the limit is 1048576"):
+        load_config(path, tmp_path)
+
+
+def test_an_empty_config_means_defaults() -> None:
+    assert parse_config("# nothing yet\n", "cfg.yaml") == Config()
+
+
+# ─── one Slurm-name rule ───────────────────────────────────────────────────────────────────────
+
+
+def test_slurm_names_follow_the_rule_spec_and_render_use() -> None:
+    # slurm.conf(5) sets no rule on a partition's first character: '_debug' is a partition a lab
+    # may have, and a spec could always name it; the config refused it as default_partition.
+    config = parse_config(
+        "slurm: {default_partition: _debug, account: _lab}\n"
+        "data: {staging_job: {partition: _stage, qos: _low}}",
+        "cfg.yaml",
+    )
+    assert config.slurm.default_partition == "_debug"
+    assert parse_spec(SPEC_YAML + "resources: {partition: _debug}\n", "s").resources.partition
+    for bad in ("-x", ".x", "a b", "x" * 65):
+        with pytest.raises(ConfigError, match=r"must match \[A-Za-z0-9_\]"):
+            parse_config(f"slurm: {{default_partition: '{bad}'}}", "cfg.yaml")

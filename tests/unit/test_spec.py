@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcops.errors import SpecError
+from hpcops.errors import InvalidInput, SpecError
 from hpcops.spec import (
     MAX_SPEC_BYTES,
     Resources,
@@ -21,6 +21,7 @@ from hpcops.spec import (
     parse_spec,
     spec_to_yaml,
 )
+from hpcops.tracking.rerun import apply_overrides
 
 BAD_SPECS_DIR = Path(__file__).parent.parent / "fixtures" / "bad_specs"
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -335,6 +336,42 @@ def test_a_string_with_an_unpaired_surrogate_is_refused() -> None:
 def test_keys_that_yaml_reads_as_collections_are_refused() -> None:
     problems = problems_of(lambda: parse_spec(MINIMAL_YAML + "? [a, b]\n: 1\n", "t"))
     assert any("keys must be strings" in message for _, message in problems)
+
+
+def _alias_bomb(levels: int = 10) -> str:
+    """A 'billion laughs' of `levels` levels: a few hundred bytes, 9**levels strings expanded."""
+    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_recorded_spec_with_an_alias_bomb_is_refused_quickly() -> None:
+    # `hpcops rerun` reads the spec recorded in MLflow. It went through yaml.safe_load, whose
+    # result the rerun then serialises (json.dumps): these ~480 bytes become 9**10 (3.5 billion)
+    # strings, past 4 GB. Now it goes through the spec's own reader, which refuses the anchor.
+    bomb = _alias_bomb()
+    assert len(bomb) < 600
+    started = time.perf_counter()
+    with pytest.raises(InvalidInput) as info:
+        apply_overrides(bomb, {"params.lr": "0.1"})
+    assert time.perf_counter() - started < 1
+    assert str(info.value) == (
+        "the recorded spec cannot be read: l0: YAML anchor '&l0' at line 1, column 5: anchors "
+        "and aliases are not allowed in a spec; write each value out in full"
+    )
+
+
+def test_a_recorded_spec_is_read_with_the_spec_reader() -> None:
+    recorded = MINIMAL_YAML + "resources: {time: 1:30:00, partition: on}\n"
+    data = apply_overrides(recorded, {"params.lr": "0.1"})
+    assert data["resources"] == {"time": "1:30:00", "partition": "on"}  # YAML 1.2, as a spec
+    assert data["params"] == {"lr": 0.1}
+    too_big = "a: " + "x" * MAX_SPEC_BYTES + "\n"
+    with pytest.raises(InvalidInput, match="the limit is 1048576 bytes"):
+        apply_overrides(too_big, {})
+    with pytest.raises(InvalidInput, match="duplicate key 'name'"):
+        apply_overrides(MINIMAL_YAML + "name: again\n", {})
 
 
 # ─── messages ──────────────────────────────────────────────────────────────────────────────────

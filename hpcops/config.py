@@ -28,9 +28,19 @@ from hpcops.units import parse_mem_mb, parse_slurm_time
 from hpcops.yamlio import CONFIG, YamlProblems, read_bounded, read_yaml
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9._/+-]+$")  # it lands on #SBATCH --output= lines
-_SLURM_NAME_RULE = f"must match {SLURM_NAME_PATTERN}"
 _HOST_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")  # a DNS name, IP or ssh alias
 _UNIX_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+
+
+def _slurm_name(value: str | None) -> str | None:
+    """A partition, account or QOS name, by the one rule spec and render use (hpcops.names)."""
+    if value is not None and not SLURM_NAME_RE.fullmatch(value):
+        raise ValueError(f"must match {SLURM_NAME_PATTERN}")
+    return value
+
+
+SlurmName = Annotated[str, AfterValidator(_slurm_name)]
+OptionalSlurmName = Annotated[str | None, AfterValidator(_slurm_name)]
 
 
 class _Strict(BaseModel):
@@ -84,10 +94,10 @@ class SshConfig(_Strict):
 
 
 class SlurmConfig(_Strict):
-    account: str | None = Field(
+    account: OptionalSlurmName = Field(
         default=None, description="The lab's Slurm account (sbatch -A); also the poll's filter."
     )
-    default_partition: str | None = Field(
+    default_partition: OptionalSlurmName = Field(
         default=None, description="Partition for specs that name none; None lets Slurm choose."
     )
     squeue_interval_s: float = Field(
@@ -113,13 +123,6 @@ class SlurmConfig(_Strict):
         "persistent SSH connection to slurm.ssh.host, for a daemon off the cluster.",
     )
     ssh: SshConfig | None = None
-
-    @field_validator("account", "default_partition")
-    @classmethod
-    def _slurm_name(cls, value: str | None) -> str | None:
-        if value is not None and not SLURM_NAME_RE.fullmatch(value):
-            raise ValueError(_SLURM_NAME_RULE)
-        return value
 
     @model_validator(mode="after")
     def _ssh_with_transport(self) -> SlurmConfig:
@@ -260,20 +263,13 @@ class CodeConfig(_Strict):
 class StagingJobConfig(_Strict):
     """What the staging job asks Slurm for: it reads a remote and writes scratch, little CPU."""
 
-    partition: str | None = Field(
+    partition: OptionalSlurmName = Field(
         default=None, description="Partition of staging jobs; None: slurm.default_partition."
     )
-    qos: str | None = None
+    qos: OptionalSlurmName = None
     cpus: int = Field(default=1, ge=1, le=64)
     mem: str = Field(default="2G", description="--mem of the staging job (512M, 2G).")
     time: str = Field(default="01:00:00", description="--time of the staging job.")
-
-    @field_validator("partition", "qos")
-    @classmethod
-    def _slurm_name(cls, value: str | None) -> str | None:
-        if value is not None and not SLURM_NAME_RE.fullmatch(value):
-            raise ValueError(_SLURM_NAME_RULE)
-        return value
 
     @field_validator("mem", "time", mode="before")
     @classmethod
@@ -401,7 +397,7 @@ class TrackingConfig(_Strict):
         description="In direct mode, how long a queued run may wait for its MLflow record "
         "before it is released in relay mode instead.",
     )
-    cluster: str | None = Field(
+    cluster: OptionalSlurmName = Field(
         default=None,
         description="The cluster's name for the `hpcops.cluster` tag; default: ClusterName from "
         "slurm.conf ($SLURM_CONF or /etc/slurm/slurm.conf).",
@@ -433,13 +429,6 @@ class TrackingConfig(_Strict):
             )
         return value.rstrip("/")
 
-    @field_validator("cluster")
-    @classmethod
-    def _cluster(cls, value: str | None) -> str | None:
-        if value is not None and not SLURM_NAME_RE.fullmatch(value):
-            raise ValueError(_SLURM_NAME_RULE)
-        return value
-
     def uri_in(self, home: Path) -> str:
         return self.tracking_uri or f"sqlite:///{home / 'mlflow.db'}"
 
@@ -450,7 +439,7 @@ class TrackingConfig(_Strict):
 
 
 class Config(_Strict):
-    lab: str = Field(default="lab", description="The lab's name, used in job names and logs.")
+    lab: SlurmName = Field(default="lab", description="The lab's name, used in job names and logs.")
     max_active: int = Field(
         default=8,
         ge=1,
@@ -480,13 +469,6 @@ class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-
-    @field_validator("lab")
-    @classmethod
-    def _lab_name(cls, value: str) -> str:
-        if not SLURM_NAME_RE.fullmatch(value):
-            raise ValueError(_SLURM_NAME_RULE)
-        return value
 
     @model_validator(mode="after")
     def _run_root_on_the_cluster(self) -> Config:

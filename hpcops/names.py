@@ -25,10 +25,10 @@ __all__ = [
 ]
 
 # A partition, account or QOS name. slurm.conf(5) (Slurm 22.05.8, the dev cluster's) sets no
-# character rule for PartitionName, and sacctmgr none for account or QOS names, so a leading
-# '_' is legal there and a lab may have one. What we refuse protects the #SBATCH line and the
-# argv it becomes: no leading '-' (it would read as an option) or '.', nothing but letters,
-# digits and . _ - after it.
+# character rule for PartitionName, so a leading '_' is legal there and a lab may have one; we
+# found no first-character rule documented for account or QOS names either. What we refuse
+# protects the #SBATCH line and the argv it becomes: no leading '-' (it would read as an option)
+# or '.', nothing but letters, digits and . _ - after it.
 SLURM_NAME_FIRST: Final = "[A-Za-z0-9_]"
 NAME_REST: Final = "[A-Za-z0-9._-]"
 NAME_MAX_CHARS: Final = 64

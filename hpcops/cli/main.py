@@ -20,8 +20,8 @@ import click
 from hpcops import __version__
 
 if TYPE_CHECKING:
-    from hpcops.api.client import Client
-    from hpcops.api.remote import RemoteClient
+    from hpcops.client.client import Client
+    from hpcops.client.remote import RemoteClient
 
 STATE_NAMES = (
     "QUEUED",
@@ -60,18 +60,18 @@ class Context:
         """The daemon's API: over SSH when a remote is named (--remote, or the client config's
         default_remote), else the local socket. Either way one connection serves the call."""
         if self._client is None:
-            from hpcops.client_config import load_client_config
+            from hpcops.client.config import load_client_config
 
             chosen = load_client_config().remote(self.remote_name)
             if chosen is not None and self.explicit_home is None:
                 from hpcops.transport.lean_paramiko import skip_invoke_unless_needed
 
                 skip_invoke_unless_needed()  # before paramiko is imported: every call pays it
-                from hpcops.api.remote import RemoteClient
+                from hpcops.client.remote import RemoteClient
 
                 self._client = RemoteClient(*chosen)
             else:
-                from hpcops.api.client import Client
+                from hpcops.client.client import Client
                 from hpcops.home import HomePaths
 
                 self._client = Client(HomePaths(self.home).socket)
@@ -265,7 +265,7 @@ def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bo
     --json prints {"id": N, "name": ..., "code": {...}} for one spec, a list of those for
     several; "code" (specs with code: only) has repo, commit, dirty and bundle_bytes.
     """
-    from hpcops.api.ship import prepare
+    from hpcops.client.ship import prepare
     from hpcops.errors import InvalidInput
     from hpcops.spec import load_spec_file
 
@@ -1395,7 +1395,7 @@ def daemon_status(obj: Context, as_json: bool) -> None:
 @pass_ctx
 def api(obj: Context) -> None:
     """Relay API requests from stdin to the daemon's socket (what `--remote` runs over SSH)."""
-    from hpcops.api.relay import relay
+    from hpcops.client.relay import relay
     from hpcops.home import HomePaths
 
     relay(HomePaths(obj.home).socket, sys.stdin.buffer, sys.stdout.buffer)

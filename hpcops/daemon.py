@@ -22,8 +22,8 @@ from types import FrameType
 from typing import IO
 
 from hpcops.access import group_gid
-from hpcops.api.client import Client
 from hpcops.api.server import Api, ApiServer
+from hpcops.client.client import Client
 from hpcops.code.git import GitError
 from hpcops.config import Config, load_config
 from hpcops.errors import (

@@ -71,3 +71,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, shrink: int 
             parts.append(cell.ljust(widths[i]))
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
+
+
+def print_results(results: Sequence[Any], as_json: bool) -> None:
+    """The answers to one request per run or schedule: as JSON (one object for one answer, a
+    list for several), else each answer's message on a line of its own."""
+    if as_json:
+        print_json(results if len(results) > 1 else results[0])
+        return
+    for result in results:
+        click.echo(result["message"])

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from hpcops.api.client import Client
+from hpcops.client.client import Client
 from tests.benchmarks.common import BENCH_USER, UserDaemon, ensure_user, write_result
 
 QUEUED = 10_000

@@ -73,7 +73,7 @@ def test_bad_arguments_and_requests(daemon: Daemon) -> None:
     assert daemon.cli("cancel", "999").returncode == 4
     assert daemon.cli("submit", "/nonexistent/spec.yaml").returncode == 2
     # A raw request with garbage params is refused by the daemon itself, not only by the CLI.
-    from hpcops.api.client import Client
+    from hpcops.client.client import Client
     from hpcops.errors import InvalidInput, ProtocolError
 
     with Client(daemon.home / "hpcops.sock") as client:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import Daemon
 
-from hpcops.api.client import Client
+from hpcops.client.client import Client
 from hpcops.code.git import git as run_git
 from hpcops.errors import InvalidInput
 

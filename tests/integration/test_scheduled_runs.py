@@ -279,7 +279,7 @@ def test_bad_schedule_input_is_refused_and_changes_nothing(sd: Daemon, tmp_path:
         assert proc.returncode == 2, (options, proc.stderr)
         assert message in proc.stderr, (options, proc.stderr)
     # The API checks what a client sends, whatever the CLI did before.
-    from hpcops.api.client import Client
+    from hpcops.client.client import Client
     from hpcops.errors import InvalidInput
 
     with Client(sd.home / "hpcops.sock") as client:
@@ -423,7 +423,7 @@ def test_on_data_change_fires_for_each_new_data_version_and_not_for_code_commits
         proc = sd.cli("schedule", "add", *map(str, args))
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr, (args, proc.stderr)
-    from hpcops.api.client import Client
+    from hpcops.client.client import Client
     from hpcops.errors import InvalidInput
 
     with Client(sd.home / "hpcops.sock") as client:

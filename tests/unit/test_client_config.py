@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcops.client_config import load_client_config
+from hpcops.client.config import load_client_config
 from hpcops.errors import ConfigError
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hpcops.api.protocol import LineClient
-from hpcops.api.ship import prepare
+from hpcops.client.ship import prepare
 from hpcops.code.git import git as run_git
 from hpcops.code.mirror import CodeMirror, MirrorError
 from hpcops.code.workspace import (

@@ -1,4 +1,4 @@
-"""The laptop's side: named remotes, each a login node where a lab's daemon runs.
+"""The client config: named remotes, each a login node where a lab's daemon runs.
 
     # ~/.config/hpcops/config.yaml  (or the file named by HPCOPS_CONFIG)
     default_remote: cluster

@@ -17,7 +17,7 @@ from typing import Any
 import paramiko
 
 from hpcops.api import protocol
-from hpcops.client_config import Remote, client_config_path
+from hpcops.client.config import Remote, client_config_path
 from hpcops.errors import (
     HpcopsError,
     NotRunning,

@@ -1,0 +1,346 @@
+"""Commands that read runs: ls, show, wait, logs, history, why."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from hpcops.cli.context import ACTIVE, STATE_NAMES, Context, json_option, pass_ctx
+from hpcops.cli.parsing import command
+
+QUEUED_SHOWN = 30  # plain `hpcops ls` shows the head of the queue
+
+
+@command("ls")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(STATE_NAMES, case_sensitive=False),
+    help="Only runs in this state (repeatable).",
+)
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Include ended runs (default: active runs and the 20 most recent ended ones).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100000),
+    default=None,
+    help="At most this many runs, newest first.",
+)
+@json_option
+@pass_ctx
+def list_runs(
+    obj: Context, states: tuple[str, ...], show_all: bool, limit: int | None, as_json: bool
+) -> None:
+    """List the lab's runs in queue order, with why each waits.
+
+    \b
+    Order: running and pending in Slurm, then queued runs in the order hpcops will release
+    them (priority, then fair share, then submission time), then held runs, then the most
+    recent ended runs. --state and --all list newest first within that order.
+    """
+    from hpcops.cli.output import human_duration, local_time, print_json, table
+
+    if states:
+        runs = obj.call("list", states=[s.upper() for s in states], limit=limit)
+    elif show_all:
+        runs = obj.call("list", limit=limit)
+    else:
+        active = obj.call("list", states=list(ACTIVE), limit=limit)
+        ended = obj.call(
+            "list", states=[s for s in STATE_NAMES if s not in ACTIVE], limit=min(limit or 20, 20)
+        )
+        runs = active + ended
+    if as_json:
+        print_json(runs)
+        return
+    if not runs:
+        click.echo("no runs")
+        return
+    hidden = 0
+    if not (states or show_all or limit):
+        # A table of 10,000 queued runs helps nobody: show the head of the queue.
+        queued = [r for r in runs if r["state"] == "QUEUED"]
+        if len(queued) > QUEUED_SHOWN:
+            hidden_ids = {r["id"] for r in queued[QUEUED_SHOWN:]}
+            runs = [r for r in runs if r["id"] not in hidden_ids]
+            hidden = len(hidden_ids)
+    rows = [
+        [
+            str(r["id"]),
+            r["state"],
+            r["owner"],
+            str(r["priority"]),
+            r["slurm_job_id"] or "-",
+            local_time(r["created_at"]),
+            human_duration(r["elapsed_s"]),
+            _exit_text(r),
+            r["name"],
+            r.get("wait_reason") or "",
+        ]
+        for r in runs
+    ]
+    headers = ["ID", "STATE", "OWNER", "PRIO", "JOB", "QUEUED", "ELAPSED", "EXIT", "NAME", "WHY"]
+    click.echo(table(headers, rows))
+    if hidden:
+        click.echo(f"... and {hidden} more queued runs (hpcops ls --state QUEUED)")
+
+
+def _exit_text(run: dict[str, Any]) -> str:
+    if run["exit_code"] is None:
+        return "-"
+    if run.get("signal"):
+        return f"{run['exit_code']}:{run['signal']}"
+    return str(run["exit_code"])
+
+
+@command()
+@click.argument("run", type=click.IntRange(min=1))
+@json_option
+@pass_ctx
+def show(obj: Context, run: int, as_json: bool) -> None:
+    """Everything about one run: state, Slurm job, exit code, accounting, stderr tail."""
+    from hpcops.cli.output import human_bytes, human_duration, local_time, print_json
+
+    data = obj.call("show", run=run)
+    if as_json:
+        print_json(data)
+        return
+    lines = [
+        ("run", f"{data['id']}  {data['name']}  (experiment {data['experiment']})"),
+        ("state", data["state"] + (f"  — {data['reason']}" if data["reason"] else "")),
+        ("owner", f"{data['owner']}   priority {data['priority']}"),
+        ("slurm job", data["slurm_job_id"] or "-"),
+        (
+            "resources",
+            f"partition {data['partition'] or '(default)'}, {data['cpus']} cpu, {data['gpus']} gpu",
+        ),
+        ("exit code", _exit_text(data)),
+        ("queued", local_time(data["created_at"])),
+        ("submitted", local_time(data["submitted_at"])),
+        ("started", local_time(data["started_at"])),
+        ("ended", local_time(data["ended_at"])),
+        ("elapsed", human_duration(data["elapsed_s"])),
+        ("cpu time", human_duration(data["total_cpu_s"])),
+        ("max rss", human_bytes(data["max_rss_bytes"])),
+        ("code", _code_text(data.get("code"))),
+        ("run dir", data["run_dir"] or "-"),
+        *_mlflow_lines(data),
+    ]
+    if data.get("schedule_id"):
+        lines.append(
+            (
+                "schedule",
+                f"{data['schedule_id']} ({data.get('schedule_name') or '?'}), "
+                f"firing {data['firing_id']}",
+            )
+        )
+    for key, value in lines:
+        click.echo(f"{key + ':':<11} {value}")
+    for item in data.get("data") or []:
+        size = human_bytes(item["size"]) if item["size"] is not None else "?"
+        files = f", {item['nfiles']} files" if item["nfiles"] else ""
+        click.echo(
+            f"{'data:':<11} {item['path']} @ {item['rev'][:12]}  md5 {item['md5']} "
+            f"({size}{files}) -> ${item['env']}"
+        )
+    if data.get("staging_job_id"):
+        click.echo(
+            f"{'staging job:':<11} {data['staging_job_id']} (hpcops logs {data['id']} --staging)"
+        )
+    staging = data.get("staging") or {}
+    for target, state in (staging.get("targets") or {}).items():
+        click.echo(f"{'staging:':<11} {target}: {_staging_text(state)}")
+    if staging.get("error"):
+        click.echo(f"{'staging:':<11} failed: {staging['error']}")
+    if data.get("stderr_tail"):
+        click.echo("stderr (last lines):")
+        for line in data["stderr_tail"].splitlines():
+            click.echo(f"  | {line}")
+
+
+def _staging_text(state: dict[str, Any]) -> str:
+    text = str(state.get("phase", "?"))
+    if state.get("files_total"):
+        text += f" {state.get('files_done') or 0}/{state['files_total']} files"
+    if state.get("bytes_done"):
+        text += f", {state['bytes_done'] / 1048576:.1f} MiB fetched"
+    if "fetched_files" in state and text.startswith(("done", "cached")):
+        text += f" (fetched {state['fetched_files']} files, {state.get('fetched_bytes', 0)} B)"
+    if state.get("error"):
+        text += f": {state['error']}"
+    return text
+
+
+def _code_text(code: dict[str, Any] | None) -> str:
+    if not code:
+        return "-"
+    text = f"{code['repo']} @ {code['commit']}"
+    if code["dirty"]:
+        text += f"  DIRTY: uncommitted changes shipped as snapshot {code['checkout'][:12]}"
+    return text
+
+
+def _mlflow_lines(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """`show`'s MLflow lines: the record's URL (or id and store), what is still owed to it."""
+    run_id = data.get("mlflow_run_id")
+    if run_id is None and not data.get("tracking_pending"):
+        return []
+    if data.get("mlflow_url"):
+        record = data["mlflow_url"]
+    elif run_id:
+        record = f"run {run_id}, experiment {data.get('mlflow_experiment_id')}"
+        if data.get("mlflow_tracking_uri"):
+            record += f" in {data['mlflow_tracking_uri']}"
+    else:
+        record = "being created"
+    lines = [("mlflow", record)]
+    if data.get("mlflow_relay_dir"):
+        lines.append(("relay", data["mlflow_relay_dir"]))
+    pending = data.get("tracking_pending") or []
+    error = data.get("tracking_error")
+    if pending or error:
+        owed = ", ".join(pending) or "nothing"
+        lines.append(("tracking", f"owed: {owed}" + (f" — {error}" if error else "")))
+    if data.get("rerun_of_mlflow") or data.get("rerun_of_run"):
+        of = data.get("rerun_of_run") or data.get("rerun_of_mlflow")
+        lines.append(("rerun of", str(of)))
+    return lines
+
+
+@command()
+@click.argument("run", type=click.IntRange(min=1))
+@json_option
+@pass_ctx
+def history(obj: Context, run: int, as_json: bool) -> None:
+    """Every state change of a run: when, who, from, to, why."""
+    from hpcops.cli.output import local_time, print_json, table
+
+    events = obj.call("history", run=run)
+    if as_json:
+        print_json(events)
+        return
+    rows = [
+        [local_time(e["at"]), e["actor"], e["from"] or "-", e["to"] or "-", e["reason"]]
+        for e in events
+    ]
+    click.echo(table(["WHEN", "WHO", "FROM", "TO", "WHY"], rows))
+
+
+@command()
+@click.argument("run", type=click.IntRange(min=1))
+@click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
+@click.option(
+    "--staging",
+    "stream",
+    flag_value="staging",
+    help="Show the log of the run's data staging job (files and bytes as they arrive).",
+)
+@click.option("--stdout", "stream", flag_value="stdout", default=True, hidden=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
+@click.option(
+    "--tail", type=click.IntRange(min=0), default=None, help="Start with only the last N bytes."
+)
+@pass_ctx
+def logs(obj: Context, run: int, stream: str, follow: bool, tail: int | None) -> None:
+    """Print a run's stdout (or --stderr, or --staging), optionally following it as it grows."""
+    offset = -tail if tail else 0
+    out = sys.stdout
+    while True:
+        chunk = obj.call("logs", run=run, stream=stream, offset=offset, max_bytes=262144)
+        if chunk["data"]:
+            out.write(chunk["data"])
+            out.flush()
+        offset = chunk["offset"]
+        if chunk["data"] and chunk["offset"] < chunk["size"]:
+            continue  # more is already there: read it without waiting
+        if not follow or chunk["done"]:
+            return
+        time.sleep(0.5)
+
+
+@command()
+@click.argument("runs", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Give up after this many seconds (exit 124).",
+)
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(min=0.2),
+    default=1.0,
+    show_default=True,
+    help="Seconds between checks.",
+)
+@json_option
+@pass_ctx
+def wait(
+    obj: Context, runs: tuple[int, ...], timeout_s: float | None, interval_s: float, as_json: bool
+) -> None:
+    """Wait until runs have ended; exit 0 only if all COMPLETED.
+
+    \b
+    Exit status: 0 all COMPLETED; 1 some ended otherwise (FAILED, CANCELLED, TIMEOUT, ...);
+    124 the --timeout passed first (like timeout(1)). For scripts:
+      hpcops wait "$(hpcops submit train.yaml)" && echo trained
+    """
+    from hpcops.cli.output import print_json
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pending = list(runs)
+    ended: dict[int, dict[str, Any]] = {}
+    while pending:
+        for run in list(pending):
+            data = obj.call("show", run=run)
+            if data["state"] not in ACTIVE:
+                ended[run] = data
+                pending.remove(run)
+        if not pending:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            waiting = ", ".join(str(r) for r in pending)
+            click.echo(f"hpcops: still waiting for run(s) {waiting} after {timeout_s} s", err=True)
+            sys.exit(124)
+        time.sleep(interval_s)
+    results = [
+        {"id": r, "state": ended[r]["state"], "exit_code": ended[r]["exit_code"]} for r in runs
+    ]
+    if as_json:
+        print_json(results if len(results) > 1 else results[0])
+    else:
+        for result in results:
+            click.echo(
+                f"run {result['id']}: {result['state']}"
+                + (f" (exit {result['exit_code']})" if result["exit_code"] else "")
+            )
+    if any(r["state"] != "COMPLETED" for r in results):
+        sys.exit(1)
+
+
+@command()
+@click.argument("run", type=click.IntRange(min=1))
+@json_option
+@pass_ctx
+def why(obj: Context, run: int, as_json: bool) -> None:
+    """Say in one line why a run is still waiting (or where it is)."""
+    from hpcops.cli.output import print_json
+
+    result = obj.call("why", run=run)
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"run {result['id']} ({result['state']}): {result['why']}")
+
+
+COMMANDS = (list_runs, show, wait, logs, history, why)

@@ -109,10 +109,13 @@ def _walk(dir_fd: int, parts: list[str]) -> int:
             os.close(current)
 
 
-def open_beneath(root: Path, relative: PurePath, *, use_openat2: bool = True) -> int:
-    """A read-only handle on the regular file `root/relative`, reached without following any
-    link below `root`. Raises FileNotFoundError when it does not exist, UnsafeFile when it is
-    not a plain regular file reached that way, PermissionError when it cannot be read."""
+def open_beneath(
+    root: Path, relative: PurePath, *, use_openat2: bool = True, directory: bool = False
+) -> int:
+    """A read-only handle on the regular file (or, with `directory`, the directory)
+    `root/relative`, reached without following any link below `root`. Raises
+    FileNotFoundError when it does not exist, UnsafeFile when it is not a plain file (or
+    directory) reached that way, PermissionError when it cannot be read."""
     parts = _relative_parts(relative)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -133,9 +136,10 @@ def open_beneath(root: Path, relative: PurePath, *, use_openat2: bool = True) ->
     except OSError:
         os.close(fd)
         raise
-    if not stat.S_ISREG(mode):
+    if not (stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode)):
         os.close(fd)
-        raise UnsafeFile(f"{root / relative}: not a regular file; not read")
+        kind = "a directory" if directory else "a regular file"
+        raise UnsafeFile(f"{root / relative}: not {kind}; not read")
     return fd
 
 
@@ -174,3 +178,86 @@ def split_under(roots: tuple[Path, ...], path: PurePath) -> tuple[Path, PurePath
         except ValueError:
             continue
     return None
+
+
+def anchor(roots: tuple[Path, ...], path: PurePath) -> tuple[Path, PurePath]:
+    """Where to open `path` from: the trusted root it lies under, or else its own directory
+    (so that at least its last component is never a link)."""
+    found = split_under(roots, path)
+    if found is not None:
+        return found
+    return Path(path).parent, PurePath(Path(path).name)
+
+
+def list_beneath(
+    root: Path, relative_dir: PurePath, *, max_files: int = 10_000, max_depth: int = 16
+) -> list[str]:
+    """The regular files below `root/relative_dir`, as sorted relative POSIX paths, found
+    without following links: a linked directory or file is left out, and so is anything past
+    `max_depth` levels or `max_files` files (a job can make millions). A missing directory, or
+    one that is itself a link, has no files."""
+    try:
+        top = open_beneath(root, relative_dir, directory=True)
+    except (FileNotFoundError, UnsafeFile, NotADirectoryError):
+        return []
+    found: list[str] = []
+
+    def visit(dir_fd: int, prefix: str, depth: int) -> None:
+        with os.scandir(dir_fd) as entries:
+            for entry in entries:
+                if len(found) >= max_files:
+                    return
+                if entry.is_symlink():
+                    continue
+                name = f"{prefix}{entry.name}"
+                if entry.is_file(follow_symlinks=False):
+                    found.append(name)
+                elif entry.is_dir(follow_symlinks=False) and depth < max_depth:
+                    try:
+                        sub = os.open(
+                            entry.name,
+                            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            dir_fd=dir_fd,
+                        )
+                    except OSError:
+                        continue  # swapped for a link or removed since the listing
+                    try:
+                        visit(sub, f"{name}/", depth + 1)
+                    finally:
+                        os.close(sub)
+
+    try:
+        visit(top, "", 1)
+    finally:
+        os.close(top)
+    return sorted(found)
+
+
+def copy_beneath(
+    root: Path, relative: PurePath, dest: Path, *, max_bytes: int, whole: bool = False
+) -> int:
+    """Copy the job-written file `root/relative` into `dest` (a path the daemon owns), from a
+    link-free handle: at most its last `max_bytes`, after a note of what was left out (or, with
+    `whole`, UnsafeFile for a larger file: half a model is worse than none). Returns the file's
+    size. Whatever is uploaded or parsed later is this copy, never the job's path."""
+    fd = open_beneath(root, relative)
+    try:
+        size = os.fstat(fd).st_size
+        if whole and size > max_bytes:
+            raise UnsafeFile(f"{root / relative}: {size} bytes, more than {max_bytes}; not read")
+        with dest.open("wb") as out:
+            if size > max_bytes:
+                left_out = size - max_bytes
+                out.write(f"[hpcops: the first {left_out} bytes of {size} are left out]\n".encode())
+            start = max(0, size - max_bytes)
+            remaining = size - start
+            while remaining > 0:
+                data = os.pread(fd, min(remaining, 1024 * 1024), start)
+                if not data:
+                    break
+                out.write(data)
+                start += len(data)
+                remaining -= len(data)
+        return size
+    finally:
+        os.close(fd)

@@ -17,7 +17,7 @@ from hpcops.transport.base import (
     FileChunk,
     TransportError,
 )
-from hpcops.transport.beneath import UnsafeFile, read_beneath, split_under
+from hpcops.transport.beneath import UnsafeFile, anchor, read_beneath
 
 
 class LocalTransport:
@@ -31,13 +31,6 @@ class LocalTransport:
 
     def __init__(self, trusted_roots: Sequence[Path] = ()) -> None:
         self.trusted_roots = tuple(Path(root) for root in trusted_roots)
-
-    def _anchor(self, path: PurePath) -> tuple[Path, PurePath]:
-        found = split_under(self.trusted_roots, path)
-        if found is not None:
-            return found
-        target = Path(path)
-        return target.parent, PurePath(target.name)
 
     def run(self, argv: list[str], *, timeout_s: float, stdin: str | None = None) -> CommandResult:
         started = time.monotonic()
@@ -98,7 +91,7 @@ class LocalTransport:
         return chunk if chunk is not None else FileChunk(b"", max(offset, 0), 0)
 
     def _read(self, path: PurePath, offset: int, max_bytes: int) -> FileChunk | None:
-        root, relative = self._anchor(path)
+        root, relative = anchor(self.trusted_roots, path)
         try:
             return read_beneath(root, relative, offset, max_bytes)
         except (UnsafeFile, OSError):

@@ -4,6 +4,7 @@ socket without importing the daemon."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,3 +44,67 @@ class HomePaths:
     @property
     def database(self) -> Path:
         return self.home / "hpcops.db"
+
+
+# Filesystems that compute nodes typically share with the login node, where a member's job could
+# write the daemon's database, config or socket, and where SQLite's locking is not safe.
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ceph",
+        "glusterfs",
+        "fuse.glusterfs",
+        "fuse.sshfs",
+        "fuse.beegfs",
+        "panfs",
+        "pvfs2",
+        "orangefs",
+        "afs",
+        "9p",
+    }
+)
+
+
+def filesystem_type(path: Path, mountinfo: str) -> str | None:
+    """The filesystem type of the mount that holds `path` (an absolute, resolved path), read
+    from the text of /proc/self/mountinfo: the longest mount point that is a prefix wins."""
+    best: tuple[int, str] | None = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        dash = fields.index("-")
+        if dash < 5 or dash + 1 >= len(fields):
+            continue
+        # mountinfo escapes spaces and the like in octal (\040)
+        mount_point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        fs_type = fields[dash + 1]
+        mp = Path(mount_point)
+        if path == mp or mp in path.parents:
+            depth = len(mp.parts)
+            if best is None or depth >= best[0]:
+                best = (depth, fs_type)
+    return best[1] if best else None
+
+
+def network_home(home: Path) -> str | None:
+    """The network filesystem the daemon's home is on (say "nfs4"), or None when it is on a
+    local disk (or this is not Linux and nobody can tell)."""
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    probe = home
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # a home not made yet: ask about where it will be made
+    fs_type = filesystem_type(probe.resolve(), mountinfo)
+    if fs_type is None:
+        return None
+    return fs_type if fs_type in NETWORK_FILESYSTEMS or fs_type.startswith("nfs") else None

@@ -49,6 +49,13 @@ def git(
     except subprocess.TimeoutExpired:
         raise GitError(f"`git {' '.join(args[:2])}` took more than {timeout_s:.0f} s") from None
     if proc.returncode != 0:
-        detail = proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}"
-        raise GitError("; ".join(line.strip() for line in detail.splitlines()[-3:]))
+        raise GitError(git_failure(proc.stderr or proc.stdout, proc.returncode))
     return proc.stdout
+
+
+def git_failure(output: str, returncode: int) -> str:
+    """git's own words for a failure, in one line: its fatal:/error: lines (a hint or a blank
+    line after them must not push them out), else its last lines, bounded."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith(("fatal:", "error:"))] or lines[-3:]
+    return "; ".join(said)[:2000] or f"exit {returncode}"

@@ -11,6 +11,7 @@ account and check out straight from the mirror's objects (an alternate), without
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import logging
 import os
@@ -21,7 +22,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +68,11 @@ class CodeMirror:
         self.incoming = root / "incoming"
         self.group = group
         self.fetch_timeout_s = fetch_timeout_s
-        # One writer at a time: two fetches of the same commit would race for its ref's lock.
+        # Ref updates are quick and local: one at a time, so two takes of the same commit never
+        # race for its ref's lock. A fetch over the network holds only its own repository's
+        # lock: one member's unreachable URL never delays another's submission.
         self._lock = threading.Lock()
+        self._repo_locks: dict[str, threading.Lock] = {}
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -195,25 +199,74 @@ class CodeMirror:
             private.unlink(missing_ok=True)
 
     def fetch_url(self, url: str, rev: str) -> str:
-        """Fetch `rev` (a branch, tag or full commit id) from `url`; return its commit id."""
-        with self._lock:
+        """Fetch `rev` (a branch, tag or full commit id) from `url`; return its commit id.
+
+        `url` may be a path on this machine to a member's own repository: git refuses to work
+        in a repository another account owns ("dubious ownership"), so such a path is fetched
+        over git's pack protocol (file://), which only reads it, with that one path marked
+        safe for this one command."""
+        scratch_ref = f"refs/hpcops/fetch/{secrets.token_hex(8)}"
+        with self._repo_lock(url), _fetch_source(url) as (source, env):
             try:
+                # Into a ref of its own, not FETCH_HEAD: fetches of other repositories run at
+                # the same time and would overwrite each other's FETCH_HEAD.
                 git(
-                    ["-C", str(self.path), "fetch", "--quiet", "--no-tags", url, rev],
+                    [
+                        "-C",
+                        str(self.path),
+                        "fetch",
+                        "--quiet",
+                        "--no-tags",
+                        "--no-write-fetch-head",
+                        source,
+                        f"+{rev}:{scratch_ref}",
+                    ],
                     timeout_s=self.fetch_timeout_s,
+                    env=env,
                 )
                 commit = git(
-                    ["-C", str(self.path), "rev-parse", "--verify", "FETCH_HEAD^{commit}"]
+                    ["-C", str(self.path), "rev-parse", "--verify", f"{scratch_ref}^{{commit}}"]
                 ).strip()
-                git(["-C", str(self.path), "update-ref", f"refs/hpcops/c/{commit}", commit])
+                with self._lock:
+                    git(["-C", str(self.path), "update-ref", f"refs/hpcops/c/{commit}", commit])
             except GitError as exc:
                 raise MirrorError(f"cannot fetch {rev!r} from {url}: {exc}") from None
+            finally:
+                with contextlib.suppress(GitError):
+                    git(["-C", str(self.path), "update-ref", "-d", scratch_ref])
         return commit
+
+    def _repo_lock(self, url: str) -> threading.Lock:
+        with self._lock:
+            return self._repo_locks.setdefault(url, threading.Lock())
 
     def keep(self, commit: str) -> None:
         """Make sure a commit the mirror holds (sent earlier) has its own ref."""
         with self._lock:
             git(["-C", str(self.path), "update-ref", f"refs/hpcops/c/{commit}", commit])
+
+
+@contextlib.contextmanager
+def _fetch_source(url: str) -> Iterator[tuple[str, dict[str, str] | None]]:
+    """What to give `git fetch` for `url`, and the environment for it. A local repository
+    owned by another account is read over file:// with a global config of one line that names
+    it safe (git honours safe.directory only from protected config, not from -c)."""
+    path = Path(url)
+    if "://" in url or not path.is_absolute():
+        yield url, None  # a URL, or scp-like host:path: git's own rules apply
+        return
+    try:
+        owner = path.stat().st_uid
+    except OSError:
+        owner = os.geteuid()  # git says what is wrong with it
+    if owner == os.geteuid():
+        yield url, None
+        return
+    with tempfile.TemporaryDirectory(prefix="hpcops-git-") as tmp:
+        config = Path(tmp) / "gitconfig"
+        lines = "".join(f"\tdirectory = {p}\n" for p in (path, path / ".git"))
+        config.write_text(f"[safe]\n{lines}", encoding="utf-8")
+        yield path.as_uri(), {"GIT_CONFIG_GLOBAL": str(config)}
 
 
 def _single_head(heads: str) -> tuple[str, str]:

@@ -22,6 +22,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcops.data.versions import FILE_MD5_RE, MD5_RE
+from hpcops.transport.beneath import UnsafeFile, read_beneath
+
+# A manifest lists every file of a version (about 100 bytes each): 64 MiB is ~600,000 files.
+MANIFEST_MAX_BYTES = 64 * 1024 * 1024
 _FICLONE = 0x40049409  # ioctl: share the blocks (btrfs, XFS); ext4 says EOPNOTSUPP
 _CHUNK = 1024 * 1024
 
@@ -46,6 +51,10 @@ class ContentCache:
         (self.root / "locks").mkdir(exist_ok=True)
 
     def object_path(self, md5: str) -> Path:
+        # A manifest on scratch names these: a name that is not an md5 could point anywhere
+        # (".." / "/etc/..."), and the daemon reads, copies and deletes by this path.
+        if not MD5_RE.fullmatch(md5):
+            raise CacheError(f"{md5[:80]!r} is not a DVC md5 (32 hex digits, optionally .dir)")
         return self.objects / md5[:2] / md5[2:]
 
     def has(self, md5: str) -> bool:
@@ -57,22 +66,30 @@ class ContentCache:
         """The objects of a version; None while a directory's manifest is not in the cache."""
         if not md5.endswith(".dir"):
             return [Entry("", md5)]
-        manifest = self.object_path(md5)
+        manifest = self.object_path(md5).relative_to(self.root)
         try:
-            items = json.loads(manifest.read_text(encoding="utf-8"))
+            # The cache is on scratch, where jobs write: no links, and a bounded read.
+            chunk = read_beneath(self.root, manifest, 0, MANIFEST_MAX_BYTES + 1)
+            if len(chunk.data) > MANIFEST_MAX_BYTES:
+                raise CacheError(f"the manifest {md5} is over {MANIFEST_MAX_BYTES} bytes")
+            items = json.loads(chunk.data)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, UnsafeFile) as exc:
             raise CacheError(f"the manifest {md5} in the cache is unreadable: {exc}") from None
+        if not isinstance(items, list):
+            raise CacheError(f"the manifest {md5} is not a list of files")
         entries = []
         for item in items:
-            relpath, obj = item.get("relpath"), item.get("md5")
+            relpath = item.get("relpath") if isinstance(item, dict) else None
+            obj = item.get("md5") if isinstance(item, dict) else None
             if (
                 not isinstance(relpath, str)
                 or not _safe_relpath(relpath)
                 or not isinstance(obj, str)
+                or not FILE_MD5_RE.fullmatch(obj)
             ):
-                raise CacheError(f"the manifest {md5} names a bad entry: {item!r}")
+                raise CacheError(f"the manifest {md5} names a bad entry: {str(item)[:200]}")
             entries.append(Entry(relpath, obj))
         return entries
 
@@ -213,7 +230,7 @@ class ContentCache:
         cutoff = time.time() - min_age_s
         for path in self.objects.glob("*/*"):
             md5 = path.parent.name + path.name
-            if md5 in keep or path.name.startswith("."):
+            if md5 in keep or path.name.startswith(".") or not MD5_RE.fullmatch(md5):
                 continue
             with contextlib.suppress(FileNotFoundError):
                 info = path.lstat()
@@ -230,8 +247,12 @@ class ContentCache:
         return {p.parent.name + p.name for p in self.objects.glob("*/*")}
 
     def objects_of(self, md5: str) -> set[str]:
-        """Every object a version uses (its manifest too), as far as the cache knows it."""
-        entries = self.entries(md5)
+        """Every object a version uses (its manifest too), as far as the cache knows it. A bad
+        manifest knows nothing: the version stages again from its remote when next needed."""
+        try:
+            entries = self.entries(md5)
+        except CacheError:
+            return set()
         names = {md5} if md5.endswith(".dir") else set()
         return names | {e.md5 for e in entries or []}
 

@@ -10,7 +10,10 @@ import yaml
 
 from hpcops.code.git import GitError, git
 
-_MD5_RE = re.compile(r"[0-9a-f]{32}(?:\.dir)?")
+# DVC's content hash of a version: 32 hex digits, ".dir" for a directory's manifest. Every md5
+# that becomes a path in the cache is checked against this first.
+MD5_RE = re.compile(r"[0-9a-f]{32}(?:\.dir)?")
+FILE_MD5_RE = re.compile(r"[0-9a-f]{32}")
 MAX_DVC_FILE_BYTES = 64 * 1024
 
 
@@ -58,7 +61,7 @@ def parse_dvc_file(text: str, where: str) -> tuple[str, int | None, int | None]:
         raise DataVersionError(f"{where} does not describe exactly one DVC output (outs:)")
     out = outs[0]
     md5 = out.get("md5")
-    if not isinstance(md5, str) or not _MD5_RE.fullmatch(md5):
+    if not isinstance(md5, str) or not MD5_RE.fullmatch(md5):
         raise DataVersionError(f"{where} has no md5 for its output (was it `dvc add`ed?)")
     size, nfiles = out.get("size"), out.get("nfiles")
     return (

@@ -97,6 +97,7 @@ class CommandBackend:
         return parse.parse_squeue(self._run(argv).stdout)
 
     def accounting(self, job_ids: Sequence[str]) -> dict[str, AccountingRecord]:
+        job_ids = _only_job_ids(job_ids)
         if not job_ids:
             return {}
         return parse.parse_sacct(self._run(commands.sacct_argv(job_ids)).stdout)
@@ -110,8 +111,19 @@ class CommandBackend:
         return parse.parse_sacct_usage(self._run(argv).stdout)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
+        job_ids = _only_job_ids(job_ids)
         if job_ids:
             self._run(commands.scancel_argv(job_ids))
 
     def partitions(self) -> dict[str, Partition]:
         return parse.parse_sinfo_partitions(self._run(commands.sinfo_argv()).stdout)
+
+
+def _only_job_ids(job_ids: Sequence[str]) -> list[str]:
+    """The ids that are Slurm job ids. The rest came from a file a job wrote or a record gone
+    wrong: logged and left out, so one bad id never costs the lab its sacct or scancel."""
+    good = [job_id for job_id in job_ids if commands.is_job_id(job_id)]
+    if len(good) != len(job_ids):
+        bad = [job_id for job_id in job_ids if not commands.is_job_id(job_id)]
+        log.warning("not Slurm job ids, left out: %s", ", ".join(repr(b[:40]) for b in bad[:5]))
+    return good

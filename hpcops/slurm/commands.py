@@ -7,6 +7,7 @@ gets an explicit --format; `sacct --json` reports exit 3 as success, so sacct ge
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -85,10 +86,28 @@ def squeue_argv(*, account: str | None, user: str | None) -> list[str]:
     return argv
 
 
+# A Slurm job id as hpcops meets it: a number, or an array task `<array id>_<index>`. Ids come
+# from markers, squeue, sacct and the database; anything else never reaches a command line (a
+# start marker's "--user=svc" once became an argument of scancel).
+JOB_ID_RE = re.compile(r"[1-9][0-9]{0,9}(?:_[0-9]{1,7})?")
+
+
+def is_job_id(text: str) -> bool:
+    return JOB_ID_RE.fullmatch(text) is not None
+
+
+def _checked_ids(job_ids: Sequence[str], command: str) -> list[str]:
+    if not job_ids:
+        raise ValueError(f"{command} needs at least one job id")
+    bad = [job_id for job_id in job_ids if not is_job_id(job_id)]
+    if bad:
+        raise ValueError(f"{command}: {bad[0][:40]!r} is not a Slurm job id")
+    return list(job_ids)
+
+
 def sacct_argv(job_ids: Sequence[str]) -> list[str]:
     """Final accounting for jobs that ended; sacct asks slurmdbd, not slurmctld (0 RPCs there)."""
-    if not job_ids:
-        raise ValueError("sacct_argv needs at least one job id")
+    job_ids = _checked_ids(job_ids, "sacct")
     return [
         "sacct",
         "--noheader",
@@ -148,9 +167,7 @@ def sacct_usage_argv(*, account: str | None, user: str | None, since: datetime) 
 
 
 def scancel_argv(job_ids: Sequence[str]) -> list[str]:
-    if not job_ids:
-        raise ValueError("scancel_argv needs at least one job id")
-    return ["scancel", *job_ids]
+    return ["scancel", *_checked_ids(job_ids, "scancel")]
 
 
 def sinfo_argv() -> list[str]:

@@ -17,6 +17,7 @@ from hpcops.slurm.commands import (
     SACCT_USAGE_FIELDS,
     SINFO_FIELDS,
     SQUEUE_FIELDS,
+    is_job_id,
 )
 from hpcops.states import RunState, from_slurm
 
@@ -117,7 +118,7 @@ def parse_sbatch_parsable(stdout: str) -> str:
     """`sbatch --parsable` prints `ID` or `ID;cluster`."""
     line = stdout.strip().splitlines()[-1] if stdout.strip() else ""
     job_id = line.split(";", 1)[0].strip()
-    if not job_id.isdigit():
+    if not is_job_id(job_id):
         raise ValueError(f"sbatch --parsable printed {stdout.strip()!r}, not a job id")
     return job_id
 
@@ -229,6 +230,8 @@ def parse_squeue(stdout: str) -> list[QueueEntry]:
         if parts is None:
             continue
         row = dict(zip(names, parts, strict=True))
+        if not is_job_id(row["job_id"].strip()):
+            continue
         entries.append(
             QueueEntry(
                 job_id=row["job_id"].strip(),
@@ -261,6 +264,8 @@ def parse_sacct(stdout: str) -> dict[str, AccountingRecord]:
             continue
         row = dict(zip(SACCT_FIELDS, parts, strict=True))
         job_id, _, step = row["JobID"].partition(".")
+        if not is_job_id(job_id):
+            continue
         if step:
             rss = parse_size_bytes(row["MaxRSS"])
             if rss is not None:
@@ -300,8 +305,8 @@ def parse_sacct_finished(stdout: str) -> list[FinishedJob]:
         if parts is None:
             continue
         row = dict(zip(SACCT_FIND_FIELDS, parts, strict=True))
-        if "." in row["JobID"]:
-            continue  # a step row (without --allocations)
+        if "." in row["JobID"] or not is_job_id(row["JobID"].strip()):
+            continue  # a step row (without --allocations), or not a job
         jobs.append(
             FinishedJob(
                 job_id=row["JobID"].strip(),
@@ -324,7 +329,7 @@ def parse_sacct_usage(stdout: str) -> list[UsageRecord]:
     records = []
     for line in stdout.splitlines():
         parts = _split(line, "|", len(SACCT_USAGE_FIELDS))
-        if parts is None or "." in parts[0]:
+        if parts is None or "." in parts[0] or not is_job_id(parts[0].strip()):
             continue
         job_id, user, elapsed, tres = parts
         records.append(

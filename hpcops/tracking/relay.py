@@ -24,9 +24,10 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 
 from hpcops.tracking.records import TAG_PREFIX, Batch, MetricPoint
+from hpcops.transport.beneath import UnsafeFile, list_beneath, open_beneath, read_beneath
 
 EXPERIMENT_ID = "0"  # FileStore's default experiment; the relay store holds one run
 # Tags the file store writes itself, or that hpcops owns on the server: not copied.
@@ -105,64 +106,69 @@ def parse_metric_lines(data: bytes) -> tuple[list[tuple[int, float, int]], int]:
 
 @dataclass
 class Delta:
-    """What is new in a relay store since the cursors: one batch, files to upload, and the
-    cursors to keep once the server has taken both."""
+    """What is new in a relay store since the cursors: one batch, files to upload (relative to
+    the store's trusted root, with their artifact directory), and the cursors to keep once the
+    server has taken both."""
 
     batch: Batch = field(default_factory=Batch)
-    artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
+    artifacts: list[tuple[PurePath, str | None]] = field(default_factory=list)
     cursors: dict[str, str] = field(default_factory=dict)
 
 
-def _files(directory: Path) -> list[tuple[str, Path]]:
-    if not directory.is_dir():
-        return []
-    found = []
-    for dirpath, _dirs, names in os.walk(directory):
-        for name in names:
-            path = Path(dirpath) / name
-            if path.is_file() and not path.is_symlink():
-                found.append((path.relative_to(directory).as_posix(), path))
-    return sorted(found)
+# The job writes the store: bound what one pass reads, and what one value may be.
+_METRIC_CHUNK_BYTES = 8 * 1024 * 1024
+_VALUE_MAX_BYTES = 1024 * 1024
 
 
-def _read_text(path: Path, limit: int = 1024 * 1024) -> str:
-    with path.open("rb") as f:
-        return f.read(limit).decode("utf-8", errors="replace")
+def _read_text(root: Path, path: PurePath) -> str | None:
+    try:
+        chunk = read_beneath(root, path, 0, _VALUE_MAX_BYTES)
+    except (UnsafeFile, OSError):
+        return None  # a link, a FIFO, unreadable or gone: not a value of this run's
+    return chunk.data.decode("utf-8", errors="replace")
 
 
-def collect(run_dir: Path, cursors: dict[str, str], *, final: bool) -> Delta:
-    """Everything in the file-store run at `run_dir` that the cursors say was not sent yet."""
+def collect(root: Path, run_dir: PurePath, cursors: dict[str, str], *, final: bool) -> Delta:
+    """Everything in the file-store run at `root/run_dir` that the cursors say was not sent
+    yet. The store is the job's: every file is reached from `root` without following links
+    (hpcops/transport/beneath.py), and a file that cannot be read so is skipped, not fatal."""
     delta = Delta()
     batch = delta.batch
-    for key, path in _files(run_dir / "metrics"):
+    for key in list_beneath(root, run_dir / "metrics"):
         cursor = f"metric:{key}"
-        offset = int(cursors.get(cursor, "0"))
-        with path.open("rb") as f:
-            f.seek(offset)
-            chunk = f.read(8 * 1024 * 1024)
-        points, used = parse_metric_lines(chunk)
+        try:
+            offset = max(0, int(cursors.get(cursor, "0")))
+            chunk = read_beneath(root, run_dir / "metrics" / key, offset, _METRIC_CHUNK_BYTES)
+        except (UnsafeFile, OSError, ValueError):
+            continue
+        points, used = parse_metric_lines(chunk.data)
         batch.metrics.extend(MetricPoint(key, v, ts, step) for ts, v, step in points)
         if used:
             delta.cursors[cursor] = str(offset + used)
-    for key, path in _files(run_dir / "params"):
-        value = _read_text(path)
+    for key in list_beneath(root, run_dir / "params"):
+        value = _read_text(root, run_dir / "params" / key)
         # A param file is written in place: empty may mean "being written". Params cannot
         # change once logged, so wait for the value, except on the last pass.
-        if (value or final) and cursors.get(f"param:{key}") != value:
+        if value is not None and (value or final) and cursors.get(f"param:{key}") != value:
             batch.params[key] = value
             delta.cursors[f"param:{key}"] = value
-    for key, path in _files(run_dir / "tags"):
+    for key in list_beneath(root, run_dir / "tags"):
         if key in _SKIPPED_TAGS or key.startswith(TAG_PREFIX):
             continue
-        value = _read_text(path)
-        if cursors.get(f"tag:{key}") != value:
+        value = _read_text(root, run_dir / "tags" / key)
+        if value is not None and cursors.get(f"tag:{key}") != value:
             batch.tags[key] = value
             delta.cursors[f"tag:{key}"] = value
-    for rel, path in _files(run_dir / "artifacts"):
+    for rel in list_beneath(root, run_dir / "artifacts"):
+        path = run_dir / "artifacts" / rel
         try:
-            st = path.stat()
-        except FileNotFoundError:
+            fd = open_beneath(root, path)
+        except (UnsafeFile, OSError):
             continue
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
         signature = f"{st.st_size}:{st.st_mtime_ns}"
         if cursors.get(f"artifact:{rel}") != signature:
             parent = PurePosixPath(rel).parent.as_posix()

@@ -45,8 +45,9 @@ from hpcops.spec import parse_spec
 from hpcops.states import RunState
 from hpcops.store import Run, Store, TrackingOp
 from hpcops.tracking import records, relay
-from hpcops.tracking.records import Batch
+from hpcops.tracking.records import Batch, MetricPoint
 from hpcops.tracking.server import TrackingServer, configure_client
+from hpcops.transport.beneath import UnsafeFile, anchor, copy_beneath
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ class JobTracking:
     env: tuple[tuple[str, str], ...]
     fields: dict[str, Any]
 
+
+# A relayed artifact is copied before upload (from a link-free handle); one larger than this is
+# left out with a warning rather than filling the daemon's disk.
+_ARTIFACT_MAX_BYTES = 4 * 1024**3
 
 ServerFactory = Callable[[str, Path | None], TrackingServer]
 
@@ -101,6 +106,11 @@ class Tracker:
         self.health = TrackingHealth()
         self.wake = threading.Event()
         self.cluster = self.cfg.cluster or _cluster_from_slurm_conf()
+        # Run directories and relay stores are written by jobs: their files are opened from
+        # these roots without following links (hpcops/transport/beneath.py).
+        self.roots = tuple(
+            root for root in (config.run_root_in(home), self.cfg.relay_root) if root is not None
+        )
         self._server_factory = server_factory
         self._server: TrackingServer | None = None
         self._next_relay_at = 0.0
@@ -200,7 +210,7 @@ class Tracker:
     def _failed(self, exc: TrackingUnreachable) -> None:
         h = self.health
         h.failures += 1
-        h.retry_at = self.clock() + min(_BACKOFF_MAX_S, 2.0 ** min(h.failures - 1, 6))
+        h.retry_at = self.clock() + backoff_s(h.failures, first_s=1.0, max_s=_BACKOFF_MAX_S)
         h.last_error = exc.message.splitlines()[0]
         if h.reachable:
             h.since = self.clock()
@@ -312,9 +322,10 @@ class Tracker:
         mode = "relay" if run.mlflow_relay_dir else "direct"
         tags = records.submission_tags(run, cluster=self.cluster, mode=mode)
         server.log_batch(run.mlflow_run_id, Batch(tags=tags))
-        script = RunDir(Path(run.run_dir)).script if run.run_dir else None
-        if script is not None and script.is_file():
-            server.upload(run.mlflow_artifact_uri, script, records.ARTIFACT_DIR)
+        if run.run_dir:
+            self._upload_job_file(
+                server, run, RunDir(Path(run.run_dir)).script, max_bytes=self.cfg.max_log_bytes
+            )
 
     def _close(self, server: TrackingServer, run: Run) -> None:
         assert run.mlflow_run_id is not None and run.mlflow_artifact_uri is not None
@@ -325,29 +336,32 @@ class Tracker:
         if run.run_dir:
             rundir = RunDir(Path(run.run_dir))
             for path in (rundir.stdout, rundir.stderr):
-                self._upload_log(server, run.mlflow_artifact_uri, path)
+                self._upload_job_file(server, run, path, max_bytes=self.cfg.max_log_bytes)
         status = records.mlflow_status(RunState(run.state))
         server.set_status(run.mlflow_run_id, status, end_ms)
 
-    def _upload_log(self, server: TrackingServer, artifact_uri: str, path: Path) -> None:
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return
-        if size <= self.cfg.max_log_bytes:
-            server.upload(artifact_uri, path, records.ARTIFACT_DIR)
-            return
-        # A 10 GB log must not go to the server whole: its end says how the job ended.
-        with path.open("rb") as f:
-            f.seek(size - self.cfg.max_log_bytes)
-            tail = f.read(self.cfg.max_log_bytes)
-        with tempfile.TemporaryDirectory(prefix="hpcops-log-") as tmp:
-            cut = Path(tmp) / path.name
-            cut.write_bytes(
-                f"[hpcops: the first {size - len(tail)} bytes of {size} are left out]\n".encode()
-                + tail
-            )
-            server.upload(artifact_uri, cut, records.ARTIFACT_DIR)
+    def _upload_job_file(
+        self, server: TrackingServer, run: Run, path: Path, *, max_bytes: int
+    ) -> None:
+        """Upload a file the job could have written (its logs, its run directory's script).
+
+        It is copied first, from a handle opened without following links and bounded to its
+        last `max_bytes` (a 10 GB log's end says how the job ended), and the copy is uploaded.
+        A file that cannot be read that way (a link, a FIFO, unreadable) costs only this run's
+        record that file: a short note takes its place, and the outbox moves on."""
+        assert run.mlflow_artifact_uri is not None
+        root, relative = anchor(self.roots, path)
+        with tempfile.TemporaryDirectory(prefix="hpcops-upload-") as tmp:
+            copy = Path(tmp) / path.name
+            try:
+                copy_beneath(root, relative, copy, max_bytes=max_bytes)
+            except FileNotFoundError:
+                return
+            except (UnsafeFile, OSError) as exc:
+                reason = str(exc)
+                log.warning("run %s: %s not uploaded: %s", run.id, path.name, reason)
+                copy.write_text(f"[hpcops: {path.name} was not uploaded: {reason}]\n")
+            server.upload(run.mlflow_artifact_uri, copy, records.ARTIFACT_DIR)
 
     # --- relay -------------------------------------------------------------------------------
 
@@ -366,17 +380,19 @@ class Tracker:
         assert run.mlflow_artifact_uri is not None
         store = relay.RelayStore(Path(run.mlflow_relay_dir), run.mlflow_relay_run_id)
         cursors = self.store.relay_cursors(run.id)
-        try:
-            delta = relay.collect(store.run_dir, cursors, final=final)
-        except OSError as exc:
-            if final:  # the store is gone (scratch purged): close the record without it
-                log.warning("run %s: relay store unreadable at the end: %s", run.id, exc)
-                return
-            raise
+        root, run_dir = anchor(self.roots, store.run_dir)
+        delta = relay.collect(root, run_dir, cursors, final=final)
         if delta.batch:
-            server.log_batch(run.mlflow_run_id, delta.batch)
+            self._log_relayed(server, run, delta.batch)
         for path, artifact_dir in delta.artifacts:
-            server.upload(run.mlflow_artifact_uri, path, artifact_dir)
+            with tempfile.TemporaryDirectory(prefix="hpcops-relay-") as tmp:
+                copy = Path(tmp) / path.name
+                try:
+                    copy_beneath(root, path, copy, max_bytes=_ARTIFACT_MAX_BYTES, whole=True)
+                except (UnsafeFile, OSError) as exc:
+                    log.warning("run %s: relayed artifact %s skipped: %s", run.id, path.name, exc)
+                    continue
+                server.upload(run.mlflow_artifact_uri, copy, artifact_dir)
         if (
             not final
             and run.state == RunState.RUNNING.value
@@ -386,6 +402,28 @@ class Tracker:
             delta.cursors["status"] = records.RUNNING
         if delta.cursors:
             self.store.save_relay_cursors(run.id, delta.cursors)
+
+    def _log_relayed(self, server: TrackingServer, run: Run, batch: Batch) -> None:
+        """Log what the job logged. The server may refuse one value (a param the spec already
+        set to another value, a key it does not accept): then each part goes on its own, so
+        one refusal loses only itself, with a warning, never the run's other values."""
+        assert run.mlflow_run_id is not None
+        try:
+            server.log_batch(run.mlflow_run_id, batch)
+            return
+        except TrackingRejected as exc:
+            log.warning("run %s: relayed batch refused, sending it item by item: %s", run.id, exc)
+        parts = [Batch(params={k: v}) for k, v in batch.params.items()]
+        parts += [Batch(tags={k: v}) for k, v in batch.tags.items()]
+        by_key: dict[str, list[MetricPoint]] = {}
+        for point in batch.metrics:
+            by_key.setdefault(point.key, []).append(point)
+        parts += [Batch(metrics=points) for points in by_key.values()]
+        for part in parts:
+            try:
+                server.log_batch(run.mlflow_run_id, part)
+            except TrackingRejected as exc:
+                log.warning("run %s: relayed value refused, left out: %s", run.id, exc)
 
     # --- rerun -------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ process at all."""
 from __future__ import annotations
 
 import os
-import stat
+import secrets
 import subprocess
 import time
 from collections.abc import Sequence
@@ -17,11 +17,20 @@ from hpcops.transport.base import (
     FileChunk,
     TransportError,
 )
+from hpcops.transport.beneath import UnsafeFile, anchor, read_beneath
 
 
 class LocalTransport:
+    """`trusted_roots` are the directories whose insides jobs write (run root, relay root): a
+    file under one of them is opened from the root without following any link (see
+    transport/beneath.py). A file under none of them is opened from its own directory, so at
+    least its last component is never a link."""
+
     kind = "local"
     connections_opened = 0
+
+    def __init__(self, trusted_roots: Sequence[Path] = ()) -> None:
+        self.trusted_roots = tuple(Path(root) for root in trusted_roots)
 
     def run(self, argv: list[str], *, timeout_s: float, stdin: str | None = None) -> CommandResult:
         started = time.monotonic()
@@ -50,8 +59,11 @@ class LocalTransport:
     def write_file(self, path: PurePath, data: str, mode: int = 0o640) -> None:
         # Write then rename: a reader never sees half a script.
         target = Path(path)
-        tmp = target.with_name(f".{target.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        # O_EXCL | O_NOFOLLOW: a link a job planted at the temporary name is never written
+        # through; rename then replaces whatever is at the target, a link included, not its
+        # destination.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(data)
         tmp.replace(target)
@@ -64,45 +76,26 @@ class LocalTransport:
             Path(path).unlink(missing_ok=True)
 
     def read_small_files(self, paths: Sequence[PurePath]) -> dict[PurePath, str]:
+        """A marker that is a link, a FIFO, a directory or unreadable counts as not written."""
         found = {}
         for path in paths:
-            text = _read_small(Path(path))
-            if text is not None:
-                found[path] = text
+            chunk = self._read(path, 0, SMALL_FILE_MAX_BYTES)
+            if chunk is not None:
+                found[path] = chunk.data.decode("utf-8", errors="replace")
         return found
 
     def read_chunk(self, path: PurePath, offset: int, max_bytes: int) -> FileChunk:
-        # The job owns its run directory: a FIFO or a directory where a log should be must
-        # neither block the daemon nor fail it; it reads as an empty file.
+        # The job owns its run directory: a link, a FIFO or a directory where a log should be
+        # must neither block the daemon nor show it anything else; it reads as an empty file.
+        chunk = self._read(path, offset, max_bytes)
+        return chunk if chunk is not None else FileChunk(b"", max(offset, 0), 0)
+
+    def _read(self, path: PurePath, offset: int, max_bytes: int) -> FileChunk | None:
+        root, relative = anchor(self.trusted_roots, path)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        except (FileNotFoundError, PermissionError, IsADirectoryError):
-            return FileChunk(b"", max(offset, 0), 0)
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            return FileChunk(b"", max(offset, 0), 0)
-        with os.fdopen(fd, "rb") as f:
-            size = info.st_size
-            start = max(0, size + offset) if offset < 0 else min(offset, size)
-            f.seek(start)
-            return FileChunk(f.read(max_bytes), start, size)
+            return read_beneath(root, relative, offset, max_bytes)
+        except (UnsafeFile, OSError):
+            return None
 
     def close(self) -> None:
         return None
-
-
-def _read_small(path: Path) -> str | None:
-    """A marker's text, or None. The job owns its run directory and could leave anything at a
-    marker's path: a FIFO must not block the daemon (O_NONBLOCK, regular files only), and an
-    unreadable file counts as not written yet."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, SMALL_FILE_MAX_BYTES).decode("utf-8", errors="replace")
-    finally:
-        os.close(fd)

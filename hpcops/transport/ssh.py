@@ -78,13 +78,15 @@ class ReconnectLimiter:
 
 
 # Reads the first line of each path given on stdin, by number, with shell builtins only (no
-# process per file). `[ -f ]` keeps a FIFO the job left at a marker's path from blocking the read.
+# process per file). The job writes these files: `[ -f ]` keeps a FIFO from blocking the read,
+# `[ ! -L ]` leaves a planted link unread, and bash's `read -n` stops after SMALL_FILE_MAX_BYTES
+# characters, so a marker of gigabytes with no newline costs no more than a short one.
 _READ_SMALL_FILES = r"""
 i=0
 while IFS= read -r f; do
-    if [ -f "$f" ] && [ -r "$f" ]; then
+    if [ -f "$f" ] && [ ! -L "$f" ] && [ -r "$f" ]; then
         line=
-        IFS= read -r line < "$f"
+        IFS= read -r -n 4096 line < "$f"
         printf '%s\t%s\n' "$i" "$line"
     fi
     i=$((i + 1))
@@ -280,7 +282,7 @@ class SshTransport:
         if not paths:
             return {}
         result = self.run(
-            ["sh", "-c", _READ_SMALL_FILES],
+            ["bash", "-c", _READ_SMALL_FILES],
             timeout_s=self.io_timeout_s,
             stdin="".join(f"{p}\n" for p in paths),
         )

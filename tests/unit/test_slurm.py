@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -229,3 +230,51 @@ def test_exit_code_prefers_the_marker_where_sacct_reduced_it() -> None:
     assert _exit_code(failed, 7) == 3, "disagreeing marker: sacct wins"
     oom = parse.parse_sacct(fixture("sacct_mixed.txt"))["15"]  # FAILED 0:9
     assert _exit_code(oom, 137) == 0, "killed by a signal: sacct's exit and signal stand"
+
+
+# --- job ids are checked wherever they are read ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text", ["--user=svc", "-1", "12;rm -rf /", "0", "", "12 13", "１２", "1e5"]
+)
+def test_what_is_not_a_job_id_never_reaches_a_command_line(text: str) -> None:
+    from hpcops.slurm.commands import is_job_id, sacct_argv, scancel_argv
+
+    assert not is_job_id(text)
+    with pytest.raises(ValueError, match="not a Slurm job id"):
+        scancel_argv(["12", text])
+    with pytest.raises(ValueError, match="not a Slurm job id"):
+        sacct_argv([text])
+
+
+@pytest.mark.parametrize("text", ["1", "42", "4294967294", "1234_7"])
+def test_job_ids_and_array_tasks_are_job_ids(text: str) -> None:
+    from hpcops.slurm.commands import is_job_id
+
+    assert is_job_id(text)
+
+
+def test_the_backend_leaves_bad_ids_out_of_scancel() -> None:
+    from hpcops.slurm.backend import CommandBackend
+    from hpcops.transport.base import CommandResult
+
+    sent: list[list[str]] = []
+
+    class Recorder:
+        kind = "local"
+        connections_opened = 0
+
+        def run(self, argv: list[str], *, timeout_s: float, stdin: str | None = None) -> Any:
+            sent.append(argv)
+            return CommandResult(tuple(argv), 0, "", "", 0.0)
+
+    backend = CommandBackend(Recorder(), account="lab", user="svc")  # type: ignore[arg-type]
+    backend.cancel(["--user=svc", "17"])
+    backend.cancel(["--user=svc"])
+    assert sent == [["scancel", "17"]]
+
+
+def test_sbatch_output_that_is_not_a_job_id_is_refused() -> None:
+    with pytest.raises(ValueError):
+        parse.parse_sbatch_parsable("１２\n")

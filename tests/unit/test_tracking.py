@@ -256,7 +256,9 @@ def test_relay_reads_what_a_real_job_logs_into_a_file_store(tmp_path: Path) -> N
     client.log_artifact(env["MLFLOW_RUN_ID"], str(artifact), "model")
     assert mlflow.get_tracking_uri()  # the module is the user's, unchanged
 
-    first = relay.collect(store.run_dir, {}, final=False)
+    root = tmp_path / "relay"
+    run_dir = store.run_dir.relative_to(root)
+    first = relay.collect(root, run_dir, {}, final=False)
     assert {(m.key, m.value, m.step, m.timestamp_ms) for m in first.batch.metrics} == {
         ("loss", 0.5, 1, 1000),
         ("eval/acc", 0.9, 1, 1001),
@@ -266,7 +268,7 @@ def test_relay_reads_what_a_real_job_logs_into_a_file_store(tmp_path: Path) -> N
     assert [(p.name, d) for p, d in first.artifacts] == [("model.txt", "model")]
 
     client.log_metric(env["MLFLOW_RUN_ID"], "loss", 0.25, timestamp=2000, step=2)
-    second = relay.collect(store.run_dir, first.cursors, final=False)
+    second = relay.collect(root, run_dir, first.cursors, final=False)
     assert [(m.key, m.value, m.step) for m in second.batch.metrics] == [("loss", 0.25, 2)]
     assert not second.batch.params and not second.batch.tags and not second.artifacts
 

@@ -12,7 +12,7 @@ import paramiko
 import pytest
 
 from hpcops.errors import RemoteUnreachable
-from hpcops.transport.base import TransportError
+from hpcops.transport.base import SMALL_FILE_MAX_BYTES, TransportError
 from hpcops.transport.ssh import (
     _READ_SMALL_FILES,
     ReconnectLimiter,
@@ -105,15 +105,20 @@ def test_marker_read_output_maps_back_to_paths() -> None:
 
 
 def test_the_marker_read_script_reads_regular_files_only(tmp_path: Path) -> None:
-    """The shell script the SSH transport runs on the login node, run here by sh: a FIFO, a
-    directory and a missing path are skipped without blocking, a line without newline is read."""
+    """The shell script the SSH transport runs on the login node, run here by bash: a FIFO, a
+    directory, a link and a missing path are skipped without blocking, a line without newline is
+    read, and a huge marker with no newline costs at most SMALL_FILE_MAX_BYTES."""
     (tmp_path / "started").write_text("1700000000 node1 42\n")
     (tmp_path / "partial").write_text("3 1700000010")
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "dir").mkdir()
-    paths = [tmp_path / n for n in ("started", "fifo", "dir", "missing", "partial")]
+    (tmp_path / "secret").write_text("MLFLOW_TRACKING_PASSWORD=hunter2\n")
+    (tmp_path / "link").symlink_to(tmp_path / "secret")
+    (tmp_path / "huge").write_bytes(b"9" * (16 * 1024 * 1024))  # 16 MiB, no newline
+    names = ("started", "fifo", "dir", "missing", "partial", "link", "huge")
+    paths = [tmp_path / n for n in names]
     out = subprocess.run(
-        ["sh", "-c", _READ_SMALL_FILES],
+        ["bash", "-c", _READ_SMALL_FILES],
         input="".join(f"{p}\n" for p in paths),
         capture_output=True,
         text=True,
@@ -123,4 +128,6 @@ def test_the_marker_read_script_reads_regular_files_only(tmp_path: Path) -> None
     assert parse_small_files(paths, out) == {
         paths[0]: "1700000000 node1 42",
         paths[4]: "3 1700000010",
+        paths[6]: "9" * SMALL_FILE_MAX_BYTES,
     }
+    assert len(out) < 2 * SMALL_FILE_MAX_BYTES

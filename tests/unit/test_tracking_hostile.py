@@ -1,0 +1,135 @@
+"""A job writes its logs and its relay store: what it plants there costs only its own record.
+
+Real files on disk and the real relay reader; the tracking server is a recorder that refuses
+what a real server refuses (a param logged twice with another value)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePath
+from typing import Any
+
+import pytest
+
+from hpcops.config import parse_config
+from hpcops.errors import TrackingRejected
+from hpcops.store import Run, Store
+from hpcops.tracking import relay
+from hpcops.tracking.records import Batch, MetricPoint
+from hpcops.tracking.worker import Tracker
+
+SECRET = "MLFLOW_TRACKING_PASSWORD=hunter2"
+
+
+class RecordingServer:
+    """Keeps what was uploaded (the bytes, read at upload time) and logged."""
+
+    def __init__(self, refused_params: dict[str, str] | None = None) -> None:
+        self.uploads: dict[str, bytes] = {}
+        self.batches: list[Batch] = []
+        self.refused_params = refused_params or {}
+
+    def upload(self, artifact_uri: str, local_path: Path, artifact_dir: str | None) -> None:
+        self.uploads[f"{artifact_dir}/{local_path.name}"] = local_path.read_bytes()
+
+    def log_batch(self, run_id: str, batch: Batch) -> None:
+        for key, value in batch.params.items():
+            if self.refused_params.get(key, value) != value:
+                raise TrackingRejected(f"param {key} already logged with another value")
+        self.batches.append(batch)
+
+    def set_status(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> tuple[Tracker, Path]:
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "secret").write_text(SECRET)
+    config = parse_config(
+        f"lab: t\nrun_root: {tmp_path / 'runs'}\ntracking: {{mode: relay}}\n", "config.yaml"
+    )
+    store = Store(home / "hpcops.db")
+    return Tracker(store, config, home), tmp_path
+
+
+def _run(run_dir: Path) -> Run:
+    return Run(
+        id=7, name="n", experiment="e", owner="ana", owner_uid=1000, priority=0,
+        state="COMPLETED", spec_yaml="", spec_hash="x", created_at=1.0, updated_at=1.0,
+        run_dir=str(run_dir), mlflow_run_id="m", mlflow_artifact_uri="file:///a",
+    )  # fmt: skip
+
+
+def test_a_log_linked_to_the_daemons_environment_uploads_a_note(lab: tuple[Tracker, Path]) -> None:
+    tracker, tmp = lab
+    run_dir = tmp / "runs" / "run-000007"
+    run_dir.mkdir(parents=True)
+    (run_dir / "stdout.log").symlink_to(tmp / "secret")
+    os.mkfifo(run_dir / "stderr.log")  # would hang an open() without O_NONBLOCK
+    server = RecordingServer()
+    run = _run(run_dir)
+    for name in ("stdout.log", "stderr.log"):
+        tracker._upload_job_file(server, run, run_dir / name, max_bytes=1024)  # type: ignore[arg-type]
+    assert set(server.uploads) == {"hpcops/stdout.log", "hpcops/stderr.log"}
+    for data in server.uploads.values():
+        assert b"hunter2" not in data
+        assert b"was not uploaded" in data
+
+
+def test_a_big_log_uploads_its_tail(lab: tuple[Tracker, Path]) -> None:
+    tracker, tmp = lab
+    run_dir = tmp / "runs" / "run-000007"
+    run_dir.mkdir(parents=True)
+    (run_dir / "stdout.log").write_bytes(b"x" * 5000 + b"the end\n")
+    server = RecordingServer()
+    tracker._upload_job_file(server, _run(run_dir), run_dir / "stdout.log", max_bytes=100)  # type: ignore[arg-type]
+    data = server.uploads["hpcops/stdout.log"]
+    assert data.startswith(b"[hpcops: the first 4908 bytes of 5008 are left out]\n")
+    assert data.endswith(b"the end\n")
+
+
+def _store(tmp: Path) -> tuple[Path, PurePath]:
+    run_dir = PurePath("run-000007/0/abc")
+    for sub in ("metrics", "params", "tags", "artifacts"):
+        (tmp / "relay" / run_dir / sub).mkdir(parents=True)
+    return tmp / "relay", run_dir
+
+
+def test_links_in_a_relay_store_are_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text(SECRET)
+    outside = tmp_path / "outside"
+    (outside / "metrics").mkdir(parents=True)
+    (outside / "metrics" / "loss").write_text("1000 0.5 0\n")
+    root, run_dir = _store(tmp_path)
+    (root / run_dir / "params" / "lr").write_text("0.1")
+    (root / run_dir / "params" / "leak").symlink_to(tmp_path / "secret")
+    (root / run_dir / "artifacts" / "env.txt").symlink_to(tmp_path / "secret")
+    os.mkfifo(root / run_dir / "tags" / "fifo")
+    (root / run_dir / "metrics").rmdir()
+    (root / run_dir / "metrics").symlink_to(outside / "metrics")  # a linked directory
+    delta = relay.collect(root, run_dir, {}, final=True)
+    assert delta.batch.params == {"lr": "0.1"}
+    assert delta.batch.metrics == []
+    assert delta.batch.tags == {}
+    assert delta.artifacts == []
+
+
+def test_a_refused_param_loses_only_itself(lab: tuple[Tracker, Path]) -> None:
+    tracker, _ = lab
+    server = RecordingServer(refused_params={"lr": "0.01"})
+    batch = Batch(
+        params={"lr": "1e-2", "epochs": "3"},
+        tags={"note": "x"},
+        metrics=[MetricPoint("loss", 0.5, 1000, 1), MetricPoint("acc", 0.9, 1000, 1)],
+    )
+    tracker._log_relayed(server, _run(Path("/nonexistent")), batch)  # type: ignore[arg-type]
+    logged = Batch()
+    for b in server.batches:
+        logged.params.update(b.params)
+        logged.tags.update(b.tags)
+        logged.metrics.extend(b.metrics)
+    assert logged.params == {"epochs": "3"}
+    assert logged.tags == {"note": "x"}
+    assert sorted(m.key for m in logged.metrics) == ["acc", "loss"]

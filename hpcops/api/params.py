@@ -175,7 +175,8 @@ def _option(kind: str) -> Says:
 
 
 class NoParams(Params):
-    """ping, quota_show, cache_ls."""
+    """quota_show, cache_ls (ping takes whatever it is sent: it is how a client of any
+    version finds out which protocol the daemon speaks)."""
 
 
 class RunParams(Params):

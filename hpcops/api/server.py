@@ -1,7 +1,12 @@
 """The daemon's API on a Unix domain socket.
 
 Who calls is read from the socket (SO_PEERCRED): the kernel's word, not the client's. The socket
-lives in the daemon's home with mode 0600, so for now only the daemon's own account can connect.
+lives in the daemon's home with mode 0600 (0660 with access.socket_group), so nobody else can
+even connect.
+
+    server.py      the socket, peer credentials, dispatch, the audit of refusals
+    params.py      what each method accepts (typed request models) and the refusals
+    handlers/      the methods, by group: runs, queue, code_cache, schedules, lab
 """
 
 from __future__ import annotations

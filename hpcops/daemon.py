@@ -165,7 +165,17 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
         store, orchestrator, config, daemon_uid=os.getuid(), fault=os.environ.get("HPCOPS_FAULT")
     )
     api = Api(
-        orchestrator, store, started_at=started_at, daemon_uid=os.getuid(), schedules=schedules
+        orchestrator,
+        store,
+        config=config,
+        home=home,
+        files=orchestrator.files,
+        code_mirror=orchestrator.code_mirror,
+        data_cache=orchestrator.data_cache,
+        tracker=orchestrator.tracker,
+        started_at=started_at,
+        daemon_uid=os.getuid(),
+        schedules=schedules,
     )
     server = ApiServer(paths.socket, api, group=group)
     server_thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)

@@ -242,17 +242,16 @@ class Orchestrator:
 
     def enqueue(
         self,
-        specs: Sequence[tuple[str, str]],
+        specs: Sequence[tuple[Spec, str]],
         caller: Caller,
         shipments: Sequence[Shipment | None] | None = None,
     ) -> list[Run]:
-        """Queue specs given as (yaml text, source name): all of them, or none.
+        """Queue specs given as (parsed spec, source name): all of them, or none.
 
         `shipments` say, per spec, what the submitter's client did about its code (see
         hpcops.code); a spec's code commit must be in the lab's mirror once its shipment is in."""
         parsed = []
-        for i, (text, source) in enumerate(specs):
-            spec = parse_spec(text, source)
+        for i, (spec, source) in enumerate(specs):
             shipment = shipments[i] if shipments else None
             spec, fields = self._pin(spec, shipment, source, caller)
             self.check_spec(spec, source)

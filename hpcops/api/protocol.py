@@ -29,7 +29,9 @@ def encode(message: dict[str, Any]) -> bytes:
 def decode(line: bytes) -> dict[str, Any]:
     try:
         message = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    # ValueError also covers an integer over Python's digit limit, and RecursionError a deeply
+    # nested array: either must cost the sender its request, not the connection's thread.
+    except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"not a JSON message: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")

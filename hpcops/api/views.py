@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from hpcops.data.usage import VersionUse
 from hpcops.policy import Active, Limits, Quotas
 from hpcops.scheduling.timing import cadence
 from hpcops.store import Audit, Event, Firing, Run, Schedule
@@ -212,4 +213,21 @@ def schedule_view(
         "updated_at": iso(schedule.updated_at),
         "removed_at": iso(schedule.removed_at),
         "removed_by": schedule.removed_by,
+    }
+
+
+def version_view(use: VersionUse, missing: Sequence[object] | None) -> dict[str, Any]:
+    """A data version for `cache ls`; `missing` is what the cache lacks of it (None: even the
+    manifest)."""
+    return {
+        "md5": use.md5,
+        "paths": sorted(use.paths),
+        "repos": sorted(use.repos),
+        "size": use.size,
+        "nfiles": use.nfiles,
+        "runs": sorted(use.runs),
+        "last_used": iso(use.last_used),
+        "needed": use.needed,
+        # complete: every object is in the cache; partial: some; absent: not even the manifest
+        "in_cache": "absent" if missing is None else ("complete" if not missing else "partial"),
     }

@@ -23,7 +23,17 @@ def test_errors_cross_the_wire_as_their_class() -> None:
         protocol.raise_error(response["error"])
 
 
-@pytest.mark.parametrize("line", [b"not json", b"[1, 2]", b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"not json",
+        b"[1, 2]",
+        b"\xff\xfe",
+        # over Python's digit limit for int(): a ValueError that is not a JSONDecodeError
+        b'{"v": 1, "params": {"run": ' + b"9" * 5000 + b"}}",
+        b"[" * 100_000,  # nested past the recursion limit
+    ],
+)
 def test_garbage_is_a_protocol_error(line: bytes) -> None:
     with pytest.raises(ProtocolError):
         protocol.decode(line)

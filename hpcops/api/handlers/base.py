@@ -1,0 +1,130 @@
+"""What every handler shares: the request, the engine as the API sees it, the daemon's
+collaborators, and the audit log.
+
+Handlers are plain methods taking a Request and returning JSON data. Each checks the caller's
+role first (access.authorize), parses its params with its model (api/params.py), and audits
+every change it makes; the server audits refusals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from hpcops.access import Caller, Role, authorize
+from hpcops.config import Config
+from hpcops.errors import HpcopsError
+from hpcops.store import Audit, Run, Store
+
+if TYPE_CHECKING:
+    from hpcops import policy
+    from hpcops.code.mirror import CodeMirror, Shipment
+    from hpcops.data.cache import ContentCache
+    from hpcops.orchestrator import EngineStatus
+    from hpcops.scheduling.service import ScheduleService
+    from hpcops.spec import Spec
+    from hpcops.tracking.worker import Tracker
+    from hpcops.transport.base import Transport
+
+
+@dataclass(frozen=True)
+class Request:
+    caller: Caller
+    role: Role
+    params: dict[str, Any]
+
+
+Handler = Callable[[Request], Any]
+
+
+class Engine(Protocol):
+    """The engine's methods the API calls (PLAN contract 2), and nothing else: the API reads
+    no attribute of the engine. `hpcops.engine.Engine` is the real one; a test may fake it."""
+
+    def status(self) -> EngineStatus: ...
+    def check_spec(self, spec: Spec, source: str) -> None: ...
+    def enqueue(
+        self,
+        specs: Sequence[tuple[Spec, str]],
+        caller: Caller,
+        shipments: Sequence[Shipment | None] | None = None,
+    ) -> list[Run]: ...
+    def cancel(self, run_id: int, caller: Caller) -> tuple[Run, str]: ...
+    def set_priority(self, run_id: int, priority: int, caller: Caller, note: str = "") -> Run: ...
+    def top(self, run_id: int, caller: Caller) -> Run: ...
+    def hold(self, run_id: int, caller: Caller) -> Run: ...
+    def release_hold(self, run_id: int, caller: Caller) -> Run: ...
+    def rerun(
+        self,
+        source: int | str,
+        overrides: dict[str, str],
+        caller: Caller,
+        check: Callable[[Spec], None] | None = None,
+    ) -> Run: ...
+    def why(self, run: Run) -> str: ...
+    def changed(self) -> None: ...
+    def quotas(self) -> policy.Quotas: ...
+    def active_jobs(self) -> list[policy.Active]: ...
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """The daemon's collaborators, as daemon.py built them; handlers read them from here, never
+    from the engine."""
+
+    engine: Engine
+    store: Store
+    config: Config
+    home: Path
+    files: Transport  # the run directories, where the jobs see them (local or over SSH)
+    code_mirror: CodeMirror
+    data_cache: ContentCache
+    tracker: Tracker | None  # None: tracking is off
+    schedules: ScheduleService | None  # None: started without schedules (tests)
+    started_at: float
+    daemon_uid: int
+
+    def audit(
+        self,
+        caller: Caller,
+        role: Role,
+        action: str,
+        target: str,
+        *,
+        allowed: bool,
+        before: Any = None,
+        after: Any = None,
+        detail: str = "",
+    ) -> None:
+        self.store.audit(
+            Audit(
+                at=time.time(),
+                actor=caller.name,
+                role=role.value,
+                action=action,
+                target=target,
+                before=None if before is None else str(before),
+                after=None if after is None else str(after),
+                allowed=allowed,
+                detail=detail,
+            )
+        )
+
+    def run_for(self, req: Request, run_id: int, action: str) -> Run:
+        """The run a request names, once the caller may do `action` to it."""
+        run = self.store.get(run_id)
+        authorize(action, req.caller, req.role, owner=run.owner)
+        return run
+
+    def schedule_service(self) -> ScheduleService:
+        if self.schedules is None:
+            raise HpcopsError("this daemon was started without schedules")
+        return self.schedules
+
+
+def run_id(run: Run) -> int:
+    assert run.id is not None  # runs read from the store always have one
+    return run.id

@@ -1,0 +1,162 @@
+"""Reading runs: `ls`, `show`, `why`, `history`, `logs`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hpcops import policy
+from hpcops.access import authorize
+from hpcops.api.handlers.base import Daemon, Handler, Request
+from hpcops.api.params import ListParams, LogsParams, RunParams
+from hpcops.api.views import event_view, run_view
+from hpcops.errors import SlurmUnreachable
+from hpcops.orchestrator import STAGING_PROGRESS
+from hpcops.render import STAGING_LOG
+from hpcops.rundir import RunDir
+from hpcops.states import RunState
+from hpcops.store import Run
+from hpcops.transport.base import TransportError
+
+MAX_LOG_CHUNK_BYTES = 1024 * 1024
+_MAX_PROGRESS_BYTES = 256 * 1024
+
+# States in which a run waits for something; `ls` and `show` say what.
+WAITING = {
+    RunState.QUEUED,
+    RunState.HELD,
+    RunState.SUBMITTING,
+    RunState.STAGING,
+    RunState.PENDING,
+}
+
+
+class RunHandlers:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def methods(self) -> dict[str, Handler]:
+        return {
+            "list": self.list_runs,
+            "show": self.show,
+            "why": self.why,
+            "history": self.history,
+            "logs": self.logs,
+        }
+
+    def list_runs(self, req: Request) -> list[dict[str, Any]]:
+        """Runs in the lab's queue order: in Slurm, then queued in release order, then held;
+        with `states`, those states newest first."""
+        authorize("read", req.caller, req.role)
+        params = ListParams.parse(req.params)
+        runs = self.daemon.store.list_runs(params.states, limit=params.limit, newest_first=True)
+        runs = queue_order(runs, self.daemon.engine.status().decision)
+        return [self._view(r) for r in runs]
+
+    def show(self, req: Request) -> dict[str, Any]:
+        authorize("read", req.caller, req.role)
+        store = self.daemon.store
+        run = store.get(RunParams.parse(req.params).run)
+        view = self._view(run, detail=True)
+        view["staging"] = self._staging_progress(run) if run.data_json else None
+        view["schedule_name"] = (
+            store.get_schedule(run.schedule_id).name if run.schedule_id else None
+        )
+        view.update(self._tracking_view(run))
+        return view
+
+    def why(self, req: Request) -> dict[str, Any]:
+        authorize("read", req.caller, req.role)
+        run = self.daemon.store.get(RunParams.parse(req.params).run)
+        return {"id": run.id, "state": run.state, "why": self.daemon.engine.why(run)}
+
+    def history(self, req: Request) -> list[dict[str, Any]]:
+        authorize("read", req.caller, req.role)
+        return [event_view(e) for e in self.daemon.store.events(RunParams.parse(req.params).run)]
+
+    def logs(self, req: Request) -> dict[str, Any]:
+        authorize("read", req.caller, req.role)
+        params = LogsParams.parse(req.params)
+        run = self.daemon.store.get(params.run)
+        offset, stream = params.offset, params.stream
+        max_bytes = max(1, min(params.max_bytes, MAX_LOG_CHUNK_BYTES))
+        rundir = RunDir(Path(run.run_dir)) if run.run_dir else None
+        paths = (
+            {"stdout": rundir.stdout, "stderr": rundir.stderr, "staging": rundir.path / STAGING_LOG}
+            if rundir is not None
+            else {}
+        )
+        path = paths.get(stream)
+        data, size, new_offset = b"", 0, max(offset, 0)
+        if path is not None:
+            try:
+                # A negative offset asks for the last -offset bytes (tail). Off the cluster the
+                # log is read over the daemon's open SSH connection.
+                chunk = self.daemon.files.read_chunk(path, offset, max_bytes)
+            except TransportError as exc:
+                raise SlurmUnreachable(f"cannot read {path} on the cluster: {exc}") from None
+            data, size, new_offset = chunk.data, chunk.size, chunk.start + len(chunk.data)
+        # The staging log is complete once the run left STAGING (or never had a staging job).
+        over = RunState(run.state).is_terminal or (
+            stream == "staging" and run.state != RunState.STAGING.value
+        )
+        done = over and new_offset >= size
+        return {
+            "data": data.decode("utf-8", errors="replace"),
+            "offset": new_offset,
+            "size": size,
+            "state": run.state,
+            "done": done,
+        }
+
+    def _view(self, run: Run, *, detail: bool = False) -> dict[str, Any]:
+        view = run_view(run, detail=detail)
+        waiting = RunState(run.state) in WAITING
+        view["wait_reason"] = self.daemon.engine.why(run) if waiting else None
+        return view
+
+    def _staging_progress(self, run: Run) -> dict[str, Any] | None:
+        """The stager's progress file ({"targets": {path: {phase, files_done, ...}}}), if any."""
+        if not run.run_dir:
+            return None
+        try:
+            path = Path(run.run_dir) / STAGING_PROGRESS
+            chunk = self.daemon.files.read_chunk(path, 0, _MAX_PROGRESS_BYTES)
+            data = json.loads(chunk.data) if chunk.data else None
+        except (TransportError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _tracking_view(self, run: Run) -> dict[str, Any]:
+        """The run's MLflow record for `show` (read from the database: no server call)."""
+        tracker = self.daemon.tracker
+        if tracker is None:
+            return {
+                "mlflow_run_id": run.mlflow_run_id,
+                "mlflow_experiment_id": run.mlflow_experiment_id,
+                "mlflow_url": None,
+                "mlflow_tracking_uri": None,
+                "mlflow_relay_dir": run.mlflow_relay_dir,
+                "tracking_pending": [],
+                "tracking_error": None,
+            }
+        view = tracker.view(run)
+        view["rerun_of_mlflow"] = run.rerun_of_mlflow
+        view["rerun_of_run"] = run.rerun_of_run
+        return view
+
+
+def queue_order(runs: list[Run], decision: policy.Decision | None) -> list[Run]:
+    """In Slurm first (running, then pending), then queued in release order, then held, then
+    ended (newest first, as given)."""
+    position = {run_id: i for i, run_id in enumerate(decision.order)} if decision else {}
+    rank = {"RUNNING": 0, "SUBMITTING": 1, "PENDING": 1, "STAGING": 1, "QUEUED": 2, "HELD": 3}
+
+    def key(item: tuple[int, Run]) -> tuple[int, int, int]:
+        index, run = item
+        group = rank.get(run.state, 4)
+        within = position.get(run.id or 0, len(position)) if group == 2 else index
+        return (group, within, index)
+
+    return [run for _, run in sorted(enumerate(runs), key=key)]

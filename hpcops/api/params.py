@@ -1,0 +1,475 @@
+"""What each API method accepts: typed request models, checked before a handler acts.
+
+A request's `params` are untrusted JSON from any lab member (or `hpcops api` over SSH). Each
+method's model says which keys it takes, their types and ranges; everything is strict (no "5"
+for 5, no true for 1, no NaN) and a key no model names is refused rather than ignored, so a
+misspelt `dry_run` cannot turn a dry run into a real one.
+
+A refusal is an `InvalidInput` whose message names the field and what it allows. Each field
+carries that sentence (`Says`), so the message does not depend on pydantic's wording:
+
+    {"run": "1; DROP TABLE run"}  ->  a run id is a positive integer, not '1; DROP TABLE run'
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import NoneType, UnionType
+from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from hpcops.code.mirror import BUNDLE_NAME_RE, MAX_HAVE_QUERY, Shipment
+from hpcops.errors import InvalidInput
+from hpcops.spec import FULL_COMMIT_RE
+from hpcops.states import RunState
+
+MAX_SPECS_PER_SUBMIT = 1000
+MAX_LIST = 100_000
+MAX_AUDIT = 10_000
+MAX_QUOTA = 10_000_000
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+_MAX_SHOWN = 120  # characters of a refused value quoted back in the message
+
+
+@dataclass(frozen=True)
+class Says:
+    """The refusal for a field, in our words: `{path}` is where (`specs[0].yaml`), `{value!r}`
+    what came (None when the key is missing)."""
+
+    template: str
+
+
+def _refused(message: str) -> PydanticCustomError:
+    """A refusal worded in full by a validator; it wins over the field's `Says`."""
+    return PydanticCustomError("hpcops", message)
+
+
+class Params(BaseModel):
+    """Base of every request model: strict, closed, immutable."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any]) -> Self:
+        """The request's params as this model, or InvalidInput naming the first bad field.
+        An unknown key is named first: a misspelt `rnu` is better told as such than as a
+        missing `run`."""
+        try:
+            return cls.model_validate(params)
+        except ValidationError as exc:
+            errors = exc.errors()
+            unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+            raise InvalidInput(refusal(cls, (unknown or errors)[0])) from None
+
+
+# --- field types ---------------------------------------------------------------------------
+
+
+def _run_ref(value: Any) -> int | str:
+    """rerun's source: an hpcops run id, or an MLflow run id (checked by the engine)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _refused(f"params.run must be a run id or an MLflow run id, not {_shown(value)}")
+    if isinstance(value, int) and value < 1:
+        raise _refused(f"a run id is a positive integer, not {value}")
+    if isinstance(value, int) and value > MAX_ID:
+        raise _refused(f"a run id is at most {MAX_ID}, not {value}")
+    return value
+
+
+def _schedule_ref(value: Any) -> int | str:
+    """A schedule named by its id (a positive integer, or its digits) or by its name."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, str) and value.isdigit() and int(value) >= 1:
+        return int(value)
+    if isinstance(value, str) and 1 <= len(value) <= 64:
+        return value
+    raise ValueError("not a schedule")
+
+
+def _state(value: Any) -> Any:
+    """State names are case-insensitive: `running` is RUNNING."""
+    try:
+        return RunState(value.upper()) if isinstance(value, str) else value
+    except ValueError:
+        raise ValueError("not a state") from None
+
+
+def _match(pattern: re.Pattern[str]) -> AfterValidator:
+    def check(value: str | None) -> str | None:
+        if value is not None and not pattern.fullmatch(value):
+            raise ValueError(f"does not match {pattern.pattern}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _at_most(limit: int, message: str) -> BeforeValidator:
+    """A list's length, checked before its items: a huge request is refused cheaply."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, list) and len(value) > limit:
+            raise _refused(message)
+        return value
+
+    return BeforeValidator(check)
+
+
+def _an_id(what: str) -> AfterValidator:
+    """Ids are SQLite integers: a larger one is refused here, not by the database's driver."""
+
+    def check(value: int | str) -> int | str:
+        if isinstance(value, int) and value > MAX_ID:
+            raise _refused(f"{what} is at most {MAX_ID}, not {value}")
+        return value
+
+    return AfterValidator(check)
+
+
+RunId = Annotated[
+    int, Field(ge=1), _an_id("a run id"), Says("a run id is a positive integer, not {value!r}")
+]
+ScheduleRef = Annotated[
+    int | str,
+    PlainValidator(_schedule_ref),
+    _an_id("a schedule id"),
+    Says("a schedule is named by its id or its name, not {value!r}"),
+]
+Text = Annotated[str, Says("params.{path} must be a string")]
+StateName = Annotated[
+    RunState,
+    BeforeValidator(_state),
+    Says(f"unknown state {{value!r}}; states are: {', '.join(s.value for s in RunState)}"),
+]
+FullCommit = Annotated[str, _match(FULL_COMMIT_RE)]
+# Quota scopes name users and partitions as Unix and Slurm spell them.
+QUOTA_SCOPE_RE = re.compile(
+    r"lab|per_user|user:[a-z_][a-z0-9_.-]{0,31}|partition:[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+)
+
+
+def _limit(high: int) -> Says:
+    return Says(f"params.{{path}} must be an integer from 1 to {high}")
+
+
+def _option(kind: str) -> Says:
+    return Says(f"params.{{path}} must be {kind}, not {{value!r}}")
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+class NoParams(Params):
+    """quota_show, cache_ls (ping takes whatever it is sent: it is how a client of any
+    version finds out which protocol the daemon speaks)."""
+
+
+class RunParams(Params):
+    """show, why, history, cancel, hold, release, top."""
+
+    run: RunId
+
+
+class ListParams(Params):
+    states: Annotated[
+        list[StateName] | None, Says("params.states must be a list of state names")
+    ] = None
+    limit: Annotated[int | None, Field(ge=1, le=MAX_LIST), _limit(MAX_LIST)] = None
+
+
+class LogsParams(Params):
+    run: RunId
+    stream: Annotated[
+        Literal["stdout", "stderr", "staging"],
+        Says("params.stream must be 'stdout', 'stderr' or 'staging'"),
+    ] = "stdout"
+    # A negative offset asks for the last -offset bytes; max_bytes is clamped, not refused.
+    offset: Annotated[int, Says("params.offset and params.max_bytes must be integers")] = 0
+    max_bytes: Annotated[int, Says("params.offset and params.max_bytes must be integers")] = 65536
+
+
+class AuditParams(Params):
+    limit: Annotated[int, Field(ge=1, le=MAX_AUDIT), _limit(MAX_AUDIT)] = 200
+
+
+# --- the queue -----------------------------------------------------------------------------
+
+
+class CodeParams(Params):
+    """A spec's `code` in a submit: what the submitter's client did about its code."""
+
+    bundle: Annotated[
+        str | None,
+        _match(BUNDLE_NAME_RE),
+        Says("params.specs[].code.bundle: {value!r} is not a bundle name"),
+    ] = None
+    checkout: Annotated[
+        str | None,
+        _match(FULL_COMMIT_RE),
+        Says("params.specs[].code.checkout: {value!r} is not a full commit id"),
+    ] = None
+    dirty: Annotated[bool, Says("params.specs[].code.dirty must be true or false")] = False
+
+    def shipment(self) -> Shipment:
+        return Shipment(bundle=self.bundle, checkout=self.checkout, dirty=self.dirty)
+
+
+class SpecItem(Params):
+    yaml: Text
+    source: Text
+    code: Annotated[
+        CodeParams | None,
+        Says("params.specs[].code must be an object with bundle, checkout, dirty"),
+    ] = None
+
+
+class SubmitParams(Params):
+    specs: Annotated[
+        list[Annotated[SpecItem, Says("params.{path} must be an object with yaml and source")]],
+        Field(min_length=1),
+        _at_most(MAX_SPECS_PER_SUBMIT, f"at most {MAX_SPECS_PER_SUBMIT} specs per request"),
+        Says("params.specs must be a non-empty list of {yaml, source}"),
+    ]
+
+
+class ValidateParams(Params):
+    yaml: Text
+    source: Text
+
+
+class PriorityParams(Params):
+    # The range depends on the caller's role: access.check_priority says it.
+    priority: Annotated[int, Says("a priority is an integer, not {value!r}")]
+    run: RunId
+
+
+class RerunParams(Params):
+    run: Annotated[int | str, PlainValidator(_run_ref)]
+    # `--set` overrides: {"params.lr": "0.01"}; which keys a rerun may set, hpcops.tracking says.
+    overrides: Annotated[
+        dict[str, str], Says('params.set must map keys to text, e.g. {"params.lr": "0.01"}')
+    ] = Field(default_factory=dict, alias="set")
+
+
+# --- code and data -------------------------------------------------------------------------
+
+
+class CodeHaveParams(Params):
+    commits: Annotated[
+        list[FullCommit],
+        Field(max_length=MAX_HAVE_QUERY),
+        Says(f"params.commits must be a list of at most {MAX_HAVE_QUERY} full commit ids"),
+    ]
+
+
+class CacheGcParams(Params):
+    older_than_s: Annotated[
+        float | None, Field(ge=0), Says("params.older_than_s must be a non-negative number or null")
+    ] = None
+    max_bytes: Annotated[
+        float | None, Field(ge=0), Says("params.max_bytes must be a non-negative number or null")
+    ] = None
+    dry_run: Annotated[bool, Says("params.dry_run must be true or false")] = False
+
+    @model_validator(mode="after")
+    def _something_to_remove(self) -> Self:
+        if self.older_than_s is None and self.max_bytes is None:
+            raise _refused("say what to remove: --older-than, --max-size, or both")
+        return self
+
+    @property
+    def max_size(self) -> int | None:
+        """max_bytes in whole bytes (a cache's size is whole: floor keeps the same plan)."""
+        return None if self.max_bytes is None else math.floor(self.max_bytes)
+
+
+# --- quotas --------------------------------------------------------------------------------
+
+
+class QuotaSetParams(Params):
+    scope: Annotated[
+        str,
+        _match(QUOTA_SCOPE_RE),
+        Says("quota scope {value!r} is not one of: lab, per_user, user:NAME, partition:NAME"),
+    ]
+    resource: Annotated[
+        Literal["jobs", "cpus", "gpus"],
+        Says("quota resource {value!r} is not one of: jobs, cpus, gpus"),
+    ]
+    # null (or no value) is unlimited: the config's limit no longer applies.
+    value: Annotated[
+        int | None,
+        Field(ge=0, le=MAX_QUOTA),
+        Says(
+            f"a quota is a whole number from 0 to {MAX_QUOTA}, or null for unlimited; not "
+            "{value!r}"
+        ),
+    ] = None
+
+
+# --- schedules -----------------------------------------------------------------------------
+
+
+class ScheduleAddParams(Params):
+    """The spec and the options of `hpcops schedule add`; ranges and combinations are the
+    schedule service's to check (it words them as the CLI's options)."""
+
+    yaml: Text
+    source: Text
+    name: Annotated[str | None, _option("str")] = None
+    cron: Annotated[str | None, _option("str")] = None
+    every_s: Annotated[int | None, _option("int")] = None
+    timezone: Annotated[str | None, _option("str")] = None
+    catch_up: Annotated[str | None, _option("str")] = None
+    catch_up_grace_s: Annotated[int | None, _option("int")] = None
+    allow_overlap: Annotated[bool | None, _option("bool")] = None
+    on_data_change: Annotated[bool | None, _option("bool")] = None
+    check_every_s: Annotated[int | None, _option("int")] = None
+
+
+class ScheduleListParams(Params):
+    include_removed: Annotated[bool, Says("params.all must be true or false")] = Field(
+        False, alias="all"
+    )
+
+
+class ScheduleParams(Params):
+    """schedule_pause, schedule_resume, schedule_remove, schedule_run_now."""
+
+    schedule: ScheduleRef
+
+
+class ScheduleShowParams(Params):
+    schedule: ScheduleRef
+    limit: Annotated[int, Field(ge=1, le=MAX_AUDIT), _limit(MAX_AUDIT)] = 20
+
+
+# --- refusals in our words -----------------------------------------------------------------
+
+
+def refusal(model: type[BaseModel], error: ErrorDetails) -> str:
+    """The message for pydantic's first error: a validator's own words, else the `Says` of the
+    deepest field on the error's path, else pydantic's words with the path."""
+    loc = error["loc"]
+    path = _path(loc)
+    if error["type"] == "hpcops":
+        return error["msg"]
+    if error["type"] == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        known = ", ".join(_keys(parent)) if parent is not None else ""
+        where = f"params.{_path(loc[:-1])}" if loc[:-1] else "params"
+        return f"{where}: unknown key {loc[-1]!r}; known: {known or 'none'}"
+    value = None if error["type"] == "missing" else error.get("input")
+    says = _says_at(model, loc)
+    if says is None:
+        return f"params.{path}: {error['msg']}"
+    return says.template.replace("{path}", path).replace("{value!r}", _shown(value))
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int over Python's digit limit for str()
+        return "a number too large to show"
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _says_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> Says | None:
+    """The `Says` of the deepest field or list item on `loc` that has one."""
+    found: Says | None = None
+    kind: Any = model
+    for part in loc:
+        if isinstance(part, str):
+            info = _field(_model_in(kind), part)
+            if info is None:  # pydantic's own step (a union member's name): stop here
+                break
+            kind = info.annotation
+            found = _says_in(info.metadata) or found
+        else:
+            kind = _item_of(kind)
+        found = _says_in(_metadata(kind)) or found
+    return found
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    kind: Any = model
+    for part in loc:
+        if isinstance(part, str):
+            info = _field(_model_in(kind), part)
+            if info is None:
+                return None
+            kind = info.annotation
+        else:
+            kind = _item_of(kind)
+    return _model_in(kind)
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    """The keys a model takes, as a request spells them."""
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _field(model: type[BaseModel] | None, key: str) -> FieldInfo | None:
+    if model is None:
+        return None
+    for name, info in model.model_fields.items():
+        if key == (info.alias or name):
+            return info
+    return None
+
+
+def _unwrapped(kind: Any) -> list[Any]:
+    """The types a field's annotation may hold: Annotated and Optional taken apart."""
+    if get_origin(kind) is Annotated:
+        return _unwrapped(get_args(kind)[0])
+    if get_origin(kind) in (Union, UnionType):
+        return [t for arg in get_args(kind) if arg is not NoneType for t in _unwrapped(arg)]
+    return [kind]
+
+
+def _metadata(kind: Any) -> tuple[Any, ...]:
+    if get_origin(kind) is Annotated:
+        return tuple(kind.__metadata__)
+    if get_origin(kind) in (Union, UnionType):
+        return tuple(m for arg in get_args(kind) for m in _metadata(arg))
+    return ()
+
+
+def _says_in(metadata: Any) -> Says | None:
+    return next((m for m in metadata if isinstance(m, Says)), None)
+
+
+def _model_in(kind: Any) -> type[BaseModel] | None:
+    for option in _unwrapped(kind):
+        if isinstance(option, type) and issubclass(option, BaseModel):
+            return option
+    return None
+
+
+def _item_of(kind: Any) -> Any:
+    for option in _unwrapped(kind):
+        if get_origin(option) is list and get_args(option):
+            return get_args(option)[0]
+    return None

@@ -1,0 +1,260 @@
+"""The API's dispatch and handlers without Slurm: a fake engine (only the methods PLAN contract 2
+names), a real store in a temporary directory, answers in the wire format."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcops import policy
+from hpcops.access import Caller
+from hpcops.api import protocol
+from hpcops.api.server import Api
+from hpcops.code.mirror import CodeMirror, Shipment
+from hpcops.config import AccessConfig, Config
+from hpcops.data.cache import ContentCache
+from hpcops.orchestrator import EngineStatus, SlurmHealth
+from hpcops.spec import Spec
+from hpcops.states import RunState
+from hpcops.store import Run, Store
+from hpcops.transport.local import LocalTransport
+
+DAEMON = Caller(uid=4242, name="svc")
+ANA = Caller(uid=5001, name="ana")  # a member
+EVE = Caller(uid=5002, name="eve")  # not in the lab
+SPEC = "name: train\nexperiment: e\ncommand: 'true'\npriority: 5\n"
+
+
+class FakeEngine:
+    """The engine as the API sees it: records what it was asked, queues into the store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.enqueued: list[tuple[list[tuple[Spec, str]], list[Shipment | None] | None]] = []
+        self.checked: list[str] = []
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(health=SlurmHealth(), last_poll_at=None, decision=None, usage={})
+
+    def check_spec(self, spec: Spec, source: str) -> None:
+        self.checked.append(source)
+
+    def enqueue(
+        self,
+        specs: Sequence[tuple[Spec, str]],
+        caller: Caller,
+        shipments: Sequence[Shipment | None] | None = None,
+    ) -> list[Run]:
+        self.enqueued.append((list(specs), None if shipments is None else list(shipments)))
+        now = time.time()
+        runs = [
+            Run(
+                name=spec.name,
+                experiment=spec.experiment,
+                owner=caller.name,
+                owner_uid=caller.uid,
+                priority=spec.priority,
+                state=RunState.QUEUED.value,
+                spec_yaml=spec.name,
+                spec_hash=hashlib.sha256(spec.name.encode()).hexdigest()[:16],
+                created_at=now,
+                updated_at=now,
+            )
+            for spec, _source in specs
+        ]
+        return self.store.add_runs(runs, actor=caller.name)
+
+    def cancel(self, run_id: int, caller: Caller) -> tuple[Run, str]:
+        return self.store.get(run_id), f"run {run_id} cancelled"
+
+    def set_priority(self, run_id: int, priority: int, caller: Caller, note: str = "") -> Run:
+        return self.store.get(run_id)
+
+    def top(self, run_id: int, caller: Caller) -> Run:
+        return self.store.get(run_id)
+
+    def hold(self, run_id: int, caller: Caller) -> Run:
+        return self.store.get(run_id)
+
+    def release_hold(self, run_id: int, caller: Caller) -> Run:
+        return self.store.get(run_id)
+
+    def rerun(
+        self,
+        source: int | str,
+        overrides: dict[str, str],
+        caller: Caller,
+        check: Callable[[Spec], None] | None = None,
+    ) -> Run:
+        raise AssertionError("not used here")
+
+    def why(self, run: Run) -> str:
+        return "waiting for the test"
+
+    def changed(self) -> None:
+        return None
+
+    def quotas(self) -> policy.Quotas:
+        return policy.Quotas()
+
+    def active_jobs(self) -> list[policy.Active]:
+        return []
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> tuple[Api, FakeEngine, Store]:
+    store = Store(tmp_path / "hpcops.db")
+    engine = FakeEngine(store)
+    config = Config(access=AccessConfig(members=["ana"]))
+    api = Api(
+        engine,
+        store,
+        config=config,
+        home=tmp_path,
+        files=LocalTransport(),
+        code_mirror=CodeMirror(tmp_path / "code"),
+        data_cache=ContentCache(tmp_path / "cache"),
+        tracker=None,
+        started_at=time.time(),
+        daemon_uid=DAEMON.uid,
+    )
+    return api, engine, store
+
+
+def _call(api: Api, caller: Caller, method: str, **params: Any) -> dict[str, Any]:
+    return api.handle(caller, protocol.request(7, method, params))
+
+
+def test_an_answer_and_a_refusal_keep_the_wire_format(api: tuple[Api, FakeEngine, Store]) -> None:
+    server, _, _ = api
+    assert _call(server, DAEMON, "list") == {"v": 1, "id": 7, "ok": True, "result": []}
+    assert _call(server, DAEMON, "show", run="1; DROP TABLE run") == {
+        "v": 1,
+        "id": 7,
+        "ok": False,
+        "error": {
+            "kind": "invalid_input",
+            "message": "a run id is a positive integer, not '1; DROP TABLE run'",
+        },
+    }
+    unknown = _call(server, DAEMON, "drop_everything")["error"]
+    assert (
+        unknown["kind"] == "protocol" and "unknown method 'drop_everything'" in unknown["message"]
+    )
+    bad = server.handle(DAEMON, {"v": 1, "id": 1, "method": "list", "params": [1]})
+    assert bad["error"] == {"kind": "invalid_input", "message": "params must be a JSON object"}
+    assert _call(server, DAEMON, "show", run=99)["error"]["kind"] == "not_found"
+
+
+def test_submit_parses_each_spec_once_and_hands_the_engine_specs(
+    api: tuple[Api, FakeEngine, Store],
+) -> None:
+    server, engine, store = api
+    commit = "ab" * 20
+    answer = _call(
+        server,
+        ANA,
+        "submit",
+        specs=[
+            {"yaml": SPEC, "source": "a.yaml"},
+            {"yaml": SPEC, "source": "b.yaml", "code": {"checkout": commit, "dirty": True}},
+        ],
+    )
+    assert answer["ok"], answer
+    assert [r["state"] for r in answer["result"]["runs"]] == ["QUEUED", "QUEUED"]
+    [(pairs, shipments)] = engine.enqueued
+    assert [(type(spec), source) for spec, source in pairs] == [(Spec, "a.yaml"), (Spec, "b.yaml")]
+    assert shipments == [None, Shipment(checkout=commit, dirty=True)]
+    audit = store.audit_log()
+    assert [(a.actor, a.action, a.allowed) for a in audit] == [("ana", "submit", True)] * 2
+
+
+def test_a_member_priority_outside_their_range_queues_nothing(
+    api: tuple[Api, FakeEngine, Store],
+) -> None:
+    server, engine, _ = api
+    answer = _call(
+        server, ANA, "submit", specs=[{"yaml": SPEC.replace("5", "500"), "source": "x.yaml"}]
+    )
+    assert answer["error"]["kind"] == "permission_denied"
+    assert "outside the member range" in answer["error"]["message"]
+    assert engine.enqueued == []
+
+
+def test_validate_asks_the_engine_about_the_parsed_spec(api: tuple[Api, FakeEngine, Store]) -> None:
+    server, engine, _ = api
+    assert _call(server, ANA, "validate", yaml=SPEC, source="v.yaml")["result"] == {
+        "valid": True,
+        "name": "train",
+    }
+    assert engine.checked == ["v.yaml"]
+
+
+def test_an_outsider_is_refused_and_the_refusal_audited(
+    api: tuple[Api, FakeEngine, Store],
+) -> None:
+    server, _, store = api
+    answer = _call(server, EVE, "quota_set", scope="lab", resource="gpus", value=99)
+    assert answer["error"]["kind"] == "permission_denied"
+    [entry] = store.audit_log()
+    assert (entry.actor, entry.action, entry.target, entry.allowed) == (
+        "eve",
+        "quota_set",
+        "quota 'lab'.'gpus'",
+        False,
+    )
+    # outsiders may still ask whether the daemon is there, and see no runs
+    ping = _call(server, EVE, "ping")["result"]
+    assert ping["role"] == "outsider" and ping["runs"] == {}
+
+
+def test_requests_on_a_run_are_authorized_applied_and_audited(
+    api: tuple[Api, FakeEngine, Store],
+) -> None:
+    server, _, store = api
+    [run] = _call(server, ANA, "submit", specs=[{"yaml": SPEC, "source": "a.yaml"}])["result"][
+        "runs"
+    ]
+    shown = _call(server, ANA, "show", run=run["id"])["result"]
+    assert shown["wait_reason"] == "waiting for the test" and shown["schedule_name"] is None
+    cancelled = _call(server, ANA, "cancel", run=run["id"])["result"]
+    assert cancelled["message"] == f"run {run['id']} cancelled"
+    top = _call(server, ANA, "top", run=run["id"])
+    assert top["error"]["kind"] == "permission_denied", "top is for leads"
+    assert [(a.action, a.allowed) for a in store.audit_log()][:2] == [
+        ("top", False),
+        ("cancel", True),
+    ]
+
+
+def test_cache_gc_says_what_to_remove_and_a_dry_run_removes_nothing(
+    api: tuple[Api, FakeEngine, Store],
+) -> None:
+    server, _, store = api
+    assert "say what to remove" in _call(server, DAEMON, "cache_gc")["error"]["message"]
+    result = _call(server, DAEMON, "cache_gc", max_bytes=0, dry_run=True)["result"]
+    assert result == {
+        "removed": [],
+        "kept": 0,
+        "files_removed": 0,
+        "bytes_freed": 0,
+        "dry_run": True,
+    }
+    assert store.audit_log() == [], "a dry run changes nothing, so it is not audited"
+    member = _call(server, ANA, "cache_gc", max_bytes=0)
+    assert member["error"]["kind"] == "permission_denied"
+
+
+def test_every_method_but_ping_refuses_an_unknown_key(api: tuple[Api, FakeEngine, Store]) -> None:
+    server, _, _ = api
+    for method in sorted(set(server.methods) - {"ping"}):
+        answer = _call(server, DAEMON, method, bogus_key=1)
+        assert not answer["ok"], method
+        # schedule methods in a daemon without schedules say so first; the rest name the key
+        message = answer["error"]["message"]
+        assert "unknown key 'bogus_key'" in message or "without schedules" in message, method

@@ -135,14 +135,19 @@ class Api:
 def _target(message: dict[str, Any]) -> str:
     """What a refused request was about, for the audit log (its params are not checked yet)."""
     params = message.get("params")
+
+    def shown(value: Any) -> str:
+        # repr of a cut value: a refused request may carry megabytes in any field.
+        return repr(value if not isinstance(value, str) else value[:100])[:120]
+
     if isinstance(params, dict):
         if "run" in params:
-            return f"run {params['run']!r}"
+            return f"run {shown(params['run'])}"
         if "schedule" in params:
-            return f"schedule {params['schedule']!r}"
+            return f"schedule {shown(params['schedule'])}"
         if "scope" in params:
-            return f"quota {params.get('scope')!r}.{params.get('resource')!r}"
-    return str(message.get("method"))
+            return f"quota {shown(params.get('scope'))}.{shown(params.get('resource'))}"
+    return shown(message.get("method"))
 
 
 class _Handler(socketserver.StreamRequestHandler):

@@ -258,3 +258,18 @@ def test_every_method_but_ping_refuses_an_unknown_key(api: tuple[Api, FakeEngine
         # schedule methods in a daemon without schedules say so first; the rest name the key
         message = answer["error"]["message"]
         assert "unknown key 'bogus_key'" in message or "without schedules" in message, method
+
+
+def test_a_refused_request_with_megabytes_in_it_adds_a_bounded_audit_row(
+    api: tuple[Api, FakeEngine, Store],
+) -> None:
+    server, _, store = api
+    huge = "x" * (4 * 1024 * 1024)
+    for field in ("scope", "run", "schedule"):
+        answer = _call(server, EVE, "quota_set", **{field: huge, "resource": huge, "value": 1})
+        assert "error" in answer
+    rows = store.audit_log()
+    assert rows, "the refusals are audited"
+    for row in rows:
+        for value in (row.actor, row.action, row.target, row.before, row.after, row.detail):
+            assert value is None or len(value) < 4096

@@ -30,6 +30,18 @@ if TYPE_CHECKING:
     from hpcops.transport.base import Transport
 
 
+_AUDIT_NAME_CHARS = 64
+_AUDIT_TARGET_CHARS = 200
+_AUDIT_VALUE_CHARS = 2000
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters and how many more there were."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [{len(text) - limit} more characters]"
+
+
 @dataclass(frozen=True)
 class Request:
     caller: Caller
@@ -99,17 +111,19 @@ class Daemon:
         after: Any = None,
         detail: str = "",
     ) -> None:
+        # Every value here may come from a request (a refused one too, with a scope of
+        # megabytes): each is cut to a bound, so the audit log grows by a bounded row per request.
         self.store.audit(
             Audit(
                 at=time.time(),
-                actor=caller.name,
+                actor=bounded(caller.name, _AUDIT_NAME_CHARS),
                 role=role.value,
-                action=action,
-                target=target,
-                before=None if before is None else str(before),
-                after=None if after is None else str(after),
+                action=bounded(action, _AUDIT_NAME_CHARS),
+                target=bounded(target, _AUDIT_TARGET_CHARS),
+                before=None if before is None else bounded(str(before), _AUDIT_VALUE_CHARS),
+                after=None if after is None else bounded(str(after), _AUDIT_VALUE_CHARS),
                 allowed=allowed,
-                detail=detail,
+                detail=bounded(detail, _AUDIT_VALUE_CHARS),
             )
         )
 

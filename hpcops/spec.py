@@ -42,7 +42,7 @@ from pydantic import (
     model_validator,
 )
 
-from hpcops.errors import FieldProblem, SpecError
+from hpcops.errors import FieldProblem, InvalidInput, SpecError
 from hpcops.scheduling import timing
 
 __all__ = [
@@ -1176,7 +1176,7 @@ def _where(mark: _Mark | None) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
 
 
-class _Refused(Exception):
+class _Refused(InvalidInput):
     """The YAML uses a feature a spec may not; stops reading at once."""
 
     def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
@@ -1340,7 +1340,7 @@ def _read_yaml(text: str) -> object:
     return builder.root if builder.documents else None
 
 
-class _ProblemsFound(Exception):
+class _ProblemsFound(InvalidInput):
     def __init__(self, problems: list[FieldProblem]) -> None:
         super().__init__(f"{len(problems)} problems")
         self.problems = problems

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcops.code.git import FULL_SHA_RE, GitError, git
+from hpcops.errors import HpcopsError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ MAX_HAVE_QUERY = 512
 SHIP_REF = "refs/hpcops/ship"  # the one ref of every bundle hpcops makes
 
 
-class MirrorError(Exception):
+class MirrorError(HpcopsError):
     """A bundle or a fetch the mirror could not take; the message is for the submitter."""
 
 

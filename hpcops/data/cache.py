@@ -22,11 +22,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcops.errors import HpcopsError
+
 _FICLONE = 0x40049409  # ioctl: share the blocks (btrfs, XFS); ext4 says EOPNOTSUPP
 _CHUNK = 1024 * 1024
 
 
-class CacheError(Exception):
+class CacheError(HpcopsError):
     """The cache cannot give this version: corrupt or missing objects. Message for the user."""
 
 

@@ -9,12 +9,13 @@ from typing import Any
 import yaml
 
 from hpcops.code.git import GitError, git
+from hpcops.errors import HpcopsError
 
 _MD5_RE = re.compile(r"[0-9a-f]{32}(?:\.dir)?")
 MAX_DVC_FILE_BYTES = 64 * 1024
 
 
-class DataVersionError(Exception):
+class DataVersionError(HpcopsError):
     """The target is not a DVC-tracked file or directory at that commit; the message says why."""
 
 

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[2] / "hpcops"
 ERRORS = PACKAGE / "errors.py"
 ROOT = "HpcopsError"
@@ -135,16 +137,21 @@ def tree_problems(drawn: dict[str, str | None], classes: list[ClassDef]) -> list
     return problems
 
 
-def test_every_exception_class_is_in_the_drawn_tree() -> None:
+@pytest.fixture(scope="module")
+def classes() -> list[ClassDef]:
+    return package_classes()
+
+
+def test_every_exception_class_is_in_the_drawn_tree(classes: list[ClassDef]) -> None:
     docstring = ast.get_docstring(ast.parse(ERRORS.read_text(encoding="utf-8")))
     assert docstring is not None, "hpcops/errors.py has lost its docstring (the tree)"
-    problems = tree_problems(drawn_tree(docstring), package_classes())
+    problems = tree_problems(drawn_tree(docstring), classes)
     assert not problems, "\n".join(problems)
 
 
-def test_the_walk_sees_the_classes_it_must() -> None:
+def test_the_walk_sees_the_classes_it_must(classes: list[ClassDef]) -> None:
     """Guards the walk itself: a class it cannot see would pass the test above vacuously."""
-    names = {c.name for c in exception_classes(package_classes())}
+    names = {c.name for c in exception_classes(classes)}
     assert {ROOT, "SpecError", "SlurmLimited", "TransportError", "GitError"} <= names
     assert "Config" not in names  # a pydantic model, not an exception
 

@@ -357,6 +357,20 @@ def test_the_table_is_consistent() -> None:
     assert not unused, f"layers no module maps to: {sorted(unused)}"
 
 
+def test_the_readme_draws_the_same_layers() -> None:
+    """README.md's architecture section shows the layers as the code block after "The layers,
+    top to bottom": one line per height, peers separated by ` | `, a parenthesis is a comment."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    after = readme.split("The layers, top to bottom", 1)[1]
+    block = after.split("```\n", 2)[1]
+    drawn = [
+        tuple(part.split("(")[0].strip() for part in line.split(" | "))
+        for line in block.splitlines()
+        if line.strip()
+    ]
+    assert drawn == LAYERS, "README.md's layer list and LAYERS in tests/unit/test_layers.py differ"
+
+
 def test_the_walk_sees_imports_everywhere(package_imports: list[Import]) -> None:
     """Guards the walk itself: an import it missed would pass the rule vacuously."""
     imports = package_imports

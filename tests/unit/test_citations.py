@@ -24,8 +24,10 @@ OUTSIDE = re.compile(r"\bNOTES(?:-SLURM|-STACK)?\b|\bDESIGN\.md\b|\bSTYLE\.md\b"
 DOCS_LINK = re.compile(r"\bdocs/[\w./-]+\.md\b")
 
 # Files that still cite an outside document, waiting for the replacement text (in the rules
-# branch's report on issue 11; their owners apply it after the carving merges). A file that no
-# longer cites one fails the test until its line is deleted, so this list only shrinks.
+# branch's report on issue 11; it is applied after the carving merges). A file that no longer
+# cites one fails the test until its line is deleted, so this list only shrinks. Files that do
+# not exist yet are the ones the carving brings (engine/, lifecycle.py, store/engine.py, the
+# engine's unit tests): their lines go with the others.
 STILL_CITING_OUTSIDE = {
     "scripts/dev-cluster",
     "scripts/dev-sshd",
@@ -41,6 +43,13 @@ STILL_CITING_OUTSIDE = {
     "tests/integration/mlflow_server.py",
     "tests/integration/test_lifecycle.py",
     "tests/benchmarks/common.py",
+    "hpcops/engine/loop.py",
+    "hpcops/engine/submit.py",
+    "hpcops/lifecycle.py",
+    "hpcops/store/engine.py",
+    "tests/unit/engine/fakeslurm.py",
+    "tests/unit/engine/test_engine_adoption.py",
+    "tests/unit/engine/test_engine_requeue.py",
 }
 
 
@@ -80,6 +89,7 @@ def test_no_citation_of_a_document_outside_the_repository() -> None:
     problems += [
         f"{rel} no longer cites an outside document: delete it from STILL_CITING_OUTSIDE"
         for rel in sorted(STILL_CITING_OUTSIDE - citing)
+        if (REPO / rel).exists()
     ]
     assert not problems, "\n".join(problems)
 

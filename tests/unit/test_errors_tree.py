@@ -62,10 +62,10 @@ def drawn_tree(docstring: str) -> dict[str, str | None]:
     return parents
 
 
-def package_classes() -> list[ClassDef]:
+def package_classes(package: Path = PACKAGE) -> list[ClassDef]:
     found = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE.parent)
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package.parent)
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(rel))):
             if isinstance(node, ast.ClassDef):
                 bases = tuple(

@@ -3,7 +3,9 @@
     HpcopsError                    exit 1: something failed that is not the caller's input
     ├── InvalidInput               exit 2: the caller's spec, config, argument or request is wrong
     │   ├── SpecError                  a spec file: each problem names its field and what is allowed
-    │   └── ConfigError                a config file
+    │   ├── ConfigError                a config file
+    │   ├── _Refused                   private to the YAML reader: a feature the input may not use
+    │   └── YamlProblems               a YAML document was refused: its problems, by location
     ├── NotRunning                 exit 3: no daemon answers on the socket
     │   └── RemoteUnreachable          the login node cannot be reached (DNS, refused, timeout,
     │                                  no hpcops there)
@@ -14,12 +16,26 @@
     ├── ProtocolError              exit 1: client and daemon disagree on the wire format or version
     ├── StoreError                 exit 1: the database could not be read or written
     ├── AlreadyRunning             exit 1: another daemon holds this home's lock
+    ├── TransportError             exit 1: a command could not be run or a file not reached at all
+    │   │                              (not found, timed out, connection lost); the Slurm backend
+    │   │                              and the engine turn it into SlurmUnreachable
+    │   └── UnsafeFile                 a file a job wrote is a link, a FIFO or not beneath its root
     ├── SlurmError                 exit 1: a Slurm command failed
     │   ├── SlurmUnreachable           slurmctld did not answer: retry later, never fail a run
     │   └── SlurmRejected              Slurm refused the request (bad partition, QOS, ...)
+    │       └── SlurmLimited               an association/QOS limit is full: wait, never fail a run
+    ├── GitError                   exit 1: git failed; the message carries its stderr
+    ├── MirrorError                exit 1: the code mirror could not take a bundle or a fetch
+    ├── DataVersionError           exit 1: a .dvc file at a commit does not name one data version
+    ├── CacheError                 exit 1: the data cache cannot give a version (corrupt, missing)
     └── TrackingError              exit 1: the MLflow tracking server failed a request
         ├── TrackingUnreachable        it did not answer (down, timeout, 5xx): retry later
         └── TrackingRejected           it refused the request (a bad value, no such run)
+
+TransportError, SlurmLimited, GitError, MirrorError, DataVersionError and CacheError are defined
+beside the code that raises them (transport/, slurm/, code/, data/); the YAML reader's two private
+signals never leave it. tests/unit/test_errors_tree.py keeps this drawing and the package in step:
+every exception class in hpcops is drawn here, under the one parent it derives from.
 
 Foreign exceptions (pydantic, SQLAlchemy, OSError from subprocess) are translated into these where
 they are caught, so the CLI catches one root and prints one clear message.

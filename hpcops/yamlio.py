@@ -34,7 +34,7 @@ from typing import Any, Final, Protocol
 import yaml
 
 from hpcops.describe import describe_char, describe_value
-from hpcops.errors import FieldProblem
+from hpcops.errors import FieldProblem, InvalidInput
 
 __all__ = [
     "CONFIG",
@@ -73,7 +73,7 @@ CONFIG: Final = Document(
 )
 
 
-class YamlProblems(Exception):
+class YamlProblems(InvalidInput):
     """Why a document was refused: one or more problems, each at a dotted location."""
 
     def __init__(self, problems: list[FieldProblem]) -> None:
@@ -146,7 +146,7 @@ def _where(mark: _Mark | None) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
 
 
-class _Refused(Exception):
+class _Refused(InvalidInput):
     """The YAML uses a feature a document may not; stops reading at once."""
 
     def __init__(self, loc: tuple[int | str, ...], message: str) -> None:

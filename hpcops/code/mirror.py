@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcops.code.git import GitError, git
+from hpcops.errors import HpcopsError
 from hpcops.names import FULL_COMMIT_RE as FULL_SHA_RE
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ MAX_HAVE_QUERY = 512
 SHIP_REF = "refs/hpcops/ship"  # the one ref of every bundle hpcops makes
 
 
-class MirrorError(Exception):
+class MirrorError(HpcopsError):
     """A bundle or a fetch the mirror could not take; the message is for the submitter."""
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcops.data.versions import FILE_MD5_RE, MD5_RE
+from hpcops.errors import HpcopsError
 from hpcops.transport.beneath import UnsafeFile, read_beneath
 
 # A manifest lists every file of a version (about 100 bytes each): 64 MiB is ~600,000 files.
@@ -31,7 +32,7 @@ _FICLONE = 0x40049409  # ioctl: share the blocks (btrfs, XFS); ext4 says EOPNOTS
 _CHUNK = 1024 * 1024
 
 
-class CacheError(Exception):
+class CacheError(HpcopsError):
     """The cache cannot give this version: corrupt or missing objects. Message for the user."""
 
 

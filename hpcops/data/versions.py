@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from hpcops.code.git import GitError, git
+from hpcops.errors import HpcopsError
 
 # DVC's content hash of a version: 32 hex digits, ".dir" for a directory's manifest. Every md5
 # that becomes a path in the cache is checked against this first.
@@ -17,7 +18,7 @@ FILE_MD5_RE = re.compile(r"[0-9a-f]{32}")
 MAX_DVC_FILE_BYTES = 64 * 1024
 
 
-class DataVersionError(Exception):
+class DataVersionError(HpcopsError):
     """The target is not a DVC-tracked file or directory at that commit; the message says why."""
 
 

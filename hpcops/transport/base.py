@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Protocol
 
+from hpcops.errors import HpcopsError
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -34,7 +36,7 @@ class FileChunk:
     size: int
 
 
-class TransportError(Exception):
+class TransportError(HpcopsError):
     """The command could not be run or the file not reached at all (not found, timed out,
     connection lost). Translated into SlurmUnreachable by the backend and the orchestrator;
     never reaches the CLI as itself."""

@@ -26,10 +26,7 @@ DEV_CLUSTER = REPO / "scripts" / "dev-cluster"
 ACTIVE = {"QUEUED", "HELD", "STAGING", "SUBMITTING", "PENDING", "RUNNING"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "integration" in str(item.fspath):
-            item.add_marker(pytest.mark.cluster)
+# Every test in this directory is marked `cluster` by tests/conftest.py (the tier is chosen there).
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,8 @@ def run_view(run: Run, *, detail: bool = False) -> dict[str, Any]:
                 "spec_hash": run.spec_hash,
                 "spec": run.spec_yaml,
                 "stderr_tail": run.stderr_tail,
-                "token": run.token,
+                # No "token": a live submission token is how the daemon recognises its job after
+                # a crash, and is not for members to read (a job carrying it could be adopted).
             }
         )
     return view

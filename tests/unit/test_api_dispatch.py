@@ -273,3 +273,17 @@ def test_a_refused_request_with_megabytes_in_it_adds_a_bounded_audit_row(
     for row in rows:
         for value in (row.actor, row.action, row.target, row.before, row.after, row.detail):
             assert value is None or len(value) < 4096
+
+
+def test_show_never_publishes_a_live_submission_token(api: tuple[Api, FakeEngine, Store]) -> None:
+    server, _, store = api
+    [run] = _call(server, ANA, "submit", specs=[{"yaml": SPEC, "source": "a.yaml"}])["result"][
+        "runs"
+    ]
+    store.transition(
+        run["id"], RunState.SUBMITTING, actor="daemon", expect=(RunState.QUEUED,), token="feedc0de"
+    )
+    for caller in (ANA, DAEMON):
+        shown = _call(server, caller, "show", run=run["id"])["result"]
+        assert "token" not in shown
+        assert "feedc0de" not in repr(shown)

@@ -13,6 +13,7 @@
     │   └── HostKeyRejected            the login node's host key is unknown or has changed
     ├── ProtocolError              exit 1: client and daemon disagree on the wire format or version
     ├── StoreError                 exit 1: the database could not be read or written
+    │   └── IllegalTransition          a state change states.TRANSITIONS does not allow (a bug)
     ├── AlreadyRunning             exit 1: another daemon holds this home's lock
     ├── SlurmError                 exit 1: a Slurm command failed
     │   ├── SlurmUnreachable           slurmctld did not answer: retry later, never fail a run
@@ -108,6 +109,11 @@ class ProtocolError(HpcopsError):
 
 class StoreError(HpcopsError):
     kind = "store"
+
+
+class IllegalTransition(StoreError):
+    """The store refused a state change that states.TRANSITIONS does not allow: a bug in the
+    daemon, never the caller's input. Nothing of the change is written."""
 
 
 class AlreadyRunning(HpcopsError):

@@ -430,7 +430,7 @@ class Api:
         """The data versions the lab's runs used: size, last use, runs, whether in the cache."""
         authorize("read", req.caller, req.role)
         cache = self.orchestrator.data_cache
-        uses = version_uses(self.store.list_runs())
+        uses = version_uses(self.store.data_versions())
         return [
             _version_view(use, cache.missing(use.md5))
             for use in sorted(uses.values(), key=lambda u: -u.last_used)
@@ -454,14 +454,14 @@ class Api:
         cache = self.orchestrator.data_cache
         files = freed = 0
         if dry_run:
-            uses = version_uses(self.store.list_runs())
+            uses = version_uses(self.store.data_versions())
             plan = plan_gc(uses, now=time.time(), older_than_s=older, max_bytes=max_bytes)
         else:
             # Alone in the cache (no stager at work), and the plan made inside: a run queued
             # a moment ago counts, and no stager is between its look and its copy.
             try:
                 with cache.exclusive(wait_s=10.0):
-                    uses = version_uses(self.store.list_runs())
+                    uses = version_uses(self.store.data_versions())
                     plan = plan_gc(uses, now=time.time(), older_than_s=older, max_bytes=max_bytes)
                     keep: set[str] = set()
                     for md5 in plan.keep:

@@ -91,6 +91,7 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     ),
     # data staged; the job started (marker or squeue); requeued; ended (sacct, marker, vanished)
     RunState.STAGING: frozenset({RunState.PENDING, RunState.RUNNING, *_SLURM_ENDS}),
+    # the job started (marker or squeue); ended before or without starting (sacct, vanished)
     RunState.PENDING: frozenset({RunState.RUNNING, *_SLURM_ENDS}),
     # requeued by Slurm after preemption or a node failure; ended
     RunState.RUNNING: frozenset({RunState.PENDING, *_SLURM_ENDS}),

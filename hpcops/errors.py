@@ -15,6 +15,7 @@
     │   └── HostKeyRejected            the login node's host key is unknown or has changed
     ├── ProtocolError              exit 1: client and daemon disagree on the wire format or version
     ├── StoreError                 exit 1: the database could not be read or written
+    │   └── IllegalTransition          a state change states.TRANSITIONS does not allow (a bug)
     ├── AlreadyRunning             exit 1: another daemon holds this home's lock
     ├── TransportError             exit 1: a command could not be run or a file not reached at all
     │   │                              (not found, timed out, connection lost); the Slurm backend
@@ -124,6 +125,11 @@ class ProtocolError(HpcopsError):
 
 class StoreError(HpcopsError):
     kind = "store"
+
+
+class IllegalTransition(StoreError):
+    """The store refused a state change that states.TRANSITIONS does not allow: a bug in the
+    daemon, never the caller's input. Nothing of the change is written."""
 
 
 class AlreadyRunning(HpcopsError):

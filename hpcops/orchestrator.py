@@ -442,7 +442,7 @@ class Orchestrator:
             owner=caller.name,
             owner_uid=caller.uid,
             priority=spec.priority,
-            state=RunState.QUEUED.value,
+            state=RunState.QUEUED,
             spec_yaml=canonical,
             spec_hash=hashlib.sha256(canonical.encode()).hexdigest()[:16],
             partition=spec.resources.partition or self.config.slurm.default_partition,
@@ -1537,7 +1537,7 @@ def run_state(run: Run) -> RunState:
     return RunState(run.state)
 
 
-def _drop_none(fields: dict[str, Any]) -> dict[str, object]:
+def _drop_none(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 

@@ -3,6 +3,8 @@
 QUEUED → (HELD) → SUBMITTING → (STAGING) → PENDING → RUNNING → COMPLETED | FAILED | CANCELLED |
 TIMEOUT | OUT_OF_MEMORY | NODE_FAIL | PREEMPTED | UNKNOWN
 
+The legal changes, every one of them, are the table TRANSITIONS below; the store checks it.
+
 STAGING: the run's data is being staged by a Slurm job of its own, which the run's job depends on
 (afterok); the run's job waits in Slurm meanwhile.
 """
@@ -57,6 +59,51 @@ IN_SLURM_STATES = frozenset(
     {RunState.SUBMITTING, RunState.STAGING, RunState.PENDING, RunState.RUNNING}
 )
 WAITING_STATES = frozenset({RunState.QUEUED, RunState.HELD})
+
+# Every state a run is created in: a submission, a rerun and a schedule's firing all queue it.
+INITIAL_STATES = frozenset({RunState.QUEUED})
+
+_SLURM_ENDS = TERMINAL_STATES  # whatever sacct's final record says (UNKNOWN: a state nobody mapped)
+
+# The legal state changes: from-state -> the states a run may move to from there. The store refuses
+# any other (IllegalTransition). Staying in a state is not a change and always allowed (a requeued
+# job seen pending again while it was pending). Read off every transition the daemon makes:
+TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    # held by a member or lead; claimed for submission; cancelled before release; failed before
+    # the claim when its spec no longer fits the cluster or the lab's templates
+    RunState.QUEUED: frozenset(
+        {RunState.HELD, RunState.SUBMITTING, RunState.CANCELLED, RunState.FAILED}
+    ),
+    # released back into the queue; cancelled before release
+    RunState.HELD: frozenset({RunState.QUEUED, RunState.CANCELLED}),
+    # sbatch answered (STAGING: with a staging job first) or the job was adopted by token after
+    # a crash (RUNNING: it wrote its start marker); queued again on a Slurm limit or when no job
+    # carries the token; failed when Slurm refused the job; cancelled before any job existed
+    RunState.SUBMITTING: frozenset(
+        {
+            RunState.STAGING,
+            RunState.PENDING,
+            RunState.RUNNING,
+            RunState.QUEUED,
+            RunState.FAILED,
+            RunState.CANCELLED,
+        }
+    ),
+    # data staged; the job started (marker or squeue); requeued; ended (sacct, marker, vanished)
+    RunState.STAGING: frozenset({RunState.PENDING, RunState.RUNNING, *_SLURM_ENDS}),
+    # the job started (marker or squeue); ended before or without starting (sacct, vanished)
+    RunState.PENDING: frozenset({RunState.RUNNING, *_SLURM_ENDS}),
+    # requeued by Slurm after preemption or a node failure; ended
+    RunState.RUNNING: frozenset({RunState.PENDING, *_SLURM_ENDS}),
+    # an ended run stays ended: a rerun is a new run
+    **{state: frozenset[RunState]() for state in RunState if state in TERMINAL_STATES},
+}
+
+
+def may_transition(from_state: RunState, to_state: RunState) -> bool:
+    """Whether a run in `from_state` may move to `to_state` (TRANSITIONS; staying is allowed)."""
+    return from_state == to_state or to_state in TRANSITIONS[from_state]
+
 
 # Slurm job state names (squeue %T / sacct State, Slurm 22.05, squeue(1) "JOB STATE CODES") onto
 # ours. Live states map to PENDING/RUNNING; final ones to the terminal state a user expects.

@@ -9,9 +9,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from hpcops.states import TERMINAL_STATES, RunState
-from hpcops.store import Run
+
+
+class RunVersions(NamedTuple):
+    """One run's data versions, as a gc decides on them: plain data, not the store's table.
+    `Store.data_versions()` gives these rows; any (id, state, data_json, last used) tuple does."""
+
+    run_id: int
+    state: str  # a RunState's name
+    data_json: str | None  # as Run.data_json
+    last_used: float  # when the run ended, else started, else was queued (epoch seconds)
 
 
 @dataclass
@@ -26,21 +36,20 @@ class VersionUse:
     needed: bool = False  # a queued or active run uses it
 
 
-def version_uses(runs: Iterable[Run]) -> dict[str, VersionUse]:
-    """Every data version of these runs, with who used it and when last."""
+def version_uses(runs: Iterable[tuple[int, str, str | None, float]]) -> dict[str, VersionUse]:
+    """Every data version of these runs (RunVersions rows), with who used it and when last."""
     uses: dict[str, VersionUse] = {}
-    for run in runs:
-        if not run.data_json or run.id is None:
+    for run_id, state, data_json, when in runs:
+        if not data_json:
             continue
-        ended = RunState(run.state) in TERMINAL_STATES
-        when = run.ended_at or run.started_at or run.created_at
-        for item in json.loads(run.data_json):
+        ended = RunState(state) in TERMINAL_STATES
+        for item in json.loads(data_json):
             use = uses.setdefault(item["md5"], VersionUse(item["md5"]))
             use.paths.add(item["path"])
             use.repos.add(item["repo"])
             use.size = item.get("size") or use.size
             use.nfiles = item.get("nfiles") or use.nfiles
-            use.runs.append(run.id)
+            use.runs.append(run_id)
             use.last_used = max(use.last_used, when)
             use.needed = use.needed or not ended
     return uses

@@ -1,6 +1,14 @@
-"""The daemon's database: runs and their append-only event log."""
+"""The daemon's database, one module per table group behind the one `Store` callers use:
 
-from hpcops.store.db import Store
+engine.py     the SQLite file: WAL, BEGIN IMMEDIATE, sessions, the additive migration
+runs.py       runs and their append-only events; every state change checked (TRANSITIONS)
+schedules.py  schedules and their firings
+tracking.py   the MLflow outbox and the relay's cursors
+audit.py      the audit log and the leads' quota overrides
+models.py     the tables, and the typed updates the store takes
+"""
+
+from hpcops.store.audit import AuditTables
 from hpcops.store.models import (
     Audit,
     Event,
@@ -8,9 +16,20 @@ from hpcops.store.models import (
     QuotaOverride,
     RelayCursor,
     Run,
+    RunUpdate,
     Schedule,
+    ScheduleUpdate,
+    TrackingFields,
     TrackingOp,
 )
+from hpcops.store.runs import RunTables
+from hpcops.store.schedules import ScheduleTables
+from hpcops.store.tracking import TrackingTables
+
+
+class Store(RunTables, ScheduleTables, TrackingTables, AuditTables):
+    """The daemon's database: `Store(path, track=...)`, one transaction per call."""
+
 
 __all__ = [
     "Audit",
@@ -19,7 +38,10 @@ __all__ = [
     "QuotaOverride",
     "RelayCursor",
     "Run",
+    "RunUpdate",
     "Schedule",
+    "ScheduleUpdate",
     "Store",
+    "TrackingFields",
     "TrackingOp",
 ]

@@ -1,9 +1,37 @@
-"""The daemon's tables: runs, and the append-only events that say how each got where it is."""
+"""The daemon's tables: runs, and the append-only events that say how each got where it is; the
+audit log and quota overrides; schedules and their firings; the MLflow outbox and relay cursors.
+
+Also the typed updates the store takes (RunUpdate, TrackingFields, ScheduleUpdate): the fields a
+caller may change, so that mypy catches a misspelt one.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import UniqueConstraint
+from collections.abc import Mapping
+from typing import Any, TypedDict
+
+from sqlalchemy import String, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
+
+from hpcops.errors import StoreError
+from hpcops.states import RunState
+
+
+class RunStateText(TypeDecorator[RunState]):
+    """A RunState kept as its name in a text column, as it always was: a database written
+    before `Run.state` was a RunState reads back unchanged."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: RunState | str | None, dialect: Dialect) -> str | None:
+        # A plain string is accepted (queries compare with `.value`), but only a state's name.
+        return None if value is None else RunState(value).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> RunState | None:
+        return None if value is None else RunState(value)
 
 
 class Run(SQLModel, table=True):
@@ -13,7 +41,7 @@ class Run(SQLModel, table=True):
     owner: str = Field(index=True)
     owner_uid: int
     priority: int = Field(default=0)
-    state: str = Field(index=True)
+    state: RunState = Field(sa_type=RunStateText, index=True)
     spec_yaml: str
     spec_hash: str
     partition: str | None = None
@@ -79,6 +107,57 @@ class Run(SQLModel, table=True):
     slurm_state: str | None = None
     alloc_cpus: int | None = None
     alloc_gpus: int | None = None
+
+
+class TrackingFields(TypedDict, total=False):
+    """Where a run's MLflow record is (Store.set_tracking_fields): the server's run, and in relay
+    mode the file store on shared scratch the job logs into, and its run there."""
+
+    mlflow_run_id: str | None
+    mlflow_experiment_id: str | None
+    mlflow_artifact_uri: str | None
+    mlflow_relay_dir: str | None
+    mlflow_relay_run_id: str | None
+
+
+class RunUpdate(TrackingFields, total=False):
+    """The fields of a run that change during its life (Store.transition). A key that is given
+    is written, None included (`held_by=None` clears it); a key left out is left alone."""
+
+    priority: int
+    run_dir: str
+    staging_job_id: str | None
+    token: str | None
+    attempt: int
+    slurm_job_id: str | None
+    claimed_at: float | None
+    submitted_at: float | None
+    started_at: float | None
+    ended_at: float | None
+    exit_code: int | None
+    signal: int | None
+    reason: str | None
+    elapsed_s: int | None
+    total_cpu_s: float | None
+    max_rss_bytes: int | None
+    stderr_tail: str | None
+    end_seen_at: float | None
+    marker_exit_code: int | None
+    cancel_requested_by: str | None
+    held_by: str | None
+    slurm_state: str | None
+    alloc_cpus: int | None
+    alloc_gpus: int | None
+
+
+def apply_fields(target: object, fields: Mapping[str, object], allowed: type, what: str) -> None:
+    """Set the given fields; a key the typed update (`allowed`, a TypedDict) does not name is
+    refused at run time too, for callers that pass a dict mypy cannot see into."""
+    names = allowed.__annotations__.keys() | getattr(allowed, "__optional_keys__", frozenset())
+    for key, value in fields.items():
+        if key not in names:
+            raise StoreError(f"{what} have no field {key!r} that can be changed")
+        setattr(target, key, value)
 
 
 class Event(SQLModel, table=True):
@@ -149,6 +228,16 @@ class Schedule(SQLModel, table=True):
     updated_at: float
     removed_at: float | None = None
     removed_by: str | None = None
+
+
+class ScheduleUpdate(TypedDict, total=False):
+    """The fields of a schedule a request changes (Store.update_schedule); a check's result goes
+    through Store.record_check, a firing's through Store.record_firing."""
+
+    paused: bool
+    last_error: str | None
+    removed_at: float | None
+    removed_by: str | None
 
 
 class Firing(SQLModel, table=True):

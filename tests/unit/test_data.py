@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from hpcops.data.cache import CacheError, ContentCache
-from hpcops.data.usage import VersionUse, plan_gc, version_uses
+from hpcops.data.usage import RunVersions, VersionUse, plan_gc, version_uses
 from hpcops.data.versions import DataVersionError, parse_dvc_file
-from hpcops.store import Run
 
 # What `dvc add data/ds` wrote (DVC 3.67), and a single file's.
 DIR_DVC = """outs:
@@ -114,22 +113,9 @@ def test_an_incomplete_or_corrupt_version_is_refused(cache: ContentCache, tmp_pa
         cache.entries(evil)
 
 
-def _run(run_id: int, state: str, md5: str, when: float, size: int = 100) -> Run:
+def _run(run_id: int, state: str, md5: str, when: float, size: int = 100) -> RunVersions:
     data = [{"md5": md5, "path": "data/ds", "repo": "/r", "size": size, "nfiles": 3}]
-    return Run(
-        id=run_id,
-        name="r",
-        experiment="e",
-        owner="ana",
-        owner_uid=1000,
-        state=state,
-        spec_yaml="",
-        spec_hash="",
-        created_at=when,
-        ended_at=when if state == "COMPLETED" else None,
-        updated_at=when,
-        data_json=json.dumps(data),
-    )
+    return RunVersions(run_id, state, json.dumps(data), last_used=when)
 
 
 def test_gc_never_removes_what_a_queued_or_active_run_needs() -> None:

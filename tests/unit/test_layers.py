@@ -106,10 +106,6 @@ ROOT_LAYER = "version"
 # fixed one fails the test until its line is deleted), so this list only shrinks.
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     # (importing module, imported module): why it is still here
-    ("hpcops.data.usage", "hpcops.store"): (
-        "data/ must not read store tables (issue 11), so the staging job never loads the "
-        "database layer; the store's owner moves this import out in the carving (PLAN)"
-    ),
 }
 
 # Layer pairs kept apart although the first sits above the second: an import between them is a

@@ -277,6 +277,7 @@ def test_overlap_is_decided_inside_the_firings_transaction(store: Store) -> None
     assert f"run {first.run_id}" in second.reason and "QUEUED" in second.reason
     assert first.run_id is not None
     # Its end marker seen: the command is over, even before sacct's final record.
+    store.transition(first.run_id, RunState.SUBMITTING, actor="daemon")
     store.transition(first.run_id, RunState.RUNNING, actor="daemon")
     store.transition(first.run_id, None, actor="daemon", end_seen_at=250.0)
     third, _ = store.record_firing(

@@ -4,7 +4,15 @@ import logging
 
 import pytest
 
-from hpcops.states import SLURM_STATE_TABLE, RunState, from_slurm
+from hpcops.states import (
+    INITIAL_STATES,
+    SLURM_STATE_TABLE,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    RunState,
+    from_slurm,
+    may_transition,
+)
 
 
 @pytest.mark.parametrize(
@@ -35,3 +43,47 @@ def test_unmapped_state_is_unknown_and_warns(caplog: pytest.LogCaptureFixture) -
 def test_every_mapped_state_is_a_run_state() -> None:
     assert all(isinstance(v, RunState) for v in SLURM_STATE_TABLE.values())
     assert RunState.COMPLETED.is_terminal and not RunState.RUNNING.is_terminal
+
+
+def test_transitions_cover_every_state() -> None:
+    assert set(TRANSITIONS) == set(RunState)
+    for from_state, targets in TRANSITIONS.items():
+        assert targets <= set(RunState) and from_state not in targets, from_state
+
+
+def test_an_ended_run_stays_ended_and_every_live_state_can_end() -> None:
+    assert all(not TRANSITIONS[s] for s in TERMINAL_STATES)
+    for state in set(RunState) - TERMINAL_STATES:
+        reachable = {state}
+        while True:
+            more = {t for s in reachable for t in TRANSITIONS[s]} - reachable
+            if not more:
+                break
+            reachable |= more
+        assert reachable & TERMINAL_STATES, f"{state} can never end"
+
+
+def test_every_state_is_reachable_from_a_new_run() -> None:
+    reachable = set(INITIAL_STATES)
+    while True:
+        more = {t for s in reachable for t in TRANSITIONS[s]} - reachable
+        if not more:
+            break
+        reachable |= more
+    assert reachable == set(RunState)
+
+
+@pytest.mark.parametrize(
+    ("from_state", "to_state", "legal"),
+    [
+        (RunState.QUEUED, RunState.SUBMITTING, True),
+        (RunState.SUBMITTING, RunState.QUEUED, True),  # a Slurm limit: wait, not fail
+        (RunState.RUNNING, RunState.PENDING, True),  # requeued after preemption
+        (RunState.PENDING, RunState.PENDING, True),  # staying is not a change
+        (RunState.QUEUED, RunState.RUNNING, False),
+        (RunState.HELD, RunState.SUBMITTING, False),
+        (RunState.COMPLETED, RunState.RUNNING, False),
+    ],
+)
+def test_may_transition(from_state: RunState, to_state: RunState, legal: bool) -> None:
+    assert may_transition(from_state, to_state) is legal

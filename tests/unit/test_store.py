@@ -1,4 +1,5 @@
-"""The store on a real SQLite file: atomic transitions and the append-only event log."""
+"""The store on a real SQLite file: atomic transitions checked against TRANSITIONS, the
+append-only event log, typed updates, and databases made by older releases."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcops.errors import NotFound
-from hpcops.states import RunState
+from hpcops.errors import IllegalTransition, NotFound, StoreError
+from hpcops.states import TRANSITIONS, RunState
 from hpcops.store import Run, Store
 
 
@@ -98,6 +99,7 @@ def test_concurrent_claims_give_each_run_to_exactly_one_claimer(store: Store) ->
 def test_counts_and_in_slurm(store: Store) -> None:
     runs = store.add_runs([_run("a"), _run("b")], actor="alice")
     assert runs[0].id is not None
+    store.transition(runs[0].id, RunState.SUBMITTING, actor="daemon")
     store.transition(runs[0].id, RunState.PENDING, actor="daemon")
     assert store.count_in_slurm() == 1
     assert [r.name for r in store.in_slurm()] == ["a"]
@@ -134,3 +136,120 @@ def test_an_older_database_gains_new_columns(tmp_path: Path) -> None:
     assert run.name == "old" and run.held_by is None and run.token is None
     assert (run.gpus, run.cpus, run.attempt) == (0, 1, 0), "new columns get their defaults"
     assert store.add_run(_run("new"), actor="alice").id == 2
+    assert store.get(1).state is RunState.COMPLETED, "an old text state reads as a RunState"
+
+
+def test_state_reads_back_as_a_run_state_stored_as_its_name(store: Store) -> None:
+    run = store.add_run(_run(), actor="alice")
+    assert run.id is not None and run.state is RunState.QUEUED
+    store.transition(run.id, RunState.SUBMITTING, actor="daemon")
+    got = store.get(run.id)
+    assert got.state is RunState.SUBMITTING and got.state == "SUBMITTING"
+    with store.engine.connect() as conn:
+        [(text, kind)] = conn.exec_driver_sql("SELECT state, typeof(state) FROM run").all()
+    assert (text, kind) == ("SUBMITTING", "text")
+    assert [r.id for r in store.list_runs([RunState.SUBMITTING])] == [run.id]
+
+
+def _walk_to(store: Store, state: RunState) -> int:
+    """A new run brought to `state` along legal changes."""
+    path = {
+        RunState.QUEUED: [],
+        RunState.HELD: [RunState.HELD],
+        RunState.SUBMITTING: [RunState.SUBMITTING],
+        RunState.STAGING: [RunState.SUBMITTING, RunState.STAGING],
+        RunState.PENDING: [RunState.SUBMITTING, RunState.PENDING],
+        RunState.RUNNING: [RunState.SUBMITTING, RunState.RUNNING],
+    }.get(state, [RunState.SUBMITTING, RunState.RUNNING, state])
+    run = store.add_run(_run(), actor="alice")
+    assert run.id is not None
+    for step in path:
+        store.transition(run.id, step, actor="daemon")
+    assert store.get(run.id).state is state
+    return run.id
+
+
+def test_every_legal_change_is_accepted_and_recorded(store: Store) -> None:
+    for from_state, targets in TRANSITIONS.items():
+        for to_state in targets:
+            run_id = _walk_to(store, from_state)
+            moved = store.transition(run_id, to_state, actor="daemon", expect=(from_state,))
+            assert moved is not None and moved.state is to_state, (from_state, to_state)
+            assert store.events(run_id)[-1].from_state == from_state
+
+
+@pytest.mark.parametrize(
+    ("from_state", "to_state"),
+    [
+        (RunState.QUEUED, RunState.RUNNING),
+        (RunState.QUEUED, RunState.PENDING),
+        (RunState.QUEUED, RunState.COMPLETED),
+        (RunState.HELD, RunState.SUBMITTING),
+        (RunState.SUBMITTING, RunState.HELD),
+        (RunState.SUBMITTING, RunState.COMPLETED),
+        (RunState.PENDING, RunState.QUEUED),
+        (RunState.RUNNING, RunState.STAGING),
+        (RunState.COMPLETED, RunState.QUEUED),
+        (RunState.CANCELLED, RunState.RUNNING),
+        (RunState.UNKNOWN, RunState.COMPLETED),
+    ],
+)
+def test_an_illegal_change_is_refused_and_writes_nothing(
+    store: Store, from_state: RunState, to_state: RunState
+) -> None:
+    run_id = _walk_to(store, from_state)
+    events = len(store.events(run_id))
+    with pytest.raises(IllegalTransition, match=f"{from_state} -> {to_state}"):
+        store.transition(run_id, to_state, actor="daemon", note="x", reason="should not stick")
+    after = store.get(run_id)
+    assert after.state is from_state and after.reason is None
+    assert len(store.events(run_id)) == events
+
+
+def test_staying_in_a_state_is_not_a_change(store: Store) -> None:
+    run_id = _walk_to(store, RunState.PENDING)
+    moved = store.transition(run_id, RunState.PENDING, actor="daemon", note="requeued")
+    assert moved is not None and moved.state is RunState.PENDING
+
+
+def test_a_run_is_created_queued_only(store: Store) -> None:
+    running = _run()
+    running.state = RunState.RUNNING
+    with pytest.raises(IllegalTransition, match="cannot start RUNNING"):
+        store.add_run(running, actor="alice")
+    assert store.list_runs() == []
+
+
+def test_an_unknown_field_is_refused_at_run_time(store: Store) -> None:
+    run = store.add_run(_run(), actor="alice")
+    assert run.id is not None
+    fields: dict[str, object] = {"reasn": "typo"}
+    with pytest.raises(StoreError, match="no field 'reasn'"):
+        store.transition(run.id, None, actor="daemon", **fields)  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="no field 'state'"):
+        store.set_tracking_fields(run.id, **{"state": "RUNNING"})  # type: ignore[typeddict-item]
+
+
+def test_none_clears_a_field_and_a_left_out_one_stays(store: Store) -> None:
+    run = store.add_run(_run(), actor="alice")
+    assert run.id is not None
+    store.transition(run.id, RunState.HELD, actor="bob", held_by="bob", reason="r")
+    store.transition(run.id, RunState.QUEUED, actor="bob", held_by=None)
+    got = store.get(run.id)
+    assert got.held_by is None and got.reason == "r"
+
+
+def test_data_versions_are_plain_rows(store: Store) -> None:
+    with_data = _run("d")
+    with_data.data_json, with_data.created_at = "[]", 5.0
+    store.add_runs([with_data, _run("none")], actor="alice")
+    assert store.data_versions() == [(1, RunState.QUEUED, "[]", 5.0)]
+
+
+def test_typed_updates_name_only_real_columns() -> None:
+    from hpcops.store import RunUpdate, Schedule, ScheduleUpdate, TrackingFields
+
+    columns = set(Run.model_fields)
+    assert set(RunUpdate.__optional_keys__) <= columns - {"id", "state", "updated_at"}
+    assert set(TrackingFields.__optional_keys__) <= set(RunUpdate.__optional_keys__)
+    assert set(ScheduleUpdate.__optional_keys__) <= set(Schedule.model_fields) - {"id"}

@@ -15,7 +15,7 @@ from hpcops.render import JobContext, render_script
 from hpcops.spec import parse_spec
 from hpcops.states import RunState
 from hpcops.store import Run, Store
-from hpcops.store.db import tracking_ops_for
+from hpcops.store.tracking import tracking_ops_for
 from hpcops.tracking import records, relay
 from hpcops.tracking.records import Batch, MetricPoint
 from hpcops.tracking.rerun import apply_overrides, parse_assignments, typed_value

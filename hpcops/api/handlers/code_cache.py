@@ -88,4 +88,4 @@ class CodeCacheHandlers:
 
     def _uses(self) -> dict[str, VersionUse]:
         """Every data version the lab's runs used, read from the database now."""
-        return version_uses(self.daemon.store.list_runs())
+        return version_uses(self.daemon.store.data_versions())

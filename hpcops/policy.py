@@ -2,7 +2,7 @@
 
 hpcops keeps the lab's queue itself and lets only a small window of runs pend in Slurm, so a
 priority change in hpcops' queue still matters. A run that does not fit a limit waits here; it
-never fails for it (DESIGN.md, decision 5).
+never fails for it (docs/design.md, decision 5).
 
 `plan_release` walks the queue in release order (`release_order_key`) and releases every run that
 fits, counting the lab's jobs in Slurm plus what it has released so far:

@@ -109,7 +109,7 @@ def may_transition(from_state: RunState, to_state: RunState) -> bool:
 # ours. Live states map to PENDING/RUNNING; final ones to the terminal state a user expects.
 # sacct writes a cancellation as "CANCELLED by 1000"; only the first word is looked up.
 # PREEMPTED with PreemptMode=REQUEUE is followed by the job pending again under the same id
-# (NOTES-SLURM), so squeue's live view wins over a PREEMPTED seen earlier.
+# (docs/notes-slurm.md), so squeue's live view wins over a PREEMPTED seen earlier.
 SLURM_STATE_TABLE: dict[str, RunState] = {
     "PENDING": RunState.PENDING,
     "CONFIGURING": RunState.PENDING,

@@ -4,7 +4,7 @@ so DVC fetches straight into it and skips whatever is already there.
 A run never reads the cache itself: it gets a view, a read-only copy of exactly its version
 (a reflink where the filesystem has them, else a copy). Hardlinks would be cheaper, but a job
 running as the cache's owner can chmod a hardlinked file and write through it, changing the data
-of every other run (NOTES-STACK). A copy it may change is its own.
+of every other run (docs/notes-stack.md). A copy it may change is its own.
 """
 
 from __future__ import annotations

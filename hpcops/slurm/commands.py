@@ -1,8 +1,9 @@
 """Slurm command lines, built as argument lists by pure functions (no quoting here: a transport
 that crosses into a shell quotes once, at that boundary).
 
-Formats are chosen for Slurm 22.05 (NOTES-SLURM): `squeue --json` ignores every filter, so squeue
-gets an explicit --format; `sacct --json` reports exit 3 as success, so sacct gets --parsable2.
+Formats are chosen for Slurm 22.05 (docs/notes-slurm.md): `squeue --json` ignores every filter,
+so squeue gets an explicit --format; `sacct --json` reports exit 3 as success, so sacct gets
+--parsable2.
 """
 
 from __future__ import annotations

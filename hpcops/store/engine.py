@@ -1,9 +1,9 @@
 """The SQLite file under the store: WAL, BEGIN IMMEDIATE, sessions, and the additive migration.
 
-Only the daemon opens it (DESIGN.md, decision 1). Every transaction starts with BEGIN IMMEDIATE: a
-read-then-write in a deferred transaction fails at once with "database is locked" when another
-connection writes (NOTES-STACK: 921 of 2000 in a test), while IMMEDIATE waits its turn under the
-busy timeout.
+Only the daemon opens it (docs/design.md, decision 1). Every transaction starts with BEGIN
+IMMEDIATE: a read-then-write in a deferred transaction fails at once with "database is locked"
+when another connection writes (921 of 2000 in a test: docs/notes-stack.md), while IMMEDIATE
+waits its turn under the busy timeout.
 """
 
 from __future__ import annotations

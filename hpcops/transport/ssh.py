@@ -2,13 +2,13 @@
 off the cluster.
 
 One persistent connection (a paramiko Transport) carries everything: each command is an exec
-channel on it (about 50 ms on a reused connection against about 160 ms for a new one, NOTES-STACK),
-files go through one SFTP session on it, and the markers of every active run are read by ONE
-command per tick. A lost connection fails the call in flight with TransportError (the daemon backs
-off and fails no run for it) and is reopened lazily, by the next call that needs it, no sooner
-than ReconnectLimiter allows: never more than one new connection per `min_reconnect_interval_s`,
-exponentially less often while attempts fail. A site that counts logins sees a handful a day,
-never one per job or per poll.
+channel on it (about 50 ms on a reused connection against about 160 ms for a new one:
+docs/notes-stack.md), files go through one SFTP session on it, and the markers of every active
+run are read by ONE command per tick. A lost connection fails the call in flight with
+TransportError (the daemon backs off and fails no run for it) and is reopened lazily, by the
+next call that needs it, no sooner than ReconnectLimiter allows: never more than one new
+connection per `min_reconnect_interval_s`, exponentially less often while attempts fail. A site
+that counts logins sees a handful a day, never one per job or per poll.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def write_result(name: str, figures: dict[str, Any]) -> Path:
 
 def ensure_user(name: str = BENCH_USER) -> pwd.struct_passwd:
     """A real non-root Unix user with a Slurm association: slurmd's own RPCs are counted under
-    root by sdiag, so the orchestrator is measured as someone else (NOTES-SLURM)."""
+    root by sdiag, so the orchestrator is measured as someone else (docs/notes-slurm.md)."""
     try:
         entry = pwd.getpwnam(name)
     except KeyError:

@@ -1,8 +1,8 @@
 """A real `mlflow server` on 127.0.0.1 for the tests and benchmarks: its own sqlite store and
 artifact directory, a pid file, stopped by that pid (never by name).
 
-One worker and no job execution: ready in about 10-15 s and about 480 MB (NOTES-STACK), where the
-defaults take about 3 GB.
+One worker and no job execution: ready in about 10-15 s and about 480 MB (docs/notes-stack.md),
+where the defaults take about 3 GB.
 """
 
 from __future__ import annotations

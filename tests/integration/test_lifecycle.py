@@ -241,7 +241,7 @@ def test_a_preempted_and_requeued_job_is_followed_to_its_end(
         assert time.monotonic() < deadline, daemon.json("history", str(run))
         assert daemon.show(run)["state"] not in {"PREEMPTED", "COMPLETED", "FAILED"}
         time.sleep(1)
-    # A requeued job becomes eligible only after about 121 s (NOTES-SLURM); lift that.
+    # A requeued job becomes eligible only after about 121 s (docs/notes-slurm.md); lift that.
     slurm("scontrol", "update", f"jobid={job}", "starttime=now")
     data = daemon.wait_ended(run, timeout=180)
     assert data["state"] == "COMPLETED", data

@@ -268,7 +268,8 @@ class FakeSlurm:
         name = directives.get("job-name", script.name)
         refusal = self._refusal_for(name)
         if refusal is not None:
-            return REFUSALS[refusal]
+            rc, stderr = REFUSALS[refusal]
+            return rc, "", stderr
         job = self._new_job(script, name, directives)
         if self.lose_sbatch_reply:
             self.lose_sbatch_reply -= 1

@@ -159,9 +159,9 @@ def test_no_accounting_record_ever_trusts_the_marker_after_patience(
     run_id, job_id = _running(h)
     h.slurm.finish(job_id, 0, sacct="none")
     h.tick()
-    h.run_for(115)
+    h.run_for(115, every_s=5)
     assert h.state(run_id) == "RUNNING", "sacct may still answer"
-    h.run_for(10)
+    h.run_for(40, every_s=5)  # within one back-off (at most 30 s) after the patience
     run = h.run(run_id)
     assert run.state == "COMPLETED"
     assert run.exit_code == 0
@@ -200,13 +200,13 @@ def test_a_vanished_job_is_unknown_after_patience(make_engine: EngineFactory) ->
     h = make_engine()
     run_id, job_id = _running(h)
     h.slurm.vanish(job_id)  # out of squeue, no marker, no accounting record
-    h.run_for(30)
+    h.run_for(30, every_s=5)
     run = h.run(run_id)
     assert run.state == "RUNNING"
     assert run.end_seen_at is not None, "the poll noticed it left squeue"
     h.run_for(590, every_s=5)
     assert h.state(run_id) == "RUNNING", "patience: sacct may still record it"
-    h.run_for(20)
+    h.run_for(40, every_s=5)
     run = h.run(run_id)
     assert run.state == "UNKNOWN"
     assert run.reason == "vanished: no exit marker and no accounting record"

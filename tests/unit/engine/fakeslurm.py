@@ -13,7 +13,9 @@ tests/fixtures/slurm/README.md): sacct shows a job's comment only once it ended,
 codes modulo 128, lags a job's start and end, and may show a placeholder `allocation` row.
 
 `calls` counts commands by kind ("sbatch", "squeue", "sacct", "sacct_finished", "sacct_usage",
-"scancel", "sinfo") so a test can assert that the engine is polite to slurmctld.
+"scancel", "sinfo") so a test can assert that the engine is polite to slurmctld; while the
+cluster is out of reach, "unreached" counts every attempt (files too) and "unreached_commands"
+the commands alone.
 
 Test-only code: nothing here runs a process.
 """
@@ -201,7 +203,8 @@ class FakeSlurm:
 
     def run(self, argv: list[str], *, timeout_s: float, stdin: str | None = None) -> CommandResult:
         if self.transport_down:
-            raise TransportError(f"{argv[0]}: connection to the cluster lost")
+            self.calls["unreached_commands"] += 1
+        self._reach()
         command = argv[0]
         handlers: dict[str, Callable[[list[str]], tuple[int, str, str]]] = {
             "sbatch": self._sbatch,
@@ -247,6 +250,7 @@ class FakeSlurm:
 
     def _reach(self) -> None:
         if self.transport_down:
+            self.calls["unreached"] += 1  # every attempt to reach the cluster, command or file
             raise TransportError("connection to the cluster lost")
 
     # --- commands ----------------------------------------------------------------------------

@@ -196,7 +196,7 @@ class FakeSlurm:
         # sbatch reaches slurmctld, the job is made, the answer is lost (`Socket timed out`).
         self.lose_sbatch_reply = 0
         self._refusals: list[_Refusal] = []
-        self._before_sbatch: list[Callable[[], None]] = []
+        self._before_sbatch: list[Callable[[], object]] = []
         self._next_id = first_job_id
 
     # --- the Transport interface --------------------------------------------------------------
@@ -480,7 +480,7 @@ class FakeSlurm:
     def accept_sbatch(self) -> None:
         self._refusals.clear()
 
-    def before_next_sbatch(self, hook: Callable[[], None]) -> None:
+    def before_next_sbatch(self, hook: Callable[[], object]) -> None:
         """Run `hook` when the next sbatch arrives, before Slurm acts on it: what another thread
         (the API) does while the engine is between its claim and its sbatch."""
         self._before_sbatch.append(hook)

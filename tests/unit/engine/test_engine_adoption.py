@@ -99,10 +99,10 @@ def test_crash_between_claim_and_sbatch_submits_once_after_the_grace(
     h.restart()
     h.tick()
     assert h.state(run_id) == "SUBMITTING", "an orphaned sbatch may still land: wait the grace"
-    h.run_for(25)
+    h.run_for(25, every_s=5)
     assert h.state(run_id) == "SUBMITTING"
     assert h.slurm.calls["sbatch"] == 0
-    h.run_for(10)
+    h.run_for(10, every_s=5)
     run = h.run(run_id)
     assert run.state == "PENDING"
     assert run.attempt == 2
@@ -141,7 +141,7 @@ def test_a_cancel_during_submitting_after_a_crash_never_reaches_slurm(
     message = h.cancel(run_id)
     assert "cancel sent" in message
     assert h.run(run_id).cancel_requested_by == "alice"
-    h.run_for(40)
+    h.run_for(40, every_s=5)
     run = h.run(run_id)
     assert run.state == "CANCELLED"
     assert h.slurm.calls["sbatch"] == 0 and h.slurm.calls["scancel"] == 0

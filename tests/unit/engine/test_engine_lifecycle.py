@@ -188,7 +188,7 @@ def test_an_unmapped_live_state_leaves_the_run_followed(make_engine: EngineFacto
     h.tick()
     job = h.slurm.job(h.job_of(run_id))
     job.state = "FROZEN"  # squeue lists a state word no table maps
-    h.run_for(30)
+    h.run_for(30, every_s=10)
     assert h.state(run_id) == "PENDING", "unknown while live: followed, not ended"
     h.slurm.start(job.job_id)
     h.slurm.finish(job.job_id, 0)
@@ -204,7 +204,7 @@ def test_a_vanished_job_is_unknown_after_patience(make_engine: EngineFactory) ->
     run = h.run(run_id)
     assert run.state == "RUNNING"
     assert run.end_seen_at is not None, "the poll noticed it left squeue"
-    h.run_for(590, every_s=5)
+    h.run_for(590, every_s=10)
     assert h.state(run_id) == "RUNNING", "patience: sacct may still record it"
     h.run_for(40, every_s=5)
     run = h.run(run_id)

@@ -24,7 +24,7 @@ def test_release_follows_priority_within_max_active(make_engine: EngineFactory) 
         "run limit full: 2/2 hpcops runs in Slurm (max_active); next in the lab's queue"
     )
 
-    h.run_for(60)
+    h.run_for(60, every_s=10)
     assert h.slurm.calls["sbatch"] == 2, "max_active holds while both are in Slurm"
 
     # Running jobs still count against max_active; an ended one makes room for the next.
@@ -118,7 +118,7 @@ def test_one_squeue_per_poll_for_the_whole_lab(make_engine: EngineFactory) -> No
     assert h.slurm.calls["squeue"] == 1
     for run_id in runs[:4]:
         h.slurm.start(h.job_of(run_id))
-    h.run_for(120)
+    h.run_for(120, every_s=5)
     # polls at 0, 30, 60, 90, 120 s; the start markers, not squeue, said the jobs started
     assert h.slurm.calls["squeue"] == 5
     assert all(len(argv) == 4 for argv in h.slurm.commands if argv[0] == "squeue"), (
@@ -140,7 +140,7 @@ def test_one_squeue_per_poll_for_the_whole_lab(make_engine: EngineFactory) -> No
 
 def test_an_idle_daemon_asks_slurm_almost_nothing(make_engine: EngineFactory) -> None:
     h = make_engine()
-    h.run_for(600, every_s=5)
+    h.run_for(600, every_s=10)
     # 20 polls in 10 minutes, fair-share usage twice; nothing else
     assert h.slurm.calls["squeue"] == 20
     assert h.slurm.calls["sacct_usage"] == 2

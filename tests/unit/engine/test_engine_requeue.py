@@ -101,7 +101,7 @@ def test_a_lost_node_requeue_without_marker_goes_back_to_pending(
     h = make_engine()
     run_id, job_id = _running(h)
     h.slurm.node_fail(job_id, requeue=True, sacct_shows="PENDING")
-    h.run_for(30)
+    h.run_for(30, every_s=10)
     assert h.state(run_id) == "PENDING"
 
 
@@ -110,7 +110,7 @@ def test_a_lost_node_requeue_without_marker_still_ends_right(make_engine: Engine
     h = make_engine()
     run_id, job_id = _running(h)
     h.slurm.node_fail(job_id, requeue=True, sacct_shows="PENDING")
-    h.run_for(30)
+    h.run_for(30, every_s=10)
     h.slurm.start(job_id)
     h.slurm.finish(job_id, 0)
     h.tick()
@@ -123,7 +123,7 @@ def test_a_node_failure_without_requeue_ends_node_fail(make_engine: EngineFactor
     h = make_engine()
     run_id, job_id = _running(h)
     h.slurm.node_fail(job_id, requeue=False)
-    h.run_for(30)
+    h.run_for(30, every_s=10)
     run = h.run(run_id)
     assert run.state == "NODE_FAIL"
     assert run.reason == "NODE_FAIL, exit 0:0"

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_harness import EngineFactory, EngineHarness, build_harness
-from fakeslurm import DaemonCrash, FakeClock, FakeSlurm
+
+from .engine_harness import EngineFactory, EngineHarness, build_harness
+from .fakeslurm import DaemonCrash, FakeClock, FakeSlurm
 
 SLURM_COMMANDS = {"sbatch", "squeue", "sacct", "scancel", "sinfo", "scontrol", "sdiag", "sacctmgr"}
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from fakeslurm import DaemonCrash, FakeClock, FakeSlurm
 
 from hpcops.access import Caller
 from hpcops.config import Config
@@ -28,6 +27,8 @@ from hpcops.slurm.backend import CommandBackend
 from hpcops.spec import parse_spec
 from hpcops.store import Run, Store
 from hpcops.store.models import Event
+
+from .fakeslurm import DaemonCrash, FakeClock, FakeSlurm
 
 ALICE = Caller(uid=1001, name="alice")
 BOB = Caller(uid=1002, name="bob")

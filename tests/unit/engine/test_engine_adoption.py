@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine_harness import EngineFactory
-
 from hpcops.rundir import RunDir
+
+from .engine_harness import EngineFactory
 
 
 def test_crash_after_sbatch_before_the_job_id_is_recorded_adopts_the_job(

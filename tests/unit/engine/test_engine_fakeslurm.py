@@ -7,13 +7,14 @@ from datetime import datetime
 from pathlib import PurePosixPath
 
 import pytest
-from fakeslurm import FakeClock, FakeSlurm, fixture
 
 from hpcops.errors import SlurmRejected, SlurmUnreachable
 from hpcops.slurm import commands, parse
 from hpcops.slurm.backend import CommandBackend, SlurmLimited
 from hpcops.states import RunState
 from hpcops.transport.base import TransportError
+
+from .fakeslurm import FakeClock, FakeSlurm, fixture
 
 SCRIPT = """#!/bin/bash
 #SBATCH --job-name=fx completed

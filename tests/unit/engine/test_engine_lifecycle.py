@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine_harness import EngineFactory, EngineHarness
-
 from hpcops.rundir import RunDir
+
+from .engine_harness import EngineFactory, EngineHarness
 
 
 def test_happy_path_from_queue_to_completed(make_engine: EngineFactory) -> None:

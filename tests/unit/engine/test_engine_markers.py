@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from engine_harness import EngineFactory
 
 from hpcops.errors import InvalidInput
 from hpcops.rundir import RunDir
+
+from .engine_harness import EngineFactory
 
 
 def test_a_half_written_start_marker_waits_for_the_next_tick(make_engine: EngineFactory) -> None:

@@ -4,8 +4,9 @@ refusal fails the run; an unreachable Slurm means back off and retry, never fail
 from __future__ import annotations
 
 import pytest
-from engine_harness import EngineFactory, EngineHarness
-from fakeslurm import LIMIT_STDERR, fixture
+
+from .engine_harness import EngineFactory, EngineHarness
+from .fakeslurm import LIMIT_STDERR, fixture
 
 
 def test_a_limit_refusal_waits_with_a_doubling_delay_while_others_go(

@@ -3,7 +3,7 @@ pending window; hold, top and cancel before release; one squeue per poll for the
 
 from __future__ import annotations
 
-from engine_harness import BOB, EngineFactory, EngineHarness
+from .engine_harness import BOB, EngineFactory, EngineHarness
 
 
 def _submitted_names(h: EngineHarness) -> list[str]:

@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from engine_harness import EngineFactory, EngineHarness
 
 from hpcops.rundir import RunDir
+
+from .engine_harness import EngineFactory, EngineHarness
 
 
 def _running(h: EngineHarness, name: str = "train") -> tuple[int, str]:

@@ -109,6 +109,7 @@ class EngineHarness:
             return engine
         from hpcops.orchestrator import Orchestrator
 
+        self._takes_specs = True  # the API parses once and hands the engine Spec objects
         return Orchestrator(
             self.store,
             backend,

@@ -367,12 +367,17 @@ def _source_dir(ctx: JobContext) -> str:
 
 
 def data_dest(spec: Spec, ctx: JobContext, where: str) -> str:
-    """Where the job finds a data target: with code, `where` in its checkout (a link to the
-    target's view); without, the view itself. A link in a spec's own workdir, shared by every
-    run of the spec, would let one run's link point another run at the wrong version."""
+    """Where the job finds a data target: with code, `where` in the run's own checkout (a link
+    to the target's view), under its workdir when that is a folder of the checkout; without
+    code, the view itself. Never under an absolute workdir: that folder is shared by every run
+    of the spec, and each run repointing the one link there would hand a running job another
+    run's data version while its record names its own (issue 12, item 7)."""
     if spec.code is None:
         return data_view(ctx, where)
-    return str(Path(_workdir(spec, ctx) or ctx.run_dir.path) / where)
+    workdir = _workdir(spec, ctx)
+    if workdir is None or (spec.workdir or "").startswith("/"):
+        workdir = _source_dir(ctx)
+    return str(Path(workdir) / where)
 
 
 def data_view(ctx: JobContext, where: str) -> str:

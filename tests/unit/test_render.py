@@ -108,7 +108,7 @@ def test_directives_of_a_gpu_spec_in_order(golden_context: JobContext) -> None:
         ("time", "2880"),
         ("qos", "deadline"),
         ("constraint", "ib"),
-        ("exclusive", None),
+        ("requeue", None),
         ("signal", "B:USR1@300"),
         ("mail-type", "END,FAIL"),
     ]

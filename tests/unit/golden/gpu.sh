@@ -14,7 +14,7 @@
 #SBATCH --time=2880
 #SBATCH --qos=deadline
 #SBATCH --constraint=ib
-#SBATCH --exclusive
+#SBATCH --requeue
 #SBATCH --signal=B:USR1@300
 #SBATCH --mail-type=END,FAIL
 

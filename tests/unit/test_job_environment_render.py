@@ -219,3 +219,23 @@ def test_a_spec_cannot_bring_the_daemons_environment_back() -> None:
     for item in ("--export=ALL", "--export-file=/etc/environment", "--exp=ALL"):
         with pytest.raises(SpecError, match="extra_directives"):
             parse_spec(f"name: t\nexperiment: e\ncommand: x\nextra_directives: ['{item}']\n", "t")
+
+
+@pytest.mark.parametrize(
+    ("line", "phrase"),
+    [
+        ("#SBATCH --export=ALL", "--export, which hpcops controls"),
+        ("#SBATCH --get-user-env", "--get-user-env, which hpcops controls"),
+        ("#SBATCH --export=NONE", "appears 2 times"),
+    ],
+)
+def test_a_lab_template_cannot_hand_jobs_the_daemons_environment(
+    tmp_path: Path, line: str, phrase: str
+) -> None:
+    lab_dir = tmp_path / "lab_templates"
+    lab_dir.mkdir()
+    header = "#!/bin/bash\n{% for d in directives %}#SBATCH {{ d }}\n{% endfor %}{{ command }}\n"
+    (lab_dir / "lab.sh.j2").write_text(header.replace("#!/bin/bash\n", f"#!/bin/bash\n{line}\n"))
+    spec = parse_spec("name: t\nexperiment: e\ncommand: 'true'\ntemplate: lab\n", "t")
+    with pytest.raises(ConfigError, match=re.escape(phrase)):
+        render_script(spec, _context(Config(), spec), [lab_dir])

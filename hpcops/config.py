@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -360,6 +361,72 @@ class SchedulesConfig(_Strict):
         return self
 
 
+# Names a job never receives from the daemon's environment, even when jobs.env_passthrough
+# lists them: the daemon's MLflow settings and credentials, cloud and DVC remote keys, its SSH
+# agent. Matched case-insensitively on the whole name.
+_SECRET_NAME_RES: Final = (
+    (re.compile(r"MLFLOW_.*", re.I), "MLflow's settings and credentials (MLFLOW_*)"),
+    (re.compile(r"(AWS|AZURE|GOOGLE|GCP|GCLOUD)_.*", re.I), "cloud credentials"),
+    (re.compile(r"SSH_(AUTH_SOCK|AGENT_PID)", re.I), "the daemon's SSH agent"),
+    (
+        re.compile(r".*(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|_KEY$|_KEY_).*", re.I),
+        "a secret-looking name (*TOKEN*, *SECRET*, *PASSWORD*, *CREDENTIAL*, *_KEY)",
+    ),
+)
+# Names the job's script sets itself, or that Slurm and bash set inside the job, or that change
+# how the job's own script runs.
+_JOB_OWNED_PREFIXES: Final = ("HPCOPS_", "SLURM_", "SBATCH_", "BASH")
+_JOB_OWNED_NAMES: Final = frozenset({"IFS", "ENV", "SHELLOPTS", "EUID", "UID", "PPID", "_"})
+# The examples run `python` from the daemon's venv, found on the daemon's PATH; the locale and
+# time zone keep a job's output and timestamps as the member saw them when testing by hand.
+DEFAULT_ENV_PASSTHROUGH: Final = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def passthrough_problem(name: str) -> str | None:
+    """Why the daemon's variable `name` may not be handed to jobs, or None if it may."""
+    if not _ENV_NAME_RE.fullmatch(name):
+        return f"{name!r} is not an environment variable name"
+    for pattern, what in _SECRET_NAME_RES:
+        if pattern.fullmatch(name):
+            return (
+                f"{name} is {what}: the daemon's secrets never reach jobs. A job that needs a "
+                "credential reads it from a file of its own (e.g. ~/.aws/credentials, a DVC "
+                "remote's config --local)"
+            )
+    if name.upper().startswith(_JOB_OWNED_PREFIXES) or name in _JOB_OWNED_NAMES:
+        return f"{name} is set inside the job by hpcops, Slurm or bash, not passed through"
+    return None
+
+
+class JobsConfig(_Strict):
+    """What every job (run and staging) gets from the daemon. A job starts from Slurm's clean
+    environment (`#SBATCH --export=NONE`: the account's login environment plus SLURM_*), and its
+    script exports the variables listed here with the daemon's values, then hpcops' own."""
+
+    env_passthrough: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ENV_PASSTHROUGH),
+        max_length=64,
+        description="The daemon's environment variables each job gets, with the daemon's "
+        "values (PATH: the daemon's python and tools). Secret-looking names are refused.",
+    )
+
+    @field_validator("env_passthrough")
+    @classmethod
+    def _no_secrets(cls, value: list[str]) -> list[str]:
+        problems = [p for p in map(passthrough_problem, value) if p is not None]
+        if problems:
+            raise ValueError("; ".join(problems))
+        if len(set(value)) != len(value):
+            twice = sorted({n for n in value if value.count(n) > 1})
+            raise ValueError(f"lists {', '.join(twice)} more than once")
+        return value
+
+    def passthrough(self, environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        """The listed variables the daemon has, with its values, in the order listed."""
+        return tuple((name, environ[name]) for name in self.env_passthrough if name in environ)
+
+
 _TRACKING_SCHEMES = ("http://", "https://", "sqlite:///")
 _URI_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f'\"`$\\]")
 
@@ -469,6 +536,7 @@ class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
 
     @model_validator(mode="after")
     def _run_root_on_the_cluster(self) -> Config:

@@ -7,7 +7,9 @@ A second builder in the CLI once drifted from the daemon's (it left out the code
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,11 +61,14 @@ def build_job_context(
     *,
     mlflow_env: tuple[tuple[str, str], ...] = (),
     checkout: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> JobContext:
     """Everything one submission attempt of `spec` needs that the spec does not say.
 
     `checkout` is the pinned commit; before pinning (submit-time checks, `hpcops render`) a
     spec's full commit id is used as written, and anything else renders as a placeholder id.
+    `environ` is the daemon's environment, of which the job gets what config.jobs.env_passthrough
+    lists; None reads this process's own.
     """
     code = None
     if spec.code is not None:
@@ -86,4 +91,5 @@ def build_job_context(
         code=code,
         staging=staging,
         mlflow_env=mlflow_env,
+        passthrough_env=config.jobs.passthrough(os.environ if environ is None else environ),
     )

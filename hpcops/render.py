@@ -25,6 +25,7 @@ from typing import Final, NoReturn
 import jinja2
 import jinja2.sandbox
 
+from hpcops.config import passthrough_problem
 from hpcops.errors import ConfigError, FieldProblem, SpecError
 from hpcops.names import FULL_COMMIT_RE, NAME_PATTERN, SLURM_NAME_PATTERN
 from hpcops.rundir import RunDir
@@ -110,6 +111,10 @@ class JobContext:
     # The MLflow run the job logs into (MLFLOW_TRACKING_URI, MLFLOW_RUN_ID, ...), exported
     # quoted like every value; empty when the run is not tracked (hpcops/tracking).
     mlflow_env: tuple[tuple[str, str], ...] = ()
+    # The daemon's own variables that jobs get (config jobs.env_passthrough), with its values,
+    # read when the script is rendered. The job starts without the daemon's environment
+    # (--export=NONE); its script exports these first, then what hpcops sets.
+    passthrough_env: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         # The daemon makes these; a bad one is a bug, not a user's mistake.
@@ -123,6 +128,10 @@ class JobContext:
         for var, _ in self.mlflow_env:
             if not _MLFLOW_VAR_RE.fullmatch(var):
                 raise ValueError(f"JobContext.mlflow_env: {var!r} is not an MLFLOW_ variable")
+        for var, _ in self.passthrough_env:
+            problem = passthrough_problem(var)
+            if problem is not None:  # the config refused it already: a second line of defence
+                raise ValueError(f"JobContext.passthrough_env: {problem}")
 
 
 def job_name(spec: Spec, ctx: JobContext) -> str:
@@ -148,6 +157,7 @@ DIRECTIVE_VALUE_RE: Final[dict[str, re.Pattern[str]]] = {
         "comment": r"hpcops:[0-9a-f]{8,64}",
         "output": _PATH_RE.pattern,
         "error": _PATH_RE.pattern,
+        "export": r"NONE",
         "account": _SLURM_NAME,
         "partition": rf"{_SLURM_NAME}(?:,{_SLURM_NAME}){{0,15}}",
         "nodes": _COUNT,
@@ -196,6 +206,8 @@ def sbatch_directives(spec: Spec, ctx: JobContext) -> list[tuple[str, str | None
         ("comment", f"hpcops:{ctx.token}", "token"),
         ("output", str(ctx.run_dir.stdout), "run_root"),
         ("error", str(ctx.run_dir.stderr), "run_root"),
+        # None of the daemon's environment: the script exports what the job gets (_exports).
+        ("export", "NONE", "export"),
     ]
     if ctx.account is not None:
         pairs.append(("account", ctx.account, "account"))
@@ -324,7 +336,10 @@ _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _exports(spec: Spec, ctx: JobContext) -> list[tuple[str, str]]:
+    """Every variable the job's script exports: the daemon's allow-listed ones, then hpcops'
+    own, then the spec's params and env (a spec's env may override an allow-listed one)."""
     exports = [
+        *ctx.passthrough_env,
         ("HPCOPS_RUN_ID", ctx.run_id),
         ("HPCOPS_RUN_DIR", str(ctx.run_dir.path)),
         ("HPCOPS_LAB", ctx.lab),
@@ -352,12 +367,17 @@ def _source_dir(ctx: JobContext) -> str:
 
 
 def data_dest(spec: Spec, ctx: JobContext, where: str) -> str:
-    """Where the job finds a data target: with code, `where` in its checkout (a link to the
-    target's view); without, the view itself. A link in a spec's own workdir, shared by every
-    run of the spec, would let one run's link point another run at the wrong version."""
+    """Where the job finds a data target: with code, `where` in the run's own checkout (a link
+    to the target's view), under its workdir when that is a folder of the checkout; without
+    code, the view itself. Never under an absolute workdir: that folder is shared by every run
+    of the spec, and each run repointing the one link there would hand a running job another
+    run's data version while its record names its own (issue 12, item 7)."""
     if spec.code is None:
         return data_view(ctx, where)
-    return str(Path(_workdir(spec, ctx) or ctx.run_dir.path) / where)
+    workdir = _workdir(spec, ctx)
+    if workdir is None or (spec.workdir or "").startswith("/"):
+        workdir = _source_dir(ctx)
+    return str(Path(workdir) / where)
 
 
 def data_view(ctx: JobContext, where: str) -> str:
@@ -425,6 +445,7 @@ def render_staging_script(spec: Spec, ctx: JobContext, job: StagingJob) -> str:
         ("comment", f"hpcops:{ctx.token}:stage"),
         ("output", str(ctx.run_dir.path / STAGING_LOG)),
         ("error", str(ctx.run_dir.path / STAGING_LOG)),
+        ("export", "NONE"),
     ]
     if ctx.account is not None:
         directives.append(("account", ctx.account))
@@ -445,8 +466,14 @@ def render_staging_script(spec: Spec, ctx: JobContext, job: StagingJob) -> str:
         if not pattern.fullmatch(value):
             raise ConfigError(f"staging job: --{option}={value!r} cannot go on an #SBATCH line")
         lines.append(f"#SBATCH --{option}={value}")
+    lines.append(
+        f"# hpcops: stage the data of run {ctx.run_id} (lab {ctx.lab}) before its job starts."
+    )
+    if ctx.passthrough_env:
+        # --export=NONE: the stager gets the account's login environment, Slurm's variables
+        # and these of the daemon's (jobs.env_passthrough), never the daemon's secrets.
+        lines += [f"export {name}={_shquote(value)}" for name, value in ctx.passthrough_env]
     lines += [
-        f"# hpcops: stage the data of run {ctx.run_id} (lab {ctx.lab}) before its job starts.",
         f"exec {_shquote(ctx.staging.python)} -m hpcops.data.stage {_shquote(ctx.staging.plan)}",
         "",
     ]

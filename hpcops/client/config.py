@@ -19,11 +19,16 @@ import os
 import re
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hpcops.errors import ConfigError
+from hpcops.yamlio import Document, YamlProblems, read_bounded, read_yaml
 
+# Read by hpcops' one YAML reader, as the daemon's config is: YAML 1.2 scalars, no anchors,
+# aliases or tags, at most 1 MiB, read without reading a bigger file whole.
+CLIENT_CONFIG = Document(
+    "client config", "a client config needs four at most", "A client config names a few remotes"
+)
 _HOST = re.compile(r"^[A-Za-z0-9_.@:\[\]-]{1,255}$")
 _COMMAND_WORD = re.compile(r"^[A-Za-z0-9_./+=:-]{1,255}$")
 
@@ -97,15 +102,16 @@ def client_config_path() -> Path:
 def load_client_config() -> ClientConfig:
     path = client_config_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_yaml(read_bounded(path, CLIENT_CONFIG), CLIENT_CONFIG) or {}
     except FileNotFoundError:
         return ClientConfig()
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except YamlProblems as exc:
+        problems = "\n".join(
+            f"  {p.location}: {p.message}" if p.location else f"  {p.message}" for p in exc.problems
+        )
+        raise ConfigError(f"{path}: not a client config hpcops reads\n{problems}") from None
     try:
         return ClientConfig.model_validate(data)
     except ValidationError as exc:

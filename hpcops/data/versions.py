@@ -6,16 +6,20 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import yaml
-
 from hpcops.code.git import GitError, git
 from hpcops.errors import HpcopsError
+from hpcops.yamlio import Document, YamlProblems, read_yaml
 
 # DVC's content hash of a version: 32 hex digits, ".dir" for a directory's manifest. Every md5
 # that becomes a path in the cache is checked against this first.
 MD5_RE = re.compile(r"[0-9a-f]{32}(?:\.dir)?")
 FILE_MD5_RE = re.compile(r"[0-9a-f]{32}")
 MAX_DVC_FILE_BYTES = 64 * 1024
+# A .dvc file comes from a member's repository: it is read like a spec, by hpcops' one YAML reader
+# (no anchors, aliases or tags, bounded size and depth), never by yaml.safe_load.
+DVC_FILE = Document(
+    ".dvc file", "a .dvc file needs three at most", "A .dvc file names one output and its md5"
+)
 
 
 class DataVersionError(HpcopsError):
@@ -54,14 +58,19 @@ class DataVersion:
 def parse_dvc_file(text: str, where: str) -> tuple[str, int | None, int | None]:
     """(md5, size, nfiles) of the one output a `dvc add` file describes."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DataVersionError(f"{where} is not valid YAML: {exc}") from None
+        data = read_yaml(text, DVC_FILE)
+    except YamlProblems as exc:
+        shown = "; ".join(
+            f"{p.location}: {p.message}" if p.location else p.message for p in exc.problems[:3]
+        )
+        raise DataVersionError(f"{where} is not a .dvc file hpcops reads: {shown}") from None
     outs = data.get("outs") if isinstance(data, dict) else None
     if not isinstance(outs, list) or len(outs) != 1 or not isinstance(outs[0], dict):
         raise DataVersionError(f"{where} does not describe exactly one DVC output (outs:)")
     out = outs[0]
     md5 = out.get("md5")
+    if isinstance(md5, int) and not isinstance(md5, bool) and 0 <= md5 < 10**32:
+        md5 = f"{md5:032d}"  # DVC writes md5s unquoted: one of decimal digits reads as a number
     if not isinstance(md5, str) or not MD5_RE.fullmatch(md5):
         raise DataVersionError(f"{where} has no md5 for its output (was it `dvc add`ed?)")
     size, nfiles = out.get("size"), out.get("nfiles")

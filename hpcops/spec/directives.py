@@ -14,52 +14,133 @@ from hpcops.describe import describe_char, show
 
 MAX_EXTRA_DIRECTIVES: Final = 32
 
-# Options hpcops sets itself or models as a field, with what to use instead. Besides the exact
-# name, sbatch (getopt_long) also accepts any unambiguous abbreviation (`--part=gpu` is
-# `--partition=gpu`), so an option that is a prefix of one of these is refused too.
+# Options refused in extra_directives, with what to use instead. Besides the exact name, sbatch
+# (getopt_long) also accepts any unambiguous abbreviation (`--part=gpu` is `--partition=gpu`),
+# so an option that is a prefix of one of these is refused too.
+#
+# Decided option by option from `man sbatch` (Slurm 22.05.8). Three families are refused:
+#  - resource shaping: anything that changes how many CPUs, GPUs, nodes, how much memory or time
+#    Slurm allocates. hpcops counts a run's use from its resources: fields (quotas, fair share,
+#    the release window); `--mincpus=16` or `--exclusive` made a run counted as 1 CPU hold 16.
+#  - what hpcops sets or owns: identity, token, logs, dependencies, environment, the queue.
+#  - what breaks the submission itself or needs privilege the daemon may have (`--uid`,
+#    `--reboot`, a negative `--nice` for a root daemon) or reads a login-node file as the
+#    daemon's account (`--bbf`, `--input`, `--export-file`).
+# Everything else is allowed: node choice that does not change the count (constraint, prefer,
+# exclude, contiguous, switches, tmp, reservation, licenses), binding and frequency (cpu-freq,
+# gpu-bind, gpu-freq, mem-bind, distribution, gres-flags), mail, signal, requeue/no-requeue,
+# no-kill, oversubscribe, accounting labels (wckey, comment is ours), profile, acctg-freq, ...
+_CPUS = "use resources.cpus_per_task (CPUs per task) and resources.ntasks"
+_NODES = "use resources.nodes and resources.ntasks"
+_GPUS = "use resources.gpus and resources.gpu_type"
+_MEM = "use resources.mem (memory per node)"
+_COUNTED = "hpcops counts a run's CPUs from resources: "
 MODELLED_OPTIONS: Final[dict[str, str]] = {
-    "partition": "use resources.partition",
-    "nodes": "use resources.nodes",
-    "ntasks": "use resources.ntasks",
+    # CPUs, tasks and how they are packed onto nodes
     "cpus-per-task": "use resources.cpus_per_task",
-    "cpus-per-gpu": "use resources.cpus_per_task",
-    "mem": "use resources.mem",
-    "mem-per-cpu": "use resources.mem (memory per node)",
-    "mem-per-gpu": "use resources.mem (memory per node)",
-    "gres": "use resources.gpus and resources.gpu_type",
-    "gpus": "use resources.gpus and resources.gpu_type",
-    "gpus-per-node": "use resources.gpus and resources.gpu_type",
-    "gpus-per-task": "use resources.gpus and resources.gpu_type",
-    "gpus-per-socket": "use resources.gpus and resources.gpu_type",
+    "cpus-per-gpu": _CPUS,
+    "mincpus": f"{_COUNTED}{_CPUS}",
+    "exclusive": f"it allocates whole nodes while {_COUNTED}{_CPUS} (and resources.mem)",
+    "overcommit": f"{_COUNTED}{_CPUS}",
+    "ntasks": "use resources.ntasks",
+    "ntasks-per-core": f"{_COUNTED}{_CPUS}",
+    "ntasks-per-gpu": f"{_COUNTED}{_CPUS}",
+    "ntasks-per-node": f"{_COUNTED}{_NODES}",
+    "ntasks-per-socket": f"{_COUNTED}{_CPUS}",
+    "cores-per-socket": f"{_COUNTED}{_CPUS}",
+    "sockets-per-node": f"{_COUNTED}{_CPUS}",
+    "threads-per-core": f"it can allocate whole cores while {_COUNTED}{_CPUS}",
+    "extra-node-info": f"it can allocate whole cores while {_COUNTED}{_CPUS}",
+    "hint": f"nomultithread allocates whole cores while {_COUNTED}{_CPUS}",
+    "core-spec": f"it allocates whole nodes while {_COUNTED}{_CPUS}",
+    "thread-spec": f"it allocates whole nodes while {_COUNTED}{_CPUS}",
     "tres-per-task": "use resources.gpus and resources.cpus_per_task",
+    # nodes
+    "nodes": "use resources.nodes",
+    "nodelist": f"it allocates every node listed; {_NODES} (and --constraint to choose them)",
+    "nodefile": f"it allocates every node listed; {_NODES} (and --constraint to choose them)",
+    "spread-job": f"it spreads the job over more nodes; {_NODES}",
+    # memory
+    "mem": "use resources.mem",
+    "mem-per-cpu": _MEM,
+    "mem-per-gpu": _MEM,
+    # GPUs
+    "gres": _GPUS,
+    "gpus": _GPUS,
+    "gpus-per-node": _GPUS,
+    "gpus-per-task": _GPUS,
+    "gpus-per-socket": _GPUS,
+    # time
     "time": "use resources.time",
+    "time-min": "use resources.time (the time limit hpcops plans with)",
+    # where and under whose name the job runs
+    "partition": "use resources.partition",
     "qos": "use resources.qos",
     "account": "the lab's Slurm account comes from the daemon's config",
+    "clusters": "the daemon follows jobs on one cluster",
+    "cluster-constraint": "the daemon follows jobs on one cluster",
+    "uid": "hpcops submits every job as the daemon's account",
+    "gid": "hpcops submits every job as the daemon's account",
+    # what hpcops owns in the job
     "job-name": "use name",
     "comment": "hpcops keeps its submission token there",
     "output": "hpcops writes stdout.log in the run directory",
     "error": "hpcops writes stderr.log in the run directory",
+    "input": "the command reads its own input (e.g. python train.py < data.txt)",
     "open-mode": "hpcops owns the run directory's logs",
     "chdir": "use workdir",
-    "dependency": "hpcops sets dependencies itself (data staging)",
-    "kill-on-invalid-dep": "hpcops sets dependencies itself (data staging)",
-    "parsable": "the daemon passes it to sbatch itself",
+    "export": "use env (the daemon's own variables: jobs.env_passthrough in its config)",
+    "export-file": "use env (the daemon's own variables: jobs.env_passthrough in its config)",
+    "get-user-env": "hpcops gives the job an explicit environment: use env",
     "wrap": "use command",
     "array": "submit one spec per task instead",
-    "export": "use env",
-    "export-file": "use env",
+    "dependency": "hpcops sets dependencies itself (data staging)",
+    "kill-on-invalid-dep": "hpcops sets dependencies itself (data staging)",
+    # the lab's queue
     "hold": "runs wait in hpcops' own queue, where priorities apply",
     "begin": "runs wait in hpcops' own queue (hpcops hold, or a schedule), not in Slurm's",
     "deadline": "a run pending in Slurm holds one of the lab's release slots; keep it short",
+    "priority": "use priority (the order in the lab's queue)",
+    "nice": "use priority: hpcops orders the lab's runs itself, and a daemon with Slurm "
+    "privileges would honour a negative nice",
+    "reboot": "rebooting nodes is for the cluster's admins",
+    # the submission itself
+    "parsable": "the daemon passes it to sbatch itself",
     "wait": "the daemon submits and follows the job; sbatch must return at once",
     "test-only": "hpcops must really submit the job it records",
-    "clusters": "the daemon follows jobs on one cluster",
-    "priority": "use priority (the order in the lab's queue)",
+    "help": "sbatch would print its help and submit nothing",
+    "usage": "sbatch would print its usage and submit nothing",
+    "version": "sbatch would print its version and submit nothing",
+    "quiet": "the daemon reads sbatch's own output",
+    "verbose": "the daemon reads sbatch's own output",
+    "bbf": "it reads a file on the login node as the daemon's account; use --bb",
 }
+# sbatch's long options (`man sbatch`, Slurm 22.05.8). An exact name is never an abbreviation:
+# getopt_long takes `--bb` as --bb, not as the --bbf it is a prefix of.
+SBATCH_LONG_OPTIONS: Final = frozenset(
+    {
+        "account", "acctg-freq", "array", "batch", "bb", "bbf", "begin", "chdir",
+        "cluster-constraint", "clusters", "comment", "constraint", "container", "contiguous",
+        "core-spec", "cores-per-socket", "cpu-freq", "cpus-per-gpu", "cpus-per-task",
+        "deadline", "delay-boot", "dependency", "error", "exclude", "exclusive", "export",
+        "export-file", "extra-node-info", "get-user-env", "gid", "gpu-bind", "gpu-freq",
+        "gpus", "gpus-per-node", "gpus-per-socket", "gpus-per-task", "gres", "gres-flags",
+        "help", "hint", "hold", "ignore-pbs", "input", "job-name", "kill-on-invalid-dep",
+        "licenses", "mail-type", "mail-user", "mcs-label", "mem", "mem-bind", "mem-per-cpu",
+        "mem-per-gpu", "mincpus", "network", "nice", "no-kill", "no-requeue", "nodefile",
+        "nodelist", "nodes", "ntasks", "ntasks-per-core", "ntasks-per-gpu", "ntasks-per-node",
+        "ntasks-per-socket", "open-mode", "output", "overcommit", "oversubscribe", "parsable",
+        "partition", "power", "prefer", "priority", "profile", "propagate", "qos", "quiet",
+        "reboot", "requeue", "reservation", "signal", "sockets-per-node", "spread-job",
+        "switches", "test-only", "thread-spec", "threads-per-core", "time", "time-min", "tmp",
+        "uid", "usage", "use-min-nodes", "verbose", "version", "wait", "wait-all-nodes",
+        "wckey", "wrap",
+    }
+)  # fmt: skip
 _OPTION_RE = re.compile(r"[a-z][a-z0-9-]{0,63}")
 _DIRECTIVE_VALUE_RE = re.compile(r"[A-Za-z0-9_.,:=@%/+-]{1,200}")
 _DIRECTIVE_VALUE_CHAR_RE = re.compile(r"[A-Za-z0-9_.,:=@%/+-]")
-_DIRECTIVE_EXAMPLE: Final = "e.g. '--constraint=skylake' or '--exclusive'"
+_DIRECTIVE_EXAMPLE: Final = "e.g. '--constraint=skylake' or '--mail-type=END,FAIL'"
 
 
 def extra_directive_problem(item: str) -> str | None:
@@ -89,17 +170,22 @@ def extra_directive_problem(item: str) -> str | None:
             f"digits and '-'; {_DIRECTIVE_EXAMPLE}"
         )
     if option in MODELLED_OPTIONS:
-        return f"--{option} is set by hpcops: {MODELLED_OPTIONS[option]}"
-    abbreviates = sorted(o for o in MODELLED_OPTIONS if o.startswith(option))
+        return f"--{option} is not accepted here: {MODELLED_OPTIONS[option]}"
+    abbreviates = []
+    if option not in SBATCH_LONG_OPTIONS:
+        abbreviates = sorted(o for o in MODELLED_OPTIONS if o.startswith(option))
     if len(abbreviates) == 1:
         full = abbreviates[0]
         return (
-            f"--{option} is an abbreviation sbatch would read as --{full}, which is set by "
-            f"hpcops: {MODELLED_OPTIONS[full]}"
+            f"--{option} is an abbreviation sbatch would read as --{full}, which is not "
+            f"accepted here: {MODELLED_OPTIONS[full]}"
         )
     if abbreviates:
         named = ", ".join(f"--{o}" for o in abbreviates)
-        return f"--{option} abbreviates options hpcops sets ({named}); write an option in full"
+        return (
+            f"--{option} abbreviates options that are not accepted here ({named}); write an "
+            "option in full"
+        )
     if eq and not _DIRECTIVE_VALUE_RE.fullmatch(value):
         if not value:
             return f"has '=' but no value; {_DIRECTIVE_EXAMPLE}"

@@ -97,6 +97,7 @@ def test_directives_of_a_gpu_spec_in_order(golden_context: JobContext) -> None:
         ("comment", "hpcops:0123456789abcdef"),
         ("output", "/scratch/vision-lab/hpcops/runs/r-000042/stdout.log"),
         ("error", "/scratch/vision-lab/hpcops/runs/r-000042/stderr.log"),
+        ("export", "NONE"),
         ("account", "vision-lab"),
         ("partition", "gpu,gpu-long"),
         ("nodes", "2"),
@@ -107,7 +108,7 @@ def test_directives_of_a_gpu_spec_in_order(golden_context: JobContext) -> None:
         ("time", "2880"),
         ("qos", "deadline"),
         ("constraint", "ib"),
-        ("exclusive", None),
+        ("requeue", None),
         ("signal", "B:USR1@300"),
         ("mail-type", "END,FAIL"),
     ]
@@ -117,7 +118,8 @@ def test_directives_leave_out_what_nobody_set(tmp_path: Path, make_context: Cont
     ctx = make_context(tmp_path, account=None, default_partition=None)
     options = [o for o, _ in sbatch_directives(parse_spec(MINIMAL_YAML, "t"), ctx)]
     assert options == [
-        "job-name", "comment", "output", "error", "nodes", "ntasks", "cpus-per-task", "time",
+        "job-name", "comment", "output", "error", "export", "nodes", "ntasks", "cpus-per-task",
+        "time",
     ]  # fmt: skip
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from hpcops.errors import InvalidInput, SpecError
 from hpcops.spec import (
     MAX_SPEC_BYTES,
+    MODELLED_OPTIONS,
     Resources,
     Spec,
     extra_directive_problem,
@@ -21,6 +23,7 @@ from hpcops.spec import (
     parse_spec,
     spec_to_yaml,
 )
+from hpcops.spec.directives import SBATCH_LONG_OPTIONS
 from hpcops.tracking.rerun import apply_overrides
 
 BAD_SPECS_DIR = Path(__file__).parent.parent / "fixtures" / "bad_specs"
@@ -56,7 +59,7 @@ BAD_SPECS: dict[str, tuple[str, str]] = {
     "extra_directive_short_option.yaml": ("extra_directives[0]", "use the long form"),
     "extra_directive_space.yaml": ("extra_directives[0]", "with '=' rather than a space"),
     "extra_directive_twice.yaml": ("extra_directives", "--constraint is given twice"),
-    "extra_directive_wait.yaml": ("extra_directives[0]", "--wait is set by hpcops"),
+    "extra_directive_wait.yaml": ("extra_directives[0]", "--wait is not accepted here"),
     "gpu_type_backticks.yaml": ("resources.gpu_type", "contains a backtick (`) at position 5"),
     "gpu_type_quote.yaml": ("resources.gpu_type", "contains a quote (')"),
     "gpu_type_without_gpus.yaml": ("resources.gpu_type", "resources.gpus is 0"),
@@ -441,20 +444,25 @@ def test_a_long_command_is_measured_in_bytes() -> None:
     ("item", "phrase"),
     [
         ("--constraint=skylake", None),
-        ("--exclusive", None),
+        ("--requeue", None),
+        ("--mail-type=END,FAIL", None),
+        ("--exclude=node13", None),
+        ("--reservation=neurips", None),
+        ("--cpu-freq=high", None),
         ("--signal=B:USR1@60", None),
         ("--mail-user=ana@uni.example", None),
         ("--gres-flags=enforce-binding", None),
-        ("--time-min=60", None),
-        ("--nodelist=node[01-04]", "contains '['"),
+        ("--time-min=60", "use resources.time"),
+        ("--nodelist=node01", "allocates every node listed"),
         ("--partition=gpu", "use resources.partition"),
         ("--mem-per-cpu=4G", "use resources.mem"),
         ("--gpus-per-node=2", "use resources.gpus"),
         ("--export=ALL", "use env"),
         ("--chdir=/tmp", "use workdir"),
         ("--part=gpu", "would read as --partition"),
-        ("--par=gpu", "abbreviates options hpcops sets (--parsable, --partition)"),
-        ("--ti=10", "would read as --time"),
+        ("--par=gpu", "abbreviates options that are not accepted here (--parsable, --partition)"),
+        ("--ti=10", "(--time, --time-min)"),
+        ("--exclusiv", "would read as --exclusive"),
         ("--Partition=gpu", "lower-case"),
         ("-N 2", "use the long form"),
         ("#SBATCH --exclusive", "without '#SBATCH'"),
@@ -566,7 +574,7 @@ def random_spec(rng: random.Random) -> Spec:
             },
             "priority": rng.randint(-1000, 1000),
             "template": rng.choice(["default", "1", "no"]),
-            "extra_directives": rng.choice([[], ["--exclusive"], ["--constraint=a:b,c"]]),
+            "extra_directives": rng.choice([[], ["--requeue"], ["--constraint=a:b,c"]]),
             "tags": {f"t{i}": text() for i in range(rng.randint(0, 3))},
         }
     )
@@ -585,3 +593,119 @@ def test_begin_and_deadline_are_refused_as_extra_directives() -> None:
         with pytest.raises(SpecError) as info:
             parse_spec(text, "spec.yaml")
         assert "extra_directives" in str(info.value), str(info.value)
+
+
+# ─── extra_directives that shape the allocation (issue 12, item 8) ───────────────────────────────
+# A run is counted by its resources: fields (quotas, fair share, the release window); an
+# extra_directive that changes what Slurm allocates made a run counted as 1 CPU hold 16.
+
+
+@pytest.mark.parametrize(
+    ("item", "use"),
+    [
+        # CPUs and how tasks are packed
+        ("--mincpus=16", "resources.cpus_per_task"),
+        ("--exclusive", "resources.cpus_per_task"),
+        ("--exclusive=user", "resources.cpus_per_task"),
+        ("--ntasks-per-core=1", "resources.cpus_per_task"),
+        ("--ntasks-per-node=4", "resources.nodes"),
+        ("--ntasks-per-socket=2", "resources.cpus_per_task"),
+        ("--ntasks-per-gpu=2", "resources.cpus_per_task"),
+        ("--cpus-per-gpu=8", "resources.cpus_per_task"),
+        ("--cores-per-socket=8", "resources.cpus_per_task"),
+        ("--sockets-per-node=2", "resources.cpus_per_task"),
+        ("--threads-per-core=1", "resources.cpus_per_task"),
+        ("--extra-node-info=2:8:1", "resources.cpus_per_task"),
+        ("--hint=nomultithread", "resources.cpus_per_task"),
+        ("--core-spec=2", "resources.cpus_per_task"),
+        ("--thread-spec=2", "resources.cpus_per_task"),
+        ("--overcommit", "resources.cpus_per_task"),
+        # nodes
+        ("--nodes=4", "resources.nodes"),
+        ("--nodelist=node01,node02", "resources.nodes"),
+        ("--nodefile=/etc/hosts", "resources.nodes"),
+        ("--spread-job", "resources.nodes"),
+        # memory
+        ("--mem-per-cpu=4G", "resources.mem"),
+        ("--mem-per-gpu=16G", "resources.mem"),
+        # GPUs
+        ("--gres=gpu:4", "resources.gpus"),
+        ("--gpus=4", "resources.gpus"),
+        ("--gpus-per-node=2", "resources.gpus"),
+        ("--gpus-per-task=1", "resources.gpus"),
+        ("--gpus-per-socket=1", "resources.gpus"),
+        ("--tres-per-task=gres/gpu:1", "resources.gpus"),
+        # time
+        ("--time-min=30", "resources.time"),
+        # what hpcops owns
+        ("--array=0-99", "one spec per task"),
+        ("--export=ALL", "env"),
+        ("--export-file=/etc/environment", "env"),
+        ("--get-user-env", "env"),
+        ("--chdir=/tmp", "workdir"),
+        ("--output=/tmp/x", "stdout.log"),
+        ("--error=/tmp/x", "stderr.log"),
+        ("--input=/etc/shadow", "its own input"),
+        ("--nice=-10000", "use priority"),
+        ("--uid=alice", "daemon's account"),
+        ("--gid=lab", "daemon's account"),
+        ("--reboot", "admins"),
+        ("--bbf=/etc/shadow", "use --bb"),
+        ("--help", "submit nothing"),
+        ("--version", "submit nothing"),
+        ("--quiet", "sbatch's own output"),
+        ("--cluster-constraint=x", "one cluster"),
+    ],
+)
+def test_allocation_shaping_and_hpcops_owned_options_are_refused(item: str, use: str) -> None:
+    text = (
+        f"name: x\nexperiment: e\ncommand: 'true'\nextra_directives: [--mail-type=END, '{item}']\n"
+    )
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, "x.yaml")
+    [problem] = info.value.problems
+    option = item.partition("=")[0]
+    assert problem.location == "extra_directives[1]"
+    assert option in problem.message and use in problem.message, problem.message
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "--mail-type=END,FAIL",
+        "--mail-user=ana@uni.example",
+        "--constraint=ib",
+        "--prefer=a100",
+        "--exclude=node13",
+        "--contiguous",
+        "--switches=1",
+        "--tmp=100G",
+        "--licenses=matlab:1",
+        "--reservation=neurips",
+        "--signal=B:USR1@60",
+        "--requeue",
+        "--no-requeue",
+        "--no-kill",
+        "--oversubscribe",
+        "--distribution=block",
+        "--gres-flags=enforce-binding",
+        "--gpu-bind=closest",
+        "--mem-bind=local",
+        "--cpu-freq=high",
+        "--wckey=paper",
+        "--profile=task",
+        "--acctg-freq=30",
+        "--bb=capacity=1G",
+    ],
+)
+def test_options_that_leave_the_allocation_as_counted_are_allowed(item: str) -> None:
+    text = f"name: x\nexperiment: e\ncommand: 'true'\nextra_directives: ['{item}']\n"
+    assert parse_spec(text, "x.yaml").extra_directives == [item]
+
+
+def test_every_refused_option_is_an_sbatch_option_and_says_what_to_do() -> None:
+    for option, instead in MODELLED_OPTIONS.items():
+        assert re.fullmatch(r"[a-z][a-z0-9-]+", option)
+        # tres-per-task: newer Slurm's (23.02); refused ahead of an upgrade
+        assert option in SBATCH_LONG_OPTIONS or option == "tres-per-task", option
+        assert instead and not instead.endswith("."), option

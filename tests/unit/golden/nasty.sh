@@ -3,6 +3,7 @@
 #SBATCH --comment=hpcops:0123456789abcdef
 #SBATCH --output=/scratch/vision-lab/hpcops/runs/r-000042/stdout.log
 #SBATCH --error=/scratch/vision-lab/hpcops/runs/r-000042/stderr.log
+#SBATCH --export=NONE
 #SBATCH --account=vision-lab
 #SBATCH --partition=cpu
 #SBATCH --nodes=1
@@ -55,7 +56,15 @@ printf -v hpcops_started '%(%s)T' -1
 # uname, not $HOSTNAME: bash keeps a HOSTNAME exported by the submitting shell on the login node.
 hpcops_mark hpcops.started "$hpcops_started $(uname -n) ${SLURM_JOB_ID:-unknown}"
 
-# The run's identity, then the spec's params (as HPCOPS_PARAM_<NAME>) and env, each quoted.
+# The job's environment is explicit. --export=NONE started this script with none of the daemon's
+# environment: the account's login environment (HOME, USER, SHELL, TMPDIR, a login PATH, ...)
+# and SLURM_*, as measured on Slurm 22.05.8.
+# srun inherits SLURM_EXPORT_ENV=NONE from sbatch and would start each task with an empty
+# environment (22.05.8: "execve(): env: No such file or directory"); ALL gives the tasks this
+# script's environment, the explicit one below.
+export SLURM_EXPORT_ENV=ALL
+# The daemon's variables the lab config passes through (jobs.env_passthrough), the run's
+# identity, then the spec's params (as HPCOPS_PARAM_<NAME>) and env, each quoted.
 export HPCOPS_RUN_ID=r-000042
 export HPCOPS_RUN_DIR=/scratch/vision-lab/hpcops/runs/r-000042
 export HPCOPS_LAB=vision-lab

@@ -73,7 +73,10 @@ SINFO_FIELDS: tuple[tuple[str, str], ...] = (
 
 
 def sbatch_argv(script_path: str) -> list[str]:
-    return ["sbatch", "--parsable", script_path]
+    # --export=NONE here as well as on the script's #SBATCH line: sbatch lets an SBATCH_EXPORT in
+    # the daemon's environment override #SBATCH lines (measured on 22.05: the daemon's variables
+    # reached the job again), but a command-line option overrides the environment.
+    return ["sbatch", "--parsable", "--export=NONE", script_path]
 
 
 def squeue_argv(*, account: str | None, user: str | None) -> list[str]:

@@ -278,3 +278,13 @@ def test_the_backend_leaves_bad_ids_out_of_scancel() -> None:
 def test_sbatch_output_that_is_not_a_job_id_is_refused() -> None:
     with pytest.raises(ValueError):
         parse.parse_sbatch_parsable("１２\n")
+
+
+def test_sbatch_never_exports_the_daemons_environment() -> None:
+    # The command line beats an SBATCH_EXPORT=ALL in the daemon's environment (Slurm 22.05).
+    assert commands.sbatch_argv("/r/job.sbatch") == [
+        "sbatch",
+        "--parsable",
+        "--export=NONE",
+        "/r/job.sbatch",
+    ]

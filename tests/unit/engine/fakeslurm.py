@@ -256,7 +256,8 @@ class FakeSlurm:
     # --- commands ----------------------------------------------------------------------------
 
     def _sbatch(self, argv: list[str]) -> tuple[int, str, str]:
-        assert argv[:2] == ["sbatch", "--parsable"] and len(argv) == 3, argv
+        # The daemon's environment never reaches a job: --export=NONE on every sbatch.
+        assert argv[:3] == ["sbatch", "--parsable", "--export=NONE"] and len(argv) == 4, argv
         hooks, self._before_sbatch = self._before_sbatch, []
         for hook in hooks:
             hook()  # what happens while the daemon is between its claim and sbatch
@@ -264,7 +265,7 @@ class FakeSlurm:
         self.commands.append(tuple(argv))
         if self.ctld_down:
             return 1, "", fixture("sbatch_unreachable.stderr")
-        script = PurePosixPath(argv[2])
+        script = PurePosixPath(argv[-1])
         text = self.files.get(str(script))
         if text is None:
             return 1, "", f"sbatch: error: Unable to open file {script}\n"

@@ -45,6 +45,7 @@ from hpcops.code.git import GitError
 from hpcops.code.mirror import BUNDLE_NAME_RE, MAX_HAVE_QUERY, Shipment
 from hpcops.data.cache import CacheError
 from hpcops.data.usage import VersionUse, plan_gc, version_uses
+from hpcops.engine import Engine as Orchestrator
 from hpcops.errors import (
     HpcopsError,
     InvalidInput,
@@ -52,9 +53,8 @@ from hpcops.errors import (
     ProtocolError,
     SlurmUnreachable,
 )
-from hpcops.orchestrator import STAGING_PROGRESS, Orchestrator
 from hpcops.render import STAGING_LOG
-from hpcops.rundir import RunDir
+from hpcops.rundir import STAGING_PROGRESS, RunDir
 from hpcops.spec import FULL_COMMIT_RE
 from hpcops.states import RunState
 from hpcops.store import Audit, QuotaOverride, Run, Schedule, Store

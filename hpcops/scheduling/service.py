@@ -46,8 +46,9 @@ from apscheduler.executors.base import BaseExecutor
 
 from hpcops.access import Caller, authorize, check_priority, role_of, unix_groups
 from hpcops.config import Config
+from hpcops.engine import DAEMON
+from hpcops.engine import Engine as Orchestrator
 from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied, SpecError
-from hpcops.orchestrator import DAEMON, Orchestrator
 from hpcops.scheduling import datachange, timing
 from hpcops.spec import Spec, parse_spec, spec_to_yaml
 from hpcops.store import Audit, Firing, Run, Schedule, Store

@@ -124,7 +124,7 @@ def build_transport(config: Config) -> tuple[Transport, str | None]:
 
 
 @dataclass(frozen=True)
-class Daemon:
+class Collaborators:
     """The daemon's collaborators, each built once, from settings."""
 
     engine: Engine
@@ -134,7 +134,7 @@ class Daemon:
     tracker: Tracker | None
 
 
-def build_engine(store: Store, config: Config, home: Path) -> Daemon:
+def build_engine(store: Store, config: Config, home: Path) -> Collaborators:
     """The one place that turns settings into real collaborators, and the engine over them."""
     transport, cluster_user = build_transport(config)
     backend = CommandBackend(
@@ -166,7 +166,7 @@ def build_engine(store: Store, config: Config, home: Path) -> Daemon:
         tracker=tracker,
         fault=os.environ.get("HPCOPS_FAULT"),
     )
-    return Daemon(engine, transport, code_mirror, data_cache, tracker)
+    return Collaborators(engine, transport, code_mirror, data_cache, tracker)
 
 
 def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> None:

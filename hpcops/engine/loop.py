@@ -1,5 +1,12 @@
-"""The daemon's loop: one tick follows the lab's jobs, then releases queued runs; Slurm's health
-decides whether a tick may call Slurm at all.
+"""The daemon's loop: follow the lab's jobs, repair what a crash left, release queued runs.
+
+One tick, in order (follow.py, then release.py):
+  1. read the markers the jobs write into their run directories (no Slurm call at all);
+  2. every `squeue_interval_s`, or sooner when something needs repair, ONE squeue for the whole
+     lab (the safety net for jobs that die without writing, and the lookup by token after a crash);
+  3. ONE sacct for the jobs that ended, for their final state and accounting (slurmdbd, not ctld);
+  4. scancel what users asked to cancel;
+  5. re-read fair-share usage when due, and release queued runs into Slurm up to `max_active`.
 
 Slurm unreachable means back off and retry; it never marks a run failed (DESIGN.md, decision 4).
 """
@@ -38,6 +45,8 @@ def run_forever(p: Parts, s: LoopState, stop: threading.Event) -> None:
 
 
 def tick(p: Parts, s: LoopState) -> None:
+    """One pass of the loop; a step that fails is logged and the others still run, except that
+    Slurm out of reach ends the tick (back-off: `slurm_callable` says when to try again)."""
     now = p.clock()
     try:
         read_markers(p, s, p.store.in_slurm())

@@ -3,7 +3,11 @@
 Three threads: the API server (one short-lived thread per connection), the loop in the main
 thread, and APScheduler's, which fires the schedules (scheduling/service.py). SIGTERM or SIGINT
 ends the current tick and exits cleanly; kill -9 loses nothing because
-every step is committed before the next one starts (see orchestrator.py).
+every step is committed before the next one starts (see hpcops/lifecycle.py).
+
+This module is the one factory of the daemon's collaborators (`build_engine`): the transport,
+the Slurm backend, the code mirror, the data cache and the MLflow tracker are built here from
+the config, and passed in; nothing inside the engine or the API builds its own.
 """
 
 from __future__ import annotations
@@ -17,15 +21,19 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from hpcops.access import group_gid
 from hpcops.api.server import Api, ApiServer
 from hpcops.client.client import Client
 from hpcops.code.git import GitError
+from hpcops.code.mirror import CodeMirror
 from hpcops.config import Config, load_config
+from hpcops.data.cache import ContentCache
+from hpcops.engine import Engine
 from hpcops.errors import (
     AlreadyRunning,
     AuthenticationFailed,
@@ -34,12 +42,14 @@ from hpcops.errors import (
     NotRunning,
 )
 from hpcops.home import HomePaths
-from hpcops.orchestrator import Orchestrator
 from hpcops.scheduling.service import ScheduleService
 from hpcops.slurm.backend import CommandBackend
 from hpcops.store import Store
 from hpcops.transport.base import Transport
 from hpcops.transport.local import LocalTransport
+
+if TYPE_CHECKING:
+    from hpcops.tracking.worker import Tracker
 
 log = logging.getLogger("hpcops")
 
@@ -113,8 +123,19 @@ def build_transport(config: Config) -> tuple[Transport, str | None]:
     return transport, transport.remote_user
 
 
-def build_orchestrator(store: Store, config: Config, home: Path) -> Orchestrator:
-    """The one place that turns settings into real collaborators."""
+@dataclass(frozen=True)
+class Collaborators:
+    """The daemon's collaborators, each built once, from settings."""
+
+    engine: Engine
+    files: Transport
+    code_mirror: CodeMirror
+    data_cache: ContentCache
+    tracker: Tracker | None
+
+
+def build_engine(store: Store, config: Config, home: Path) -> Collaborators:
+    """The one place that turns settings into real collaborators, and the engine over them."""
     transport, cluster_user = build_transport(config)
     backend = CommandBackend(
         transport,
@@ -123,20 +144,29 @@ def build_orchestrator(store: Store, config: Config, home: Path) -> Orchestrator
         user=cluster_user,
         timeout_s=config.slurm.command_timeout_s,
     )
+    code_mirror = CodeMirror(
+        config.code_root_in(home),
+        group=config.access.socket_group,
+        fetch_timeout_s=config.code.fetch_timeout_s,
+    )
+    data_cache = ContentCache(config.data_cache_in(home))
     tracker = None
     if config.tracking.enabled:
         from hpcops.tracking.worker import Tracker
 
         tracker = Tracker(store, config, home)
-    return Orchestrator(
+    engine = Engine(
         store,
         backend,
+        transport,
         config,
         home,
-        files=transport,
-        fault=os.environ.get("HPCOPS_FAULT"),
+        code_mirror=code_mirror,
+        data_cache=data_cache,
         tracker=tracker,
+        fault=os.environ.get("HPCOPS_FAULT"),
     )
+    return Collaborators(engine, transport, code_mirror, data_cache, tracker)
 
 
 def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> None:
@@ -151,28 +181,29 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
     stop = threading.Event()
     started_at = time.time()
     store = Store(paths.database, track=config.tracking.enabled)
-    orchestrator = build_orchestrator(store, config, home)
+    built = build_engine(store, config, home)
+    engine, tracker = built.engine, built.tracker
     group = config.access.socket_group
     if group is not None:
         _open_home_to(home, group)
     try:
-        orchestrator.data_cache.ensure()
-        orchestrator.code_mirror.ensure()
+        built.data_cache.ensure()
+        built.code_mirror.ensure()
     except (OSError, GitError, KeyError) as exc:
         # Runs without code: need no mirror; a spec with code: gets this error at submit.
-        log.warning("the code mirror in %s is not usable: %s", orchestrator.code_mirror.root, exc)
+        log.warning("the code mirror in %s is not usable: %s", built.code_mirror.root, exc)
     schedules = ScheduleService(
-        store, orchestrator, config, daemon_uid=os.getuid(), fault=os.environ.get("HPCOPS_FAULT")
+        store, engine, config, daemon_uid=os.getuid(), fault=os.environ.get("HPCOPS_FAULT")
     )
     api = Api(
-        orchestrator,
+        engine,
         store,
         config=config,
         home=home,
-        files=orchestrator.files,
-        code_mirror=orchestrator.code_mirror,
-        data_cache=orchestrator.data_cache,
-        tracker=orchestrator.tracker,
+        files=built.files,
+        code_mirror=built.code_mirror,
+        data_cache=built.data_cache,
+        tracker=tracker,
         started_at=started_at,
         daemon_uid=os.getuid(),
         schedules=schedules,
@@ -183,27 +214,31 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: stopping after the current step", signal.Signals(signum).name)
         stop.set()
-        orchestrator.wake.set()
-        if orchestrator.tracker is not None:
-            orchestrator.tracker.wake.set()
+        engine.wake()
+        if tracker is not None:
+            tracker.wake.set()
 
+    def _resume_schedules() -> None:
+        # Schedules fire once the first tick (start-up reconciliation) has run.
+        while not engine.wait_first_tick(0.5):
+            if stop.is_set():
+                return
+        first_tick_done.set()
+        schedules.resume_after(first_tick_done, stop)
+
+    first_tick_done = threading.Event()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     # Before the API: a request about schedules finds APScheduler agreeing with our table.
     schedules.start()
     paths.pid.write_text(f"{os.getpid()}\n")
     server_thread.start()
-    threading.Thread(
-        target=schedules.resume_after,
-        args=(orchestrator.ticked, stop),
-        name="schedules-start",
-        daemon=True,
-    ).start()
-    if orchestrator.tracker is not None:
+    threading.Thread(target=_resume_schedules, name="schedules-start", daemon=True).start()
+    if tracker is not None:
         # MLflow requests happen on this thread only: a slow or absent tracking server never
         # holds up the loop or the API.
         threading.Thread(
-            target=orchestrator.tracker.run_forever, args=(stop,), name="tracking", daemon=True
+            target=tracker.run_forever, args=(stop,), name="tracking", daemon=True
         ).start()
     log.info(
         "hpcops daemon %d started in %s (lab %s, max_active %d)",
@@ -213,14 +248,14 @@ def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> Non
         config.max_active,
     )
     try:
-        orchestrator.run_forever(stop)
+        engine.run_forever(stop)
     finally:
         server.shutdown()
         server.server_close()
         schedules.shutdown()
         paths.socket.unlink(missing_ok=True)
         paths.pid.unlink(missing_ok=True)
-        orchestrator.files.close()
+        built.files.close()
         store.close()
         log.info("hpcops daemon %d stopped", os.getpid())
         lock.close()

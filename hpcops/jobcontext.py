@@ -16,11 +16,9 @@ from pathlib import Path
 from hpcops.code.mirror import mirror_path
 from hpcops.config import Config
 from hpcops.render import CodeCheckout, JobContext, StagingStep
-from hpcops.rundir import RunDir
+from hpcops.rundir import STAGING_PLAN, RunDir
 from hpcops.spec import FULL_COMMIT_RE, Spec
 
-# The file the daemon writes for the stager: which versions to stage, from where, to where.
-STAGING_PLAN = "staging.json"
 # A commit any full id renders alike with, for a script shown before its commit is pinned.
 PLACEHOLDER_COMMIT = "0" * 40
 

@@ -12,12 +12,22 @@ daemon off the cluster; this module only names them and parses them.
       stderr.log        the job's stderr  (#SBATCH --error)
       hpcops.started    "<epoch_s> <hostname> <slurm_job_id>", written when the script starts
       hpcops.exit       "<exit_code> <epoch_s>", written atomically (rename) when the script ends
+      staging.json      the staging plan the daemon writes for the stager (runs with data:)
+      hpcops.staging    the stager's progress, JSON, rewritten as it goes (`hpcops show`)
+      hpcops.staged     "<exit code> <epoch_s> <token>", written by the stager at its end
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+# The file the daemon writes for the stager: which versions to stage, from where, to where.
+STAGING_PLAN = "staging.json"
+# The stager's progress (JSON: the attempt's token, each target's phase, an error).
+STAGING_PROGRESS = "hpcops.staging"
+# "<exit code> <epoch> <token>", written by the stager at its end.
+STAGING_MARKER = "hpcops.staged"
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,14 @@ class RunDir:
     @property
     def markers(self) -> tuple[Path, Path]:
         return self.started_marker, self.exit_marker
+
+    @property
+    def staged_marker(self) -> Path:
+        return self.path / STAGING_MARKER
+
+    @property
+    def staging_progress(self) -> Path:
+        return self.path / STAGING_PROGRESS
 
 
 def parse_start_marker(text: str) -> StartMarker | None:

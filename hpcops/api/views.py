@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from hpcops.cadence import cadence
 from hpcops.data.usage import VersionUse
 from hpcops.policy import Active, Limits, Quotas
-from hpcops.scheduling.timing import cadence
 from hpcops.store import Audit, Event, Firing, Run, Schedule
 
 

@@ -9,7 +9,7 @@ when its DVC-tracked data changes.
                    pause/resume/remove/run-now
 
 A firing resolves the spec's moving references (a code branch, a data target's rev) in the
-orchestrator's prepare_run, through the lab's code mirror; a data check in current_data, the
+engine's prepare_run, through the lab's code mirror; a data check in current_data, the
 same way, without queueing.
 
 Our own tables (store/models.py: Schedule, Firing) are the record of what exists and what

@@ -47,8 +47,8 @@ from apscheduler.executors.base import BaseExecutor
 from hpcops import cadence
 from hpcops.access import Caller, authorize, check_priority, role_of, unix_groups
 from hpcops.config import Config
+from hpcops.engine import DAEMON, Engine
 from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied, SpecError
-from hpcops.orchestrator import DAEMON, Orchestrator
 from hpcops.scheduling import datachange
 from hpcops.spec import Spec, parse_spec, spec_to_yaml
 from hpcops.store import Audit, Firing, Run, Schedule, Store
@@ -137,7 +137,7 @@ class ScheduleService:
     def __init__(
         self,
         store: Store,
-        orchestrator: Orchestrator,
+        engine: Engine,
         config: Config,
         *,
         daemon_uid: int,
@@ -145,7 +145,7 @@ class ScheduleService:
         fault: str | None = None,
     ) -> None:
         self.store = store
-        self.orchestrator = orchestrator
+        self.engine = engine
         self.config = config
         self.daemon_uid = daemon_uid
         self.clock = clock
@@ -308,11 +308,11 @@ class ScheduleService:
             raise InvalidInput(f"{source}: cannot schedule it:\n  " + "\n  ".join(problems))
         # The spec must be one that `hpcops submit` would queue today.
         plain = spec.model_copy(update={"schedule": None})
-        self.orchestrator.check_spec(plain, source)
+        self.engine.check_spec(plain, source)
         if on_data:
             # The branch and the .dvc files must be readable now: a typo in a path is told to
             # the one adding the schedule, not found by every check. The first check fires.
-            self.orchestrator.current_data(plain, source, caller)
+            self.engine.current_data(plain, source, caller)
         now = self.clock()
         schedule = self.store.add_schedule(
             Schedule(
@@ -380,7 +380,7 @@ class ScheduleService:
         source = f"schedule {schedule.id} ({schedule.name})"
         try:
             spec = parse_spec(schedule.spec_yaml, source)
-            self.orchestrator.check_spec(spec, source)
+            self.engine.check_spec(spec, source)
         except InvalidInput as exc:
             return exc.message
         return None
@@ -449,7 +449,7 @@ class ScheduleService:
         owner = Caller(uid=schedule.owner_uid, name=schedule.owner)
         try:
             spec = parse_spec(schedule.spec_yaml, source)
-            current = self.orchestrator.current_data(spec, source, owner)
+            current = self.engine.current_data(spec, source, owner)
         except Exception as exc:
             if isinstance(exc, SpecError):  # the field and why, without the "invalid spec" line
                 message = "; ".join(str(p) for p in exc.problems)
@@ -546,7 +546,7 @@ class ScheduleService:
                 f" ({recorded.reason})" if recorded.reason else "",
             )
             if recorded.outcome == "submitted":
-                self.orchestrator.changed()
+                self.engine.changed()
         return recorded, new
 
     def _run_for(self, schedule: Schedule) -> Run:
@@ -576,7 +576,7 @@ class ScheduleService:
                 )
             )
             raise PermissionDenied(f"the schedule's owner may no longer submit: {exc}") from None
-        return self.orchestrator.prepare_run(spec, source, owner)
+        return self.engine.prepare_run(spec, source, owner)
 
     def _fault_point(self, name: str) -> None:
         if self.fault == name:

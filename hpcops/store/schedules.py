@@ -10,8 +10,8 @@ from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from hpcops.cadence import overlap_reason
 from hpcops.errors import InvalidInput, NotFound
-from hpcops.scheduling.timing import overlap_reason
 from hpcops.states import TERMINAL_STATES
 from hpcops.store.engine import Database
 from hpcops.store.models import Firing, Run, Schedule, ScheduleUpdate, apply_fields

@@ -1,7 +1,7 @@
 """How the daemon reaches the cluster: a transport runs Slurm's commands and reaches the files of
 the run directories, on this machine or over SSH.
 
-The Slurm backend builds commands and parses their output; the orchestrator decides what to read
+The Slurm backend builds commands and parses their output; the engine decides what to read
 and write. A transport only carries them, so the same daemon runs on the login node (local) or on
 a lab's own server (ssh). Every method either does its whole job or raises TransportError: the
 cluster could not be reached, which callers treat as "Slurm unreachable, retry later", never as a
@@ -38,7 +38,7 @@ class FileChunk:
 
 class TransportError(HpcopsError):
     """The command could not be run or the file not reached at all (not found, timed out,
-    connection lost). Translated into SlurmUnreachable by the backend and the orchestrator;
+    connection lost). Translated into SlurmUnreachable by the backend and the engine;
     never reaches the CLI as itself."""
 
 

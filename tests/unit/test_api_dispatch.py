@@ -18,7 +18,7 @@ from hpcops.api.server import Api
 from hpcops.code.mirror import CodeMirror, Shipment
 from hpcops.config import AccessConfig, Config
 from hpcops.data.cache import ContentCache
-from hpcops.orchestrator import EngineStatus, SlurmHealth
+from hpcops.engine import EngineStatus, SlurmHealth
 from hpcops.spec import Spec
 from hpcops.states import RunState
 from hpcops.store import Run, Store

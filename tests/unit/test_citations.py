@@ -31,7 +31,6 @@ DOCS_LINK = re.compile(r"\bdocs/[\w./-]+\.md\b")
 STILL_CITING_OUTSIDE = {
     "hpcops/scheduling/service.py",
     "hpcops/rundir.py",
-    "hpcops/orchestrator.py",
     "hpcops/engine/loop.py",
     "hpcops/engine/submit.py",
     "hpcops/lifecycle.py",

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from hpcops.api.views import schedule_view
+from hpcops.cadence import cadence
 from hpcops.config import SchedulesConfig
 from hpcops.errors import SpecError
 from hpcops.scheduling.datachange import (
@@ -20,7 +21,6 @@ from hpcops.scheduling.datachange import (
     versions_from_data_json,
     watch_problem,
 )
-from hpcops.scheduling.timing import cadence
 from hpcops.spec import parse_spec, spec_to_yaml
 from hpcops.states import RunState
 from hpcops.store import Firing, Run, Schedule, Store

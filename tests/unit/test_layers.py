@@ -90,15 +90,6 @@ LAYER_OF: dict[str, str] = {
     "backoff": "backoff",
     "home": "home",
     "errors": "errors",
-    # Where the carving of issue 11 moves these, old paths map to the new layer, so the rule holds
-    # before and after each branch merges. Delete these lines once the old modules are gone.
-    "orchestrator": "engine",  # → hpcops/engine/
-    "api.client": "client",  # → hpcops/client/client.py
-    "api.remote": "client",  # → hpcops/client/remote.py
-    "api.relay": "client",  # → hpcops/client/relay.py
-    "api.ship": "client",  # → hpcops/client/ship.py
-    "client_config": "client",  # → hpcops/client/config.py
-    "scheduling.timing": "cadence",  # → hpcops/cadence.py
 }
 ROOT_LAYER = "version"
 
@@ -486,9 +477,8 @@ def test_layers_kept_apart(tmp_path: Path) -> None:
         ("hpcops.api.server", "api"),
         ("hpcops.api.protocol", "protocol"),
         ("hpcops.api.handlers.runs", "api"),
-        ("hpcops.orchestrator", "engine"),
         ("hpcops.engine.submit", "engine"),
-        ("hpcops.scheduling.timing", "cadence"),
+        ("hpcops.scheduling.service", "scheduling"),
         ("hpcops.client.ship", "client"),
         ("hpcops.spec.model", "spec"),
         ("hpcops.nowhere", None),

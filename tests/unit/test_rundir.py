@@ -46,3 +46,12 @@ def test_tail_reads_only_the_end(tmp_path: Path) -> None:
     missing = LocalTransport().read_chunk(tmp_path / "missing.log", -16384, 16384)
     assert (missing.data, missing.size) == (b"", 0)
     assert last_lines(missing.data) == ""
+
+
+def test_the_stagers_files_are_named_in_the_run_directory(tmp_path: Path) -> None:
+    from hpcops.rundir import STAGING_MARKER, STAGING_PROGRESS
+
+    rundir = RunDir(tmp_path)
+    assert rundir.staged_marker == tmp_path / STAGING_MARKER == tmp_path / "hpcops.staged"
+    assert rundir.staging_progress == tmp_path / STAGING_PROGRESS == tmp_path / "hpcops.staging"
+    assert rundir.staged_marker not in rundir.markers, "a requeue keeps the staged data"

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from hpcops import policy
     from hpcops.code.mirror import CodeMirror, Shipment
     from hpcops.data.cache import ContentCache
-    from hpcops.orchestrator import EngineStatus
+    from hpcops.engine import EngineStatus
     from hpcops.scheduling.service import ScheduleService
     from hpcops.spec import Spec
     from hpcops.tracking.worker import Tracker

@@ -12,9 +12,8 @@ from hpcops.api.handlers.base import Daemon, Handler, Request
 from hpcops.api.params import ListParams, LogsParams, RunParams
 from hpcops.api.views import event_view, run_view
 from hpcops.errors import SlurmUnreachable
-from hpcops.orchestrator import STAGING_PROGRESS
 from hpcops.render import STAGING_LOG
-from hpcops.rundir import RunDir
+from hpcops.rundir import STAGING_PROGRESS, RunDir
 from hpcops.states import RunState
 from hpcops.store import Run
 from hpcops.transport.base import TransportError

@@ -1,8 +1,8 @@
 """The engine's offline test tier: one builder of an engine over a fake Slurm and a fake clock.
 
 Tests reach the engine only through its public behaviour (queue specs, tick, cancel, hold,
-priority; then read runs and events from the store), so that when the orchestrator is carved into
-`hpcops.engine.Engine` only `_build` below changes.
+priority; then read runs and events from the store): `_build` below is the one place that knows
+how `hpcops.engine.Engine` is constructed.
 
 A crash is the engine's own fault point (HPCOPS_FAULT, passed as `fault=`): there the daemon
 SIGKILLs itself. In a test, that kill raises `DaemonCrash` instead, which no `except Exception`
@@ -12,7 +12,6 @@ fake cluster, as the next daemon would.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,10 @@ from typing import Any, Protocol
 import pytest
 
 from hpcops.access import Caller
+from hpcops.code.mirror import CodeMirror
 from hpcops.config import Config
+from hpcops.data.cache import ContentCache
+from hpcops.engine import Engine
 from hpcops.slurm.backend import CommandBackend
 from hpcops.spec import parse_spec
 from hpcops.store import Run, Store
@@ -76,49 +78,28 @@ class EngineHarness:
     fault: str | None
     store: Store = field(init=False)
     engine: EngineLike = field(init=False)
-    _takes_specs: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.store = Store(self.db_path)
         self.engine = self._build(self.fault)
 
     def _build(self, fault: str | None) -> EngineLike:
-        # The one place that knows how the engine is constructed (PLAN.md, contract 1): the
-        # carved `hpcops.engine.Engine` once it exists, today's Orchestrator until then.
+        # The one place that knows how the engine is constructed (issue 11, contract 1).
         backend = CommandBackend(
             self.slurm, account=self.config.slurm.account, user=self.slurm.user
         )
-        if importlib.util.find_spec("hpcops.engine") is not None:
-            from hpcops.code.mirror import CodeMirror
-            from hpcops.data.cache import ContentCache
-
-            # Looked up by name: the package does not exist before the carving lands.
-            Engine = importlib.import_module("hpcops.engine").Engine
-            engine: EngineLike = Engine(
-                self.store,
-                backend,
-                self.slurm,
-                self.config,
-                self.home,
-                code_mirror=CodeMirror(self.config.code_root_in(self.home)),
-                data_cache=ContentCache(self.config.data_cache_in(self.home)),
-                clock=self.clock,
-                fault=fault,
-            )
-            self._takes_specs = True
-            return engine
-        from hpcops.orchestrator import Orchestrator
-
-        self._takes_specs = True  # the API parses once and hands the engine Spec objects
-        return Orchestrator(
+        engine: EngineLike = Engine(
             self.store,
             backend,
+            self.slurm,
             self.config,
             self.home,
-            files=self.slurm,
+            code_mirror=CodeMirror(self.config.code_root_in(self.home)),
+            data_cache=ContentCache(self.config.data_cache_in(self.home)),
             clock=self.clock,
             fault=fault,
         )
+        return engine
 
     # --- requests -------------------------------------------------------------------------
 
@@ -142,10 +123,10 @@ class EngineHarness:
         for spec in specs:
             full = {"experiment": "offline", "command": "python train.py", **spec}
             # JSON is YAML 1.2: the spec goes through the daemon's own reader, once, as the API
-            # parses it before handing it to the engine (the Orchestrator still takes text).
+            # parses it before handing it to the engine.
             source = f"{full['name']}.yaml"
             text = json.dumps(full)
-            parsed.append((parse_spec(text, source) if self._takes_specs else text, source))
+            parsed.append((parse_spec(text, source), source))
         runs = self.engine.enqueue(parsed, caller)
         return [r.id for r in runs if r.id is not None]
 

@@ -1,0 +1,163 @@
+"""The engine's public face: the one class the daemon builds, and the only way the API, the
+daemon and the schedules talk to the engine (methods, never attributes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpcops import policy
+from hpcops.access import Caller
+from hpcops.code.mirror import CodeMirror, Shipment
+from hpcops.config import Config
+from hpcops.data.cache import ContentCache
+from hpcops.data.versions import DataVersion
+from hpcops.engine import intake, loop, release, requests
+from hpcops.engine.state import EngineStatus, LoopState, Parts
+from hpcops.jobcontext import Placement
+from hpcops.slurm.backend import SlurmBackend
+from hpcops.slurm.parse import Partition
+from hpcops.spec import Spec
+from hpcops.store import Run, Store
+from hpcops.transport.base import Transport
+
+if TYPE_CHECKING:
+    from hpcops.tracking.worker import Tracker
+
+
+class Engine:
+    """Follows the lab's jobs, repairs what a crash left, releases queued runs (engine/loop.py);
+    accepts specs (intake.py) and members' requests about runs (requests.py).
+
+    Every collaborator is passed in (daemon.py builds the real ones; tests pass fakes)."""
+
+    def __init__(
+        self,
+        store: Store,
+        slurm: SlurmBackend,
+        files: Transport,
+        config: Config,
+        home: Path,
+        *,
+        code_mirror: CodeMirror,
+        data_cache: ContentCache,
+        tracker: Tracker | None = None,
+        clock: Callable[[], float] = time.time,
+        fault: str | None = None,
+    ) -> None:
+        self._parts = Parts(
+            store=store,
+            slurm=slurm,
+            files=files,
+            config=config,
+            home=home,
+            code_mirror=code_mirror,
+            data_cache=data_cache,
+            tracker=tracker,
+            clock=clock,
+            fault=fault,
+            placement=Placement.of(config, home),
+        )
+        self._state = LoopState()
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event) -> None:
+        loop.run_forever(self._parts, self._state, stop)
+
+    def tick(self) -> None:
+        loop.tick(self._parts, self._state)
+
+    def wake(self) -> None:
+        """End the loop's wait now: a tick runs at once."""
+        self._state.wake.set()
+
+    def wait_first_tick(self, timeout: float | None = None) -> bool:
+        """Whether a tick has run (the first is the start-up reconciliation), waiting at most
+        `timeout` seconds for it."""
+        return self._state.ticked.wait(timeout)
+
+    def changed(self) -> None:
+        """Something release depends on changed (a quota, a schedule's run): plan again now."""
+        self._state.changed()
+
+    def status(self) -> EngineStatus:
+        s = self._state
+        return EngineStatus(
+            health=dataclasses.replace(s.health),
+            last_poll_at=s.last_queue_at,
+            decision=s.last_decision,
+            usage=dict(s.usage),
+        )
+
+    # --- accepting specs ----------------------------------------------------------------------
+
+    def check_spec(self, spec: Spec, source: str) -> None:
+        """What only the cluster and the config can say about a spec, before it is queued."""
+        intake.check_spec(self._parts, self._state, spec, source)
+
+    def enqueue(
+        self,
+        specs: Sequence[tuple[Spec, str]],
+        caller: Caller,
+        shipments: Sequence[Shipment | None] | None = None,
+    ) -> list[Run]:
+        """Queue specs given as (spec, source name): all of them, or none."""
+        return intake.enqueue(self._parts, self._state, specs, caller, shipments)
+
+    def prepare_run(self, spec: Spec, source: str, caller: Caller) -> Run:
+        """A run of the spec, checked as `enqueue` checks it, not yet stored (schedules)."""
+        return intake.prepare_run(self._parts, self._state, spec, source, caller)
+
+    def current_data(self, spec: Spec, source: str, caller: Caller) -> list[DataVersion]:
+        """The data versions a run of the spec queued now would stage (schedules)."""
+        return intake.current_data(self._parts, spec, source, caller)
+
+    def partitions(self) -> dict[str, Partition]:
+        """Partition limits, cached; the old ones (or none) while Slurm does not answer."""
+        return intake.partitions(self._parts, self._state)
+
+    # --- requests about runs ------------------------------------------------------------------
+
+    def cancel(self, run_id: int, caller: Caller) -> tuple[Run, str]:
+        return requests.cancel(self._parts, self._state, run_id, caller)
+
+    def set_priority(self, run_id: int, priority: int, caller: Caller, note: str = "") -> Run:
+        return requests.set_priority(self._parts, self._state, run_id, priority, caller, note)
+
+    def top(self, run_id: int, caller: Caller) -> Run:
+        return requests.top(self._parts, self._state, run_id, caller)
+
+    def hold(self, run_id: int, caller: Caller) -> Run:
+        return requests.hold(self._parts, self._state, run_id, caller)
+
+    def release_hold(self, run_id: int, caller: Caller) -> Run:
+        return requests.release_hold(self._parts, self._state, run_id, caller)
+
+    def rerun(
+        self,
+        source: int | str,
+        overrides: dict[str, str],
+        caller: Caller,
+        check: Callable[[Spec], None] | None = None,
+    ) -> Run:
+        """Queue a run again from its record (an hpcops or MLflow run id)."""
+        return requests.rerun(self._parts, self._state, source, overrides, caller, check)
+
+    def why(self, run: Run) -> str:
+        """One line: why the run is where it is."""
+        return requests.why(self._parts, self._state, run)
+
+    # --- the lab's queue, for `hpcops quota` -------------------------------------------------
+
+    def quotas(self) -> policy.Quotas:
+        """The config's quotas with the leads' run-time overrides on top."""
+        return release.quotas(self._parts)
+
+    def active_jobs(self) -> list[policy.Active]:
+        """The lab's jobs in Slurm, hpcops' own and those submitted by hand."""
+        return release.active_jobs(self._parts, self._state)

@@ -1,0 +1,105 @@
+"""The daemon's loop: follow the lab's jobs, repair what a crash left, release queued runs.
+
+One tick, in order (follow.py, then release.py):
+  1. read the markers the jobs write into their run directories (no Slurm call at all);
+  2. every `squeue_interval_s`, or sooner when something needs repair, ONE squeue for the whole
+     lab (the safety net for jobs that die without writing, and the lookup by token after a crash);
+  3. ONE sacct for the jobs that ended, for their final state and accounting (slurmdbd, not ctld);
+  4. scancel what users asked to cancel;
+  5. re-read fair-share usage when due, and release queued runs into Slurm up to `max_active`.
+
+Slurm unreachable means back off and retry; it never marks a run failed (DESIGN.md, decision 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from hpcops.backoff import backoff_s
+from hpcops.engine.follow import finalize_ended, read_markers, safety_net, send_cancels
+from hpcops.engine.release import refresh_usage, release
+from hpcops.engine.state import LoopState, Parts
+from hpcops.errors import SlurmUnreachable
+from hpcops.transport.base import TransportError
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_MAX_S = 60.0
+
+
+def run_forever(p: Parts, s: LoopState, stop: threading.Event) -> None:
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            tick(p, s)
+        except Exception:
+            # One bad tick must not end the daemon that every lab member depends on.
+            log.exception("tick failed; the next one tries again")
+        s.ticked.set()
+        elapsed = time.monotonic() - started
+        s.wake.wait(max(0.0, p.config.daemon.tick_interval_s - elapsed))
+        s.wake.clear()
+
+
+def tick(p: Parts, s: LoopState) -> None:
+    """One pass of the loop; a step that fails is logged and the others still run, except that
+    Slurm out of reach ends the tick (back-off: `slurm_callable` says when to try again)."""
+    now = p.clock()
+    try:
+        read_markers(p, s, p.store.in_slurm())
+    except TransportError as exc:
+        # Off the cluster the markers come over the same connection as Slurm's commands:
+        # the cluster is out of reach, and the back-off below says when to try again.
+        if slurm_callable(p, s):
+            slurm_failed(p, s, SlurmUnreachable(str(exc)))
+        return
+    if not slurm_callable(p, s):
+        return
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("poll", lambda: safety_net(p, s) if now >= s.next_squeue_at else None),
+        ("final states", lambda: finalize_ended(p, s)),
+        ("cancellations", lambda: send_cancels(p, s)),
+        ("fair-share usage", lambda: refresh_usage(p, s)),
+        ("release", lambda: release(p, s)),
+    ]
+    for name, step in steps:
+        try:
+            step()
+        except SlurmUnreachable as exc:
+            slurm_failed(p, s, exc)
+            return
+        except TransportError as exc:  # a run directory's file on an unreachable cluster
+            slurm_failed(p, s, SlurmUnreachable(str(exc)))
+            return
+        except Exception:
+            # One step's surprise (an unexpected Slurm message, a broken marker file) must
+            # not starve the others: the rest of the tick still runs.
+            log.exception("tick step %r failed; the other steps go on", name)
+    slurm_ok(p, s)
+
+
+def slurm_callable(p: Parts, s: LoopState) -> bool:
+    return s.health.reachable or p.clock() >= s.health.retry_at
+
+
+def slurm_failed(p: Parts, s: LoopState, exc: SlurmUnreachable) -> None:
+    h = s.health
+    h.failures += 1
+    delay = backoff_s(h.failures, first_s=2.0, max_s=_BACKOFF_MAX_S)
+    h.retry_at = p.clock() + delay
+    h.last_error = exc.message.splitlines()[0]
+    if h.reachable:
+        h.since = p.clock()
+        log.warning("Slurm unreachable, retrying with back-off: %s", exc)
+    h.reachable = False
+
+
+def slurm_ok(p: Parts, s: LoopState) -> None:
+    h = s.health
+    if not h.reachable:
+        log.info("Slurm reachable again after %d failed attempts", h.failures)
+        s.next_squeue_at = 0.0  # catch up on everything that happened meanwhile
+    h.reachable, h.failures, h.since, h.last_error = True, 0, None, ""

@@ -1,0 +1,54 @@
+"""Recording a lifecycle outcome: the one place a decision of hpcops.lifecycle becomes a row in
+the store and a change to the loop's bookkeeping."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hpcops.engine.state import LoopState, Parts
+from hpcops.errors import SlurmError
+from hpcops.lifecycle import DAEMON, Outcome
+from hpcops.rundir import RunDir
+from hpcops.store import Run
+
+log = logging.getLogger(__name__)
+
+
+def record(p: Parts, s: LoopState, run: Run, outcome: Outcome) -> Run | None:
+    """Record `outcome` for `run` and do what it asks next; the updated run, or None when the
+    run was no longer in a state the outcome expected (what it asks next is done all the same:
+    the bookkeeping follows what the decision saw)."""
+    assert run.id is not None
+    if outcome.drop_staging_job is not None:
+        drop_staging_job(p, outcome.drop_staging_job)
+    if outcome.clear_markers:
+        p.files.remove_files(RunDir(Path(run.run_dir)).markers)
+    updated = p.store.transition(
+        run.id,
+        outcome.to,
+        actor=DAEMON,
+        expect=outcome.expect,
+        note=outcome.note,
+        **outcome.fields,
+    )
+    if outcome.ask_sacct_now:
+        s.next_sacct_at.pop(run.id, None)
+    if outcome.retry_in_s is not None:
+        s.retry_after[run.id] = p.clock() + outcome.retry_in_s
+    if outcome.replan:
+        s.dirty = True
+    if outcome.forget:
+        s.forget(run.id)
+    elif outcome.changed:
+        s.changed()
+    return updated
+
+
+def drop_staging_job(p: Parts, staging_job: str) -> None:
+    """The run's job was refused, or never went in, after its staging job did: the stager is
+    not needed, and must not write into the next attempt's directory."""
+    try:
+        p.slurm.cancel([staging_job])
+    except SlurmError as exc:
+        log.warning("cannot cancel staging job %s: %s", staging_job, exc)

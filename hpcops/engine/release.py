@@ -1,0 +1,155 @@
+"""Releasing queued runs into Slurm: gather the policy's inputs (the queue, the lab's active jobs,
+the quotas, fair-share usage), ask the pure policy for a plan, submit what it releases."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from hpcops import policy
+from hpcops.engine.state import LoopState, Parts
+from hpcops.engine.submit import submit_run
+from hpcops.states import RunState
+
+_REPLAN_S = 30.0
+_UNLIMITED = 10**12
+
+
+def release(p: Parts, s: LoopState) -> None:
+    now = p.clock()
+    if not (s.dirty or now - s.planned_at > _REPLAN_S):
+        return
+    decision = plan(p, s)
+    for run in p.store.runs_by_ids(decision.release):
+        if run.state != RunState.QUEUED or s.retry_after.get(run.id or 0, 0) > now:
+            continue
+        if p.tracker is not None and not p.tracker.may_release(run, now):
+            s.dirty = True  # its MLflow record is being made: look again next tick
+            continue
+        if not submit_run(p, s, run):
+            break
+    # What was just released changes what the queue waits for: plan again next tick.
+    s.dirty = s.dirty or bool(decision.release)
+
+
+def plan(p: Parts, s: LoopState) -> policy.Decision:
+    """The release plan for the queue as it is now (pure policy over fresh inputs)."""
+    generation = s.generation
+    candidates = [
+        policy.Candidate(
+            run_id=run_id,
+            owner=owner,
+            priority=priority,
+            queued_at=created_at,
+            cpus=cpus,
+            gpus=gpus,
+            partition=partition,
+        )
+        for run_id, owner, priority, created_at, cpus, gpus, partition in (
+            p.store.queued_summaries()
+        )
+    ]
+    decision = policy.plan_release(
+        candidates,
+        active_jobs(p, s),
+        quotas(p),
+        s.usage,
+        max_active=p.config.max_active,
+        pending_window=p.config.pending_window,
+    )
+    s.last_decision, s.planned_at = decision, p.clock()
+    # A change made by the API while this plan read the store stays pending.
+    s.dirty = s.generation != generation
+    return decision
+
+
+def active_jobs(p: Parts, s: LoopState) -> list[policy.Active]:
+    """The lab's jobs in Slurm: hpcops' own runs, and from the last poll those submitted by
+    hand under the lab's account (they count against the quotas too)."""
+    ours = p.store.in_slurm()
+    active = [
+        policy.Active(
+            owner=r.owner,
+            cpus=r.cpus,
+            gpus=r.gpus,
+            partition=r.partition,
+            pending=r.state != RunState.RUNNING,
+        )
+        for r in ours
+    ]
+    our_jobs = {r.slurm_job_id for r in ours if r.slurm_job_id}
+    our_tokens = {r.token for r in ours if r.token}
+    for entry in s.last_queue:
+        if entry.job_id in our_jobs or (entry.token and entry.token in our_tokens):
+            continue
+        if entry.token and entry.user == p.slurm_user:
+            continue  # a job of ours that has just ended and left the database's view
+        if entry.state.is_terminal:
+            continue
+        active.append(
+            policy.Active(
+                owner=entry.user,
+                cpus=entry.cpus,
+                gpus=entry.gpus,
+                partition=entry.partition or None,
+                pending=entry.state == RunState.PENDING,
+                by_hand=True,
+            )
+        )
+    return active
+
+
+def quotas(p: Parts) -> policy.Quotas:
+    """The config's quotas with the leads' run-time overrides on top."""
+    q = p.config.quotas
+
+    def limits(cfg: Any) -> dict[str, int | None]:
+        return {"jobs": cfg.jobs, "cpus": cfg.cpus, "gpus": cfg.gpus}
+
+    scopes: dict[str, dict[str, int | None]] = {
+        "lab": limits(q.lab),
+        "per_user": limits(q.per_user),
+        **{f"user:{name}": limits(v) for name, v in q.users.items()},
+        **{f"partition:{name}": limits(v) for name, v in q.partitions.items()},
+    }
+    for override in p.store.quota_overrides():
+        scopes.setdefault(override.scope, {"jobs": None, "cpus": None, "gpus": None})
+        value = override.value
+        if value is None and override.scope.startswith("user:"):
+            # For one user, None would mean "use per_user"; a lead who said "unlimited"
+            # means no limit.
+            value = _UNLIMITED
+        scopes[override.scope][override.resource] = value
+
+    def build(scope: str) -> policy.Limits:
+        return policy.Limits(**scopes.get(scope, {}))
+
+    return policy.Quotas(
+        lab=build("lab"),
+        per_user=build("per_user"),
+        users={k.split(":", 1)[1]: build(k) for k in scopes if k.startswith("user:")},
+        partitions={k.split(":", 1)[1]: build(k) for k in scopes if k.startswith("partition:")},
+    )
+
+
+def refresh_usage(p: Parts, s: LoopState) -> None:
+    """Fair share: each member's GPU- and CPU-hours over the window, from Slurm's accounting
+    (sacct asks slurmdbd, not slurmctld). hpcops runs count for their owner, jobs submitted
+    by hand for their Slurm user."""
+    fair = p.config.fair_share
+    now = p.clock()
+    if s.usage_at is not None and now - s.usage_at < fair.refresh_s:
+        return
+    since = datetime.fromtimestamp(now - fair.window_days * 86400)
+    records = p.slurm.usage(since)
+    owners = p.store.owners_by_job([r.job_id for r in records])
+    usage: dict[str, float] = {}
+    for r in records:
+        owner = owners.get(r.job_id, r.user)
+        hours = r.elapsed_s / 3600
+        usage[owner] = usage.get(owner, 0.0) + hours * (
+            r.gpus * fair.gpu_hour_weight + r.cpus * fair.cpu_hour_weight
+        )
+    if usage != s.usage:
+        s.dirty = True
+    s.usage, s.usage_at = usage, now

@@ -1,0 +1,542 @@
+"""A run's life in Slurm, decided on plain data: what a marker, a squeue row, a sacct record or
+an sbatch error means for the run, as an `Outcome` the engine records.
+
+Nothing here reads a file, calls Slurm or writes the database. The engine (hpcops/engine) reads
+the markers, runs squeue, sacct and sbatch, passes what it got here, and records the outcome
+with `store.transition`; so each decision is tested on plain data (tests/unit/test_lifecycle.py).
+
+Submission is idempotent (DESIGN.md, decision 3): a run is claimed as SUBMITTING with a fresh
+token before sbatch, and the token rides in the job's --comment. After a crash a SUBMITTING run
+is found again by its token in squeue or sacct and adopted (`adopt`, `settle_orphan`); one that
+Slurm never saw is queued again only after `submit_grace_s`, by which time an sbatch orphaned by
+the crash has returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hpcops.backoff import backoff_s
+from hpcops.errors import SlurmError, SlurmRejected
+from hpcops.rundir import StartMarker, parse_exit_marker, parse_start_marker
+from hpcops.slurm.backend import SlurmLimited
+from hpcops.slurm.parse import (
+    AccountingRecord,
+    FinishedJob,
+    QueueEntry,
+    parse_gpus,
+    parse_tres_cpus,
+)
+from hpcops.states import RunState
+from hpcops.store import Run
+
+# The actor of every change the daemon makes on its own (events table, `hpcops history`).
+DAEMON = "daemon"
+# Without cgroups, OverMemoryKill ends the job FAILED 0:9 with this line in stderr (Slurm 22.05,
+# NOTES-SLURM); a user asks "did it run out of memory?", so say so.
+OOM_TEXT = "Exceeded job memory limit"
+# Without an accounting record this long after the job's end marker, trust the marker.
+ACCOUNTING_PATIENCE_S = 120.0
+# A job that left squeue without a marker and without a record this long is UNKNOWN.
+VANISHED_PATIENCE_S = 600.0
+# After Slurm refused a submission for a full association/QOS limit, try again this much later,
+# doubling up to LIMIT_RETRY_MAX_S: each try costs an sbatch RPC.
+LIMIT_RETRY_S = 30.0
+LIMIT_RETRY_MAX_S = 600.0
+# In Slurm, not started yet: the start marker or squeue moves these to RUNNING.
+NOT_STARTED = (RunState.PENDING, RunState.STAGING)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One change to record for a run, and what the engine does after recording it.
+
+    `to` None changes fields only. With `expect`, the change holds only if the run is still in
+    one of those states (someone else may have moved it first). `fields` are the run's columns
+    to write, `reason` among them when the decision sets it (None there clears it)."""
+
+    to: RunState | None
+    expect: tuple[RunState, ...] | None = None
+    note: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+    # What next: the run left Slurm for good (drop its bookkeeping, release into its room) ...
+    forget: bool = False
+    # ... something release depends on changed (plan again now, and wake the loop) ...
+    changed: bool = False
+    # ... one fewer job pending in Slurm (plan again at the next tick) ...
+    replan: bool = False
+    # ... its end was seen: ask sacct at the next tick, not after the back-off ...
+    ask_sacct_now: bool = False
+    # ... the markers speak for an attempt Slurm took back: remove them ...
+    clear_markers: bool = False
+    # ... a staging job the run no longer needs: scancel it ...
+    drop_staging_job: str | None = None
+    # ... Slurm refused it for a full limit: not before this many seconds.
+    retry_in_s: float | None = None
+
+    @property
+    def reason(self) -> str | None:
+        return self.fields.get("reason")
+
+
+# --- 1. markers, read from the run directory ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MarkerTexts:
+    """The run directory's markers as read (None: absent, or not asked for)."""
+
+    staged: str | None = None
+    started: str | None = None
+    exit: str | None = None
+
+
+def on_markers(run: Run, texts: MarkerTexts, now: float) -> list[Outcome]:
+    """What the markers a run's jobs wrote say, in the order to record it: its data is staged,
+    its job started, its job ended (the final state waits for sacct)."""
+    state = RunState(run.state)
+    outcomes: list[Outcome] = []
+    if state is RunState.STAGING:
+        # "<exit code> <epoch> <token>": only this attempt's stager speaks for it. A failed
+        # staging: Slurm ends the run's job (kill-on-invalid-dep), and `finish` says why.
+        staged = (texts.staged or "").split()
+        if staged[:1] == ["0"] and staged[2:3] == [run.token]:
+            outcomes.append(
+                Outcome(
+                    RunState.PENDING,
+                    expect=(RunState.STAGING,),
+                    note=f"data staged (job {run.staging_job_id})",
+                )
+            )
+    if state in NOT_STARTED:
+        started = parse_start_marker(texts.started) if texts.started is not None else None
+        if started is not None and started.slurm_job_id == run.slurm_job_id:
+            outcomes.append(
+                Outcome(
+                    RunState.RUNNING,
+                    expect=NOT_STARTED,
+                    note=f"started on {started.hostname}",
+                    fields={"started_at": started.started_at},
+                    replan=True,  # one fewer pending: the window has room
+                )
+            )
+    if run.marker_exit_code is None:
+        ended = parse_exit_marker(texts.exit) if texts.exit is not None else None
+        if ended is not None:
+            outcomes.append(
+                Outcome(
+                    None,
+                    fields={
+                        "end_seen_at": run.end_seen_at or now,
+                        "marker_exit_code": ended.exit_code,
+                    },
+                    ask_sacct_now=True,
+                )
+            )
+    return outcomes
+
+
+# --- 2. the safety net: squeue -------------------------------------------------------------------
+
+
+def on_queue_row(run: Run, entry: QueueEntry | None, now: float) -> Outcome | None:
+    """What squeue's row for a run's job (None: the job is not listed) says, for a run whose
+    job id is known. None: nothing to record."""
+    if entry is None:
+        if run.end_seen_at is None:
+            # Gone from squeue without an end marker: cancelled, timed out or lost. sacct will
+            # say which.
+            return Outcome(None, fields={"end_seen_at": now}, ask_sacct_now=True)
+        return None
+    fields: dict[str, Any] = {}
+    if entry.reason != (run.reason or "") and entry.reason not in ("", "None"):
+        fields["reason"] = entry.reason
+    if entry.state is RunState.RUNNING and RunState(run.state) in NOT_STARTED:
+        return Outcome(
+            RunState.RUNNING,
+            expect=NOT_STARTED,
+            note="running (squeue)",
+            fields={"started_at": entry.started_at or now, **fields},
+        )
+    return Outcome(None, fields=fields) if fields else None
+
+
+def adopt(
+    run: Run,
+    job_id: str,
+    state: RunState,
+    submitted_at: float | None,
+    now: float,
+    *,
+    staging_job: str | None = None,
+) -> Outcome:
+    """A SUBMITTING run whose job Slurm knows by the run's token (found after a crash): follow
+    that job, in the state Slurm has it in."""
+    live: RunState = state if state in (RunState.PENDING, RunState.RUNNING) else RunState.PENDING
+    if live is RunState.PENDING and staging_job is not None:
+        live = RunState.STAGING  # the staged marker moves it on, or `finish` says why not
+    fields: dict[str, Any] = {
+        "slurm_job_id": job_id,
+        "submitted_at": submitted_at or now,
+        "staging_job_id": staging_job,
+    }
+    if state.is_terminal:
+        fields["end_seen_at"] = now
+    return Outcome(
+        live,
+        expect=(RunState.SUBMITTING,),
+        note=f"adopted Slurm job {job_id} by token {run.token}",
+        fields=fields,
+    )
+
+
+def stage_token(token: str | None) -> str:
+    """The token a run's staging job carries: never taken for the run's own job."""
+    return f"{token}:stage"
+
+
+def settle_orphan(
+    run: Run,
+    *,
+    finished: FinishedJob | None,
+    started: StartMarker | None,
+    stager_id: str | None,
+    live_stager_id: str | None,
+    now: float,
+    grace_s: float,
+) -> Outcome | None:
+    """A SUBMITTING run that squeue does not know by its token: finished already (sacct's
+    record `finished`, or the job's own start marker `started`), or never submitted. None:
+    too early to tell (an sbatch orphaned by a crash may still return)."""
+    if finished is not None:
+        return adopt(run, finished.job_id, finished.state, None, now, staging_job=stager_id)
+    if started is not None:
+        # The job ran (it wrote its start marker, with its id) even though neither squeue nor
+        # sacct could name it by token: adopt it, never submit it twice.
+        return adopt(run, started.slurm_job_id, RunState.RUNNING, None, now)
+    if now - (run.claimed_at or run.created_at) <= grace_s:
+        return None
+    never = (
+        f"no Slurm job carries token {run.token} {grace_s:.0f} s after the claim; "
+        "the submission never reached Slurm"
+    )
+    # Its staging job went in, the run's own job did not: the stager is not needed, and must
+    # not write into the next attempt's directory.
+    if run.cancel_requested_by:
+        return dataclasses.replace(
+            cancel_unsubmitted(run, f"after the check by token ({never})", now),
+            drop_staging_job=live_stager_id,
+        )
+    return Outcome(
+        RunState.QUEUED,
+        expect=(RunState.SUBMITTING,),
+        note=f"{never}, queued again",
+        fields={"token": None},
+        drop_staging_job=live_stager_id,
+    )
+
+
+def cancel_unsubmitted(run: Run, when: str, now: float) -> Outcome:
+    """A cancel that arrived while the run was SUBMITTING, honoured before any job exists."""
+    return Outcome(
+        RunState.CANCELLED,
+        expect=(RunState.SUBMITTING,),
+        note=f"cancelled {when}, as {run.cancel_requested_by} asked",
+        fields={"ended_at": now},
+        changed=True,
+    )
+
+
+# --- 3. final states: sacct ----------------------------------------------------------------------
+
+
+def is_placeholder(record: AccountingRecord) -> bool:
+    """For about a second after a job starts, sacct shows a row named `allocation` with no
+    comment (Slurm 22.05, tests/fixtures/slurm/sacct_first_second.txt); our jobs always carry a
+    comment once they have ended, so such a row is not the job's final record yet."""
+    return record.name == "allocation" and record.token is None
+
+
+def exit_code(record: AccountingRecord, marker: int | None) -> int | None:
+    """sacct reduces exit codes modulo 128 (`exit 143` shows as 15:0, measured on 22.05); the
+    script's own exit marker has the real one. Use it when the two agree modulo 128."""
+    if marker is None or record.exit_code is None or record.signal:
+        return record.exit_code
+    return marker if marker % 128 == record.exit_code % 128 else record.exit_code
+
+
+def gone_from_squeue(
+    run: Run, now: float, last_queue: list[QueueEntry], last_queue_at: float | None
+) -> bool:
+    """The job ended long ago and no poll since has listed it."""
+    if run.end_seen_at is None or last_queue_at is None:
+        return False
+    return (
+        now - run.end_seen_at > ACCOUNTING_PATIENCE_S
+        and last_queue_at > run.end_seen_at
+        and all(e.job_id != run.slurm_job_id for e in last_queue)
+    )
+
+
+class Settle(Enum):
+    """What to do with a run whose job ended (or was asked to), given sacct's answer."""
+
+    FINISH = "finish"  # sacct has its final record: `finish`
+    REQUEUED = "requeued"  # Slurm queued it again under the same id: `back_to_pending`
+    FROM_MARKER = "from marker"  # no record after a long wait: `finish_from_marker`
+    VANISHED = "vanished"  # no record and no exit marker after a longer wait: `vanished`
+    WAIT = "wait"  # sacct lags the job's end: ask again later (`sacct_retry_s`)
+
+
+def settle(run: Run, record: AccountingRecord | None, now: float, *, gone: bool) -> Settle:
+    """How to settle a run given sacct's record of its job (None: no record). `gone`: the job
+    has not been in squeue since it ended long ago (`gone_from_squeue`)."""
+    if record is not None and is_placeholder(record):
+        record = None  # slurmdbd has not recorded the job itself yet
+    if record is not None and record.state.is_terminal:
+        return Settle.FINISH
+    if record is not None and record.state is RunState.PENDING and run.state == RunState.RUNNING:
+        # It wrote its exit marker, yet its job is pending again: Slurm requeued it, and sacct
+        # already shows the new attempt (the PREEMPTED record can be gone by the time we ask,
+        # seen on 22.05).
+        return Settle.REQUEUED
+    if record is not None and gone:
+        # sacct still says it runs, squeue has not seen it since it ended: a "runaway" record
+        # (its end was lost between slurmctld and slurmdbd). Judge as if absent.
+        record = None
+    if record is None and run.end_seen_at is not None:
+        waited = now - run.end_seen_at
+        if run.marker_exit_code is not None and waited > ACCOUNTING_PATIENCE_S:
+            return Settle.FROM_MARKER
+        if run.marker_exit_code is None and waited > VANISHED_PATIENCE_S:
+            return Settle.VANISHED
+    return Settle.WAIT
+
+
+def sacct_retry_s(misses: int) -> float:
+    """Not final yet (sacct lags the job's end by about a second): ask again, backing off."""
+    return backoff_s(misses, first_s=1.0, max_s=30.0)
+
+
+def may_be_requeued(record: AccountingRecord) -> bool:
+    """A PREEMPTED or NODE_FAIL record may be followed by the same job pending again (Slurm
+    requeues it): only squeue's live view can tell."""
+    return record.state in (RunState.PREEMPTED, RunState.NODE_FAIL)
+
+
+def live_entry(entries: list[QueueEntry], job_id: str | None) -> QueueEntry | None:
+    """The job's live entry in squeue's rows, if Slurm still has it pending or running."""
+    return next(
+        (
+            e
+            for e in entries
+            if e.job_id == job_id and e.state in (RunState.PENDING, RunState.RUNNING)
+        ),
+        None,
+    )
+
+
+def back_to_pending(run: Run, seen: str, slurm_reason: str) -> Outcome:
+    """Slurm took the job back and queued it again under the same id: follow it. The markers
+    speak for the attempt Slurm took back; the next attempt writes its own."""
+    return Outcome(
+        RunState.PENDING,
+        expect=(RunState(run.state),),
+        note=f"Slurm requeued job {run.slurm_job_id} ({seen})",
+        fields={
+            "reason": slurm_reason if slurm_reason not in ("", "None") else "requeued",
+            "end_seen_at": None,
+            "marker_exit_code": None,
+        },
+        clear_markers=True,
+        forget=True,
+    )
+
+
+def staging_may_have_failed(run: Run, record: AccountingRecord) -> bool:
+    """Slurm cancelled the run's job, and it had a staging job nobody asked to cancel: its
+    staging may have failed (afterok, kill-on-invalid-dep). Read its progress to tell."""
+    return (
+        record.state is RunState.CANCELLED
+        and run.staging_job_id is not None
+        and not run.cancel_requested_by
+    )
+
+
+def staging_failure(run: Run, progress_text: str | None) -> str | None:
+    """Why the run's staging job failed, from the stager's progress file (None: unreadable);
+    None if it did not fail."""
+    try:
+        progress = json.loads(progress_text) if progress_text else {}
+    except ValueError:
+        progress = {}
+    if not isinstance(progress, dict) or progress.get("token") != run.token:
+        return "the staging job ended before it staged the data (hpcops logs --staging)"
+    if progress.get("error"):
+        return str(progress["error"])
+    targets = progress.get("targets")
+    done = isinstance(targets, dict) and all(
+        isinstance(t, dict) and t.get("phase") == "done" for t in targets.values()
+    )
+    return None if done else "the staging job ended before it staged the data"
+
+
+def finish(
+    run: Run,
+    record: AccountingRecord,
+    now: float,
+    *,
+    staging_error: str | None = None,
+    log_tail: str | None = None,
+) -> Outcome:
+    """The run's final state from sacct's record. `staging_error`: why its staging job failed
+    (`staging_failure`); `log_tail`: the end of the log `finish_log` names (None: not read)."""
+    state = record.state
+    reason_text = record.reason
+    if staging_error is not None:
+        # Slurm cancelled the run's job because its staging job failed (afterok,
+        # kill-on-invalid-dep): a failed run, with DVC's words and the stager's log.
+        state = RunState.FAILED
+        reason_text = f"data staging failed: {staging_error}"
+    elif state is RunState.FAILED and OOM_TEXT in (log_tail or ""):
+        state = RunState.OUT_OF_MEMORY
+    # sacct's Reason is "None" for most ended jobs; say what a user needs, or nothing at all.
+    reason: str | None = reason_text if reason_text not in ("", "None") else None
+    if reason is None and state is not RunState.COMPLETED:
+        reason = f"{record.slurm_state}, exit {record.exit_code}:{record.signal}"
+    alloc = record.alloc_tres
+    optional = {
+        "submitted_at": record.submitted_at,
+        "started_at": record.started_at,
+        "ended_at": record.ended_at or now,
+        "elapsed_s": record.elapsed_s,
+        "total_cpu_s": record.total_cpu_s,
+        "max_rss_bytes": record.max_rss_bytes,
+        "stderr_tail": log_tail,
+        "slurm_state": record.slurm_state,
+        "alloc_cpus": parse_tres_cpus(alloc) if alloc else None,
+        "alloc_gpus": parse_gpus(alloc) if alloc else None,
+    }
+    return Outcome(
+        state,
+        expect=(RunState(run.state),),
+        note=f"Slurm: {record.slurm_state}, exit {record.exit_code}:{record.signal}",
+        fields={
+            "exit_code": exit_code(record, run.marker_exit_code),
+            "signal": record.signal,
+            "reason": reason,
+            **{k: v for k, v in optional.items() if v is not None},
+        },
+        forget=True,
+    )
+
+
+def finish_log(record: AccountingRecord, staging_error: str | None) -> str | None:
+    """Which log's tail `finish` wants: the stager's when staging failed, the job's stderr when
+    it did not complete, none when it did."""
+    if staging_error is not None:
+        return "staging"
+    return None if record.state is RunState.COMPLETED else "stderr"
+
+
+def finish_from_marker(run: Run, stderr_tail: str | None) -> Outcome:
+    """No accounting record long after the job's exit marker: its state from the marker.
+    `stderr_tail` is read only for a non-zero exit (`marker_wants_stderr`)."""
+    assert run.marker_exit_code is not None
+    code = run.marker_exit_code
+    return Outcome(
+        RunState.COMPLETED if code == 0 else RunState.FAILED,
+        expect=(RunState(run.state),),
+        note=f"no accounting record from sacct after {ACCOUNTING_PATIENCE_S:.0f} s; "
+        "state from the job's exit marker",
+        fields={
+            "exit_code": code,
+            "ended_at": run.end_seen_at,
+            "stderr_tail": None if code == 0 else stderr_tail,
+            "reason": "state from the job's exit marker (no sacct record)",
+        },
+        forget=True,
+    )
+
+
+def vanished(run: Run, now: float) -> Outcome:
+    """The job left squeue without an exit marker, and sacct never recorded it."""
+    return Outcome(
+        RunState.UNKNOWN,
+        expect=(RunState(run.state),),
+        note=f"job {run.slurm_job_id} left squeue without an exit marker and sacct has no "
+        "record of it",
+        fields={"reason": "vanished: no exit marker and no accounting record", "ended_at": now},
+        forget=True,
+    )
+
+
+# --- 4. submission -------------------------------------------------------------------------------
+
+
+def unsubmittable(problem: str, now: float) -> Outcome:
+    """A queued run that can no longer be rendered or fits no partition (the cluster or the
+    lab's templates changed since it was queued): it fails, before any claim."""
+    return Outcome(
+        RunState.FAILED,
+        expect=(RunState.QUEUED,),
+        note=problem,
+        fields={"reason": problem, "ended_at": now},
+    )
+
+
+def submitted(job_id: str, staging_job: str | None, now: float) -> Outcome:
+    """sbatch answered with the run's job id (and its staging job's, when it stages data)."""
+    return Outcome(
+        RunState.STAGING if staging_job is not None else RunState.PENDING,
+        expect=(RunState.SUBMITTING,),
+        note=f"Slurm job {job_id}"
+        + (f" after staging job {staging_job}" if staging_job is not None else ""),
+        fields={"slurm_job_id": job_id, "staging_job_id": staging_job, "submitted_at": now},
+    )
+
+
+def sbatch_failed(
+    run: Run,
+    error: SlurmError,
+    now: float,
+    *,
+    refusals: int,
+    staging_job: str | None,
+) -> Outcome | None:
+    """What sbatch's error means for a SUBMITTING run: wait (SlurmLimited: a full association
+    or QOS limit), fail (SlurmRejected), or stay SUBMITTING. `run` as it is now (a cancel may
+    have come meanwhile); `refusals`: limit refusals in a row, this one included.
+
+    None: Slurm did not answer (SlurmUnreachable). The request may have reached slurmctld, so the
+    run stays SUBMITTING and is settled by token once Slurm answers again."""
+    if not isinstance(error, SlurmRejected):
+        return None
+    evidence = error.stderr.strip()
+    if isinstance(error, SlurmLimited):
+        if run.cancel_requested_by:
+            return dataclasses.replace(
+                cancel_unsubmitted(run, "after Slurm refused it", now),
+                drop_staging_job=staging_job,
+            )
+        # A limit means wait, not fail (DESIGN.md, decision 5): this run waits, doubling, while
+        # the others may still go.
+        return Outcome(
+            RunState.QUEUED,
+            expect=(RunState.SUBMITTING,),
+            note=f"waiting: {evidence or error.message}",
+            fields={"token": None, "reason": f"Slurm limit: {evidence or error.message}"},
+            drop_staging_job=staging_job,
+            retry_in_s=backoff_s(refusals, first_s=LIMIT_RETRY_S, max_s=LIMIT_RETRY_MAX_S),
+        )
+    return Outcome(
+        RunState.FAILED,
+        expect=(RunState.SUBMITTING,),
+        note=f"Slurm refused the job: {evidence}",
+        fields={"ended_at": now, "reason": f"Slurm refused the job: {evidence}"},
+        drop_staging_job=staging_job,
+    )

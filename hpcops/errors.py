@@ -29,6 +29,8 @@
     ├── MirrorError                exit 1: the code mirror could not take a bundle or a fetch
     ├── DataVersionError           exit 1: a .dvc file at a commit does not name one data version
     ├── CacheError                 exit 1: the data cache cannot give a version (corrupt, missing)
+    ├── BadMarker                  exit 1: a run's marker file is whole but not what its job
+    │                                  script writes (recorded as that run's reason)
     └── TrackingError              exit 1: the MLflow tracking server failed a request
         ├── TrackingUnreachable        it did not answer (down, timeout, 5xx): retry later
         └── TrackingRejected           it refused the request (a bad value, no such run)

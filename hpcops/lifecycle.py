@@ -15,14 +15,19 @@ the crash has returned.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hpcops.backoff import backoff_s
 from hpcops.errors import SlurmError, SlurmRejected
-from hpcops.rundir import StartMarker, parse_exit_marker, parse_start_marker
+from hpcops.rundir import (
+    BadMarker,
+    StartMarker,
+    parse_exit_marker,
+    parse_progress,
+    parse_start_marker,
+)
 from hpcops.slurm.backend import SlurmLimited
 from hpcops.slurm.parse import (
     AccountingRecord,
@@ -113,7 +118,11 @@ def on_markers(run: Run, texts: MarkerTexts, now: float) -> list[Outcome]:
                 )
             )
     if state in NOT_STARTED:
-        started = parse_start_marker(texts.started) if texts.started is not None else None
+        started = None
+        try:
+            started = parse_start_marker(texts.started) if texts.started is not None else None
+        except BadMarker as exc:
+            outcomes += _bad_marker(run, "start", exc)
         if started is not None and started.slurm_job_id == run.slurm_job_id:
             outcomes.append(
                 Outcome(
@@ -125,7 +134,11 @@ def on_markers(run: Run, texts: MarkerTexts, now: float) -> list[Outcome]:
                 )
             )
     if run.marker_exit_code is None:
-        ended = parse_exit_marker(texts.exit) if texts.exit is not None else None
+        ended = None
+        try:
+            ended = parse_exit_marker(texts.exit) if texts.exit is not None else None
+        except BadMarker as exc:
+            outcomes += _bad_marker(run, "exit", exc)
         if ended is not None:
             outcomes.append(
                 Outcome(
@@ -138,6 +151,13 @@ def on_markers(run: Run, texts: MarkerTexts, now: float) -> list[Outcome]:
                 )
             )
     return outcomes
+
+
+def _bad_marker(run: Run, which: str, exc: BadMarker) -> list[Outcome]:
+    """A marker the job garbled is that run's problem: its reason says so (once), and the job
+    is followed through squeue and sacct as if it had written none."""
+    reason = f"ignored its {which} marker: {exc.message}"
+    return [] if run.reason == reason else [Outcome(None, fields={"reason": reason})]
 
 
 # --- 2. the safety net: squeue -------------------------------------------------------------------
@@ -370,11 +390,8 @@ def staging_may_have_failed(run: Run, record: AccountingRecord) -> bool:
 def staging_failure(run: Run, progress_text: str | None) -> str | None:
     """Why the run's staging job failed, from the stager's progress file (None: unreadable);
     None if it did not fail."""
-    try:
-        progress = json.loads(progress_text) if progress_text else {}
-    except ValueError:
-        progress = {}
-    if not isinstance(progress, dict) or progress.get("token") != run.token:
+    progress = parse_progress(progress_text) or {}
+    if progress.get("token") != run.token:
         return "the staging job ended before it staged the data (hpcops logs --staging)"
     if progress.get("error"):
         return str(progress["error"])

@@ -48,3 +48,13 @@ def closest(word: str, choices: Iterable[str]) -> str | None:
     """The one choice close enough to `word` to be what was meant ("did you mean"), or None."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+# A Slurm job id as hpcops meets it: a number, or an array task `<array id>_<index>`. Ids come
+# from markers, squeue, sacct and the database; anything else never reaches a command line (a
+# start marker's "--user=svc" once became an argument of scancel).
+JOB_ID_RE = re.compile(r"[1-9][0-9]{0,9}(?:_[0-9]{1,7})?")
+
+
+def is_job_id(text: str) -> bool:
+    return JOB_ID_RE.fullmatch(text) is not None

@@ -17,7 +17,10 @@ from hpcops.store import Audit, Event, Firing, Run, Schedule
 def iso(epoch: float | None, timespec: str = "seconds") -> str | None:
     if epoch is None:
         return None
-    moment = datetime.fromtimestamp(epoch, UTC).isoformat(timespec=timespec)
+    try:
+        moment = datetime.fromtimestamp(epoch, UTC).isoformat(timespec=timespec)
+    except (OverflowError, OSError, ValueError):
+        return None  # no clock reading (a value from before the markers were bounded)
     return moment.replace("+00:00", "Z")
 
 

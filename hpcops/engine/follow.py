@@ -22,7 +22,15 @@ from hpcops.engine.record import record
 from hpcops.engine.state import LoopState, Parts
 from hpcops.lifecycle import NOT_STARTED, MarkerTexts, Settle
 from hpcops.render import STAGING_LOG
-from hpcops.rundir import TAIL_MAX_BYTES, RunDir, last_lines, parse_start_marker
+from hpcops.rundir import (
+    PROGRESS_MAX_BYTES,
+    TAIL_MAX_BYTES,
+    BadMarker,
+    RunDir,
+    StartMarker,
+    last_lines,
+    parse_start_marker,
+)
 from hpcops.slurm.parse import AccountingRecord, QueueEntry
 from hpcops.states import RunState
 from hpcops.store import Run
@@ -61,8 +69,13 @@ def read_markers(p: Parts, s: LoopState, runs: Sequence[Run]) -> None:
             started=texts.get(rundir.started_marker),
             exit=texts.get(rundir.exit_marker),
         )
-        for outcome in lifecycle.on_markers(run, found, now):
-            record(p, s, run, outcome)
+        try:
+            for outcome in lifecycle.on_markers(run, found, now):
+                record(p, s, run, outcome)
+        except Exception:
+            # The markers are the job's to write: whatever they do costs this run alone,
+            # never the other runs' markers or the rest of the tick.
+            log.exception("run %s: its markers could not be taken in", run.id)
 
 
 # --- 2. the safety net ---------------------------------------------------------------------------
@@ -130,7 +143,7 @@ def _reconcile_orphans(
         outcome = lifecycle.settle_orphan(
             run,
             finished=finished.get(run.token) if run.token else None,
-            started=parse_start_marker(text) if text is not None else None,
+            started=_start_marker(text),
             stager_id=stager.job_id if stager is not None else None,
             live_stager_id=live_stager.job_id if live_stager is not None else None,
             now=now,
@@ -140,6 +153,14 @@ def _reconcile_orphans(
             _adopt(p, s, run, outcome)
         elif outcome is not None:
             record(p, s, run, outcome)
+
+
+def _start_marker(text: str | None) -> StartMarker | None:
+    """A start marker's content for orphan repair; a garbled one says nothing."""
+    try:
+        return parse_start_marker(text) if text is not None else None
+    except BadMarker:
+        return None
 
 
 # --- 3. final state ------------------------------------------------------------------------------
@@ -206,7 +227,7 @@ def _finish(p: Parts, s: LoopState, run: Run, final: AccountingRecord, now: floa
 def _progress_text(p: Parts, rundir: RunDir) -> str | None:
     """The stager's progress file, as written (None: unreadable)."""
     try:
-        chunk = p.files.read_chunk(rundir.staging_progress, 0, 256 * 1024)
+        chunk = p.files.read_chunk(rundir.staging_progress, 0, PROGRESS_MAX_BYTES + 1)
     except OSError:
         return None
     return chunk.data.decode("utf-8", errors="replace")

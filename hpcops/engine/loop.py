@@ -56,6 +56,9 @@ def tick(p: Parts, s: LoopState) -> None:
         if slurm_callable(p, s):
             slurm_failed(p, s, SlurmUnreachable(str(exc)))
         return
+    except Exception:
+        # Whatever a job wrote must not stop the loop that follows everyone's jobs.
+        log.exception("tick step 'markers' failed; the other steps go on")
     if not slurm_callable(p, s):
         return
     steps: list[tuple[str, Callable[[], None]]] = [

@@ -13,6 +13,7 @@ from pathlib import PurePosixPath
 from typing import Protocol
 
 from hpcops.errors import SlurmError, SlurmRejected, SlurmUnreachable
+from hpcops.names import is_job_id
 from hpcops.slurm import commands, parse
 from hpcops.slurm.parse import (
     AccountingRecord,
@@ -122,8 +123,8 @@ class CommandBackend:
 def _only_job_ids(job_ids: Sequence[str]) -> list[str]:
     """The ids that are Slurm job ids. The rest came from a file a job wrote or a record gone
     wrong: logged and left out, so one bad id never costs the lab its sacct or scancel."""
-    good = [job_id for job_id in job_ids if commands.is_job_id(job_id)]
+    good = [job_id for job_id in job_ids if is_job_id(job_id)]
     if len(good) != len(job_ids):
-        bad = [job_id for job_id in job_ids if not commands.is_job_id(job_id)]
+        bad = [job_id for job_id in job_ids if not is_job_id(job_id)]
         log.warning("not Slurm job ids, left out: %s", ", ".join(repr(b[:40]) for b in bad[:5]))
     return good

@@ -8,9 +8,10 @@ so squeue gets an explicit --format; `sacct --json` reports exit 3 as success, s
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime
+
+from hpcops.names import is_job_id
 
 # ASCII unit separator between squeue/sinfo fields: a job name or a comment may hold '|' or spaces,
 # never this control character.
@@ -88,16 +89,6 @@ def squeue_argv(*, account: str | None, user: str | None) -> list[str]:
     elif user:
         argv.append(f"--user={user}")
     return argv
-
-
-# A Slurm job id as hpcops meets it: a number, or an array task `<array id>_<index>`. Ids come
-# from markers, squeue, sacct and the database; anything else never reaches a command line (a
-# start marker's "--user=svc" once became an argument of scancel).
-JOB_ID_RE = re.compile(r"[1-9][0-9]{0,9}(?:_[0-9]{1,7})?")
-
-
-def is_job_id(text: str) -> bool:
-    return JOB_ID_RE.fullmatch(text) is not None
 
 
 def _checked_ids(job_ids: Sequence[str], command: str) -> list[str]:

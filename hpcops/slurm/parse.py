@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from hpcops.names import is_job_id
 from hpcops.slurm.commands import (
     FIELD_SEP,
     SACCT_FIELDS,
@@ -17,7 +18,6 @@ from hpcops.slurm.commands import (
     SACCT_USAGE_FIELDS,
     SINFO_FIELDS,
     SQUEUE_FIELDS,
-    is_job_id,
 )
 from hpcops.states import RunState, from_slurm
 

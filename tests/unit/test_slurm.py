@@ -239,7 +239,8 @@ def test_exit_code_prefers_the_marker_where_sacct_reduced_it() -> None:
     "text", ["--user=svc", "-1", "12;rm -rf /", "0", "", "12 13", "１２", "1e5"]
 )
 def test_what_is_not_a_job_id_never_reaches_a_command_line(text: str) -> None:
-    from hpcops.slurm.commands import is_job_id, sacct_argv, scancel_argv
+    from hpcops.names import is_job_id
+    from hpcops.slurm.commands import sacct_argv, scancel_argv
 
     assert not is_job_id(text)
     with pytest.raises(ValueError, match="not a Slurm job id"):
@@ -250,7 +251,7 @@ def test_what_is_not_a_job_id_never_reaches_a_command_line(text: str) -> None:
 
 @pytest.mark.parametrize("text", ["1", "42", "4294967294", "1234_7"])
 def test_job_ids_and_array_tasks_are_job_ids(text: str) -> None:
-    from hpcops.slurm.commands import is_job_id
+    from hpcops.names import is_job_id
 
     assert is_job_id(text)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from hpcops.api.params import ListParams, LogsParams, RunParams
 from hpcops.api.views import event_view, run_view
 from hpcops.errors import SlurmUnreachable
 from hpcops.render import STAGING_LOG
-from hpcops.rundir import STAGING_PROGRESS, RunDir
+from hpcops.rundir import PROGRESS_MAX_BYTES, STAGING_PROGRESS, RunDir, parse_progress
 from hpcops.states import RunState
 from hpcops.store import Run
 from hpcops.transport.base import TransportError
@@ -121,11 +120,11 @@ class RunHandlers:
             return None
         try:
             path = Path(run.run_dir) / STAGING_PROGRESS
-            chunk = self.daemon.files.read_chunk(path, 0, _MAX_PROGRESS_BYTES)
-            data = json.loads(chunk.data) if chunk.data else None
-        except (TransportError, ValueError):
+            chunk = self.daemon.files.read_chunk(path, 0, PROGRESS_MAX_BYTES + 1)
+        except (TransportError, OSError):
             return None
-        return data if isinstance(data, dict) else None
+        # The job writes it: bounded in size and depth before it is parsed (rundir.py).
+        return parse_progress(chunk.data) if chunk.data else None
 
     def _tracking_view(self, run: Run) -> dict[str, Any]:
         """The run's MLflow record for `show` (read from the database: no server call)."""

@@ -88,7 +88,10 @@ def safety_net(p: Parts, s: LoopState) -> None:
     s.last_queue, s.last_queue_at = entries, now
     s.dirty = True  # jobs submitted by hand may have come or gone
     by_id = {e.job_id: e for e in entries}
-    by_token = {e.token: e for e in entries if e.token}
+    # A token speaks only on the daemon's own jobs: a member can submit a job by hand under the
+    # lab's account with any --comment, and it must never be adopted as another member's run.
+    own = p.slurm_user
+    by_token = {e.token: e for e in entries if e.token and (not own or e.user == own)}
     orphans: list[Run] = []
     for run in p.store.in_slurm():
         if run.state == RunState.SUBMITTING:

@@ -144,12 +144,15 @@ def sacct_finished_argv(*, account: str | None, user: str | None, since: datetim
     is found by token once its job has already left squeue. sacct cannot filter by comment, so the
     caller does; the window keeps the answer small. (sacct shows a job's comment only after the
     job ended; live jobs are found by squeue's %k.)"""
+    # Only the daemon's own jobs: a job a member submits by hand carrying a run's token (its
+    # --comment is theirs to set) must never be adopted as that run.
+    own = [f"--user={user}"] if user and account else []
     return _sacct_window_argv(
         SACCT_FIND_FIELDS,
         account=account,
         user=user,
         since=since,
-        extra=["--state=" + FINISHED_STATES],
+        extra=["--state=" + FINISHED_STATES, *own],
     )
 
 

@@ -430,6 +430,9 @@ class FakeSlurm:
                 continue
             if job.ended_at < since:
                 continue
+            user = _option(argv, "--user")
+            if user is not None and job.user != user:
+                continue
             comment = job.sacct_comment or job.comment
             lines.append(f"{job.job_id}|{comment}|{state}|{job.name}\n")
         return "".join(lines)
@@ -504,11 +507,14 @@ class FakeSlurm:
         self.files[str(path)] = text
 
     def submit_by_hand(
-        self, name: str, *, user: str = "bob", cpus: int = 1, gpus: int = 0
+        self, name: str, *, user: str = "bob", cpus: int = 1, gpus: int = 0, comment: str = ""
     ) -> FakeJob:
-        """A job a lab member submitted with sbatch themselves, under the lab's account."""
+        """A job a lab member submitted with sbatch themselves, under the lab's account (with
+        any --comment they like)."""
         job = self._new_job(PurePosixPath(f"/home/{user}/{name}.sh"), name, {})
         job.user, job.cpus, job.gpus = user, cpus, gpus
+        if comment:
+            job.comment = comment
         return job
 
     def set_pending_reason(self, job_id: str, reason: str) -> None:

@@ -213,3 +213,26 @@ def test_an_sbatch_whose_answer_was_lost_is_adopted_not_resubmitted(
     assert run.state == "PENDING"
     assert run.slurm_job_id == job.job_id
     assert h.slurm.calls["sbatch"] == 1
+
+
+def test_a_members_job_carrying_a_runs_token_is_never_adopted(make_engine: EngineFactory) -> None:
+    # Issue 12, item 10: the daemon died between its claim and sbatch; a member who learnt the
+    # token submits a job of their own with it, live and then finished. Neither is adopted: the
+    # run is submitted by the daemon itself once the grace is over.
+    h = make_engine(fault="before_sbatch")
+    run_id = h.submit("victim")
+    h.crash_tick()
+    token = h.run(run_id).token
+    assert token is not None and h.slurm.calls["sbatch"] == 0
+    live = h.slurm.submit_by_hand("imposter", user="mallory", comment=f"hpcops:{token}")
+
+    h.restart()
+    h.tick()
+    assert h.run(run_id).slurm_job_id != live.job_id
+    h.slurm.start(live.job_id)
+    h.slurm.finish(live.job_id, 0)
+    h.run_for(120, every_s=5.0)
+    run = h.run(run_id)
+    assert run.slurm_job_id is not None and run.slurm_job_id != live.job_id
+    assert h.slurm.job(run.slurm_job_id).user != "mallory"
+    assert not any(n and "adopted" in n for n in h.notes(run_id))

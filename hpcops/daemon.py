@@ -37,11 +37,12 @@ from hpcops.engine import Engine
 from hpcops.errors import (
     AlreadyRunning,
     AuthenticationFailed,
+    ConfigError,
     HostKeyRejected,
     HpcopsError,
     NotRunning,
 )
-from hpcops.home import HomePaths
+from hpcops.home import HomePaths, network_home
 from hpcops.scheduling.service import ScheduleService
 from hpcops.slurm.backend import CommandBackend
 from hpcops.store import Store
@@ -90,12 +91,16 @@ def _setup_logging(paths: HomePaths, config: Config, foreground: bool) -> None:
     root.setLevel(config.daemon.log_level)
 
 
-def build_transport(config: Config) -> tuple[Transport, str | None]:
+def build_transport(config: Config, home: Path) -> tuple[Transport, str | None]:
     """This machine, or the login node over SSH (slurm.transport); and the account the jobs
     run as there, when it is not the daemon's own (None)."""
     ssh = config.slurm.ssh
     if config.slurm.transport == "local" or ssh is None:
-        return LocalTransport(), None
+        # Jobs write inside these; the transport opens nothing below them through a link.
+        roots = [config.run_root_in(home), config.data_cache_in(home)]
+        if config.tracking.relay_root is not None:
+            roots.append(config.tracking.relay_root)
+        return LocalTransport(trusted_roots=roots), None
     from hpcops.transport.ssh import SshTransport
     from hpcops.transport.ssh_connect import SshTarget
 
@@ -136,7 +141,7 @@ class Collaborators:
 
 def build_engine(store: Store, config: Config, home: Path) -> Collaborators:
     """The one place that turns settings into real collaborators, and the engine over them."""
-    transport, cluster_user = build_transport(config)
+    transport, cluster_user = build_transport(config, home)
     backend = CommandBackend(
         transport,
         account=config.slurm.account,
@@ -169,10 +174,29 @@ def build_engine(store: Store, config: Config, home: Path) -> Collaborators:
     return Collaborators(engine, transport, code_mirror, data_cache, tracker)
 
 
-def run_daemon(home: Path, config_path: Path | None, *, foreground: bool) -> None:
+def check_home(home: Path, *, allow_network_home: bool) -> None:
+    """Refuse a home on a network filesystem unless the caller says they know: compute nodes
+    share such storage with the login node, so members' jobs (running as this account) could
+    rewrite the database, config or socket, and SQLite's locking is not safe there."""
+    fs_type = network_home(home)
+    if fs_type is None or allow_network_home:
+        return
+    raise ConfigError(
+        f"the daemon's home {home} is on {fs_type}, a network filesystem: jobs on the compute "
+        "nodes may be able to write there (they run as this account), and SQLite's locking is "
+        "not safe on it. Put HPCOPS_HOME on the login node's own disk (for example "
+        "/var/lib/hpcops/<lab>), or pass --allow-network-home if this filesystem is not "
+        "mounted on any compute node and supports POSIX locks."
+    )
+
+
+def run_daemon(
+    home: Path, config_path: Path | None, *, foreground: bool, allow_network_home: bool = False
+) -> None:
     # Members reach the daemon through its socket only; the database, logs and run files are
     # the daemon's account's alone.
     os.umask(0o077)
+    check_home(home, allow_network_home=allow_network_home)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths = HomePaths(home)
     config = load_config(config_path, home)
@@ -268,8 +292,15 @@ def _open_home_to(home: Path, group: str) -> None:
     home.chmod(0o750)
 
 
-def start_background(home: Path, config_path: Path | None, *, timeout_s: float = 30.0) -> int:
+def start_background(
+    home: Path,
+    config_path: Path | None,
+    *,
+    timeout_s: float = 30.0,
+    allow_network_home: bool = False,
+) -> int:
     """Start `hpcops daemon run` detached and wait until it answers; return its pid."""
+    check_home(home, allow_network_home=allow_network_home)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths = HomePaths(home)
     if _answers(paths):
@@ -277,6 +308,8 @@ def start_background(home: Path, config_path: Path | None, *, timeout_s: float =
     argv = [sys.executable, "-m", "hpcops", "--home", str(home), "daemon", "run"]
     if config_path is not None:
         argv += ["--config", str(config_path)]
+    if allow_network_home:
+        argv.append("--allow-network-home")
     with paths.console.open("ab") as console:
         proc = subprocess.Popen(
             argv,

@@ -23,27 +23,47 @@ config_option = click.option(
 )
 
 
+allow_network_home_option = click.option(
+    "--allow-network-home",
+    is_flag=True,
+    help="Start even though HPCOPS_HOME is on a network filesystem (NFS, Lustre, GPFS, BeeGFS, "
+    "CIFS). Refused by default: jobs on compute nodes run as this account and could write the "
+    "database there, and SQLite's locking is unsafe on such filesystems.",
+)
+
+
 @daemon.command("run")
 @config_option
+@allow_network_home_option
 @pass_ctx
-def daemon_run(obj: Context, config_path: Path | None) -> None:
+def daemon_run(obj: Context, config_path: Path | None, allow_network_home: bool) -> None:
     """Run the daemon in the foreground (logs also to stderr)."""
     from hpcops.daemon import run_daemon
 
-    run_daemon(obj.home, config_path, foreground=True)
+    run_daemon(obj.home, config_path, foreground=True, allow_network_home=allow_network_home)
 
 
 @daemon.command("start")
 @config_option
+@allow_network_home_option
 @pass_ctx
-def daemon_start(obj: Context, config_path: Path | None) -> None:
-    """Start the daemon in the background; returns once it answers."""
+def daemon_start(obj: Context, config_path: Path | None, allow_network_home: bool) -> None:
+    """Start the daemon in the background; returns once it answers.
+
+    The daemon's home (database, config, socket, logs) must be on the login node's own disk:
+    a home on NFS, Lustre, GPFS, BeeGFS or CIFS is refused (exit 2) unless
+    --allow-network-home says you know it is not shared with compute nodes.
+    """
     from hpcops.config import load_config
     from hpcops.daemon import start_background
     from hpcops.home import HomePaths
 
     load_config(config_path, obj.home)  # a bad config is the caller's error, shown here
-    pid = start_background(obj.home, config_path.resolve() if config_path else None)
+    pid = start_background(
+        obj.home,
+        config_path.resolve() if config_path else None,
+        allow_network_home=allow_network_home,
+    )
     click.echo(f"hpcops daemon started (pid {pid}); log: {HomePaths(obj.home).log}")
 
 

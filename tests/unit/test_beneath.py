@@ -125,3 +125,15 @@ def test_split_under_finds_the_root() -> None:
         PurePath("run-000001/x"),
     )
     assert beneath.split_under(roots, PurePath("/etc/passwd")) is None
+
+
+def test_the_local_transport_reads_nothing_through_a_planted_link(root: Path) -> None:
+    from hpcops.transport.local import LocalTransport
+
+    files = LocalTransport(trusted_roots=[root])
+    (root / "run-000002").symlink_to(root.parent)  # a whole run directory swapped for a link
+    (root / "run-000001" / "stderr.log").symlink_to(root.parent / "secret")
+    for path in (root / "run-000002" / "secret", root / "run-000001" / "stderr.log"):
+        assert files.read_chunk(path, 0, 4096).data == b""
+        assert files.read_small_files([path]) == {}
+    assert files.read_chunk(root / "run-000001" / "stdout.log", 0, 4096).data == b"hello\n"

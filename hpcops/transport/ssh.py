@@ -336,14 +336,19 @@ class SshTransport:
     def read_chunk(self, path: PurePath, offset: int, max_bytes: int) -> FileChunk:
         def read(sftp: paramiko.SFTPClient) -> FileChunk:
             try:
-                found = sftp.stat(str(path))
+                found = sftp.lstat(str(path))
             except FileNotFoundError:
                 return FileChunk(b"", max(offset, 0), 0)
-            # The job owns its logs' paths: opening a FIFO would hang the SFTP session.
+            # The job owns its logs' paths: opening a FIFO would hang the SFTP session, and a
+            # link is not its log (lstat: not followed). What sftp-server reads is the cluster
+            # account's, which the jobs have anyway; the daemon's own secrets are not there.
             if not stat.S_ISREG(found.st_mode or 0):
                 return FileChunk(b"", max(offset, 0), 0)
             with sftp.open(str(path), "rb") as f:
-                size = f.stat().st_size or 0
+                opened = f.stat()
+                if not stat.S_ISREG(opened.st_mode or 0):  # swapped since the lstat
+                    return FileChunk(b"", max(offset, 0), 0)
+                size = opened.st_size or 0
                 start = max(0, size + offset) if offset < 0 else min(offset, size)
                 f.seek(start)
                 return FileChunk(f.read(max_bytes), start, size)

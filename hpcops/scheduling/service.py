@@ -17,17 +17,23 @@ repository holds up neither the other schedules' firings nor the loop or the API
 decides from the store (the versions of its last firing's run), never from memory, so a kill -9
 mid-check loses nothing: the next check, after the restart, decides the same.
 
-Crash safety (kill -9 at any instant). FiringExecutor runs a firing in the scheduler's thread
-*before* APScheduler moves the job's next run time on in its store, and a firing's record and
-its run are written in one transaction, at most once per (schedule, scheduled time):
-  - killed before that commit: the store still holds the old time, which comes due again at
+Crash safety (kill -9 at any instant). FiringExecutor *claims* a firing in the scheduler's
+thread (its record, outcome "pending", one small commit) before APScheduler moves the job's next
+run time on in its store; preparing the run (a fetch of the schedule's branch, its data
+versions: possibly slow) happens in a pool, so one unreachable repository delays no other
+schedule. The run and the completed record are written in one transaction, at most once per
+(schedule, scheduled time):
+  - killed before the claim: the store still holds the old time, which comes due again at
     start-up (a catch-up, within the grace), so the run is not lost;
-  - killed after it, before APScheduler's update: the same time comes due again and
-    Store.record_firing finds its record, so nothing is queued twice.
+  - killed after the claim, before its completion: the claim is found pending at start-up and
+    completed then;
+  - killed after the completion: Store.record_firing finds the record, so nothing is queued
+    twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -52,6 +58,7 @@ from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied, SpecError
 from hpcops.scheduling import datachange
 from hpcops.spec import Spec, parse_spec, spec_to_yaml
 from hpcops.store import Audit, Firing, Run, Schedule, Store
+from hpcops.store.schedules import FIRING_PENDING
 
 if TYPE_CHECKING:
     from apscheduler.job import Job
@@ -109,6 +116,8 @@ class ScheduleOptions:
 
 # At most this many on-data-change checks at once (each is a git fetch and a few reads).
 _CHECK_THREADS = 2
+# At most this many firings prepared at once (each may fetch its schedule's branch).
+_FIRING_THREADS = 4
 
 
 def _job_id(schedule_id: int | None) -> str:
@@ -152,6 +161,8 @@ class ScheduleService:
         self.fault = fault  # HPCOPS_FAULT, for the kill -9 tests
         self._scheduler: BackgroundScheduler | None = None
         self._checks: ThreadPoolExecutor | None = None
+        self._firings: ThreadPoolExecutor | None = None
+        self._firing_locks: dict[int, threading.Lock] = {}
         # Schedules with a check in progress: a check that outlasts its interval is not
         # started again beside itself.
         self._checking: set[int] = set()
@@ -175,6 +186,7 @@ class ScheduleService:
         scheduler.start(paused=True)
         self._scheduler = scheduler
         self._checks = ThreadPoolExecutor(_CHECK_THREADS, thread_name_prefix="hpcops-data-check")
+        self._firings = ThreadPoolExecutor(_FIRING_THREADS, thread_name_prefix="hpcops-firing")
         for schedule in self.store.schedules():
             self._sync_job(schedule)
         known = {_job_id(s.id) for s in self.store.schedules()}
@@ -192,17 +204,21 @@ class ScheduleService:
             if stop.is_set():
                 return
         if self._scheduler is not None and not stop.is_set():
+            # Firings a stopped daemon claimed but did not complete: complete them now.
+            for claimed in self.store.pending_firings():
+                self._fire_later(claimed)
             self._scheduler.resume()
 
     def shutdown(self) -> None:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)  # lets a firing in progress commit
             self._scheduler = None
-        if self._checks is not None:
-            # A check that has not started is dropped (the next start checks again); one in
-            # progress finishes, so a firing it is making commits.
-            self._checks.shutdown(wait=True, cancel_futures=True)
-            self._checks = None
+        for pool in (self._checks, self._firings):
+            # A check or a claimed firing that has not started is dropped (the next start
+            # checks again, and completes the claim); one in progress finishes and commits.
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._checks = self._firings = None
 
     def _sync_job(self, schedule: Schedule) -> None:
         """Make APScheduler's job agree with the schedule's row: present and running, paused,
@@ -405,14 +421,61 @@ class ScheduleService:
             grace_s=schedule.catch_up_grace_s,
         )
         for plan in plans:
-            self.fire(
-                schedule,
-                plan.scheduled_for,
-                kind=plan.kind,
-                actor=DAEMON,
-                note=plan.reason,
-                submit=plan.fire,
+            if not plan.fire:  # a skip is a record only: nothing slow to wait for
+                self.fire(
+                    schedule,
+                    plan.scheduled_for,
+                    kind=plan.kind,
+                    actor=DAEMON,
+                    note=plan.reason,
+                    submit=False,
+                )
+                continue
+            # The claim is committed here, in APScheduler's thread, before it moves the job's
+            # next run time on; preparing the run (a fetch of the schedule's branch, its data
+            # versions) happens in a pool, so one slow repository delays no other schedule.
+            claimed, new = self.store.claim_firing(
+                Firing(
+                    schedule_id=schedule_id,
+                    scheduled_for=plan.scheduled_for,
+                    fired_at=now,
+                    kind=plan.kind,
+                    actor=DAEMON,
+                    outcome=FIRING_PENDING,
+                    reason=_clip(plan.reason),
+                )
             )
+            if new:
+                self._fire_later(claimed)
+
+    def _fire_later(self, claimed: Firing) -> None:
+        pool = self._firings
+        if pool is None:
+            return  # stopping: the claim stays pending and is completed at the next start
+        # A pool shutting down with the daemon refuses it: the claim is completed at next start.
+        with contextlib.suppress(RuntimeError):
+            pool.submit(self._fire_claimed, claimed)
+
+    def _fire_claimed(self, claimed: Firing) -> None:
+        """Complete a claimed firing: prepare its run and record both (record_firing)."""
+        lock = self._schedule_lock(claimed.schedule_id)
+        try:
+            with lock:  # one schedule's firings in order, each after the one before
+                schedule = self.store.get_schedule(claimed.schedule_id)
+                self.fire(
+                    schedule,
+                    claimed.scheduled_for,
+                    kind=claimed.kind,
+                    actor=claimed.actor,
+                    note=claimed.reason,
+                    submit=schedule.removed_at is None,
+                )
+        except Exception:  # a bug costs this firing, not the pool or the other schedules
+            log.exception("schedule %s: firing failed", claimed.schedule_id)
+
+    def _schedule_lock(self, schedule_id: int) -> threading.Lock:
+        with self._checking_lock:
+            return self._firing_locks.setdefault(schedule_id, threading.Lock())
 
     def _start_check(self, schedule_id: int, due_at: float) -> None:
         pool = self._checks

@@ -17,6 +17,9 @@ from hpcops.store.engine import Database
 from hpcops.store.models import Firing, Run, Schedule, ScheduleUpdate, apply_fields
 from hpcops.store.runs import check_initial, record_queued
 
+# A firing claimed (its time came due) whose run is still being prepared.
+FIRING_PENDING = "pending"
+
 
 class ScheduleTables(Database):
     """The schedule and firing tables."""
@@ -94,8 +97,18 @@ class ScheduleTables(Database):
                     Firing.scheduled_for == firing.scheduled_for,
                 )
             ).first()
-            if existing is not None:
+            if existing is not None and existing.outcome != FIRING_PENDING:
                 return existing, False
+            if existing is not None:
+                # Claimed before its slow part (claim_firing): complete that very record.
+                existing.fired_at, existing.kind, existing.actor = (
+                    firing.fired_at,
+                    firing.kind,
+                    firing.actor,
+                )
+                existing.outcome, existing.reason = firing.outcome, firing.reason
+                existing.data_json = firing.data_json or existing.data_json
+                firing = existing
             schedule = session.get(Schedule, firing.schedule_id)
             if schedule is None:
                 raise NotFound(f"no schedule {firing.schedule_id}")
@@ -134,6 +147,32 @@ class ScheduleTables(Database):
                 schedule.last_error = None
             session.add(schedule)
         return firing, True
+
+    def claim_firing(self, firing: Firing) -> tuple[Firing, bool]:
+        """Record that a scheduled time came due, before the slow part of its firing (resolving
+        a branch through a fetch, reading data versions) runs in a thread of its own. A claim
+        is the firing's record with outcome "pending", completed by `record_firing`; one left
+        pending by a crash is found at start-up (`pending_firings`) and completed then. Returns
+        the record and whether this call made it (False: the time is claimed or recorded)."""
+        with self._session() as session:
+            existing = session.exec(
+                select(Firing).where(
+                    Firing.schedule_id == firing.schedule_id,
+                    Firing.scheduled_for == firing.scheduled_for,
+                )
+            ).first()
+            if existing is not None:
+                return existing, False
+            firing.outcome = FIRING_PENDING
+            session.add(firing)
+            session.flush()
+            return firing, True
+
+    def pending_firings(self) -> list[Firing]:
+        """Firings claimed and not completed: their daemon stopped in between."""
+        with self._session() as session:
+            query = select(Firing).where(Firing.outcome == FIRING_PENDING)
+            return list(session.exec(query.order_by(col(Firing.id))).all())
 
     def active_scheduled_run(self, schedule_id: int) -> tuple[int, str] | None:
         """The newest run of the schedule that has not ended (id, state), or None."""

@@ -1,0 +1,157 @@
+"""Firings are claimed in APScheduler's thread and prepared in a pool: a schedule whose branch
+fetch hangs delays no other schedule (issue 12, item 13), and a claim left by a crash is
+completed at the next start. A real store and a real ScheduleService over an engine stand-in
+whose prepare_run blocks for one schedule."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcops.access import Caller
+from hpcops.config import parse_config
+from hpcops.scheduling.service import ScheduleService
+from hpcops.spec import Spec, parse_spec
+from hpcops.states import RunState
+from hpcops.store import Firing, Run, Schedule, Store
+
+SPEC = "name: nightly\nexperiment: e\ncommand: 'true'\n"
+
+
+class SlowForOne:
+    """The engine as the schedules see it; preparing `slow`'s run waits until released."""
+
+    def __init__(self, slow: str) -> None:
+        self.slow = slow
+        self.release = threading.Event()
+        self.prepared: list[str] = []
+
+    def prepare_run(self, spec: Spec, source: str, caller: Caller) -> Run:
+        if self.slow in source:
+            self.release.wait(30)  # a fetch of an unreachable URL, as far as firings can tell
+        self.prepared.append(source)
+        now = time.time()
+        return Run(
+            name=spec.name,
+            experiment=spec.experiment,
+            owner=caller.name,
+            owner_uid=caller.uid,
+            priority=0,
+            state=RunState.QUEUED,
+            spec_yaml=SPEC,
+            spec_hash="h",
+            created_at=now,
+            updated_at=now,
+        )
+
+    def check_spec(self, spec: Spec, source: str) -> None:
+        return None
+
+    def current_data(self, spec: Spec, source: str, caller: Caller) -> list[Any]:
+        return []
+
+    def changed(self) -> None:
+        return None
+
+
+def _schedule(store: Store, name: str) -> Schedule:
+    now = time.time()
+    return store.add_schedule(
+        Schedule(
+            name=name,
+            owner="root",
+            owner_uid=0,
+            spec_yaml=SPEC,
+            spec_name="nightly",
+            every_s=3600,
+            timezone="UTC",
+            catch_up="one",
+            catch_up_grace_s=3600,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def _wait(predicate: Any, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(what)
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> tuple[Store, SlowForOne, ScheduleService]:
+    parse_spec(SPEC, "check")  # the spec itself is fine
+    store = Store(tmp_path / "hpcops.db")
+    engine = SlowForOne(slow="(slow)")
+    config = parse_config("lab: t\n", "config.yaml")
+    service = ScheduleService(store, engine, config, daemon_uid=0)  # type: ignore[arg-type]
+    service.start()
+    yield store, engine, service
+    engine.release.set()
+    service.shutdown()
+
+
+def test_a_slow_firing_delays_no_other_schedule(
+    lab: tuple[Store, SlowForOne, ScheduleService],
+) -> None:
+    store, engine, service = lab
+    slow, quick = _schedule(store, "slow"), _schedule(store, "quick")
+    due = [datetime.fromtimestamp(time.time(), UTC)]
+    service._on_due(slow.id or 0, due)  # APScheduler's thread: returns once claimed
+    service._on_due(quick.id or 0, due)
+    _wait(lambda: any("(quick)" in s for s in engine.prepared), "the quick schedule fired")
+    [quick_firing] = store.firings(quick.id or 0)[:1]
+    assert quick_firing[0].outcome == "submitted" and quick_firing[1] is not None
+    [slow_firing] = store.firings(slow.id or 0)[:1]
+    assert slow_firing[0].outcome == "pending"  # claimed: a crash now loses nothing
+    engine.release.set()
+    _wait(lambda: store.firings(slow.id or 0)[0][0].outcome == "submitted", "slow completed")
+
+
+def test_a_claim_left_by_a_crash_is_completed_at_start_once(tmp_path: Path) -> None:
+    store = Store(tmp_path / "hpcops.db")
+    schedule = _schedule(store, "crashed")
+    claimed, new = store.claim_firing(
+        Firing(
+            schedule_id=schedule.id or 0,
+            scheduled_for=1795400000.0,
+            fired_at=1795400000.0,
+            kind="scheduled",
+            actor="daemon",
+            outcome="pending",
+        )
+    )
+    assert new and store.pending_firings()[0].id == claimed.id
+    again, new_again = store.claim_firing(
+        Firing(
+            schedule_id=schedule.id or 0,
+            scheduled_for=1795400000.0,
+            fired_at=1.0,
+            kind="scheduled",
+            actor="daemon",
+            outcome="pending",
+        )
+    )
+    assert not new_again and again.id == claimed.id
+
+    engine = SlowForOne(slow="nothing is slow")
+    service = ScheduleService(store, engine, parse_config("lab: t\n", "c"), daemon_uid=0)  # type: ignore[arg-type]
+    service.start()
+    ready, stop = threading.Event(), threading.Event()
+    ready.set()
+    try:
+        service.resume_after(ready, stop)
+        _wait(lambda: not store.pending_firings(), "the claim was completed")
+    finally:
+        service.shutdown()
+    firings = store.firings(schedule.id or 0)
+    assert [(f.outcome, f.id) for f, _ in firings] == [("submitted", claimed.id)]
+    assert len(engine.prepared) == 1

@@ -317,6 +317,10 @@ def settle(run: Run, record: AccountingRecord | None, now: float, *, gone: bool)
     has not been in squeue since it ended long ago (`gone_from_squeue`)."""
     if record is not None and is_placeholder(record):
         record = None  # slurmdbd has not recorded the job itself yet
+    if record is not None and record.token and run.token and record.token != run.token:
+        # Another job's record under this id (ids are reused after slurmctld lost its state):
+        # it says nothing of this run's job. Judge as if absent.
+        record = None
     if record is not None and record.state.is_terminal:
         return Settle.FINISH
     if record is not None and record.state is RunState.PENDING and run.state == RunState.RUNNING:

@@ -168,12 +168,6 @@ def test_a_runaway_record_without_marker_is_unknown_after_patience(
     assert run.reason == "vanished: no exit marker and no accounting record"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: the final sacct record is not checked against the run's token, so a "
-    "record of another job under the same id (ids reused after slurmctld lost its state) ends "
-    "the run with that job's state and exit code",
-)
 def test_a_record_of_another_job_under_the_same_id_does_not_end_the_run(
     make_engine: EngineFactory,
 ) -> None:

@@ -182,6 +182,10 @@ def on_queue_row(run: Run, entry: QueueEntry | None, now: float) -> Outcome | No
             note="running (squeue)",
             fields={"started_at": entry.started_at or now, **fields},
         )
+    if entry.state is RunState.PENDING and run.state == RunState.RUNNING:
+        # Slurm took the job back without its script ending it (a lost node: no exit marker),
+        # and queued it again under the same id.
+        return back_to_pending(run, "pending again in squeue", entry.reason)
     return Outcome(None, fields=fields) if fields else None
 
 

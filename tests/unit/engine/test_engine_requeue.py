@@ -91,11 +91,6 @@ def test_a_node_failure_the_script_saw_is_followed_back_to_pending(
     assert h.state(run_id) == "COMPLETED"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a lost node writes no exit marker and squeue still lists the requeued job "
-    "(PENDING), so the safety net never asks sacct; the run stays RUNNING while Slurm pends it",
-)
 def test_a_lost_node_requeue_without_marker_goes_back_to_pending(
     make_engine: EngineFactory,
 ) -> None:
@@ -107,7 +102,7 @@ def test_a_lost_node_requeue_without_marker_goes_back_to_pending(
 
 
 def test_a_lost_node_requeue_without_marker_still_ends_right(make_engine: EngineFactory) -> None:
-    # What happens today (see the xfail above): the run is followed to its real end.
+    # Back to PENDING, then followed to its real end under the same job id.
     h = make_engine()
     run_id, job_id = _running(h)
     h.slurm.node_fail(job_id, requeue=True, sacct_shows="PENDING")

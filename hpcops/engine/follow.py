@@ -85,6 +85,7 @@ def safety_net(p: Parts, s: LoopState) -> None:
     now = p.clock()
     s.next_squeue_at = now + p.config.slurm.squeue_interval_s  # also if this fails
     entries = p.slurm.queue()
+    s.ctld_answered = True
     s.last_queue, s.last_queue_at = entries, now
     s.dirty = True  # jobs submitted by hand may have come or gone
     by_id = {e.job_id: e for e in entries}

@@ -61,8 +61,11 @@ def tick(p: Parts, s: LoopState) -> None:
         log.exception("tick step 'markers' failed; the other steps go on")
     if not slurm_callable(p, s):
         return
+    s.ctld_answered = False
+    # While slurmctld is out of reach, each retry the back-off allows is one squeue: a probe.
+    poll_due = now >= s.next_squeue_at or not s.health.reachable
     steps: list[tuple[str, Callable[[], None]]] = [
-        ("poll", lambda: safety_net(p, s) if now >= s.next_squeue_at else None),
+        ("poll", lambda: safety_net(p, s) if poll_due else None),
         ("final states", lambda: finalize_ended(p, s)),
         ("cancellations", lambda: send_cancels(p, s)),
         ("fair-share usage", lambda: refresh_usage(p, s)),
@@ -81,7 +84,8 @@ def tick(p: Parts, s: LoopState) -> None:
             # One step's surprise (an unexpected Slurm message, a broken marker file) must
             # not starve the others: the rest of the tick still runs.
             log.exception("tick step %r failed; the other steps go on", name)
-    slurm_ok(p, s)
+    if s.ctld_answered:
+        slurm_ok(p, s)
 
 
 def slurm_callable(p: Parts, s: LoopState) -> bool:

@@ -87,6 +87,9 @@ class LoopState:
     last_queue: list[QueueEntry] = field(default_factory=list)
     last_queue_at: float | None = None
     next_squeue_at: float = 0.0  # 0: the first tick polls, which is the start-up reconciliation
+    # Whether slurmctld itself answered this tick (squeue or sbatch): only that proves it is
+    # reachable again; sacct goes to slurmdbd, which may answer while slurmctld is down.
+    ctld_answered: bool = False
     next_sacct_at: dict[int, float] = field(default_factory=dict)
     sacct_misses: dict[int, int] = field(default_factory=dict)
     cancel_sent: set[int] = field(default_factory=set)

@@ -102,6 +102,7 @@ def submit_run(p: Parts, s: LoopState, run: Run) -> bool:
             script = render_script(spec, ctx, p.config.template_dirs)
             p.files.write_file(rundir.script, script)
         job_id = p.slurm.submit(PurePosixPath(rundir.script))
+        s.ctld_answered = True
     except SlurmError as exc:
         refusals = s.limit_refusals.get(run.id, 0) + 1
         outcome = lifecycle.sbatch_failed(

@@ -17,19 +17,28 @@ _UNLIMITED = 10**12
 
 def release(p: Parts, s: LoopState) -> None:
     now = p.clock()
-    if not (s.dirty or now - s.planned_at > _REPLAN_S):
+    if not (s.dirty or now - s.planned_at > _REPLAN_S or now >= s.retry_due_at):
         return
     decision = plan(p, s)
+    submitted = False
+    s.retry_due_at = float("inf")
     for run in p.store.runs_by_ids(decision.release):
-        if run.state != RunState.QUEUED or s.retry_after.get(run.id or 0, 0) > now:
+        retry_at = s.retry_after.get(run.id or 0, 0.0)
+        if run.state != RunState.QUEUED:
+            continue
+        if retry_at > now:
+            # Waiting out a Slurm limit's back-off: plan again when it is over, not every tick
+            # (an idle daemon with 10,000 queued runs must stay idle).
+            s.retry_due_at = min(s.retry_due_at, retry_at)
             continue
         if p.tracker is not None and not p.tracker.may_release(run, now):
             s.dirty = True  # its MLflow record is being made: look again next tick
             continue
+        submitted = True
         if not submit_run(p, s, run):
             break
     # What was just released changes what the queue waits for: plan again next tick.
-    s.dirty = s.dirty or bool(decision.release)
+    s.dirty = s.dirty or submitted
 
 
 def plan(p: Parts, s: LoopState) -> policy.Decision:

@@ -90,6 +90,9 @@ class LoopState:
     # Whether slurmctld itself answered this tick (squeue or sbatch): only that proves it is
     # reachable again; sacct goes to slurmdbd, which may answer while slurmctld is down.
     ctld_answered: bool = False
+    # The earliest end of a Slurm-limit back-off among the runs the last plan released: plan
+    # again then (inf: none waits).
+    retry_due_at: float = float("inf")
     next_sacct_at: dict[int, float] = field(default_factory=dict)
     sacct_misses: dict[int, int] = field(default_factory=dict)
     cancel_sent: set[int] = field(default_factory=set)

@@ -3,8 +3,6 @@ refusal fails the run; an unreachable Slurm means back off and retry, never fail
 
 from __future__ import annotations
 
-import pytest
-
 from .engine_harness import EngineFactory, EngineHarness
 from .fakeslurm import LIMIT_STDERR, fixture
 
@@ -190,12 +188,6 @@ def test_an_idle_queue_is_planned_once(make_engine: EngineFactory) -> None:
     assert h.engine.status().decision is decision, "nothing changed: no new plan"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine defect (cost): a run waiting out a limit back-off is in every plan's release "
-    "list, and a non-empty release list marks the plan dirty, so the whole queue is planned again "
-    "every tick for up to 10 minutes (an idle daemon with 10,000 queued runs should stay idle)",
-)
 def test_a_run_waiting_out_a_limit_does_not_replan_every_tick(make_engine: EngineFactory) -> None:
     h = make_engine()
     h.submit("big", priority=10)

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from hpcops.backoff import backoff_s
 from hpcops.engine.follow import finalize_ended, read_markers, safety_net, send_cancels
 from hpcops.engine.release import refresh_usage, release
 from hpcops.engine.state import LoopState, Parts
@@ -89,24 +88,16 @@ def tick(p: Parts, s: LoopState) -> None:
 
 
 def slurm_callable(p: Parts, s: LoopState) -> bool:
-    return s.health.reachable or p.clock() >= s.health.retry_at
+    return s.health.callable(p.clock())
 
 
 def slurm_failed(p: Parts, s: LoopState, exc: SlurmUnreachable) -> None:
-    h = s.health
-    h.failures += 1
-    delay = backoff_s(h.failures, first_s=2.0, max_s=_BACKOFF_MAX_S)
-    h.retry_at = p.clock() + delay
-    h.last_error = exc.message.splitlines()[0]
-    if h.reachable:
-        h.since = p.clock()
+    if s.health.failed(p.clock(), exc.message, first_s=2.0, max_s=_BACKOFF_MAX_S):
         log.warning("Slurm unreachable, retrying with back-off: %s", exc)
-    h.reachable = False
 
 
 def slurm_ok(p: Parts, s: LoopState) -> None:
-    h = s.health
-    if not h.reachable:
-        log.info("Slurm reachable again after %d failed attempts", h.failures)
+    failures = s.health.failures
+    if s.health.answered():
+        log.info("Slurm reachable again after %d failed attempts", failures)
         s.next_squeue_at = 0.0  # catch up on everything that happened meanwhile
-    h.reachable, h.failures, h.since, h.last_error = True, 0, None, ""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpcops import policy
+from hpcops.backoff import Health
 from hpcops.code.mirror import CodeMirror
 from hpcops.config import Config
 from hpcops.data.cache import ContentCache
@@ -54,13 +55,8 @@ class Parts:
         return getattr(self.slurm, "user", "")
 
 
-@dataclass
-class SlurmHealth:
-    reachable: bool = True
-    failures: int = 0
-    retry_at: float = 0.0
-    last_error: str = ""
-    since: float | None = None
+# slurmctld's health: the one Health record of backoff.py.
+SlurmHealth = Health
 
 
 @dataclass(frozen=True)

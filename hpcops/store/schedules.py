@@ -91,12 +91,7 @@ class ScheduleTables(Database):
             check_initial(run)
         now = time.time()
         with self._session() as session:
-            existing = session.exec(
-                select(Firing).where(
-                    Firing.schedule_id == firing.schedule_id,
-                    Firing.scheduled_for == firing.scheduled_for,
-                )
-            ).first()
+            existing = _firing_at(session, firing.schedule_id, firing.scheduled_for)
             if existing is not None and existing.outcome != FIRING_PENDING:
                 return existing, False
             if existing is not None:
@@ -155,12 +150,7 @@ class ScheduleTables(Database):
         pending by a crash is found at start-up (`pending_firings`) and completed then. Returns
         the record and whether this call made it (False: the time is claimed or recorded)."""
         with self._session() as session:
-            existing = session.exec(
-                select(Firing).where(
-                    Firing.schedule_id == firing.schedule_id,
-                    Firing.scheduled_for == firing.scheduled_for,
-                )
-            ).first()
+            existing = _firing_at(session, firing.schedule_id, firing.scheduled_for)
             if existing is not None:
                 return existing, False
             firing.outcome = FIRING_PENDING
@@ -238,6 +228,14 @@ class ScheduleTables(Database):
         )
         with self._session() as session:
             return {f.schedule_id: (f, state) for f, state in session.exec(query).all()}
+
+
+def _firing_at(session: Session, schedule_id: int, scheduled_for: float) -> Firing | None:
+    """The record of one schedule's firing for one scheduled time (unique), if any."""
+    query = select(Firing).where(
+        Firing.schedule_id == schedule_id, Firing.scheduled_for == scheduled_for
+    )
+    return session.exec(query).first()
 
 
 def _active_scheduled_run(session: Session, schedule_id: int) -> tuple[int, str] | None:

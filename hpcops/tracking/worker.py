@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hpcops import __version__
-from hpcops.backoff import backoff_s
+from hpcops.backoff import Health, backoff_s
 from hpcops.config import Config
 from hpcops.errors import (
     HpcopsError,
@@ -54,15 +54,6 @@ log = logging.getLogger(__name__)
 _BACKOFF_MAX_S = 60.0
 _MAX_REFUSALS = 5  # a request the server refused this often is given up, with its error kept
 _IDLE_WAIT_S = 0.5
-
-
-@dataclass
-class TrackingHealth:
-    reachable: bool = True
-    failures: int = 0
-    retry_at: float = 0.0
-    last_error: str = ""
-    since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +94,7 @@ class Tracker:
         self.uri = self.cfg.uri_in(home)
         self.mode = self.cfg.mode_for(home)
         self.clock = clock
-        self.health = TrackingHealth()
+        self.health = Health()
         self.wake = threading.Event()
         self.cluster = self.cfg.cluster or _cluster_from_slurm_conf()
         # Run directories and relay stores are written by jobs: their files are opened from
@@ -208,21 +199,13 @@ class Tracker:
         return self._server
 
     def _failed(self, exc: TrackingUnreachable) -> None:
-        h = self.health
-        h.failures += 1
-        h.retry_at = self.clock() + backoff_s(h.failures, first_s=1.0, max_s=_BACKOFF_MAX_S)
-        h.last_error = exc.message.splitlines()[0]
-        if h.reachable:
-            h.since = self.clock()
+        if self.health.failed(self.clock(), exc.message, first_s=1.0, max_s=_BACKOFF_MAX_S):
             log.warning("tracking server %s unreachable, retrying with back-off: %s", self.uri, exc)
-        h.reachable = False
 
     def _ok(self) -> None:
-        h = self.health
-        if not h.reachable:
+        if self.health.answered():
             log.info("tracking server %s reachable again", self.uri)
             self._next_relay_at = 0.0
-        h.reachable, h.failures, h.since, h.last_error, h.retry_at = True, 0, None, "", 0.0
 
     # --- the outbox --------------------------------------------------------------------------
 

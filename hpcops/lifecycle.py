@@ -157,7 +157,10 @@ def _bad_marker(run: Run, which: str, exc: BadMarker) -> list[Outcome]:
     """A marker the job garbled is that run's problem: its reason says so (once), and the job
     is followed through squeue and sacct as if it had written none."""
     reason = f"ignored its {which} marker: {exc.message}"
-    return [] if run.reason == reason else [Outcome(None, fields={"reason": reason})]
+    if run.reason == reason:
+        return []
+    # A note too, so that history keeps it once the final state's reason replaces this one.
+    return [Outcome(None, note=reason, fields={"reason": reason})]
 
 
 # --- 2. the safety net: squeue -------------------------------------------------------------------

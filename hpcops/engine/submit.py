@@ -65,7 +65,8 @@ def submit_run(p: Parts, s: LoopState, run: Run) -> bool:
         RunState.SUBMITTING,
         actor=DAEMON,
         expect=(RunState.QUEUED,),
-        note=f"attempt {run.attempt + 1}, token {token}",
+        # Not the token itself: it is live until the job is known, and history is for everyone.
+        note=f"attempt {run.attempt + 1}",
         token=token,
         attempt=run.attempt + 1,
         claimed_at=p.clock(),

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import grp
 import json
+import os
 import pwd
 import shutil
 import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,12 @@ def ensure_lab_users() -> None:
 class Lab:
     home: Path
     config: dict[str, Any]
+    # Variables in the daemon's environment only (e.g. test secrets): given to `daemon start`.
+    daemon_env: dict[str, str] = field(default_factory=dict)
 
-    def cli(self, user: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, user: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         argv = [
             "runuser",
             "-u",
@@ -74,10 +79,12 @@ class Lab:
             str(self.home),
             *args,
         ]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/tmp")
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, cwd="/tmp", env=env
+        )
 
-    def ok(self, user: str, *args: str) -> str:
-        proc = self.cli(user, *args)
+    def ok(self, user: str, *args: str, env: dict[str, str] | None = None) -> str:
+        proc = self.cli(user, *args, env=env)
         if proc.returncode != 0:
             raise AssertionError(
                 f"{user}: hpcops {' '.join(args)} -> {proc.returncode}\n{proc.stderr}"
@@ -90,7 +97,7 @@ class Lab:
     def start(self) -> None:
         (self.home / "config.yaml").write_text(json.dumps(self.config))
         shutil.chown(self.home / "config.yaml", SERVICE, SERVICE)
-        self.ok(SERVICE, "daemon", "start")
+        self.ok(SERVICE, "daemon", "start", env={**os.environ, **self.daemon_env})
 
     def stop(self) -> None:
         if (self.home / "daemon.pid").exists():
@@ -123,7 +130,9 @@ class Lab:
             time.sleep(0.5)
 
 
-def new_lab(config: dict[str, Any]) -> Lab:
+def new_lab(config: dict[str, Any], daemon_env: dict[str, str] | None = None) -> Lab:
+    """A started lab daemon with `config` over the defaults; `daemon_env` goes into the
+    daemon's environment only, never the CLI's."""
     ensure_lab_users()
     home = Path("/tmp") / f"hpcops-lab-{uuid.uuid4().hex[:8]}"
     home.mkdir(mode=0o700)
@@ -147,6 +156,6 @@ def new_lab(config: dict[str, Any]) -> Lab:
             base[key] = {**base[key], **value}
         else:
             base[key] = value
-    lab = Lab(home=home, config=base)
+    lab = Lab(home=home, config=base, daemon_env=dict(daemon_env or {}))
     lab.start()
     return lab

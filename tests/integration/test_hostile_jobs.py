@@ -400,12 +400,6 @@ def test_a_garbled_exit_marker_costs_only_its_own_run(campaign: Campaign) -> Non
     assert campaign.records[run].info.status == "FAILED"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: lifecycle._bad_marker records 'ignored its exit marker: ...' as a field-only "
-    "update with no event note, and lifecycle.finish overwrites `reason` when the run ends "
-    "('FAILED, exit 0:9'), so neither show nor history says the marker was ignored",
-)
 def test_a_garbled_exit_marker_is_named_in_its_runs_record(campaign: Campaign) -> None:
     run = campaign.hostile["garbled-exit"]
     data = campaign.final[run]

@@ -236,3 +236,14 @@ def test_a_members_job_carrying_a_runs_token_is_never_adopted(make_engine: Engin
     assert run.slurm_job_id is not None and run.slurm_job_id != live.job_id
     assert h.slurm.job(run.slurm_job_id).user != "mallory"
     assert not any(n and "adopted" in n for n in h.notes(run_id))
+
+
+def test_history_never_shows_a_live_token(make_engine: EngineFactory) -> None:
+    # Every member may read any run's history; the token is how the daemon recognises its job
+    # while the run is SUBMITTING, so no note of that time may carry it.
+    h = make_engine(fault="before_sbatch")
+    run_id = h.submit()
+    h.crash_tick()
+    token = h.run(run_id).token
+    assert token is not None
+    assert not any(token in (n or "") for n in h.notes(run_id))

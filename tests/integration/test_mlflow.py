@@ -233,7 +233,13 @@ def test_record_completed_when_the_server_is_back(
     mlflow_id = None
     while time.monotonic() < deadline:
         mlflow_id = direct.show(run)["mlflow_run_id"]
-        if mlflow_id and len(history(client, mlflow_id, "accuracy")) == 3:
+        # Its last request is the model's upload, after the third epoch: stop the server only
+        # then, or the job's own MLflow client retries for minutes (a busy machine lost it).
+        if (
+            mlflow_id
+            and len(history(client, mlflow_id, "accuracy")) == 3
+            and "model/model.pkl" in artifacts(client, mlflow_id)
+        ):
             break
         time.sleep(0.5)
     assert mlflow_id is not None

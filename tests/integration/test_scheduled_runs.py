@@ -510,3 +510,42 @@ def test_on_data_change_fires_for_each_new_data_version_and_not_for_code_commits
     assert sd.json("schedule", "show", "watch")["last_error"] is None
     assert len(_firings(sd, "watch")) == 2
     sd.cli("schedule", "rm", "watch", check=True)
+
+
+def test_a_schedule_of_a_members_own_repository_fires(lab: Lab) -> None:
+    """Issue 12: a member's schedule whose code is their own repository on the login node. The
+    daemon's account fetches from a repository it does not own; git calls that "dubious
+    ownership" and refused every firing, with its own words lost from the error."""
+    repo = Path("/tmp") / f"hpcops-m1-repo-{time.time_ns()}"
+    member = MEMBERS[0]
+
+    def as_member(*argv: str) -> str:
+        proc = subprocess.run(
+            ["runuser", "-u", member, "--", *argv],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd="/tmp",
+        )
+        return proc.stdout.strip()
+
+    as_member("git", "init", "-q", "-b", "main", str(repo))
+    as_member("sh", "-c", f"echo 'print(1)' > {repo}/train.py")
+    identity = ["-c", "user.email=m1@lab", "-c", "user.name=m1"]
+    as_member("git", "-C", str(repo), "add", "train.py")
+    as_member("git", "-C", str(repo), *identity, "commit", "-q", "-m", "first")
+    head = as_member("git", "-C", str(repo), "rev-parse", "HEAD")
+    assert Path(repo).stat().st_uid != 0
+
+    spec = lab.spec(
+        member, "own-repo", "python3 train.py", code={"repo": str(repo), "commit": "main"}
+    )
+    schedule = lab.json(member, "schedule", "add", spec, "--every", "3600")
+    proc = lab.cli(member, "schedule", "run-now", str(schedule["id"]))
+    assert proc.returncode == 0, proc.stderr
+    run = lab.json(member, "show", proc.stdout.strip())
+    assert run["code"]["commit"] == head
+    latest = lab.json(member, "schedule", "show", str(schedule["id"]))["firings"][0]
+    assert latest["outcome"] == "submitted", latest
+    lab.ok(member, "cancel", str(run["id"]))
+    lab.ok(member, "schedule", "rm", str(schedule["id"]))

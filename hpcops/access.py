@@ -16,7 +16,7 @@ import pwd
 from dataclasses import dataclass
 from enum import StrEnum
 
-from hpcops.config import AccessConfig
+from hpcops.config_sections import AccessConfig
 from hpcops.errors import ConfigError, InvalidInput, PermissionDenied
 
 

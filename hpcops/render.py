@@ -25,7 +25,7 @@ from typing import Final, NoReturn
 import jinja2
 import jinja2.sandbox
 
-from hpcops.config import passthrough_problem
+from hpcops.config_sections import passthrough_problem
 from hpcops.errors import ConfigError, FieldProblem, SpecError
 from hpcops.names import FULL_COMMIT_RE, NAME_PATTERN, SLURM_NAME_PATTERN
 from hpcops.rundir import RunDir

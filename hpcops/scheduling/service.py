@@ -33,12 +33,9 @@ schedule. The run and the completed record are written in one transaction, at mo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
-import signal
 import sys
 import threading
 import time
@@ -51,13 +48,14 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.executors.base import BaseExecutor
 
 from hpcops import cadence
-from hpcops.access import Caller, authorize, check_priority, role_of, unix_groups
+from hpcops.access import Caller
 from hpcops.config import Config
 from hpcops.engine import DAEMON, Engine
-from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied, SpecError
+from hpcops.errors import HpcopsError, InvalidInput, SpecError
 from hpcops.scheduling import datachange
+from hpcops.scheduling.firing import Firer, clip, id_of
 from hpcops.spec import Spec, parse_spec, spec_to_yaml
-from hpcops.store import Audit, Firing, Run, Schedule, Store
+from hpcops.store import Firing, Schedule, Store
 from hpcops.store.schedules import FIRING_PENDING
 
 if TYPE_CHECKING:
@@ -67,7 +65,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _JOB_PREFIX = "schedule-"
-_MAX_REASON_CHARS = 2000
 # The spec's rule for names (spec.py): a schedule's name is typed and shown like a run's.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -116,16 +113,10 @@ class ScheduleOptions:
 
 # At most this many on-data-change checks at once (each is a git fetch and a few reads).
 _CHECK_THREADS = 2
-# At most this many firings prepared at once (each may fetch its schedule's branch).
-_FIRING_THREADS = 4
 
 
 def _job_id(schedule_id: int | None) -> str:
     return f"{_JOB_PREFIX}{schedule_id}"
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 1] + "…"
 
 
 def _first(*values: Any) -> Any:
@@ -161,8 +152,7 @@ class ScheduleService:
         self.fault = fault  # HPCOPS_FAULT, for the kill -9 tests
         self._scheduler: BackgroundScheduler | None = None
         self._checks: ThreadPoolExecutor | None = None
-        self._firings: ThreadPoolExecutor | None = None
-        self._firing_locks: dict[int, threading.Lock] = {}
+        self._firer = Firer(store, engine, config, daemon_uid=daemon_uid, clock=clock, fault=fault)
         # Schedules with a check in progress: a check that outlasts its interval is not
         # started again beside itself.
         self._checking: set[int] = set()
@@ -186,7 +176,7 @@ class ScheduleService:
         scheduler.start(paused=True)
         self._scheduler = scheduler
         self._checks = ThreadPoolExecutor(_CHECK_THREADS, thread_name_prefix="hpcops-data-check")
-        self._firings = ThreadPoolExecutor(_FIRING_THREADS, thread_name_prefix="hpcops-firing")
+        self._firer.start()
         for schedule in self.store.schedules():
             self._sync_job(schedule)
         known = {_job_id(s.id) for s in self.store.schedules()}
@@ -206,19 +196,19 @@ class ScheduleService:
         if self._scheduler is not None and not stop.is_set():
             # Firings a stopped daemon claimed but did not complete: complete them now.
             for claimed in self.store.pending_firings():
-                self._fire_later(claimed)
+                self._firer.fire_later(claimed)
             self._scheduler.resume()
 
     def shutdown(self) -> None:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)  # lets a firing in progress commit
             self._scheduler = None
-        for pool in (self._checks, self._firings):
-            # A check or a claimed firing that has not started is dropped (the next start
-            # checks again, and completes the claim); one in progress finishes and commits.
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-        self._checks = self._firings = None
+        if self._checks is not None:
+            # A check that has not started is dropped (the next start checks again); one in
+            # progress finishes, so a firing it is making commits.
+            self._checks.shutdown(wait=True, cancel_futures=True)
+            self._checks = None
+        self._firer.shutdown()
 
     def _sync_job(self, schedule: Schedule) -> None:
         """Make APScheduler's job agree with the schedule's row: present and running, paused,
@@ -237,7 +227,7 @@ class ScheduleService:
                 trigger = _trigger(schedule)
             except (ValueError, LookupError) as exc:
                 log.error("schedule %s: cannot build its trigger: %s", schedule.id, exc)
-                self.store.update_schedule(_id(schedule), last_error=f"cannot schedule it: {exc}")
+                self.store.update_schedule(id_of(schedule), last_error=f"cannot schedule it: {exc}")
                 return
             extra: dict[str, Any] = {"next_run_time": None} if schedule.paused else {}
             scheduler.add_job(
@@ -353,19 +343,19 @@ class ScheduleService:
         return schedule
 
     def set_paused(self, schedule: Schedule, paused: bool) -> Schedule:
-        updated = self.store.update_schedule(_id(schedule), paused=paused)
+        updated = self.store.update_schedule(id_of(schedule), paused=paused)
         self._sync_job(updated)
         return updated
 
     def remove(self, schedule: Schedule, caller: Caller) -> Schedule:
         updated = self.store.update_schedule(
-            _id(schedule), removed_at=self.clock(), removed_by=caller.name
+            id_of(schedule), removed_at=self.clock(), removed_by=caller.name
         )
         self._sync_job(updated)
         return updated
 
     def run_now(self, schedule: Schedule, caller: Caller) -> Firing:
-        firing, _ = self.fire(
+        firing, _ = self._firer.fire(
             schedule,
             round(self.clock(), 3),
             kind="run-now",
@@ -381,7 +371,7 @@ class ScheduleService:
         times: dict[int, float | None] = {}
         for s in schedules:
             if s.paused or s.removed_at is not None or s.id is None:
-                times[_id(s)] = None
+                times[id_of(s)] = None
                 continue
             try:
                 nxt = _trigger(s).get_next_fire_time(None, now)
@@ -422,7 +412,7 @@ class ScheduleService:
         )
         for plan in plans:
             if not plan.fire:  # a skip is a record only: nothing slow to wait for
-                self.fire(
+                self._firer.fire(
                     schedule,
                     plan.scheduled_for,
                     kind=plan.kind,
@@ -442,40 +432,11 @@ class ScheduleService:
                     kind=plan.kind,
                     actor=DAEMON,
                     outcome=FIRING_PENDING,
-                    reason=_clip(plan.reason),
+                    reason=clip(plan.reason),
                 )
             )
             if new:
-                self._fire_later(claimed)
-
-    def _fire_later(self, claimed: Firing) -> None:
-        pool = self._firings
-        if pool is None:
-            return  # stopping: the claim stays pending and is completed at the next start
-        # A pool shutting down with the daemon refuses it: the claim is completed at next start.
-        with contextlib.suppress(RuntimeError):
-            pool.submit(self._fire_claimed, claimed)
-
-    def _fire_claimed(self, claimed: Firing) -> None:
-        """Complete a claimed firing: prepare its run and record both (record_firing)."""
-        lock = self._schedule_lock(claimed.schedule_id)
-        try:
-            with lock:  # one schedule's firings in order, each after the one before
-                schedule = self.store.get_schedule(claimed.schedule_id)
-                self.fire(
-                    schedule,
-                    claimed.scheduled_for,
-                    kind=claimed.kind,
-                    actor=claimed.actor,
-                    note=claimed.reason,
-                    submit=schedule.removed_at is None,
-                )
-        except Exception:  # a bug costs this firing, not the pool or the other schedules
-            log.exception("schedule %s: firing failed", claimed.schedule_id)
-
-    def _schedule_lock(self, schedule_id: int) -> threading.Lock:
-        with self._checking_lock:
-            return self._firing_locks.setdefault(schedule_id, threading.Lock())
+                self._firer.fire_later(claimed)
 
     def _start_check(self, schedule_id: int, due_at: float) -> None:
         pool = self._checks
@@ -525,7 +486,7 @@ class ScheduleService:
             else:
                 log.warning("schedule %s: data check failed: %s", schedule_id, message)
             self.store.record_check(
-                schedule_id, at=self.clock(), ok=False, result=_clip(f"failed: {message}")
+                schedule_id, at=self.clock(), ok=False, result=clip(f"failed: {message}")
             )
             return None
         fired, failed = self.store.data_baseline(schedule_id)
@@ -538,13 +499,11 @@ class ScheduleService:
             active_state=active[1] if active else None,
             allow_overlap=schedule.allow_overlap,
         )
-        self.store.record_check(
-            schedule_id, at=self.clock(), ok=True, result=_clip(decision.result)
-        )
+        self.store.record_check(schedule_id, at=self.clock(), ok=True, result=clip(decision.result))
         if not decision.fire:
             log.debug("schedule %s: %s", schedule_id, decision.result)
             return None
-        firing, _ = self.fire(
+        firing, _ = self._firer.fire(
             schedule,
             round(due_at, 3),
             kind="data-change",
@@ -553,98 +512,6 @@ class ScheduleService:
             data_json=json.dumps([v.to_json() for v in current]),
         )
         return firing
-
-    def fire(
-        self,
-        schedule: Schedule,
-        scheduled_for: float,
-        *,
-        kind: str,
-        actor: str,
-        note: str = "",
-        submit: bool = True,
-        data_json: str | None = None,
-    ) -> tuple[Firing, bool]:
-        """One firing: a fresh run of the schedule's spec for its owner, recorded with it in
-        one transaction. Returns the firing and whether it is new (False: already recorded).
-        `data_json`: the data versions a check read, kept on a firing that queues no run (its
-        run's own versions are kept on one that does)."""
-        firing = Firing(
-            schedule_id=_id(schedule),
-            scheduled_for=scheduled_for,
-            fired_at=self.clock(),
-            kind=kind,
-            actor=actor,
-            outcome="skipped",
-            reason=_clip(note),
-            data_json=data_json,
-        )
-        run: Run | None = None
-        if submit:
-            try:
-                run = self._run_for(schedule)
-            except HpcopsError as exc:
-                firing.outcome = "error"
-                firing.reason = _clip("; ".join(filter(None, [note, exc.message])))
-            except Exception as exc:  # a bug costs this firing, not the scheduler
-                log.exception("schedule %s: firing failed", schedule.id)
-                firing.outcome = "error"
-                firing.reason = _clip(f"internal error: {exc!r} (see the daemon's log)")
-        self._fault_point("firing_before_commit")
-        recorded, new = self.store.record_firing(
-            firing,
-            run,
-            allow_overlap=schedule.allow_overlap,
-            run_note=f"queued by schedule {schedule.id} ({schedule.name})",
-        )
-        self._fault_point("firing_after_commit")
-        if new:
-            log.info(
-                "schedule %s (%s) fired for %s: %s%s%s",
-                schedule.id,
-                schedule.name,
-                datetime.fromtimestamp(scheduled_for, UTC).isoformat(timespec="seconds"),
-                recorded.outcome,
-                f" run {recorded.run_id}" if recorded.run_id else "",
-                f" ({recorded.reason})" if recorded.reason else "",
-            )
-            if recorded.outcome == "submitted":
-                self.engine.changed()
-        return recorded, new
-
-    def _run_for(self, schedule: Schedule) -> Run:
-        """The run a firing queues: the schedule's spec with its moving references resolved
-        now, owned by the schedule's owner and checked as `hpcops submit` checks theirs (role,
-        priority range, cluster limits, template); quotas apply in the queue as for any run."""
-        owner = Caller(uid=schedule.owner_uid, name=schedule.owner)
-        access = self.config.access
-        role = role_of(owner, access, daemon_uid=self.daemon_uid, groups=unix_groups(owner.name))
-        source = f"schedule {schedule.id} ({schedule.name})"
-        try:
-            authorize("submit", owner, role)
-            # Moving references (a code branch, a data target's rev) are resolved by
-            # prepare_run, through the lab's code mirror: the run gets today's commit.
-            spec = parse_spec(schedule.spec_yaml, source)
-            check_priority(spec.priority, role, access)
-        except PermissionDenied as exc:
-            self.store.audit(
-                Audit(
-                    at=self.clock(),
-                    actor=owner.name,
-                    role=role.value,
-                    action="schedule_fire",
-                    target=f"schedule {schedule.id}",
-                    allowed=False,
-                    detail=exc.message,
-                )
-            )
-            raise PermissionDenied(f"the schedule's owner may no longer submit: {exc}") from None
-        return self.engine.prepare_run(spec, source, owner)
-
-    def _fault_point(self, name: str) -> None:
-        if self.fault == name:
-            log.warning("fault point %s: killing the daemon with SIGKILL (HPCOPS_FAULT)", name)
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _trigger(schedule: Schedule) -> Any:
@@ -656,8 +523,3 @@ def _trigger(schedule: Schedule) -> Any:
         timezone=schedule.timezone,
         anchor=schedule.created_at,
     )
-
-
-def _id(schedule: Schedule) -> int:
-    assert schedule.id is not None  # schedules read from the store always have one
-    return schedule.id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hpcops.access import Caller, Role, authorize, check_priority, role_of
-from hpcops.config import AccessConfig
+from hpcops.config_sections import AccessConfig
 from hpcops.errors import InvalidInput, PermissionDenied
 
 ACCESS = AccessConfig(

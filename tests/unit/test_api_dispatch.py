@@ -16,7 +16,8 @@ from hpcops.access import Caller
 from hpcops.api import protocol
 from hpcops.api.server import Api
 from hpcops.code.mirror import CodeMirror, Shipment
-from hpcops.config import AccessConfig, Config
+from hpcops.config import Config
+from hpcops.config_sections import AccessConfig
 from hpcops.data.cache import ContentCache
 from hpcops.engine import EngineStatus, SlurmHealth
 from hpcops.spec import Spec

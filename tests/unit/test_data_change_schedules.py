@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from hpcops.api.views import schedule_view
 from hpcops.cadence import cadence
-from hpcops.config import SchedulesConfig
+from hpcops.config_sections import SchedulesConfig
 from hpcops.errors import SpecError
 from hpcops.scheduling.datachange import (
     TargetVersion,

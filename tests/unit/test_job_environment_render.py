@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcops.config import DEFAULT_ENV_PASSTHROUGH, Config, parse_config, passthrough_problem
+from hpcops.config import Config, parse_config
+from hpcops.config_sections import DEFAULT_ENV_PASSTHROUGH, passthrough_problem
 from hpcops.errors import ConfigError, SpecError
 from hpcops.jobcontext import Placement, build_job_context
 from hpcops.render import JobContext, StagingJob, render_script, render_staging_script

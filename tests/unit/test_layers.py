@@ -79,6 +79,7 @@ LAYER_OF: dict[str, str] = {
     "render": "render",
     "spec": "spec",
     "config": "config",
+    "config_sections": "config",
     "access": "access",
     "cadence": "cadence",
     "yamlio": "yamlio",

@@ -1,0 +1,196 @@
+"""Firing a schedule: a due time becomes a run of its spec for its owner, recorded with the
+firing in one transaction (ScheduleService decides when; this module makes the run).
+
+A scheduled firing is claimed first, in APScheduler's thread (service.py), then completed here,
+in a small pool: preparing its run may fetch the schedule's branch from a slow repository, and
+that must delay no other schedule. One schedule's firings complete in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from hpcops.access import Caller, authorize, check_priority, role_of, unix_groups
+from hpcops.config import Config
+from hpcops.engine import Engine
+from hpcops.errors import HpcopsError, PermissionDenied
+from hpcops.spec import parse_spec
+from hpcops.store import Audit, Firing, Run, Schedule, Store
+
+log = logging.getLogger(__name__)
+
+_MAX_REASON_CHARS = 2000
+# At most this many firings prepared at once (each may fetch its schedule's branch).
+_FIRING_THREADS = 4
+
+
+def clip(text: str) -> str:
+    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 1] + "…"
+
+
+def id_of(schedule: Schedule) -> int:
+    assert schedule.id is not None  # schedules read from the store always have one
+    return schedule.id
+
+
+class Firer:
+    """Makes the runs of schedules' firings, now (`fire`) or in its pool (`fire_later`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        config: Config,
+        *,
+        daemon_uid: int,
+        clock: Callable[[], float] = time.time,
+        fault: str | None = None,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.config = config
+        self.daemon_uid = daemon_uid
+        self.clock = clock
+        self.fault = fault  # HPCOPS_FAULT, for the kill -9 tests
+        self._pool: ThreadPoolExecutor | None = None
+        self._locks: dict[int, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def start(self) -> None:
+        self._pool = ThreadPoolExecutor(_FIRING_THREADS, thread_name_prefix="hpcops-firing")
+
+    def shutdown(self) -> None:
+        # A claimed firing that has not started is dropped (the next start completes the
+        # claim); one in progress finishes and commits.
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def fire_later(self, claimed: Firing) -> None:
+        pool = self._pool
+        if pool is None:
+            return  # stopping: the claim stays pending and is completed at the next start
+        # A pool shutting down with the daemon refuses it: the claim is completed at next start.
+        with contextlib.suppress(RuntimeError):
+            pool.submit(self._fire_claimed, claimed)
+
+    def _fire_claimed(self, claimed: Firing) -> None:
+        """Complete a claimed firing: prepare its run and record both (record_firing)."""
+        lock = self._lock_of(claimed.schedule_id)
+        try:
+            with lock:  # one schedule's firings in order, each after the one before
+                schedule = self.store.get_schedule(claimed.schedule_id)
+                self.fire(
+                    schedule,
+                    claimed.scheduled_for,
+                    kind=claimed.kind,
+                    actor=claimed.actor,
+                    note=claimed.reason,
+                    submit=schedule.removed_at is None,
+                )
+        except Exception:  # a bug costs this firing, not the pool or the other schedules
+            log.exception("schedule %s: firing failed", claimed.schedule_id)
+
+    def _lock_of(self, schedule_id: int) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(schedule_id, threading.Lock())
+
+    def fire(
+        self,
+        schedule: Schedule,
+        scheduled_for: float,
+        *,
+        kind: str,
+        actor: str,
+        note: str = "",
+        submit: bool = True,
+        data_json: str | None = None,
+    ) -> tuple[Firing, bool]:
+        """One firing: a fresh run of the schedule's spec for its owner, recorded with it in
+        one transaction. Returns the firing and whether it is new (False: already recorded).
+        `data_json`: the data versions a check read, kept on a firing that queues no run (its
+        run's own versions are kept on one that does)."""
+        firing = Firing(
+            schedule_id=id_of(schedule),
+            scheduled_for=scheduled_for,
+            fired_at=self.clock(),
+            kind=kind,
+            actor=actor,
+            outcome="skipped",
+            reason=clip(note),
+            data_json=data_json,
+        )
+        run: Run | None = None
+        if submit:
+            try:
+                run = self._run_for(schedule)
+            except HpcopsError as exc:
+                firing.outcome = "error"
+                firing.reason = clip("; ".join(filter(None, [note, exc.message])))
+            except Exception as exc:  # a bug costs this firing, not the scheduler
+                log.exception("schedule %s: firing failed", schedule.id)
+                firing.outcome = "error"
+                firing.reason = clip(f"internal error: {exc!r} (see the daemon's log)")
+        self._fault_point("firing_before_commit")
+        recorded, new = self.store.record_firing(
+            firing,
+            run,
+            allow_overlap=schedule.allow_overlap,
+            run_note=f"queued by schedule {schedule.id} ({schedule.name})",
+        )
+        self._fault_point("firing_after_commit")
+        if new:
+            log.info(
+                "schedule %s (%s) fired for %s: %s%s%s",
+                schedule.id,
+                schedule.name,
+                datetime.fromtimestamp(scheduled_for, UTC).isoformat(timespec="seconds"),
+                recorded.outcome,
+                f" run {recorded.run_id}" if recorded.run_id else "",
+                f" ({recorded.reason})" if recorded.reason else "",
+            )
+            if recorded.outcome == "submitted":
+                self.engine.changed()
+        return recorded, new
+
+    def _run_for(self, schedule: Schedule) -> Run:
+        """The run a firing queues: the schedule's spec with its moving references resolved
+        now, owned by the schedule's owner and checked as `hpcops submit` checks theirs (role,
+        priority range, cluster limits, template); quotas apply in the queue as for any run."""
+        owner = Caller(uid=schedule.owner_uid, name=schedule.owner)
+        access = self.config.access
+        role = role_of(owner, access, daemon_uid=self.daemon_uid, groups=unix_groups(owner.name))
+        source = f"schedule {schedule.id} ({schedule.name})"
+        try:
+            authorize("submit", owner, role)
+            # Moving references (a code branch, a data target's rev) are resolved by
+            # prepare_run, through the lab's code mirror: the run gets today's commit.
+            spec = parse_spec(schedule.spec_yaml, source)
+            check_priority(spec.priority, role, access)
+        except PermissionDenied as exc:
+            self.store.audit(
+                Audit(
+                    at=self.clock(),
+                    actor=owner.name,
+                    role=role.value,
+                    action="schedule_fire",
+                    target=f"schedule {schedule.id}",
+                    allowed=False,
+                    detail=exc.message,
+                )
+            )
+            raise PermissionDenied(f"the schedule's owner may no longer submit: {exc}") from None
+        return self.engine.prepare_run(spec, source, owner)
+
+    def _fault_point(self, name: str) -> None:
+        if self.fault == name:
+            log.warning("fault point %s: killing the daemon with SIGKILL (HPCOPS_FAULT)", name)
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -153,6 +153,9 @@ def on_markers(run: Run, texts: MarkerTexts, now: float) -> list[Outcome]:
     return outcomes
 
 
+_REASON_MAX_CHARS = 2000
+
+
 def _bad_marker(run: Run, which: str, exc: BadMarker) -> list[Outcome]:
     """A marker the job garbled is that run's problem: its reason says so (once), and the job
     is followed through squeue and sacct as if it had written none."""
@@ -405,7 +408,10 @@ def staging_failure(run: Run, progress_text: str | None) -> str | None:
     if progress.get("token") != run.token:
         return "the staging job ended before it staged the data (hpcops logs --staging)"
     if progress.get("error"):
-        return str(progress["error"])
+        # The stager's words, which a job can make as long as it likes: bounded, as a reason
+        # must be to reach MLflow's tags.
+        error = str(progress["error"])
+        return error if len(error) <= _REASON_MAX_CHARS else error[: _REASON_MAX_CHARS - 1] + "…"
     targets = progress.get("targets")
     done = isinstance(targets, dict) and all(
         isinstance(t, dict) and t.get("phase") == "done" for t in targets.values()

@@ -9,6 +9,23 @@ from pathlib import Path
 
 from hpcops.errors import HpcopsError
 
+# The code mirror sits on scratch, where every job can write, and its config and hooks with it:
+# a job could plant hooks/reference-transaction or set credential.helper=!cmd there, and the
+# daemon would run it on the login node with its own secrets at the next fetch. Command-line
+# config outranks the repository's, so every git that hpcops runs starts with these: no hooks,
+# no fsmonitor, no credential helper, no proxy command, no ext:: transport, plain ssh (a lab that
+# needs another ssh command sets GIT_SSH_COMMAND, which outranks all config).
+_NOTHING_RUNS: tuple[str, ...] = (
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "core.fsmonitor=false",
+    "-c", "credential.helper=",
+    "-c", "core.gitProxy=",
+    "-c", "core.sshCommand=ssh",
+    "-c", "core.askPass=/bin/false",
+    "-c", "protocol.ext.allow=never",
+    "-c", "uploadpack.packObjectsHook=",
+)  # fmt: skip
+
 
 class GitError(HpcopsError):
     """git failed; the message carries its stderr. An HpcopsError, so that whatever git call a
@@ -35,7 +52,7 @@ def git(
     }
     try:
         proc = subprocess.run(
-            ["git", *args],
+            ["git", *_NOTHING_RUNS, *args],
             cwd=cwd,
             env=full_env,
             input=stdin,

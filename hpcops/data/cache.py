@@ -140,7 +140,7 @@ class ContentCache:
         """For gc: no stager at work. CacheError if stagers keep it busy for `wait_s`."""
         deadline = time.monotonic() + wait_s
         path = self.root / "locks" / "gc.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             while True:
                 try:
@@ -159,7 +159,7 @@ class ContentCache:
     @staticmethod
     @contextlib.contextmanager
     def _flock(path: Path, how: int) -> Iterator[None]:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, how)
             yield

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from hpcops.access import Caller, authorize, check_priority, role_of, unix_groups
+from hpcops.backoff import backoff_s
 from hpcops.config import Config
 from hpcops.engine import Engine
 from hpcops.errors import HpcopsError, PermissionDenied
@@ -63,6 +64,7 @@ class Firer:
         self._pool: ThreadPoolExecutor | None = None
         self._locks: dict[int, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self._failures: dict[float, int] = {}  # a claim's failed attempts, by its time
 
     def start(self) -> None:
         self._pool = ThreadPoolExecutor(_FIRING_THREADS, thread_name_prefix="hpcops-firing")
@@ -97,7 +99,19 @@ class Firer:
                     submit=schedule.removed_at is None,
                 )
         except Exception:  # a bug costs this firing, not the pool or the other schedules
-            log.exception("schedule %s: firing failed", claimed.schedule_id)
+            # The claim stays pending (the store was busy, say): try it again after a back-off
+            # rather than only at the daemon's next start.
+            failures = self._failures.get(claimed.scheduled_for, 0) + 1
+            self._failures[claimed.scheduled_for] = failures
+            delay = backoff_s(failures, first_s=30.0, max_s=600.0)
+            log.exception(
+                "schedule %s: firing failed; trying again in %.0f s", claimed.schedule_id, delay
+            )
+            retry = threading.Timer(delay, self.fire_later, args=(claimed,))
+            retry.daemon = True
+            retry.start()
+        else:
+            self._failures.pop(claimed.scheduled_for, None)
 
     def _lock_of(self, schedule_id: int) -> threading.Lock:
         with self._locks_lock:

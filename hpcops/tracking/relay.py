@@ -20,7 +20,9 @@ offset per file and reads only what is new, and only whole lines.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -100,6 +102,10 @@ def parse_metric_lines(data: bytes) -> tuple[list[tuple[int, float, int]], int]:
             step = int(parts[2]) if len(parts) > 2 else 0
         except ValueError:
             continue
+        # MLflow's protobuf holds int64: a larger number raised in the client, which once
+        # looked like "server unreachable" for the whole lab. Out of range: not a point.
+        if not (0 <= timestamp <= _INT64_MAX and -_INT64_MAX <= step <= _INT64_MAX):
+            continue
         points.append((timestamp, value, step))
     return points, end
 
@@ -116,6 +122,11 @@ class Delta:
 
 
 # The job writes the store: bound what one pass reads, and what one value may be.
+_INT64_MAX = 2**63 - 1
+_PASS_MAX_BYTES = 64 * 1024 * 1024
+# MLflow's own rule for metric, param and tag keys; a file name outside it is not a key (a
+# non-UTF-8 name failed in the client and the store).
+_KEY_RE = re.compile(r"[A-Za-z0-9_\-. /:]{1,250}")
 _METRIC_CHUNK_BYTES = 8 * 1024 * 1024
 _VALUE_MAX_BYTES = 1024 * 1024
 
@@ -128,37 +139,53 @@ def _read_text(root: Path, path: PurePath) -> str | None:
     return chunk.data.decode("utf-8", errors="replace")
 
 
+def _digest(value: str) -> str:
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", errors="replace")).hexdigest()
+
+
+def _keys(names: list[str]) -> list[str]:
+    return [name for name in names if _KEY_RE.fullmatch(name)]
+
+
 def collect(root: Path, run_dir: PurePath, cursors: dict[str, str], *, final: bool) -> Delta:
     """Everything in the file-store run at `root/run_dir` that the cursors say was not sent
     yet. The store is the job's: every file is reached from `root` without following links
     (hpcops/transport/beneath.py), and a file that cannot be read so is skipped, not fatal."""
     delta = Delta()
     batch = delta.batch
-    for key in list_beneath(root, run_dir / "metrics"):
+    budget = _PASS_MAX_BYTES  # what one pass reads in all; the rest waits for the next pass
+    for key in _keys(list_beneath(root, run_dir / "metrics")):
         cursor = f"metric:{key}"
+        if budget <= 0:
+            break
         try:
             offset = max(0, int(cursors.get(cursor, "0")))
-            chunk = read_beneath(root, run_dir / "metrics" / key, offset, _METRIC_CHUNK_BYTES)
+            want = min(_METRIC_CHUNK_BYTES, budget)
+            chunk = read_beneath(root, run_dir / "metrics" / key, offset, want)
         except (UnsafeFile, OSError, ValueError):
             continue
+        budget -= len(chunk.data)
         points, used = parse_metric_lines(chunk.data)
         batch.metrics.extend(MetricPoint(key, v, ts, step) for ts, v, step in points)
         if used:
             delta.cursors[cursor] = str(offset + used)
-    for key in list_beneath(root, run_dir / "params"):
-        value = _read_text(root, run_dir / "params" / key)
-        # A param file is written in place: empty may mean "being written". Params cannot
-        # change once logged, so wait for the value, except on the last pass.
-        if value is not None and (value or final) and cursors.get(f"param:{key}") != value:
-            batch.params[key] = value
-            delta.cursors[f"param:{key}"] = value
-    for key in list_beneath(root, run_dir / "tags"):
-        if key in _SKIPPED_TAGS or key.startswith(TAG_PREFIX):
-            continue
-        value = _read_text(root, run_dir / "tags" / key)
-        if value is not None and cursors.get(f"tag:{key}") != value:
-            batch.tags[key] = value
-            delta.cursors[f"tag:{key}"] = value
+    for kind, target in (("param", batch.params), ("tag", batch.tags)):
+        for key in _keys(list_beneath(root, run_dir / f"{kind}s")):
+            if kind == "tag" and (key in _SKIPPED_TAGS or key.startswith(TAG_PREFIX)):
+                continue
+            value = _read_text(root, run_dir / f"{kind}s" / key)
+            if value is None or budget <= 0:
+                continue
+            budget -= len(value)
+            # A param file is written in place: empty may mean "being written". Params cannot
+            # change once logged, so wait for the value, except on the last pass.
+            if kind == "param" and not value and not final:
+                continue
+            # The cursor keeps a digest, not the value: the job decides how long a value is.
+            seen = _digest(value)
+            if cursors.get(f"{kind}:{key}") != seen:
+                target[key] = value
+                delta.cursors[f"{kind}:{key}"] = seen
     for rel in list_beneath(root, run_dir / "artifacts"):
         path = run_dir / "artifacts" / rel
         try:

@@ -83,6 +83,10 @@ def _translated(what: str) -> Iterator[None]:
         raise TrackingUnreachable(message) from exc
     except (OSError, ConnectionError, TimeoutError) as exc:
         raise TrackingUnreachable(f"{what}: {exc}") from exc
+    except (ValueError, TypeError, UnicodeError) as exc:
+        # The client refused a value before sending it (out of range, not text): this request
+        # is wrong, not the server; retrying it would hold the outbox for everyone.
+        raise TrackingRejected(f"{what}: {type(exc).__name__}: {str(exc)[:500]}") from exc
     except Exception as exc:
         # requests' own exceptions (artifact uploads) and anything else from the client: the
         # server or the path to it failed; retry later, and keep the evidence in the log.

@@ -100,3 +100,27 @@ def test_a_slow_repository_holds_up_no_other(
         deadline.cancel()
         thread.join(timeout=60)
     assert len(errors) == 1
+
+
+def test_hooks_and_config_a_job_plants_in_the_mirror_never_run(
+    mirror: CodeMirror, tmp_path: Path
+) -> None:
+    # The mirror is on scratch: a job can write its hooks and config. The daemon's next fetch
+    # must run none of it (it would run on the login node with the daemon's secrets).
+    commit = _repo(tmp_path / "proj")
+    ran = tmp_path / "ran"
+    hook = f'#!/bin/sh\necho "$0" >> {ran}\n'
+    for name in ("reference-transaction", "post-checkout", "pre-auto-gc", "post-update"):
+        path = mirror.path / "hooks" / name
+        path.write_text(hook)
+        path.chmod(0o755)
+    with (mirror.path / "config").open("a") as config:
+        config.write(
+            f"[credential]\n\thelper = \"!sh -c 'echo helper >> {ran}'\"\n"
+            f"[core]\n\tsshCommand = sh -c 'echo ssh >> {ran}'\n\tfsmonitor = {hook!r}\n"
+            '[protocol "ext"]\n\tallow = always\n'
+        )
+    assert mirror.fetch_url(str(tmp_path / "proj"), "main") == commit
+    with pytest.raises(MirrorError):
+        mirror.fetch_url("ssh://unreachable.invalid/lab/proj.git", "main")
+    assert not ran.exists(), ran.read_text()

@@ -133,3 +133,29 @@ def test_a_refused_param_loses_only_itself(lab: tuple[Tracker, Path]) -> None:
     assert logged.params == {"epochs": "3"}
     assert logged.tags == {"note": "x"}
     assert sorted(m.key for m in logged.metrics) == ["acc", "loss"]
+
+
+def test_metric_lines_out_of_mlflows_range_are_not_points() -> None:
+    data = b"100000000000000000000 1 0\n1000 0.5 99999999999999999999\n-5 1 0\n1001 0.25 3\n"
+    points, used = relay.parse_metric_lines(data)
+    assert points == [(1001, 0.25, 3)]
+    assert used == len(data)
+
+
+def test_a_key_mlflow_would_refuse_is_not_relayed(tmp_path: Path) -> None:
+    root, run_dir = _store(tmp_path)
+    (root / run_dir / "metrics" / "loss").write_text("1000 0.5 0\n")
+    (root / run_dir / "metrics" / "bad\nkey").write_text("1000 0.5 0\n")
+    bad_name = os.fsdecode(b"\xff\xfe")
+    (root / run_dir / "params" / bad_name).write_text("x")
+    delta = relay.collect(root, run_dir, {}, final=True)
+    assert [m.key for m in delta.batch.metrics] == ["loss"]
+    assert delta.batch.params == {}
+
+
+def test_a_value_the_client_refuses_is_a_refusal_not_an_outage() -> None:
+    from hpcops.errors import TrackingRejected as Rejected
+    from hpcops.tracking.server import _translated
+
+    with pytest.raises(Rejected), _translated("log batch"):
+        raise ValueError("Value out of range: 100000000000000000000")

@@ -78,15 +78,17 @@ class ReconnectLimiter:
 
 
 # Reads the first line of each path given on stdin, by number, with shell builtins only (no
-# process per file). The job writes these files: `[ -f ]` keeps a FIFO from blocking the read,
-# `[ ! -L ]` leaves a planted link unread, and bash's `read -n` stops after SMALL_FILE_MAX_BYTES
-# characters, so a marker of gigabytes with no newline costs no more than a short one.
+# process per file). The job writes these files: `[ -f ]` skips a FIFO, `[ ! -L ]` leaves a
+# planted link unread, and bash's `read -n` stops after SMALL_FILE_MAX_BYTES characters, so a
+# marker of gigabytes with no newline costs no more than a short one. A file swapped for a FIFO
+# after the test still cannot block: `<>` opens it read-write (which never waits for a writer)
+# and `read -t` gives up on it after 0.2 s.
 _READ_SMALL_FILES = r"""
 i=0
 while IFS= read -r f; do
     if [ -f "$f" ] && [ ! -L "$f" ] && [ -r "$f" ]; then
         line=
-        IFS= read -r -n 4096 line < "$f"
+        IFS= read -r -n 4096 -t 0.2 line <> "$f"
         printf '%s\t%s\n' "$i" "$line"
     fi
     i=$((i + 1))

@@ -183,6 +183,7 @@ def finalize_ended(p: Parts, s: LoopState) -> None:
     if not due:
         return
     records = p.slurm.accounting([r.slurm_job_id for r in due if r.slurm_job_id])
+    dbd_answered(s)
     for run in due:
         assert run.id is not None and run.slurm_job_id is not None
         found = records.get(run.slurm_job_id)
@@ -245,6 +246,12 @@ def _tail(p: Parts, path: PurePath) -> str:
         log.warning("cannot read %s: %s", path, exc)
         return ""
     return last_lines(chunk.data, max_lines=20)
+
+
+def dbd_answered(s: LoopState) -> None:
+    """sacct answered: slurmdbd's outage, if there was one, is over."""
+    if s.dbd_health.answered():
+        log.info("slurmdbd (sacct) answers again")
 
 
 # --- 4. cancellations ----------------------------------------------------------------------------

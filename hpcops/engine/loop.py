@@ -63,17 +63,24 @@ def tick(p: Parts, s: LoopState) -> None:
     s.ctld_answered = False
     # While slurmctld is out of reach, each retry the back-off allows is one squeue: a probe.
     poll_due = now >= s.next_squeue_at or not s.health.reachable
-    steps: list[tuple[str, Callable[[], None]]] = [
-        ("poll", lambda: safety_net(p, s) if poll_due else None),
-        ("final states", lambda: finalize_ended(p, s)),
-        ("cancellations", lambda: send_cancels(p, s)),
-        ("fair-share usage", lambda: refresh_usage(p, s)),
-        ("release", lambda: release(p, s)),
+    # sacct's steps ask slurmdbd, not slurmctld: its outage backs off those steps alone, and
+    # cancellations and releases go on (slurmctld may well answer).
+    dbd = s.dbd_health.callable(now)
+    steps: list[tuple[str, bool, Callable[[], None]]] = [
+        ("poll", False, lambda: safety_net(p, s) if poll_due else None),
+        ("final states", True, lambda: finalize_ended(p, s) if dbd else None),
+        ("cancellations", False, lambda: send_cancels(p, s)),
+        ("fair-share usage", True, lambda: refresh_usage(p, s) if dbd else None),
+        ("release", False, lambda: release(p, s)),
     ]
-    for name, step in steps:
+    for name, asks_slurmdbd, step in steps:
         try:
             step()
         except SlurmUnreachable as exc:
+            if asks_slurmdbd:
+                if s.dbd_health.failed(now, exc.message, first_s=2.0, max_s=_BACKOFF_MAX_S):
+                    log.warning("slurmdbd (sacct) unreachable, retrying with back-off: %s", exc)
+                continue
             slurm_failed(p, s, exc)
             return
         except TransportError as exc:  # a run directory's file on an unreachable cluster

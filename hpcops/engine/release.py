@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from hpcops import policy
+from hpcops.engine.follow import dbd_answered
 from hpcops.engine.state import LoopState, Parts
 from hpcops.engine.submit import submit_run
 from hpcops.states import RunState
@@ -151,6 +152,7 @@ def refresh_usage(p: Parts, s: LoopState) -> None:
         return
     since = datetime.fromtimestamp(now - fair.window_days * 86400)
     records = p.slurm.usage(since)
+    dbd_answered(s)
     owners = p.store.owners_by_job([r.job_id for r in records])
     usage: dict[str, float] = {}
     for r in records:

@@ -86,6 +86,8 @@ class LoopState:
     # Whether slurmctld itself answered this tick (squeue or sbatch): only that proves it is
     # reachable again; sacct goes to slurmdbd, which may answer while slurmctld is down.
     ctld_answered: bool = False
+    # slurmdbd's health (sacct), kept apart: it may be down while slurmctld answers.
+    dbd_health: Health = field(default_factory=Health)
     # The earliest end of a Slurm-limit back-off among the runs the last plan released: plan
     # again then (inf: none waits).
     retry_due_at: float = float("inf")

@@ -192,6 +192,7 @@ class FakeSlurm:
         # slurmctld stopped: its commands fail with the captured stderr, sacct still answers
         # (it asks slurmdbd). transport_down: nothing is reached at all (SSH lost).
         self.ctld_down = False
+        self.dbd_down = False  # slurmdbd (sacct) out of reach; slurmctld may still answer
         self.transport_down = False
         # sbatch reaches slurmctld, the job is made, the answer is lost (`Socket timed out`).
         self.lose_sbatch_reply = 0
@@ -348,6 +349,9 @@ class FakeSlurm:
 
     def _sacct(self, argv: list[str]) -> tuple[int, str, str]:
         # sacct asks slurmdbd, not slurmctld: it answers while the controller is down.
+        if self.dbd_down:
+            self.calls["sacct_unanswered"] += 1
+            return 1, "", "sacct: error: slurm_persist_conn_open_without_init: failed\n"
         if "--state=BF,CA,CD,DL,F,NF,OOM,PR,TO" in argv or any(
             a.startswith("--state=") for a in argv
         ):

@@ -201,3 +201,29 @@ def test_a_run_waiting_out_a_limit_does_not_replan_every_tick(make_engine: Engin
         h.tick()
         decisions.append(h.engine.status().decision)
     assert all(d is decisions[0] for d in decisions)
+
+
+def test_a_slurmdbd_outage_stops_neither_release_nor_cancellations(
+    make_engine: EngineFactory,
+) -> None:
+    # sacct goes to slurmdbd; while it is down, runs are still released and cancelled through
+    # slurmctld, Slurm stays "reachable", and the runs that ended are settled once it is back.
+    h = make_engine()
+    first = h.submit("first")
+    h.tick()
+    job = h.job_of(first)
+    h.slurm.start(job)
+    h.slurm.finish(job, 0)
+    h.slurm.dbd_down = True
+    second = h.submit("second")
+    h.run_for(20, every_s=1)
+    assert h.state(second) in ("PENDING", "RUNNING")
+    h.cancel(second)
+    h.run_for(5, every_s=1)
+    assert h.slurm.job(h.job_of(second)).state.startswith("CANCELLED")
+    assert h.engine.status().health.reachable is True
+    assert h.slurm.calls["sacct_unanswered"] <= 8, "sacct backs off while slurmdbd is down"
+    h.slurm.dbd_down = False
+    h.run_for(70, every_s=1)
+    assert h.state(first) == "COMPLETED"
+    assert h.state(second) == "CANCELLED"

@@ -41,10 +41,15 @@ def describe_char(ch: str) -> str:
     return f"{ch!r}"
 
 
+def clip(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with an ellipsis: the one bound on a text that came
+    from outside (a request, a job's file) and is recorded or shown."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def show(text: str, limit: int = 60) -> str:
     """`text` quoted as Python would, cut to `limit` characters."""
-    shown = repr(text)
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+    return clip(repr(text), limit)
 
 
 def describe_value(value: object) -> str:

@@ -20,6 +20,7 @@ from enum import Enum
 from typing import Any
 
 from hpcops.backoff import backoff_s
+from hpcops.describe import clip
 from hpcops.errors import SlurmError, SlurmRejected
 from hpcops.rundir import (
     BadMarker,
@@ -410,8 +411,7 @@ def staging_failure(run: Run, progress_text: str | None) -> str | None:
     if progress.get("error"):
         # The stager's words, which a job can make as long as it likes: bounded, as a reason
         # must be to reach MLflow's tags.
-        error = str(progress["error"])
-        return error if len(error) <= _REASON_MAX_CHARS else error[: _REASON_MAX_CHARS - 1] + "…"
+        return clip(str(progress["error"]), _REASON_MAX_CHARS)
     targets = progress.get("targets")
     done = isinstance(targets, dict) and all(
         isinstance(t, dict) and t.get("phase") == "done" for t in targets.values()

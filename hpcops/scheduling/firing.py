@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from hpcops.access import Caller, authorize, check_priority, role_of, unix_groups
 from hpcops.backoff import backoff_s
 from hpcops.config import Config
+from hpcops.describe import clip as clip_to
 from hpcops.engine import Engine
 from hpcops.errors import HpcopsError, PermissionDenied
 from hpcops.spec import parse_spec
@@ -34,7 +35,8 @@ _FIRING_THREADS = 4
 
 
 def clip(text: str) -> str:
-    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 1] + "…"
+    """A firing's or a check's reason, bounded."""
+    return clip_to(text, _MAX_REASON_CHARS)
 
 
 def id_of(schedule: Schedule) -> int:

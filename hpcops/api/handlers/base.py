@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hpcops.access import Caller, Role, authorize
 from hpcops.config import Config
+from hpcops.describe import clip
 from hpcops.errors import HpcopsError
 from hpcops.store import Audit, Run, Store
 
@@ -33,13 +34,6 @@ if TYPE_CHECKING:
 _AUDIT_NAME_CHARS = 64
 _AUDIT_TARGET_CHARS = 200
 _AUDIT_VALUE_CHARS = 2000
-
-
-def bounded(text: str, limit: int) -> str:
-    """`text`, or its first `limit` characters and how many more there were."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… [{len(text) - limit} more characters]"
 
 
 @dataclass(frozen=True)
@@ -116,14 +110,14 @@ class Daemon:
         self.store.audit(
             Audit(
                 at=time.time(),
-                actor=bounded(caller.name, _AUDIT_NAME_CHARS),
+                actor=clip(caller.name, _AUDIT_NAME_CHARS),
                 role=role.value,
-                action=bounded(action, _AUDIT_NAME_CHARS),
-                target=bounded(target, _AUDIT_TARGET_CHARS),
-                before=None if before is None else bounded(str(before), _AUDIT_VALUE_CHARS),
-                after=None if after is None else bounded(str(after), _AUDIT_VALUE_CHARS),
+                action=clip(action, _AUDIT_NAME_CHARS),
+                target=clip(target, _AUDIT_TARGET_CHARS),
+                before=None if before is None else clip(str(before), _AUDIT_VALUE_CHARS),
+                after=None if after is None else clip(str(after), _AUDIT_VALUE_CHARS),
                 allowed=allowed,
-                detail=bounded(detail, _AUDIT_VALUE_CHARS),
+                detail=clip(detail, _AUDIT_VALUE_CHARS),
             )
         )
 

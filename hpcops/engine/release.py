@@ -55,7 +55,7 @@ def plan(p: Parts, s: LoopState) -> policy.Decision:
             gpus=gpus,
             partition=partition,
         )
-        for run_id, owner, priority, created_at, cpus, gpus, partition in (
+        for run_id, owner, priority, created_at, cpus, gpus, partition, _sweep in (
             p.store.queued_summaries()
         )
     ]

@@ -3,6 +3,7 @@
 engine.py     the SQLite file: WAL, BEGIN IMMEDIATE, sessions, the additive migration
 runs.py       runs and their append-only events; every state change checked (TRANSITIONS)
 schedules.py  schedules and their firings
+sweeps.py     sweeps, whose points are runs
 tracking.py   the MLflow outbox and the relay's cursors
 audit.py      the audit log and the leads' quota overrides
 models.py     the tables, and the typed updates the store takes
@@ -19,15 +20,18 @@ from hpcops.store.models import (
     RunUpdate,
     Schedule,
     ScheduleUpdate,
+    Sweep,
+    SweepUpdate,
     TrackingFields,
     TrackingOp,
 )
 from hpcops.store.runs import RunTables
 from hpcops.store.schedules import ScheduleTables
+from hpcops.store.sweeps import SweepTables
 from hpcops.store.tracking import TrackingTables
 
 
-class Store(RunTables, ScheduleTables, TrackingTables, AuditTables):
+class Store(RunTables, SweepTables, ScheduleTables, TrackingTables, AuditTables):
     """The daemon's database: `Store(path, track=...)`, one transaction per call."""
 
 
@@ -42,6 +46,8 @@ __all__ = [
     "Schedule",
     "ScheduleUpdate",
     "Store",
+    "Sweep",
+    "SweepUpdate",
     "TrackingFields",
     "TrackingOp",
 ]

@@ -108,6 +108,54 @@ class Run(SQLModel, table=True):
     alloc_cpus: int | None = None
     alloc_gpus: int | None = None
 
+    # A point of a sweep (hpcops/sweeps): its sweep, its index among the sweep's points, its task
+    # index in the Slurm array it was released in (set with the claim, before sbatch: after a
+    # crash the point is found by its array's token and this index), and the value of the
+    # sweep's objective metric that its MLflow record ended with.
+    sweep_id: int | None = Field(default=None, index=True, foreign_key="sweep.id")
+    sweep_index: int | None = None
+    array_task: int | None = None
+    objective: float | None = None
+
+
+class Sweep(SQLModel, table=True):
+    """One spec with a `sweep:` block: one run per point, released into Slurm as job arrays.
+
+    The runs are the truth about the points; this row holds what is the sweep's own: its
+    definition, the points it drew, and its MLflow parent run."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    experiment: str
+    owner: str = Field(index=True)
+    owner_uid: int
+    spec_yaml: str  # the sweep's spec, canonical, with a random search's seed pinned
+    kind: str  # "grid", "list" or "random"
+    n_points: int
+    points_json: str  # [{"lr": 0.1, "seed": 1}, ...] in index order, keys as in the sweep
+    objective_metric: str | None = None
+    objective_mode: str | None = None  # "max" or "min"
+    max_parallel: int | None = None
+    created_at: float
+    updated_at: float
+    rerun_of_sweep: int | None = None
+    # The MLflow parent run the points' runs are nested under, and the best point so far.
+    mlflow_run_id: str | None = None
+    mlflow_experiment_id: str | None = None
+    best_run_id: int | None = None
+    best_value: float | None = None
+    closed_at: float | None = None  # the parent run was ended: every point has ended
+
+
+class SweepUpdate(TypedDict, total=False):
+    """The fields of a sweep that change after it is queued (Store.update_sweep)."""
+
+    mlflow_run_id: str | None
+    mlflow_experiment_id: str | None
+    best_run_id: int | None
+    best_value: float | None
+    closed_at: float | None
+
 
 class TrackingFields(TypedDict, total=False):
     """Where a run's MLflow record is (Store.set_tracking_fields): the server's run, and in relay
@@ -148,6 +196,8 @@ class RunUpdate(TrackingFields, total=False):
     slurm_state: str | None
     alloc_cpus: int | None
     alloc_gpus: int | None
+    array_task: int | None
+    objective: float | None
 
 
 def apply_fields(target: object, fields: Mapping[str, object], allowed: type, what: str) -> None:

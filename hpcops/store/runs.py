@@ -112,9 +112,12 @@ class RunTables(Database):
         with self._session() as session:
             return int(session.exec(query).one())
 
-    def queued_summaries(self) -> list[tuple[int, str, int, float, int, int, str | None]]:
-        """(id, owner, priority, created_at, cpus, gpus, partition) of every QUEUED run: the
-        release policy's input, read as plain rows (10,000 ORM objects a tick would cost)."""
+    def queued_summaries(
+        self,
+    ) -> list[tuple[int, str, int, float, int, int, str | None, int | None]]:
+        """(id, owner, priority, created_at, cpus, gpus, partition, sweep_id) of every QUEUED
+        run: the release policy's input, read as plain rows (10,000 ORM objects a tick would
+        cost)."""
         # SQLAlchemy's own select: sqlmodel's typing stops at four columns.
         query = sa_select(
             col(Run.id),
@@ -124,10 +127,11 @@ class RunTables(Database):
             col(Run.cpus),
             col(Run.gpus),
             col(Run.partition),
+            col(Run.sweep_id),
         ).where(col(Run.state) == RunState.QUEUED.value)
         with self._session() as session:
             rows = session.connection().execute(query).all()
-        return [(int(r[0] or 0), r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+        return [(int(r[0] or 0), r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
     def data_versions(self) -> list[tuple[int, RunState, str, float]]:
         """(id, state, data_json, last used) of every run with data versions, oldest run first:
@@ -193,42 +197,76 @@ class RunTables(Database):
         A change that states.TRANSITIONS does not allow raises IllegalTransition and writes
         nothing.
         """
-        now = time.time()
         with self._session() as session:
-            run = session.get(Run, run_id)
-            if run is None:
-                raise NotFound(f"no run {run_id}")
-            if expect is not None and run.state not in {s.value for s in expect}:
-                return None
-            from_state = run.state
-            if to_state is not None and not may_transition(from_state, to_state):
-                allowed = ", ".join(sorted(TRANSITIONS[from_state])) or "nothing: it has ended"
-                raise IllegalTransition(
-                    f"run {run_id}: {from_state} -> {to_state} is not a legal state change "
-                    f"(asked by {actor}{f': {note}' if note else ''}); from {from_state} a run "
-                    f"may go to {allowed} (TRANSITIONS in hpcops/states.py)"
-                )
-            apply_fields(run, fields, RunUpdate, "runs")
-            if to_state is not None:
-                run.state = RunState(to_state)
-            run.updated_at = now
-            session.add(run)
-            if (to_state is not None and to_state != from_state) or note:
-                session.add(
-                    Event(
-                        run_id=run_id,
-                        at=now,
-                        actor=actor,
-                        from_state=from_state,
-                        to_state=run.state,
-                        reason=note,
-                    )
-                )
-            owe_tracking(session, run_id, from_state, run.state, now, track=self.track)
-            return run
+            return _change(session, run_id, to_state, actor, note, expect, fields, self.track)
+
+    def transition_many(
+        self,
+        changes: Sequence[tuple[int, RunUpdate]],
+        to_state: RunState | None,
+        *,
+        actor: str,
+        note: str = "",
+        expect: Iterable[RunState] | None = None,
+    ) -> list[Run]:
+        """`transition` for several runs in ONE transaction (an array's claim, its job ids):
+        each (run id, its fields) is changed if `expect` holds for it, as `transition` would.
+        Returns the runs that changed; a run `expect` did not hold for is left out."""
+        wanted = tuple(expect) if expect is not None else None
+        with self._session() as session:
+            changed = [
+                _change(session, run_id, to_state, actor, note, wanted, fields, self.track)
+                for run_id, fields in changes
+            ]
+        return [run for run in changed if run is not None]
 
     def events(self, run_id: int) -> list[Event]:
         self.get(run_id)
         query = select(Event).where(Event.run_id == run_id).order_by(col(Event.id))
         with self._session() as session:
             return list(session.exec(query).all())
+
+
+def _change(
+    session: Session,
+    run_id: int,
+    to_state: RunState | None,
+    actor: str,
+    note: str,
+    expect: Iterable[RunState] | None,
+    fields: RunUpdate,
+    track: bool,
+) -> Run | None:
+    """One run's checked change, with its event and outbox rows, inside the caller's session."""
+    now = time.time()
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"no run {run_id}")
+    if expect is not None and run.state not in {s.value for s in expect}:
+        return None
+    from_state = run.state
+    if to_state is not None and not may_transition(from_state, to_state):
+        allowed = ", ".join(sorted(TRANSITIONS[from_state])) or "nothing: it has ended"
+        raise IllegalTransition(
+            f"run {run_id}: {from_state} -> {to_state} is not a legal state change "
+            f"(asked by {actor}{f': {note}' if note else ''}); from {from_state} a run "
+            f"may go to {allowed} (TRANSITIONS in hpcops/states.py)"
+        )
+    apply_fields(run, fields, RunUpdate, "runs")
+    if to_state is not None:
+        run.state = RunState(to_state)
+    run.updated_at = now
+    session.add(run)
+    if (to_state is not None and to_state != from_state) or note:
+        session.add(
+            Event(
+                run_id=run_id,
+                at=now,
+                actor=actor,
+                from_state=from_state,
+                to_state=run.state,
+                reason=note,
+            )
+        )
+    owe_tracking(session, run_id, from_state, run.state, now, track=track)
+    return run

@@ -10,7 +10,7 @@ import pytest
 
 from hpcops.errors import IllegalTransition, NotFound, StoreError
 from hpcops.states import TRANSITIONS, RunState
-from hpcops.store import Run, Store
+from hpcops.store import Run, Store, Sweep
 
 
 def _run(name: str = "r", priority: int = 0) -> Run:
@@ -253,3 +253,77 @@ def test_typed_updates_name_only_real_columns() -> None:
     assert set(RunUpdate.__optional_keys__) <= columns - {"id", "state", "updated_at"}
     assert set(TrackingFields.__optional_keys__) <= set(RunUpdate.__optional_keys__)
     assert set(ScheduleUpdate.__optional_keys__) <= set(Schedule.model_fields) - {"id"}
+
+
+def _sweep(n: int) -> Sweep:
+    return Sweep(
+        name="lr",
+        experiment="e",
+        owner="alice",
+        owner_uid=1000,
+        spec_yaml="name: lr\n",
+        kind="grid",
+        n_points=n,
+        points_json="[]",
+        created_at=0.0,
+        updated_at=0.0,
+    )
+
+
+def test_a_sweep_and_its_points_are_queued_together(store: Store) -> None:
+    points = [_run(f"lr[{i}]") for i in range(3)]
+    for i, run in enumerate(points):
+        run.sweep_index = i
+    sweep, runs = store.add_sweep(_sweep(3), points, actor="alice")
+    assert sweep.id is not None
+    assert [r.sweep_id for r in runs] == [sweep.id] * 3
+    assert [r.name for r in store.sweep_runs(sweep.id)] == ["lr[0]", "lr[1]", "lr[2]"]
+    assert store.get_sweep(sweep.id).n_points == 3
+    assert [s.id for s in store.list_sweeps()] == [sweep.id]
+    assert {r[7] for r in store.queued_summaries()} == {sweep.id}
+
+
+def test_a_sweep_whose_point_cannot_be_queued_leaves_nothing(store: Store) -> None:
+    bad = _run("lr[1]")
+    bad.state = RunState.RUNNING
+    with pytest.raises(IllegalTransition):
+        store.add_sweep(_sweep(2), [_run("lr[0]"), bad], actor="alice")
+    assert store.list_sweeps() == [] and store.list_runs() == []
+
+
+def test_sweep_counts_count_each_point_once_as_its_latest_run(store: Store) -> None:
+    points = [_run(f"lr[{i}]") for i in range(2)]
+    for i, run in enumerate(points):
+        run.sweep_index = i
+    sweep, runs = store.add_sweep(_sweep(2), points, actor="alice")
+    assert sweep.id is not None and runs[0].id is not None
+    store.transition(runs[0].id, RunState.CANCELLED, actor="alice")
+    assert store.sweep_counts([sweep.id]) == {sweep.id: {"CANCELLED": 1, "QUEUED": 1}}
+    again = _run("lr[0]")
+    again.sweep_id, again.sweep_index = sweep.id, 0
+    store.add_runs([again], actor="alice")
+    assert store.sweep_counts([sweep.id]) == {sweep.id: {"QUEUED": 2}}
+
+
+def test_transition_many_claims_in_one_transaction(store: Store) -> None:
+    runs = store.add_runs([_run("a"), _run("b"), _run("c")], actor="alice")
+    ids = [r.id for r in runs if r.id is not None]
+    store.transition(ids[1], RunState.CANCELLED, actor="alice")
+    claimed = store.transition_many(
+        [(i, {"token": "t", "array_task": n}) for n, i in enumerate(ids)],
+        RunState.SUBMITTING,
+        actor="daemon",
+        expect=(RunState.QUEUED,),
+    )
+    assert [(r.id, r.array_task) for r in claimed] == [(ids[0], 0), (ids[2], 2)]
+    assert store.get(ids[1]).state == RunState.CANCELLED
+
+
+def test_update_sweep_takes_only_its_changing_fields(store: Store) -> None:
+    sweep, _ = store.add_sweep(_sweep(1), [_run()], actor="alice")
+    assert sweep.id is not None
+    assert store.update_sweep(sweep.id, best_value=0.9, best_run_id=1).best_value == 0.9
+    with pytest.raises(StoreError):
+        store.update_sweep(sweep.id, **{"name": "x"})  # type: ignore[arg-type]
+    with pytest.raises(NotFound):
+        store.get_sweep(99)

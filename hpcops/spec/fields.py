@@ -6,6 +6,7 @@ Pure and free of pydantic: model.py attaches them to fields with AfterValidator/
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable
@@ -477,9 +478,9 @@ def sweep_key(resource_fields: tuple[str, ...]) -> Callable[[str], str]:
             if rest in resource_fields:
                 return value
             close = closest(rest, resource_fields)
-            hint = f"; did you mean resources.{close}?" if close else ""
+            hint = f" (did you mean resources.{close}?)" if close else ""
             raise ValueError(
-                f"{show(rest)} is not a resource{hint} A sweep can set "
+                f"{show(rest)} is not a resource{hint}; a sweep can set "
                 f"{', '.join(RESOURCE_PREFIX + f for f in resource_fields)}"
             )
         if dot and head == "params" and rest:
@@ -510,10 +511,11 @@ def distribution_name(value: object) -> object:
         )
     [name] = value
     if name not in DISTRIBUTIONS:
-        close = closest(str(name).lower(), DISTRIBUTIONS)
-        hint = f"; did you mean {close!r}?" if close else ""
+        # closer than closest()'s cut-off: 'normal' is no misspelt 'uniform'
+        close = difflib.get_close_matches(str(name).lower(), DISTRIBUTIONS, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"unknown distribution {show(str(name))}{hint} Allowed: {allowed}; {example}"
+            f"unknown distribution {show(str(name))}{hint}; allowed: {allowed}; {example}"
         )
     return value
 

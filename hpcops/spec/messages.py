@@ -171,13 +171,22 @@ def _unknown_field(parent: str, key: str) -> str:
     if parent == "resources" and key in Spec.model_fields:
         return f"{message}; {key} belongs at the top level of the spec, not under resources"
     close = closest(key.replace("-", "_").lower(), allowed)
+    if parent == "sweep" and key in {"points", "lists", "values"}:
+        close = "list"
     if close:
         message += f"; did you mean {close!r}?"
+    else:
+        message += "."
     if parent == "resources" and key in {"gres", "gpu", "gpus_per_node"}:
         message += " GPUs are asked for with gpus and gpu_type, e.g. gpus: 2, gpu_type: a100."
     elif parent == "" and key in {"account", "output", "error", "job_name", "job-name"}:
         message += " hpcops sets it itself."
-    where = {"": "a spec", "data.*": "a data target"}.get(parent, parent)
+    where = {
+        "": "a spec",
+        "data.*": "a data target",
+        "sweep": "a sweep",
+        "sweep.random.space.*": "a distribution",
+    }.get(parent, parent)
     return f"{message} Allowed fields in {where}: {', '.join(allowed)}"
 
 

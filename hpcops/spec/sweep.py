@@ -7,8 +7,10 @@
 
 A grid's points are the cartesian product of its lists, in the keys' order, the last key varying
 fastest. A random sweep draws `samples` points from random.Random(seed) alone (never the global
-generator): for each point, one value per key in the space's order. Python keeps random()'s
-sequence for a given integer seed across versions, so a recorded seed draws the same points.
+generator): for each point, one value per key in the space's order. Python promises that
+random() gives the same sequence for the same integer seed in every version (uniform and
+loguniform draw through it); randint and choice go through randrange, unchanged since Python 3.2.
+The drawn points are recorded with the sweep besides, so a rerun never depends on drawing again.
 """
 
 from __future__ import annotations

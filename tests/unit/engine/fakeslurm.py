@@ -25,8 +25,8 @@ its markers is `task_run_dir(array script, task)`, which a test sets.
 "scancel", "sinfo", "scontrol") so a test can assert that the engine is polite to slurmctld;
 while the cluster is out of reach, "unreached" counts every attempt (files too) and
 "unreached_commands" the commands alone. `ctld_rpcs` counts slurmctld RPCs as sdiag does on the
-dev cluster (NOTES-SLURM: sbatch 1, also for an array; squeue 2; scancel 1; sinfo 2; scontrol
-show config 1; sacct 0, it asks slurmdbd).
+dev cluster: sbatch 1, also for an array; squeue 2; scancel 1; sinfo 2; sacct 0, it asks
+slurmdbd (docs/notes-slurm.md); scontrol show config 1 (tests/fixtures/slurm/README.md).
 
 Test-only code: nothing here runs a process.
 """
@@ -95,7 +95,7 @@ _FINISHED = {
     "DEADLINE",
 }
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
-# slurmctld RPCs per command, as sdiag counted them on the dev cluster (NOTES-SLURM).
+# slurmctld RPCs per command, as sdiag counted them (module docstring).
 CTLD_RPCS = {"sbatch": 1, "squeue": 2, "scancel": 1, "sinfo": 2, "scontrol": 1}
 # What sbatch says for an index at or above MaxArraySize (sbatch_array_too_big.stderr).
 ARRAY_TOO_BIG_STDERR = fixture("sbatch_array_too_big.stderr")

@@ -324,6 +324,16 @@ def parse_squeue(stdout: str) -> list[QueueEntry]:
     return entries
 
 
+def _job_and_step(job_id: str) -> tuple[str, str]:
+    """`123.batch` → ("123", "batch"); `123_4.batch` → ("123_4", "batch"). A row of tasks that
+    never started has no step, and its cut form ends in `...` (`123_[1,3,19...%4]`): no step."""
+    job_id = job_id.strip()
+    if "[" in job_id:
+        return job_id, ""
+    job, _, step = job_id.partition(".")
+    return job, step
+
+
 def parse_sacct(stdout: str) -> dict[str, AccountingRecord]:
     """Job rows keyed by job id; step rows (`ID.batch`, `ID.extern`, `ID.0`, and an array
     task's `123_4.batch`) only add MaxRSS. A row of array tasks that never started
@@ -339,7 +349,7 @@ def parse_sacct(stdout: str) -> dict[str, AccountingRecord]:
         if parts is None:
             continue
         row = dict(zip(SACCT_FIELDS, parts, strict=True))
-        job_id, _, step = row["JobID"].partition(".")
+        job_id, step = _job_and_step(row["JobID"])
         if step:
             if is_job_id(job_id):
                 rss = parse_size_bytes(row["MaxRSS"])
@@ -389,7 +399,7 @@ def parse_sacct_finished(stdout: str) -> list[FinishedJob]:
         if parts is None:
             continue
         row = dict(zip(SACCT_FIND_FIELDS, parts, strict=True))
-        if "." in row["JobID"]:
+        if _job_and_step(row["JobID"])[1]:
             continue  # a step row (without --allocations)
         for job_id, array_id, task in task_ids(row["JobID"]):
             jobs.append(

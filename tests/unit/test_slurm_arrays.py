@@ -338,9 +338,11 @@ def test_sacct_asked_for_a_task_id_only_knows_started_tasks() -> None:
     assert list(parse.parse_sacct(fixture("sacct_array_by_task.txt"))) == ["4574_4"]
 
 
-def test_sacct_cut_row_is_left_out() -> None:
-    records = parse.parse_sacct(fixture("sacct_array_cancelled_pending.txt"))
+def test_sacct_cut_row_is_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        records = parse.parse_sacct(fixture("sacct_array_cancelled_pending.txt"))
     assert not [r for r in records.values() if r.array_job_id == "4589"]
+    assert "sacct: 1 array line(s)" in caplog.text and "4589_[0-1,3" in caplog.text
     assert [r.array_task for r in records.values() if r.array_job_id == "4588"] == [1, 5, 9]
     assert len([r for r in records.values() if r.array_job_id == "4587"]) == 50
 
@@ -359,6 +361,16 @@ def test_a_tasks_own_row_beats_a_row_of_pending_tasks() -> None:
         records = parse.parse_sacct(text)
         assert records["5_2"].state is RunState.COMPLETED
         assert records["5_1"].state is RunState.CANCELLED
+
+
+def test_sacct_finished_leaves_a_cut_row_out(caplog: pytest.LogCaptureFixture) -> None:
+    cut = fixture("sacct_array_cancelled_pending.txt").splitlines()[2].split("|")[0]
+    assert cut.endswith("...%4]")
+    text = f"{cut}|hpcops:ragg3d|CANCELLED by 0|fx array ragged\n4588_[1,5,9]||CANCELLED by 0|x\n"
+    with caplog.at_level(logging.WARNING):
+        jobs = parse.parse_sacct_finished(text)
+    assert [j.job_id for j in jobs] == ["4588_1", "4588_5", "4588_9"]
+    assert "4589_[0-1,3" in caplog.text
 
 
 def test_sacct_finished_finds_array_tasks_by_token() -> None:

@@ -719,6 +719,26 @@ class FakeSlurm:
             job.comment = comment
         return job
 
+    def submit_array_by_hand(
+        self,
+        name: str,
+        array: str,
+        *,
+        user: str = "bob",
+        cpus: int = 1,
+        gpus: int = 0,
+        comment: str = "",
+    ) -> list[FakeJob]:
+        """An array a lab member submitted themselves (`sbatch --array=<array>`): its tasks."""
+        script = PurePosixPath(f"/home/{user}/{name}.sh")
+        indices, throttle = _array_spec(array)
+        array_id = self._new_array(script, name, {}, indices, throttle)
+        tasks = self._tasks(array_id)
+        for task in tasks:
+            task.user, task.cpus, task.gpus, task.comment = user, cpus, gpus, comment
+            task.task_dir = script.parent
+        return tasks
+
     def set_pending_reason(self, job_id: str, reason: str) -> None:
         self.jobs[job_id].reason = reason
 

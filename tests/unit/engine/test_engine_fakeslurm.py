@@ -457,3 +457,19 @@ def test_a_task_needs_task_run_dir_for_its_markers() -> None:
     with pytest.raises(AssertionError, match="task_run_dir"):
         slurm.start(f"{array_id}_0")
     slurm.start(f"{array_id}_1", marker=False)
+
+
+def test_an_array_submitted_by_hand_shows_in_the_labs_queue() -> None:
+    slurm, backend, _ = _array_cluster("fx", "t")
+    tasks = slurm.submit_array_by_hand("bobs-sweep", "0-3%2", gpus=1)
+    array_id = tasks[0].array_job_id
+    assert array_id is not None
+    slurm.start_tasks(array_id)
+    entries = backend.queue()
+    assert [
+        (e.job_id, e.user, e.gpus, e.token) for e in entries if e.state is RunState.RUNNING
+    ] == [
+        (f"{array_id}_0", "bob", 1, None),
+        (f"{array_id}_1", "bob", 1, None),
+    ]
+    assert len(entries) == 4

@@ -53,14 +53,19 @@ def local_time(iso: str | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M")
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, shrink: int = -1) -> str:
-    """Columns padded to fit; when the terminal is narrow, column `shrink` is cut with '…'."""
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, shrink: int | Sequence[int] = -1
+) -> str:
+    """Columns padded to fit; when the terminal is narrow, column `shrink` is cut with '…' (a
+    sequence: each in turn, down to its header's width, until the table fits)."""
     width = shutil.get_terminal_size((120, 24)).columns if sys.stdout.isatty() else 200
     cells = [list(headers)] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    total = sum(widths) + 2 * (len(widths) - 1)
-    if total > width:
-        index = shrink % len(widths)
+    for column in [shrink] if isinstance(shrink, int) else shrink:
+        total = sum(widths) + 2 * (len(widths) - 1)
+        if total <= width:
+            break
+        index = column % len(widths)
         widths[index] = max(len(headers[index]), widths[index] - (total - width))
     lines = []
     for row in cells:

@@ -1,4 +1,4 @@
-"""Reading runs: `ls`, `show`, `why`, `history`, `logs`."""
+"""Reading runs and sweeps: `ls`, `show`, `why`, `history`, `logs`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 from hpcops import policy
 from hpcops.access import authorize
 from hpcops.api.handlers.base import Daemon, Handler, Request
-from hpcops.api.params import ListParams, LogsParams, RunParams
-from hpcops.api.views import event_view, run_view
+from hpcops.api.params import ListParams, LogsParams, RunParams, SweepId, TargetParams
+from hpcops.api.views import event_view, run_view, sweep_view
 from hpcops.errors import SlurmUnreachable
 from hpcops.render import STAGING_LOG
 from hpcops.rundir import PROGRESS_MAX_BYTES, STAGING_PROGRESS, RunDir, parse_progress
@@ -45,17 +45,42 @@ class RunHandlers:
 
     def list_runs(self, req: Request) -> list[dict[str, Any]]:
         """Runs in the lab's queue order: in Slurm, then queued in release order, then held;
-        with `states`, those states newest first."""
+        with `states`, those states newest first. With `sweeps`, the points of a sweep are one
+        row for the sweep, where its first listed point is: a sweep is listed when one of its
+        points is (`states` and `limit` select runs), with all its points' counts."""
         authorize("read", req.caller, req.role)
         params = ListParams.parse(req.params)
-        runs = self.daemon.store.list_runs(params.states, limit=params.limit, newest_first=True)
+        store = self.daemon.store
+        runs = store.list_runs(params.states, limit=params.limit, newest_first=True)
         runs = queue_order(runs, self.daemon.engine.status().decision)
-        return [self._view(r) for r in runs]
+        if not params.sweeps:
+            return [self._view(r) for r in runs]
+        ids = {r.sweep_id for r in runs if r.sweep_id is not None}
+        sweeps, counts = store.sweeps_by_ids(ids), store.sweep_counts(ids)
+        rows: list[dict[str, Any]] = []
+        row_of: dict[int, dict[str, Any]] = {}
+        for run in runs:
+            if run.sweep_id is None or run.sweep_id not in sweeps:
+                rows.append(self._view(run))
+                continue
+            row = row_of.get(run.sweep_id)
+            if row is None:
+                row = sweep_view(sweeps[run.sweep_id], counts.get(run.sweep_id, {}))
+                row["wait_reason"] = None
+                row_of[run.sweep_id] = row
+                rows.append(row)
+            if row["wait_reason"] is None and RunState(run.state) in WAITING:
+                # why the sweep's first waiting point waits (one engine.why per sweep)
+                row["wait_reason"] = f"point {run.sweep_index}: {self.daemon.engine.why(run)}"
+        return rows
 
     def show(self, req: Request) -> dict[str, Any]:
         authorize("read", req.caller, req.role)
         store = self.daemon.store
-        run = store.get(RunParams.parse(req.params).run)
+        target = TargetParams.parse(req.params).run
+        if isinstance(target, SweepId):
+            return self._sweep(target.number)
+        run = store.get(target)
         view = self._view(run, detail=True)
         view["staging"] = self._staging_progress(run) if run.data_json else None
         view["schedule_name"] = (
@@ -63,6 +88,12 @@ class RunHandlers:
         )
         view.update(self._tracking_view(run))
         return view
+
+    def _sweep(self, number: int) -> dict[str, Any]:
+        store = self.daemon.store
+        sweep = store.get_sweep(number)
+        counts = store.sweep_counts([number]).get(number, {})
+        return sweep_view(sweep, counts, points=store.sweep_runs(number))
 
     def why(self, req: Request) -> dict[str, Any]:
         authorize("read", req.caller, req.role)

@@ -128,8 +128,10 @@ def list_runs(
 
 
 def sweep_table(sweeps: list[dict[str, Any]]) -> str:
-    """One row per sweep; on a narrow terminal WHY, NAME, BEST, PROGRESS give way in turn."""
-    from hpcops.cli.output import table
+    """One row per sweep. When that is wider than the terminal (a sweep's progress alone is up
+    to ~50 characters), each row's progress goes on a line of its own under it, and WHY, NAME
+    and BEST give way in turn: 80 columns show every sweep's state, progress and best."""
+    from hpcops.cli.output import table, terminal_width
 
     rows = [
         [
@@ -144,7 +146,18 @@ def sweep_table(sweeps: list[dict[str, Any]]) -> str:
         for s in sweeps
     ]
     headers = ["SWEEP", "STATE", "OWNER", "NAME", "PROGRESS", "BEST", "WHY"]
-    return table(headers, rows, shrink=(6, 3, 5, 4))
+    text = table(headers, rows, shrink=6)
+    if max(len(line) for line in text.splitlines()) <= terminal_width():
+        return text
+    narrow = table(
+        [h for h in headers if h != "PROGRESS"],
+        [[c for i, c in enumerate(row) if i != 4] for row in rows],
+        shrink=(5, 3, 4),
+    ).splitlines()
+    lines = [narrow[0]]
+    for line, row in zip(narrow[1:], rows, strict=True):
+        lines += [line, f"{'':7}{row[4]}"]
+    return "\n".join(lines)
 
 
 # The progress buckets, in the API's order (hpcops/api/sweeps.py).

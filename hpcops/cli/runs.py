@@ -431,7 +431,7 @@ def logs(obj: Context, run: int, stream: str, follow: bool, tail: int | None) ->
 
 
 @command()
-@click.argument("runs", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP...")
 @click.option(
     "--timeout",
     "timeout_s",
@@ -450,9 +450,15 @@ def logs(obj: Context, run: int, stream: str, follow: bool, tail: int | None) ->
 @json_option
 @pass_ctx
 def wait(
-    obj: Context, runs: tuple[int, ...], timeout_s: float | None, interval_s: float, as_json: bool
+    obj: Context,
+    runs: tuple[int | str, ...],
+    timeout_s: float | None,
+    interval_s: float,
+    as_json: bool,
 ) -> None:
     """Wait until runs have ended; exit 0 only if all COMPLETED.
+
+    A sweep (s7) has ended when all its points have; it COMPLETED when they all did.
 
     \b
     Exit status: 0 all COMPLETED; 1 some ended otherwise (FAILED, CANCELLED, TIMEOUT, ...);
@@ -463,7 +469,7 @@ def wait(
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pending = list(runs)
-    ended: dict[int, dict[str, Any]] = {}
+    ended: dict[int | str, dict[str, Any]] = {}
     while pending:
         for run in list(pending):
             data = obj.call("show", run=run)
@@ -478,14 +484,15 @@ def wait(
             sys.exit(124)
         time.sleep(interval_s)
     results = [
-        {"id": r, "state": ended[r]["state"], "exit_code": ended[r]["exit_code"]} for r in runs
+        {"id": r, "state": ended[r]["state"], "exit_code": ended[r].get("exit_code")} for r in runs
     ]
     if as_json:
         print_json(results if len(results) > 1 else results[0])
     else:
         for result in results:
+            what = "sweep" if isinstance(result["id"], str) else "run"
             click.echo(
-                f"run {result['id']}: {result['state']}"
+                f"{what} {result['id']}: {result['state']}"
                 + (f" (exit {result['exit_code']})" if result["exit_code"] else "")
             )
     if any(r["state"] != "COMPLETED" for r in results):

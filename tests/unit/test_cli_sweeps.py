@@ -247,3 +247,12 @@ def test_validate_lists_a_sweeps_points_and_json_lists_them_all(
     answer = json.loads(_run("validate", "--offline", "--json", str(path)).output)
     assert answer["sweep"]["n_points"] == 25 and answer["sweep"]["points"] == points
     assert daemon.calls == []
+
+
+def test_wait_for_a_sweep_ends_with_its_derived_state(daemon: FakeDaemon) -> None:
+    states = iter(["RUNNING", "FAILED"])
+    daemon.answers["show"] = lambda p: {**SWEEP_ROW, "state": next(states)}
+    result = _run("wait", "s7", "--interval", "0.2")
+    assert result.exit_code == 1, result.output
+    assert result.output == "sweep s7: FAILED\n"
+    assert daemon.calls == [("show", {"run": "s7"})] * 2

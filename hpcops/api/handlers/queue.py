@@ -80,6 +80,7 @@ class QueueHandlers:
                 after=f"{run.state} priority {run.priority}",
             )
         sweeps = []
+        rows = self.daemon.store.sweeps_by_ids(points)
         for number, its_runs in points.items():
             # One audit row per sweep: a 1,000-point sweep is one decision, not 1,000.
             first = its_runs[0]
@@ -96,7 +97,7 @@ class QueueHandlers:
                 {
                     "id": f"s{number}",
                     "sweep_id": number,
-                    "name": first.name.rpartition("[")[0] or first.name,
+                    "name": rows[number].name if number in rows else first.name,
                     "n_points": len(its_runs),
                     "runs": [r.id for r in its_runs],
                 }

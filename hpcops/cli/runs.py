@@ -32,7 +32,7 @@ QUEUED_SHOWN = 30  # plain `hpcops ls` shows the head of the queue
     "--limit",
     type=click.IntRange(1, 100000),
     default=None,
-    help="At most this many runs, newest first.",
+    help="At most this many rows (a sweep is one), newest first.",
 )
 @click.option(
     "--points",
@@ -58,8 +58,8 @@ def list_runs(
 
     \b
     A sweep is one row in a table of its own (SWEEP s7): its state (derived from its points),
-    its progress and the best objective so far. It is listed when one of its points is
-    (--state and --limit select runs); --points lists the points instead.
+    its progress and the best objective so far. It is listed when one of its points is in
+    --state; --points lists the points instead.
     """
     from hpcops.cli.output import human_duration, local_time, print_json, table
 

@@ -400,6 +400,16 @@ def test_ls_shows_a_sweep_as_one_row_and_its_points_on_request(
     assert _ok(server, BOB, "list", states=["COMPLETED"], sweeps=True) == []
 
 
+def test_ls_limit_counts_rows_a_sweep_being_one(api: tuple[Api, FakeEngine, Store]) -> None:
+    server, _, store = api
+    older, _ = _add_sweep(store, BOB, 1, name="old")
+    sweep, _ = _add_sweep(store, ANA, 5)
+    rows = _ok(server, ANA, "list", limit=2, sweeps=True)
+    assert [r["id"] for r in rows] == [f"s{sweep.id}", f"s{older.id}"]
+    assert [r["id"] for r in _ok(server, ANA, "list", limit=1, sweeps=True)] == [f"s{sweep.id}"]
+    assert len(_ok(server, ANA, "list", limit=2)) == 2, "without sweeps, limit counts runs"
+
+
 # --- requests on a whole sweep ---------------------------------------------------------------
 
 

@@ -169,6 +169,9 @@ class QueueHandlers:
             "state": run.state,
             "rerun_of": source,
             "rerun_of_mlflow": run.rerun_of_mlflow,
+            # a point's rerun is a point of the same sweep, at the same index
+            "sweep": sweep_ref(run.sweep_id),
+            "sweep_index": run.sweep_index,
         }
 
     def _rerun_sweep(

@@ -47,31 +47,45 @@ class RunHandlers:
         """Runs in the lab's queue order: in Slurm, then queued in release order, then held;
         with `states`, those states newest first. With `sweeps`, the points of a sweep are one
         row for the sweep, where its first listed point is: a sweep is listed when one of its
-        points is (`states` and `limit` select runs), with all its points' counts."""
+        points is in `states`, with all its points' counts; `limit` counts rows."""
         authorize("read", req.caller, req.role)
         params = ListParams.parse(req.params)
         store = self.daemon.store
-        runs = store.list_runs(params.states, limit=params.limit, newest_first=True)
-        runs = queue_order(runs, self.daemon.engine.status().decision)
+        decision = self.daemon.engine.status().decision
+        limit = params.limit
         if not params.sweeps:
-            return [self._view(r) for r in runs]
-        ids = {r.sweep_id for r in runs if r.sweep_id is not None}
+            runs = store.list_runs(params.states, limit=limit, newest_first=True)
+            return [self._view(r) for r in queue_order(runs, decision)]
+        # A sweep's points make one row: read more runs until there are `limit` rows.
+        fetch = limit
+        while True:
+            runs = store.list_runs(params.states, limit=fetch, newest_first=True)
+            slots = by_sweep(queue_order(runs, decision))
+            if fetch is None or limit is None or len(slots) >= limit or len(runs) < fetch:
+                break
+            fetch *= 2
+        return self._rows(slots[:limit] if limit is not None else slots)
+
+    def _rows(self, slots: list[list[Run]]) -> list[dict[str, Any]]:
+        """A row per slot: a run's view, or its sweep's with why its first waiting point waits
+        (one engine.why per sweep)."""
+        store = self.daemon.store
+        ids = {slot[0].sweep_id for slot in slots if slot[0].sweep_id is not None}
         sweeps, counts = store.sweeps_by_ids(ids), store.sweep_counts(ids)
         rows: list[dict[str, Any]] = []
-        row_of: dict[int, dict[str, Any]] = {}
-        for run in runs:
-            if run.sweep_id is None or run.sweep_id not in sweeps:
-                rows.append(self._view(run))
+        for slot in slots:
+            number = slot[0].sweep_id
+            if number is None or number not in sweeps:
+                rows += [self._view(run) for run in slot]
                 continue
-            row = row_of.get(run.sweep_id)
-            if row is None:
-                row = sweep_view(sweeps[run.sweep_id], counts.get(run.sweep_id, {}))
-                row["wait_reason"] = None
-                row_of[run.sweep_id] = row
-                rows.append(row)
-            if row["wait_reason"] is None and RunState(run.state) in WAITING:
-                # why the sweep's first waiting point waits (one engine.why per sweep)
-                row["wait_reason"] = f"point {run.sweep_index}: {self.daemon.engine.why(run)}"
+            row = sweep_view(sweeps[number], counts.get(number, {}))
+            waiting = next((r for r in slot if RunState(r.state) in WAITING), None)
+            row["wait_reason"] = (
+                None
+                if waiting is None
+                else f"point {waiting.sweep_index}: {self.daemon.engine.why(waiting)}"
+            )
+            rows.append(row)
         return rows
 
     def show(self, req: Request) -> dict[str, Any]:
@@ -189,3 +203,19 @@ def queue_order(runs: list[Run], decision: policy.Decision | None) -> list[Run]:
         return (group, within, index)
 
     return [run for _, run in sorted(enumerate(runs), key=key)]
+
+
+def by_sweep(runs: list[Run]) -> list[list[Run]]:
+    """The runs in their order, a sweep's points together where its first one is."""
+    slots: list[list[Run]] = []
+    of_sweep: dict[int, list[Run]] = {}
+    for run in runs:
+        if run.sweep_id is None:
+            slots.append([run])
+            continue
+        slot = of_sweep.get(run.sweep_id)
+        if slot is None:
+            slot = of_sweep[run.sweep_id] = []
+            slots.append(slot)
+        slot.append(run)
+    return slots

@@ -30,7 +30,7 @@ def validate(obj: Context, specs: tuple[Path, ...], offline: bool, as_json: bool
     A sweep spec lists its points: how many, and each point's values (the first ones; --json
     lists them all: {"path", "valid", "name", "sweep": {"n_points", "points"}} per spec).
     """
-    from hpcops.api.sweeps import sweep_points_of
+    from hpcops.api.sweeps import sweep_preview
     from hpcops.errors import InvalidInput, NotRunning
     from hpcops.spec import load_spec_file, spec_to_yaml
 
@@ -45,22 +45,22 @@ def validate(obj: Context, specs: tuple[Path, ...], offline: bool, as_json: bool
                     obj.call("validate", yaml=spec_to_yaml(spec), source=str(path))
                 except NotRunning:
                     cluster_checked = False
-            points = sweep_points_of(spec)
+            sweep = sweep_preview(spec)
         except InvalidInput as exc:
             answers.append({"path": str(path), "valid": False, "error": str(exc)})
             if not as_json:
                 click.echo(str(exc), err=True)
             failed = True
             continue
-        sweep = None if points is None else {"n_points": len(points), "points": points}
         answers.append({"path": str(path), "valid": True, "name": spec.name, "sweep": sweep})
         if as_json:
             continue
-        if points is None:
+        if sweep is None:
             click.echo(f"{path}: ok ({spec.name})")
         else:
-            click.echo(f"{path}: ok ({spec.name}): a sweep of {len(points)} points")
-            click.echo(points_table(points))
+            click.echo(f"{path}: ok ({spec.name}): a sweep of {sweep['n_points']} points")
+            points = sweep["points"]
+            click.echo(points_table(points) if points is not None else f"  points {sweep['note']}")
     if as_json:
         from hpcops.cli.output import print_json
 

@@ -8,9 +8,11 @@ record (hpcops/tracking/parents.py)."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Unpack
 
 from sqlalchemy import func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from hpcops.errors import NotFound, StoreError
@@ -19,6 +21,32 @@ from hpcops.store.engine import Database
 from hpcops.store.models import RelayCursor, Run, TrackingFields, TrackingOp, apply_fields
 
 SWEEP_OP = "sweep"
+
+
+@dataclass(frozen=True)
+class BestPoint:
+    run_id: int
+    index: int
+    objective: float
+    mlflow_run_id: str | None
+
+
+@dataclass(frozen=True)
+class SweepStanding:
+    """A sweep's points as its MLflow parent needs them (TrackingTables.sweep_standing)."""
+
+    states: dict[str, int]  # the points' latest runs, by state
+    last_end: float | None  # when the last of them ended
+    best: BestPoint | None  # the best that COMPLETED with an objective (a tie: lower index)
+    ended_before: int  # points ended by the time the run asked about did, itself included
+
+    @property
+    def points(self) -> int:
+        return sum(self.states.values())
+
+    @property
+    def ended(self) -> int:
+        return sum(n for state, n in self.states.items() if RunState(state).is_terminal)
 
 
 def tracking_ops_for(from_state: str | None, to_state: str, *, point: bool = False) -> list[str]:
@@ -124,6 +152,62 @@ class TrackingTables(Database):
         query = select(TrackingOp).where(TrackingOp.run_id == run_id).order_by(col(TrackingOp.id))
         with self._session() as session:
             return list(session.exec(query).all())
+
+    def sweep_standing(self, sweep_id: int, run_id: int, mode: str | None) -> SweepStanding:
+        """Where a sweep stands, over each point's latest run (a rerun replaces its point's
+        earlier run), computed in SQL: a "sweep" operation per point must not read every point
+        (a 1,000-point sweep would read a million rows)."""
+        latest = (
+            sa_select(func.max(col(Run.id)))
+            .where(col(Run.sweep_id) == sweep_id)
+            .where(col(Run.sweep_index).is_not(None))
+            .group_by(col(Run.sweep_index))
+        )
+        states = sa_select(col(Run.state), func.count(), func.max(col(Run.ended_at))).where(
+            col(Run.id).in_(latest)
+        )
+        ranked = col(Run.objective).asc() if mode == "min" else col(Run.objective).desc()
+        best = (
+            sa_select(col(Run.id), col(Run.sweep_index), col(Run.objective), col(Run.mlflow_run_id))
+            .where(col(Run.id).in_(latest))
+            .where(col(Run.state) == RunState.COMPLETED.value)
+            .where(col(Run.objective).is_not(None))
+            .order_by(ranked, col(Run.sweep_index), col(Run.id))
+            .limit(1)
+        )
+        ended_states = [s.value for s in RunState if s.is_terminal]
+        with self._session() as session:
+            conn = session.connection()
+            counts: dict[str, int] = {}
+            last_end: float | None = None
+            for state, n, ended_at in conn.execute(states.group_by(col(Run.state))).all():
+                counts[str(state)] = int(n)
+                if str(state) in ended_states and ended_at is not None:
+                    last_end = max(last_end or 0.0, float(ended_at))
+            top = conn.execute(best).first()
+            own = session.get(Run, run_id)
+            before = 0
+            if own is not None and own.state in ended_states and own.ended_at is not None:
+                earlier = (
+                    sa_select(func.count())
+                    .where(col(Run.id).in_(latest))
+                    .where(col(Run.state).in_(ended_states))
+                    .where(
+                        (col(Run.ended_at) < own.ended_at)
+                        | ((col(Run.ended_at) == own.ended_at) & (col(Run.id) <= run_id))
+                    )
+                )
+                before = int(conn.execute(earlier).scalar_one())
+        return SweepStanding(
+            states=counts,
+            last_end=last_end,
+            best=(
+                None
+                if top is None  # the query asks for an objective: never None here
+                else BestPoint(int(top[0] or 0), int(top[1] or 0), float(top[2] or 0.0), top[3])
+            ),
+            ended_before=before,
+        )
 
     def sweep_closes_owed(self, sweep_id: int) -> bool:
         """Whether a point of the sweep still waits for its record to be closed (its objective

@@ -35,6 +35,7 @@ from hpcops import __version__
 from hpcops.errors import NotFound, TrackingRejected
 from hpcops.states import RunState
 from hpcops.store import Run, Store, Sweep
+from hpcops.store.tracking import BestPoint, SweepStanding
 from hpcops.tracking import records
 from hpcops.tracking.records import Batch, MetricPoint
 from hpcops.tracking.server import TrackingServer
@@ -128,46 +129,6 @@ def parent_tags(
     return tags
 
 
-def latest_points(runs: Iterable[Run]) -> dict[int, Run]:
-    """Each point's latest run (a rerun of a point replaces it), by the point's index."""
-    latest: dict[int, Run] = {}
-    for run in runs:
-        if run.sweep_index is None or run.id is None:
-            continue
-        known = latest.get(run.sweep_index)
-        if known is None or (known.id or 0) < run.id:
-            latest[run.sweep_index] = run
-    return latest
-
-
-def ended_before(run: Run, ended: list[Run]) -> int:
-    """How many points had ended when this one did, itself included: the best point's step
-    on the parent, the same however late the tracking thread gets to it."""
-    order = sorted(ended, key=lambda r: (r.ended_at or math.inf, r.id or 0))
-    ids = [r.id for r in order]
-    return ids.index(run.id) + 1 if run.id in ids else len(ended)
-
-
-def best_point(points: Iterable[Run], mode: str | None) -> Run | None:
-    """The best of the points' latest runs that COMPLETED with an objective; ties go to the
-    lower index (the earlier point)."""
-    ranked = [
-        r
-        for r in points
-        if r.state == RunState.COMPLETED.value and r.objective is not None
-        if not math.isnan(r.objective)
-    ]
-    if not ranked:
-        return None
-    sign = -1.0 if mode == "min" else 1.0
-
-    def score(run: Run) -> tuple[float, int]:
-        assert run.objective is not None
-        return (sign * run.objective, -(run.sweep_index or 0))
-
-    return max(ranked, key=score)
-
-
 def parent_status(states: Iterable[str]) -> str:
     """The ended parent's status: FINISHED if any point completed, else FAILED if any point
     failed (FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, UNKNOWN), else KILLED (cancelled or
@@ -180,16 +141,15 @@ def parent_status(states: Iterable[str]) -> str:
     return records.KILLED
 
 
-def best_batch(sweep: Sweep, best: Run, *, ended: int, now_ms: int) -> Batch:
-    """The best point so far, on the parent: its value at step = the points ended so far."""
-    assert sweep.objective_metric is not None and best.objective is not None
+def best_batch(sweep: Sweep, best: BestPoint, *, ended: int, now_ms: int) -> Batch:
+    """The best point so far, on the parent: its value at step = the points ended by then."""
+    assert sweep.objective_metric is not None
     try:
-        points = json.loads(sweep.points_json)
-        point = points[best.sweep_index] if best.sweep_index is not None else None
-    except (ValueError, IndexError, TypeError):
+        point = json.loads(sweep.points_json)[best.index]
+    except (ValueError, IndexError, TypeError, KeyError):
         point = None
     tags = {
-        BEST_RUN_TAG: str(best.id),
+        BEST_RUN_TAG: str(best.run_id),
         BEST_POINT_TAG: json.dumps(point, sort_keys=True)[:_TAG_MAX],
     }
     if best.mlflow_run_id:
@@ -256,7 +216,10 @@ class SweepParents:
                 start_ms=int(sweep.created_at * 1000),
                 tags=parent_tags(sweep, key=key, version=__version__, rerun_of_mlflow=rerun_of),
             )
-        server.log_batch(parent.run_id, Batch(params=parent_params(sweep)))
+        try:
+            server.log_batch(parent.run_id, Batch(params=parent_params(sweep)))
+        except TrackingRejected as exc:  # a value the server will never take: the parent
+            log.warning("sweep %s: parent's params refused: %s", sweep.id, exc)  # goes on
         server.upload_text(
             parent.artifact_uri, SWEEP_ARTIFACT, sweep.spec_yaml, records.ARTIFACT_DIR
         )
@@ -273,16 +236,24 @@ class SweepParents:
         """A "sweep" operation of a point: the parent made if missing, the point nested under
         it, the best point ranked (after the point ended), the parent ended or reopened."""
         assert run.id is not None and run.sweep_id is not None
-        parent = self.ensure(server, self._sweep(run))
         sweep = self._sweep(run)
-        self._nest(server, run, parent)
-        latest = latest_points(self.store.sweep_runs(run.sweep_id))
-        ended = [r for r in latest.values() if RunState(r.state).is_terminal]
-        if RunState(run.state).is_terminal and sweep.objective_metric:
-            self._rank(server, sweep, parent, latest.values(), ended=ended_before(run, ended))
-        self._settle(server, sweep, parent, latest, ended)
+        if sweep.mlflow_run_id is None:
+            parent = self.ensure(server, sweep)
+            sweep = self._sweep(run)
+        else:
+            parent = sweep.mlflow_run_id
+        self.nest(server, run, parent)
+        if not RunState(run.state).is_terminal:
+            # Queued: nothing to rank; a sweep that had ended runs again (a point's rerun).
+            if sweep.closed_at is not None:
+                self._reopen(server, sweep, parent)
+            return
+        standing = self.store.sweep_standing(run.sweep_id, run.id, sweep.objective_mode)
+        if sweep.objective_metric:
+            self._rank(server, sweep, parent, standing)
+        self._settle(server, sweep, parent, standing)
 
-    def _nest(self, server: TrackingServer, run: Run, parent: str) -> None:
+    def nest(self, server: TrackingServer, run: Run, parent: str) -> None:
         """Nest a point's record made before its parent existed (or found after a crash)."""
         assert run.id is not None
         if run.mlflow_run_id is None:
@@ -293,55 +264,51 @@ class SweepParents:
         self.created_under(run, parent)
 
     def _rank(
-        self,
-        server: TrackingServer,
-        sweep: Sweep,
-        parent: str,
-        points: Iterable[Run],
-        *,
-        ended: int,
+        self, server: TrackingServer, sweep: Sweep, parent: str, standing: SweepStanding
     ) -> None:
         assert sweep.id is not None
-        best = best_point(points, sweep.objective_mode)
+        best = standing.best
         if best is None:
             if sweep.best_run_id is not None or sweep.best_value is not None:
                 self.store.update_sweep(sweep.id, best_run_id=None, best_value=None)
             return
         now_ms = int(self.clock() * 1000)
-        server.log_batch(parent, best_batch(sweep, best, ended=ended, now_ms=now_ms))
-        if (sweep.best_run_id, sweep.best_value) != (best.id, best.objective):
-            self.store.update_sweep(sweep.id, best_run_id=best.id, best_value=best.objective)
+        step = standing.ended_before or standing.ended
+        server.log_batch(parent, best_batch(sweep, best, ended=step, now_ms=now_ms))
+        if (sweep.best_run_id, sweep.best_value) != (best.run_id, best.objective):
+            self.store.update_sweep(sweep.id, best_run_id=best.run_id, best_value=best.objective)
 
     def _settle(
-        self,
-        server: TrackingServer,
-        sweep: Sweep,
-        parent: str,
-        latest: Mapping[int, Run],
-        ended: list[Run],
+        self, server: TrackingServer, sweep: Sweep, parent: str, standing: SweepStanding
     ) -> None:
         """End the parent when every point has ended (and every point's record is closed,
         so the best point is final); set it RUNNING again when a point runs once more."""
         assert sweep.id is not None
-        all_ended = len(latest) >= sweep.n_points and len(ended) == len(latest)
+        all_ended = standing.points >= sweep.n_points and standing.ended == standing.points
         if all_ended and sweep.closed_at is None:
             if self.store.sweep_closes_owed(sweep.id):
                 return  # that point's own "sweep" operation ends the parent
-            end = max((r.ended_at or 0.0 for r in ended), default=0.0) or self.clock()
-            status = parent_status(r.state for r in ended)
+            end = standing.last_end or self.clock()
+            status = parent_status(standing.states)
             server.set_status(parent, status, int(end * 1000))
             self.store.update_sweep(sweep.id, closed_at=self.clock())
             log.info("sweep %s: every point ended; MLflow parent %s", sweep.id, status)
         elif not all_ended and sweep.closed_at is not None:
-            server.set_status(parent, records.RUNNING)
-            self.store.update_sweep(sweep.id, closed_at=None)
-            log.info("sweep %s: a point runs again; MLflow parent RUNNING", sweep.id)
+            self._reopen(server, sweep, parent)
+
+    def _reopen(self, server: TrackingServer, sweep: Sweep, parent: str) -> None:
+        assert sweep.id is not None
+        server.set_status(parent, records.RUNNING)
+        self.store.update_sweep(sweep.id, closed_at=None)
+        log.info("sweep %s: a point runs again; MLflow parent RUNNING", sweep.id)
 
     def read_objective(self, server: TrackingServer, run: Run) -> None:
         """In a point's close: its objective metric's latest value, from its record on the
         server (in relay mode after the last copy), stored on the run. No such metric (or not
         a number): None, and the point is not ranked."""
         assert run.id is not None and run.mlflow_run_id is not None
+        if run.slurm_job_id is None:
+            return  # never ran (cancelled or refused before Slurm took it): nothing logged
         metric = self._sweep(run).objective_metric
         if not metric:
             return

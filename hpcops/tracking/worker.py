@@ -319,6 +319,8 @@ class Tracker:
             if nested and parent is not None:
                 self.parents.created_under(run, parent)
             run = self.store.get(run.id)
+            if parent is not None and not nested:  # found after a crash: maybe not nested
+                self.parents.nest(server, run, parent)
         assert run.mlflow_run_id is not None and run.mlflow_artifact_uri is not None
         server.log_batch(run.mlflow_run_id, Batch(params=records.params_of(spec)))
         if RunState(run.state) in (RunState.QUEUED, RunState.HELD, RunState.SUBMITTING):

@@ -5,7 +5,6 @@ that refuses, fails or "crashes" where a test needs it."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -58,6 +57,7 @@ class Faulty(TrackingServer):
     refuse: ClassVar[bool] = False
     fail: ClassVar[bool] = False
     crash_after_create: ClassVar[bool] = False
+    crash_after_child: ClassVar[bool] = False
     creates: ClassVar[list[dict[str, str]]] = []
 
     def _parent(self, tags: dict[str, str]) -> bool:
@@ -76,6 +76,8 @@ class Faulty(TrackingServer):
         Faulty.creates.append(tags)
         if self._parent(tags) and self.crash_after_create:
             raise KeyboardInterrupt("kill -9")  # nothing in the tracker catches it
+        if not self._parent(tags) and self.crash_after_child:
+            raise KeyboardInterrupt("kill -9")
         return created
 
 
@@ -90,7 +92,7 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def faults() -> Iterator[type[Faulty]]:
     yield Faulty
-    Faulty.refuse = Faulty.fail = Faulty.crash_after_create = False
+    Faulty.refuse = Faulty.fail = Faulty.crash_after_create = Faulty.crash_after_child = False
     Faulty.creates = []
 
 
@@ -399,6 +401,24 @@ def test_a_crash_after_the_parent_was_made_does_not_make_a_second(
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
 
 
+def test_a_point_found_after_a_crash_is_nested_once(lab: Lab, faults: type[Faulty]) -> None:
+    sweep, runs = lab.add_sweep(n=1)
+    [run_id] = _ids(runs)
+    faults.crash_after_child = True
+    with pytest.raises(KeyboardInterrupt):
+        lab.drain()  # the parent, then the point's record made on the server, its id not stored
+    assert sweep.id is not None and lab.sweep(sweep.id).mlflow_run_id is not None
+    assert lab.store.get(run_id).mlflow_run_id is None
+    faults.crash_after_child = False
+    lab.restart()
+    lab.drain()
+    exp = lab.client().get_experiment_by_name(lab.experiment)
+    [child] = lab.client().search_runs([exp.experiment_id], f"tags.`hpcops.run_id` = '{run_id}'")
+    assert child.info.run_id == lab.store.get(run_id).mlflow_run_id
+    assert sweep.id is not None
+    assert child.data.tags["mlflow.parentRunId"] == lab.sweep(sweep.id).mlflow_run_id
+
+
 @pytest.mark.parametrize("fault", ["refuse", "fail"])
 def test_a_parent_the_server_refuses_costs_only_the_parent(
     lab: Lab, faults: type[Faulty], fault: str
@@ -467,44 +487,39 @@ def test_relay_mode_reads_the_objective_after_the_last_copy(lab: Lab) -> None:
 # --- what the parent holds (pure) ---------------------------------------------------------------
 
 
-def _point(index: int, state: str, objective: float | None, run_id: int | None = None) -> Run:
-    return Run(
-        id=run_id if run_id is not None else index + 1,
-        name="p",
-        experiment="e",
-        owner="ana",
-        owner_uid=1,
-        state=state,
-        spec_yaml="",
-        spec_hash="h",
-        created_at=1.0,
-        updated_at=1.0,
-        sweep_id=1,
-        sweep_index=index,
-        objective=objective,
-    )  # type: ignore[call-arg]
+def _standing_lab(tmp_path: Path, n: int) -> tuple[Lab, int, list[int]]:
+    lab = Lab(tmp_path, "sqlite:////nonexistent/x.db", Clock())
+    sweep, runs = lab.add_sweep(n=n)
+    assert sweep.id is not None
+    return lab, sweep.id, _ids(runs)
 
 
-def test_best_point_rules() -> None:
-    points = [
-        _point(0, "COMPLETED", 0.5),
-        _point(1, "FAILED", 0.99),  # did not complete: not ranked
-        _point(2, "COMPLETED", None),  # no objective: not ranked
-        _point(3, "COMPLETED", math.nan),
-        _point(4, "COMPLETED", 0.7),
-        _point(5, "COMPLETED", 0.7),  # a tie goes to the earlier point
-    ]
-    best = parents.best_point(points, "max")
-    assert best is not None and best.sweep_index == 4
-    low = parents.best_point(points, "min")
-    assert low is not None and low.sweep_index == 0
-    assert parents.best_point([_point(0, "FAILED", 1.0)], "max") is None
+def _ended(lab: Lab, run_id: int, state: str, objective: float | None, at: float) -> None:
+    lab.store.transition(run_id, RunState.SUBMITTING, actor="daemon")
+    lab.store.transition(run_id, RunState.RUNNING, actor="daemon")
+    lab.store.transition(run_id, RunState(state), actor="daemon", ended_at=at, objective=objective)
 
 
-def test_latest_run_of_each_point() -> None:
-    runs = [_point(0, "FAILED", None, 1), _point(1, "COMPLETED", 0.1, 2)]
-    latest = parents.latest_points([*runs, _point(0, "RUNNING", None, 9)])
-    assert {i: r.id for i, r in latest.items()} == {0: 9, 1: 2}
+def test_best_point_rules(tmp_path: Path) -> None:
+    lab, sweep_id, ids = _standing_lab(tmp_path, 3)
+    assert lab.store.sweep_standing(sweep_id, ids[0], "max").best is None
+    _ended(lab, ids[0], "COMPLETED", 0.5, at=10.0)
+    _ended(lab, ids[1], "FAILED", 0.99, at=11.0)  # did not complete: not ranked
+    _ended(lab, ids[2], "COMPLETED", 0.5, at=12.0)  # a tie goes to the earlier point
+    high = lab.store.sweep_standing(sweep_id, ids[2], "max")
+    assert high.best is not None and (high.best.run_id, high.best.index) == (ids[0], 0)
+    assert (high.points, high.ended, high.ended_before, high.last_end) == (3, 3, 3, 12.0)
+    assert lab.store.sweep_standing(sweep_id, ids[1], "max").ended_before == 2
+    # A rerun of point 0 replaces it: while it waits, point 0 is neither ranked nor ended.
+    again = lab.store.add_run(lab.point(0, sweep_id=sweep_id), actor="ana")
+    assert again.id is not None
+    low = lab.store.sweep_standing(sweep_id, again.id, "min")
+    assert low.best is not None and low.best.run_id == ids[2]
+    assert (low.points, low.ended, low.ended_before) == (3, 2, 0)
+    _ended(lab, again.id, "COMPLETED", None, at=20.0)  # no objective: not ranked
+    after = lab.store.sweep_standing(sweep_id, again.id, "max")
+    assert after.best is not None and after.best.run_id == ids[2]
+    assert after.states == {"COMPLETED": 2, "FAILED": 1}
 
 
 @pytest.mark.parametrize(

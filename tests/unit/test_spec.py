@@ -118,8 +118,10 @@ def problems_of(action: object) -> list[tuple[str, str]]:
 
 
 def test_every_bad_spec_has_an_expectation_and_the_reverse() -> None:
-    # The sweep_* files are test_spec_sweep.py's corpus, checked there both ways.
-    files = [p.name for p in BAD_SPECS_DIR.iterdir() if not p.name.startswith("sweep_")]
+    # The sweep_* files are test_spec_sweep.py's corpus, the retry_* and checkpoint_* files
+    # test_spec_retry.py's, each checked there both ways.
+    theirs = ("sweep_", "retry_", "checkpoint_")
+    files = [p.name for p in BAD_SPECS_DIR.iterdir() if not p.name.startswith(theirs)]
     assert sorted(files) == sorted(BAD_SPECS)
 
 
@@ -520,8 +522,9 @@ def test_spec_to_yaml_round_trips_the_examples(name: str) -> None:
 def test_spec_to_yaml_writes_every_field_in_order() -> None:
     text = spec_to_yaml(parse_spec(MINIMAL_YAML, "t"))
     keys = [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")]
-    # Every field, except an absent schedule block: specs without one keep their old hash.
-    assert keys == [name for name in Spec.model_fields if name not in {"schedule", "sweep"}]
+    # Every field, except absent optional blocks: specs without them keep their old hash.
+    absent = {"schedule", "sweep", "retry", "checkpoint"}
+    assert keys == [name for name in Spec.model_fields if name not in absent]
     assert "  time: 01:00:00\n" in text
 
 

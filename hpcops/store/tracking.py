@@ -19,12 +19,20 @@ def tracking_ops_for(from_state: str | None, to_state: str) -> list[str]:
     """The MLflow operations a state change owes (the outbox's rule; pure).
 
     Queued: the record is created. Slurm took the job (a submission confirmed, or adopted by
-    token after a crash): its job id and script. Ended, from wherever: the record is closed.
+    token after a crash): its job id and script. Ended, from wherever: the record is closed. An
+    attempt ended and the next one queued: that attempt's figures and logs, the record stays
+    open. An ended run queued again by `hpcops retry`: the record is reopened.
     """
     if from_state == to_state:
         return []
     if from_state is None:
         return ["create"]
+    if to_state == RunState.QUEUED.value:
+        if RunState(from_state).is_terminal:
+            return ["reopen"]
+        if from_state in (RunState.STAGING.value, RunState.PENDING.value, RunState.RUNNING.value):
+            return ["attempt"]
+        return []
     if RunState(to_state).is_terminal:
         return ["close"]
     if from_state == RunState.SUBMITTING.value and to_state in (
@@ -44,12 +52,15 @@ def owe_tracking(
     now: float,
     *,
     track: bool,
+    attempt: int | None = None,
 ) -> None:
-    """Outbox rows for a state change, in the transaction that makes the change."""
+    """Outbox rows for a state change, in the transaction that makes the change; `attempt`: the
+    attempt they are about (TrackingOp.attempt)."""
     if not track:
         return
     for kind in tracking_ops_for(from_state, to_state):
-        session.add(TrackingOp(run_id=run_id, kind=kind, created_at=now))
+        about = None if kind == "create" else attempt
+        session.add(TrackingOp(run_id=run_id, kind=kind, created_at=now, attempt=about))
 
 
 class TrackingTables(Database):

@@ -187,7 +187,7 @@ def test_every_legal_change_is_accepted_and_recorded(store: Store) -> None:
         (RunState.HELD, RunState.SUBMITTING),
         (RunState.SUBMITTING, RunState.HELD),
         (RunState.SUBMITTING, RunState.COMPLETED),
-        (RunState.PENDING, RunState.QUEUED),
+        (RunState.PENDING, RunState.HELD),
         (RunState.RUNNING, RunState.STAGING),
         (RunState.COMPLETED, RunState.QUEUED),
         (RunState.CANCELLED, RunState.RUNNING),

@@ -44,7 +44,7 @@ def release(p: Parts, s: LoopState) -> None:
     limits = quotas(p)
     for batch in release_batches(ready):
         submitted = True
-        if batch[0].sweep_id is not None:
+        if goes_in_an_array(batch[0]):
             go_on = submit_points(p, s, batch, limits)
         else:
             go_on = submit_run(p, s, batch[0])
@@ -62,14 +62,20 @@ def release_batches(runs: Sequence[Run]) -> list[list[Run]]:
     batches: list[list[Run]] = []
     by_sweep: dict[int, list[Run]] = {}
     for run in runs:
-        if run.sweep_id is None or run.attempts_ended > 0:
+        sweep_id = run.sweep_id
+        if sweep_id is None or not goes_in_an_array(run):
             batches.append([run])
-        elif run.sweep_id in by_sweep:
-            by_sweep[run.sweep_id].append(run)
+        elif sweep_id in by_sweep:
+            by_sweep[sweep_id].append(run)
         else:
-            by_sweep[run.sweep_id] = [run]
-            batches.append(by_sweep[run.sweep_id])
+            by_sweep[sweep_id] = [run]
+            batches.append(by_sweep[sweep_id])
     return batches
+
+
+def goes_in_an_array(run: Run) -> bool:
+    """A point of a sweep on its first attempt; its next attempts are plain single jobs."""
+    return run.sweep_id is not None and run.attempts_ended == 0
 
 
 def plan(p: Parts, s: LoopState) -> policy.Decision:

@@ -485,6 +485,9 @@ def finish(
     if reason is None and state is not RunState.COMPLETED:
         reason = f"{record.slurm_state}, exit {record.exit_code}:{record.signal}"
     alloc = record.alloc_tres
+    # Slurm's own count of the job's requeues (sacct Restarts), when the Slurm layer reads it:
+    # it also knows the requeues no poll saw (WIRE(slurm): AccountingRecord.restarts).
+    restarts = getattr(record, "restarts", None)
     optional = {
         "submitted_at": record.submitted_at,
         "started_at": record.started_at,
@@ -496,6 +499,7 @@ def finish(
         "slurm_state": record.slurm_state,
         "alloc_cpus": parse_tres_cpus(alloc) if alloc else None,
         "alloc_gpus": parse_gpus(alloc) if alloc else None,
+        "restarts": restarts if isinstance(restarts, int) and restarts > run.restarts else None,
     }
     return Outcome(
         state,
@@ -685,6 +689,7 @@ _ATTEMPT_FIELDS = (
     "alloc_cpus",
     "alloc_gpus",
     "max_rss_bytes",
+    "restarts",
 )
 
 

@@ -156,7 +156,7 @@ class Attempt(SQLModel, table=True):
 
 class AttemptEnd(TypedDict, total=False):
     """How an attempt ended (Store.transition's `ended`): `state` always, the rest as known. The
-    store adds the run, the number, the job id and the restarts."""
+    store adds the run, the number and the job id (and the run's restarts, if not given)."""
 
     state: RunState
     slurm_state: str | None
@@ -171,6 +171,7 @@ class AttemptEnd(TypedDict, total=False):
     alloc_cpus: int | None
     alloc_gpus: int | None
     max_rss_bytes: int | None
+    restarts: int  # Slurm's requeues within the attempt (default: the run's count)
 
 
 class Sweep(SQLModel, table=True):

@@ -299,12 +299,14 @@ def _change(
             raise StoreError(f"run {run_id}: an ended attempt needs the state it ended in")
         run.attempts_ended += 1
         session.add(
-            Attempt(
-                run_id=run_id,
-                number=run.attempts_ended,
-                slurm_job_id=run.slurm_job_id,
-                restarts=run.restarts,
-                **ended,
+            Attempt.model_validate(
+                {
+                    "run_id": run_id,
+                    "number": run.attempts_ended,
+                    "slurm_job_id": run.slurm_job_id,
+                    "restarts": run.restarts,
+                    **ended,
+                }
             )
         )
     apply_fields(run, fields, RunUpdate, "runs")

@@ -3,6 +3,7 @@ retry rules and its last ended attempt in; the run's end or its next attempt out
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -42,9 +43,9 @@ def a_run(**fields: Any) -> Run:
     return Run(**values)
 
 
-def ended(run: Run, state: RunState, *, ran_s: float = 3600, slurm: str | None = None) -> Any:
-    """`finish`'s outcome for the run's job ending in `state` after `ran_s` seconds."""
-    record = AccountingRecord(
+def a_record(state: RunState, *, ran_s: float = 3600, slurm: str | None = None) -> AccountingRecord:
+    """sacct's record of the run's job ending in `state` after `ran_s` seconds."""
+    return AccountingRecord(
         job_id="42",
         state=state,
         slurm_state=slurm or state.value,
@@ -62,7 +63,11 @@ def ended(run: Run, state: RunState, *, ran_s: float = 3600, slurm: str | None =
         comment="hpcops:0123456789abcdef",
         name="r-000007",
     )
-    return lifecycle.finish(run, record, NOW)
+
+
+def ended(run: Run, state: RunState, *, ran_s: float = 3600, slurm: str | None = None) -> Any:
+    """`finish`'s outcome for the run's job ending in `state` after `ran_s` seconds."""
+    return lifecycle.finish(run, a_record(state, ran_s=ran_s, slurm=slurm), NOW)
 
 
 def earlier(state: RunState, *, ran_s: float, number: int = 1) -> Attempt:
@@ -210,3 +215,22 @@ def test_attempt_end_takes_the_outcome_s_figures_over_the_run_s() -> None:
     assert end["state"] is RunState.UNKNOWN
     assert end["ended_at"] == NOW and end["started_at"] == run.started_at
     assert end["reason"] == "vanished: no exit marker and no accounting record"
+
+
+@dataclasses.dataclass(frozen=True)
+class _RecordWithRestarts(AccountingRecord):
+    """sacct's record once the Slurm layer reads `Restarts` (not yet: counted as seen)."""
+
+    restarts: int = 0
+
+
+def test_slurm_s_own_restart_count_wins_over_the_requeues_the_daemon_saw() -> None:
+    run = a_run(restarts=1)
+    plain = ended(run, RunState.TIMEOUT)
+    base = a_record(RunState.TIMEOUT)
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    out = lifecycle.finish(run, _RecordWithRestarts(**fields, restarts=3), NOW)
+    assert out.fields["restarts"] == 3
+    assert lifecycle.attempt_end(run, out)["restarts"] == 3
+    assert "restarts" not in plain.fields, "without the field, the daemon's own count stands"
+    assert lifecycle.attempt_end(run, plain)["restarts"] == 1

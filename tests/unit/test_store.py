@@ -135,6 +135,8 @@ def test_an_older_database_gains_new_columns(tmp_path: Path) -> None:
     run = store.get(1)
     assert run.name == "old" and run.held_by is None and run.token is None
     assert (run.gpus, run.cpus, run.attempt) == (0, 1, 0), "new columns get their defaults"
+    assert (run.attempts_ended, run.restarts, run.queued_at) == (0, 0, None)
+    assert store.attempts(1) == [], "and the attempt table is made"
     assert store.add_run(_run("new"), actor="alice").id == 2
     assert store.get(1).state is RunState.COMPLETED, "an old text state reads as a RunState"
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 
+from hpcops.engine import release
 from hpcops.errors import InvalidInput
 from hpcops.lifecycle import RetryRules, clock_time
 from hpcops.rundir import RunDir
@@ -135,11 +137,19 @@ def test_a_run_that_keeps_failing_at_once_stops_early(
 
 
 def test_the_next_attempt_waits_out_the_back_off(
-    make_engine: EngineFactory, retry_rules: GiveRules
+    make_engine: EngineFactory, retry_rules: GiveRules, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     retry_rules(max_attempts=3, on=("TIMEOUT",), backoff_s=95)
     h = make_engine()
     run_id = h.submit("patient")
+    plans: list[float] = []
+    real_plan = release.plan
+
+    def counted(p: Any, s: Any) -> Any:
+        plans.append(h.clock())
+        return real_plan(p, s)
+
+    monkeypatch.setattr(release, "plan", counted)
     _attempt(h, run_id, "TIMEOUT")
     run = h.run(run_id)
     assert run.state == "QUEUED" and run.retry_not_before is not None
@@ -151,6 +161,9 @@ def test_the_next_attempt_waits_out_the_back_off(
     while h.clock() + 1 < not_before:
         h.run_for(1)
         assert h.slurm.calls["sbatch"] == 1, "released before its back-off ended"
+    waiting = [t for t in plans if t > not_before - 95]
+    # Not a plan a tick: only when the poll saw Slurm (every 30 s) or the queue changed.
+    assert len(waiting) <= 6, f"{len(waiting)} plans in 95 s of 1 s ticks"
     h.run_for(2)
     assert h.slurm.calls["sbatch"] == 2, "released when the back-off ended, not at a later replan"
     assert h.state(run_id) == "PENDING"

@@ -256,11 +256,11 @@ def why(p: Parts, s: LoopState, run: Run) -> str:
     """One line: why the run is where it is."""
     state = RunState(run.state)
     if state is RunState.QUEUED:
+        if run.retry_not_before is not None and run.retry_not_before > p.clock():
+            return f"{run.reason or 'its next attempt waits'} (retry.backoff_s)"
         decision = s.last_decision
         if decision is None or run.id is None:
             return "just queued; the daemon is planning its release"
-        if run.retry_not_before is not None and run.retry_not_before > p.clock():
-            return f"{run.reason or 'its next attempt waits'} (retry.backoff_s)"
         retry_at = s.retry_after.get(run.id, 0.0)
         if retry_at > p.clock():
             return (

@@ -280,7 +280,12 @@ def test_a_running_run_whose_record_is_pending_again_was_requeued() -> None:
     assert lifecycle.settle(run, record, NOW, gone=False) is Settle.REQUEUED
     outcome = lifecycle.back_to_pending(run, record.slurm_state, record.reason)
     assert outcome.to is RunState.PENDING and outcome.expect == (RunState.RUNNING,)
-    assert outcome.fields == {"reason": "BeginTime", "end_seen_at": None, "marker_exit_code": None}
+    assert outcome.fields == {
+        "reason": "BeginTime",
+        "end_seen_at": None,
+        "marker_exit_code": None,
+        "restarts": 1,  # a restart within the attempt, not a new attempt
+    }
     assert outcome.clear_markers and outcome.forget
     assert lifecycle.back_to_pending(run, "PREEMPTED", "None").reason == "requeued"
 

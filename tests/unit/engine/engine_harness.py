@@ -56,6 +56,7 @@ class EngineLike(Protocol):
     def top(self, run_id: int, caller: Caller) -> Run: ...
     def why(self, run: Run) -> str: ...
     def status(self) -> Any: ...
+    def retry(self, run_id: int, caller: Caller) -> Run: ...
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -170,6 +171,9 @@ class EngineHarness:
     def why(self, run_id: int) -> str:
         return self.engine.why(self.run(run_id))
 
+    def retry(self, run_id: int, caller: Caller = ALICE) -> Run:
+        return self.engine.retry(run_id, caller)
+
     # --- the loop ---------------------------------------------------------------------------
 
     def tick(self, times: int = 1, *, every_s: float = 0.0) -> None:
@@ -215,6 +219,10 @@ class EngineHarness:
 
     def notes(self, run_id: int) -> list[str]:
         return [e.reason for e in self.events(run_id)]
+
+    def attempts(self, run_id: int) -> list[tuple[int, str, str]]:
+        """The run's ended attempts as (number, Slurm job id, state)."""
+        return [(a.number, a.slurm_job_id, str(a.state)) for a in self.store.attempts(run_id)]
 
     def job_of(self, run_id: int) -> str:
         job_id = self.run(run_id).slurm_job_id

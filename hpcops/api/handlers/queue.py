@@ -4,9 +4,9 @@
 A request on a sweep (`"run": "s7"`) is the same request on each of its points for which it
 makes sense, through the same engine method, authorized and audited per point as for a run:
 cancel the points that have not ended, hold and top the QUEUED ones, release the HELD ones,
-priority the QUEUED and HELD ones, retry the ended ones that did not complete (each point's
-latest run). A point another member owns (a lead's rerun of it) or that
-left the state meanwhile is skipped, and the answer says so.
+priority the QUEUED and HELD ones, retry the ended ones that did not complete (of each point's
+latest run). A point another member owns (a lead's rerun of it) or that left the state
+meanwhile is skipped, and the answer says so.
 """
 
 from __future__ import annotations

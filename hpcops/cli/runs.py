@@ -360,7 +360,7 @@ def _show_sweep(data: dict[str, Any]) -> None:
         [
             str(p["index"]),
             str(p["run_id"]),
-            p["state"],
+            state_text(p),
             number_text(p["objective"]),
             params_text(p["params"]),
         ]

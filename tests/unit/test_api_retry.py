@@ -445,3 +445,19 @@ def test_a_run_queued_again_shows_its_new_attempt_without_the_old_jobs_figures()
 )
 def test_max_attempts_is_read_from_the_stored_spec(spec: str, limit: int) -> None:
     assert max_attempts(spec) == limit
+
+
+def test_show_of_a_sweep_says_which_attempt_each_point_is_on(
+    api: tuple[Api, FakeEngine, AttemptStore],
+) -> None:
+    server, _, store = api
+    sweep, runs = _sweep(store, ANA, 2)
+    point = runs[1].id or 0
+    for state in _ENDED:
+        store.transition(point, state, actor="svc")
+    store.rows[point] = [FakeAttempt(point, 1, "801", "PREEMPTED")]
+    shown = _ok(server, ANA, "show", run=f"s{sweep.id}")
+    assert [(p["index"], p["attempt_number"], p["max_attempts"]) for p in shown["points"]] == [
+        (0, 1, 4),
+        (1, 2, 4),
+    ]

@@ -5,6 +5,7 @@ tests check what the CLI sends and how it prints the API's answers."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -297,3 +298,28 @@ def test_history_wraps_a_long_why_instead_of_cutting_it(daemon: FakeDaemon) -> N
         note,
         "requeued by Slurm (restart 1 of job 12345678)",
     ]
+
+
+def test_show_of_a_sweep_marks_a_point_on_a_later_attempt(daemon: FakeDaemon) -> None:
+    point = {"index": 0, "run_id": 12, "objective": None, "params": {"lr": 0.1}}
+    daemon.answers["show"] = {
+        "type": "sweep",
+        "id": "s7",
+        "name": "lr",
+        "experiment": "e",
+        "owner": "ana",
+        "state": "RUNNING",
+        "kind": "list",
+        "n_points": 2,
+        "progress": {"running": 1, "done": 1},
+        "objective": None,
+        "best": None,
+        "created_at": "2026-01-02T03:04:05Z",
+        "points": [
+            {**point, "state": "RUNNING", "attempt_number": 3, "max_attempts": 4},
+            {**point, "index": 1, "run_id": 13, "state": "COMPLETED"},
+        ],
+    }
+    lines = _fits(_run("show", "s7"))
+    rows = lines[lines.index(next(x for x in lines if x.startswith("POINT"))) + 1 :]
+    assert [re.split(r"\s{2,}", row)[2] for row in rows] == ["RUNNING (3/4)", "COMPLETED"]

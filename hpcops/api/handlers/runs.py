@@ -113,7 +113,16 @@ class RunHandlers:
         store = self.daemon.store
         sweep = store.get_sweep(number)
         counts = store.sweep_counts([number]).get(number, {})
-        return sweep_view(sweep, counts, points=store.sweep_runs(number))
+        runs = store.sweep_runs(number)
+        view = sweep_view(sweep, counts, points=runs)
+        # which attempt each point's latest run is on, as `ls` says it of a run
+        by_id = {run_id(r): r for r in runs}
+        ended = attempts.counts(store, [point["run_id"] for point in view["points"]])
+        for point in view["points"]:
+            run = by_id[point["run_id"]]
+            point["attempt_number"] = attempts.attempt_number(run, ended.get(run_id(run), 0))
+            point["max_attempts"] = attempts.max_attempts(run.spec_yaml)
+        return view
 
     def why(self, req: Request) -> dict[str, Any]:
         authorize("read", req.caller, req.role)

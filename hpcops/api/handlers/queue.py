@@ -1,11 +1,12 @@
 """Changing the lab's queue: `submit`, `validate`, `rerun`, and the requests on a run (`cancel`,
-`priority`, `hold`, `release`, `top`).
+`priority`, `hold`, `release`, `top`, `retry`).
 
 A request on a sweep (`"run": "s7"`) is the same request on each of its points for which it
 makes sense, through the same engine method, authorized and audited per point as for a run:
 cancel the points that have not ended, hold and top the QUEUED ones, release the HELD ones,
-priority the QUEUED and HELD ones. A point another member owns (a lead's rerun of it) or that
-left the state meanwhile is skipped, and the answer says so.
+priority the QUEUED and HELD ones, retry the ended ones that did not complete (of each point's
+latest run). A point another member owns (a lead's rerun of it) or that left the state
+meanwhile is skipped, and the answer says so.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from hpcops.access import LEADS, authorize, check_priority
+from hpcops.access import LEADS, Caller, Role, authorize, check_priority
+from hpcops.api import attempts
 from hpcops.api.handlers.base import Daemon, Handler, Request, run_id
 from hpcops.api.params import (
     PriorityParams,
@@ -33,6 +35,7 @@ from hpcops.yamlio import read_yaml
 _NOT_ENDED = frozenset(RunState) - TERMINAL_STATES
 _QUEUED = frozenset({RunState.QUEUED})
 _HELD = frozenset({RunState.HELD})
+_RETRYABLE = TERMINAL_STATES - {RunState.COMPLETED}
 
 
 class QueueHandlers:
@@ -50,6 +53,7 @@ class QueueHandlers:
             "hold": self.hold,
             "release": self.release,
             "top": self.top,
+            "retry": self.retry,
         }
 
     # --- new runs ---------------------------------------------------------------------------
@@ -320,6 +324,51 @@ class QueueHandlers:
             lambda run, updated: f"run {run.id} goes next (priority {updated.priority})",
         )
 
+    def retry(self, req: Request) -> dict[str, Any]:
+        """A new attempt of an ended run: the same run id, run directory and checkpoint
+        directory, queued again (engine.retry). A sweep: each point's latest run that ended
+        otherwise than COMPLETED."""
+        target = TargetParams.parse(req.params).run
+        engine = attempts.retrier(self.daemon.engine)
+        if isinstance(target, SweepId):
+            return self._on_sweep(
+                req,
+                target,
+                "retry",
+                _RETRYABLE,
+                lambda run: engine.retry(run_id(run), req.caller),
+                "state",
+                latest_only=True,
+            )
+        run = self.daemon.store.get(target)
+        authorize_retry(req.caller, req.role, owner=run.owner)
+        check_retryable(run)
+        # Every ended attempt has its row (a run that ended before rows were kept: its one).
+        number = max(1, len(attempts.recorded(self.daemon.store, target))) + 1
+        updated = engine.retry(target, req.caller)
+        self.daemon.audit(
+            req.caller,
+            req.role,
+            "retry",
+            f"run {target}",
+            allowed=True,
+            before=run.state,
+            after=updated.state,
+            detail=f"attempt {number}",
+        )
+        limit = attempts.max_attempts(updated.spec_yaml)
+        of = f" of {limit}" if number <= limit and limit > 1 else ""
+        return {
+            "id": updated.id,
+            "name": updated.name,
+            "state": updated.state,
+            "attempt_number": number,
+            "max_attempts": limit,
+            "previous_state": run.state,
+            "message": f"run {target}: attempt {number}{of} {str(updated.state).lower()} "
+            f"(after {run.state}; same run directory and checkpoint directory)",
+        }
+
     def _change_run(
         self,
         req: Request,
@@ -363,19 +412,24 @@ class QueueHandlers:
         states: Collection[RunState],
         apply: Callable[[Run], Run],
         field: str,
+        *,
+        latest_only: bool = False,
     ) -> dict[str, Any]:
-        """`action` on every run of the sweep in `states`: authorized on the sweep (a member's
-        own, a lead's any), then applied, guarded and audited per point as for one run."""
+        """`action` on every run of the sweep in `states` (`latest_only`: of each point's
+        latest run): authorized on the sweep (a member's own, a lead's any), then applied,
+        guarded and audited per point as for one run."""
         store = self.daemon.store
         sweep = store.get_sweep(target.number)
-        authorize(action, req.caller, req.role, owner=sweep.owner, thing="sweep")
+        permit(action, req.caller, req.role, owner=sweep.owner, thing="sweep")
         runs = store.sweep_runs(target.number)
+        if latest_only:
+            runs = list({r.sweep_index: r for r in runs}.values())  # by index, the latest last
         chosen = [r for r in runs if RunState(r.state) in states]
         changed: list[tuple[Run, Run]] = []
         skipped: list[dict[str, Any]] = []
         for run in chosen:
             try:
-                authorize(action, req.caller, req.role, owner=run.owner)
+                permit(action, req.caller, req.role, owner=run.owner)
                 if action in ("priority", "release"):
                     self._lead_decision_guard(req, run, action)
                 updated = apply(run)
@@ -436,6 +490,7 @@ _DONE = {
     "release": "released",
     "priority": "given priority",
     "top": "moved to the top",
+    "retry": "queued again",
 }
 _WHICH = {
     "cancel": "had ended",
@@ -443,6 +498,7 @@ _WHICH = {
     "release": "not HELD",
     "priority": "not QUEUED or HELD",
     "top": "not QUEUED",
+    "retry": "completed or not ended",
 }
 
 
@@ -485,3 +541,35 @@ def _stored_priority(sweep: Sweep) -> int:
     data = read_yaml(sweep.spec_yaml)
     value = data.get("priority", 0) if isinstance(data, dict) else 0
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def permit(action: str, caller: Caller, role: Role, *, owner: str, thing: str = "run") -> None:
+    """authorize(), with `retry` checked by authorize_retry."""
+    if action == "retry":
+        authorize_retry(caller, role, owner=owner, thing=thing)
+    else:
+        authorize(action, caller, role, owner=owner, thing=thing)
+
+
+def authorize_retry(caller: Caller, role: Role, *, owner: str, thing: str = "run") -> None:
+    """A lead may retry any run, a member their own: the rule of cancel and hold, worded for
+    retry. (Until hpcops/access.py has a "retry" rule; then this is authorize("retry", ...).)"""
+    authorize("read", caller, role)  # an outsider is told what any request tells them
+    if role in LEADS or owner == caller.name:
+        return
+    raise PermissionDenied(
+        f"{caller.name} may retry only their own {thing}s; this {thing} belongs to {owner}. "
+        "It needs the lead role."
+    )
+
+
+def check_retryable(run: Run) -> None:
+    """Only an ended run that did not complete gets a new attempt (the engine checks again,
+    in the transaction that queues it)."""
+    state = RunState(run.state)
+    if state is RunState.COMPLETED:
+        raise InvalidInput(
+            f"run {run.id} completed; `hpcops rerun {run.id}` runs it again as a new run"
+        )
+    if not state.is_terminal:
+        raise InvalidInput(f"run {run.id} is {state}; only an ended run can be retried")

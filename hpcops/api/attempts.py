@@ -1,0 +1,196 @@
+"""A run's attempts as the API shows them: one Slurm job each, numbered 1, 2, ...
+
+An ended attempt is a row the engine wrote (`Store.attempts(run_id)`, in the same transaction as
+the run's change); the attempt a run is on now (queued again, in Slurm, running) has no row yet
+and is shown from the run itself, marked `"current": true`. A run that ended before attempts
+were recorded has no row at all: its one attempt is shown from the run too. A Slurm requeue (the
+same job id, sacct's `Restarts` up by one) stays within its attempt and counts in `restarts`.
+
+The engine's side (the `Attempt` table, `Store.attempts`, `Engine.retry`) is reached through
+the two narrow protocols below, `AttemptSource` and `Retrying`, so the API does not depend on
+more of it than the contract names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from hpcops.errors import HpcopsError
+from hpcops.states import IN_SLURM_STATES, RunState
+from hpcops.yamlio import read_yaml
+
+if TYPE_CHECKING:
+    from hpcops.access import Caller
+    from hpcops.store import Run
+
+
+class AttemptRow(Protocol):
+    """An ended attempt as the store keeps it (hpcops.store's `Attempt`)."""
+
+    @property
+    def number(self) -> int: ...
+    @property
+    def slurm_job_id(self) -> str | None: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def slurm_state(self) -> str | None: ...
+    @property
+    def submitted_at(self) -> float | None: ...
+    @property
+    def started_at(self) -> float | None: ...
+    @property
+    def ended_at(self) -> float | None: ...
+    @property
+    def elapsed_s(self) -> int | None: ...
+    @property
+    def restarts(self) -> int | None: ...
+    @property
+    def exit_code(self) -> int | None: ...
+    @property
+    def signal(self) -> int | None: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def total_cpu_s(self) -> float | None: ...
+    @property
+    def alloc_cpus(self) -> int | None: ...
+    @property
+    def alloc_gpus(self) -> int | None: ...
+    @property
+    def max_rss_bytes(self) -> int | None: ...
+
+
+@runtime_checkable
+class AttemptSource(Protocol):
+    """`Store.attempts(run_id)`: a run's ended attempts, by number."""
+
+    def attempts(self, run_id: int) -> Sequence[AttemptRow]: ...
+
+
+@runtime_checkable
+class AttemptCounts(Protocol):
+    """`Store.attempt_counts(run_ids)`: how many ended attempts each run has (one query for
+    `ls`); a run without any may be left out."""
+
+    def attempt_counts(self, run_ids: Iterable[int]) -> dict[int, int]: ...
+
+
+@runtime_checkable
+class Retrying(Protocol):
+    """`Engine.retry`: a new attempt of an ended run (the engine checks the state)."""
+
+    def retry(self, run_id: int, caller: Caller) -> Run: ...
+
+
+def recorded(store: object, run_id: int) -> list[AttemptRow]:
+    """The run's ended attempts, by number ([] from a store that keeps none)."""
+    if not isinstance(store, AttemptSource):
+        return []
+    return sorted(store.attempts(run_id), key=lambda row: row.number)
+
+
+def counts(store: object, run_ids: Sequence[int]) -> dict[int, int]:
+    """How many ended attempts each run has, in one query where the store offers one."""
+    if isinstance(store, AttemptCounts):
+        return store.attempt_counts(run_ids)
+    if isinstance(store, AttemptSource):
+        return {run_id: len(store.attempts(run_id)) for run_id in run_ids}
+    return {}
+
+
+def retrier(engine: object) -> Retrying:
+    if not isinstance(engine, Retrying):
+        raise HpcopsError("this daemon cannot retry runs: its engine predates retries")
+    return engine
+
+
+def attempt_number(run: Run, ended: int) -> int:
+    """The attempt the run is on (or ended with), given how many ended attempts it has."""
+    if RunState(run.state).is_terminal:
+        return max(1, ended)
+    return ended + 1
+
+
+def max_attempts(spec_yaml: str) -> int:
+    """`retry.max_attempts` of the run's stored spec; 1 without `retry:`."""
+    # `ls` asks this of every run it lists: a spec without the key is not parsed, and the
+    # points of a sweep (and reruns) share their specs.
+    if not spec_yaml.startswith("retry:") and "\nretry:" not in spec_yaml:
+        return 1
+    return _max_attempts(spec_yaml)
+
+
+@lru_cache(maxsize=256)
+def _max_attempts(spec_yaml: str) -> int:
+    try:
+        spec = read_yaml(spec_yaml)
+    except HpcopsError:
+        return 1
+    retry = spec.get("retry") if isinstance(spec, dict) else None
+    value = retry.get("max_attempts") if isinstance(retry, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+
+def attempts_view(run: Run, rows: Sequence[AttemptRow]) -> list[dict[str, Any]]:
+    """Every attempt of the run, by number, the one it is on now last."""
+    from hpcops.api.views import iso
+
+    views = [
+        {
+            "number": row.number,
+            "slurm_job_id": row.slurm_job_id,
+            "state": str(row.state),
+            "slurm_state": row.slurm_state,
+            "submitted_at": iso(row.submitted_at),
+            "started_at": iso(row.started_at),
+            "ended_at": iso(row.ended_at),
+            "elapsed_s": row.elapsed_s,
+            "restarts": row.restarts,
+            "exit_code": row.exit_code,
+            "signal": row.signal,
+            "reason": row.reason,
+            "total_cpu_s": row.total_cpu_s,
+            "alloc_cpus": row.alloc_cpus,
+            "alloc_gpus": row.alloc_gpus,
+            "max_rss_bytes": row.max_rss_bytes,
+            "current": False,
+        }
+        for row in rows
+    ]
+    state = RunState(run.state)
+    jobs = {row.slurm_job_id for row in rows if row.slurm_job_id}
+    if state.is_terminal:
+        # Its last attempt has a row, unless the run ended before attempts were recorded.
+        if rows and not (run.slurm_job_id and run.slurm_job_id not in jobs):
+            return views
+    elif state in IN_SLURM_STATES and run.slurm_job_id in jobs:
+        return views  # that job ended as the run was read: its row is the last
+    ended = state.is_terminal
+    waiting = state in (RunState.QUEUED, RunState.HELD)
+    running = ended or state is RunState.RUNNING
+    views.append(
+        {
+            # Queued again, the run still carries its last job's figures: none are this one's.
+            "number": len(rows) + 1,
+            "slurm_job_id": None if waiting else run.slurm_job_id,
+            "state": str(run.state),
+            "slurm_state": run.slurm_state if ended else None,
+            "submitted_at": None if waiting else iso(run.submitted_at),
+            "started_at": iso(run.started_at) if running else None,
+            "ended_at": iso(run.ended_at) if ended else None,
+            "elapsed_s": run.elapsed_s if ended else None,
+            "restarts": None,
+            "exit_code": run.exit_code if ended else None,
+            "signal": run.signal if ended else None,
+            "reason": run.reason,
+            "total_cpu_s": run.total_cpu_s if ended else None,
+            "alloc_cpus": run.alloc_cpus if ended else None,
+            "alloc_gpus": run.alloc_gpus if ended else None,
+            "max_rss_bytes": run.max_rss_bytes if ended else None,
+            "current": not ended,
+        }
+    )
+    return views

@@ -1,0 +1,463 @@
+"""Retries in the API: `retry` on a run and on a sweep (who may, which states, the audit), and a
+run's attempts in `show` and `ls`. A real store; the engine and the store's attempts are faked
+(the engine's retry queues the run again without the store's transition table, which is the
+engine's to extend)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcops import policy
+from hpcops.access import Caller
+from hpcops.api import protocol
+from hpcops.api.attempts import attempts_view, max_attempts
+from hpcops.api.server import Api
+from hpcops.code.mirror import CodeMirror, Shipment
+from hpcops.config import Config
+from hpcops.config_sections import AccessConfig
+from hpcops.data.cache import ContentCache
+from hpcops.engine import EngineStatus, SlurmHealth
+from hpcops.errors import InvalidInput
+from hpcops.spec import Spec
+from hpcops.states import RunState
+from hpcops.store import Run, Store, Sweep
+from hpcops.transport.local import LocalTransport
+
+DAEMON = Caller(uid=4242, name="svc")
+ANA = Caller(uid=5001, name="ana")  # a member
+BOB = Caller(uid=5003, name="bob")  # another member
+LEO = Caller(uid=5004, name="leo")  # a lead
+NOW = 1_800_000_000.0
+
+RETRY_SPEC = "name: long\nretry:\n  max_attempts: 4\n  on: [TIMEOUT]\n"
+
+
+@dataclass(frozen=True)
+class FakeAttempt:
+    """An ended attempt, as the store's Attempt row has it."""
+
+    run_id: int
+    number: int
+    slurm_job_id: str | None
+    state: str
+    reason: str | None = None
+    restarts: int = 0
+    slurm_state: str | None = None
+    submitted_at: float | None = NOW
+    started_at: float | None = NOW + 10
+    ended_at: float | None = NOW + 130
+    elapsed_s: int | None = 120
+    exit_code: int | None = 0
+    signal: int | None = None
+    total_cpu_s: float | None = 100.0
+    alloc_cpus: int | None = 1
+    alloc_gpus: int | None = 0
+    max_rss_bytes: int | None = 1024
+
+
+class AttemptStore(Store):
+    """The store, with the attempts the engine would have written and the runs it queued again
+    (a terminal run back to QUEUED is a transition only the engine's table will allow)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.rows: dict[int, list[FakeAttempt]] = {}
+        self.requeued: dict[int, Run] = {}
+
+    def attempts(self, run_id: int) -> list[FakeAttempt]:
+        return list(self.rows.get(run_id, []))
+
+    def attempt_counts(self, run_ids: Iterable[int]) -> dict[int, int]:
+        return {r: len(self.rows[r]) for r in run_ids if r in self.rows}
+
+    def get(self, run_id: int) -> Run:
+        return self.requeued.get(run_id) or super().get(run_id)
+
+
+class FakeEngine:
+    def __init__(self, store: AttemptStore) -> None:
+        self.store = store
+        self.retried: list[tuple[int, str]] = []
+
+    def retry(self, run_id: int, caller: Caller) -> Run:
+        run = self.store.get(run_id)
+        if not RunState(run.state).is_terminal or run.state == RunState.COMPLETED:
+            raise InvalidInput(f"engine: run {run_id} is {run.state}")
+        self.retried.append((run_id, caller.name))
+        rows = self.store.rows.setdefault(run_id, [])
+        if run.slurm_job_id not in {row.slurm_job_id for row in rows}:  # its last attempt's row
+            rows.append(FakeAttempt(run_id, len(rows) + 1, run.slurm_job_id, run.state))
+        again = run.model_copy(update={"state": RunState.QUEUED})
+        self.store.requeued[run_id] = again
+        return again
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(health=SlurmHealth(), last_poll_at=None, decision=None, usage={})
+
+    def check_spec(self, spec: Spec, source: str) -> None:
+        return None
+
+    def enqueue(
+        self,
+        specs: Sequence[tuple[Spec, str]],
+        caller: Caller,
+        shipments: Sequence[Shipment | None] | None = None,
+    ) -> list[Run]:
+        raise AssertionError("not used here")
+
+    def cancel(self, run_id: int, caller: Caller) -> tuple[Run, str]:
+        raise AssertionError("not used here")
+
+    def set_priority(self, run_id: int, priority: int, caller: Caller, note: str = "") -> Run:
+        raise AssertionError("not used here")
+
+    def top(self, run_id: int, caller: Caller) -> Run:
+        raise AssertionError("not used here")
+
+    def hold(self, run_id: int, caller: Caller) -> Run:
+        raise AssertionError("not used here")
+
+    def release_hold(self, run_id: int, caller: Caller) -> Run:
+        raise AssertionError("not used here")
+
+    def rerun(
+        self,
+        source: int | str,
+        overrides: dict[str, str],
+        caller: Caller,
+        check: Callable[[Spec], None] | None = None,
+    ) -> Run:
+        raise AssertionError("not used here")
+
+    def rerun_sweep(self, sweep_id: int, caller: Caller) -> tuple[Sweep, list[Run]]:
+        raise AssertionError("not used here")
+
+    def why(self, run: Run) -> str:
+        return "waiting for the test"
+
+    def changed(self) -> None:
+        return None
+
+    def quotas(self) -> policy.Quotas:
+        return policy.Quotas()
+
+    def active_jobs(self) -> list[policy.Active]:
+        return []
+
+
+def _run(owner: Caller, *, name: str = "long", spec: str = RETRY_SPEC, **fields: Any) -> Run:
+    return Run(
+        name=name,
+        experiment="e",
+        owner=owner.name,
+        owner_uid=owner.uid,
+        state=RunState.QUEUED.value,
+        spec_yaml=spec,
+        spec_hash=hashlib.sha256(spec.encode()).hexdigest()[:16],
+        created_at=NOW,
+        updated_at=NOW,
+        **fields,
+    )
+
+
+def _add(store: Store, owner: Caller, *states: RunState, **fields: Any) -> Run:
+    [run] = store.add_runs([_run(owner)], actor=owner.name)
+    assert run.id is not None
+    for state in states:
+        moved = store.transition(run.id, state, actor="svc", **fields)
+        assert moved is not None
+        run = moved
+    return run
+
+
+_ENDED = (RunState.SUBMITTING, RunState.PENDING, RunState.RUNNING)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> tuple[Api, FakeEngine, AttemptStore]:
+    store = AttemptStore(tmp_path / "hpcops.db")
+    engine = FakeEngine(store)
+    return _api(tmp_path, engine, store), engine, store
+
+
+def _api(tmp_path: Path, engine: FakeEngine, store: Store) -> Api:
+    config = Config(access=AccessConfig(members=["ana", "bob"], leads=["leo"]))
+    return Api(
+        engine,
+        store,
+        config=config,
+        home=tmp_path,
+        files=LocalTransport(),
+        code_mirror=CodeMirror(tmp_path / "code"),
+        data_cache=ContentCache(tmp_path / "cache"),
+        tracker=None,
+        started_at=time.time(),
+        daemon_uid=DAEMON.uid,
+    )
+
+
+def _answer(server: Api, caller: Caller, method: str, **params: Any) -> dict[str, Any]:
+    return server.handle(caller, protocol.request(1, method, params))
+
+
+def _ok(server: Api, caller: Caller, method: str, **params: Any) -> Any:
+    answer = _answer(server, caller, method, **params)
+    assert answer["ok"], answer
+    return answer["result"]
+
+
+def _error(server: Api, caller: Caller, method: str, **params: Any) -> dict[str, str]:
+    answer = _answer(server, caller, method, **params)
+    assert not answer["ok"], answer
+    error: dict[str, str] = answer["error"]
+    return error
+
+
+# --- retry a run -----------------------------------------------------------------------------
+
+
+def test_a_member_retries_their_own_ended_run_and_it_is_audited(
+    api: tuple[Api, FakeEngine, AttemptStore],
+) -> None:
+    server, engine, store = api
+    run = _add(store, ANA, *_ENDED, RunState.TIMEOUT, slurm_job_id="4242")
+    assert run.id is not None
+    store.rows[run.id] = [FakeAttempt(run.id, 1, "4242", "TIMEOUT", "cut at the time limit")]
+    answer = _ok(server, ANA, "retry", run=run.id)
+    assert answer == {
+        "id": run.id,
+        "name": "long",
+        "state": "QUEUED",
+        "attempt_number": 2,
+        "max_attempts": 4,
+        "previous_state": "TIMEOUT",
+        "message": f"run {run.id}: attempt 2 of 4 queued (after TIMEOUT; same run directory "
+        "and checkpoint directory)",
+    }
+    assert engine.retried == [(run.id, "ana")]
+    [entry] = store.audit_log()
+    assert (entry.actor, entry.action, entry.target, entry.allowed) == (
+        "ana",
+        "retry",
+        f"run {run.id}",
+        True,
+    )
+    assert (entry.before, entry.after, entry.detail) == ("TIMEOUT", "QUEUED", "attempt 2")
+
+
+def test_a_member_may_not_retry_anothers_run_and_a_lead_may(
+    api: tuple[Api, FakeEngine, AttemptStore],
+) -> None:
+    server, engine, store = api
+    run = _add(store, ANA, *_ENDED, RunState.FAILED)
+    refused = _error(server, BOB, "retry", run=run.id)
+    assert refused == {
+        "kind": "permission_denied",
+        "message": "bob may retry only their own runs; this run belongs to ana. "
+        "It needs the lead role.",
+    }
+    assert [(a.actor, a.action, a.allowed) for a in store.audit_log()] == [("bob", "retry", False)]
+    outsider = _error(server, Caller(uid=9, name="eve"), "retry", run=run.id)
+    assert "not a member of this lab" in outsider["message"]
+    assert engine.retried == []
+    assert _ok(server, LEO, "retry", run=run.id)["attempt_number"] == 2
+    assert engine.retried == [(run.id, "leo")]
+
+
+@pytest.mark.parametrize(
+    ("states", "message"),
+    [
+        ((), "run {id} is QUEUED; only an ended run can be retried"),
+        (_ENDED, "run {id} is RUNNING; only an ended run can be retried"),
+        (
+            (*_ENDED, RunState.COMPLETED),
+            "run {id} completed; `hpcops rerun {id}` runs it again as a new run",
+        ),
+    ],
+)
+def test_only_an_ended_run_that_did_not_complete_is_retried(
+    api: tuple[Api, FakeEngine, AttemptStore], states: tuple[RunState, ...], message: str
+) -> None:
+    server, engine, store = api
+    run = _add(store, ANA, *states)
+    error = _error(server, ANA, "retry", run=run.id)
+    assert error == {"kind": "invalid_input", "message": message.format(id=run.id)}
+    assert engine.retried == [] and store.audit_log() == []
+
+
+def test_a_missing_run_and_a_bad_id_are_named(api: tuple[Api, FakeEngine, AttemptStore]) -> None:
+    server, _, _ = api
+    assert _error(server, ANA, "retry", run=99)["kind"] == "not_found"
+    assert _error(server, ANA, "retry", run="s99")["kind"] == "not_found"
+    assert _error(server, ANA, "retry", run="x")["kind"] == "invalid_input"
+    assert _error(server, ANA, "retry")["kind"] == "invalid_input"
+
+
+def test_an_engine_without_retries_says_so(tmp_path: Path) -> None:
+    class Older(FakeEngine):
+        retry = None  # type: ignore[assignment]  # an engine from before issue 14
+
+    store = AttemptStore(tmp_path / "hpcops.db")
+    server = _api(tmp_path, Older(store), store)
+    run = _add(store, ANA, *_ENDED, RunState.FAILED)
+    error = _error(server, ANA, "retry", run=run.id)
+    assert error["message"] == "this daemon cannot retry runs: its engine predates retries"
+
+
+# --- retry a sweep ---------------------------------------------------------------------------
+
+
+def _sweep(store: Store, owner: Caller, n: int) -> tuple[Sweep, list[Run]]:
+    sweep = Sweep(
+        name="lr",
+        experiment="e",
+        owner=owner.name,
+        owner_uid=owner.uid,
+        spec_yaml="name: lr\n",
+        kind="list",
+        n_points=n,
+        points_json=json.dumps([{"lr": i} for i in range(n)]),
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    runs = [_run(owner, name=f"lr[{i}]", sweep_index=i) for i in range(n)]
+    return store.add_sweep(sweep, runs, actor=owner.name)
+
+
+def test_retry_of_a_sweep_queues_each_point_that_ended_without_completing(
+    api: tuple[Api, FakeEngine, AttemptStore],
+) -> None:
+    server, engine, store = api
+    sweep, runs = _sweep(store, ANA, 4)
+    ids = [r.id or 0 for r in runs]
+    for run_id, end in zip(
+        ids, (RunState.COMPLETED, RunState.FAILED, RunState.TIMEOUT), strict=False
+    ):
+        for state in (*_ENDED, end):
+            store.transition(run_id, state, actor="svc")
+    # point 1 was rerun by hand meanwhile: its latest run is the one that counts
+    [again] = store.add_runs(
+        [_run(ANA, name="lr[1]", sweep_index=1, sweep_id=sweep.id)], actor="ana"
+    )
+    for state in (*_ENDED, RunState.COMPLETED):
+        store.transition(again.id or 0, state, actor="svc")
+    ref = f"s{sweep.id}"
+    refused = _error(server, BOB, "retry", run=ref)
+    assert refused["kind"] == "permission_denied"
+    assert "retry only their own sweeps; this sweep belongs to ana" in refused["message"]
+    answer = _ok(server, ANA, "retry", run=ref)
+    assert answer == {
+        "id": ref,
+        "sweep_id": sweep.id,
+        "affected": [ids[2]],
+        "skipped": [],
+        "message": f"sweep {ref}: 1 point queued again (3 completed or not ended)",
+    }
+    assert engine.retried == [(ids[2], "ana")]
+    audit = [(a.action, a.target, a.detail, a.allowed) for a in store.audit_log()]
+    assert ("retry", f"run {ids[2]}", f"sweep {ref}", True) in audit
+
+
+# --- attempts in show and ls -----------------------------------------------------------------
+
+
+def test_show_lists_ended_attempts_and_the_one_the_run_is_on(
+    api: tuple[Api, FakeEngine, AttemptStore],
+) -> None:
+    server, _, store = api
+    run = _add(store, ANA, *_ENDED, slurm_job_id="503", started_at=NOW + 500)
+    assert run.id is not None
+    store.rows[run.id] = [
+        FakeAttempt(run.id, 1, "501", "TIMEOUT", "cut at the time limit", restarts=1),
+        FakeAttempt(run.id, 2, "502", "PREEMPTED", "preempted"),
+    ]
+    shown = _ok(server, ANA, "show", run=run.id)
+    assert (shown["attempt_number"], shown["max_attempts"]) == (3, 4)
+    assert [
+        (a["number"], a["slurm_job_id"], a["state"], a["current"]) for a in shown["attempts"]
+    ] == [
+        (1, "501", "TIMEOUT", False),
+        (2, "502", "PREEMPTED", False),
+        (3, "503", "RUNNING", True),
+    ]
+    first, current = shown["attempts"][0], shown["attempts"][2]
+    assert first["restarts"] == 1 and first["reason"] == "cut at the time limit"
+    assert first["elapsed_s"] == 120 and first["ended_at"] == "2027-01-15T08:02:10Z"
+    assert current["started_at"] == "2027-01-15T08:08:20Z" and current["ended_at"] is None
+    assert set(first) == set(current)
+    listed = {r["id"]: r for r in _ok(server, BOB, "list")}
+    assert (listed[run.id]["attempt_number"], listed[run.id]["max_attempts"]) == (3, 4)
+
+
+def test_an_ended_run_shows_its_last_attempt_once_and_an_old_one_from_the_run(
+    api: tuple[Api, FakeEngine, AttemptStore],
+) -> None:
+    server, _, store = api
+    ended = _add(store, ANA, *_ENDED, RunState.FAILED, slurm_job_id="601", exit_code=3)
+    assert ended.id is not None
+    store.rows[ended.id] = [FakeAttempt(ended.id, 1, "600", "NODE_FAIL")]
+    store.rows[ended.id].append(FakeAttempt(ended.id, 2, "601", "FAILED", exit_code=3))
+    shown = _ok(server, ANA, "show", run=ended.id)
+    assert [a["number"] for a in shown["attempts"]] == [1, 2]
+    assert shown["attempt_number"] == 2
+    old = _add(store, BOB, *_ENDED, RunState.FAILED, slurm_job_id="77", exit_code=1)
+    [only] = _ok(server, ANA, "show", run=old.id)["attempts"]
+    assert (only["number"], only["slurm_job_id"], only["state"], only["exit_code"]) == (
+        1,
+        "77",
+        "FAILED",
+        1,
+    )
+    assert only["current"] is False
+
+
+def test_a_run_queued_again_shows_its_new_attempt_without_the_old_jobs_figures() -> None:
+    run = _run(ANA, slurm_job_id="700", started_at=NOW, elapsed_s=60)
+    run.id = 5
+    rows = [FakeAttempt(5, 1, "700", "TIMEOUT")]
+    views = attempts_view(run, rows)
+    assert [(v["number"], v["state"], v["current"]) for v in views] == [
+        (1, "TIMEOUT", False),
+        (2, "QUEUED", True),
+    ]
+    assert views[1]["slurm_job_id"] is None and views[1]["started_at"] is None
+    assert views[1]["elapsed_s"] is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "limit"),
+    [
+        (RETRY_SPEC, 4),
+        ("name: x\n", 1),
+        ("name: x\nretry: null\n", 1),
+        ("name: x\nretry:\n  max_attempts: true\n", 1),
+        ("retry:\n  max_attempts: 7\nname: x\n", 7),
+        ("name: [unclosed\nretry:\n", 1),
+    ],
+)
+def test_max_attempts_is_read_from_the_stored_spec(spec: str, limit: int) -> None:
+    assert max_attempts(spec) == limit
+
+
+def test_show_of_a_sweep_says_which_attempt_each_point_is_on(
+    api: tuple[Api, FakeEngine, AttemptStore],
+) -> None:
+    server, _, store = api
+    sweep, runs = _sweep(store, ANA, 2)
+    point = runs[1].id or 0
+    for state in _ENDED:
+        store.transition(point, state, actor="svc")
+    store.rows[point] = [FakeAttempt(point, 1, "801", "PREEMPTED")]
+    shown = _ok(server, ANA, "show", run=f"s{sweep.id}")
+    assert [(p["index"], p["attempt_number"], p["max_attempts"]) for p in shown["points"]] == [
+        (0, 1, 4),
+        (1, 2, 4),
+    ]

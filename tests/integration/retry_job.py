@@ -5,8 +5,8 @@ client only; run by the repo's .venv python.
 
     retry_job.py EVENTS TARGET chunk   works at most CHUNK steps (--chunk, default 5) an attempt,
                                        then waits for the checkpoint signal (USR1), saves its
-                                       counter and waits for Slurm to end the job at its limit:
-                                       a training that needs TARGET / CHUNK walltimes
+                                       counter and exits 0 (hpcops' job script then waits for
+                                       the limit): a training that needs TARGET / CHUNK walltimes
     retry_job.py EVENTS TARGET steady  saves its counter after every step (a preempted or lost
                                        attempt resumes where it was) and ends at TARGET
 
@@ -87,13 +87,13 @@ def main() -> int:
         save()
         event("done", counter=counter)
         return 0
-    # A chunk's work is done: wait for the warning, save, and wait for the limit.
+    # A chunk's work is done: wait for the warning, save, and exit 0. The job script then
+    # waits for the time limit, so that Slurm still ends the job TIMEOUT.
     while not signalled:
         time.sleep(0.2)
     save()
     event("checkpoint", counter=counter, signal_at=signalled[0], started_at=STARTED)
-    while True:  # Slurm's TERM at the time limit ends the job (TIMEOUT)
-        time.sleep(60)
+    return 0
 
 
 if __name__ == "__main__":

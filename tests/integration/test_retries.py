@@ -9,8 +9,9 @@ Slurm timing on the dev cluster (measured with `sbatch --time=1 --signal=B:USR1@
 print when USR1 and TERM arrive, and `sacct -o ElapsedRaw`): slurmctld looks at time limits on a
 30 s timer. A 1-minute job gets TERM at the first look after 60 s (elapsed 68, 77, 84, 85 s
 seen), KILL KillWait=5 s later (OverTimeLimit=0); the warning signal comes at the first look
-where at most before_s + 30 s are left (with before_s=10: 24, 38, 47 s after the start), so
-always more than before_s before the limit, and up to 30 s earlier than asked.
+where at most before_s + 30 s are left (with before_s=10: 24, 38, 47 s after the start; in the
+test 10 and 30 s before the limit), so at least before_s before it, and up to 30 s earlier than
+asked.
 
 The tests are ordered: the lost node first, because taking the node down ends every job on it;
 then the long TIMEOUT run is started (a module fixture) so that its three walltimes overlap the
@@ -160,6 +161,11 @@ def incarnations(job_id: str) -> list[str]:
     return [line.split("|")[1].split()[0] for line in out.splitlines()]
 
 
+def node_down(node: str) -> bool:
+    state = slurm("sinfo", "--noheader", f"--nodes={node}", "--format=%T")
+    return any(word in state for word in ("down", "drain", "fail"))
+
+
 def state_word(row: dict[str, str]) -> str:
     return row["state"].split()[0]
 
@@ -171,11 +177,18 @@ def epoch(sacct_time: str) -> float:
 def wait_recorded(d: Daemon, run: int, timeout: float = 90) -> dict[str, Any]:
     """show --json once nothing is owed to the MLflow record any more."""
 
+    seen: list[dict[str, Any]] = []
+
     def recorded() -> dict[str, Any] | None:
-        data = d.show(run)
+        seen[:] = [d.show(run)]
+        data = seen[0]
         return data if data["mlflow_run_id"] and not data["tracking_pending"] else None
 
-    result: dict[str, Any] = wait_until(recorded, timeout, f"run {run}'s MLflow record")
+    try:
+        result: dict[str, Any] = wait_until(recorded, timeout, f"run {run}'s MLflow record")
+    except AssertionError as e:
+        owed = {k: seen[0].get(k) for k in ("tracking_pending", "tracking_error")} if seen else {}
+        raise AssertionError(f"{e}; still owed: {owed}") from None
     return result
 
 
@@ -235,12 +248,11 @@ def test_a_lost_node_starts_a_new_attempt_that_completes(
     try:
         wait_until(lambda: incarnations(job) == ["NODE_FAIL"], 60, f"job {job} ended NODE_FAIL")
     finally:
-        slurm("scontrol", "update", f"nodename={node}", "state=resume")
-    wait_until(
-        lambda: "down" not in slurm("sinfo", "--noheader", f"--nodes={node}", "--format=%T"),
-        60,
-        f"node {node} back up",
-    )
+        # ReturnToService=2 brings the node back by itself once slurmd answers (seen within a
+        # second here); resume it if it is still down, and see it usable either way.
+        if node_down(node):
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
+        wait_until(lambda: not node_down(node), 60, f"node {node} back up")
     data = daemon.wait_ended(run, timeout=180)
     assert data["state"] == "COMPLETED", data
     jobs = sacct_allocations(data["name"], at_least=2)
@@ -494,7 +506,7 @@ def test_timeout_with_checkpoint_completes_on_the_third_attempt(
     for saved, job in zip(checkpoints, jobs[:2], strict=True):
         left = epoch(job["start"]) + 60 - saved["signal_at"]
         print(f"job {job['job_id']}: USR1 {left:.0f} s before the limit, ran {job['elapsed']} s")
-        assert left >= BEFORE_S - 1, (saved, job)
+        assert left >= BEFORE_S - 2, (saved, job)  # sacct's Start is to the second
     assert steps(log) == list(range(TARGET)), "each step once, in order, over the attempts"
 
     record = one_record(server, d, run)

@@ -326,8 +326,7 @@ def test_attempts_run_out_then_a_retry_by_hand_completes_in_the_same_record(
     jobs = sacct_allocations(data["name"], at_least=2)
     assert_attempts_match_sacct(data, jobs, ["FAILED", "FAILED"])
     assert [j["exit_code"] for j in jobs] == ["3:0", "3:0"]
-    record = one_record(server, daemon, run)
-    assert record.info.status == "FAILED"
+    mlflow_run_id = data["mlflow_run_id"]
 
     # The user fixes what failed, in the checkpoint directory every attempt shares, and tries
     # once more by hand: a third attempt of the same run, in the same record.
@@ -340,9 +339,11 @@ def test_attempts_run_out_then_a_retry_by_hand_completes_in_the_same_record(
     assert data["state"] == "COMPLETED", data
     jobs = sacct_allocations(data["name"], at_least=3)
     assert_attempts_match_sacct(data, jobs, ["FAILED", "FAILED", "COMPLETED"])
-    again = one_record(server, daemon, run)
-    assert again.info.run_id == record.info.run_id
-    assert again.info.status == "FINISHED"
+    assert "fixed" in daemon.cli("logs", str(run), check=True).stdout
+    # The record closed FAILED went back to RUNNING for the third attempt, and is FINISHED.
+    record = one_record(server, daemon, run)
+    assert record.info.run_id == mlflow_run_id
+    assert record.info.status == "FINISHED"
 
 
 @pytest.mark.usefixtures("checkpointed")

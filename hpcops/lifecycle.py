@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -44,6 +43,7 @@ from hpcops.slurm.parse import (
     parse_gpus,
     parse_tres_cpus,
 )
+from hpcops.spec import Spec
 from hpcops.states import RunState
 from hpcops.store import Attempt, AttemptEnd, Run
 
@@ -485,9 +485,6 @@ def finish(
     if reason is None and state is not RunState.COMPLETED:
         reason = f"{record.slurm_state}, exit {record.exit_code}:{record.signal}"
     alloc = record.alloc_tres
-    # Slurm's own count of the job's requeues (sacct Restarts), when the Slurm layer reads it:
-    # it also knows the requeues no poll saw (WIRE(slurm): AccountingRecord.restarts).
-    restarts = getattr(record, "restarts", None)
     optional = {
         "submitted_at": record.submitted_at,
         "started_at": record.started_at,
@@ -499,7 +496,6 @@ def finish(
         "slurm_state": record.slurm_state,
         "alloc_cpus": parse_tres_cpus(alloc) if alloc else None,
         "alloc_gpus": parse_gpus(alloc) if alloc else None,
-        "restarts": restarts if isinstance(restarts, int) and restarts > run.restarts else None,
     }
     return Outcome(
         state,
@@ -662,17 +658,16 @@ class RetryRules:
     backoff_s: float = 0.0
 
     @classmethod
-    def of(cls, spec: object) -> RetryRules:
-        """The spec's `retry:` block (Spec.retry: max_attempts, on, backoff_s), read here and
-        nowhere else; a spec without one has one attempt."""
-        policy = getattr(spec, "retry", None)
+    def of(cls, spec: Spec) -> RetryRules:
+        """The spec's `retry:` block, read here and nowhere else; a spec without one has one
+        attempt."""
+        policy = spec.retry
         if policy is None:
             return cls()
-        on: Iterable[object] = getattr(policy, "on", ()) or ()
         return cls(
-            max_attempts=int(getattr(policy, "max_attempts", 1)),
-            on=frozenset(RunState(str(getattr(s, "value", s))) for s in on),
-            backoff_s=float(getattr(policy, "backoff_s", 0) or 0),
+            max_attempts=policy.max_attempts,
+            on=frozenset(RunState(state) for state in policy.on),
+            backoff_s=float(policy.backoff_s),
         )
 
 

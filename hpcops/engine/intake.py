@@ -8,7 +8,6 @@ and renders it once, then stores it as QUEUED in its canonical YAML.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -108,14 +107,16 @@ def job_context(
     attempt: int = 1,
 ) -> JobContext:
     """A submission's JobContext; `attempt` is the run's attempt it submits (HPCOPS_ATTEMPT)."""
-    ctx = build_job_context(
-        spec, p.config, p.placement, run_id, token, mlflow_env=mlflow_env, checkout=checkout
+    return build_job_context(
+        spec,
+        p.config,
+        p.placement,
+        run_id,
+        token,
+        mlflow_env=mlflow_env,
+        checkout=checkout,
+        attempt=attempt,
     )
-    # WIRE(spec14): `build_job_context(..., attempt=attempt)` once JobContext has `attempt`;
-    # until then the attempt goes in only where the context already has the field.
-    if attempt != 1 and "attempt" in {f.name for f in dataclasses.fields(ctx)}:
-        ctx = dataclasses.replace(ctx, attempt=attempt)  # type: ignore[call-arg,unused-ignore]
-    return ctx
 
 
 def enqueue(

@@ -5,9 +5,9 @@ at once; a Slurm requeue is a restart within one attempt; `hpcops retry` queues 
 next attempt by hand; a crash at each fault point between an attempt's end and the next sbatch
 loses nothing and starts no attempt twice.
 
-WIRE(spec14): until `Spec.retry` exists, the `retry_rules` fixture gives every spec of a test
-its rules (it replaces `RetryRules.of`); `test_a_spec_s_retry_block_drives_the_retries` uses a
-real `retry:` block and runs once the spec model accepts it.
+The `retry_rules` fixture gives every spec of a test the same rules (it stands in for
+`RetryRules.of`, so a test says its rules once); `test_a_spec_s_retry_block_drives_the_retries`
+goes through a real `retry:` block.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from hpcops.engine import release
 from hpcops.errors import InvalidInput
 from hpcops.lifecycle import RetryRules, clock_time
 from hpcops.rundir import RunDir
-from hpcops.spec import Spec
 from hpcops.states import RunState
 
 from .engine_harness import BOB, EngineFactory, EngineHarness
@@ -321,7 +320,6 @@ def test_a_crash_between_an_attempt_s_end_and_the_next_sbatch_loses_nothing(
     assert h.slurm.calls["sbatch"] == 2, "no attempt started twice"
 
 
-@pytest.mark.skipif("retry" not in Spec.model_fields, reason="WIRE(spec14): Spec.retry")
 def test_a_spec_s_retry_block_drives_the_retries(make_engine: EngineFactory) -> None:
     h = make_engine()
     run_id = h.submit("from-spec", retry={"max_attempts": 2, "on": ["TIMEOUT"], "backoff_s": 0})

@@ -59,7 +59,8 @@ def tracking_ops_for(from_state: str | None, to_state: str, *, point: bool = Fal
 
     A point of a sweep (`point`) also owes its sweep's parent record: before its own record is
     created (the parent is made first, so the point's record is created under it) and after
-    it is closed (the point's objective ranked, the parent ended when every point has).
+    it is closed (the point's objective ranked, the parent ended when every point has), and
+    when `hpcops retry` reopens it (a parent that had ended runs again; the next close ends it).
     """
     if from_state == to_state:
         return []
@@ -67,7 +68,8 @@ def tracking_ops_for(from_state: str | None, to_state: str, *, point: bool = Fal
         return [SWEEP_OP, "create"] if point else ["create"]
     if to_state == RunState.QUEUED.value:
         if RunState(from_state).is_terminal:
-            return ["reopen"]
+            # A point's parent may have ended with it: it runs again until the point ends.
+            return ["reopen", SWEEP_OP] if point else ["reopen"]
         if from_state in (RunState.STAGING.value, RunState.PENDING.value, RunState.RUNNING.value):
             return ["attempt"]
         return []

@@ -2,7 +2,12 @@
 
 Each state change that owes the record something writes a TrackingOp row in the same transaction
 (store.tracking_ops_for): "create" when a run is queued, "submitted" when Slurm took its job,
-"close" when it ended. This thread does them in order per run, with back-off while the server
+"close" when it ended; for a run with `retry:`, "attempt" when an attempt ended and the next is
+queued (the record stays open), "reopen" when `hpcops retry` queued an ended run again (the
+record goes back to RUNNING). Every attempt's job logs into the same MLflow run (direct mode)
+or the same relay store (relay mode), so metrics continue by step in one record, and each
+attempt's Slurm figures and logs are kept apart by its number (`slurm.attempt.<n>.*`,
+`hpcops/attempts/<n>/`). This thread does them in order per run, with back-off while the server
 does not answer, so the loop that follows Slurm and the socket API never wait on the tracking
 server, and a record owed while it is down is completed when it is back. kill -9 loses nothing:
 an operation is done again until it is marked done, and every one is idempotent — creation
@@ -13,7 +18,10 @@ HTTP requests for one run's record (creation plus closing), against `mlflow serv
   submitted  log_batch (Slurm job id, partition, cluster), job.sbatch
   close      log_batch (Slurm's figures as metrics and tags), stdout, stderr, update (status)
 that is 10, whatever the number of figures, plus one experiment lookup per experiment per
-daemon (tests/benchmarks/bench_tracking.py counts them).
+daemon (tests/benchmarks/bench_tracking.py counts them). A run of several attempts costs 3 more
+per attempt ("attempt": log_batch, stdout, stderr), 1 more for a reopen, and 2 more at close
+(the last attempt's stdout and stderr under its number; every attempt's figures ride in the
+closing batch).
 
 A point of a sweep is recorded like any run, nested under its sweep's parent run, and owes the
 parent "sweep" operations, in a lane of their own (hpcops/tracking/parents.py). With an
@@ -133,7 +141,11 @@ class Tracker:
         """The MLflow environment of the run's next submission. Relay stores are made here, on
         shared scratch (a filesystem call, no server)."""
         assert run.id is not None
-        if self.mode == "direct" and run.mlflow_run_id and run.mlflow_experiment_id:
+        # A run's attempts share one record and, in relay mode, one relay store: an attempt
+        # released while the server was down keeps relaying, and the next one goes on in the
+        # same store (its cursors stay true), never half in each.
+        relayed = run.mlflow_relay_dir is not None
+        if self.mode == "direct" and run.mlflow_run_id and run.mlflow_experiment_id and not relayed:
             env = (
                 ("MLFLOW_TRACKING_URI", self.uri),
                 ("MLFLOW_RUN_ID", run.mlflow_run_id),
@@ -279,6 +291,10 @@ class Tracker:
             self._submitted(server, run)
         elif op.kind == "close":
             self._close(server, run)
+        elif op.kind == "attempt":
+            self._attempt_ended(server, run, op.attempt)
+        elif op.kind == "reopen":
+            self._reopen(server, run, op.attempt)
         else:
             raise TrackingRejected(f"unknown tracking operation {op.kind!r}")
 
@@ -354,22 +370,84 @@ class Tracker:
             )
 
     def _close(self, server: TrackingServer, run: Run) -> None:
+        assert run.id is not None
         assert run.mlflow_run_id is not None and run.mlflow_artifact_uri is not None
         if run.mlflow_relay_dir and run.mlflow_relay_run_id:
             self._relay_one(server, run, final=True)
+        if not RunState(run.state).is_terminal:
+            # Retried by hand before this close was done: the "reopen" after it logs the
+            # attempt that ended, and the record stays open.
+            return
         end_ms = int((run.ended_at or self.clock()) * 1000)
-        server.log_batch(run.mlflow_run_id, records.closing_batch(run, end_ms=end_ms))
-        if run.run_dir:
-            rundir = RunDir(Path(run.run_dir))
-            for path in (rundir.stdout, rundir.stderr):
-                self._upload_job_file(server, run, path, max_bytes=self.cfg.max_log_bytes)
+        batch = records.closing_batch(run, end_ms=end_ms)
+        if run.attempts_ended > 1:
+            # Every attempt's figures, in the same request: an "attempt" operation given up
+            # on is made good here, and `hpcops show` and the record agree.
+            for attempt in self.store.attempts(run.id):
+                batch = batch.merged(records.attempt_batch(attempt))
+        server.log_batch(run.mlflow_run_id, batch)
+        self._upload_logs(server, run, records.ARTIFACT_DIR)
+        if run.attempts_ended > 1:
+            self._upload_logs(server, run, records.attempt_artifact_dir(run.attempts_ended))
         status = records.mlflow_status(RunState(run.state))
         server.set_status(run.mlflow_run_id, status, end_ms)
         if run.sweep_id is not None:
             self.parents.read_objective(server, run)
 
+    def _attempt_ended(self, server: TrackingServer, run: Run, number: int | None) -> None:
+        """An attempt ended and the run's next one is queued: what the job logged so far (relay
+        mode), that attempt's figures and logs kept apart by its number; the record stays
+        open, for the next attempt's job logs into the same MLflow run."""
+        if run.mlflow_relay_dir and run.mlflow_relay_run_id:
+            self._relay_one(server, run, final=True)
+        self._log_attempt(server, run, number)
+
+    def _reopen(self, server: TrackingServer, run: Run, number: int | None) -> None:
+        """An ended run queued again by `hpcops retry`: its record RUNNING again, and the
+        attempt that ended it logged as `attempt` logs one (a run of one attempt had none).
+        MLflow keeps the end time its close set: UpdateRun cannot clear one (mlflow 3.17.2),
+        and the next close sets the real one."""
+        assert run.mlflow_run_id is not None
+        server.set_status(run.mlflow_run_id, records.RUNNING)
+        last = number - 1 if number is not None else run.attempts_ended
+        self._log_attempt(server, run, last or None)
+
+    def _log_attempt(self, server: TrackingServer, run: Run, number: int | None) -> None:
+        assert run.id is not None and run.mlflow_run_id is not None
+        attempt = next((a for a in self.store.attempts(run.id) if a.number == number), None)
+        if attempt is None:
+            return  # an operation written before attempts existed, or a run that never ran
+        server.log_batch(run.mlflow_run_id, records.attempt_batch(attempt))
+        artifact_dir = records.attempt_artifact_dir(attempt.number)
+        if _logs_are_of(run, attempt.number):
+            self._upload_logs(server, run, artifact_dir)
+            return
+        # A new attempt's job writes the same files (the run directory is the run's): once it
+        # started, they are no longer this attempt's. Said, rather than mislabelled.
+        assert run.mlflow_artifact_uri is not None
+        note = (
+            f"[hpcops: attempt {attempt.number}'s logs were not kept: the run's next attempt had "
+            "started writing them before the tracking server took them]\n"
+        )
+        server.upload_text(run.mlflow_artifact_uri, "logs-missing.txt", note, artifact_dir)
+
+    def _upload_logs(self, server: TrackingServer, run: Run, artifact_dir: str) -> None:
+        """The job's stdout and stderr, from the run directory, into `artifact_dir`."""
+        if run.run_dir:
+            rundir = RunDir(Path(run.run_dir))
+            for path in (rundir.stdout, rundir.stderr):
+                self._upload_job_file(
+                    server, run, path, max_bytes=self.cfg.max_log_bytes, artifact_dir=artifact_dir
+                )
+
     def _upload_job_file(
-        self, server: TrackingServer, run: Run, path: Path, *, max_bytes: int
+        self,
+        server: TrackingServer,
+        run: Run,
+        path: Path,
+        *,
+        max_bytes: int,
+        artifact_dir: str = records.ARTIFACT_DIR,
     ) -> None:
         """Upload a file the job could have written (its logs, its run directory's script).
 
@@ -389,7 +467,7 @@ class Tracker:
                 reason = str(exc)
                 log.warning("run %s: %s not uploaded: %s", run.id, path.name, reason)
                 copy.write_text(f"[hpcops: {path.name} was not uploaded: {reason}]\n")
-            server.upload(run.mlflow_artifact_uri, copy, records.ARTIFACT_DIR)
+            server.upload(run.mlflow_artifact_uri, copy, artifact_dir)
 
     # --- relay -------------------------------------------------------------------------------
 
@@ -476,6 +554,15 @@ class Tracker:
         if not text.strip():
             raise InvalidInput(f"MLflow run {mlflow_run_id} has an empty hpcops/spec.yaml")
         return text, record.tags
+
+
+def _logs_are_of(run: Run, number: int) -> bool:
+    """Whether the run directory's logs are still attempt `number`'s: it is the run's last
+    ended attempt, and no later job has been submitted since (Slurm truncates --output when a
+    job starts; the run is queued or held for its next attempt, or ended)."""
+    state = RunState(run.state)
+    waiting = state in (RunState.QUEUED, RunState.HELD) or state.is_terminal
+    return run.attempts_ended == number and waiting
 
 
 def _cluster_from_slurm_conf() -> str | None:

@@ -6,112 +6,27 @@ and is shown from the run itself, marked `"current": true`. A run that ended bef
 were recorded has no row at all: its one attempt is shown from the run too. A Slurm requeue (the
 same job id, sacct's `Restarts` up by one) stays within its attempt and counts in `restarts`.
 
-The engine's side (the `Attempt` table, `Store.attempts`, `Engine.retry`) is reached through
-the two narrow protocols below, `AttemptSource` and `Retrying`, so the API does not depend on
-more of it than the contract names.
+The ended attempts are `Store.attempts(run_id)`; how many a run has is its own
+`attempts_ended`, so `ls` reads no attempt rows at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any
 
 from hpcops.errors import HpcopsError
 from hpcops.states import IN_SLURM_STATES, RunState
+from hpcops.store import Attempt, Run
 from hpcops.yamlio import read_yaml
 
-if TYPE_CHECKING:
-    from hpcops.access import Caller
-    from hpcops.store import Run
 
-
-class AttemptRow(Protocol):
-    """An ended attempt as the store keeps it (hpcops.store's `Attempt`)."""
-
-    @property
-    def number(self) -> int: ...
-    @property
-    def slurm_job_id(self) -> str | None: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def slurm_state(self) -> str | None: ...
-    @property
-    def submitted_at(self) -> float | None: ...
-    @property
-    def started_at(self) -> float | None: ...
-    @property
-    def ended_at(self) -> float | None: ...
-    @property
-    def elapsed_s(self) -> int | None: ...
-    @property
-    def restarts(self) -> int | None: ...
-    @property
-    def exit_code(self) -> int | None: ...
-    @property
-    def signal(self) -> int | None: ...
-    @property
-    def reason(self) -> str | None: ...
-    @property
-    def total_cpu_s(self) -> float | None: ...
-    @property
-    def alloc_cpus(self) -> int | None: ...
-    @property
-    def alloc_gpus(self) -> int | None: ...
-    @property
-    def max_rss_bytes(self) -> int | None: ...
-
-
-@runtime_checkable
-class AttemptSource(Protocol):
-    """`Store.attempts(run_id)`: a run's ended attempts, by number."""
-
-    def attempts(self, run_id: int) -> Sequence[AttemptRow]: ...
-
-
-@runtime_checkable
-class AttemptCounts(Protocol):
-    """`Store.attempt_counts(run_ids)`: how many ended attempts each run has (one query for
-    `ls`); a run without any may be left out."""
-
-    def attempt_counts(self, run_ids: Iterable[int]) -> dict[int, int]: ...
-
-
-@runtime_checkable
-class Retrying(Protocol):
-    """`Engine.retry`: a new attempt of an ended run (the engine checks the state)."""
-
-    def retry(self, run_id: int, caller: Caller) -> Run: ...
-
-
-def recorded(store: object, run_id: int) -> list[AttemptRow]:
-    """The run's ended attempts, by number ([] from a store that keeps none)."""
-    if not isinstance(store, AttemptSource):
-        return []
-    return sorted(store.attempts(run_id), key=lambda row: row.number)
-
-
-def counts(store: object, run_ids: Sequence[int]) -> dict[int, int]:
-    """How many ended attempts each run has, in one query where the store offers one."""
-    if isinstance(store, AttemptCounts):
-        return store.attempt_counts(run_ids)
-    if isinstance(store, AttemptSource):
-        return {run_id: len(store.attempts(run_id)) for run_id in run_ids}
-    return {}
-
-
-def retrier(engine: object) -> Retrying:
-    if not isinstance(engine, Retrying):
-        raise HpcopsError("this daemon cannot retry runs: its engine predates retries")
-    return engine
-
-
-def attempt_number(run: Run, ended: int) -> int:
-    """The attempt the run is on (or ended with), given how many ended attempts it has."""
+def attempt_number(run: Run) -> int:
+    """The attempt the run is on (or ended with)."""
     if RunState(run.state).is_terminal:
-        return max(1, ended)
-    return ended + 1
+        return max(1, run.attempts_ended)
+    return run.attempts_ended + 1
 
 
 def max_attempts(spec_yaml: str) -> int:
@@ -134,7 +49,7 @@ def _max_attempts(spec_yaml: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
 
-def attempts_view(run: Run, rows: Sequence[AttemptRow]) -> list[dict[str, Any]]:
+def attempts_view(run: Run, rows: Sequence[Attempt]) -> list[dict[str, Any]]:
     """Every attempt of the run, by number, the one it is on now last."""
     from hpcops.api.views import iso
 

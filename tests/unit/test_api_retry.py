@@ -1,15 +1,13 @@
 """Retries in the API: `retry` on a run and on a sweep (who may, which states, the audit), and a
-run's attempts in `show` and `ls`. A real store; the engine and the store's attempts are faked
-(the engine's retry queues the run again without the store's transition table, which is the
-engine's to extend)."""
+run's attempts in `show` and `ls`. A real store, its attempts written as the engine writes them
+(Store.transition with `ended`); the engine is faked."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from hpcops.engine import EngineStatus, SlurmHealth
 from hpcops.errors import InvalidInput
 from hpcops.spec import Spec
 from hpcops.states import RunState
-from hpcops.store import Run, Store, Sweep
+from hpcops.store import Attempt, AttemptEnd, Run, Store, Sweep
 from hpcops.transport.local import LocalTransport
 
 DAEMON = Caller(uid=4242, name="svc")
@@ -40,50 +38,33 @@ NOW = 1_800_000_000.0
 RETRY_SPEC = "name: long\nretry:\n  max_attempts: 4\n  on: [TIMEOUT]\n"
 
 
-@dataclass(frozen=True)
-class FakeAttempt:
-    """An ended attempt, as the store's Attempt row has it."""
-
-    run_id: int
-    number: int
-    slurm_job_id: str | None
-    state: str
-    reason: str | None = None
-    restarts: int = 0
-    slurm_state: str | None = None
-    submitted_at: float | None = NOW
-    started_at: float | None = NOW + 10
-    ended_at: float | None = NOW + 130
-    elapsed_s: int | None = 120
-    exit_code: int | None = 0
-    signal: int | None = None
-    total_cpu_s: float | None = 100.0
-    alloc_cpus: int | None = 1
-    alloc_gpus: int | None = 0
-    max_rss_bytes: int | None = 1024
+# An ended attempt's figures, as the engine records them (the state and job id come per attempt).
+FIGURES: AttemptEnd = {
+    "submitted_at": NOW,
+    "started_at": NOW + 10,
+    "ended_at": NOW + 130,
+    "elapsed_s": 120,
+    "exit_code": 0,
+    "total_cpu_s": 100.0,
+    "alloc_cpus": 1,
+    "alloc_gpus": 0,
+    "max_rss_bytes": 1024,
+}
 
 
-class AttemptStore(Store):
-    """The store, with the attempts the engine would have written and the runs it queued again
-    (a terminal run back to QUEUED is a transition only the engine's table will allow)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.rows: dict[int, list[FakeAttempt]] = {}
-        self.requeued: dict[int, Run] = {}
-
-    def attempts(self, run_id: int) -> list[FakeAttempt]:
-        return list(self.rows.get(run_id, []))
-
-    def attempt_counts(self, run_ids: Iterable[int]) -> dict[int, int]:
-        return {r: len(self.rows[r]) for r in run_ids if r in self.rows}
-
-    def get(self, run_id: int) -> Run:
-        return self.requeued.get(run_id) or super().get(run_id)
+def _attempts_ended(store: Store, run_id: int, *ended: tuple[str, AttemptEnd]) -> None:
+    """The run's attempts, each with its Slurm job, ended and followed by the next one (the
+    run is QUEUED for it after the last), as Store.transition records them for the engine."""
+    for job_id, how in ended:
+        for state in _ENDED:
+            store.transition(run_id, state, actor="svc", slurm_job_id=job_id)
+        store.transition(
+            run_id, RunState.QUEUED, actor="svc", ended={**FIGURES, **how}, slurm_job_id=None
+        )
 
 
 class FakeEngine:
-    def __init__(self, store: AttemptStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.retried: list[tuple[int, str]] = []
 
@@ -92,11 +73,8 @@ class FakeEngine:
         if not RunState(run.state).is_terminal or run.state == RunState.COMPLETED:
             raise InvalidInput(f"engine: run {run_id} is {run.state}")
         self.retried.append((run_id, caller.name))
-        rows = self.store.rows.setdefault(run_id, [])
-        if run.slurm_job_id not in {row.slurm_job_id for row in rows}:  # its last attempt's row
-            rows.append(FakeAttempt(run_id, len(rows) + 1, run.slurm_job_id, run.state))
-        again = run.model_copy(update={"state": RunState.QUEUED})
-        self.store.requeued[run_id] = again
+        again = self.store.transition(run_id, RunState.QUEUED, actor=caller.name)
+        assert again is not None
         return again
 
     def status(self) -> EngineStatus:
@@ -182,8 +160,8 @@ _ENDED = (RunState.SUBMITTING, RunState.PENDING, RunState.RUNNING)
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> tuple[Api, FakeEngine, AttemptStore]:
-    store = AttemptStore(tmp_path / "hpcops.db")
+def api(tmp_path: Path) -> tuple[Api, FakeEngine, Store]:
+    store = Store(tmp_path / "hpcops.db")
     engine = FakeEngine(store)
     return _api(tmp_path, engine, store), engine, store
 
@@ -225,12 +203,15 @@ def _error(server: Api, caller: Caller, method: str, **params: Any) -> dict[str,
 
 
 def test_a_member_retries_their_own_ended_run_and_it_is_audited(
-    api: tuple[Api, FakeEngine, AttemptStore],
+    api: tuple[Api, FakeEngine, Store],
 ) -> None:
     server, engine, store = api
-    run = _add(store, ANA, *_ENDED, RunState.TIMEOUT, slurm_job_id="4242")
+    run = _add(store, ANA)
     assert run.id is not None
-    store.rows[run.id] = [FakeAttempt(run.id, 1, "4242", "TIMEOUT", "cut at the time limit")]
+    for state in _ENDED:
+        store.transition(run.id, state, actor="svc", slurm_job_id="4242")
+    ended: AttemptEnd = {"state": RunState.TIMEOUT, "reason": "cut at the time limit"}
+    store.transition(run.id, RunState.TIMEOUT, actor="svc", ended={**FIGURES, **ended})
     answer = _ok(server, ANA, "retry", run=run.id)
     assert answer == {
         "id": run.id,
@@ -254,7 +235,7 @@ def test_a_member_retries_their_own_ended_run_and_it_is_audited(
 
 
 def test_a_member_may_not_retry_anothers_run_and_a_lead_may(
-    api: tuple[Api, FakeEngine, AttemptStore],
+    api: tuple[Api, FakeEngine, Store],
 ) -> None:
     server, engine, store = api
     run = _add(store, ANA, *_ENDED, RunState.FAILED)
@@ -284,7 +265,7 @@ def test_a_member_may_not_retry_anothers_run_and_a_lead_may(
     ],
 )
 def test_only_an_ended_run_that_did_not_complete_is_retried(
-    api: tuple[Api, FakeEngine, AttemptStore], states: tuple[RunState, ...], message: str
+    api: tuple[Api, FakeEngine, Store], states: tuple[RunState, ...], message: str
 ) -> None:
     server, engine, store = api
     run = _add(store, ANA, *states)
@@ -293,23 +274,12 @@ def test_only_an_ended_run_that_did_not_complete_is_retried(
     assert engine.retried == [] and store.audit_log() == []
 
 
-def test_a_missing_run_and_a_bad_id_are_named(api: tuple[Api, FakeEngine, AttemptStore]) -> None:
+def test_a_missing_run_and_a_bad_id_are_named(api: tuple[Api, FakeEngine, Store]) -> None:
     server, _, _ = api
     assert _error(server, ANA, "retry", run=99)["kind"] == "not_found"
     assert _error(server, ANA, "retry", run="s99")["kind"] == "not_found"
     assert _error(server, ANA, "retry", run="x")["kind"] == "invalid_input"
     assert _error(server, ANA, "retry")["kind"] == "invalid_input"
-
-
-def test_an_engine_without_retries_says_so(tmp_path: Path) -> None:
-    class Older(FakeEngine):
-        retry = None  # type: ignore[assignment]  # an engine from before issue 14
-
-    store = AttemptStore(tmp_path / "hpcops.db")
-    server = _api(tmp_path, Older(store), store)
-    run = _add(store, ANA, *_ENDED, RunState.FAILED)
-    error = _error(server, ANA, "retry", run=run.id)
-    assert error["message"] == "this daemon cannot retry runs: its engine predates retries"
 
 
 # --- retry a sweep ---------------------------------------------------------------------------
@@ -333,7 +303,7 @@ def _sweep(store: Store, owner: Caller, n: int) -> tuple[Sweep, list[Run]]:
 
 
 def test_retry_of_a_sweep_queues_each_point_that_ended_without_completing(
-    api: tuple[Api, FakeEngine, AttemptStore],
+    api: tuple[Api, FakeEngine, Store],
 ) -> None:
     server, engine, store = api
     sweep, runs = _sweep(store, ANA, 4)
@@ -370,15 +340,19 @@ def test_retry_of_a_sweep_queues_each_point_that_ended_without_completing(
 
 
 def test_show_lists_ended_attempts_and_the_one_the_run_is_on(
-    api: tuple[Api, FakeEngine, AttemptStore],
+    api: tuple[Api, FakeEngine, Store],
 ) -> None:
     server, _, store = api
-    run = _add(store, ANA, *_ENDED, slurm_job_id="503", started_at=NOW + 500)
+    run = _add(store, ANA)
     assert run.id is not None
-    store.rows[run.id] = [
-        FakeAttempt(run.id, 1, "501", "TIMEOUT", "cut at the time limit", restarts=1),
-        FakeAttempt(run.id, 2, "502", "PREEMPTED", "preempted"),
-    ]
+    _attempts_ended(
+        store,
+        run.id,
+        ("501", {"state": RunState.TIMEOUT, "reason": "cut at the time limit", "restarts": 1}),
+        ("502", {"state": RunState.PREEMPTED, "reason": "preempted"}),
+    )
+    for state in _ENDED:
+        store.transition(run.id, state, actor="svc", slurm_job_id="503", started_at=NOW + 500)
     shown = _ok(server, ANA, "show", run=run.id)
     assert (shown["attempt_number"], shown["max_attempts"]) == (3, 4)
     assert [
@@ -398,13 +372,16 @@ def test_show_lists_ended_attempts_and_the_one_the_run_is_on(
 
 
 def test_an_ended_run_shows_its_last_attempt_once_and_an_old_one_from_the_run(
-    api: tuple[Api, FakeEngine, AttemptStore],
+    api: tuple[Api, FakeEngine, Store],
 ) -> None:
     server, _, store = api
-    ended = _add(store, ANA, *_ENDED, RunState.FAILED, slurm_job_id="601", exit_code=3)
+    ended = _add(store, ANA)
     assert ended.id is not None
-    store.rows[ended.id] = [FakeAttempt(ended.id, 1, "600", "NODE_FAIL")]
-    store.rows[ended.id].append(FakeAttempt(ended.id, 2, "601", "FAILED", exit_code=3))
+    _attempts_ended(store, ended.id, ("600", {"state": RunState.NODE_FAIL}))
+    for state in _ENDED:
+        store.transition(ended.id, state, actor="svc", slurm_job_id="601")
+    last: AttemptEnd = {"state": RunState.FAILED, "exit_code": 3}
+    store.transition(ended.id, RunState.FAILED, actor="svc", exit_code=3, ended=last)
     shown = _ok(server, ANA, "show", run=ended.id)
     assert [a["number"] for a in shown["attempts"]] == [1, 2]
     assert shown["attempt_number"] == 2
@@ -422,7 +399,7 @@ def test_an_ended_run_shows_its_last_attempt_once_and_an_old_one_from_the_run(
 def test_a_run_queued_again_shows_its_new_attempt_without_the_old_jobs_figures() -> None:
     run = _run(ANA, slurm_job_id="700", started_at=NOW, elapsed_s=60)
     run.id = 5
-    rows = [FakeAttempt(5, 1, "700", "TIMEOUT")]
+    rows = [Attempt(run_id=5, number=1, slurm_job_id="700", state=RunState.TIMEOUT)]
     views = attempts_view(run, rows)
     assert [(v["number"], v["state"], v["current"]) for v in views] == [
         (1, "TIMEOUT", False),
@@ -448,14 +425,14 @@ def test_max_attempts_is_read_from_the_stored_spec(spec: str, limit: int) -> Non
 
 
 def test_show_of_a_sweep_says_which_attempt_each_point_is_on(
-    api: tuple[Api, FakeEngine, AttemptStore],
+    api: tuple[Api, FakeEngine, Store],
 ) -> None:
     server, _, store = api
     sweep, runs = _sweep(store, ANA, 2)
     point = runs[1].id or 0
+    _attempts_ended(store, point, ("801", {"state": RunState.PREEMPTED}))
     for state in _ENDED:
-        store.transition(point, state, actor="svc")
-    store.rows[point] = [FakeAttempt(point, 1, "801", "PREEMPTED")]
+        store.transition(point, state, actor="svc", slurm_job_id="802")
     shown = _ok(server, ANA, "show", run=f"s{sweep.id}")
     assert [(p["index"], p["attempt_number"], p["max_attempts"]) for p in shown["points"]] == [
         (0, 1, 4),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from hpcops.access import LEADS, Caller, Role, authorize, check_priority
+from hpcops.access import LEADS, authorize, check_priority
 from hpcops.api import attempts
 from hpcops.api.handlers.base import Daemon, Handler, Request, run_id
 from hpcops.api.params import (
@@ -329,7 +329,7 @@ class QueueHandlers:
         directory, queued again (engine.retry). A sweep: each point's latest run that ended
         otherwise than COMPLETED."""
         target = TargetParams.parse(req.params).run
-        engine = attempts.retrier(self.daemon.engine)
+        engine = self.daemon.engine
         if isinstance(target, SweepId):
             return self._on_sweep(
                 req,
@@ -341,10 +341,10 @@ class QueueHandlers:
                 latest_only=True,
             )
         run = self.daemon.store.get(target)
-        authorize_retry(req.caller, req.role, owner=run.owner)
+        authorize("retry", req.caller, req.role, owner=run.owner)
         check_retryable(run)
         # Every ended attempt has its row (a run that ended before rows were kept: its one).
-        number = max(1, len(attempts.recorded(self.daemon.store, target))) + 1
+        number = max(1, run.attempts_ended) + 1
         updated = engine.retry(target, req.caller)
         self.daemon.audit(
             req.caller,
@@ -420,7 +420,7 @@ class QueueHandlers:
         guarded and audited per point as for one run."""
         store = self.daemon.store
         sweep = store.get_sweep(target.number)
-        permit(action, req.caller, req.role, owner=sweep.owner, thing="sweep")
+        authorize(action, req.caller, req.role, owner=sweep.owner, thing="sweep")
         runs = store.sweep_runs(target.number)
         if latest_only:
             runs = list({r.sweep_index: r for r in runs}.values())  # by index, the latest last
@@ -429,7 +429,7 @@ class QueueHandlers:
         skipped: list[dict[str, Any]] = []
         for run in chosen:
             try:
-                permit(action, req.caller, req.role, owner=run.owner)
+                authorize(action, req.caller, req.role, owner=run.owner)
                 if action in ("priority", "release"):
                     self._lead_decision_guard(req, run, action)
                 updated = apply(run)
@@ -541,26 +541,6 @@ def _stored_priority(sweep: Sweep) -> int:
     data = read_yaml(sweep.spec_yaml)
     value = data.get("priority", 0) if isinstance(data, dict) else 0
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def permit(action: str, caller: Caller, role: Role, *, owner: str, thing: str = "run") -> None:
-    """authorize(), with `retry` checked by authorize_retry."""
-    if action == "retry":
-        authorize_retry(caller, role, owner=owner, thing=thing)
-    else:
-        authorize(action, caller, role, owner=owner, thing=thing)
-
-
-def authorize_retry(caller: Caller, role: Role, *, owner: str, thing: str = "run") -> None:
-    """A lead may retry any run, a member their own: the rule of cancel and hold, worded for
-    retry. (Until hpcops/access.py has a "retry" rule; then this is authorize("retry", ...).)"""
-    authorize("read", caller, role)  # an outsider is told what any request tells them
-    if role in LEADS or owner == caller.name:
-        return
-    raise PermissionDenied(
-        f"{caller.name} may retry only their own {thing}s; this {thing} belongs to {owner}. "
-        "It needs the lead role."
-    )
 
 
 def check_retryable(run: Run) -> None:

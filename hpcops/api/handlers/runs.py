@@ -56,8 +56,7 @@ class RunHandlers:
         limit = params.limit
         if not params.sweeps:
             runs = store.list_runs(params.states, limit=limit, newest_first=True)
-            ended = attempts.counts(store, [run_id(r) for r in runs])
-            return [self._view(r, ended.get(run_id(r), 0)) for r in queue_order(runs, decision)]
+            return [self._view(r) for r in queue_order(runs, decision)]
         # A sweep's points make one row: read more runs until there are `limit` rows.
         fetch = limit
         while True:
@@ -74,13 +73,11 @@ class RunHandlers:
         store = self.daemon.store
         ids = {slot[0].sweep_id for slot in slots if slot[0].sweep_id is not None}
         sweeps, counts = store.sweeps_by_ids(ids), store.sweep_counts(ids)
-        loose = [r for slot in slots if slot[0].sweep_id not in sweeps for r in slot]
-        ended = attempts.counts(store, [run_id(r) for r in loose])
         rows: list[dict[str, Any]] = []
         for slot in slots:
             number = slot[0].sweep_id
             if number is None or number not in sweeps:
-                rows += [self._view(run, ended.get(run_id(run), 0)) for run in slot]
+                rows += [self._view(run) for run in slot]
                 continue
             row = sweep_view(sweeps[number], counts.get(number, {}))
             waiting = next((r for r in slot if RunState(r.state) in WAITING), None)
@@ -99,9 +96,8 @@ class RunHandlers:
         if isinstance(target, SweepId):
             return self._sweep(target.number)
         run = store.get(target)
-        rows = attempts.recorded(store, target)
-        view = self._view(run, len(rows), detail=True)
-        view["attempts"] = attempts.attempts_view(run, rows)
+        view = self._view(run, detail=True)
+        view["attempts"] = attempts.attempts_view(run, store.attempts(target))
         view["staging"] = self._staging_progress(run) if run.data_json else None
         view["schedule_name"] = (
             store.get_schedule(run.schedule_id).name if run.schedule_id else None
@@ -117,10 +113,9 @@ class RunHandlers:
         view = sweep_view(sweep, counts, points=runs)
         # which attempt each point's latest run is on, as `ls` says it of a run
         by_id = {run_id(r): r for r in runs}
-        ended = attempts.counts(store, [point["run_id"] for point in view["points"]])
         for point in view["points"]:
             run = by_id[point["run_id"]]
-            point["attempt_number"] = attempts.attempt_number(run, ended.get(run_id(run), 0))
+            point["attempt_number"] = attempts.attempt_number(run)
             point["max_attempts"] = attempts.max_attempts(run.spec_yaml)
         return view
 
@@ -168,11 +163,10 @@ class RunHandlers:
             "done": done,
         }
 
-    def _view(self, run: Run, ended: int, *, detail: bool = False) -> dict[str, Any]:
-        """The run's view with why it waits, and which attempt it is on (`ended`: how many of
-        its attempts have ended)."""
+    def _view(self, run: Run, *, detail: bool = False) -> dict[str, Any]:
+        """The run's view with why it waits, and which attempt it is on."""
         view = run_view(run, detail=detail)
-        view["attempt_number"] = attempts.attempt_number(run, ended)
+        view["attempt_number"] = attempts.attempt_number(run)
         view["max_attempts"] = attempts.max_attempts(run.spec_yaml)
         waiting = RunState(run.state) in WAITING
         view["wait_reason"] = self.daemon.engine.why(run) if waiting else None

@@ -19,9 +19,9 @@ HTTP requests for one run's record (creation plus closing), against `mlflow serv
   close      log_batch (Slurm's figures as metrics and tags), stdout, stderr, update (status)
 that is 10, whatever the number of figures, plus one experiment lookup per experiment per
 daemon (tests/benchmarks/bench_tracking.py counts them). A run of several attempts costs 3 more
-per attempt ("attempt": log_batch, stdout, stderr), 1 more for a reopen, and 2 more at close
-(the last attempt's stdout and stderr under its number; every attempt's figures ride in the
-closing batch).
+per "attempt" (log_batch, stdout, stderr), 4 per "reopen" (update, and the same 3 for the
+attempt it follows), and 2 more at close (the last attempt's stdout and stderr under its
+number; every attempt's figures ride in the closing batch).
 
 A point of a sweep is recorded like any run, nested under its sweep's parent run, and owes the
 parent "sweep" operations, in a lane of their own (hpcops/tracking/parents.py). With an

@@ -4,21 +4,18 @@ point is retried; against a real MLflow store (sqlite, no server, no Slurm)."""
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tracking_harness
+from tracking_harness import Clock, sqlite_mlflow
 
-from hpcops.config import parse_config
 from hpcops.states import RunState
-from hpcops.store import Attempt, AttemptEnd, Run, Store, Sweep
+from hpcops.store import Attempt, AttemptEnd, Run
 from hpcops.store.tracking import SWEEP_OP, tracking_ops_for
 from hpcops.tracking import records
-from hpcops.tracking.server import TrackingServer
-from hpcops.tracking.worker import Tracker
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
@@ -27,37 +24,16 @@ SPEC = "name: train\nexperiment: {experiment}\ncommand: python train.py\nparams:
 
 @pytest.fixture(scope="module")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    TrackingServer(f"sqlite:///{path}", artifact_root=path.parent / "artifacts")
-    return f"sqlite:///{path}"
+    return sqlite_mlflow(tmp_path_factory.mktemp("mlflow"))
 
 
-class Lab:
-    """A store that tracks, a tracker on the sqlite MLflow store, and a run's attempts played
-    through the store as the engine plays them (Store.transition with `ended`)."""
+class Lab(tracking_harness.Lab):
+    """The tracking lab, with a run's attempts played through the store as the engine plays
+    them (Store.transition with `ended`)."""
 
     def __init__(self, tmp: Path, uri: str) -> None:
-        self.home = tmp / "home"
-        self.home.mkdir()
+        super().__init__(tmp, uri, Clock())
         self.runs = tmp / "runs"
-        self.store = Store(self.home / "hpcops.db", track=True)
-        config = parse_config(
-            f"lab: t\nrun_root: {self.runs}\ntracking: {{tracking_uri: '{uri}'}}\n", "c.yaml"
-        )
-        self.uri = uri
-        self.experiment = f"attempts-{tmp.name}"
-        self.tracker = Tracker(
-            self.store,
-            config,
-            self.home,
-            server_factory=lambda u, _root: TrackingServer(u, artifact_root=self.home / "art"),
-        )
-
-    def client(self) -> Any:
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient(self.uri)
 
     def add(self, **fields: Any) -> int:
         run = Run(
@@ -74,10 +50,13 @@ class Lab:
         )
         added = self.store.add_run(run, actor="ana")
         assert added.id is not None
-        run_dir = self.runs / f"run-{added.id:06d}"
+        return self.with_run_dir(added.id)
+
+    def with_run_dir(self, run_id: int) -> int:
+        run_dir = self.runs / f"run-{run_id:06d}"
         run_dir.mkdir(parents=True)
-        self.store.transition(added.id, None, actor="ana", run_dir=str(run_dir))
-        return added.id
+        self.store.transition(run_id, None, actor="ana", run_dir=str(run_dir))
+        return run_id
 
     def start(self, run_id: int, job_id: str, *, stdout: str = "") -> dict[str, str]:
         """The run's next attempt submitted and running; its job's MLflow environment."""
@@ -110,12 +89,14 @@ class Lab:
                 run_id, state, actor="daemon", ended=ended, ended_at=now, elapsed_s=60, **fields
             )
 
-    def drain(self) -> None:
-        for _ in range(20):
-            self.tracker.step()
-            if not self.store.tracking_due(time.time()):
-                return
-        raise AssertionError(f"still due: {self.store.tracking_due(time.time())}")
+    def ended_once(self, state: RunState, *, stdout: str, exit_code: int) -> int:
+        """A run whose one attempt ended in `state`, its record closed."""
+        run_id = self.add()
+        self.drain()
+        self.start(run_id, "41", stdout=stdout)
+        self.end(run_id, state, retried=False, exit_code=exit_code)
+        self.drain()
+        return run_id
 
     def record(self, run_id: int) -> Any:
         mlflow_run_id = self.store.get(run_id).mlflow_run_id
@@ -222,11 +203,7 @@ def test_attempts_keep_the_record_open_and_apart_then_the_close_ends_it(lab: Lab
 
 
 def test_a_run_of_one_attempt_closes_as_it_always_did(lab: Lab) -> None:
-    run_id = lab.add()
-    lab.drain()
-    lab.start(run_id, "41", stdout="only\n")
-    lab.end(run_id, RunState.COMPLETED, retried=False, exit_code=0)
-    lab.drain()
+    run_id = lab.ended_once(RunState.COMPLETED, stdout="only\n", exit_code=0)
     record = lab.record(run_id)
     assert record.info.status == "FINISHED"
     assert not [k for k in record.data.tags if k.startswith("slurm.attempt.")]
@@ -235,11 +212,7 @@ def test_a_run_of_one_attempt_closes_as_it_always_did(lab: Lab) -> None:
 
 
 def test_a_retry_by_hand_reopens_the_record_with_the_attempt_that_ended_it(lab: Lab) -> None:
-    run_id = lab.add()
-    lab.drain()
-    lab.start(run_id, "41", stdout="not yet\n")
-    lab.end(run_id, RunState.FAILED, retried=False, exit_code=3)
-    lab.drain()
+    run_id = lab.ended_once(RunState.FAILED, stdout="not yet\n", exit_code=3)
     assert lab.record(run_id).info.status == "FAILED"
 
     # `hpcops retry` (Engine.retry): the ended run queued again, its record reopened.
@@ -332,39 +305,10 @@ def test_an_attempt_released_in_relay_mode_keeps_its_successor_relaying(lab: Lab
 
 
 def test_a_retried_point_reopens_its_parent_until_it_ends_again(lab: Lab) -> None:
-    spec = (
-        f"name: grid\nexperiment: {lab.experiment}\ncommand: python train.py\n"
-        "sweep: {grid: {lr: [0.1]}}\n"
-    )
-    sweep = Sweep(
-        name="grid",
-        experiment=lab.experiment,
-        owner="ana",
-        owner_uid=1000,
-        spec_yaml=spec,
-        kind="grid",
-        n_points=1,
-        points_json=json.dumps([{"lr": 0.1}]),
-        created_at=time.time(),
-        updated_at=time.time(),
-    )
-    point = Run(
-        name="grid[0]",
-        experiment=lab.experiment,
-        owner="ana",
-        owner_uid=1000,
-        state=RunState.QUEUED,
-        spec_yaml=SPEC.format(experiment=lab.experiment),
-        spec_hash="h",
-        created_at=time.time(),
-        updated_at=time.time(),
-        sweep_index=0,
-    )
-    stored, [run] = lab.store.add_sweep(sweep, [point], actor="ana")
-    assert stored.id is not None and run.id is not None
-    run_dir = lab.runs / f"run-{run.id:06d}"
-    run_dir.mkdir(parents=True)
-    lab.store.transition(run.id, None, actor="ana", run_dir=str(run_dir))
+    stored, [point] = lab.add_sweep(n=1, metric=None)
+    assert stored.id is not None and point.id is not None
+    run = lab.store.get(lab.with_run_dir(point.id))
+    assert run.id is not None
     lab.drain()
     lab.start(run.id, "41")
     lab.end(run.id, RunState.FAILED, retried=False, exit_code=1)
@@ -388,3 +332,13 @@ def test_a_retried_point_reopens_its_parent_until_it_ends_again(lab: Lab) -> Non
     lab.drain()
     assert lab.client().get_run(parent).info.status == "FINISHED"
     assert lab.record(run.id).data.tags["mlflow.parentRunId"] == parent
+
+
+def test_direct_mode_every_attempt_logs_into_the_runs_record(lab: Lab) -> None:
+    lab.tracker.mode = "direct"  # as with an http:// server
+    run_id = lab.add()
+    lab.drain()
+    first = lab.start(run_id, "41")
+    lab.end(run_id, RunState.NODE_FAIL, retried=True)
+    second = lab.start(run_id, "57")
+    assert first["MLFLOW_RUN_ID"] == second["MLFLOW_RUN_ID"] == lab.record(run_id).info.run_id

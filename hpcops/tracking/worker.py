@@ -18,9 +18,9 @@ HTTP requests for one run's record (creation plus closing), against `mlflow serv
   submitted  log_batch (Slurm job id, partition, cluster), job.sbatch
   close      log_batch (Slurm's figures as metrics and tags), stdout, stderr, update (status)
 that is 10, whatever the number of figures, plus one experiment lookup per experiment per
-daemon (tests/benchmarks/bench_tracking.py counts them). A run of several attempts costs 3 more
-per "attempt" (log_batch, stdout, stderr), 4 per "reopen" (update, and the same 3 for the
-attempt it follows), and 2 more at close (the last attempt's stdout and stderr under its
+daemon (tests/benchmarks/bench_tracking.py counts them). A run of several attempts costs 4 more
+per "attempt" (update, log_batch, stdout, stderr), as many per "reopen" (update, and the same 3
+for the attempt it follows), and 2 more at close (the last attempt's stdout and stderr under its
 number; every attempt's figures ride in the closing batch).
 
 A point of a sweep is recorded like any run, nested under its sweep's parent run, and owes the
@@ -397,9 +397,13 @@ class Tracker:
     def _attempt_ended(self, server: TrackingServer, run: Run, number: int | None) -> None:
         """An attempt ended and the run's next one is queued: what the job logged so far (relay
         mode), that attempt's figures and logs kept apart by its number; the record stays
-        open, for the next attempt's job logs into the same MLflow run."""
+        open, for the next attempt's job logs into the same MLflow run: RUNNING again, since a
+        job that logs directly may have ended it (MLflow's `with mlflow.start_run():` ends the
+        run it resumed when the job's Python exits, also when Slurm stopped it)."""
+        assert run.mlflow_run_id is not None
         if run.mlflow_relay_dir and run.mlflow_relay_run_id:
             self._relay_one(server, run, final=True)
+        server.set_status(run.mlflow_run_id, records.RUNNING)
         self._log_attempt(server, run, number)
 
     def _reopen(self, server: TrackingServer, run: Run, number: int | None) -> None:

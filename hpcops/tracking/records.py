@@ -155,11 +155,14 @@ def creation_tags(
 
 
 def submission_tags(run: Run, *, cluster: str | None, mode: str) -> dict[str, str]:
-    """Tags once Slurm took the job."""
+    """Tags once Slurm took the job: its id, and which attempt of the run it is (the job's
+    HPCOPS_ATTEMPT, the `<n>` of `slurm.attempt.<n>.*`); `hpcops.claim` counts the run's
+    submissions, one more when a crash or a refusal made the daemon submit an attempt again."""
     tags = {
         "hpcops.slurm_job_id": run.slurm_job_id or "",
         "hpcops.partition": run.partition or "",
-        "hpcops.attempt": str(run.attempt),
+        "hpcops.attempt": str(run.attempts_ended + 1),
+        "hpcops.claim": str(run.attempt),
         "hpcops.tracking_mode": mode,
     }
     if cluster:

@@ -166,6 +166,25 @@ def test_an_attempts_figures_are_named_by_its_number_and_the_closing_names_stay(
     assert records.attempt_batch(attempt) == batch
 
 
+def test_a_submission_names_the_attempt_as_the_job_does() -> None:
+    run = Run(
+        name="train",
+        experiment="e",
+        owner="ana",
+        owner_uid=1000,
+        state=RunState.PENDING,
+        spec_yaml="name: train\n",
+        spec_hash="h",
+        created_at=1.0,
+        updated_at=1.0,
+        slurm_job_id="57",
+        attempts_ended=2,
+        attempt=4,  # one attempt was submitted twice
+    )
+    tags = records.submission_tags(run, cluster=None, mode="direct")
+    assert (tags["hpcops.attempt"], tags["hpcops.claim"]) == ("3", "4")
+
+
 # --- one record across attempts ---------------------------------------------------------------
 
 

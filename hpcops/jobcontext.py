@@ -33,6 +33,11 @@ def run_dir_path(run_root: Path, run_id: int) -> Path:
     return run_root / f"run-{run_id:06d}"
 
 
+def array_dir_path(run_root: Path, token: str) -> Path:
+    """Where one job array's script and Slurm's own per-task output go (engine/arrays.py)."""
+    return run_root / "arrays" / token
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where the daemon keeps what a job needs, as this config places it in this home."""

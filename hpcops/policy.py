@@ -12,18 +12,24 @@ fits, counting the lab's jobs in Slurm plus what it has released so far:
     the partition's quotas every job of the lab in that partition ("" = the default partition)
     max_active             hpcops' own jobs in Slurm, pending or running
     pending_window         hpcops' own jobs pending in Slurm; a run just released counts as pending
+    the group's limit      `group_limits[group]`: a sweep's max_parallel, its points in Slurm,
+                           pending or running (`Candidate.group`, `Active.group`: the sweep's id)
 
 A run that does not fit is skipped and a later, smaller one may still go; once max_active or the
-window is full, nothing more is released.
+window is full, nothing more is released. A sweep's point is a run like any other: priority, fair
+share and every quota apply to it as to a single run; its group's limit comes on top, and holds up
+no run of another group.
 
 Speed. The daemon plans every tick with up to ~10,000 queued runs. Sorting 10,000 candidates by
 `release_order_key` alone takes 4 ms (given in run-id order) to 5.3 ms (shuffled) on the 2-CPU
 dev VM, the whole budget of a tick, so the release decision does not sort: it groups the
 candidates once by priority and by all that decides whether a run fits (owner, partition, CPUs,
-GPUs), and merges the groups by their first run. A group that does not fit is done: its later runs
-ask for the same of a lab that only fills up during the walk. The full order and the reasons are
-computed when first read, from the state the walk left, and then kept
-(tests/benchmarks/bench_policy.py has the figures).
+GPUs, and the sweep for a sweep with a limit), and merges the groups by their first run. A group
+that does not fit is done: its later runs ask for the same of a lab, and of a sweep, that only fill
+up during the walk. A sweep without a limit is not part of the key, so its points group with the
+owner's single runs and a queue without limited sweeps plans exactly as fast as one without sweeps.
+The full order and the reasons are computed when first read, from the state the walk left, and then
+kept (tests/benchmarks/bench_policy.py has the figures).
 """
 
 from __future__ import annotations
@@ -103,6 +109,7 @@ class Candidate:
     cpus: int
     gpus: int
     partition: str | None  # None: the cluster's default partition, counted under ""
+    group: int | None = None  # the sweep's id for a sweep's point; None: a single run
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +122,7 @@ class Active:
     partition: str | None
     pending: bool  # pending in Slurm (counts toward the release window) or running
     by_hand: bool = False
+    group: int | None = None  # the sweep's id for a sweep's point; None: a single run
 
 
 @dataclass(frozen=True)
@@ -196,9 +204,14 @@ def plan_release(
     *,
     max_active: int,
     pending_window: int,
+    group_limits: Mapping[int, int] | None = None,
 ) -> Decision:
-    """Which queued runs to submit now, in the lab's order and within its quotas (module doc)."""
-    plan = _Plan(candidates, active, quotas, usage, max_active, pending_window)
+    """Which queued runs to submit now, in the lab's order and within its quotas (module doc).
+
+    `group_limits`: group (a sweep's id) -> the most of its runs in Slurm at once, pending or
+    running, counting this plan's releases (the sweep's max_parallel). A group missing from it
+    has no limit of its own."""
+    plan = _Plan(candidates, active, quotas, usage, max_active, pending_window, group_limits or {})
     plan.walk()
     return Decision(release=list(plan.released), waiting=_Reasons(plan), _plan=plan)
 
@@ -232,6 +245,9 @@ class _Tally:
         return None
 
 
+# The walk's grouping key: (priority, owner, partition, CPUs, GPUs), and the group when it has a
+# limit.
+_Key = tuple[int, str, str | None, int, int] | tuple[int, str, str | None, int, int, int]
 # Nothing in use: a request that is over a limit even here can never start.
 _NOTHING = _Tally()
 _BY_TIME = attrgetter("queued_at", "run_id")
@@ -248,6 +264,7 @@ class _Plan:
         usage: Mapping[str, float],
         max_active: int,
         pending_window: int,
+        group_limits: Mapping[int, int],
     ) -> None:
         # Copies, cheap next to the walk, so that the lazy parts see what the walk saw.
         self.candidates = tuple(candidates)
@@ -256,6 +273,9 @@ class _Plan:
         self.quotas = quotas
         self.max_active = max_active
         self.pending_window = pending_window
+        self.group_limits = dict(group_limits)
+        # Runs in Slurm of each group with a limit, with this plan's releases.
+        self.in_group: dict[int, int] = dict.fromkeys(self.group_limits, 0)
         self.lab = _Tally()
         self.users: dict[str, _Tally] = {}
         self.partitions: dict[str, _Tally] = {}
@@ -266,6 +286,8 @@ class _Plan:
             if not job.by_hand:
                 self.ours += 1
                 self.ours_pending += job.pending
+            if job.group in self.in_group:
+                self.in_group[job.group] += 1
         self.released: list[int] = []
         self.released_runs: list[Candidate] = []
         self._user_limits: dict[str, Limits] = {}
@@ -295,9 +317,17 @@ class _Plan:
             limits = self._user_limits[owner] = self.quotas.for_user(owner)
         return limits
 
+    def group_full(self, c: Candidate) -> bool:
+        """`c`'s group has a limit, and as many of its runs in Slurm as the limit allows."""
+        group = c.group
+        if group is None:
+            return False
+        limit = self.group_limits.get(group)
+        return limit is not None and self.in_group[group] >= limit
+
     def blocking(self, c: Candidate, *, alone: bool = False) -> tuple[Scope, Resource] | None:
-        """The first limit, lab then user then partition, that `c` does not fit now (or, with
-        `alone`, would not fit with nothing else in Slurm)."""
+        """The first quota, lab then user then partition, that `c` does not fit now (or, with
+        `alone`, would not fit with nothing else in Slurm). Its group's limit is `group_full`."""
         partition = c.partition or ""
         lab = _NOTHING if alone else self.lab
         resource = lab.over(self.quotas.lab, c.cpus, c.gpus)
@@ -321,15 +351,30 @@ class _Plan:
             self.full = True
             return
         # Group by everything that decides the order among equals (priority, owner) and whether a
-        # run fits (owner, partition, CPUs, GPUs): one pass over the queue in Python.
-        groups: dict[tuple[int, str, str | None, int, int], list[Candidate]] = {}
-        for c in self.candidates:
-            key = (c.priority, c.owner, c.partition, c.cpus, c.gpus)
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [c]
-            else:
-                group.append(c)
+        # run fits (owner, partition, CPUs, GPUs; the sweep, when it has a limit): one pass over
+        # the queue in Python. Without limited sweeps, the loop of a queue without sweeps.
+        groups: dict[_Key, list[Candidate]] = {}
+        key: _Key
+        limited = self.group_limits
+        if not limited:
+            for c in self.candidates:
+                key = (c.priority, c.owner, c.partition, c.cpus, c.gpus)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [c]
+                else:
+                    group.append(c)
+        else:
+            for c in self.candidates:
+                if c.group in limited:
+                    key = (c.priority, c.owner, c.partition, c.cpus, c.gpus, c.group)
+                else:
+                    key = (c.priority, c.owner, c.partition, c.cpus, c.gpus)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [c]
+                else:
+                    group.append(c)
         # Owners of equal priority and equal usage interleave by time, so they share a level.
         levels: dict[tuple[int, float], list[list[Candidate]]] = {}
         for (priority, owner, *_), group in groups.items():
@@ -345,6 +390,9 @@ class _Plan:
         """Release from one level, merging its groups by time; returns the room left."""
         # A group that does not fit now never will: drop it before looking for its first run.
         groups = [group for group in groups if self.blocking(group[0]) is None]
+        limited = bool(self.group_limits)  # else no group is ever full: spare the calls
+        if limited:
+            groups = [group for group in groups if not self.group_full(group[0])]
         heads = [group[0] if len(group) == 1 else min(group, key=_BY_TIME) for group in groups]
         heap = [(c.queued_at, c.run_id, i) for i, c in enumerate(heads)]
         heapq.heapify(heap)
@@ -352,7 +400,7 @@ class _Plan:
         while heap:
             _, _, i = heapq.heappop(heap)
             c = heads[i]
-            if self.blocking(c) is not None:
+            if self.blocking(c) is not None or (limited and self.group_full(c)):
                 continue  # the rest of the group asks for the same: it cannot fit either
             self._release(c)
             room -= 1
@@ -373,6 +421,8 @@ class _Plan:
         self._count(c.owner, c.partition or "", c.cpus, c.gpus)
         self.ours += 1
         self.ours_pending += 1
+        if c.group in self.in_group:
+            self.in_group[c.group] += 1
         self.released.append(c.run_id)
         self.released_runs.append(c)
 
@@ -421,6 +471,10 @@ class _Plan:
                 f"needs {_count(_need(c, resource), _UNIT[resource])}, more than {quota} of "
                 f"{limit}: it can never start until the quota grows"
             )
+        # Its sweep's own limit next: while the sweep is full, no room in the window or the
+        # quotas would release this run, and the owner chose the limit.
+        if self.group_full(c):
+            return self._group_reason(c)
         if self.full and (
             self.filled_by is None or release_order_key(c, self.usage) > self.filled_by
         ):
@@ -445,6 +499,15 @@ class _Plan:
             window = f" (window {self.pending_window})"
         pending = _count(self.ours_pending, "run")
         return f"release window full: {pending} pending in Slurm{window}; {place}"
+
+    def _group_reason(self, c: Candidate) -> str:
+        assert c.group is not None
+        limit = self.group_limits[c.group]
+        points = "point" if limit == 1 else "points"
+        return (
+            f"its sweep s{c.group} has {self.in_group[c.group]} of max_parallel {limit} "
+            f"{points} in Slurm"
+        )
 
     def _quota_reason(self, c: Candidate, scope: Scope, resource: Resource) -> str:
         if scope.kind == "lab":

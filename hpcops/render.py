@@ -274,7 +274,7 @@ def _bad_value(spec: Spec, ctx: JobContext, option: str, value: str | None, wher
     )
 
 
-def _directive_line(option: str, value: str | None) -> str:
+def directive_line(option: str, value: str | None) -> str:
     return f"#SBATCH --{option}" if value is None else f"#SBATCH --{option}={value}"
 
 
@@ -291,7 +291,7 @@ def _header_problems(script: str, expected: Sequence[tuple[str, str | None]]) ->
         if line.strip() and not line.lstrip().startswith("#"):
             break
         header.append(line)
-    wanted = {_directive_line(o, v) for o, v in expected}
+    wanted = {directive_line(o, v) for o, v in expected}
     counts = dict.fromkeys(wanted, 0)
     controlled = {o for o, _ in expected} | set(MODELLED_OPTIONS)
     for number, line in enumerate(header, start=1):
@@ -511,7 +511,7 @@ def render_script(spec: Spec, ctx: JobContext, template_dirs: Sequence[Path] = (
         "lab": ctx.lab,
         "token": ctx.token,
         "run_dir": run_dir,
-        "directives": [_directive_line(o, v).removeprefix("#SBATCH ") for o, v in directives],
+        "directives": [directive_line(o, v).removeprefix("#SBATCH ") for o, v in directives],
         "exports": _exports(spec, ctx),
         "tracked": bool(ctx.mlflow_env),
         "workdir": _workdir(spec, ctx),

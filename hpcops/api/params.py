@@ -9,6 +9,12 @@ A refusal is an `InvalidInput` whose message names the field and what it allows.
 carries that sentence (`Says`), so the message does not depend on pydantic's wording:
 
     {"run": "1; DROP TABLE run"}  ->  a run id is a positive integer, not '1; DROP TABLE run'
+
+Where a request names a run it may often name a sweep instead: `"run": "s7"` is sweep 7
+(`SweepId`); run ids stay integers. There the refusal names both:
+
+    {"run": "x"}  ->  params.run must be a run id (a positive integer) or a sweep id (s and a
+                      positive integer, e.g. s7), not 'x'
 """
 
 from __future__ import annotations
@@ -79,15 +85,60 @@ class Params(BaseModel):
 
 # --- field types ---------------------------------------------------------------------------
 
+SWEEP_ID_RE = re.compile(r"[sS]([1-9][0-9]{0,18})")
 
-def _run_ref(value: Any) -> int | str:
-    """rerun's source: an hpcops run id, or an MLflow run id (checked by the engine)."""
+
+@dataclass(frozen=True)
+class SweepId:
+    """A sweep named where a run could be: `s7` on the wire and the command line."""
+
+    number: int
+
+    def __str__(self) -> str:
+        return f"s{self.number}"
+
+
+def sweep_id(value: str) -> SweepId | None:
+    """`s7` (or `S7`) as a SweepId; None for anything else (an id over MAX_ID too)."""
+    found = SWEEP_ID_RE.fullmatch(value)
+    if found is None or int(found.group(1)) > MAX_ID:
+        return None
+    return SweepId(int(found.group(1)))
+
+
+_RUN_OR_SWEEP = "a run id (a positive integer) or a sweep id (s and a positive integer, e.g. s7)"
+
+
+def _run_or_sweep(value: Any) -> int | SweepId:
+    """A run id, or a sweep's `s<N>`: the target of show, cancel, hold, release, priority, top."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise _refused(f"a run id is a positive integer, not {value}")
+        if value > MAX_ID:
+            raise _refused(f"a run id is at most {MAX_ID}, not {value}")
+        return value
+    found = sweep_id(value) if isinstance(value, str) else None
+    if found is None:
+        raise _refused(f"params.run must be {_RUN_OR_SWEEP}, not {_shown(value)}")
+    return found
+
+
+def _run_ref(value: Any) -> int | str | SweepId:
+    """rerun's source: an hpcops run id, a sweep id (`s7`), or an MLflow run id (32 hex digits,
+    checked by the engine; none starts with an s)."""
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _refused(f"params.run must be a run id or an MLflow run id, not {_shown(value)}")
+        raise _refused(
+            f"params.run must be a run id, a sweep id (s7) or an MLflow run id, not {_shown(value)}"
+        )
     if isinstance(value, int) and value < 1:
         raise _refused(f"a run id is a positive integer, not {value}")
     if isinstance(value, int) and value > MAX_ID:
         raise _refused(f"a run id is at most {MAX_ID}, not {value}")
+    if isinstance(value, str) and value[:1] in ("s", "S"):
+        found = sweep_id(value)
+        if found is None:
+            raise _refused(f"a sweep id is s and a positive integer (e.g. s7), not {_shown(value)}")
+        return found
     return value
 
 
@@ -144,6 +195,11 @@ def _an_id(what: str) -> AfterValidator:
 RunId = Annotated[
     int, Field(ge=1), _an_id("a run id"), Says("a run id is a positive integer, not {value!r}")
 ]
+RunOrSweep = Annotated[
+    int | SweepId,
+    PlainValidator(_run_or_sweep),
+    Says(f"params.run must be {_RUN_OR_SWEEP}, not {{value!r}}"),
+]
 ScheduleRef = Annotated[
     int | str,
     PlainValidator(_schedule_ref),
@@ -180,9 +236,15 @@ class NoParams(Params):
 
 
 class RunParams(Params):
-    """show, why, history, cancel, hold, release, top."""
+    """why, history: one run."""
 
     run: RunId
+
+
+class TargetParams(Params):
+    """show, cancel, hold, release, top: a run, or a sweep (`"s7"`)."""
+
+    run: RunOrSweep
 
 
 class ListParams(Params):
@@ -190,6 +252,8 @@ class ListParams(Params):
         list[StateName] | None, Says("params.states must be a list of state names")
     ] = None
     limit: Annotated[int | None, Field(ge=1, le=MAX_LIST), _limit(MAX_LIST)] = None
+    # true: a sweep's points are one row for the sweep (`hpcops ls`); false: every run a row.
+    sweeps: Annotated[bool, Says("params.sweeps must be true or false")] = False
 
 
 class LogsParams(Params):
@@ -255,11 +319,11 @@ class ValidateParams(Params):
 class PriorityParams(Params):
     # The range depends on the caller's role: access.check_priority says it.
     priority: Annotated[int, Says("a priority is an integer, not {value!r}")]
-    run: RunId
+    run: RunOrSweep
 
 
 class RerunParams(Params):
-    run: Annotated[int | str, PlainValidator(_run_ref)]
+    run: Annotated[int | str | SweepId, PlainValidator(_run_ref)]
     # `--set` overrides: {"params.lr": "0.01"}; which keys a rerun may set, hpcops.tracking says.
     overrides: Annotated[
         dict[str, str], Says('params.set must map keys to text, e.g. {"params.lr": "0.01"}')

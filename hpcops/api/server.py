@@ -28,6 +28,7 @@ from hpcops.api.handlers.lab import LabHandlers
 from hpcops.api.handlers.queue import QueueHandlers
 from hpcops.api.handlers.runs import RunHandlers
 from hpcops.api.handlers.schedules import ScheduleHandlers
+from hpcops.api.params import sweep_id
 from hpcops.config import Config
 from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied, ProtocolError
 from hpcops.store import Store
@@ -142,7 +143,10 @@ def _target(message: dict[str, Any]) -> str:
 
     if isinstance(params, dict):
         if "run" in params:
-            return f"run {shown(params['run'])}"
+            value = params["run"]
+            if isinstance(value, str) and sweep_id(value) is not None:
+                return f"sweep {sweep_id(value)}"
+            return f"run {shown(value)}"
         if "schedule" in params:
             return f"schedule {shown(params['schedule'])}"
         if "scope" in params:

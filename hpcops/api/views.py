@@ -1,5 +1,8 @@
-"""Runs and events as JSON: the `--json` interface that scripts rely on. Keep it stable: add keys,
-never rename or remove them. Times are ISO 8601 in UTC; durations in seconds; sizes in bytes."""
+"""Runs, sweeps and events as JSON: the `--json` interface that scripts rely on. Keep it stable: add
+keys, never rename or remove them. Times are ISO 8601 in UTC; durations in seconds; sizes in bytes.
+
+A listing may mix runs and sweeps: "type" says which ("run" or "sweep"). A run's "id" is its
+number, a sweep's is its `s<N>` (and "sweep_id" its number)."""
 
 from __future__ import annotations
 
@@ -8,10 +11,13 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from hpcops.api.sweeps import Scored, best, finite, progress, ranked, summary_state
 from hpcops.cadence import cadence
 from hpcops.data.usage import VersionUse
+from hpcops.errors import HpcopsError
 from hpcops.policy import Active, Limits, Quotas
-from hpcops.store import Audit, Event, Firing, Run, Schedule
+from hpcops.store import Audit, Event, Firing, Run, Schedule, Sweep
+from hpcops.yamlio import read_yaml
 
 
 def iso(epoch: float | None, timespec: str = "seconds") -> str | None:
@@ -24,8 +30,14 @@ def iso(epoch: float | None, timespec: str = "seconds") -> str | None:
     return moment.replace("+00:00", "Z")
 
 
+def sweep_ref(sweep_id: int | None) -> str | None:
+    """A sweep's id as users type it: `s7`."""
+    return None if sweep_id is None else f"s{sweep_id}"
+
+
 def run_view(run: Run, *, detail: bool = False) -> dict[str, Any]:
     view: dict[str, Any] = {
+        "type": "run",
         "id": run.id,
         "name": run.name,
         "experiment": run.experiment,
@@ -64,6 +76,10 @@ def run_view(run: Run, *, detail: bool = False) -> dict[str, Any]:
         "firing_id": run.firing_id,
         "mlflow_run_id": run.mlflow_run_id,
         "staging_job_id": run.staging_job_id,
+        # A point of a sweep: the sweep ("s7"), the point's index, its objective (once known).
+        "sweep": sweep_ref(run.sweep_id),
+        "sweep_index": run.sweep_index,
+        "objective": finite(run.objective),
     }
     # The data versions (specs with data: only): path, repo, rev, md5, size, nfiles, dest, env.
     view["data"] = json.loads(run.data_json) if run.data_json else []
@@ -79,6 +95,118 @@ def run_view(run: Run, *, detail: bool = False) -> dict[str, Any]:
             }
         )
     return view
+
+
+def sweep_view(
+    sweep: Sweep, counts: Mapping[str, int], *, points: Sequence[Run] | None = None
+) -> dict[str, Any]:
+    """A sweep for `ls` (one row) and, given its runs (Store.sweep_runs), `show`: its definition,
+    its points' counts by state, progress and summary state (hpcops/api/sweeps.py), the best
+    point; with `points`, each point's latest run, ranked by the objective (best first) when the
+    sweep has one, else by index."""
+    mode = sweep.objective_mode
+    view: dict[str, Any] = {
+        "type": "sweep",
+        "id": sweep_ref(sweep.id),
+        "sweep_id": sweep.id,
+        "name": sweep.name,
+        "experiment": sweep.experiment,
+        "owner": sweep.owner,
+        "state": summary_state(counts).value,
+        "kind": sweep.kind,
+        "n_points": sweep.n_points,
+        "counts": dict(sorted(counts.items())),
+        "progress": progress(counts),
+        "objective": (
+            {"metric": sweep.objective_metric, "mode": mode} if sweep.objective_metric else None
+        ),
+        "best": (
+            {"run_id": sweep.best_run_id, "value": finite(sweep.best_value)}
+            if sweep.best_run_id is not None
+            else None
+        ),
+        "max_parallel": sweep.max_parallel,
+        "mlflow_run_id": sweep.mlflow_run_id,
+        "rerun_of": sweep_ref(sweep.rerun_of_sweep),
+        "created_at": iso(sweep.created_at),
+        "updated_at": iso(sweep.updated_at),
+        "closed_at": iso(sweep.closed_at),
+    }
+    if points is None:
+        return view
+    values = _points_params(sweep)
+    latest: dict[int, Run] = {}
+    earlier: dict[int, list[int]] = {}
+    for run in points:  # by index, a point's latest run last
+        index = run.sweep_index if run.sweep_index is not None else -1
+        previous = latest.get(index)
+        if previous is not None and previous.id is not None:
+            earlier.setdefault(index, []).append(previous.id)
+        latest[index] = run
+    order = ranked(
+        (Scored(r.id or 0, i, finite(r.objective)) for i, r in latest.items()),
+        mode if sweep.objective_metric else None,
+    )
+    rows = [_point_view(latest[p.index], values, earlier.get(p.index, [])) for p in order]
+    if view["best"] is None and sweep.objective_metric:
+        top = best(order, mode)
+        if top is not None:
+            view["best"] = {"run_id": top.run_id, "value": top.value}
+    if view["best"] is not None:
+        found = next((r for r in points if r.id == view["best"]["run_id"]), None)
+        best_index = found.sweep_index if found is not None else None
+        view["best"]["index"] = best_index
+        view["best"]["params"] = _params_of(values, best_index)
+    view.update(
+        {
+            "seed": _seed(sweep.spec_yaml) if sweep.kind == "random" else None,
+            "mlflow_experiment_id": sweep.mlflow_experiment_id,
+            "spec": sweep.spec_yaml,
+            "points": rows,
+        }
+    )
+    return view
+
+
+def _point_view(run: Run, values: list[Any], earlier: list[int]) -> dict[str, Any]:
+    return {
+        "index": run.sweep_index,
+        "run_id": run.id,
+        "name": run.name,
+        "params": _params_of(values, run.sweep_index),
+        "state": run.state,
+        "objective": finite(run.objective),
+        "slurm_job_id": run.slurm_job_id,
+        "exit_code": run.exit_code,
+        "elapsed_s": run.elapsed_s,
+        "earlier_runs": earlier,  # the point's runs before its latest (reruns of the point)
+    }
+
+
+def _points_params(sweep: Sweep) -> list[Any]:
+    try:
+        values = json.loads(sweep.points_json)
+    except ValueError:
+        return []
+    return values if isinstance(values, list) else []
+
+
+def _params_of(values: list[Any], index: int | None) -> dict[str, Any]:
+    if index is None or not 0 <= index < len(values) or not isinstance(values[index], dict):
+        return {}
+    return dict(values[index])
+
+
+def _seed(spec_yaml: str) -> int | None:
+    """A random sweep's seed, as intake pinned it in the stored spec."""
+    try:
+        spec = read_yaml(spec_yaml)
+    except HpcopsError:
+        return None
+    sweep = spec.get("sweep") if isinstance(spec, dict) else None
+    search = sweep.get("random") if isinstance(sweep, dict) else None
+    seed = search.get("seed") if isinstance(search, dict) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def event_view(event: Event) -> dict[str, Any]:

@@ -95,13 +95,19 @@ def cli(ctx: click.Context, home: Path | None, remote: str | None, debug: bool) 
       hpcops audit                    # every change and refusal
 
     \b
+    Sweeps (a spec with a sweep: block; a sweep's id is s7, its points are runs):
+      hpcops submit sweep.yaml        # queued sweep s7: 9 points (runs 12-20)
+      hpcops show s7                  # its points, best objective first
+      hpcops cancel s7 / hold s7 / release s7 / priority s7 50 / top s7 / rerun s7
+
+    \b
     Scheduled retraining:
       hpcops schedule add train.yaml --cron "0 3 * * 1"
       hpcops schedule ls / show NAME / pause / resume / rm / run-now
 
     \b
     The daemon (one per lab) owns the queue: `hpcops daemon start`.
-    Exit codes: 0 ok, 1 failed, 2 invalid input, 3 no daemon, 4 no such run/schedule,
+    Exit codes: 0 ok, 1 failed, 2 invalid input, 3 no daemon, 4 no such run/sweep/schedule,
     5 not allowed.
     """
     ctx.obj = Context(home, debug, remote)

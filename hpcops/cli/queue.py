@@ -7,67 +7,80 @@ from typing import Any
 import click
 
 from hpcops.cli.context import Context, json_option, pass_ctx
-from hpcops.cli.parsing import command, group
+from hpcops.cli.parsing import RUN_OR_SWEEP, command, group
+
+Target = int | str  # a run id, or a sweep's "s7"
 
 
 @command()
-@click.argument("runs", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP...")
 @json_option
 @pass_ctx
-def cancel(obj: Context, runs: tuple[int, ...], as_json: bool) -> None:
+def cancel(obj: Context, runs: tuple[Target, ...], as_json: bool) -> None:
     """Cancel runs: queued ones at once, ones in Slurm with scancel.
 
-    Members cancel their own runs; leads any run.
+    A sweep (s7) cancels every point of it that has not ended. Members cancel their own runs
+    and sweeps; leads any.
     """
     _run_action(obj, "cancel", runs, as_json)
 
 
 def _run_action(
-    obj: Context, method: str, runs: tuple[int, ...], as_json: bool, **params: Any
+    obj: Context, method: str, runs: tuple[Target, ...], as_json: bool, **params: Any
 ) -> None:
-    """One request per run, answered with a message each."""
+    """One request per run or sweep, answered with a message each."""
     from hpcops.cli.output import print_results
 
     print_results([obj.call(method, run=run, **params) for run in runs], as_json)
 
 
 @command()
-@click.argument("run", type=click.IntRange(min=1))
+@click.argument("run", type=RUN_OR_SWEEP, metavar="RUN|SWEEP")
 @click.argument("value", type=click.IntRange(-1000, 1000), metavar="PRIORITY")
 @json_option
 @pass_ctx
-def priority(obj: Context, run: int, value: int, as_json: bool) -> None:
+def priority(obj: Context, run: Target, value: int, as_json: bool) -> None:
     """Set a run's priority in the lab's queue (higher goes first).
 
-    Members may set their own runs within the lab's member range; leads any run, any value.
+    A sweep (s7) sets it on every point still in hpcops' queue (QUEUED or HELD). Members may
+    set their own runs within the lab's member range; leads any run, any value.
     """
     _run_action(obj, "priority", (run,), as_json, priority=value)
 
 
 @command()
-@click.argument("runs", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP...")
 @json_option
 @pass_ctx
-def hold(obj: Context, runs: tuple[int, ...], as_json: bool) -> None:
-    """Keep queued runs from being released until `hpcops release`."""
+def hold(obj: Context, runs: tuple[Target, ...], as_json: bool) -> None:
+    """Keep queued runs from being released until `hpcops release`.
+
+    A sweep (s7) holds every QUEUED point of it.
+    """
     _run_action(obj, "hold", runs, as_json)
 
 
 @command()
-@click.argument("runs", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP...")
 @json_option
 @pass_ctx
-def release(obj: Context, runs: tuple[int, ...], as_json: bool) -> None:
-    """Let held runs be released again (they keep their place in the queue)."""
+def release(obj: Context, runs: tuple[Target, ...], as_json: bool) -> None:
+    """Let held runs be released again (they keep their place in the queue).
+
+    A sweep (s7) releases every HELD point of it.
+    """
     _run_action(obj, "release", runs, as_json)
 
 
 @command()
-@click.argument("run", type=click.IntRange(min=1))
+@click.argument("run", type=RUN_OR_SWEEP, metavar="RUN|SWEEP")
 @json_option
 @pass_ctx
-def top(obj: Context, run: int, as_json: bool) -> None:
-    """Move a run to the top of the lab's queue: it goes next (leads only)."""
+def top(obj: Context, run: Target, as_json: bool) -> None:
+    """Move a run to the top of the lab's queue: it goes next (leads only).
+
+    A sweep (s7): its QUEUED points go next, in their order.
+    """
     _run_action(obj, "top", (run,), as_json)
 
 

@@ -1,4 +1,4 @@
-"""Commands that read runs: ls, show, wait, logs, history, why."""
+"""Commands that read runs and sweeps: ls, show, wait, logs, history, why."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from hpcops.cli.context import ACTIVE, STATE_NAMES, Context, json_option, pass_ctx
-from hpcops.cli.parsing import command
+from hpcops.cli.parsing import RUN_OR_SWEEP, command
 
 QUEUED_SHOWN = 30  # plain `hpcops ls` shows the head of the queue
 
@@ -32,38 +32,67 @@ QUEUED_SHOWN = 30  # plain `hpcops ls` shows the head of the queue
     "--limit",
     type=click.IntRange(1, 100000),
     default=None,
-    help="At most this many runs, newest first.",
+    help="At most this many rows (a sweep is one), newest first.",
+)
+@click.option(
+    "--points",
+    is_flag=True,
+    help="List each point of a sweep as a run of its own (default: one row per sweep).",
 )
 @json_option
 @pass_ctx
 def list_runs(
-    obj: Context, states: tuple[str, ...], show_all: bool, limit: int | None, as_json: bool
+    obj: Context,
+    states: tuple[str, ...],
+    show_all: bool,
+    limit: int | None,
+    points: bool,
+    as_json: bool,
 ) -> None:
-    """List the lab's runs in queue order, with why each waits.
+    """List the lab's runs and sweeps in queue order, with why each waits.
 
     \b
     Order: running and pending in Slurm, then queued runs in the order hpcops will release
     them (priority, then fair share, then submission time), then held runs, then the most
     recent ended runs. --state and --all list newest first within that order.
+
+    \b
+    A sweep is one row in a table of its own (SWEEP s7): its state (derived from its points),
+    its progress and the best objective so far. It is listed when one of its points is in
+    --state; --points lists the points instead.
     """
     from hpcops.cli.output import human_duration, local_time, print_json, table
 
+    grouped = not points
     if states:
-        runs = obj.call("list", states=[s.upper() for s in states], limit=limit)
+        found = obj.call("list", states=[s.upper() for s in states], limit=limit, sweeps=grouped)
     elif show_all:
-        runs = obj.call("list", limit=limit)
+        found = obj.call("list", limit=limit, sweeps=grouped)
     else:
-        active = obj.call("list", states=list(ACTIVE), limit=limit)
+        active = obj.call("list", states=list(ACTIVE), limit=limit, sweeps=grouped)
         ended = obj.call(
-            "list", states=[s for s in STATE_NAMES if s not in ACTIVE], limit=min(limit or 20, 20)
+            "list",
+            states=[s for s in STATE_NAMES if s not in ACTIVE],
+            limit=min(limit or 20, 20),
+            sweeps=grouped,
         )
-        runs = active + ended
+        found = active + ended
+    # A sweep with active and ended points is in both answers: the first row stands.
+    seen: set[object] = set()
+    rows_found = []
+    for row in found:
+        key = (row.get("type", "run"), row["id"])
+        if key not in seen:
+            seen.add(key)
+            rows_found.append(row)
     if as_json:
-        print_json(runs)
+        print_json(rows_found)
         return
-    if not runs:
+    if not rows_found:
         click.echo("no runs")
         return
+    runs = [r for r in rows_found if r.get("type") != "sweep"]
+    sweeps = [r for r in rows_found if r.get("type") == "sweep"]
     hidden = 0
     if not (states or show_all or limit):
         # A table of 10,000 queued runs helps nobody: show the head of the queue.
@@ -88,9 +117,83 @@ def list_runs(
         for r in runs
     ]
     headers = ["ID", "STATE", "OWNER", "PRIO", "JOB", "QUEUED", "ELAPSED", "EXIT", "NAME", "WHY"]
-    click.echo(table(headers, rows))
+    if rows:
+        click.echo(table(headers, rows))
     if hidden:
         click.echo(f"... and {hidden} more queued runs (hpcops ls --state QUEUED)")
+    if sweeps:
+        if rows:
+            click.echo()
+        click.echo(sweep_table(sweeps))
+
+
+def sweep_table(sweeps: list[dict[str, Any]]) -> str:
+    """One row per sweep. When that is wider than the terminal (a sweep's progress alone is up
+    to ~50 characters), each row's progress goes on a line of its own under it, and WHY, NAME
+    and BEST give way in turn: 80 columns show every sweep's state, progress and best."""
+    from hpcops.cli.output import table, terminal_width
+
+    rows = [
+        [
+            s["id"],
+            s["state"],
+            s["owner"],
+            s["name"],
+            progress_text(s),
+            best_text(s),
+            s.get("wait_reason") or "",
+        ]
+        for s in sweeps
+    ]
+    headers = ["SWEEP", "STATE", "OWNER", "NAME", "PROGRESS", "BEST", "WHY"]
+    text = table(headers, rows, shrink=6)
+    if max(len(line) for line in text.splitlines()) <= terminal_width():
+        return text
+    narrow = table(
+        [h for h in headers if h != "PROGRESS"],
+        [[c for i, c in enumerate(row) if i != 4] for row in rows],
+        shrink=(5, 3, 4),
+    ).splitlines()
+    lines = [narrow[0]]
+    for line, row in zip(narrow[1:], rows, strict=True):
+        lines += [line, f"{'':7}{row[4]}"]
+    return "\n".join(lines)
+
+
+# The progress buckets, in the API's order (hpcops/api/sweeps.py).
+_BUCKETS = ("queued", "held", "pending", "running", "done", "failed", "cancelled")
+
+
+def progress_text(sweep: dict[str, Any]) -> str:
+    """`9 pts: 2 queued 3 running 3 done 1 failed`."""
+    counts = sweep.get("progress") or {}
+    parts = [f"{counts[name]} {name}" for name in _BUCKETS if counts.get(name)]
+    return f"{sweep['n_points']} pts" + (f": {' '.join(parts)}" if parts else "")
+
+
+def best_text(sweep: dict[str, Any]) -> str:
+    """`val_accuracy=0.93 (max)`; `-` before any point has a value or without an objective."""
+    objective, found = sweep.get("objective"), sweep.get("best")
+    if not objective or not found or found.get("value") is None:
+        return "-"
+    return f"{objective['metric']}={number_text(found['value'])} ({objective['mode']})"
+
+
+def number_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def value_text(value: Any) -> str:
+    """A point's value as its spec would write it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def params_text(params: dict[str, Any]) -> str:
+    return " ".join(f"{key}={value_text(value)}" for key, value in params.items())
 
 
 def _exit_text(run: dict[str, Any]) -> str:
@@ -102,16 +205,23 @@ def _exit_text(run: dict[str, Any]) -> str:
 
 
 @command()
-@click.argument("run", type=click.IntRange(min=1))
+@click.argument("run", type=RUN_OR_SWEEP, metavar="RUN|SWEEP")
 @json_option
 @pass_ctx
-def show(obj: Context, run: int, as_json: bool) -> None:
-    """Everything about one run: state, Slurm job, exit code, accounting, stderr tail."""
+def show(obj: Context, run: int | str, as_json: bool) -> None:
+    """Everything about one run: state, Slurm job, exit code, accounting, stderr tail.
+
+    A sweep (s7): its definition, progress and best point, and a table of its points (the
+    best first when it has an objective, else by index).
+    """
     from hpcops.cli.output import human_bytes, human_duration, local_time, print_json
 
     data = obj.call("show", run=run)
     if as_json:
         print_json(data)
+        return
+    if data.get("type") == "sweep":
+        _show_sweep(data)
         return
     lines = [
         ("run", f"{data['id']}  {data['name']}  (experiment {data['experiment']})"),
@@ -134,6 +244,11 @@ def show(obj: Context, run: int, as_json: bool) -> None:
         ("run dir", data["run_dir"] or "-"),
         *_mlflow_lines(data),
     ]
+    if data.get("sweep"):
+        point = f"{data['sweep']}, point {data['sweep_index']}"
+        if data.get("objective") is not None:
+            point += f", objective {number_text(data['objective'])}"
+        lines.append(("sweep", point))
     if data.get("schedule_id"):
         lines.append(
             (
@@ -164,6 +279,55 @@ def show(obj: Context, run: int, as_json: bool) -> None:
         click.echo("stderr (last lines):")
         for line in data["stderr_tail"].splitlines():
             click.echo(f"  | {line}")
+
+
+def _show_sweep(data: dict[str, Any]) -> None:
+    from hpcops.cli.output import local_time, table
+
+    objective = data.get("objective")
+    best = data.get("best")
+    lines = [
+        ("sweep", f"{data['id']}  {data['name']}  (experiment {data['experiment']})"),
+        ("state", f"{data['state']}  — {progress_text(data)}"),
+        ("owner", data["owner"]),
+        ("definition", f"{data['kind']}, {data['n_points']} points"),
+    ]
+    if data.get("seed") is not None:
+        lines.append(("seed", str(data["seed"])))
+    if objective:
+        lines.append(("objective", f"{objective['metric']} ({objective['mode']})"))
+    if best and best.get("value") is not None:
+        where = f"point {best.get('index')}, run {best['run_id']}"
+        values = params_text(best.get("params") or {})
+        lines.append(
+            ("best", f"{number_text(best['value'])}: {where}" + (f"  {values}" if values else ""))
+        )
+    if data.get("max_parallel"):
+        lines.append(("parallel", f"at most {data['max_parallel']} points at once"))
+    if data.get("mlflow_run_id"):
+        parent = f"parent run {data['mlflow_run_id']}"
+        lines.append(("mlflow", f"{parent}, experiment {data.get('mlflow_experiment_id')}"))
+    lines.append(("queued", local_time(data["created_at"])))
+    if data.get("closed_at"):
+        lines.append(("closed", local_time(data["closed_at"])))
+    if data.get("rerun_of"):
+        lines.append(("rerun of", data["rerun_of"]))
+    for key, value in lines:
+        click.echo(f"{key + ':':<11} {value}")
+    rows = [
+        [
+            str(p["index"]),
+            str(p["run_id"]),
+            p["state"],
+            number_text(p["objective"]),
+            params_text(p["params"]),
+        ]
+        for p in data.get("points") or []
+    ]
+    if rows:
+        click.echo()
+        header = objective["metric"].upper() if objective else "OBJECTIVE"
+        click.echo(table(["POINT", "RUN", "STATE", header, "PARAMS"], rows, shrink=(4, 3)))
 
 
 def _staging_text(state: dict[str, Any]) -> str:
@@ -267,7 +431,7 @@ def logs(obj: Context, run: int, stream: str, follow: bool, tail: int | None) ->
 
 
 @command()
-@click.argument("runs", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP...")
 @click.option(
     "--timeout",
     "timeout_s",
@@ -286,9 +450,15 @@ def logs(obj: Context, run: int, stream: str, follow: bool, tail: int | None) ->
 @json_option
 @pass_ctx
 def wait(
-    obj: Context, runs: tuple[int, ...], timeout_s: float | None, interval_s: float, as_json: bool
+    obj: Context,
+    runs: tuple[int | str, ...],
+    timeout_s: float | None,
+    interval_s: float,
+    as_json: bool,
 ) -> None:
     """Wait until runs have ended; exit 0 only if all COMPLETED.
+
+    A sweep (s7) has ended when all its points have; it COMPLETED when they all did.
 
     \b
     Exit status: 0 all COMPLETED; 1 some ended otherwise (FAILED, CANCELLED, TIMEOUT, ...);
@@ -299,7 +469,7 @@ def wait(
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pending = list(runs)
-    ended: dict[int, dict[str, Any]] = {}
+    ended: dict[int | str, dict[str, Any]] = {}
     while pending:
         for run in list(pending):
             data = obj.call("show", run=run)
@@ -314,14 +484,15 @@ def wait(
             sys.exit(124)
         time.sleep(interval_s)
     results = [
-        {"id": r, "state": ended[r]["state"], "exit_code": ended[r]["exit_code"]} for r in runs
+        {"id": r, "state": ended[r]["state"], "exit_code": ended[r].get("exit_code")} for r in runs
     ]
     if as_json:
         print_json(results if len(results) > 1 else results[0])
     else:
         for result in results:
+            what = "sweep" if isinstance(result["id"], str) else "run"
             click.echo(
-                f"run {result['id']}: {result['state']}"
+                f"{what} {result['id']}: {result['state']}"
                 + (f" (exit {result['exit_code']})" if result["exit_code"] else "")
             )
     if any(r["state"] != "COMPLETED" for r in results):

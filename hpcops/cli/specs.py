@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,18 +19,24 @@ from hpcops.cli.parsing import command
     is_flag=True,
     help="Check only the spec itself; skip the daemon's checks against the cluster.",
 )
+@json_option
 @pass_ctx
-def validate(obj: Context, specs: tuple[Path, ...], offline: bool) -> None:
+def validate(obj: Context, specs: tuple[Path, ...], offline: bool, as_json: bool) -> None:
     """Check spec files without queueing anything.
 
     Every problem names its field and what is allowed. With a daemon running, also checks the
     partition and time limit against the cluster. Exit status 2 if any spec is invalid.
+
+    A sweep spec lists its points: how many, and each point's values (the first ones; --json
+    lists them all: {"path", "valid", "name", "sweep": {"n_points", "points"}} per spec).
     """
+    from hpcops.api.sweeps import sweep_points_of
     from hpcops.errors import InvalidInput, NotRunning
     from hpcops.spec import load_spec_file, spec_to_yaml
 
     failed = False
     cluster_checked = not offline
+    answers: list[dict[str, Any]] = []
     for path in specs:
         try:
             spec = load_spec_file(path)
@@ -38,16 +45,53 @@ def validate(obj: Context, specs: tuple[Path, ...], offline: bool) -> None:
                     obj.call("validate", yaml=spec_to_yaml(spec), source=str(path))
                 except NotRunning:
                     cluster_checked = False
-            click.echo(f"{path}: ok ({spec.name})")
+            points = sweep_points_of(spec)
         except InvalidInput as exc:
-            click.echo(str(exc), err=True)
+            answers.append({"path": str(path), "valid": False, "error": str(exc)})
+            if not as_json:
+                click.echo(str(exc), err=True)
             failed = True
+            continue
+        sweep = None if points is None else {"n_points": len(points), "points": points}
+        answers.append({"path": str(path), "valid": True, "name": spec.name, "sweep": sweep})
+        if as_json:
+            continue
+        if points is None:
+            click.echo(f"{path}: ok ({spec.name})")
+        else:
+            click.echo(f"{path}: ok ({spec.name}): a sweep of {len(points)} points")
+            click.echo(points_table(points))
+    if as_json:
+        from hpcops.cli.output import print_json
+
+        print_json(answers[0] if len(answers) == 1 else answers)
     if not cluster_checked and not offline:
         click.echo(
             "note: no daemon answered, so partitions and time limits were not checked", err=True
         )
     if failed:
         sys.exit(2)
+
+
+POINTS_SHOWN = 20  # validate's table of a sweep's points shows the first ones
+
+
+def points_table(points: list[dict[str, Any]]) -> str:
+    """The first POINTS_SHOWN points, one column per key (as the sweep names them)."""
+    from hpcops.cli.output import table
+    from hpcops.cli.runs import value_text
+
+    keys: list[str] = []
+    for point in points:
+        keys += [key for key in point if key not in keys]
+    rows = [
+        [str(index), *(value_text(point[k]) if k in point else "-" for k in keys)]
+        for index, point in enumerate(points[:POINTS_SHOWN])
+    ]
+    text = table(["POINT", *(k.upper() for k in keys)], rows)
+    if len(points) > POINTS_SHOWN:
+        text += f"\n... and {len(points) - POINTS_SHOWN} more points (--json lists them all)"
+    return text
 
 
 @command()
@@ -86,7 +130,7 @@ def render(obj: Context, spec_path: Path, config_path: Path | None) -> None:
 @json_option
 @pass_ctx
 def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bool) -> None:
-    """Queue one or more specs; print each new run's id.
+    """Queue one or more specs; print each new run's id (a sweep's: `queued sweep s7: ...`).
 
     All specs are checked first: if any is invalid, none is queued (exit 2). The daemon releases
     queued runs into Slurm in priority order, up to the lab's limits.
@@ -96,8 +140,9 @@ def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bo
     mirror lacks. The job checks the commit out into its run directory.
 
     \b
-    --json prints {"id": N, "name": ..., "code": {...}} for one spec, a list of those for
-    several; "code" (specs with code: only) has repo, commit, dirty and bundle_bytes.
+    --json prints {"type": "run", "id": N, "name": ..., "code": {...}} for one spec, a list of
+    those for several; "code" (specs with code: only) has repo, commit, dirty and bundle_bytes.
+    A sweep spec's is {"type": "sweep", "id": "s7", "sweep_id": 7, "n_points", "runs": [...]}.
     """
     from hpcops.client.ship import prepare
     from hpcops.errors import InvalidInput
@@ -121,17 +166,41 @@ def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bo
         raise InvalidInput("\n".join(problems) + "\nnothing was queued")
     prepared = prepare(obj.client(), loaded, allow_dirty=allow_dirty, quiet=as_json)
     result = obj.call("submit", specs=[p.request_item() for p in prepared])
-    runs = result["runs"]
-    for run, item in zip(runs, prepared, strict=True):
+    queued = per_spec(result)
+    for entry, item in zip(queued, prepared, strict=True):
         if item.shipped:
-            run["code"] = item.shipped
+            entry["code"] = item.shipped
     if as_json:
         from hpcops.cli.output import print_json
 
-        print_json(runs[0] if len(runs) == 1 else runs)
+        print_json(queued[0] if len(queued) == 1 else queued)
         return
-    for run in runs:
-        click.echo(run["id"] if len(runs) == 1 else f"{run['id']}\t{run['name']}")
+    for entry in queued:
+        if entry["type"] == "sweep":
+            text = sweep_queued(entry)
+            click.echo(f"queued {text}" if len(queued) == 1 else f"{entry['id']}\t{text}")
+        else:
+            click.echo(entry["id"] if len(queued) == 1 else f"{entry['id']}\t{entry['name']}")
+
+
+def per_spec(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """submit's answer, one entry per spec in order: a run, or a sweep with its points' runs."""
+    sweeps = {s["id"]: s for s in result.get("sweeps") or []}
+    entries: list[dict[str, Any]] = []
+    for run in result["runs"]:
+        ref = run.get("sweep")
+        if ref is None:
+            entries.append({"type": "run", **run})
+        elif ref in sweeps:
+            entries.append({"type": "sweep", "state": run["state"], **sweeps.pop(ref)})
+    return entries
+
+
+def sweep_queued(sweep: dict[str, Any]) -> str:
+    """`sweep s7: 9 points (runs 12-20)`."""
+    from hpcops.api.sweeps import id_ranges
+
+    return f"sweep {sweep['id']}: {sweep['n_points']} points (runs {id_ranges(sweep['runs'])})"
 
 
 @command()
@@ -149,10 +218,11 @@ def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bo
 def rerun(obj: Context, run: str, assignments: tuple[str, ...], as_json: bool) -> None:
     """Run an experiment again from its record; print the new run's id.
 
-    RUN is an hpcops run id (12) or an MLflow run id (32 hex digits, from `hpcops show` or the
-    MLflow UI). The spec is rebuilt from the record: the same command, code commit, data and
-    params, unless --set changes them. The new run is yours, and the two MLflow records are
-    linked both ways (tags hpcops.rerun_of and hpcops.rerun_by).
+    RUN is an hpcops run id (12), a sweep (s7: all its points again, as a new sweep; no
+    --set) or an MLflow run id (32 hex digits, from `hpcops show` or the MLflow UI). A point of
+    a sweep is rerun into the same sweep. The spec is rebuilt from the record: the same command,
+    code commit, data and params, unless --set changes them. The new run is yours, and the two
+    MLflow records are linked both ways (tags hpcops.rerun_of and hpcops.rerun_by).
 
     \b
       hpcops rerun 12
@@ -163,7 +233,11 @@ def rerun(obj: Context, run: str, assignments: tuple[str, ...], as_json: bool) -
     from hpcops.tracking.rerun import parse_assignments
 
     source: int | str
-    if run.removeprefix("-").isdigit():
+    if run[:1] in ("s", "S"):
+        from hpcops.cli.parsing import RUN_OR_SWEEP
+
+        source = RUN_OR_SWEEP.convert(run, None, None)
+    elif run.removeprefix("-").isdigit():
         source = int(run)
         if source < 1:
             raise InvalidInput(f"RUN {run!r}: a run id is a positive integer")
@@ -179,6 +253,9 @@ def rerun(obj: Context, run: str, assignments: tuple[str, ...], as_json: bool) -
         from hpcops.cli.output import print_json
 
         print_json(result)
+        return
+    if result.get("type") == "sweep":
+        click.echo(f"queued {sweep_queued(result)}, a rerun of {result['rerun_of']}")
         return
     click.echo(result["id"])
 

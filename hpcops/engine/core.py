@@ -22,7 +22,7 @@ from hpcops.jobcontext import Placement
 from hpcops.slurm.backend import SlurmBackend
 from hpcops.slurm.parse import Partition
 from hpcops.spec import Spec
-from hpcops.store import Run, Store
+from hpcops.store import Run, Store, Sweep
 from hpcops.transport.base import Transport
 
 if TYPE_CHECKING:
@@ -147,6 +147,10 @@ class Engine:
     ) -> Run:
         """Queue a run again from its record (an hpcops or MLflow run id)."""
         return requests.rerun(self._parts, self._state, source, overrides, caller, check)
+
+    def rerun_sweep(self, sweep_id: int, caller: Caller) -> tuple[Sweep, list[Run]]:
+        """Queue a sweep again: the same spec, code, data and points."""
+        return requests.rerun_sweep(self._parts, self._state, sweep_id, caller)
 
     def why(self, run: Run) -> str:
         """One line: why the run is where it is."""

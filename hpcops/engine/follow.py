@@ -92,15 +92,18 @@ def safety_net(p: Parts, s: LoopState) -> None:
     # A token speaks only on the daemon's own jobs: a member can submit a job by hand under the
     # lab's account with any --comment, and it must never be adopted as another member's run.
     own = p.slurm_user
-    by_token = {e.token: e for e in entries if e.token and (not own or e.user == own)}
+    # By (token, array task): the points of one array share its token (engine/arrays.py).
+    by_token = {
+        (e.token, e.array_task): e for e in entries if e.token and (not own or e.user == own)
+    }
     orphans: list[Run] = []
     for run in p.store.in_slurm():
         if run.state == RunState.SUBMITTING:
-            entry = by_token.get(run.token) if run.token else None
+            entry = by_token.get((run.token, run.array_task)) if run.token else None
             if entry is None:
                 orphans.append(run)
                 continue
-            stager = by_token.get(lifecycle.stage_token(run.token))
+            stager = by_token.get((lifecycle.stage_token(run.token), None))
             adopted = lifecycle.adopt(
                 run,
                 entry.job_id,
@@ -129,24 +132,27 @@ def _adopt(p: Parts, s: LoopState, run: Run, outcome: lifecycle.Outcome) -> None
 
 
 def _reconcile_orphans(
-    p: Parts, s: LoopState, orphans: Sequence[Run], live_by_token: dict[str, QueueEntry]
+    p: Parts,
+    s: LoopState,
+    orphans: Sequence[Run],
+    live_by_token: dict[tuple[str, int | None], QueueEntry],
 ) -> None:
     """SUBMITTING runs that squeue does not know: finished already, or never submitted."""
     earliest = min(r.claimed_at or r.created_at for r in orphans)
     since = datetime.fromtimestamp(earliest) - timedelta(minutes=5)
-    finished = {j.token: j for j in p.slurm.finished_jobs(since) if j.token}
+    finished = {(j.token, j.array_task): j for j in p.slurm.finished_jobs(since) if j.token}
     markers = p.files.read_small_files(
         [RunDir(Path(r.run_dir)).started_marker for r in orphans if r.run_dir]
     )
     now = p.clock()
     for run in orphans:
         text = markers.get(RunDir(Path(run.run_dir)).started_marker) if run.run_dir else None
-        stage_token = lifecycle.stage_token(run.token)
+        stage_token = (lifecycle.stage_token(run.token), None)
         live_stager = live_by_token.get(stage_token)
         stager = live_stager or finished.get(stage_token)
         outcome = lifecycle.settle_orphan(
             run,
-            finished=finished.get(run.token) if run.token else None,
+            finished=finished.get((run.token, run.array_task)) if run.token else None,
             started=_start_marker(text),
             stager_id=stager.job_id if stager is not None else None,
             live_stager_id=live_stager.job_id if live_stager is not None else None,
@@ -201,6 +207,8 @@ def finalize_ended(p: Parts, s: LoopState) -> None:
             record(p, s, run, lifecycle.finish_from_marker(run, tail))
         elif verdict is Settle.VANISHED:
             record(p, s, run, lifecycle.vanished(run, now))
+        elif verdict is Settle.CANCELLED_PENDING:
+            record(p, s, run, lifecycle.cancelled_pending(run, now))
         else:
             misses = s.sacct_misses.get(run.id, 0) + 1
             s.sacct_misses[run.id] = misses
@@ -273,3 +281,7 @@ def send_cancels(p: Parts, s: LoopState) -> None:
         assert run.id is not None
         s.cancel_sent.add(run.id)
         s.next_sacct_at[run.id] = p.clock() + 0.5
+    if any(r.array_task is not None and r.started_at is None for r in wanted):
+        # A pending array task leaves no accounting record when cancelled: only squeue can
+        # say it is gone (lifecycle.Settle.CANCELLED_PENDING). Look soon, not in 30 s.
+        s.next_squeue_at = min(s.next_squeue_at, p.clock() + 1.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,11 +24,22 @@ from hpcops.errors import FieldProblem, InvalidInput, SlurmError, SpecError
 from hpcops.jobcontext import build_job_context
 from hpcops.render import JobContext, render_script
 from hpcops.slurm.parse import Partition
-from hpcops.spec import FULL_COMMIT_RE, Code, Spec, spec_to_yaml
+from hpcops.spec import (
+    FULL_COMMIT_RE,
+    Code,
+    Spec,
+    pin_sweep_seed,
+    point_specs,
+    spec_to_yaml,
+    sweep_points,
+)
 from hpcops.states import RunState
-from hpcops.store import Run
+from hpcops.store import Run, Sweep
 
 log = logging.getLogger(__name__)
+
+# A random search without a seed gets one at submission, recorded in the stored spec.
+_SEED_BOUND = 2**31
 
 
 def partitions(p: Parts, s: LoopState) -> dict[str, Partition]:
@@ -51,7 +63,11 @@ def partitions(p: Parts, s: LoopState) -> dict[str, Partition]:
 
 
 def check_spec(p: Parts, s: LoopState, spec: Spec, source: str) -> None:
-    """What only the cluster and the config can say about a spec, before it is queued."""
+    """What only the cluster and the config can say about a spec, before it is queued; for a
+    sweep, about each of its points' headers (points differ only where they set resources)."""
+    if spec.sweep is not None:
+        _point_specs(p, s, pin_sweep_seed(spec, 0), source)
+        return
     check_cluster_limits(p, s, spec, source)
     # Render once now so an unknown template or a bad directive is the submitter's error today,
     # not a failed run tomorrow.
@@ -105,23 +121,96 @@ def enqueue(
 
     `shipments` say, per spec, what the submitter's client did about its code (see hpcops.code);
     a spec's code commit must be in the lab's mirror once its shipment is in."""
-    pinned = []
+    singles: list[Run] = []
+    sweeps: list[tuple[Sweep, list[Run]]] = []
     for i, (spec, source) in enumerate(specs):
         shipment = shipments[i] if shipments else None
         spec, fields = pin(p, spec, shipment, source, caller)
+        if spec.sweep is not None:
+            sweeps.append(build_sweep(p, s, spec, fields, source, caller))
+            continue
         check_spec(p, s, spec, source)
-        pinned.append((spec, fields))
-    runs = [new_run(p, spec, caller, **fields) for spec, fields in pinned]
-    runs = p.store.add_runs(runs, actor=caller.name)
+        singles.append(new_run(p, spec, caller, **fields))
+    runs = p.store.add_runs(singles, actor=caller.name, sweeps=sweeps)
     s.changed()
     if p.tracker is not None:
         p.tracker.wake.set()  # create the records now, so release need not wait
     return runs
 
 
+def build_sweep(
+    p: Parts,
+    s: LoopState,
+    spec: Spec,
+    fields: dict[str, Any],
+    source: str,
+    caller: Caller,
+) -> tuple[Sweep, list[Run]]:
+    """A pinned sweep spec's Sweep row and one run per point, checked, not yet stored.
+
+    The spec is pinned once (code commit, data versions, and here a random search's seed), and
+    every point's spec is derived from the pinned one: all points run the same code on the same
+    data and differ only in their values. A point's run stores the point's own spec, so the
+    engine follows it like any run; only its release differs (engine/arrays.py).
+    """
+    spec = pin_sweep_seed(spec, secrets.randbelow(_SEED_BOUND))
+    sweep = spec.sweep
+    assert sweep is not None
+    points = sweep_points(spec)
+    runs: list[Run] = []
+    for index, one in enumerate(_point_specs(p, s, spec, source)):
+        run = new_run(p, one, caller, **fields)
+        run.name = point_name(spec.name, index)
+        run.sweep_index = index
+        runs.append(run)
+    objective = sweep.objective
+    row = Sweep(
+        name=spec.name,
+        experiment=spec.experiment,
+        owner=caller.name,
+        owner_uid=caller.uid,
+        spec_yaml=spec_to_yaml(spec),
+        kind=sweep.kind,
+        n_points=len(points),
+        points_json=json.dumps(points),
+        objective_metric=objective.metric if objective is not None else None,
+        objective_mode=objective.mode if objective is not None else None,
+        max_parallel=sweep.max_parallel,
+        created_at=p.clock(),
+        updated_at=p.clock(),
+    )
+    return row, runs
+
+
+def _point_specs(p: Parts, s: LoopState, spec: Spec, source: str) -> list[Spec]:
+    """Each point's own spec, checked against the cluster and rendered once per distinct
+    header: points differ there only where they set resources, so a 1,000-point grid over
+    params renders once."""
+    specs = point_specs(spec, source=source)
+    checked: set[str] = set()
+    for index, one in enumerate(specs):
+        header = one.resources.model_dump_json()
+        if header not in checked:
+            check_spec(p, s, one, f"{source}, point {index}")
+            checked.add(header)
+    return specs
+
+
+def point_name(sweep_name: str, index: int) -> str:
+    """How a point's run is named to people: resnet-lr[3] (Slurm gets the sweep's name)."""
+    return f"{sweep_name}[{index}]"
+
+
 def prepare_run(p: Parts, s: LoopState, spec: Spec, source: str, caller: Caller) -> Run:
     """A run of the spec for `caller`, checked as `enqueue` checks it, not yet stored: a
     schedule's firing stores it together with its firing record (scheduling/service.py)."""
+    if spec.sweep is not None:
+        raise _problem(
+            source,
+            "sweep",
+            "a schedule fires a spec without a sweep: block for now; queue the sweep with "
+            "`hpcops submit`",
+        )
     spec, fields = pin(p, spec, None, source, caller)
     check_spec(p, s, spec, source)
     return new_run(p, spec, caller, **fields)

@@ -3,14 +3,17 @@ the quotas, fair-share usage), ask the pure policy for a plan, submit what it re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from hpcops import policy
+from hpcops.engine.arrays import submit_points
 from hpcops.engine.follow import dbd_answered
 from hpcops.engine.state import LoopState, Parts
 from hpcops.engine.submit import submit_run
 from hpcops.states import RunState
+from hpcops.store import Run
 
 _REPLAN_S = 30.0
 _UNLIMITED = 10**12
@@ -23,6 +26,7 @@ def release(p: Parts, s: LoopState) -> None:
     decision = plan(p, s)
     submitted = False
     s.retry_due_at = float("inf")
+    ready: list[Run] = []
     for run in p.store.runs_by_ids(decision.release):
         retry_at = s.retry_after.get(run.id or 0, 0.0)
         if run.state != RunState.QUEUED:
@@ -35,11 +39,35 @@ def release(p: Parts, s: LoopState) -> None:
         if p.tracker is not None and not p.tracker.may_release(run, now):
             s.dirty = True  # its MLflow record is being made: look again next tick
             continue
+        ready.append(run)
+    limits = quotas(p)
+    for batch in release_batches(ready):
         submitted = True
-        if not submit_run(p, s, run):
+        if batch[0].sweep_id is not None:
+            go_on = submit_points(p, s, batch, limits)
+        else:
+            go_on = submit_run(p, s, batch[0])
+        if not go_on:
             break
     # What was just released changes what the queue waits for: plan again next tick.
     s.dirty = s.dirty or submitted
+
+
+def release_batches(runs: Sequence[Run]) -> list[list[Run]]:
+    """The released runs as sbatch calls, in release order: a single run alone, a sweep's
+    points together where its first point stands (one array for them; arrays.py splits it
+    further where headers differ or MaxArraySize requires)."""
+    batches: list[list[Run]] = []
+    by_sweep: dict[int, list[Run]] = {}
+    for run in runs:
+        if run.sweep_id is None:
+            batches.append([run])
+        elif run.sweep_id in by_sweep:
+            by_sweep[run.sweep_id].append(run)
+        else:
+            by_sweep[run.sweep_id] = [run]
+            batches.append(by_sweep[run.sweep_id])
+    return batches
 
 
 def plan(p: Parts, s: LoopState) -> policy.Decision:
@@ -54,11 +82,13 @@ def plan(p: Parts, s: LoopState) -> policy.Decision:
             cpus=cpus,
             gpus=gpus,
             partition=partition,
+            group=sweep_id,
         )
-        for run_id, owner, priority, created_at, cpus, gpus, partition, _sweep in (
+        for run_id, owner, priority, created_at, cpus, gpus, partition, sweep_id in (
             p.store.queued_summaries()
         )
     ]
+    sweeps = p.store.sweeps_by_ids(c.group for c in candidates if c.group is not None)
     decision = policy.plan_release(
         candidates,
         active_jobs(p, s),
@@ -66,6 +96,8 @@ def plan(p: Parts, s: LoopState) -> policy.Decision:
         s.usage,
         max_active=p.config.max_active,
         pending_window=p.config.pending_window,
+        # A sweep's max_parallel: at most that many of its points in Slurm at once.
+        group_limits={i: w.max_parallel for i, w in sweeps.items() if w.max_parallel is not None},
     )
     s.last_decision, s.planned_at = decision, p.clock()
     # A change made by the API while this plan read the store stays pending.
@@ -84,6 +116,7 @@ def active_jobs(p: Parts, s: LoopState) -> list[policy.Active]:
             gpus=r.gpus,
             partition=r.partition,
             pending=r.state != RunState.RUNNING,
+            group=r.sweep_id,
         )
         for r in ours
     ]

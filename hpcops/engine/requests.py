@@ -8,12 +8,12 @@ from collections.abc import Callable
 
 from hpcops.access import Caller
 from hpcops.code.mirror import Shipment
-from hpcops.engine.intake import check_spec, new_run, pin
+from hpcops.engine.intake import build_sweep, check_spec, new_run, pin
 from hpcops.engine.state import LoopState, Parts
 from hpcops.errors import InvalidInput
 from hpcops.spec import Spec, parse_spec
 from hpcops.states import RunState
-from hpcops.store import Run
+from hpcops.store import Run, Sweep
 
 # A run with a Slurm job: cancelled, not held.
 _HAS_JOB = (RunState.STAGING, RunState.PENDING, RunState.RUNNING)
@@ -170,7 +170,36 @@ def rerun(
     run = new_run(p, spec, caller, **fields)
     run.rerun_of_mlflow = mlflow_id
     run.rerun_of_run = original.id if original is not None else None
+    if original is not None and original.sweep_id is not None:
+        # A point again: a new run of the same point of the same sweep (its MLflow record
+        # nests under the sweep's parent; the sweep counts the point by its latest run).
+        run.name, run.sweep_id, run.sweep_index = (
+            original.name,
+            original.sweep_id,
+            original.sweep_index,
+        )
     [added] = p.store.add_runs([run], actor=caller.name)
+    s.changed()
+    if p.tracker is not None:
+        p.tracker.wake.set()
+    return added
+
+
+def rerun_sweep(p: Parts, s: LoopState, sweep_id: int, caller: Caller) -> tuple[Sweep, list[Run]]:
+    """A sweep queued again for `caller`: its stored spec (code commit, data versions, a random
+    search's seed), so the same points; the new sweep names the one it reruns."""
+    original = p.store.get_sweep(sweep_id)
+    label = f"rerun of sweep s{sweep_id}"
+    spec = parse_spec(original.spec_yaml, label)
+    earlier = p.store.sweep_runs(sweep_id)
+    shipment = None
+    if earlier and earlier[0].code_checkout is not None:
+        # A dirty original's snapshot is checked out again from the mirror, as for a run.
+        shipment = Shipment(checkout=earlier[0].code_checkout, dirty=earlier[0].code_dirty)
+    spec, fields = pin(p, spec, shipment, label, caller)
+    sweep, runs = build_sweep(p, s, spec, fields, label, caller)
+    sweep.rerun_of_sweep = sweep_id
+    added = p.store.add_sweep(sweep, runs, actor=caller.name, reason=label)
     s.changed()
     if p.tracker is not None:
         p.tracker.wake.set()

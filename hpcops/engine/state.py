@@ -109,6 +109,8 @@ class LoopState:
     usage_at: float | None = None
     partitions: dict[str, Partition] = field(default_factory=dict)
     partitions_at: float | None = None
+    # The cluster's MaxArraySize (a sweep's arrays are split above it), read once when needed.
+    max_array_size: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)  # partitions, shared with the API
 
     def changed(self) -> None:

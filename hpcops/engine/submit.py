@@ -47,7 +47,7 @@ def submit_run(p: Parts, s: LoopState, run: Run) -> bool:
     assert run.id is not None
     source = f"run {run.id}"
     token = secrets.token_hex(8)
-    tracking = _job_tracking(p, run)
+    tracking = job_tracking(p, run)
     mlflow_env = tracking.env if tracking is not None else ()
     try:
         spec = parse_spec(run.spec_yaml, source)
@@ -87,7 +87,7 @@ def submit_run(p: Parts, s: LoopState, run: Run) -> bool:
     p.files.remove_files([*rundir.markers, rundir.staged_marker, rundir.staging_progress])
     p.files.write_file(rundir.spec, claimed.spec_yaml)
     if claimed.data_json:
-        _write_staging_plan(p, claimed, ctx)
+        write_staging_plan(p, claimed, ctx)
     p.files.write_file(rundir.script, script)
     fault_point(p, "before_sbatch")
     staging_job: str | None = None
@@ -123,7 +123,7 @@ def submit_run(p: Parts, s: LoopState, run: Run) -> bool:
     return True
 
 
-def _write_staging_plan(p: Parts, run: Run, ctx: JobContext) -> None:
+def write_staging_plan(p: Parts, run: Run, ctx: JobContext) -> None:
     """The plan the job's stager follows: each version, and where the job will read it."""
     assert run.data_json is not None and ctx.staging is not None
     targets = []
@@ -157,7 +157,7 @@ def _submit_staging_job(p: Parts, spec: Spec, ctx: JobContext) -> str:
     return p.slurm.submit(PurePosixPath(path))
 
 
-def _job_tracking(p: Parts, run: Run) -> JobTracking | None:
+def job_tracking(p: Parts, run: Run) -> JobTracking | None:
     """The MLflow environment for this submission. A relay store that cannot be made (say,
     scratch is full) must not stop the job: it runs untracked, and the record still gets
     hpcops' own part (creation, Slurm's accounting, the logs)."""

@@ -34,7 +34,16 @@ class SlurmLimited(SlurmRejected):
 
 
 class SlurmBackend(Protocol):
-    def submit(self, script_path: PurePosixPath) -> str: ...
+    def submit(self, script_path: PurePosixPath, *, array: str | None = None) -> str:
+        """The job id; for `array` (an `--array` value, arrays.array_option) the array's id,
+        whose tasks are `<id>_<index>`."""
+        ...
+
+    def max_array_size(self) -> int:
+        """slurm.conf's MaxArraySize: an array's indices must stay below it. One RPC; the
+        caller caches it."""
+        ...
+
     def queue(self) -> list[QueueEntry]: ...
     def accounting(self, job_ids: Sequence[str]) -> dict[str, AccountingRecord]: ...
     def finished_jobs(self, since: datetime) -> list[FinishedJob]: ...
@@ -85,8 +94,8 @@ class CommandBackend:
             )
         return result
 
-    def submit(self, script_path: PurePosixPath) -> str:
-        argv = commands.sbatch_argv(str(script_path))
+    def submit(self, script_path: PurePosixPath, *, array: str | None = None) -> str:
+        argv = commands.sbatch_argv(str(script_path), array=array)
         result = self._run(argv)
         try:
             return parse.parse_sbatch_parsable(result.stdout)
@@ -118,6 +127,14 @@ class CommandBackend:
 
     def partitions(self) -> dict[str, Partition]:
         return parse.parse_sinfo_partitions(self._run(commands.sinfo_argv()).stdout)
+
+    def max_array_size(self) -> int:
+        argv = commands.scontrol_config_argv()
+        result = self._run(argv)
+        size = parse.parse_max_array_size(result.stdout)
+        if size is None:
+            raise SlurmError("scontrol show config printed no MaxArraySize", argv=argv)
+        return size
 
 
 def _only_job_ids(job_ids: Sequence[str]) -> list[str]:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from hpcops.names import is_job_id
+from hpcops.slurm.arrays import is_array_option
 
 # ASCII unit separator between squeue/sinfo fields: a job name or a comment may hold '|' or spaces,
 # never this control character.
@@ -73,17 +74,33 @@ SINFO_FIELDS: tuple[tuple[str, str], ...] = (
 )
 
 
-def sbatch_argv(script_path: str) -> list[str]:
+def sbatch_argv(script_path: str, array: str | None = None) -> list[str]:
+    """`array`: the `--array` value (arrays.array_option builds it), e.g. "3-4,9-12%4"."""
     # --export=NONE here as well as on the script's #SBATCH line: sbatch lets an SBATCH_EXPORT in
     # the daemon's environment override #SBATCH lines (measured on 22.05: the daemon's variables
     # reached the job again), but a command-line option overrides the environment.
-    return ["sbatch", "--parsable", "--export=NONE", script_path]
+    argv = ["sbatch", "--parsable", "--export=NONE"]
+    if array is not None:
+        if not is_array_option(array):
+            raise ValueError(f"sbatch: {array[:40]!r} is not an --array value hpcops writes")
+        argv.append(f"--array={array}")
+    return [*argv, script_path]
 
 
 def squeue_argv(*, account: str | None, user: str | None) -> list[str]:
     """One squeue for every live job of the lab: filtered by the lab's account (which also shows
-    jobs submitted by hand, outside hpcops), else by the daemon's user."""
-    argv = ["squeue", "--noheader", "--format=" + FIELD_SEP.join(f for _, f in SQUEUE_FIELDS)]
+    jobs submitted by hand, outside hpcops), else by the daemon's user.
+
+    --array: one line per array task, pending ones too. Without it squeue folds an array's
+    pending tasks into one `123_[...]` and cuts that field at 31 characters without a mark
+    (`4589_[0-1,3,6,10,15,21,28,36,45`: tests/fixtures/slurm/README.md), losing tasks. Same
+    RPCs either way (the folding is squeue's own)."""
+    argv = [
+        "squeue",
+        "--noheader",
+        "--array",
+        "--format=" + FIELD_SEP.join(f for _, f in SQUEUE_FIELDS),
+    ]
     if account:
         argv.append(f"--account={account}")
     elif user:
@@ -166,6 +183,11 @@ def sacct_usage_argv(*, account: str | None, user: str | None, since: datetime) 
 
 def scancel_argv(job_ids: Sequence[str]) -> list[str]:
     return ["scancel", *_checked_ids(job_ids, "scancel")]
+
+
+def scontrol_config_argv() -> list[str]:
+    """slurmctld's configuration (one RPC, REQUEST_BUILD_INFO): MaxArraySize lives there."""
+    return ["scontrol", "show", "config"]
 
 
 def sinfo_argv() -> list[str]:

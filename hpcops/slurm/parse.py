@@ -5,11 +5,13 @@ not understand — it records None and the caller decides.
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from hpcops.names import is_job_id
+from hpcops.slurm import arrays
 from hpcops.slurm.commands import (
     FIELD_SEP,
     SACCT_FIELDS,
@@ -21,7 +23,14 @@ from hpcops.slurm.commands import (
 )
 from hpcops.states import RunState, from_slurm
 
+log = logging.getLogger(__name__)
+
 TOKEN_PREFIX = "hpcops:"  # noqa: S105 (a comment prefix, not a secret)
+
+# The most entries the pending-task lines of one squeue or sacct answer may expand to, all lines
+# together (each line is also capped by arrays.MAX_TASKS_PER_LINE): a few broken or hostile
+# lines must not cost the daemon its memory.
+MAX_EXPANDED_TASKS = 200_000
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,9 @@ class QueueEntry:
     started_at: float | None
     comment: str
     name: str
+    # An array task's array id and index (`123_4` → "123", 4); None for a plain job.
+    array_job_id: str | None = None
+    array_task: int | None = None
 
     @property
     def token(self) -> str | None:
@@ -67,6 +79,8 @@ class AccountingRecord:
     partition: str
     comment: str
     name: str
+    array_job_id: str | None = None
+    array_task: int | None = None
 
     @property
     def token(self) -> str | None:
@@ -82,6 +96,8 @@ class FinishedJob:
     slurm_state: str
     comment: str
     name: str
+    array_job_id: str | None = None
+    array_task: int | None = None
 
     @property
     def token(self) -> str | None:
@@ -220,9 +236,58 @@ def _split(line: str, sep: str, n: int) -> list[str] | None:
     return parts if len(parts) == n else None
 
 
+# One job a JobID field stands for: (job id, array id, task index); the last two None for a
+# plain job.
+_JobKey = tuple[str, str | None, int | None]
+
+
+class _TaskIds:
+    """The jobs each JobID field of one answer stands for: a plain job `123`, an array task
+    `123_4`, or the pending tasks `123_[4-9%4]` one per task. Expansions share one budget
+    (MAX_EXPANDED_TASKS); a field that does not parse, or would go over it, stands for nothing
+    and is counted in `refused` (the caller logs it once)."""
+
+    def __init__(self, budget: int = MAX_EXPANDED_TASKS) -> None:
+        self.left = budget
+        self.refused: list[str] = []
+
+    def __call__(self, text: str) -> list[_JobKey]:
+        text = text.strip()
+        if "_" not in text:
+            return [(text, None, None)] if is_job_id(text) else []
+        split = arrays.split_array_id(text)
+        if split is None:
+            if "_[" in text:
+                self.refused.append(text[:60])  # a cut-off index list: tasks unknown
+            return []
+        array_id, expression = split
+        if expression.isdigit():
+            return [(f"{array_id}_{int(expression)}", array_id, int(expression))]
+        try:
+            tasks = arrays.expand_tasks(
+                expression, limit=min(arrays.MAX_TASKS_PER_LINE, max(self.left, 0))
+            )
+        except ValueError:
+            self.refused.append(text[:60])
+            return []
+        self.left -= len(tasks)
+        return [(f"{array_id}_{task}", array_id, task) for task in tasks]
+
+    def log_refused(self, command: str) -> None:
+        if self.refused:
+            log.warning(
+                "%s: %d array line(s) not understood or too large, left out: %s",
+                command,
+                len(self.refused),
+                ", ".join(repr(text) for text in self.refused[:3]),
+            )
+
+
 def parse_squeue(stdout: str) -> list[QueueEntry]:
+    """One entry per job; a line of pending array tasks (`123_[4-9%4]`) one per task."""
     entries = []
     names = [name for name, _ in SQUEUE_FIELDS]
+    task_ids = _TaskIds()
     for line in stdout.splitlines():
         if not line.strip():
             continue
@@ -230,32 +295,53 @@ def parse_squeue(stdout: str) -> list[QueueEntry]:
         if parts is None:
             continue
         row = dict(zip(names, parts, strict=True))
-        if not is_job_id(row["job_id"].strip()):
+        keys = task_ids(row["job_id"])
+        if not keys:
             continue
-        entries.append(
-            QueueEntry(
-                job_id=row["job_id"].strip(),
-                state=from_slurm(row["state"]),
-                slurm_state=row["state"].strip(),
-                reason=row["reason"].strip(),
-                user=row["user"].strip(),
-                account=row["account"].strip(),
-                partition=row["partition"].strip(),
-                cpus=_int(row["cpus"]) or 0,
-                gpus=parse_gpus(row["gres"]),
-                submitted_at=parse_slurm_timestamp(row["submit_time"]),
-                started_at=parse_slurm_timestamp(row["start_time"]),
-                comment=row["comment"].strip(),
-                name=row["name"],
-            )
+        entry = QueueEntry(
+            job_id=keys[0][0],
+            state=from_slurm(row["state"]),
+            slurm_state=row["state"].strip(),
+            reason=row["reason"].strip(),
+            user=row["user"].strip(),
+            account=row["account"].strip(),
+            partition=row["partition"].strip(),
+            cpus=_int(row["cpus"]) or 0,
+            gpus=parse_gpus(row["gres"]),
+            submitted_at=parse_slurm_timestamp(row["submit_time"]),
+            started_at=parse_slurm_timestamp(row["start_time"]),
+            comment=row["comment"].strip(),
+            name=row["name"],
+            array_job_id=keys[0][1],
+            array_task=keys[0][2],
         )
+        entries.append(entry)
+        entries += [
+            replace(entry, job_id=job_id, array_job_id=array_id, array_task=task)
+            for job_id, array_id, task in keys[1:]
+        ]
+    task_ids.log_refused("squeue")
     return entries
 
 
+def _job_and_step(job_id: str) -> tuple[str, str]:
+    """`123.batch` → ("123", "batch"); `123_4.batch` → ("123_4", "batch"). A row of tasks that
+    never started has no step, and its cut form ends in `...` (`123_[1,3,19...%4]`): no step."""
+    job_id = job_id.strip()
+    if "[" in job_id:
+        return job_id, ""
+    job, _, step = job_id.partition(".")
+    return job, step
+
+
 def parse_sacct(stdout: str) -> dict[str, AccountingRecord]:
-    """Job rows keyed by job id; step rows (`ID.batch`, `ID.extern`, `ID.0`) only add MaxRSS."""
-    jobs: dict[str, dict[str, str]] = {}
+    """Job rows keyed by job id; step rows (`ID.batch`, `ID.extern`, `ID.0`, and an array
+    task's `123_4.batch`) only add MaxRSS. A row of array tasks that never started
+    (`123_[5-9]`, cancelled while pending) is one record per task, keyed `123_5`...; a task's own
+    row wins over such a row."""
+    jobs: dict[str, tuple[dict[str, str], _JobKey]] = {}
     step_rss: dict[str, int] = {}
+    task_ids = _TaskIds()
     for line in stdout.splitlines():
         if not line.strip():
             continue
@@ -263,17 +349,21 @@ def parse_sacct(stdout: str) -> dict[str, AccountingRecord]:
         if parts is None:
             continue
         row = dict(zip(SACCT_FIELDS, parts, strict=True))
-        job_id, _, step = row["JobID"].partition(".")
-        if not is_job_id(job_id):
-            continue
+        job_id, step = _job_and_step(row["JobID"])
         if step:
-            rss = parse_size_bytes(row["MaxRSS"])
-            if rss is not None:
-                step_rss[job_id] = max(step_rss.get(job_id, 0), rss)
-        else:
-            jobs[job_id] = row
+            if is_job_id(job_id):
+                rss = parse_size_bytes(row["MaxRSS"])
+                if rss is not None:
+                    step_rss[job_id] = max(step_rss.get(job_id, 0), rss)
+            continue
+        pending_tasks = "[" in job_id
+        for key in task_ids(job_id):
+            if pending_tasks and key[0] in jobs:
+                continue  # the task's own row came first
+            jobs[key[0]] = (row, key)
+    task_ids.log_refused("sacct")
     records = {}
-    for job_id, row in jobs.items():
+    for job_id, (row, (_, array_id, task)) in jobs.items():
         exit_code, signal = parse_exit_code(row["ExitCode"])
         elapsed = _int(row["ElapsedRaw"])
         cpu = parse_duration_s(row["TotalCPU"])
@@ -294,29 +384,43 @@ def parse_sacct(stdout: str) -> dict[str, AccountingRecord]:
             partition=row["Partition"].strip(),
             comment=row["Comment"].strip(),
             name=row["JobName"],
+            array_job_id=array_id,
+            array_task=task,
         )
     return records
 
 
 def parse_sacct_finished(stdout: str) -> list[FinishedJob]:
+    """One job per row; a row of array tasks that never started (`123_[5-9]`) one per task."""
     jobs = []
+    task_ids = _TaskIds()
     for line in stdout.splitlines():
         parts = _split(line, "|", len(SACCT_FIND_FIELDS))
         if parts is None:
             continue
         row = dict(zip(SACCT_FIND_FIELDS, parts, strict=True))
-        if "." in row["JobID"] or not is_job_id(row["JobID"].strip()):
-            continue  # a step row (without --allocations), or not a job
-        jobs.append(
-            FinishedJob(
-                job_id=row["JobID"].strip(),
-                state=from_slurm(row["State"]),
-                slurm_state=row["State"].strip(),
-                comment=row["Comment"].strip(),
-                name=row["JobName"],
+        if _job_and_step(row["JobID"])[1]:
+            continue  # a step row (without --allocations)
+        for job_id, array_id, task in task_ids(row["JobID"]):
+            jobs.append(
+                FinishedJob(
+                    job_id=job_id,
+                    state=from_slurm(row["State"]),
+                    slurm_state=row["State"].strip(),
+                    comment=row["Comment"].strip(),
+                    name=row["JobName"],
+                    array_job_id=array_id,
+                    array_task=task,
+                )
             )
-        )
+    task_ids.log_refused("sacct")
     return jobs
+
+
+def parse_max_array_size(stdout: str) -> int | None:
+    """`MaxArraySize           = 1001` from `scontrol show config`; None if absent or odd."""
+    match = re.search(r"^MaxArraySize\s*=\s*([0-9]{1,9})\s*$", stdout, re.MULTILINE)
+    return int(match.group(1)) if match else None
 
 
 def parse_tres_cpus(tres: str) -> int:

@@ -2,7 +2,9 @@
 
     load.py        parse_spec, load_spec_file, spec_to_yaml: YAML (through hpcops.yamlio) in,
                    a validated Spec out, and the canonical text back
-    model.py       the pydantic models: Spec, Resources, Code, DataTarget, ScheduleBlock
+    model.py       the pydantic models: Spec, Resources, Code, DataTarget, ScheduleBlock, and
+                   a sweep's: SweepDef, RandomSweep, Distribution, SweepObjective
+    sweep.py       a sweep's points and each point's own spec (pure)
     fields.py      each field's check, raising the message a user sees
     directives.py  extra_directives: sbatch options nobody modelled, and what they may not set
     messages.py    pydantic's errors as FieldProblems in our words
@@ -15,21 +17,48 @@ usually with a valid example. The names below are the package's public face; imp
 
 from hpcops.names import FULL_COMMIT_RE
 from hpcops.spec.directives import MODELLED_OPTIONS, extra_directive_problem
-from hpcops.spec.fields import ParamValue, data_env_name, is_repo_url
+from hpcops.spec.fields import MAX_SWEEP_POINTS, ParamValue, data_env_name, is_repo_url
 from hpcops.spec.load import MAX_SPEC_BYTES, load_spec_file, parse_spec, spec_to_yaml
-from hpcops.spec.model import Code, DataTarget, Resources, ScheduleBlock, Spec
+from hpcops.spec.model import (
+    Code,
+    DataTarget,
+    Distribution,
+    RandomSweep,
+    Resources,
+    ScheduleBlock,
+    Spec,
+    SweepDef,
+    SweepKind,
+    SweepObjective,
+)
+from hpcops.spec.sweep import (
+    Point,
+    check_sweep_points,
+    pin_sweep_seed,
+    point_spec,
+    point_specs,
+    sweep_points,
+)
 from hpcops.units import parse_mem_mb, parse_slurm_time
 
 __all__ = [
     "FULL_COMMIT_RE",
     "MAX_SPEC_BYTES",
+    "MAX_SWEEP_POINTS",
     "MODELLED_OPTIONS",
     "Code",
     "DataTarget",
+    "Distribution",
     "ParamValue",
+    "Point",
+    "RandomSweep",
     "Resources",
     "ScheduleBlock",
     "Spec",
+    "SweepDef",
+    "SweepKind",
+    "SweepObjective",
+    "check_sweep_points",
     "data_env_name",
     "extra_directive_problem",
     "is_repo_url",
@@ -37,5 +66,9 @@ __all__ = [
     "parse_mem_mb",
     "parse_slurm_time",
     "parse_spec",
+    "pin_sweep_seed",
+    "point_spec",
+    "point_specs",
     "spec_to_yaml",
+    "sweep_points",
 ]

@@ -6,6 +6,7 @@ Pure and free of pydantic: model.py attaches them to fields with AfterValidator/
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Final
 
 from hpcops import cadence
 from hpcops.describe import CONTROL_RE, describe_char, describe_value, show
-from hpcops.names import NAME_FIRST, NAME_MAX_CHARS, NAME_REST, SLURM_NAME_FIRST
+from hpcops.names import NAME_FIRST, NAME_MAX_CHARS, NAME_REST, SLURM_NAME_FIRST, closest
 from hpcops.units import parse_mem_mb, parse_slurm_time
 
 ParamValue = str | int | float | bool
@@ -453,3 +454,81 @@ def check_catch_up(value: str | None) -> str | None:
 def optional_range(lo: int, hi: int, example: str) -> Callable[[int | None], int | None]:
     check = in_range(lo, hi, example)
     return lambda value: None if value is None else check(value)
+
+
+# ─── sweeps ────────────────────────────────────────────────────────────────────────────────────
+
+MAX_SWEEP_POINTS: Final = 10_000
+MAX_SWEEP_PARALLEL: Final = 10_000
+MAX_SWEEP_SEED: Final = 2**63 - 1  # it is stored with the sweep: SQLite's largest integer
+DISTRIBUTIONS: Final = ("uniform", "loguniform", "randint", "choice")
+RESOURCE_PREFIX: Final = "resources."
+
+# MLflow's own rule for metric names: these characters, at most 250 of them.
+_METRIC_RE = re.compile(r"[A-Za-z0-9_./ -]{1,250}")
+
+
+def sweep_key(resource_fields: tuple[str, ...]) -> Callable[[str], str]:
+    """A sweep key: a parameter name (`lr`) or `resources.<field>` for one of `resource_fields`."""
+    example = "e.g. lr or resources.mem"
+
+    def check(value: str) -> str:
+        head, dot, rest = value.partition(".")
+        if dot and head == "resources":
+            if rest in resource_fields:
+                return value
+            close = closest(rest, resource_fields)
+            hint = f" (did you mean resources.{close}?)" if close else ""
+            raise ValueError(
+                f"{show(rest)} is not a resource{hint}; a sweep can set "
+                f"{', '.join(RESOURCE_PREFIX + f for f in resource_fields)}"
+            )
+        if dot and head == "params" and rest:
+            raise ValueError(f"a sweep names a parameter without params.: write {show(rest)}")
+        try:
+            return PARAM_KEY.check(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"{exc}; a sweep key is a parameter name or resources.<field>, {example}"
+            ) from None
+
+    return check
+
+
+def distribution_name(value: object) -> object:
+    """A random sweep's distribution is a mapping with one known name: `{uniform: [0, 1]}`."""
+    example = "e.g. lr: {loguniform: [1.0e-4, 1.0e-1]} or depth: {choice: [18, 34]}"
+    allowed = ", ".join(DISTRIBUTIONS)
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"expected a mapping with one distribution ({allowed}); got {describe_value(value)}; "
+            f"{example}"
+        )
+    if len(value) != 1:
+        names = ", ".join(show(str(k)) for k in value) or "none"
+        raise ValueError(
+            f"needs exactly one distribution, one of {allowed}; got {names}; {example}"
+        )
+    [name] = value
+    if name not in DISTRIBUTIONS:
+        # closer than closest()'s cut-off: 'normal' is no misspelt 'uniform'
+        close = difflib.get_close_matches(str(name).lower(), DISTRIBUTIONS, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown distribution {show(str(name))}{hint}; allowed: {allowed}; {example}"
+        )
+    return value
+
+
+def check_metric(value: str) -> str:
+    if not _METRIC_RE.fullmatch(value) or value.startswith("/") or value != value.strip():
+        raise ValueError(
+            "must be an MLflow metric name: letters, digits, '_', '-', '.', '/' and spaces, at "
+            f"most 250 characters, e.g. val_accuracy; got {show(value)}"
+        )
+    return value
+
+
+def count_text(n: int) -> str:
+    """1,000,000 points; a count past a quadrillion is only said to be past it."""
+    return f"{n:,}" if n <= 10**15 else "more than 1,000,000,000,000,000"

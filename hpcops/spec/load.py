@@ -15,6 +15,7 @@ from hpcops.errors import FieldProblem, SpecError
 from hpcops.spec.fields import is_repo_url
 from hpcops.spec.messages import MINIMAL_SPEC, validate
 from hpcops.spec.model import Spec
+from hpcops.spec.sweep import check_sweep_points
 from hpcops.yamlio import MAX_YAML_BYTES, SPEC, YamlProblems, dump_yaml, read_bounded, read_yaml
 
 MAX_SPEC_BYTES: int = MAX_YAML_BYTES
@@ -60,7 +61,9 @@ def _parse(data: bytes | str, source: str, base_dir: Path | None) -> Spec:
             plain["workdir"] = str(base_dir)
         elif _is_relative_text(workdir):
             plain["workdir"] = str(base_dir / str(workdir))
-    return validate(plain, source)
+    spec = validate(plain, source)
+    check_sweep_points(spec, source)
+    return spec
 
 
 def _is_relative_text(value: object) -> bool:
@@ -79,7 +82,8 @@ def parse_spec(data: bytes | str, source: str) -> Spec:
     """A validated Spec from YAML text or bytes; `source` names it in messages (a path, "-").
 
     Raises SpecError, and nothing else, for any input. A relative workdir is refused here: only
-    load_spec_file knows what it is relative to.
+    load_spec_file knows what it is relative to. A sweep's every point is checked too
+    (check_sweep_points).
     """
     try:
         return _parse(data, source, None)
@@ -115,7 +119,11 @@ def load_spec_file(path: str | Path) -> Spec:
 def spec_to_yaml(spec: Spec) -> str:
     """The spec as canonical YAML, every field written out, that parse_spec reads back equal."""
     data = spec.model_dump(mode="python")
+    # schedule and sweep are absent unless given, so a spec without them keeps its canonical
+    # text and hash from before they existed.
     if data.get("schedule") is None:
-        # Absent unless given, so a spec without one keeps its canonical text and hash.
         data.pop("schedule", None)
+    data.pop("sweep", None)
+    if spec.sweep is not None:
+        data["sweep"] = spec.sweep.plain()
     return dump_yaml(data)

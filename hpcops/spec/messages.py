@@ -12,7 +12,17 @@ from pydantic import BaseModel, ValidationError
 from hpcops.describe import describe_value
 from hpcops.errors import FieldProblem, SpecError
 from hpcops.names import closest
-from hpcops.spec.model import Code, DataTarget, Resources, ScheduleBlock, Spec
+from hpcops.spec.model import (
+    Code,
+    DataTarget,
+    Distribution,
+    RandomSweep,
+    Resources,
+    ScheduleBlock,
+    Spec,
+    SweepDef,
+    SweepObjective,
+)
 from hpcops.yamlio import MAX_PROBLEMS, dotted
 
 MINIMAL_SPEC: Final = "name: mnist-baseline\nexperiment: mnist\ncommand: python train.py\n"
@@ -64,6 +74,30 @@ _EXAMPLES: Final = {
     "schedule.allow_overlap": "allow_overlap: false",
     "schedule.on_data_change": "on_data_change: true",
     "schedule.check_every_s": "check_every_s: 300",
+    "sweep": "sweep: {grid: {lr: [0.1, 0.01], seed: [1, 2]}}",
+    "sweep.grid": "grid: {lr: [0.1, 0.01], seed: [1, 2]}",
+    "sweep.grid.*": "lr: [0.1, 0.01]",
+    "sweep.grid.*.*": "lr: [0.1, 0.01]",
+    "sweep.list": "list: [{lr: 0.1, seed: 1}, {lr: 0.01, seed: 7}]",
+    "sweep.list.*": "- {lr: 0.1, seed: 1}",
+    "sweep.list.*.*": "lr: 0.1",
+    "sweep.random": "random: {samples: 20, seed: 0, space: {lr: {loguniform: [1.0e-4, 0.1]}}}",
+    "sweep.random.samples": "samples: 50",
+    "sweep.random.seed": "seed: 0",
+    "sweep.random.space": "space: {lr: {loguniform: [1.0e-4, 0.1]}, depth: {choice: [18, 34]}}",
+    "sweep.random.space.*": "lr: {loguniform: [1.0e-4, 0.1]}",
+    "sweep.random.space.*.uniform": "uniform: [0.0, 0.5]",
+    "sweep.random.space.*.uniform.*": "uniform: [0.0, 0.5]",
+    "sweep.random.space.*.loguniform": "loguniform: [1.0e-4, 0.1]",
+    "sweep.random.space.*.loguniform.*": "loguniform: [1.0e-4, 0.1]",
+    "sweep.random.space.*.randint": "randint: [1, 8]",
+    "sweep.random.space.*.randint.*": "randint: [1, 8]",
+    "sweep.random.space.*.choice": "choice: [18, 34]",
+    "sweep.random.space.*.choice.*": "choice: [18, 34]",
+    "sweep.objective": "objective: {metric: val_accuracy, mode: max}",
+    "sweep.objective.metric": "metric: val_accuracy",
+    "sweep.objective.mode": "mode: max",
+    "sweep.max_parallel": "max_parallel: 4",
 }
 _EXPECTED: Final = {
     "string_type": "a string",
@@ -81,38 +115,78 @@ _MODELS: Final[dict[str, type[BaseModel]]] = {
     "code": Code,
     "data.*": DataTarget,
     "schedule": ScheduleBlock,
+    "sweep": SweepDef,
+    "sweep.random": RandomSweep,
+    "sweep.random.space.*": Distribution,
+    "sweep.objective": SweepObjective,
 }
+# A sweep's key may hold a dot (resources.mem), written as it is: sweep.grid.resources.mem[1].
+_SWEEP_KEY_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
-    return dotted(loc, _DICT_FIELDS)
+    if not loc or loc[0] != "sweep":
+        return dotted(loc, _DICT_FIELDS)
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _SWEEP_KEY_RE.fullmatch(part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{part!r}]"
+    return text
+
+
+def _user_keys(loc: tuple[int | str, ...]) -> set[int]:
+    """The positions in a sweep location that hold a user's key: sweep.grid.<key>,
+    sweep.list[i].<key>, sweep.random.space.<key>."""
+    if loc[:2] == ("sweep", "grid"):
+        return {2}
+    if loc[:2] == ("sweep", "list"):
+        return {3}
+    if loc[:3] == ("sweep", "random", "space"):
+        return {3}
+    return set()
 
 
 def _pattern(loc: tuple[int | str, ...]) -> str:
     """The _EXAMPLES key for a location: dict keys and list indexes become '*'."""
+    in_sweep = bool(loc) and loc[0] == "sweep"
+    users = _user_keys(loc) if in_sweep else set()
     parts: list[str] = []
     for i, part in enumerate(loc):
-        wild = isinstance(part, int) or (i > 0 and loc[i - 1] in _DICT_FIELDS)
+        dict_key = i in users if in_sweep else i > 0 and loc[i - 1] in _DICT_FIELDS
+        wild = isinstance(part, int) or dict_key
         parts.append("*" if wild else str(part))
     return ".".join(parts)
 
 
 def _unknown_field(parent: str, key: str) -> str:
     model = _MODELS.get(parent)
-    allowed = list(model.model_fields) if model else []
+    allowed = [info.alias or name for name, info in model.model_fields.items()] if model else []
     message = f"unknown field {key!r}"
     if parent == "" and key in Resources.model_fields:
         return f"{message}; {key} belongs under resources, e.g. resources: {{{key}: ...}}"
     if parent == "resources" and key in Spec.model_fields:
         return f"{message}; {key} belongs at the top level of the spec, not under resources"
     close = closest(key.replace("-", "_").lower(), allowed)
+    if parent == "sweep" and key in {"points", "lists", "values"}:
+        close = "list"
     if close:
         message += f"; did you mean {close!r}?"
+    else:
+        message += "."
     if parent == "resources" and key in {"gres", "gpu", "gpus_per_node"}:
         message += " GPUs are asked for with gpus and gpu_type, e.g. gpus: 2, gpu_type: a100."
     elif parent == "" and key in {"account", "output", "error", "job_name", "job-name"}:
         message += " hpcops sets it itself."
-    where = {"": "a spec", "data.*": "a data target"}.get(parent, parent)
+    where = {
+        "": "a spec",
+        "data.*": "a data target",
+        "sweep": "a sweep",
+        "sweep.random.space.*": "a distribution",
+    }.get(parent, parent)
     return f"{message} Allowed fields in {where}: {', '.join(allowed)}"
 
 

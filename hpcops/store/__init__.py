@@ -31,7 +31,7 @@ from hpcops.store.sweeps import SweepTables
 from hpcops.store.tracking import TrackingTables
 
 
-class Store(RunTables, SweepTables, ScheduleTables, TrackingTables, AuditTables):
+class Store(SweepTables, RunTables, ScheduleTables, TrackingTables, AuditTables):
     """The daemon's database: `Store(path, track=...)`, one transaction per call."""
 
 

@@ -14,10 +14,10 @@ from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from hpcops.errors import IllegalTransition, NotFound
+from hpcops.errors import IllegalTransition, NotFound, StoreError
 from hpcops.states import IN_SLURM_STATES, INITIAL_STATES, TRANSITIONS, RunState, may_transition
 from hpcops.store.engine import Database
-from hpcops.store.models import Event, Run, RunUpdate, apply_fields
+from hpcops.store.models import Event, Run, RunUpdate, Sweep, apply_fields
 from hpcops.store.tracking import owe_tracking
 
 
@@ -60,22 +60,40 @@ class RunTables(Database):
             record_queued(session, run, actor=actor, reason=reason, now=now, track=self.track)
         return run
 
-    def add_runs(self, runs: Sequence[Run], actor: str) -> list[Run]:
-        """Several runs in one transaction: all are queued, or none (a batch `submit`)."""
-        for run in runs:
+    def add_runs(
+        self,
+        runs: Sequence[Run],
+        actor: str,
+        *,
+        sweeps: Sequence[tuple[Sweep, Sequence[Run]]] = (),
+        reason: str = "submitted",
+    ) -> list[Run]:
+        """Several runs, and sweeps with their points' runs, in one transaction: all are
+        queued, or none (a batch `submit`). Returns every run queued, the sweeps' last; each
+        point's run gets its sweep's id."""
+        points = [run for _, sweep_runs in sweeps for run in sweep_runs]
+        for run in [*runs, *points]:
             check_initial(run)
         now = time.time()
         with self._session() as session:
-            for run in runs:
+            for sweep, sweep_runs in sweeps:
+                if not sweep_runs:
+                    raise StoreError(f"sweep {sweep.name!r} has no points to queue")
+                sweep.created_at = sweep.created_at or now
+                sweep.updated_at = now
+                session.add(sweep)
+            session.flush()
+            for sweep, sweep_runs in sweeps:
+                for run in sweep_runs:
+                    run.sweep_id = sweep.id
+            for run in [*runs, *points]:
                 run.created_at = run.created_at or now
                 run.updated_at = now
                 session.add(run)
             session.flush()
-            for run in runs:
-                record_queued(
-                    session, run, actor=actor, reason="submitted", now=now, track=self.track
-                )
-        return list(runs)
+            for run in [*runs, *points]:
+                record_queued(session, run, actor=actor, reason=reason, now=now, track=self.track)
+        return [*runs, *points]
 
     def get(self, run_id: int) -> Run:
         with self._session() as session:
@@ -202,21 +220,20 @@ class RunTables(Database):
 
     def transition_many(
         self,
-        changes: Sequence[tuple[int, RunUpdate]],
+        changes: Sequence[tuple[int, str, RunUpdate]],
         to_state: RunState | None,
         *,
         actor: str,
-        note: str = "",
         expect: Iterable[RunState] | None = None,
     ) -> list[Run]:
         """`transition` for several runs in ONE transaction (an array's claim, its job ids):
-        each (run id, its fields) is changed if `expect` holds for it, as `transition` would.
+        each (run id, note, fields) is changed if `expect` holds for it, as `transition` would.
         Returns the runs that changed; a run `expect` did not hold for is left out."""
         wanted = tuple(expect) if expect is not None else None
         with self._session() as session:
             changed = [
                 _change(session, run_id, to_state, actor, note, wanted, fields, self.track)
-                for run_id, fields in changes
+                for run_id, note, fields in changes
             ]
         return [run for run in changed if run is not None]
 

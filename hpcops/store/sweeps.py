@@ -13,38 +13,20 @@ from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
-from hpcops.errors import NotFound, StoreError
-from hpcops.store.engine import Database
+from hpcops.errors import NotFound
 from hpcops.store.models import Run, Sweep, SweepUpdate, apply_fields
-from hpcops.store.runs import check_initial, record_queued
+from hpcops.store.runs import RunTables
 
 
-class SweepTables(Database):
+class SweepTables(RunTables):
     """The sweep table, and the questions about a sweep's points."""
 
     def add_sweep(
         self, sweep: Sweep, runs: Sequence[Run], actor: str, reason: str = "submitted"
     ) -> tuple[Sweep, list[Run]]:
         """The sweep and one run per point, in one transaction; each run gets the sweep's id."""
-        if not runs:
-            raise StoreError("a sweep is queued with its points; none were given")
-        for run in runs:
-            check_initial(run)
-        now = time.time()
-        sweep.created_at = sweep.created_at or now
-        sweep.updated_at = now
-        with self._session() as session:
-            session.add(sweep)
-            session.flush()
-            for run in runs:
-                run.sweep_id = sweep.id
-                run.created_at = run.created_at or now
-                run.updated_at = now
-                session.add(run)
-            session.flush()
-            for run in runs:
-                record_queued(session, run, actor=actor, reason=reason, now=now, track=self.track)
-        return sweep, list(runs)
+        added = self.add_runs([], actor, sweeps=[(sweep, runs)], reason=reason)
+        return sweep, added
 
     def get_sweep(self, sweep_id: int) -> Sweep:
         with self._session() as session:

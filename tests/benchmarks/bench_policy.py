@@ -5,6 +5,12 @@ first would pay before deciding anything.
 
 Also measured, for the record: a tick on which nothing fits (the walk meets every group of the
 queue), and reading every reason and the whole order once, as `hpcops ls` does.
+
+Sweeps: the same lab with 1,000 of the 10,000 queued runs the points of one sweep (an urgent one,
+priority 20, above every other run, so the walk meets it first) with max_parallel 16 and 12 of its
+points already running; planned with the limit (its points group by sweep) and without it (they
+group with their owner's single runs, as a queue without limited sweeps does). Target: the limited
+plan under 5 ms too.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from hpcops.policy import (
@@ -38,6 +45,11 @@ QUOTAS = Quotas(
 )
 MAX_ACTIVE = 480
 PENDING_WINDOW = 24
+SWEEP = 1  # the sweep's id
+SWEEP_POINTS = 1000
+SWEEP_FIRST_RUN = 4001
+MAX_PARALLEL = 16
+SWEEP_RUNNING = 12
 
 
 def _shape(rng: random.Random) -> tuple[int, int, str | None]:
@@ -85,6 +97,35 @@ def lab(seed: int = 2026) -> tuple[list[Candidate], list[Active], dict[str, floa
     # Three owners new this window: no usage yet.
     usage = {owner: round(rng.uniform(5.0, 900.0), 1) for owner in OWNERS[:17]}
     return candidates, active, usage
+
+
+def sweep_lab(
+    candidates: list[Candidate], active: list[Active]
+) -> tuple[list[Candidate], list[Active]]:
+    """`lab()` with 1,000 of its queued runs the points of one sweep, 12 of them running."""
+    first = candidates[SWEEP_FIRST_RUN - 1]
+    points = [
+        replace(
+            c,
+            owner="user03",
+            priority=20,
+            queued_at=first.queued_at,  # one submission
+            cpus=2,
+            gpus=0,
+            partition=None,
+            group=SWEEP,
+        )
+        for c in candidates[SWEEP_FIRST_RUN - 1 : SWEEP_FIRST_RUN - 1 + SWEEP_POINTS]
+    ]
+    queued = candidates[: SWEEP_FIRST_RUN - 1] + points
+    queued += candidates[SWEEP_FIRST_RUN - 1 + SWEEP_POINTS :]
+    running = [i for i, a in enumerate(active) if not a.by_hand and not a.pending]
+    in_slurm = active[:]
+    for i in running[:SWEEP_RUNNING]:
+        in_slurm[i] = replace(
+            active[i], owner="user03", cpus=2, gpus=0, partition=None, group=SWEEP
+        )
+    return queued, in_slurm
 
 
 def _median_ms(call: Callable[[], Any], runs: int = RUNS) -> float:
@@ -145,6 +186,28 @@ def main() -> None:
         _ = fresh.order
 
     read_everything_ms = _median_ms(read_everything, runs=10)
+
+    sweep_queue, sweep_active = sweep_lab(candidates, active)
+    assert len(sweep_queue) == QUEUED
+
+    def plan_sweep(limits: dict[int, int] | None) -> Any:
+        return plan_release(
+            sweep_queue,
+            sweep_active,
+            QUOTAS,
+            usage,
+            max_active=MAX_ACTIVE,
+            pending_window=PENDING_WINDOW,
+            group_limits=limits,
+        )
+
+    limited = plan_sweep({SWEEP: MAX_PARALLEL})
+    points = {c.run_id for c in sweep_queue if c.group == SWEEP}
+    points_released = sum(run_id in points for run_id in limited.release)
+    assert points_released == MAX_PARALLEL - SWEEP_RUNNING, points_released
+    unlimited = plan_sweep(None)
+    sweep_limited_ms = _median_ms(lambda: plan_sweep({SWEEP: MAX_PARALLEL}))
+    sweep_unlimited_ms = _median_ms(lambda: plan_sweep(None))
     write_result(
         "policy",
         {
@@ -158,6 +221,14 @@ def main() -> None:
             "target": "plan_release under 5 ms per tick",
             "plan_release_nothing_fits_median_ms": round(nothing_fits_ms, 2),
             "plan_plus_every_reason_and_order_median_ms": round(read_everything_ms, 1),
+            "sweep_points": SWEEP_POINTS,
+            "sweep_max_parallel": MAX_PARALLEL,
+            "sweep_points_running": SWEEP_RUNNING,
+            "sweep_limited_released_per_tick": len(limited.release),
+            "sweep_limited_points_released": points_released,
+            "plan_release_sweep_limited_median_ms": round(sweep_limited_ms, 2),
+            "sweep_unlimited_points_released": sum(r in points for r in unlimited.release),
+            "plan_release_sweep_unlimited_median_ms": round(sweep_unlimited_ms, 2),
         },
     )
 

@@ -140,7 +140,8 @@ def test_an_answer_and_a_refusal_keep_the_wire_format(api: tuple[Api, FakeEngine
         "ok": False,
         "error": {
             "kind": "invalid_input",
-            "message": "a run id is a positive integer, not '1; DROP TABLE run'",
+            "message": "params.run must be a run id (a positive integer) or a sweep id (s and "
+            "a positive integer, e.g. s7), not '1; DROP TABLE run'",
         },
     }
     unknown = _call(server, DAEMON, "drop_everything")["error"]
@@ -192,6 +193,7 @@ def test_validate_asks_the_engine_about_the_parsed_spec(api: tuple[Api, FakeEngi
     assert _call(server, ANA, "validate", yaml=SPEC, source="v.yaml")["result"] == {
         "valid": True,
         "name": "train",
+        "sweep": None,
     }
     assert engine.checked == ["v.yaml"]
 

@@ -52,7 +52,11 @@ SPEC = {"yaml": "name: x\nexperiment: e\ncommand: 'true'\n", "source": "x.yaml"}
             "params.specs[].code.dirty must be true or false",
         ),
         (p.PriorityParams, {"run": 1, "priority": "5"}, "a priority is an integer, not '5'"),
-        (p.RerunParams, {"run": 1.5}, "params.run must be a run id or an MLflow run id, not 1.5"),
+        (
+            p.RerunParams,
+            {"run": 1.5},
+            "params.run must be a run id, a sweep id (s7) or an MLflow run id",
+        ),
         (p.RerunParams, {"run": 1, "set": {"params.lr": 0.1}}, "params.set must map keys to text"),
         (p.CodeHaveParams, {"commits": ["HEAD"]}, "params.commits must be a list of at most 512"),
         (p.CacheGcParams, {"max_bytes": "1G"}, "params.max_bytes must be a non-negative number"),

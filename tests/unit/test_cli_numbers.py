@@ -115,7 +115,7 @@ def test_a_negative_run_id_gets_the_range_message(
 ) -> None:
     result = _run("cancel", "-5")
     assert result.exit_code == 2
-    assert "-5 is not in the range x>=1" in result.output
+    assert "-5 is not a run id: a run id is an integer from 1 to" in result.output
     assert calls == []
 
 

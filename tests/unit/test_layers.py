@@ -77,6 +77,7 @@ LAYER_OF: dict[str, str] = {
     "slurm": "slurm",
     "transport": "transport",
     "render": "render",
+    "arrayscript": "render",  # a sweep's job array: its header and a dispatch per task
     "spec": "spec",
     "config": "config",
     "config_sections": "config",

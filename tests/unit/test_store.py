@@ -310,7 +310,7 @@ def test_transition_many_claims_in_one_transaction(store: Store) -> None:
     ids = [r.id for r in runs if r.id is not None]
     store.transition(ids[1], RunState.CANCELLED, actor="alice")
     claimed = store.transition_many(
-        [(i, {"token": "t", "array_task": n}) for n, i in enumerate(ids)],
+        [(i, "claim", {"token": "t", "array_task": n}) for n, i in enumerate(ids)],
         RunState.SUBMITTING,
         actor="daemon",
         expect=(RunState.QUEUED,),

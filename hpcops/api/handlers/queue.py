@@ -1,22 +1,38 @@
 """Changing the lab's queue: `submit`, `validate`, `rerun`, and the requests on a run (`cancel`,
-`priority`, `hold`, `release`, `top`)."""
+`priority`, `hold`, `release`, `top`).
+
+A request on a sweep (`"run": "s7"`) is the same request on each of its points for which it
+makes sense, through the same engine method, authorized and audited per point as for a run:
+cancel the points that have not ended, hold and top the QUEUED ones, release the HELD ones,
+priority the QUEUED and HELD ones. A point another member owns (a lead's rerun of it) or that
+left the state meanwhile is skipped, and the answer says so.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from hpcops.access import LEADS, authorize, check_priority
-from hpcops.api.handlers.base import Daemon, Handler, Request, run_id
+from hpcops.api.handlers.base import Daemon, Handler, Request, SweepRerunner, run_id
 from hpcops.api.params import (
     PriorityParams,
     RerunParams,
-    RunParams,
     SubmitParams,
+    SweepId,
+    TargetParams,
     ValidateParams,
 )
-from hpcops.errors import PermissionDenied
-from hpcops.store import Run
+from hpcops.api.sweeps import id_ranges, sweep_points_of
+from hpcops.api.views import sweep_ref
+from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied
+from hpcops.states import TERMINAL_STATES, RunState
+from hpcops.store import Run, Sweep
+from hpcops.yamlio import read_yaml
+
+_NOT_ENDED = frozenset(RunState) - TERMINAL_STATES
+_QUEUED = frozenset({RunState.QUEUED})
+_HELD = frozenset({RunState.HELD})
 
 
 class QueueHandlers:
@@ -50,7 +66,11 @@ class QueueHandlers:
             check_priority(spec.priority, req.role, self.access)
         shipments = [item.code.shipment() if item.code else None for item in items]
         runs = self.daemon.engine.enqueue(specs, req.caller, shipments)
+        points: dict[int, list[Run]] = {}
         for run in runs:
+            if run.sweep_id is not None:
+                points.setdefault(run.sweep_id, []).append(run)
+                continue
             self.daemon.audit(
                 req.caller,
                 req.role,
@@ -59,7 +79,43 @@ class QueueHandlers:
                 allowed=True,
                 after=f"{run.state} priority {run.priority}",
             )
-        return {"runs": [{"id": r.id, "name": r.name, "state": r.state} for r in runs]}
+        sweeps = []
+        rows = self.daemon.store.sweeps_by_ids(points)
+        for number, its_runs in points.items():
+            # One audit row per sweep: a 1,000-point sweep is one decision, not 1,000.
+            first = its_runs[0]
+            self.daemon.audit(
+                req.caller,
+                req.role,
+                "submit",
+                f"sweep s{number}",
+                allowed=True,
+                after=f"{len(its_runs)} points {first.state} priority {first.priority} "
+                f"(runs {id_ranges(run_id(r) for r in its_runs)})",
+            )
+            sweeps.append(
+                {
+                    "id": f"s{number}",
+                    "sweep_id": number,
+                    "name": rows[number].name if number in rows else first.name,
+                    "n_points": len(its_runs),
+                    "runs": [r.id for r in its_runs],
+                }
+            )
+        return {
+            "runs": [
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "state": r.state,
+                    "sweep": sweep_ref(r.sweep_id),
+                    "sweep_index": r.sweep_index,
+                }
+                for r in runs
+            ],
+            # one per sweep spec, in the order of the specs: its points' runs, by index
+            "sweeps": sweeps,
+        }
 
     def validate(self, req: Request) -> dict[str, Any]:
         """What `submit` would say about a spec, without queueing it (parsed once, here)."""
@@ -70,7 +126,13 @@ class QueueHandlers:
         spec = parse_spec(params.yaml, params.source)
         self.daemon.engine.check_spec(spec, params.source)
         check_priority(spec.priority, req.role, self.access)
-        return {"valid": True, "name": spec.name}
+        points = sweep_points_of(spec)
+        return {
+            "valid": True,
+            "name": spec.name,
+            # a sweep spec: how many points, and each point's values in index order
+            "sweep": None if points is None else {"n_points": len(points), "points": points},
+        }
 
     def rerun(self, req: Request) -> dict[str, Any]:
         """Queue a run again from its record (hpcops/tracking): params.run is an hpcops run id
@@ -81,6 +143,8 @@ class QueueHandlers:
         authorize("submit", req.caller, req.role)
         params = RerunParams.parse(req.params)
         source, overrides = params.run, params.overrides
+        if isinstance(source, SweepId):
+            return self._rerun_sweep(req, source, overrides)
         for key in overrides:
             check_key(key)
         run = self.daemon.engine.rerun(
@@ -105,12 +169,61 @@ class QueueHandlers:
             "state": run.state,
             "rerun_of": source,
             "rerun_of_mlflow": run.rerun_of_mlflow,
+            # a point's rerun is a point of the same sweep, at the same index
+            "sweep": sweep_ref(run.sweep_id),
+            "sweep_index": run.sweep_index,
+        }
+
+    def _rerun_sweep(
+        self, req: Request, source: SweepId, overrides: dict[str, str]
+    ) -> dict[str, Any]:
+        """Every point of a sweep again, as a new sweep of the same spec and points."""
+        if overrides:
+            raise InvalidInput(
+                f"--set changes one run's spec; sweep {source} is rerun as it was. Rerun one of "
+                "its points with --set, or submit an edited copy of its spec"
+            )
+        engine = self.daemon.engine
+        if not isinstance(engine, SweepRerunner):
+            raise HpcopsError("this daemon cannot rerun a sweep yet; rerun its points one by one")
+        old = self.daemon.store.get_sweep(source.number)
+        # engine.rerun checks a run's priority through its `check`; a sweep's is read here.
+        check_priority(_stored_priority(old), req.role, self.access)
+        sweep, runs = engine.rerun_sweep(source.number, req.caller)
+        self.daemon.audit(
+            req.caller,
+            req.role,
+            "rerun",
+            f"sweep s{sweep.id}",
+            allowed=True,
+            after=f"{len(runs)} points QUEUED (runs {id_ranges(run_id(r) for r in runs)})",
+            detail=f"rerun of {source}",
+        )
+        return {
+            "type": "sweep",
+            "id": sweep_ref(sweep.id),
+            "sweep_id": sweep.id,
+            "name": sweep.name,
+            "state": RunState.QUEUED.value,
+            "n_points": len(runs),
+            "runs": [r.id for r in runs],
+            "rerun_of": str(source),
         }
 
     # --- requests on a run ------------------------------------------------------------------
 
     def cancel(self, req: Request) -> dict[str, Any]:
-        run = self.daemon.run_for(req, RunParams.parse(req.params).run, "cancel")
+        target = TargetParams.parse(req.params).run
+        if isinstance(target, SweepId):
+            return self._on_sweep(
+                req,
+                target,
+                "cancel",
+                _NOT_ENDED,
+                lambda run: self.daemon.engine.cancel(run_id(run), req.caller)[0],
+                "state",
+            )
+        run = self.daemon.run_for(req, target, "cancel")
         updated, message = self.daemon.engine.cancel(run_id(run), req.caller)
         self.daemon.audit(
             req.caller,
@@ -128,6 +241,15 @@ class QueueHandlers:
         params = PriorityParams.parse(req.params)
         value = params.priority
         check_priority(value, req.role, self.access)
+        if isinstance(params.run, SweepId):
+            return self._on_sweep(
+                req,
+                params.run,
+                "priority",
+                _QUEUED | _HELD,
+                lambda run: self.daemon.engine.set_priority(run_id(run), value, req.caller),
+                "priority",
+            )
         self._lead_decision_guard(req, self.daemon.run_for(req, params.run, "priority"), "priority")
 
         def message(run: Run, updated: Run) -> str:
@@ -148,9 +270,19 @@ class QueueHandlers:
         )
 
     def hold(self, req: Request) -> dict[str, Any]:
+        target = TargetParams.parse(req.params).run
+        if isinstance(target, SweepId):
+            return self._on_sweep(
+                req,
+                target,
+                "hold",
+                _QUEUED,
+                lambda run: self.daemon.engine.hold(run_id(run), req.caller),
+                "state",
+            )
         return self._change_run(
             req,
-            RunParams.parse(req.params).run,
+            target,
             "hold",
             lambda run: self.daemon.engine.hold(run_id(run), req.caller),
             "state",
@@ -158,7 +290,16 @@ class QueueHandlers:
         )
 
     def release(self, req: Request) -> dict[str, Any]:
-        target = RunParams.parse(req.params).run
+        target = TargetParams.parse(req.params).run
+        if isinstance(target, SweepId):
+            return self._on_sweep(
+                req,
+                target,
+                "release",
+                _HELD,
+                lambda run: self.daemon.engine.release_hold(run_id(run), req.caller),
+                "state",
+            )
         self._lead_decision_guard(req, self.daemon.run_for(req, target, "release"), "release")
         return self._change_run(
             req,
@@ -170,9 +311,12 @@ class QueueHandlers:
         )
 
     def top(self, req: Request) -> dict[str, Any]:
+        target = TargetParams.parse(req.params).run
+        if isinstance(target, SweepId):
+            return self._top_sweep(req, target)
         return self._change_run(
             req,
-            RunParams.parse(req.params).run,
+            target,
             "top",
             lambda run: self.daemon.engine.top(run_id(run), req.caller),
             "priority",
@@ -211,3 +355,136 @@ class QueueHandlers:
                 f"run {run.id}'s priority {run.priority} was set by a group lead (outside the "
                 f"member range {low} to {high}); only a lead may change it"
             )
+
+    # --- requests on a sweep ----------------------------------------------------------------
+
+    def _on_sweep(
+        self,
+        req: Request,
+        target: SweepId,
+        action: str,
+        states: Collection[RunState],
+        apply: Callable[[Run], Run],
+        field: str,
+    ) -> dict[str, Any]:
+        """`action` on every run of the sweep in `states`: authorized on the sweep (a member's
+        own, a lead's any), then applied, guarded and audited per point as for one run."""
+        store = self.daemon.store
+        sweep = store.get_sweep(target.number)
+        authorize(action, req.caller, req.role, owner=sweep.owner, thing="sweep")
+        runs = store.sweep_runs(target.number)
+        chosen = [r for r in runs if RunState(r.state) in states]
+        changed: list[tuple[Run, Run]] = []
+        skipped: list[dict[str, Any]] = []
+        for run in chosen:
+            try:
+                authorize(action, req.caller, req.role, owner=run.owner)
+                if action in ("priority", "release"):
+                    self._lead_decision_guard(req, run, action)
+                updated = apply(run)
+            except HpcopsError as exc:  # refused for this point, or it moved meanwhile
+                skipped.append({"id": run.id, "reason": exc.message})
+                if isinstance(exc, PermissionDenied):
+                    self.daemon.audit(
+                        req.caller,
+                        req.role,
+                        action,
+                        f"run {run.id}",
+                        allowed=False,
+                        detail=f"{exc.message} (sweep {target})",
+                    )
+                continue
+            self.daemon.audit(
+                req.caller,
+                req.role,
+                action,
+                f"run {run.id}",
+                allowed=True,
+                before=getattr(run, field),
+                after=getattr(updated, field),
+                detail=f"sweep {target}",
+            )
+            changed.append((run, updated))
+        return {
+            "id": str(target),
+            "sweep_id": target.number,
+            "affected": [run.id for run, _ in changed],
+            "skipped": skipped,
+            "message": sweep_message(sweep, action, changed, skipped, len(runs) - len(chosen)),
+        }
+
+    def _top_sweep(self, req: Request, target: SweepId) -> dict[str, Any]:
+        """The sweep goes next: its first queued point is topped (engine.top), and the others
+        get the same priority, so they keep their order among themselves."""
+        engine = self.daemon.engine
+        new_priority: list[int] = []
+
+        def apply(run: Run) -> Run:
+            if not new_priority:
+                updated = engine.top(run_id(run), req.caller)
+                new_priority.append(updated.priority)
+                return updated
+            note = (
+                f"moved to the top by {req.caller.name} with sweep {target}: "
+                f"priority {run.priority} -> {new_priority[0]}"
+            )
+            return engine.set_priority(run_id(run), new_priority[0], req.caller, note)
+
+        return self._on_sweep(req, target, "top", _QUEUED, apply, "priority")
+
+
+_DONE = {
+    "cancel": "cancelled",
+    "hold": "held",
+    "release": "released",
+    "priority": "given priority",
+    "top": "moved to the top",
+}
+_WHICH = {
+    "cancel": "had ended",
+    "hold": "not QUEUED",
+    "release": "not HELD",
+    "priority": "not QUEUED or HELD",
+    "top": "not QUEUED",
+}
+
+
+def sweep_message(
+    sweep: Sweep,
+    action: str,
+    changed: Sequence[tuple[Run, Run]],
+    skipped: Sequence[dict[str, Any]],
+    others: int,
+) -> str:
+    """`sweep s7: 5 points held (4 not QUEUED)`; a cancel tells ended from being cancelled."""
+    ref = f"sweep s{sweep.id}"
+    if action == "cancel":
+        now = sum(1 for _, new in changed if new.state == RunState.CANCELLED.value)
+        parts = [f"{now} point{_s(now)} cancelled"]
+        if len(changed) - now:
+            parts.append(f"{len(changed) - now} being cancelled in Slurm")
+        text = f"{ref}: {', '.join(parts)}"
+    elif action in ("priority", "top") and changed:
+        text = f"{ref}: {len(changed)} point{_s(len(changed))} {_DONE[action]} " + (
+            f"(priority {changed[0][1].priority})"
+        )
+    else:
+        text = f"{ref}: {len(changed)} point{_s(len(changed))} {_DONE[action]}"
+    notes = []
+    if others:
+        notes.append(f"{others} {_WHICH[action]}")
+    if skipped:
+        first = skipped[0]
+        notes.append(f"{len(skipped)} skipped (run {first['id']}: {first['reason']})")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+def _stored_priority(sweep: Sweep) -> int:
+    """The priority in a sweep's stored spec (0 when it names none)."""
+    data = read_yaml(sweep.spec_yaml)
+    value = data.get("priority", 0) if isinstance(data, dict) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

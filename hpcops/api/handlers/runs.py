@@ -1,4 +1,4 @@
-"""Reading runs: `ls`, `show`, `why`, `history`, `logs`."""
+"""Reading runs and sweeps: `ls`, `show`, `why`, `history`, `logs`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 from hpcops import policy
 from hpcops.access import authorize
 from hpcops.api.handlers.base import Daemon, Handler, Request
-from hpcops.api.params import ListParams, LogsParams, RunParams
-from hpcops.api.views import event_view, run_view
+from hpcops.api.params import ListParams, LogsParams, RunParams, SweepId, TargetParams
+from hpcops.api.views import event_view, run_view, sweep_view
 from hpcops.errors import SlurmUnreachable
 from hpcops.render import STAGING_LOG
 from hpcops.rundir import PROGRESS_MAX_BYTES, STAGING_PROGRESS, RunDir, parse_progress
@@ -45,17 +45,56 @@ class RunHandlers:
 
     def list_runs(self, req: Request) -> list[dict[str, Any]]:
         """Runs in the lab's queue order: in Slurm, then queued in release order, then held;
-        with `states`, those states newest first."""
+        with `states`, those states newest first. With `sweeps`, the points of a sweep are one
+        row for the sweep, where its first listed point is: a sweep is listed when one of its
+        points is in `states`, with all its points' counts; `limit` counts rows."""
         authorize("read", req.caller, req.role)
         params = ListParams.parse(req.params)
-        runs = self.daemon.store.list_runs(params.states, limit=params.limit, newest_first=True)
-        runs = queue_order(runs, self.daemon.engine.status().decision)
-        return [self._view(r) for r in runs]
+        store = self.daemon.store
+        decision = self.daemon.engine.status().decision
+        limit = params.limit
+        if not params.sweeps:
+            runs = store.list_runs(params.states, limit=limit, newest_first=True)
+            return [self._view(r) for r in queue_order(runs, decision)]
+        # A sweep's points make one row: read more runs until there are `limit` rows.
+        fetch = limit
+        while True:
+            runs = store.list_runs(params.states, limit=fetch, newest_first=True)
+            slots = by_sweep(queue_order(runs, decision))
+            if fetch is None or limit is None or len(slots) >= limit or len(runs) < fetch:
+                break
+            fetch *= 2
+        return self._rows(slots[:limit] if limit is not None else slots)
+
+    def _rows(self, slots: list[list[Run]]) -> list[dict[str, Any]]:
+        """A row per slot: a run's view, or its sweep's with why its first waiting point waits
+        (one engine.why per sweep)."""
+        store = self.daemon.store
+        ids = {slot[0].sweep_id for slot in slots if slot[0].sweep_id is not None}
+        sweeps, counts = store.sweeps_by_ids(ids), store.sweep_counts(ids)
+        rows: list[dict[str, Any]] = []
+        for slot in slots:
+            number = slot[0].sweep_id
+            if number is None or number not in sweeps:
+                rows += [self._view(run) for run in slot]
+                continue
+            row = sweep_view(sweeps[number], counts.get(number, {}))
+            waiting = next((r for r in slot if RunState(r.state) in WAITING), None)
+            row["wait_reason"] = (
+                None
+                if waiting is None
+                else f"point {waiting.sweep_index}: {self.daemon.engine.why(waiting)}"
+            )
+            rows.append(row)
+        return rows
 
     def show(self, req: Request) -> dict[str, Any]:
         authorize("read", req.caller, req.role)
         store = self.daemon.store
-        run = store.get(RunParams.parse(req.params).run)
+        target = TargetParams.parse(req.params).run
+        if isinstance(target, SweepId):
+            return self._sweep(target.number)
+        run = store.get(target)
         view = self._view(run, detail=True)
         view["staging"] = self._staging_progress(run) if run.data_json else None
         view["schedule_name"] = (
@@ -63,6 +102,12 @@ class RunHandlers:
         )
         view.update(self._tracking_view(run))
         return view
+
+    def _sweep(self, number: int) -> dict[str, Any]:
+        store = self.daemon.store
+        sweep = store.get_sweep(number)
+        counts = store.sweep_counts([number]).get(number, {})
+        return sweep_view(sweep, counts, points=store.sweep_runs(number))
 
     def why(self, req: Request) -> dict[str, Any]:
         authorize("read", req.caller, req.role)
@@ -158,3 +203,19 @@ def queue_order(runs: list[Run], decision: policy.Decision | None) -> list[Run]:
         return (group, within, index)
 
     return [run for _, run in sorted(enumerate(runs), key=key)]
+
+
+def by_sweep(runs: list[Run]) -> list[list[Run]]:
+    """The runs in their order, a sweep's points together where its first one is."""
+    slots: list[list[Run]] = []
+    of_sweep: dict[int, list[Run]] = {}
+    for run in runs:
+        if run.sweep_id is None:
+            slots.append([run])
+            continue
+        slot = of_sweep.get(run.sweep_id)
+        if slot is None:
+            slot = of_sweep[run.sweep_id] = []
+            slots.append(slot)
+        slot.append(run)
+    return slots

@@ -13,9 +13,11 @@ fake cluster, as the next daemon would.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import pytest
@@ -82,6 +84,15 @@ class EngineHarness:
     def __post_init__(self) -> None:
         self.store = Store(self.db_path)
         self.engine = self._build(self.fault)
+        self.slurm.task_run_dir = self._task_run_dir
+
+    def _task_run_dir(self, script: PurePosixPath, task: int) -> PurePosixPath:
+        """Where an array's task writes its markers: its point's run directory, as the array
+        script's dispatch names it (hpcops/arrayscript.py)."""
+        text = self.slurm.file(script) or ""
+        found = re.search(rf"^{task}\)\n    hpcops_out=(\S+)$", text, re.MULTILINE)
+        assert found, f"task {task} is not in the array script {script}"
+        return PurePosixPath(shlex.split(found[1])[0]).parent
 
     def _build(self, fault: str | None) -> EngineLike:
         # The one place that knows how the engine is constructed (issue 11, contract 1).
@@ -117,6 +128,16 @@ class EngineHarness:
             [{"name": name, "priority": priority, "command": command, **spec}], caller=caller
         )
         return run_id
+
+    def submit_sweep(
+        self, name: str = "sweep", *, caller: Caller = ALICE, **spec: Any
+    ) -> tuple[int, list[int]]:
+        """Queue one sweep spec (`sweep=` its block) as `caller`: its sweep id and point run ids,
+        by point."""
+        ids = self.submit_many([{"name": name, **spec}], caller=caller)
+        sweep_id = self.run(ids[0]).sweep_id
+        assert sweep_id is not None
+        return sweep_id, sorted(ids, key=lambda i: self.run(i).sweep_index or 0)
 
     def submit_many(self, specs: list[dict[str, Any]], *, caller: Caller = ALICE) -> list[int]:
         parsed: list[tuple[Any, str]] = []

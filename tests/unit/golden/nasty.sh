@@ -53,8 +53,13 @@ trap 'hpcops_forward USR2' USR2
 # A requeued job runs this script again: the exit marker of the attempt before must not stay.
 rm -f -- "$hpcops_run_dir/"hpcops.exit
 printf -v hpcops_started '%(%s)T' -1
+# A task of a job array (a sweep's points) is <array id>_<task id> to Slurm's commands.
+hpcops_job_id=${SLURM_JOB_ID:-unknown}
+if [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+    hpcops_job_id=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
+fi
 # uname, not $HOSTNAME: bash keeps a HOSTNAME exported by the submitting shell on the login node.
-hpcops_mark hpcops.started "$hpcops_started $(uname -n) ${SLURM_JOB_ID:-unknown}"
+hpcops_mark hpcops.started "$hpcops_started $(uname -n) $hpcops_job_id"
 
 # The job's environment is explicit. --export=NONE started this script with none of the daemon's
 # environment: the account's login environment (HOME, USER, SHELL, TMPDIR, a login PATH, ...)

@@ -46,16 +46,12 @@ def spec_name(path: str) -> str:
     return Path(path).stem
 
 
-def sweep_ref(submitted: Any) -> str:
+def sweep_ref(submitted: dict[str, Any]) -> str:
     """The `s<N>` id in what `hpcops submit SWEEP --json` printed."""
-    item = submitted[0] if isinstance(submitted, list) else submitted
-    if isinstance(item.get("sweep_id"), int):
-        return f"s{item['sweep_id']}"
-    for key in ("sweep", "id"):
-        value = item.get(key)
-        if isinstance(value, str) and re.fullmatch(r"s\d+", value):
-            return value
-    raise AssertionError(f"no sweep id in submit's answer: {submitted}")
+    assert submitted["type"] == "sweep", submitted
+    ref = submitted["id"]
+    assert isinstance(ref, str) and ref == f"s{submitted['sweep_id']}", submitted
+    return ref
 
 
 def submit_sweep(lab: Lab, owner: str, path: str) -> str:
@@ -67,23 +63,16 @@ def show(lab: Lab, user: str, ref: str) -> dict[str, Any]:
     return shown
 
 
-def _first(row: dict[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if key in row:
-            return row[key]
-    raise AssertionError(f"none of {keys} in a point of show s<N> --json: {row}")
-
-
 def points(shown: dict[str, Any]) -> list[Point]:
     """The sweep's points, by index (show sorts them by the objective when there is one)."""
     found = [
         Point(
-            index=int(_first(p, "index", "sweep_index")),
-            run=int(_first(p, "run_id", "run", "id")),
-            state=str(p["state"]),
-            params=dict(_first(p, "params", "point", "values")),
-            slurm_job_id=p.get("slurm_job_id"),
-            objective=p.get("objective"),
+            index=p["index"],
+            run=p["run_id"],
+            state=p["state"],
+            params=p["params"],
+            slurm_job_id=p["slurm_job_id"],
+            objective=p["objective"],
         )
         for p in shown["points"]
     ]
@@ -91,25 +80,24 @@ def points(shown: dict[str, Any]) -> list[Point]:
 
 
 def counts(shown: dict[str, Any]) -> dict[str, int]:
-    """How many of the sweep's points are in each state, as show reports it (zeros dropped)."""
-    reported = _first(shown, "counts", "progress")
-    return {state: n for state, n in reported.items() if n}
+    """How many of the sweep's points are in each state, as show or ls reports it."""
+    return {state: n for state, n in shown["counts"].items() if n}
+
+
+def sweep_row(lab: Lab, ref: str) -> dict[str, Any]:
+    """The sweep's one row in `hpcops ls --all --json`."""
+    rows = [r for r in lab.json(SERVICE, "ls", "--all") if r["type"] == "sweep" and r["id"] == ref]
+    assert len(rows) == 1, f"one row for {ref} in ls: {rows}"
+    row: dict[str, Any] = rows[0]
+    return row
 
 
 def find_sweep(lab: Lab, name: str) -> str:
     """The `s<N>` of the sweep whose spec is named `name`, from `hpcops ls --all --json`."""
     rows = lab.json(SERVICE, "ls", "--all")
-    found = set()
-    for row in rows:
-        if row.get("name") != name:
-            continue
-        ref = row.get("sweep_id")
-        if isinstance(ref, int):
-            found.add(f"s{ref}")
-        elif isinstance(row.get("id"), str) and re.fullmatch(r"s\d+", row["id"]):
-            found.add(row["id"])
+    found = [r["id"] for r in rows if r["type"] == "sweep" and r["name"] == name]
     assert len(found) == 1, f"one sweep named {name} in ls, got {found}: {rows}"
-    return found.pop()
+    return str(found[0])
 
 
 def wait_points(

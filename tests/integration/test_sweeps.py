@@ -37,6 +37,7 @@ from sweeplab import (
     spec_name,
     squeue_ids,
     submit_sweep,
+    sweep_row,
     sweep_spec,
     wait_dead,
     wait_ended,
@@ -169,12 +170,14 @@ def test_a_3x3_grid_is_one_array_and_one_mlflow_parent_with_9_children(
     # params kept), each run named after the spec and its index.
     assert [p.state for p in ended] == ["COMPLETED"] * 9, ended
     assert [p.index for p in ended] == list(range(9))
-    assert sorted((p.params["lr"], p.params["seed"]) for p in ended) == sorted(
-        itertools.product(LRS, SEEDS)
-    )
+    # The grid's product in the keys' order, the last key varying fastest.
+    assert [p.params for p in ended] == [
+        {"lr": lr, "seed": seed} for lr, seed in itertools.product(LRS, SEEDS)
+    ]
     for p in ended:
         run = lab.json(M1, "show", str(p.run))
         assert run["name"] == f"{name}[{p.index}]", run["name"]
+        assert (run["sweep"], run["sweep_index"]) == (ref, p.index), run
         assert run["state"] == "COMPLETED" and run["exit_code"] == 0, run
         spec_params = yaml.safe_load(run["spec"])["params"]
         assert spec_params == {"epochs": 2, **p.params}, spec_params
@@ -191,10 +194,20 @@ def test_a_3x3_grid_is_one_array_and_one_mlflow_parent_with_9_children(
     assert {p.slurm_job_id for p in ended} == {f"{array}_{p.index}" for p in ended}
     assert all(p.slurm_job_id == f"{array}_{p.index}" for p in ended), ended
 
-    # show sorts the points by the objective: the best first, with its value.
+    # show sorts the points by the objective, best first, and names the best point.
     shown = show(lab, M1, ref)
-    first = points({**shown, "points": shown["points"][:1]})[0]
-    assert first.params == BEST and first.objective == _score(BEST), shown["points"][0]
+    best_run = next(p.run for p in ended if p.params == BEST)
+    assert shown["state"] == "COMPLETED" and shown["n_points"] == 9, shown
+    assert [p["objective"] for p in shown["points"]] == sorted(
+        (_score(p.params) for p in ended), reverse=True
+    ), shown["points"]
+    assert shown["points"][0]["run_id"] == best_run, shown["points"][0]
+    best = shown["best"]
+    assert (best["run_id"], best["index"], best["params"]) == (best_run, 2, BEST), best
+    assert best["value"] == pytest.approx(_score(BEST)), best
+    row = sweep_row(lab, ref)  # ls: one row for the sweep, with its progress and best
+    assert row["state"] == "COMPLETED" and counts(row) == {"COMPLETED": 9}, row
+    assert row["best"]["run_id"] == best_run, row
 
     # MLflow: a parent with 9 nested children, each with its point's params and score.
     parent, children = _mlflow_family(lab, ref, server, 9)
@@ -209,7 +222,6 @@ def test_a_3x3_grid_is_one_array_and_one_mlflow_parent_with_9_children(
         assert child.data.params["epochs"] == "2"
         assert child.data.metrics["score"] == pytest.approx(_score(p.params))
         assert child.data.tags["hpcops.slurm_job_id"] == p.slurm_job_id
-    best_run = next(p.run for p in ended if p.params == BEST)
     best_child = by_run[str(best_run)]
     assert parent.info.status == "FINISHED", parent.info
     # The parent names the best point and its value, as the points finished.
@@ -233,7 +245,9 @@ def test_a_failing_point_ends_only_itself(make_lab: MakeLab, server: MlflowServe
 
     states = {p.params["x"]: p.state for p in ended}
     assert states == {x: "FAILED" if x == FAILING_POINT else "COMPLETED" for x in range(9)}, states
-    assert counts(show(lab, M1, ref)) == {"COMPLETED": 8, "FAILED": 1}
+    shown = show(lab, M1, ref)
+    assert counts(shown) == {"COMPLETED": 8, "FAILED": 1}, shown
+    assert shown["state"] == "FAILED", shown["state"]
     failed = next(p for p in ended if p.state == "FAILED")
     assert lab.json(M1, "show", str(failed.run))["exit_code"] == 3
 
@@ -273,8 +287,9 @@ def test_a_seeded_random_search_draws_the_same_points_twice(make_lab: MakeLab) -
     # draws the same points again.
     unseeded = {"random": {"samples": 6, "space": RANDOM_SPACE}}
     first = show(lab, M1, submit_sweep(lab, M1, sweep_spec(lab, M1, "random-c", "true", unseeded)))
-    seed = yaml.safe_load(first["spec"])["sweep"]["random"]["seed"]
-    assert isinstance(seed, int), first["spec"]
+    seed = first["seed"]
+    assert isinstance(seed, int), first
+    assert yaml.safe_load(first["spec"])["sweep"]["random"]["seed"] == seed, first["spec"]
     again = {"random": {"samples": 6, "seed": seed, "space": RANDOM_SPACE}}
     second = show(lab, M1, submit_sweep(lab, M1, sweep_spec(lab, M1, "random-d", "true", again)))
     assert [p.params for p in points(second)] == [p.params for p in points(first)]
@@ -388,7 +403,7 @@ def test_cancel_one_point_then_the_whole_sweep(make_lab: MakeLab) -> None:
 
 def test_hold_a_sweep_then_release_it(make_lab: MakeLab) -> None:
     lab = make_lab({**NO_TRACKING, **ONE_ARRAY, "quotas": {"lab": {"jobs": 0}}})
-    path = sweep_spec(lab, M1, "held", "true", {"grid": {"i": [0, 1, 2]}})
+    path = sweep_spec(lab, M1, "held", "true", {"grid": {"i": list(range(6))}})
     name = spec_name(path)
     ref = submit_sweep(lab, M1, path)
     lab.ok(M1, "hold", ref)
@@ -405,8 +420,9 @@ def test_hold_a_sweep_then_release_it(make_lab: MakeLab) -> None:
 
     lab.ok(M1, "release", ref)
     ended = wait_ended(lab, M1, ref, timeout=90)
-    assert [p.state for p in ended] == ["COMPLETED"] * 3, ended
-    assert_one_array(name, 3)
+    assert [p.state for p in ended] == ["COMPLETED"] * 6, ended
+    # Released together, by one request: one array, as when they were first queued.
+    assert_one_array(name, 6)
 
 
 def _crash_at(lab: Lab, fault: str, path: str) -> str:

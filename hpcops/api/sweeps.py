@@ -143,16 +143,19 @@ def id_ranges(ids: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def sweep_points_of(spec: Spec) -> list[dict[str, Any]] | None:
-    """A sweep spec's points in index order; None for a spec without a sweep.
+def sweep_preview(spec: Spec) -> dict[str, Any] | None:
+    """What `validate` says of a sweep spec's points: {"n_points", "points"} in index order;
+    None for a spec without a sweep. A random search without a seed draws its seed, and so its
+    points, when it is queued: "points" is None then, and "note" says so."""
+    from hpcops.spec import sweep_points  # the spec is loaded already: no import cost
 
-    HOOK until hpcops/spec/sweep.py lands (the spec helper's part): `Spec.sweep` and
-    `sweep_points` are read by name, so this module runs before and after it."""
-    if getattr(spec, "sweep", None) is None:
+    sweep = spec.sweep
+    if sweep is None:
         return None
-    from hpcops import spec as spec_module
-
-    points_of = getattr(spec_module, "sweep_points", None)
-    if points_of is None:
-        return None
-    return [dict(point) for point in points_of(spec)]
+    if sweep.random is not None and sweep.random.seed is None:
+        return {
+            "n_points": sweep.n_points,
+            "points": None,
+            "note": "drawn when the sweep is queued (no seed given; the seed drawn is recorded)",
+        }
+    return {"n_points": sweep.n_points, "points": [dict(p) for p in sweep_points(spec)]}

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hpcops.cli.context import Context, json_option, pass_ctx
 from hpcops.cli.parsing import command
+
+if TYPE_CHECKING:
+    from hpcops.config import Config
+    from hpcops.jobcontext import Placement
+    from hpcops.spec import Spec
 
 
 @command()
@@ -30,7 +35,7 @@ def validate(obj: Context, specs: tuple[Path, ...], offline: bool, as_json: bool
     A sweep spec lists its points: how many, and each point's values (the first ones; --json
     lists them all: {"path", "valid", "name", "sweep": {"n_points", "points"}} per spec).
     """
-    from hpcops.api.sweeps import sweep_points_of
+    from hpcops.api.sweeps import sweep_preview
     from hpcops.errors import InvalidInput, NotRunning
     from hpcops.spec import load_spec_file, spec_to_yaml
 
@@ -45,22 +50,22 @@ def validate(obj: Context, specs: tuple[Path, ...], offline: bool, as_json: bool
                     obj.call("validate", yaml=spec_to_yaml(spec), source=str(path))
                 except NotRunning:
                     cluster_checked = False
-            points = sweep_points_of(spec)
+            sweep = sweep_preview(spec)
         except InvalidInput as exc:
             answers.append({"path": str(path), "valid": False, "error": str(exc)})
             if not as_json:
                 click.echo(str(exc), err=True)
             failed = True
             continue
-        sweep = None if points is None else {"n_points": len(points), "points": points}
         answers.append({"path": str(path), "valid": True, "name": spec.name, "sweep": sweep})
         if as_json:
             continue
-        if points is None:
+        if sweep is None:
             click.echo(f"{path}: ok ({spec.name})")
         else:
-            click.echo(f"{path}: ok ({spec.name}): a sweep of {len(points)} points")
-            click.echo(points_table(points))
+            click.echo(f"{path}: ok ({spec.name}): a sweep of {sweep['n_points']} points")
+            points = sweep["points"]
+            click.echo(points_table(points) if points is not None else f"  points {sweep['note']}")
     if as_json:
         from hpcops.cli.output import print_json
 
@@ -102,11 +107,19 @@ def points_table(points: list[dict[str, Any]]) -> str:
     type=click.Path(path_type=Path),
     help="Daemon config to render with (default: $HPCOPS_HOME/config.yaml).",
 )
+@click.option(
+    "--point",
+    type=click.IntRange(min=0),
+    help="For a sweep: print this point's own script (what its array task runs) instead of "
+    "the array's script.",
+)
 @pass_ctx
-def render(obj: Context, spec_path: Path, config_path: Path | None) -> None:
+def render(obj: Context, spec_path: Path, config_path: Path | None, point: int | None) -> None:
     """Print the exact sbatch script SPEC would be submitted as.
 
-    The run id and token are placeholders until the daemon queues the run.
+    The run id and token are placeholders until the daemon queues the run. For a sweep, the
+    script of the Slurm array its first points go in (those sharing point 0's resources), which
+    sends each task to its point's own script; --point N prints that script.
     """
     from hpcops.config import load_config
     from hpcops.jobcontext import Placement, build_job_context
@@ -115,8 +128,45 @@ def render(obj: Context, spec_path: Path, config_path: Path | None) -> None:
 
     config = load_config(config_path, obj.home)
     spec = load_spec_file(spec_path)
-    context = build_job_context(spec, config, Placement.of(config, obj.home), 0, "0" * 16)
-    click.echo(render_script(spec, context, config.template_dirs), nl=False)
+    placement = Placement.of(config, obj.home)
+    if spec.sweep is None:
+        if point is not None:
+            raise click.UsageError(f"{spec_path} is not a sweep: it has no points")
+        context = build_job_context(spec, config, placement, 0, "0" * 16)
+        click.echo(render_script(spec, context, config.template_dirs), nl=False)
+        return
+    click.echo(_render_sweep(spec, config, placement, point), nl=False)
+
+
+def _render_sweep(spec: Spec, config: Config, placement: Placement, point: int | None) -> str:
+    """A sweep's array script, or one point's script, with placeholder run ids (point i is run
+    i) and token; a random search without a seed renders with seed 0."""
+    from pathlib import PurePosixPath
+
+    from hpcops.arrayscript import ArrayTask, render_array_script
+    from hpcops.jobcontext import array_dir_path, build_job_context, run_dir_path
+    from hpcops.render import render_script
+    from hpcops.rundir import RunDir
+    from hpcops.slurm.arrays import DEFAULT_MAX_ARRAY_SIZE
+    from hpcops.spec import pin_sweep_seed, point_specs
+
+    token = "0" * 16
+    points = point_specs(pin_sweep_seed(spec, 0))
+    if point is not None:
+        if point >= len(points):
+            raise click.UsageError(f"--point {point}: the sweep has points 0 to {len(points) - 1}")
+        ctx = build_job_context(points[point], config, placement, point, token)
+        return render_script(points[point], ctx, config.template_dirs)
+    first = points[0]
+    same = [
+        i
+        for i, one in enumerate(points[:DEFAULT_MAX_ARRAY_SIZE])
+        if one.resources == first.resources
+    ]
+    tasks = [ArrayTask(i, RunDir(run_dir_path(placement.run_root, i))) for i in same]
+    ctx = build_job_context(first, config, placement, 0, token)
+    array_dir = PurePosixPath(array_dir_path(placement.run_root, token))
+    return render_array_script(first, ctx, tasks, array_dir)
 
 
 @command()

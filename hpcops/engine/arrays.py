@@ -33,7 +33,7 @@ from hpcops.jobcontext import array_dir_path, run_dir_path
 from hpcops.lifecycle import DAEMON
 from hpcops.render import JobContext, render_script
 from hpcops.rundir import RunDir
-from hpcops.slurm.arrays import array_option
+from hpcops.slurm.arrays import DEFAULT_MAX_ARRAY_SIZE, array_option
 from hpcops.spec import Spec, parse_spec
 from hpcops.states import RunState
 from hpcops.store import Run, RunUpdate, Sweep
@@ -42,9 +42,6 @@ if TYPE_CHECKING:
     from hpcops.tracking.worker import JobTracking
 
 log = logging.getLogger(__name__)
-
-# Slurm's own default; used while the cluster's setting cannot be read.
-DEFAULT_MAX_ARRAY_SIZE = 1001
 
 
 @dataclass(frozen=True)
@@ -76,7 +73,8 @@ def submit_points(p: Parts, s: LoopState, runs: Sequence[Run], quotas: policy.Qu
 
 
 def max_array_size(p: Parts, s: LoopState) -> int:
-    """The cluster's MaxArraySize, read once (one RPC) and then kept."""
+    """The cluster's MaxArraySize, read once (one RPC) and then kept; Slurm's default while it
+    cannot be read."""
     if s.max_array_size is None:
         try:
             s.max_array_size = max(1, p.slurm.max_array_size())

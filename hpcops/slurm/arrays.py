@@ -18,6 +18,7 @@ from typing import Final
 
 __all__ = [
     "ARRAY_OPTION_RE",
+    "DEFAULT_MAX_ARRAY_SIZE",
     "MAX_TASKS_PER_LINE",
     "MAX_TASK_INDEX",
     "array_option",
@@ -33,6 +34,8 @@ ARRAY_OPTION_RE: Final = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*(%[0-9
 # The largest index names.JOB_ID_RE accepts (7 digits); Slurm's own ceiling is MaxArraySize - 1,
 # and MaxArraySize is at most 4000001 (slurm.conf(5)).
 MAX_TASK_INDEX: Final = 9_999_999
+# slurm.conf's MaxArraySize when a site leaves it unset (and the dev cluster's): indices 0-1000.
+DEFAULT_MAX_ARRAY_SIZE: Final = 1001
 
 # The most tasks one squeue or sacct line may stand for. The dev cluster's MaxArraySize is 1001;
 # a line naming more than this is not believed.

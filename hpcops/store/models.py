@@ -315,7 +315,9 @@ class TrackingOp(SQLModel, table=True):
     that change, done by the tracking thread when the server answers (hpcops/tracking/worker.py).
 
     kind: "create" (queued: the run's record, status SCHEDULED), "submitted" (Slurm took it: job
-    id and the sbatch script), "close" (ended: final status, accounting, logs).
+    id and the sbatch script), "close" (ended: final status, accounting, logs), and for a point
+    of a sweep "sweep" (before its create: the sweep's parent run; after its close: the point's
+    objective, the sweep's best, the parent's end).
     """
 
     id: int | None = Field(default=None, primary_key=True)

@@ -5,6 +5,7 @@
     server.py   the tracking server's few verbs; MLflow's exceptions stop there
     relay.py    the file store a job without network logs into, and reading what is new in it
     worker.py   the tracking thread: the outbox, the relay, back-off while the server is down
+    parents.py  a sweep's parent run: made once, its points nested under it, the best point
     rerun.py    a new spec from a recorded one, with `--set` overrides (pure)
 
 MLflow is imported only inside the functions that talk to it, so `hpcops --help` stays fast.

@@ -21,6 +21,7 @@ KEY_TAG = "hpcops.key"  # the client-made key that makes creation idempotent
 RUN_ID_TAG = "hpcops.run_id"
 RERUN_OF_TAG = "hpcops.rerun_of"
 RERUN_BY_TAG = "hpcops.rerun_by"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting: a sweep's point under its parent
 SPEC_ARTIFACT = "hpcops/spec.yaml"
 SCRIPT_ARTIFACT = "hpcops/job.sbatch"
 ARTIFACT_DIR = "hpcops"
@@ -94,9 +95,16 @@ def params_of(spec: Spec) -> dict[str, str]:
 
 
 def creation_tags(
-    run: Run, spec: Spec, *, key: str, version: str, data_versions: dict[str, str] | None = None
+    run: Run,
+    spec: Spec,
+    *,
+    key: str,
+    version: str,
+    data_versions: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
 ) -> dict[str, str]:
-    """Tags the record is created with, while the run waits in hpcops' queue."""
+    """Tags the record is created with, while the run waits in hpcops' queue; a point of a
+    sweep's also name its sweep, its index and, once it exists, the sweep's parent run."""
     assert run.id is not None
     tags = dict(spec.tags)  # the spec's own tags, under hpcops' (which win)
     tags.update(
@@ -127,6 +135,12 @@ def creation_tags(
         tags[RERUN_OF_TAG] = run.rerun_of_mlflow
     if run.rerun_of_run is not None:
         tags["hpcops.rerun_of_run"] = str(run.rerun_of_run)
+    if run.sweep_id is not None:
+        tags["hpcops.sweep_id"] = str(run.sweep_id)
+        if run.sweep_index is not None:
+            tags["hpcops.sweep_index"] = str(run.sweep_index)
+        if parent_run_id:
+            tags[PARENT_TAG] = parent_run_id
     return tags
 
 

@@ -28,12 +28,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 
-from hpcops.tracking.records import TAG_PREFIX, Batch, MetricPoint
+from hpcops.tracking.records import PARENT_TAG, TAG_PREFIX, Batch, MetricPoint
 from hpcops.transport.beneath import UnsafeFile, list_beneath, open_beneath, read_beneath
 
 EXPERIMENT_ID = "0"  # FileStore's default experiment; the relay store holds one run
-# Tags the file store writes itself, or that hpcops owns on the server: not copied.
-_SKIPPED_TAGS = {"mlflow.runName", "mlflow.user"}
+# Tags the file store writes itself, or that hpcops owns on the server: not copied. (A job does
+# not move its record out of its sweep's parent either.)
+_SKIPPED_TAGS = {"mlflow.runName", "mlflow.user", PARENT_TAG}
 
 
 @dataclass(frozen=True)

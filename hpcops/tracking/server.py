@@ -17,7 +17,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class RunRecord:
     status: str
     params: dict[str, str]
     tags: dict[str, str]
+    # Each metric's latest value (MLflow's: the highest step, then the newest timestamp).
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @contextmanager
@@ -234,6 +236,7 @@ class TrackingServer:
             status=run.info.status,
             params=dict(run.data.params),
             tags=dict(run.data.tags),
+            metrics={str(k): float(v) for k, v in run.data.metrics.items()},
         )
 
     def read_text_artifact(self, artifact_uri: str, path: str) -> str:

@@ -14,6 +14,12 @@ HTTP requests for one run's record (creation plus closing), against `mlflow serv
   close      log_batch (Slurm's figures as metrics and tags), stdout, stderr, update (status)
 that is 10, whatever the number of figures, plus one experiment lookup per experiment per
 daemon (tests/benchmarks/bench_tracking.py counts them).
+
+A point of a sweep is recorded like any run, nested under its sweep's parent run, and owes the
+parent "sweep" operations, in a lane of their own (hpcops/tracking/parents.py). With an
+objective, its close reads the objective back (get_run) and its "sweep" operation logs the best
+point on the parent (log_batch): 12 requests per point. The parent costs 5 (search, create_run,
+params, sweep.yaml, points.json) and one more when it ends.
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ from hpcops.errors import (
 from hpcops.rundir import RunDir
 from hpcops.spec import parse_spec
 from hpcops.states import RunState
-from hpcops.store import Run, Store, TrackingOp
+from hpcops.store import Run, Store, Sweep, TrackingOp
+from hpcops.store.tracking import SWEEP_OP
 from hpcops.tracking import records, relay
+from hpcops.tracking.parents import SweepParents
 from hpcops.tracking.records import Batch, MetricPoint
 from hpcops.tracking.server import TrackingServer, configure_client
 from hpcops.transport.beneath import UnsafeFile, anchor, copy_beneath
@@ -105,6 +113,7 @@ class Tracker:
         self._server_factory = server_factory
         self._server: TrackingServer | None = None
         self._next_relay_at = 0.0
+        self.parents = SweepParents(store, lab=self.lab, home=home, clock=clock)
         configure_client(self.cfg.request_timeout_s)
 
     # --- asked by the loop (never waits on the server) ---------------------------------------
@@ -159,6 +168,14 @@ class Tracker:
             "mlflow_relay_dir": run.mlflow_relay_dir,
             "tracking_pending": [op.kind for op in pending],
             "tracking_error": error,
+        }
+
+    def sweep_view(self, sweep: Sweep) -> dict[str, Any]:
+        """A sweep's parent record for `hpcops show SWEEP`: its ids and its page in the UI."""
+        return {
+            "mlflow_run_id": sweep.mlflow_run_id,
+            "mlflow_experiment_id": sweep.mlflow_experiment_id,
+            "mlflow_url": records.ui_url(self.uri, sweep.mlflow_experiment_id, sweep.mlflow_run_id),
         }
 
     # --- the thread --------------------------------------------------------------------------
@@ -218,6 +235,15 @@ class Tracker:
                 self._refused(op, exc)
                 continue
             except TrackingUnreachable as exc:
+                if op.kind == SWEEP_OP:
+                    # A parent's request that failed costs that parent a retry, not every
+                    # other run's record a wait: a server that is down fails the next one too.
+                    delay = backoff_s(op.attempts + 1, first_s=1.0, max_s=_BACKOFF_MAX_S)
+                    log.warning("run %s: sweep parent not updated: %s", op.run_id, exc)
+                    self.store.tracking_retry(
+                        op.id, not_before=self.clock() + delay, error=exc.message[:2000]
+                    )
+                    continue
                 self.store.tracking_retry(op.id, not_before=0.0, error=exc.message[:2000])
                 raise
             self.store.tracking_done(op.id)
@@ -244,6 +270,9 @@ class Tracker:
         if op.kind == "create":
             self._create(server, run, first_try=attempt.attempts == 1)
             return
+        if op.kind == SWEEP_OP:
+            self.parents.sync(server, run)
+            return
         if run.mlflow_run_id is None or run.mlflow_artifact_uri is None:
             raise TrackingRejected(f"run {run.id} has no MLflow record: its creation failed")
         if op.kind == "submitted":
@@ -259,8 +288,12 @@ class Tracker:
         if run.mlflow_run_id is None or run.mlflow_artifact_uri is None:
             experiment_id = server.experiment_id(run.experiment)
             key = records.instance_key(self.lab, self.home, run.id)
+            # A point of a sweep is made under its parent when the parent exists (its "sweep"
+            # operation came first); one made before is nested by a later one.
+            parent = self.parents.known_parent(run)
             # Only a retry can find a record an earlier attempt made before a crash.
             created = None if first_try else server.find_run(experiment_id, records.KEY_TAG, key)
+            nested = False
             if created is None:
                 created = server.create_run(
                     experiment_id,
@@ -268,16 +301,26 @@ class Tracker:
                     user=run.owner,
                     start_ms=int(run.created_at * 1000),
                     tags=records.creation_tags(
-                        run, spec, key=key, version=__version__, data_versions=_data(run)
+                        run,
+                        spec,
+                        key=key,
+                        version=__version__,
+                        data_versions=_data(run),
+                        parent_run_id=parent,
                     ),
                 )
+                nested = parent is not None
             self.store.set_tracking_fields(
                 run.id,
                 mlflow_run_id=created.run_id,
                 mlflow_experiment_id=created.experiment_id,
                 mlflow_artifact_uri=created.artifact_uri,
             )
+            if nested and parent is not None:
+                self.parents.created_under(run, parent)
             run = self.store.get(run.id)
+            if parent is not None and not nested:  # found after a crash: maybe not nested
+                self.parents.nest(server, run, parent)
         assert run.mlflow_run_id is not None and run.mlflow_artifact_uri is not None
         server.log_batch(run.mlflow_run_id, Batch(params=records.params_of(spec)))
         if RunState(run.state) in (RunState.QUEUED, RunState.HELD, RunState.SUBMITTING):
@@ -322,6 +365,8 @@ class Tracker:
                 self._upload_job_file(server, run, path, max_bytes=self.cfg.max_log_bytes)
         status = records.mlflow_status(RunState(run.state))
         server.set_status(run.mlflow_run_id, status, end_ms)
+        if run.sweep_id is not None:
+            self.parents.read_objective(server, run)
 
     def _upload_job_file(
         self, server: TrackingServer, run: Run, path: Path, *, max_bytes: int

@@ -305,3 +305,145 @@ def test_rerun_refuses_bad_input_and_changes_nothing(direct: Daemon, tmp_path: P
         assert needle in proc.stderr, (args, proc.stderr)
     assert direct.cli("rerun", "999999").returncode == 4
     assert [r["id"] for r in direct.json("ls", "--all")] == before
+
+
+def test_sweep_parent_with_nested_points_and_the_best_point(
+    server: MlflowServer, tmp_path: Path
+) -> None:
+    """A sweep's records on a real server: the Sweep and its point runs built through the
+    Store (the engine's part is tested elsewhere), the daemon's tracker run in-process, the
+    jobs' metrics logged with the plain MLflow client as a direct-mode job does. A crash right
+    after the parent is made on the server must not make a second one."""
+    from hpcops.config import parse_config
+    from hpcops.states import RunState
+    from hpcops.store import Run, Store, Sweep
+    from hpcops.tracking.server import TrackingServer
+    from hpcops.tracking.worker import Tracker
+
+    experiment = f"sweep-{uuid.uuid4().hex[:8]}"
+    points = [{"lr": lr, "seed": 1} for lr in (0.1, 0.03, 0.01)]
+    home = tmp_path / "home"
+    home.mkdir()
+    store = Store(home / "hpcops.db", track=True)
+    config = parse_config(
+        f"lab: t\nrun_root: {tmp_path / 'runs'}\ntracking: {{tracking_uri: '{server.uri}'}}\n",
+        "c.yaml",
+    )
+    now = time.time()
+    spec = (
+        f"name: resnet-lr\nexperiment: {experiment}\ncommand: python train.py\n"
+        "params: {epochs: 3}\nsweep:\n  list: " + json.dumps(points) + "\n"
+        "  objective: {metric: val_accuracy, mode: max}\n"
+    )
+    row = Sweep(
+        name="resnet-lr",
+        experiment=experiment,
+        owner="ana",
+        owner_uid=1000,
+        spec_yaml=spec,
+        kind="list",
+        n_points=3,
+        points_json=json.dumps(points),
+        objective_metric="val_accuracy",
+        objective_mode="max",
+        created_at=now,
+        updated_at=now,
+    )
+    point_runs = [
+        Run(
+            name=f"resnet-lr[{i}]",
+            experiment=experiment,
+            owner="ana",
+            owner_uid=1000,
+            state=RunState.QUEUED,
+            created_at=now,
+            updated_at=now,
+            spec_hash="h",
+            sweep_index=i,
+            spec_yaml=f"name: resnet-lr\nexperiment: {experiment}\ncommand: python train.py\n"
+            f"params: {json.dumps({'epochs': 3, **p})}\n",
+        )
+        for i, p in enumerate(points)
+    ]
+    sweep, runs = store.add_sweep(row, point_runs, actor="ana")
+    assert sweep.id is not None
+
+    class Killed(BaseException):
+        pass
+
+    class CrashAfterParent(TrackingServer):
+        def create_run(self, *args: Any, **kwargs: Any) -> Any:
+            created = super().create_run(*args, **kwargs)
+            if kwargs["tags"].get("hpcops.kind") == "sweep":
+                raise Killed  # kill -9 after the server made it, before the daemon stored it
+            return created
+
+    def drain(tracker: Tracker) -> None:
+        for _ in range(20):
+            tracker.step()
+            if not store.tracking_due(time.time()):
+                return
+        raise AssertionError(store.tracking_due(time.time()))
+
+    crashing = Tracker(store, config, home, server_factory=lambda uri, _: CrashAfterParent(uri))
+    with pytest.raises(Killed):
+        crashing.step()
+    assert store.get_sweep(sweep.id).mlflow_run_id is None
+    tracker = Tracker(store, config, home)  # the daemon again
+    before = len(server.requests())
+    drain(tracker)
+    created = server.requests()[before:]
+    parent_id = store.get_sweep(sweep.id).mlflow_run_id
+    assert parent_id is not None
+
+    client = _client(server)
+    ids = [r.id for r in runs if r.id is not None]
+    for run_id, values in zip(ids, ([0.5, 0.8], [0.9, 0.85], [0.99]), strict=True):
+        mlflow_id = store.get(run_id).mlflow_run_id
+        for step, value in enumerate(values, start=1):  # the job's own logging
+            client.log_metric(mlflow_id, "val_accuracy", value, step=step)
+    for run_id, state in zip(ids, ("COMPLETED", "COMPLETED", "FAILED"), strict=True):
+        for step in (RunState.SUBMITTING, RunState.PENDING, RunState.RUNNING):
+            store.transition(run_id, step, actor="daemon", slurm_job_id=f"{run_id}00")
+        store.transition(run_id, RunState(state), actor="daemon", ended_at=time.time())
+    before = len(server.requests())
+    drain(tracker)
+    closed = server.requests()[before:]
+
+    exp = client.get_experiment_by_name(experiment)
+    parents = client.search_runs([exp.experiment_id], "tags.`hpcops.kind` = 'sweep'")
+    assert [p.info.run_id for p in parents] == [parent_id]  # one parent, crash or not
+    parent = parents[0]
+    assert parent.info.run_name == "resnet-lr" and parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.points"] == "3"
+    assert parent.data.params["sweep.objective"] == "val_accuracy max"
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    assert sorted(c.info.run_name for c in children) == [f"resnet-lr[{i}]" for i in range(3)]
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED"]
+    # The latest val_accuracy of each: 0.85 beats 0.8; the failed point's 0.99 is not ranked.
+    best = ids[1]
+    assert parent.data.tags["hpcops.best_run"] == str(best)
+    assert json.loads(parent.data.tags["hpcops.best_point"]) == points[1]
+    assert parent.data.tags["hpcops.best_mlflow_run"] == store.get(best).mlflow_run_id
+    assert parent.data.metrics["best_val_accuracy"] == 0.85
+    assert [store.get(i).objective for i in ids] == [0.8, 0.85, 0.99]
+    stored = store.get_sweep(sweep.id)
+    assert (stored.best_run_id, stored.best_value) == (best, 0.85)
+    assert stored.closed_at is not None
+    assert {"hpcops/sweep.yaml", "hpcops/points.json"} <= artifacts(client, parent_id)
+
+    # What the sweep costs the server: the parent found again (search, params, sweep.yaml,
+    # points.json) and 3 points' records (create_run, params, status, spec.yaml); then per
+    # point its job id (submitted), its close (figures, status, the objective read back) and
+    # the best point on the parent; and the parent's end.
+    def verbs(lines: list[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for line in lines:
+            method, path = line.split()[:2]
+            verb = f"{method} {path.split('/artifacts/')[-1] if 'artifacts' in path else path}"
+            counts[verb.split("?")[0]] = counts.get(verb.split("?")[0], 0) + 1
+        return counts
+
+    print(f"\nsweep requests, creation: {len(created)} {verbs(created)}")
+    print(f"sweep requests, following and closing: {len(closed)} {verbs(closed)}")
+    assert verbs(closed)["GET /api/2.0/mlflow/runs/get"] == 3  # one objective read per point

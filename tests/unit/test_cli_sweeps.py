@@ -228,14 +228,16 @@ def test_rerun_of_a_sweep_says_what_it_queued(daemon: FakeDaemon) -> None:
 
 
 def test_validate_lists_a_sweeps_points_and_json_lists_them_all(
-    daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    daemon: FakeDaemon, tmp_path: Path
 ) -> None:
-    import hpcops.api.sweeps
-
     points = [{"lr": 0.1 * i, "resources.mem": "4G", "flag": i % 2 == 0} for i in range(25)]
-    monkeypatch.setattr(hpcops.api.sweeps, "sweep_points_of", lambda spec: points)
     path = tmp_path / "grid.yaml"
-    path.write_text(SPEC)
+    # JSON is YAML 1.2: the list's floats reach the spec exactly as written.
+    path.write_text(
+        json.dumps(
+            {"name": "grid", "experiment": "e", "command": "true", "sweep": {"list": points}}
+        )
+    )
     result = _run("validate", "--offline", str(path))
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -247,6 +249,22 @@ def test_validate_lists_a_sweeps_points_and_json_lists_them_all(
     answer = json.loads(_run("validate", "--offline", "--json", str(path)).output)
     assert answer["sweep"]["n_points"] == 25 and answer["sweep"]["points"] == points
     assert daemon.calls == []
+
+
+def test_validate_of_a_random_search_without_a_seed_says_when_its_points_are_drawn(
+    daemon: FakeDaemon, tmp_path: Path
+) -> None:
+    path = tmp_path / "rnd.yaml"
+    path.write_text(
+        "name: rnd\nexperiment: e\ncommand: 'true'\n"
+        "sweep: {random: {samples: 4, space: {lr: {uniform: [0.0, 1.0]}}}}\n"
+    )
+    result = _run("validate", "--offline", str(path))
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"{path}: ok (rnd): a sweep of 4 points",
+        "  points drawn when the sweep is queued (no seed given; the seed drawn is recorded)",
+    ]
 
 
 def test_wait_for_a_sweep_ends_with_its_derived_state(daemon: FakeDaemon) -> None:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hpcops.access import Caller, Role, authorize
 from hpcops.config import Config
@@ -70,19 +70,11 @@ class Engine(Protocol):
         caller: Caller,
         check: Callable[[Spec], None] | None = None,
     ) -> Run: ...
+    def rerun_sweep(self, sweep_id: int, caller: Caller) -> tuple[Sweep, list[Run]]: ...
     def why(self, run: Run) -> str: ...
     def changed(self) -> None: ...
     def quotas(self) -> policy.Quotas: ...
     def active_jobs(self) -> list[policy.Active]: ...
-
-
-@runtime_checkable
-class SweepRerunner(Protocol):
-    """The engine's rerun of a whole sweep (PLAN-13: the lead's `Engine.rerun_sweep`): a new
-    sweep of the same spec and points, and its runs. Asked for by isinstance until the engine
-    has it; then it belongs in `Engine` above."""
-
-    def rerun_sweep(self, sweep_id: int, caller: Caller) -> tuple[Sweep, list[Run]]: ...
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from hpcops.access import LEADS, authorize, check_priority
-from hpcops.api.handlers.base import Daemon, Handler, Request, SweepRerunner, run_id
+from hpcops.api.handlers.base import Daemon, Handler, Request, run_id
 from hpcops.api.params import (
     PriorityParams,
     RerunParams,
@@ -23,7 +23,7 @@ from hpcops.api.params import (
     TargetParams,
     ValidateParams,
 )
-from hpcops.api.sweeps import id_ranges, sweep_points_of
+from hpcops.api.sweeps import id_ranges, sweep_preview
 from hpcops.api.views import sweep_ref
 from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied
 from hpcops.states import TERMINAL_STATES, RunState
@@ -126,12 +126,11 @@ class QueueHandlers:
         spec = parse_spec(params.yaml, params.source)
         self.daemon.engine.check_spec(spec, params.source)
         check_priority(spec.priority, req.role, self.access)
-        points = sweep_points_of(spec)
         return {
             "valid": True,
             "name": spec.name,
             # a sweep spec: how many points, and each point's values in index order
-            "sweep": None if points is None else {"n_points": len(points), "points": points},
+            "sweep": sweep_preview(spec),
         }
 
     def rerun(self, req: Request) -> dict[str, Any]:
@@ -184,8 +183,6 @@ class QueueHandlers:
                 "its points with --set, or submit an edited copy of its spec"
             )
         engine = self.daemon.engine
-        if not isinstance(engine, SweepRerunner):
-            raise HpcopsError("this daemon cannot rerun a sweep yet; rerun its points one by one")
         old = self.daemon.store.get_sweep(source.number)
         # engine.rerun checks a run's priority through its `check`; a sweep's is read here.
         check_priority(_stored_priority(old), req.role, self.access)

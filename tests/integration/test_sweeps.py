@@ -223,14 +223,17 @@ def test_a_3x3_grid_is_one_array_and_one_mlflow_parent_with_9_children(
         assert child.data.metrics["score"] == pytest.approx(_score(p.params))
         assert child.data.tags["hpcops.slurm_job_id"] == p.slurm_job_id
     best_child = by_run[str(best_run)]
+    for p in ended:
+        tags = by_run[str(p.run)].data.tags
+        assert (tags["hpcops.sweep_id"], tags["hpcops.sweep_index"]) == (ref[1:], str(p.index))
+    # The parent: the sweep's definition, and the best point with its value.
     assert parent.info.status == "FINISHED", parent.info
-    # The parent names the best point and its value, as the points finished.
-    assert _score(BEST) in [
-        pytest.approx(v) for k, v in parent.data.metrics.items() if "score" in k
-    ], parent.data.metrics
-    assert {best_child.info.run_id, str(best_run)} & set(parent.data.tags.values()), (
-        parent.data.tags
-    )
+    assert parent.data.tags["hpcops.kind"] == "sweep"
+    assert parent.data.tags["hpcops.sweep_id"] == ref[1:]
+    assert parent.data.params["sweep.kind"] == "grid" and parent.data.params["epochs"] == "2"
+    assert parent.data.metrics["best_score"] == pytest.approx(_score(BEST)), parent.data.metrics
+    assert parent.data.tags["hpcops.best_run"] == str(best_run), parent.data.tags
+    assert parent.data.tags["hpcops.best_mlflow_run"] == best_child.info.run_id
 
 
 FAILING_POINT = 4

@@ -409,10 +409,15 @@ def test_hold_a_sweep_then_release_it(make_lab: MakeLab) -> None:
     path = sweep_spec(lab, M1, "held", "true", {"grid": {"i": list(range(6))}})
     name = spec_name(path)
     ref = submit_sweep(lab, M1, path)
-    lab.ok(M1, "hold", ref)
-    held = wait_points(
-        lab, M1, ref, lambda ps: all(p.state == "HELD" for p in ps), 10, "every point held"
-    )
+    queued = points(show(lab, M1, ref))
+    lab.ok(M1, "hold", str(queued[0].run))  # one point, by its run id
+    assert [p.state for p in points(show(lab, M1, ref))] == ["HELD"] + ["QUEUED"] * 5
+    answer = lab.json(M1, "hold", ref)  # the sweep: the points still queued
+    assert sorted(answer["affected"]) == [p.run for p in queued[1:]], answer
+    held = points(show(lab, M1, ref))
+    assert all(p.state == "HELD" for p in held), held
+    assert show(lab, M1, ref)["state"] == "HELD"
+    assert lab.cli(M2, "release", ref).returncode == 5, "another member's sweep"
     lab.ok(LEAD, "quota", "set", "lab", "jobs", "none")
     why = lab.json(M1, "why", str(held[0].run))["why"]
     assert "held" in why, why

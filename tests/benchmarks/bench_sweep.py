@@ -27,6 +27,7 @@ from tests.benchmarks.common import (
     ensure_user,
     reset_rpcs,
     rpcs_by_user,
+    sbatch_as_bench_user,
     write_result,
     write_specs,
 )
@@ -41,12 +42,7 @@ class SweepDaemon(UserDaemon):
     jobs are not this benchmark's business)."""
 
     def stop(self) -> None:
-        try:
-            self.cli("daemon", "stop")
-        except RuntimeError:
-            pid_file = self.home / "daemon.pid"
-            if pid_file.exists():
-                os.kill(int(pid_file.read_text()), 15)
+        self.stop_daemon()
 
     def submitted(self) -> tuple[int, int, set[str]]:
         """Runs, runs with a Slurm job, and the Slurm job ids (array ids for array tasks), read
@@ -160,14 +156,7 @@ def _raw_sbatch(scripts: list[Path]) -> dict[str, Any]:
     started = time.monotonic()
     try:
         for script in scripts:
-            out = subprocess.run(
-                ["runuser", "-u", BENCH_USER, "--", "sbatch", "--parsable", str(script)],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd="/tmp",
-            ).stdout
-            ids.append(out.strip().split(";")[0])
+            ids.append(sbatch_as_bench_user(script, cwd="/tmp"))
         raw_s = time.monotonic() - started
         rpcs = rpcs_by_user().get(BENCH_USER, 0)
         sbatch_rpcs = _submit_rpcs()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conftest import sacct_rows_named
 from lab import SERVICE, Lab
 
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "UNKNOWN"}
@@ -153,27 +154,17 @@ def sacct_tasks(name: str, *, at_least: int = 0, timeout: float = 30) -> list[Ta
 
 
 def _sacct_named(name: str) -> list[Task | None]:
-    out = subprocess.run(
-        [
-            "sacct",
-            "--noheader",
-            "--parsable2",
-            "--allocations",
-            "--allusers",
-            "--starttime=now-1days",
-            f"--name={name}",
-            "--format=JobID,State,ExitCode,Comment",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
     rows: list[Task | None] = []
-    for line in out.splitlines():
-        job_id, state, exit_code, comment = line.split("|", 3)
-        match = _TASK.match(job_id)
+    for row in sacct_rows_named(name):
+        match = _TASK.match(row["job_id"])
         rows.append(
-            Task(match.group(1), int(match.group(2)), state.split()[0], exit_code, comment)
+            Task(
+                match.group(1),
+                int(match.group(2)),
+                row["state"].split()[0],
+                row["exit_code"],
+                row["comment"],
+            )
             if match
             else None
         )

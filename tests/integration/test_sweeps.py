@@ -9,19 +9,17 @@ squeue) and MLflow with its client against a real server. Jobs take about a seco
 from __future__ import annotations
 
 import itertools
-import shutil
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import wait_for
 from lab import LEAD, MEMBERS, SERVICE, Lab, new_lab
-from mlflow_server import MlflowServer, free_port
+from mlflow_server import MlflowServer
 from sweeplab import (
     ENDED,
     Point,
@@ -75,15 +73,6 @@ def make_lab(cluster: None) -> Iterator[MakeLab]:
         subprocess.run(["scancel", *live], check=False)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[MlflowServer]:
-    srv = MlflowServer(Path("/tmp") / f"hpcops-mlflow-{uuid.uuid4().hex[:8]}", free_port())
-    srv.start()
-    yield srv
-    srv.stop()
-    shutil.rmtree(srv.state_dir, ignore_errors=True)
-
-
 def _tracked(server: MlflowServer) -> dict[str, Any]:
     # Relay: each task logs into its own point's file store, which the daemon copies.
     return {
@@ -108,22 +97,11 @@ def _children(client: Any, parent: Any) -> list[Any]:
     )
 
 
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.5)
-
-
 def _mlflow_family(lab: Lab, ref: str, server: MlflowServer, n: int) -> tuple[Any, list[Any]]:
     """The sweep's MLflow parent and its n children, once every child has ended and the
     parent is closed."""
     client = _client(server)
-    parent_id = _wait(lambda: show(lab, M1, ref).get("mlflow_run_id"), 60, "the MLflow parent")
+    parent_id = wait_for(lambda: show(lab, M1, ref).get("mlflow_run_id"), 60, "the MLflow parent")
 
     def family() -> tuple[Any, list[Any]] | None:
         parent = client.get_run(parent_id)
@@ -131,7 +109,7 @@ def _mlflow_family(lab: Lab, ref: str, server: MlflowServer, n: int) -> tuple[An
         done = len(children) == n and all(c.info.status != "RUNNING" for c in children)
         return (parent, children) if done and parent.info.status != "RUNNING" else None
 
-    found: tuple[Any, list[Any]] = _wait(family, 120, f"{n} ended children and a closed parent")
+    found: tuple[Any, list[Any]] = wait_for(family, 120, f"{n} ended children and a closed parent")
     return found
 
 
@@ -351,7 +329,7 @@ def test_a_sweep_and_single_runs_interleave_by_priority_then_fair_share(
         usage: dict[str, float] = lab.json(M1, "quota", "show")["fair_share_usage"]
         return usage if usage.get(M1, 0) > 0 else None
 
-    usage = _wait(warmed, 40, "usage of the warm-up job")
+    usage = wait_for(warmed, 40, "usage of the warm-up job")
     assert usage[M1] > usage.get(M2, 0), f"{M2} must have used less than {M1}: {usage}"
     lab.ok(LEAD, "quota", "set", "lab", "jobs", "0")
 

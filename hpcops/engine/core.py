@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,6 +85,13 @@ class Engine:
     def changed(self) -> None:
         """Something release depends on changed (a quota, a schedule's run): plan again now."""
         self._state.changed()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Changes made inside are seen by release all at once: a sweep's points released or
+        reprioritised one by one still go into Slurm together, as one array."""
+        with self._state.batch:
+            yield
 
     def status(self) -> EngineStatus:
         s = self._state

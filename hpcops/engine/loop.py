@@ -43,6 +43,12 @@ def run_forever(p: Parts, s: LoopState, stop: threading.Event) -> None:
         s.wake.clear()
 
 
+def _release_whole_changes(p: Parts, s: LoopState) -> None:
+    """Release, never in the middle of a request changing several runs (LoopState.batch)."""
+    with s.batch:
+        release(p, s)
+
+
 def tick(p: Parts, s: LoopState) -> None:
     """One pass of the loop; a step that fails is logged and the others still run, except that
     Slurm out of reach ends the tick (back-off: `slurm_callable` says when to try again)."""
@@ -71,7 +77,7 @@ def tick(p: Parts, s: LoopState) -> None:
         ("final states", True, lambda: finalize_ended(p, s) if dbd else None),
         ("cancellations", False, lambda: send_cancels(p, s)),
         ("fair-share usage", True, lambda: refresh_usage(p, s) if dbd else None),
-        ("release", False, lambda: release(p, s)),
+        ("release", False, lambda: _release_whole_changes(p, s)),
     ]
     for name, asks_slurmdbd, step in steps:
         try:

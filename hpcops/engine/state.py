@@ -115,6 +115,10 @@ class LoopState:
     # The cluster's MaxArraySize (a sweep's arrays are split above it), read once when needed.
     max_array_size: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)  # partitions, shared with the API
+    # Held by a request that changes several runs as one (a sweep's points released, topped,
+    # given a priority) and by the loop's release step: release sees all of the change or none
+    # of it, so the points it frees go into Slurm together (one array), not one by one.
+    batch: threading.Lock = field(default_factory=threading.Lock)
 
     def changed(self) -> None:
         """Something release depends on changed: plan again, now."""

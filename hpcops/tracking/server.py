@@ -71,6 +71,22 @@ class RunRecord:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def load_mlflow() -> None:
+    """Import every MLflow module the daemon uses, now, on the calling thread.
+
+    They are otherwise imported on first use, and first use happens on two threads at once (the
+    engine preparing a job's relay store, the tracking thread's client): MLflow's packages
+    import each other in cycles, and a second thread can then see one of them half initialised
+    ("partially initialized module"), which cost the runs it hit their records. The daemon
+    calls this before it starts its threads."""
+    import mlflow.entities
+    import mlflow.exceptions
+    import mlflow.store.artifact.artifact_repository_registry
+    import mlflow.store.tracking.file_store
+    import mlflow.tracking
+    import mlflow.utils.file_utils  # noqa: F401
+
+
 @contextmanager
 def _translated(what: str) -> Iterator[None]:
     from mlflow.exceptions import MlflowException

@@ -62,7 +62,7 @@ from hpcops.store.tracking import SWEEP_OP
 from hpcops.tracking import records, relay
 from hpcops.tracking.parents import SweepParents
 from hpcops.tracking.records import Batch, MetricPoint
-from hpcops.tracking.server import TrackingServer, configure_client
+from hpcops.tracking.server import TrackingServer, configure_client, load_mlflow
 from hpcops.transport.beneath import UnsafeFile, anchor, copy_beneath
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class Tracker:
         server_factory: ServerFactory = _real_server,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        load_mlflow()  # before the daemon's threads start: see load_mlflow
         self.store = store
         self.cfg = config.tracking
         self.lab = config.lab

@@ -8,7 +8,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.benchmarks.common import BENCH_USER, UserDaemon, ensure_user, write_result, write_specs
+from tests.benchmarks.common import (
+    BENCH_USER,
+    UserDaemon,
+    ensure_user,
+    sbatch_as_bench_user,
+    write_result,
+    write_specs,
+)
 
 JOBS = 200
 
@@ -49,13 +56,7 @@ def main() -> None:
     raw_ids = []
     started = time.monotonic()
     for script in scripts:
-        out = subprocess.run(
-            ["runuser", "-u", BENCH_USER, "--", "sbatch", "--parsable", str(script)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        raw_ids.append(out.strip().split(";")[0])
+        raw_ids.append(sbatch_as_bench_user(script))
     raw_s = time.monotonic() - started
     for i in range(0, len(raw_ids), 500):
         subprocess.run(["scancel", *raw_ids[i : i + 500]], check=False)

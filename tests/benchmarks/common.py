@@ -119,14 +119,18 @@ class UserDaemon:
     def pid(self) -> int:
         return int((self.home / "daemon.pid").read_text())
 
-    def stop(self) -> None:
-        """Stop the daemon and cancel what it left in Slurm, even if the CLI fails."""
+    def stop_daemon(self) -> None:
+        """Stop the daemon, by its pid file if the CLI fails; its jobs stay in Slurm."""
         try:
             self.cli("daemon", "stop")
         except RuntimeError:
             pid_file = self.home / "daemon.pid"
             if pid_file.exists():
                 os.kill(int(pid_file.read_text()), 15)
+
+    def stop(self) -> None:
+        """Stop the daemon and cancel what it left in Slurm, even if the CLI fails."""
+        self.stop_daemon()
         # Every job of the benchmark's own user, which nothing else runs as; never root's, which
         # would cancel other engineers' test jobs on the shared cluster.
         if self.user != "root":
@@ -139,6 +143,19 @@ class UserDaemon:
                 raise TimeoutError(f"{what}: not within {timeout_s} s")
             time.sleep(0.2)
         return time.monotonic() - started
+
+
+def sbatch_as_bench_user(script: Path, cwd: str | None = None) -> str:
+    """Raw `sbatch` of one script as the bench user, the baseline hpcops is compared with; the
+    job id."""
+    out = subprocess.run(
+        ["runuser", "-u", BENCH_USER, "--", "sbatch", "--parsable", str(script)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=cwd,
+    ).stdout
+    return out.strip().split(";")[0]
 
 
 def write_specs(directory: Path, count: int, command: str, owner: str, **extra: Any) -> list[Path]:

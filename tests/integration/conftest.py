@@ -9,17 +9,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow_server import MlflowServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_CLUSTER = REPO / "scripts" / "dev-cluster"
@@ -58,17 +60,18 @@ def sacct_jobs_named(name: str, *, at_least: int = 0, timeout: float = 20) -> li
     to `timeout` for `at_least` rows, then look once more to catch a late duplicate."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = _sacct_named(name)
+        rows = sacct_rows_named(name)
         if len(rows) >= at_least or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     if at_least:
         time.sleep(2)
-        rows = _sacct_named(name)
+        rows = sacct_rows_named(name)
     return rows
 
 
-def _sacct_named(name: str) -> list[dict[str, str]]:
+def sacct_rows_named(name: str) -> list[dict[str, str]]:
+    """sacct's allocations under this job name now (no waiting: see sacct_jobs_named)."""
     out = slurm(
         "sacct",
         "--noheader",
@@ -81,7 +84,7 @@ def _sacct_named(name: str) -> list[dict[str, str]]:
     )
     rows = []
     for line in out.splitlines():
-        job_id, state, exit_code, elapsed, comment = line.split("|")
+        job_id, state, exit_code, elapsed, comment = line.split("|", 4)
         rows.append(
             {
                 "job_id": job_id,
@@ -210,6 +213,29 @@ def running_daemon(
 @pytest.fixture
 def daemon(cluster: None) -> Iterator[Daemon]:
     yield from running_daemon()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """`predicate()` once it is truthy, polled every 0.3 s; AssertionError naming `what` after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MlflowServer]:
+    """A real `mlflow server` on a loopback port, one per test module."""
+    srv = MlflowServer(Path("/tmp") / f"hpcops-mlflow-{uuid.uuid4().hex[:8]}", free_port())
+    srv.start()
+    yield srv
+    srv.stop()
+    shutil.rmtree(srv.state_dir, ignore_errors=True)
 
 
 def write_spec(directory: Path, name: str, command: str, **extra: Any) -> Path:

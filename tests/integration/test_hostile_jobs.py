@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from typing import Any
 import pytest
 from conftest import ACTIVE
 from lab import LEAD, MEMBERS, SERVICE, Lab, new_lab
-from mlflow_server import MlflowServer, free_port
+from mlflow_server import MlflowServer
 
 M1, M2 = MEMBERS
 PYTHON = sys.executable  # the repo's .venv (an MLflow client), readable by the lab's accounts
@@ -159,15 +158,6 @@ def _call(lab: Lab, user: str, *args: str, hostile_active: bool = False) -> Call
     except subprocess.TimeoutExpired:
         return Call(user, args, -1, "", "no answer within 30 s", hostile_active)
     return Call(user, args, proc.returncode, proc.stdout, proc.stderr, hostile_active)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[MlflowServer]:
-    srv = MlflowServer(Path("/tmp") / f"hpcops-mlflow-{uuid.uuid4().hex[:8]}", free_port())
-    srv.start()
-    yield srv
-    srv.stop()
-    shutil.rmtree(srv.state_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ example training (scikit-learn) logging through the plain MLflow API."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 import uuid
@@ -14,19 +13,10 @@ from typing import Any
 
 import pytest
 from conftest import REPO, Daemon, running_daemon
-from mlflow_server import MlflowServer, free_port
+from mlflow_server import MlflowServer
 
 EXAMPLES = REPO / "configs" / "examples"
 PYTHON = sys.executable  # the repo's .venv: scikit-learn and an MLflow client
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[MlflowServer]:
-    srv = MlflowServer(Path("/tmp") / f"hpcops-mlflow-{uuid.uuid4().hex[:8]}", free_port())
-    srv.start()
-    yield srv
-    srv.stop()
-    shutil.rmtree(srv.state_dir, ignore_errors=True)
 
 
 def _client(server: MlflowServer) -> Any:

@@ -10,26 +10,15 @@ import itertools
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACTIVE, Daemon, running_daemon, sacct_jobs_named, write_spec
+from conftest import ACTIVE, Daemon, running_daemon, sacct_jobs_named, wait_for, write_spec
 from lab import LEAD, MEMBERS, Lab, new_lab
 
 M1 = MEMBERS[0]
-
-
-def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.3)
 
 
 @pytest.fixture
@@ -68,7 +57,7 @@ def test_a_schedule_every_few_seconds_queues_runs_that_complete_on_slurm(
         done = [f for f in _firings(sd, "every2") if f["run_state"] == "COMPLETED"]
         return done if len(done) >= 2 else []
 
-    done = _wait_for(two_completed, 120, "two firings whose runs completed")
+    done = wait_for(two_completed, 120, "two firings whose runs completed")
     for firing in done:
         run = sd.show(firing["run_id"])
         assert (run["schedule_id"], run["firing_id"]) == (added["id"], firing["id"])
@@ -102,7 +91,7 @@ def test_a_daemon_down_across_several_firings_makes_exactly_one_catch_up_run(
 ) -> None:
     spec = write_spec(tmp_path, "sched-catchup", "true")
     _add(sd, spec, "--every", "2", "--name", "catchup", "--allow-overlap")
-    _wait_for(lambda: _firings(sd, "catchup"), 10, "a first firing")
+    wait_for(lambda: _firings(sd, "catchup"), 10, "a first firing")
     sd.stop()
     stopped_at = time.time()
     time.sleep(9)  # about four firings missed
@@ -111,7 +100,7 @@ def test_a_daemon_down_across_several_firings_makes_exactly_one_catch_up_run(
     # while the daemon starts is missed too: the catch-up is for the latest missed time, which
     # may fall after start() returned. What matters is one catch-up, and none of the missed
     # times fired on its own.
-    catch_ups = _wait_for(
+    catch_ups = wait_for(
         lambda: [f for f in _firings(sd, "catchup") if f["kind"] == "catch-up"],
         15,
         "the catch-up firing",
@@ -128,7 +117,7 @@ def test_a_daemon_down_across_several_firings_makes_exactly_one_catch_up_run(
     assert on_time_in_the_gap == []
     assert catch_up["outcome"] == "submitted"
     # The schedule goes on firing on time after its one catch-up.
-    _wait_for(
+    wait_for(
         lambda: [
             f
             for f in _firings(sd, "catchup")
@@ -153,7 +142,7 @@ def test_a_daemon_down_across_several_firings_makes_exactly_one_catch_up_run(
 def test_pause_resume_and_run_now(sd: Daemon, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, "sched-pause", "true")
     _add(sd, spec, "--every", "2", "--name", "pausable")
-    _wait_for(lambda: _firings(sd, "pausable"), 10, "a first firing")
+    wait_for(lambda: _firings(sd, "pausable"), 10, "a first firing")
     paused = sd.json("schedule", "pause", "pausable")
     assert (paused["status"], paused["next_fire_at"]) == ("paused", None)
     paused_at = time.time()
@@ -174,7 +163,7 @@ def test_pause_resume_and_run_now(sd: Daemon, tmp_path: Path) -> None:
 
     resumed_at = time.time()
     assert sd.json("schedule", "resume", "pausable")["status"] == "active"
-    after = _wait_for(
+    after = wait_for(
         lambda: [f for f in _firings(sd, "pausable") if _epoch(f["scheduled_for"]) > resumed_at],
         10,
         "a firing after resume",
@@ -196,14 +185,14 @@ def test_overlap_is_skipped_and_recorded_while_the_previous_run_is_running(
     def skipped() -> list[dict[str, Any]]:
         return [f for f in _firings(sd, "long") if f["outcome"] == "skipped"]
 
-    skips = _wait_for(skipped, 30, "a firing skipped for overlap")
+    skips = wait_for(skipped, 30, "a firing skipped for overlap")
     first_run = _firings(sd, "long")[0]["run_id"]
     assert f"run {first_run} from an earlier firing is still" in skips[0]["reason"]
     # run-now follows the same rule, and says so with exit status 1.
     proc = sd.cli("schedule", "run-now", "long")
     assert proc.returncode == 1 and "does not overlap runs" in proc.stderr, proc.stderr
     sd.wait_ended(first_run, timeout=120)
-    _wait_for(
+    wait_for(
         lambda: [f for f in _firings(sd, "long") if f["run_id"] not in (None, first_run)],
         20,
         "a run queued once the long one ended",
@@ -224,10 +213,10 @@ def test_kill_9_mid_firing_neither_loses_nor_duplicates_the_run(
     sd.start(HPCOPS_FAULT=fault)
     pid = sd.pid()
     _add(sd, spec, "--every", "3", "--name", "killed", "--allow-overlap")
-    _wait_for(lambda: not Path(f"/proc/{pid}").exists(), 15, "the daemon killed at the fault")
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 15, "the daemon killed at the fault")
     died_at = time.time()
     sd.start()  # no fault this time
-    firings = _wait_for(
+    firings = wait_for(
         lambda: [f for f in _firings(sd, "killed") if f["run_id"]], 15, "a queued run"
     )
     first = firings[0]
@@ -269,13 +258,13 @@ def test_a_broken_schedule_is_reported_and_does_not_stop_the_others(
     assert listed["fragile"]["status"] == "broken"
     assert "lab" in listed["fragile"]["problem"]
     assert listed["sturdy"]["status"] == "active" and listed["sturdy"]["problem"] is None
-    errors = _wait_for(
+    errors = wait_for(
         lambda: [f for f in _firings(sd, "fragile") if f["outcome"] == "error"],
         10,
         "a failed firing",
     )
     assert errors[0]["run_id"] is None
-    _wait_for(
+    wait_for(
         lambda: len([f for f in _firings(sd, "sturdy") if f["run_state"] == "COMPLETED"]) >= 2,
         120,
         "the sturdy schedule's runs",
@@ -394,7 +383,7 @@ def test_a_new_commit_between_two_firings_is_what_the_next_run_uses(sd: Daemon) 
         done = [f for f in _firings(sd, "retrain") if f["run_state"] == "COMPLETED"]
         return sd.show(done[-1]["run_id"]) if done else None
 
-    first = _wait_for(latest_done, 180, "a first retraining completes")
+    first = wait_for(latest_done, 180, "a first retraining completes")
     sd.cli("schedule", "pause", "retrain", check=True)
     assert first["code"]["commit"] == repo.git("rev-parse", "HEAD")
     (repo.path / "data" / "ds" / "small" / "00042.txt").write_text("relabelled\n")
@@ -406,7 +395,7 @@ def test_a_new_commit_between_two_firings_is_what_the_next_run_uses(sd: Daemon) 
         run = latest_done()
         return run if run is not None and run["code"]["commit"] == new_head else None
 
-    second = _wait_for(run_on_new_commit, 180, "a retraining on the new commit completes")
+    second = wait_for(run_on_new_commit, 180, "a retraining on the new commit completes")
     assert second["data"][0]["md5"] != first["data"][0]["md5"], "and on the new data version"
     assert second["data"][0]["rev"] == new_head
 
@@ -464,7 +453,7 @@ def test_on_data_change_fires_for_each_new_data_version_and_not_for_code_commits
         return [f["run_id"] for f in firings if f["run_id"]]
 
     # Never fired: the first check fires.
-    first_firing = _wait_for(lambda: _firings(sd, "watch"), 20, "the first check fires")[0]
+    first_firing = wait_for(lambda: _firings(sd, "watch"), 20, "the first check fires")[0]
     assert (first_firing["kind"], first_firing["outcome"]) == ("data-change", "submitted")
     assert first_firing["reason"].startswith("first version: data/ds ")
     first = sd.wait_ended(first_firing["run_id"], timeout=180)
@@ -483,7 +472,7 @@ def test_on_data_change_fires_for_each_new_data_version_and_not_for_code_commits
     repo.commit("code only")
     code_head = repo.git("rev-parse", "HEAD")
     committed = time.time()
-    shown = _wait_for(lambda: checks_since(committed, 3), 30, "three checks after the commit")
+    shown = wait_for(lambda: checks_since(committed, 3), 30, "three checks after the commit")
     assert shown["last_check"]["ok"] and shown["last_check"]["summary"] == "no change"
     assert first_md5[:12] in shown["last_check"]["result"]
     assert subprocess.run(["git", "-C", str(mirror), "cat-file", "-e", code_head]).returncode == 0
@@ -493,7 +482,7 @@ def test_on_data_change_fires_for_each_new_data_version_and_not_for_code_commits
     (repo.path / "data" / "ds" / "small" / "00042.txt").write_text("relabelled\n")
     repo.commit("new labels")
     data_head = repo.git("rev-parse", "HEAD")
-    second_firing = _wait_for(
+    second_firing = wait_for(
         lambda: _firings(sd, "watch")[1:], 20, "a firing for the new data version"
     )[0]
     second = sd.wait_ended(second_firing["run_id"], timeout=180)
@@ -505,7 +494,7 @@ def test_on_data_change_fires_for_each_new_data_version_and_not_for_code_commits
     assert second_firing["reason"] == f"changed: data/ds {first_md5[:12]} -> {new_md5[:12]}"
     assert second_firing["data"] == [{"path": "data/ds", "md5": new_md5}]
     ended = time.time()
-    _wait_for(lambda: checks_since(ended, 3), 30, "three checks after the second run")
+    wait_for(lambda: checks_since(ended, 3), 30, "three checks after the second run")
     firings = _firings(sd, "watch")
     assert len(firings) == 2 and len(set(runs_of(firings))) == 2, firings
     table = sd.cli("schedule", "ls", check=True).stdout
@@ -515,7 +504,7 @@ def test_on_data_change_fires_for_each_new_data_version_and_not_for_code_commits
     # and nothing fires; back again, it is active and still fires nothing for the same data.
     moved = repo.path.with_name(repo.path.name + "-away")
     repo.path.rename(moved)
-    broken = _wait_for(
+    broken = wait_for(
         lambda: [s for s in sd.json("schedule", "ls") if s["status"] == "broken"],
         20,
         "the failed check shows",
@@ -524,9 +513,7 @@ def test_on_data_change_fires_for_each_new_data_version_and_not_for_code_commits
     assert broken["last_error"].startswith("failed: code.commit: "), broken["last_error"]
     assert "broken" in sd.cli("schedule", "ls", check=True).stdout
     moved.rename(repo.path)
-    _wait_for(
-        lambda: sd.json("schedule", "show", "watch")["status"] == "active", 20, "a good check"
-    )
+    wait_for(lambda: sd.json("schedule", "show", "watch")["status"] == "active", 20, "a good check")
     assert sd.json("schedule", "show", "watch")["last_error"] is None
     assert len(_firings(sd, "watch")) == 2
     sd.cli("schedule", "rm", "watch", check=True)

@@ -3,9 +3,11 @@ names), a real store in a temporary directory, answers in the wire format."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,9 @@ class FakeEngine:
 
     def changed(self) -> None:
         return None
+
+    def batch(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def quotas(self) -> policy.Quotas:
         return policy.Quotas()

@@ -4,10 +4,12 @@ store as the engine would, and `rerun_sweep`)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +209,9 @@ class FakeEngine:
 
     def changed(self) -> None:
         return None
+
+    def batch(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def quotas(self) -> policy.Quotas:
         return policy.Quotas()

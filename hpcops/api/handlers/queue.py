@@ -427,35 +427,9 @@ class QueueHandlers:
         chosen = [r for r in runs if RunState(r.state) in states]
         changed: list[tuple[Run, Run]] = []
         skipped: list[dict[str, Any]] = []
-        for run in chosen:
-            try:
-                authorize(action, req.caller, req.role, owner=run.owner)
-                if action in ("priority", "release"):
-                    self._lead_decision_guard(req, run, action)
-                updated = apply(run)
-            except HpcopsError as exc:  # refused for this point, or it moved meanwhile
-                skipped.append({"id": run.id, "reason": exc.message})
-                if isinstance(exc, PermissionDenied):
-                    self.daemon.audit(
-                        req.caller,
-                        req.role,
-                        action,
-                        f"run {run.id}",
-                        allowed=False,
-                        detail=f"{exc.message} (sweep {target})",
-                    )
-                continue
-            self.daemon.audit(
-                req.caller,
-                req.role,
-                action,
-                f"run {run.id}",
-                allowed=True,
-                before=getattr(run, field),
-                after=getattr(updated, field),
-                detail=f"sweep {target}",
-            )
-            changed.append((run, updated))
+        with self.daemon.engine.batch():  # release sees every point changed, or none yet
+            for run in chosen:
+                self._on_point(req, target, action, run, apply, field, changed, skipped)
         return {
             "id": str(target),
             "sweep_id": target.number,
@@ -463,6 +437,47 @@ class QueueHandlers:
             "skipped": skipped,
             "message": sweep_message(sweep, action, changed, skipped, len(runs) - len(chosen)),
         }
+
+    def _on_point(
+        self,
+        req: Request,
+        target: SweepId,
+        action: str,
+        run: Run,
+        apply: Callable[[Run], Run],
+        field: str,
+        changed: list[tuple[Run, Run]],
+        skipped: list[dict[str, Any]],
+    ) -> None:
+        """One point of `_on_sweep`: applied and audited, or skipped with the reason."""
+        try:
+            authorize(action, req.caller, req.role, owner=run.owner)
+            if action in ("priority", "release"):
+                self._lead_decision_guard(req, run, action)
+            updated = apply(run)
+        except HpcopsError as exc:  # refused for this point, or it moved meanwhile
+            skipped.append({"id": run.id, "reason": exc.message})
+            if isinstance(exc, PermissionDenied):
+                self.daemon.audit(
+                    req.caller,
+                    req.role,
+                    action,
+                    f"run {run.id}",
+                    allowed=False,
+                    detail=f"{exc.message} (sweep {target})",
+                )
+            return
+        self.daemon.audit(
+            req.caller,
+            req.role,
+            action,
+            f"run {run.id}",
+            allowed=True,
+            before=getattr(run, field),
+            after=getattr(updated, field),
+            detail=f"sweep {target}",
+        )
+        changed.append((run, updated))
 
     def _top_sweep(self, req: Request, target: SweepId) -> dict[str, Any]:
         """The sweep goes next: its first queued point is topped (engine.top), and the others

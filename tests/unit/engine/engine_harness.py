@@ -16,6 +16,7 @@ import json
 import re
 import shlex
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -57,6 +58,7 @@ class EngineLike(Protocol):
     def why(self, run: Run) -> str: ...
     def status(self) -> Any: ...
     def retry(self, run_id: int, caller: Caller) -> Run: ...
+    def batch(self) -> AbstractContextManager[None]: ...
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

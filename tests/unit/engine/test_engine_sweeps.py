@@ -5,6 +5,7 @@ point loses no point and submits none twice."""
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,29 @@ def test_the_pending_window_releases_a_sweep_in_arrays_of_what_fits(
     assert h.slurm.calls["sbatch"] == 2
     second = [r for r in points if h.run(r).slurm_job_id and r not in first]
     assert len(second) == 4 and _array_of(h, second) != _array_of(h, first)
+
+
+def test_points_released_in_one_batch_go_in_as_one_array_while_a_tick_races(
+    make_engine: EngineFactory,
+) -> None:
+    # `hpcops release s7` frees the points one by one, each waking the loop: the batch keeps
+    # release from seeing only the first few (which went in as an array of their own).
+    h = make_engine(WIDE)
+    _, points = h.submit_sweep("lr", sweep=GRID)
+    for run_id in points:
+        h.hold(run_id)
+    racing = threading.Thread(target=h.tick)
+    with h.engine.batch():
+        h.release_hold(points[0])
+        racing.start()
+        racing.join(0.3)
+        assert racing.is_alive(), "the tick's release waits for the batch"
+        for run_id in points[1:]:
+            h.release_hold(run_id)
+    racing.join(10)
+    assert not racing.is_alive()
+    assert h.slurm.calls["sbatch"] == 1
+    _array_of(h, points)
 
 
 def test_max_parallel_caps_the_sweep_and_throttles_the_array(make_engine: EngineFactory) -> None:

@@ -4,10 +4,12 @@ run's attempts in `show` and `ls`. A real store, its attempts written as the eng
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,9 @@ class FakeEngine:
 
     def changed(self) -> None:
         return None
+
+    def batch(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def quotas(self) -> policy.Quotas:
         return policy.Quotas()

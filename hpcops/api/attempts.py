@@ -13,13 +13,10 @@ The ended attempts are `Store.attempts(run_id)`; how many a run has is its own
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
-from hpcops.errors import HpcopsError
 from hpcops.states import IN_SLURM_STATES, RunState
 from hpcops.store import Attempt, Run
-from hpcops.yamlio import read_yaml
 
 
 def attempt_number(run: Run) -> int:
@@ -27,26 +24,6 @@ def attempt_number(run: Run) -> int:
     if RunState(run.state).is_terminal:
         return max(1, run.attempts_ended)
     return run.attempts_ended + 1
-
-
-def max_attempts(spec_yaml: str) -> int:
-    """`retry.max_attempts` of the run's stored spec; 1 without `retry:`."""
-    # `ls` asks this of every run it lists: a spec without the key is not parsed, and the
-    # points of a sweep (and reruns) share their specs.
-    if not spec_yaml.startswith("retry:") and "\nretry:" not in spec_yaml:
-        return 1
-    return _max_attempts(spec_yaml)
-
-
-@lru_cache(maxsize=256)
-def _max_attempts(spec_yaml: str) -> int:
-    try:
-        spec = read_yaml(spec_yaml)
-    except HpcopsError:
-        return 1
-    retry = spec.get("retry") if isinstance(spec, dict) else None
-    value = retry.get("max_attempts") if isinstance(retry, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
 
 def attempts_view(run: Run, rows: Sequence[Attempt]) -> list[dict[str, Any]]:

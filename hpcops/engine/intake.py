@@ -22,6 +22,7 @@ from hpcops.data.versions import DataVersion, DataVersionError, read_version
 from hpcops.engine.state import LoopState, Parts
 from hpcops.errors import FieldProblem, InvalidInput, SlurmError, SpecError
 from hpcops.jobcontext import build_job_context
+from hpcops.lifecycle import RetryRules
 from hpcops.render import JobContext, render_script
 from hpcops.slurm.parse import Partition
 from hpcops.spec import (
@@ -249,6 +250,7 @@ def new_run(p: Parts, spec: Spec, caller: Caller, **code_fields: Any) -> Run:
         partition=spec.resources.partition or p.config.slurm.default_partition,
         gpus=spec.resources.gpus * spec.resources.nodes,
         cpus=spec.resources.cpus_per_task * spec.resources.ntasks,
+        max_attempts=RetryRules.of(spec).max_attempts,
         created_at=p.clock(),
         updated_at=p.clock(),
     )

@@ -117,10 +117,12 @@ class Run(SQLModel, table=True):
     array_task: int | None = None
     objective: float | None = None
 
-    # Retries (a spec's `retry:`; docs/design.md, "Attempts"). Attempts that ended (rows of
-    # Attempt, kept by the store with each attempt's end); the current attempt's Slurm requeues
-    # (the same job id pending again); when the run was last queued, for release order (None:
-    # created_at); and the earliest time its next attempt may be released (retry.backoff_s).
+    # Retries (a spec's `retry:`; docs/design.md, "Attempts"). The spec's retry.max_attempts,
+    # kept for `ls` and `show` (the engine decides from the spec itself); attempts that ended
+    # (rows of Attempt, kept by the store with each attempt's end); the current attempt's Slurm
+    # requeues (the same job id pending again); when the run was last queued, for release order
+    # (None: created_at); and the earliest time its next attempt may be released (backoff_s).
+    max_attempts: int = 1
     attempts_ended: int = 0
     restarts: int = 0
     queued_at: float | None = None

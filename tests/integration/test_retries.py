@@ -23,19 +23,18 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, running_daemon, slurm, write_spec
-from mlflow_server import MlflowServer, free_port
+from conftest import Daemon, running_daemon, sacct_rows_named, slurm, wait_for, write_spec
+from mlflow_server import MlflowServer
 
 PYTHON = sys.executable  # the repo's .venv: the MLflow client
 JOB = Path(__file__).with_name("retry_job.py")
@@ -47,15 +46,6 @@ BEFORE_S = 10
 
 
 # --- harness -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[MlflowServer]:
-    srv = MlflowServer(Path("/tmp") / f"hpcops-mlflow-{uuid.uuid4().hex[:8]}", free_port())
-    srv.start()
-    yield srv
-    srv.stop()
-    shutil.rmtree(srv.state_dir, ignore_errors=True)
 
 
 def _retrying(server: MlflowServer, **config: Any) -> Iterator[Daemon]:
@@ -73,17 +63,6 @@ def client(server: MlflowServer) -> Any:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(server.uri)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.5)
 
 
 def spec(directory: Path, name: str, command: str, **extra: Any) -> Path:
@@ -122,18 +101,7 @@ def sacct_allocations(name: str, at_least: int, timeout: float = 30) -> list[dic
     then one more look, to catch a late duplicate."""
 
     def look() -> list[dict[str, str]]:
-        out = slurm(
-            "sacct",
-            "--noheader",
-            "--parsable2",
-            "--allocations",
-            "--allusers",
-            "--starttime=now-1days",
-            f"--name={name}",
-            "--format=JobID,State,ExitCode,Start,End,ElapsedRaw",
-        )
-        keys = ("job_id", "state", "exit_code", "start", "end", "elapsed")
-        rows = [dict(zip(keys, line.split("|"), strict=True)) for line in out.splitlines()]
+        rows = sacct_rows_named(name)
         return sorted(rows, key=lambda r: int(r["job_id"].split("_")[0]))
 
     def settled() -> list[dict[str, str]] | None:
@@ -141,7 +109,7 @@ def sacct_allocations(name: str, at_least: int, timeout: float = 30) -> list[dic
         ended = [r for r in rows if r["state"].split()[0] not in {"PENDING", "RUNNING"}]
         return rows if len(ended) >= at_least else None
 
-    wait_until(settled, timeout, f"{at_least} ended jobs named {name} in sacct")
+    wait_for(settled, timeout, f"{at_least} ended jobs named {name} in sacct")
     time.sleep(2)
     return look()
 
@@ -185,7 +153,7 @@ def wait_recorded(d: Daemon, run: int, timeout: float = 90) -> dict[str, Any]:
         return data if data["mlflow_run_id"] and not data["tracking_pending"] else None
 
     try:
-        result: dict[str, Any] = wait_until(recorded, timeout, f"run {run}'s MLflow record")
+        result: dict[str, Any] = wait_for(recorded, timeout, f"run {run}'s MLflow record")
     except AssertionError as e:
         owed = {k: seen[0].get(k) for k in ("tracking_pending", "tracking_error")} if seen else {}
         raise AssertionError(f"{e}; still owed: {owed}") from None
@@ -240,19 +208,19 @@ def test_a_lost_node_starts_a_new_attempt_that_completes(
             retry={"max_attempts": 2, "on": ["NODE_FAIL"]},
         )
     )
-    wait_until(lambda: max(steps(log), default=-1) >= 2, 120, "the job's third step")
+    wait_for(lambda: max(steps(log), default=-1) >= 2, 120, "the job's third step")
     job = daemon.show(run)["slurm_job_id"]
     node = slurm("squeue", "--noheader", f"--jobs={job}", "--format=%N").strip()
     assert node, f"job {job} is on no node"
     slurm("scontrol", "update", f"nodename={node}", "state=down", "reason=hpcops-test_retries")
     try:
-        wait_until(lambda: incarnations(job) == ["NODE_FAIL"], 60, f"job {job} ended NODE_FAIL")
+        wait_for(lambda: incarnations(job) == ["NODE_FAIL"], 60, f"job {job} ended NODE_FAIL")
     finally:
         # ReturnToService=2 brings the node back by itself once slurmd answers (seen within a
         # second here); resume it if it is still down, and see it usable either way.
         if node_down(node):
             subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
-        wait_until(lambda: not node_down(node), 60, f"node {node} back up")
+        wait_for(lambda: not node_down(node), 60, f"node {node} back up")
     data = daemon.wait_ended(run, timeout=180)
     assert data["state"] == "COMPLETED", data
     jobs = sacct_allocations(data["name"], at_least=2)
@@ -396,13 +364,13 @@ def test_kill9_between_attempts_starts_each_attempt_once(
         daemon.kill9()
         (daemon.home / "daemon.pid").unlink()
         gate.touch()
-        wait_until(lambda: incarnations(first) == ["FAILED"], 60, f"job {first} ended")
+        wait_for(lambda: incarnations(first) == ["FAILED"], 60, f"job {first} ended")
     else:
         daemon.stop()
         daemon.start(HPCOPS_FAULT=crash)
         pid = daemon.pid()
         gate.touch()
-        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 90, f"fault point {crash}")
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), 90, f"fault point {crash}")
         (daemon.home / "daemon.pid").unlink()
     daemon.start()  # no fault this time
     data = daemon.wait_ended(run, timeout=150)
@@ -433,7 +401,7 @@ def test_a_preempted_run_is_requeued_and_completes_in_one_record(
             retry={"max_attempts": 2, "on": ["PREEMPTED"]},
         )
     )
-    wait_until(lambda: max(steps(log), default=-1) >= 2, 120, "the job's third step")
+    wait_for(lambda: max(steps(log), default=-1) >= 2, 120, "the job's third step")
     job = daemon.show(run)["slurm_job_id"]
     preemptor = slurm(
         "sbatch",
@@ -455,7 +423,7 @@ def test_a_preempted_run_is_requeued_and_completes_in_one_record(
             out = slurm("squeue", "--noheader", f"--jobs={job}", "--format=%T %r")
             return out.split() == ["PENDING", "BeginTime"]
 
-        wait_until(requeued, 60, f"job {job} preempted and queued again")
+        wait_for(requeued, 60, f"job {job} preempted and queued again")
         # A requeued job is eligible again only after about 121 s (docs/notes-slurm.md).
         slurm("scontrol", "update", f"jobid={job}", "starttime=now")
         data = daemon.wait_ended(run, timeout=180)
@@ -486,7 +454,7 @@ def test_timeout_with_checkpoint_completes_on_the_third_attempt(
     assert checkpointed.run is not None, checkpointed.error
     d, run, log = checkpointed.daemon, checkpointed.run, checkpointed.log
     # Fail fast: the first attempt must have saved its chunk on the signal.
-    wait_until(lambda: events(log, "checkpoint"), 150, "the first checkpoint (USR1)")
+    wait_for(lambda: events(log, "checkpoint"), 150, "the first checkpoint (USR1)")
     data = d.wait_ended(run, timeout=420)
     assert data["state"] == "COMPLETED", data
     jobs = sacct_allocations(data["name"], at_least=3)

@@ -18,7 +18,7 @@ import pytest
 from hpcops import policy
 from hpcops.access import Caller
 from hpcops.api import protocol
-from hpcops.api.attempts import attempts_view, max_attempts
+from hpcops.api.attempts import attempts_view
 from hpcops.api.server import Api
 from hpcops.code.mirror import CodeMirror, Shipment
 from hpcops.config import Config
@@ -31,7 +31,6 @@ from hpcops.states import RunState
 from hpcops.store import Attempt, AttemptEnd, Run, Store, Sweep
 from hpcops.transport.local import LocalTransport
 
-DAEMON = Caller(uid=4242, name="svc")
 ANA = Caller(uid=5001, name="ana")  # a member
 BOB = Caller(uid=5003, name="bob")  # another member
 LEO = Caller(uid=5004, name="leo")  # a lead
@@ -65,9 +64,11 @@ def _attempts_ended(store: Store, run_id: int, *ended: tuple[str, AttemptEnd]) -
         )
 
 
-class FakeEngine:
+class RetryEngine(FakeEngine):
+    """Retries an ended run on the store, as the engine does, and records who asked."""
+
     def __init__(self, store: Store) -> None:
-        self.store = store
+        super().__init__(store)
         self.retried: list[tuple[int, str]] = []
 
     def retry(self, run_id: int, caller: Caller) -> Run:
@@ -79,64 +80,10 @@ class FakeEngine:
         assert again is not None
         return again
 
-    def status(self) -> EngineStatus:
-        return EngineStatus(health=SlurmHealth(), last_poll_at=None, decision=None, usage={})
-
-    def check_spec(self, spec: Spec, source: str) -> None:
-        return None
-
-    def enqueue(
-        self,
-        specs: Sequence[tuple[Spec, str]],
-        caller: Caller,
-        shipments: Sequence[Shipment | None] | None = None,
-    ) -> list[Run]:
-        raise AssertionError("not used here")
-
-    def cancel(self, run_id: int, caller: Caller) -> tuple[Run, str]:
-        raise AssertionError("not used here")
-
-    def set_priority(self, run_id: int, priority: int, caller: Caller, note: str = "") -> Run:
-        raise AssertionError("not used here")
-
-    def top(self, run_id: int, caller: Caller) -> Run:
-        raise AssertionError("not used here")
-
-    def hold(self, run_id: int, caller: Caller) -> Run:
-        raise AssertionError("not used here")
-
-    def release_hold(self, run_id: int, caller: Caller) -> Run:
-        raise AssertionError("not used here")
-
-    def rerun(
-        self,
-        source: int | str,
-        overrides: dict[str, str],
-        caller: Caller,
-        check: Callable[[Spec], None] | None = None,
-    ) -> Run:
-        raise AssertionError("not used here")
-
-    def rerun_sweep(self, sweep_id: int, caller: Caller) -> tuple[Sweep, list[Run]]:
-        raise AssertionError("not used here")
-
-    def why(self, run: Run) -> str:
-        return "waiting for the test"
-
-    def changed(self) -> None:
-        return None
-
-    def batch(self) -> AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def quotas(self) -> policy.Quotas:
-        return policy.Quotas()
-
-    def active_jobs(self) -> list[policy.Active]:
-        return []
-
 
 def _run(owner: Caller, *, name: str = "long", spec: str = RETRY_SPEC, **fields: Any) -> Run:
+    """A run of `spec`, its max_attempts as the engine's intake sets it (RETRY_SPEC: 4)."""
+    fields.setdefault("max_attempts", 4 if spec == RETRY_SPEC else 1)
     return Run(
         name=name,
         experiment="e",
@@ -165,50 +112,17 @@ _ENDED = (RunState.SUBMITTING, RunState.PENDING, RunState.RUNNING)
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> tuple[Api, FakeEngine, Store]:
+def api(tmp_path: Path) -> tuple[Api, RetryEngine, Store]:
     store = Store(tmp_path / "hpcops.db")
-    engine = FakeEngine(store)
-    return _api(tmp_path, engine, store), engine, store
-
-
-def _api(tmp_path: Path, engine: FakeEngine, store: Store) -> Api:
-    config = Config(access=AccessConfig(members=["ana", "bob"], leads=["leo"]))
-    return Api(
-        engine,
-        store,
-        config=config,
-        home=tmp_path,
-        files=LocalTransport(),
-        code_mirror=CodeMirror(tmp_path / "code"),
-        data_cache=ContentCache(tmp_path / "cache"),
-        tracker=None,
-        started_at=time.time(),
-        daemon_uid=DAEMON.uid,
-    )
-
-
-def _answer(server: Api, caller: Caller, method: str, **params: Any) -> dict[str, Any]:
-    return server.handle(caller, protocol.request(1, method, params))
-
-
-def _ok(server: Api, caller: Caller, method: str, **params: Any) -> Any:
-    answer = _answer(server, caller, method, **params)
-    assert answer["ok"], answer
-    return answer["result"]
-
-
-def _error(server: Api, caller: Caller, method: str, **params: Any) -> dict[str, str]:
-    answer = _answer(server, caller, method, **params)
-    assert not answer["ok"], answer
-    error: dict[str, str] = answer["error"]
-    return error
+    engine = RetryEngine(store)
+    return make_api(tmp_path, engine, store), engine, store
 
 
 # --- retry a run -----------------------------------------------------------------------------
 
 
 def test_a_member_retries_their_own_ended_run_and_it_is_audited(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, RetryEngine, Store],
 ) -> None:
     server, engine, store = api
     run = _add(store, ANA)
@@ -217,7 +131,7 @@ def test_a_member_retries_their_own_ended_run_and_it_is_audited(
         store.transition(run.id, state, actor="svc", slurm_job_id="4242")
     ended: AttemptEnd = {"state": RunState.TIMEOUT, "reason": "cut at the time limit"}
     store.transition(run.id, RunState.TIMEOUT, actor="svc", ended={**FIGURES, **ended})
-    answer = _ok(server, ANA, "retry", run=run.id)
+    answer = ok(server, ANA, "retry", run=run.id)
     assert answer == {
         "id": run.id,
         "name": "long",
@@ -240,21 +154,21 @@ def test_a_member_retries_their_own_ended_run_and_it_is_audited(
 
 
 def test_a_member_may_not_retry_anothers_run_and_a_lead_may(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, RetryEngine, Store],
 ) -> None:
     server, engine, store = api
     run = _add(store, ANA, *_ENDED, RunState.FAILED)
-    refused = _error(server, BOB, "retry", run=run.id)
+    refused = error(server, BOB, "retry", run=run.id)
     assert refused == {
         "kind": "permission_denied",
         "message": "bob may retry only their own runs; this run belongs to ana. "
         "It needs the lead role.",
     }
     assert [(a.actor, a.action, a.allowed) for a in store.audit_log()] == [("bob", "retry", False)]
-    outsider = _error(server, Caller(uid=9, name="eve"), "retry", run=run.id)
+    outsider = error(server, Caller(uid=9, name="eve"), "retry", run=run.id)
     assert "not a member of this lab" in outsider["message"]
     assert engine.retried == []
-    assert _ok(server, LEO, "retry", run=run.id)["attempt_number"] == 2
+    assert ok(server, LEO, "retry", run=run.id)["attempt_number"] == 2
     assert engine.retried == [(run.id, "leo")]
 
 
@@ -270,21 +184,21 @@ def test_a_member_may_not_retry_anothers_run_and_a_lead_may(
     ],
 )
 def test_only_an_ended_run_that_did_not_complete_is_retried(
-    api: tuple[Api, FakeEngine, Store], states: tuple[RunState, ...], message: str
+    api: tuple[Api, RetryEngine, Store], states: tuple[RunState, ...], message: str
 ) -> None:
     server, engine, store = api
     run = _add(store, ANA, *states)
-    error = _error(server, ANA, "retry", run=run.id)
-    assert error == {"kind": "invalid_input", "message": message.format(id=run.id)}
+    refusal = error(server, ANA, "retry", run=run.id)
+    assert refusal == {"kind": "invalid_input", "message": message.format(id=run.id)}
     assert engine.retried == [] and store.audit_log() == []
 
 
-def test_a_missing_run_and_a_bad_id_are_named(api: tuple[Api, FakeEngine, Store]) -> None:
+def test_a_missing_run_and_a_bad_id_are_named(api: tuple[Api, RetryEngine, Store]) -> None:
     server, _, _ = api
-    assert _error(server, ANA, "retry", run=99)["kind"] == "not_found"
-    assert _error(server, ANA, "retry", run="s99")["kind"] == "not_found"
-    assert _error(server, ANA, "retry", run="x")["kind"] == "invalid_input"
-    assert _error(server, ANA, "retry")["kind"] == "invalid_input"
+    assert error(server, ANA, "retry", run=99)["kind"] == "not_found"
+    assert error(server, ANA, "retry", run="s99")["kind"] == "not_found"
+    assert error(server, ANA, "retry", run="x")["kind"] == "invalid_input"
+    assert error(server, ANA, "retry")["kind"] == "invalid_input"
 
 
 # --- retry a sweep ---------------------------------------------------------------------------
@@ -308,7 +222,7 @@ def _sweep(store: Store, owner: Caller, n: int) -> tuple[Sweep, list[Run]]:
 
 
 def test_retry_of_a_sweep_queues_each_point_that_ended_without_completing(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, RetryEngine, Store],
 ) -> None:
     server, engine, store = api
     sweep, runs = _sweep(store, ANA, 4)
@@ -325,10 +239,10 @@ def test_retry_of_a_sweep_queues_each_point_that_ended_without_completing(
     for state in (*_ENDED, RunState.COMPLETED):
         store.transition(again.id or 0, state, actor="svc")
     ref = f"s{sweep.id}"
-    refused = _error(server, BOB, "retry", run=ref)
+    refused = error(server, BOB, "retry", run=ref)
     assert refused["kind"] == "permission_denied"
     assert "retry only their own sweeps; this sweep belongs to ana" in refused["message"]
-    answer = _ok(server, ANA, "retry", run=ref)
+    answer = ok(server, ANA, "retry", run=ref)
     assert answer == {
         "id": ref,
         "sweep_id": sweep.id,
@@ -345,7 +259,7 @@ def test_retry_of_a_sweep_queues_each_point_that_ended_without_completing(
 
 
 def test_show_lists_ended_attempts_and_the_one_the_run_is_on(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, RetryEngine, Store],
 ) -> None:
     server, _, store = api
     run = _add(store, ANA)
@@ -358,7 +272,7 @@ def test_show_lists_ended_attempts_and_the_one_the_run_is_on(
     )
     for state in _ENDED:
         store.transition(run.id, state, actor="svc", slurm_job_id="503", started_at=NOW + 500)
-    shown = _ok(server, ANA, "show", run=run.id)
+    shown = ok(server, ANA, "show", run=run.id)
     assert (shown["attempt_number"], shown["max_attempts"]) == (3, 4)
     assert [
         (a["number"], a["slurm_job_id"], a["state"], a["current"]) for a in shown["attempts"]
@@ -372,12 +286,12 @@ def test_show_lists_ended_attempts_and_the_one_the_run_is_on(
     assert first["elapsed_s"] == 120 and first["ended_at"] == "2027-01-15T08:02:10Z"
     assert current["started_at"] == "2027-01-15T08:08:20Z" and current["ended_at"] is None
     assert set(first) == set(current)
-    listed = {r["id"]: r for r in _ok(server, BOB, "list")}
+    listed = {r["id"]: r for r in ok(server, BOB, "list")}
     assert (listed[run.id]["attempt_number"], listed[run.id]["max_attempts"]) == (3, 4)
 
 
 def test_an_ended_run_shows_its_last_attempt_once_and_an_old_one_from_the_run(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, RetryEngine, Store],
 ) -> None:
     server, _, store = api
     ended = _add(store, ANA)
@@ -387,11 +301,11 @@ def test_an_ended_run_shows_its_last_attempt_once_and_an_old_one_from_the_run(
         store.transition(ended.id, state, actor="svc", slurm_job_id="601")
     last: AttemptEnd = {"state": RunState.FAILED, "exit_code": 3}
     store.transition(ended.id, RunState.FAILED, actor="svc", exit_code=3, ended=last)
-    shown = _ok(server, ANA, "show", run=ended.id)
+    shown = ok(server, ANA, "show", run=ended.id)
     assert [a["number"] for a in shown["attempts"]] == [1, 2]
     assert shown["attempt_number"] == 2
     old = _add(store, BOB, *_ENDED, RunState.FAILED, slurm_job_id="77", exit_code=1)
-    [only] = _ok(server, ANA, "show", run=old.id)["attempts"]
+    [only] = ok(server, ANA, "show", run=old.id)["attempts"]
     assert (only["number"], only["slurm_job_id"], only["state"], only["exit_code"]) == (
         1,
         "77",
@@ -414,23 +328,8 @@ def test_a_run_queued_again_shows_its_new_attempt_without_the_old_jobs_figures()
     assert views[1]["elapsed_s"] is None
 
 
-@pytest.mark.parametrize(
-    ("spec", "limit"),
-    [
-        (RETRY_SPEC, 4),
-        ("name: x\n", 1),
-        ("name: x\nretry: null\n", 1),
-        ("name: x\nretry:\n  max_attempts: true\n", 1),
-        ("retry:\n  max_attempts: 7\nname: x\n", 7),
-        ("name: [unclosed\nretry:\n", 1),
-    ],
-)
-def test_max_attempts_is_read_from_the_stored_spec(spec: str, limit: int) -> None:
-    assert max_attempts(spec) == limit
-
-
 def test_show_of_a_sweep_says_which_attempt_each_point_is_on(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, RetryEngine, Store],
 ) -> None:
     server, _, store = api
     sweep, runs = _sweep(store, ANA, 2)
@@ -438,7 +337,7 @@ def test_show_of_a_sweep_says_which_attempt_each_point_is_on(
     _attempts_ended(store, point, ("801", {"state": RunState.PREEMPTED}))
     for state in _ENDED:
         store.transition(point, state, actor="svc", slurm_job_id="802")
-    shown = _ok(server, ANA, "show", run=f"s{sweep.id}")
+    shown = ok(server, ANA, "show", run=f"s{sweep.id}")
     assert [(p["index"], p["attempt_number"], p["max_attempts"]) for p in shown["points"]] == [
         (0, 1, 4),
         (1, 2, 4),

@@ -15,7 +15,6 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from hpcops.access import LEADS, authorize, check_priority
-from hpcops.api import attempts
 from hpcops.api.handlers.base import Daemon, Handler, Request, run_id
 from hpcops.api.params import (
     PriorityParams,
@@ -356,7 +355,7 @@ class QueueHandlers:
             after=updated.state,
             detail=f"attempt {number}",
         )
-        limit = attempts.max_attempts(updated.spec_yaml)
+        limit = updated.max_attempts
         of = f" of {limit}" if number <= limit and limit > 1 else ""
         return {
             "id": updated.id,

@@ -116,7 +116,7 @@ class RunHandlers:
         for point in view["points"]:
             run = by_id[point["run_id"]]
             point["attempt_number"] = attempts.attempt_number(run)
-            point["max_attempts"] = attempts.max_attempts(run.spec_yaml)
+            point["max_attempts"] = run.max_attempts
         return view
 
     def why(self, req: Request) -> dict[str, Any]:
@@ -167,7 +167,7 @@ class RunHandlers:
         """The run's view with why it waits, and which attempt it is on."""
         view = run_view(run, detail=detail)
         view["attempt_number"] = attempts.attempt_number(run)
-        view["max_attempts"] = attempts.max_attempts(run.spec_yaml)
+        view["max_attempts"] = run.max_attempts
         waiting = RunState(run.state) in WAITING
         view["wait_reason"] = self.daemon.engine.why(run) if waiting else None
         return view

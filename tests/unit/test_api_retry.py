@@ -4,32 +4,20 @@ run's attempts in `show` and `ls`. A real store, its attempts written as the eng
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from api_fakes import FakeEngine, error, make_api, ok
 
-from hpcops import policy
 from hpcops.access import Caller
-from hpcops.api import protocol
 from hpcops.api.attempts import attempts_view
 from hpcops.api.server import Api
-from hpcops.code.mirror import CodeMirror, Shipment
-from hpcops.config import Config
-from hpcops.config_sections import AccessConfig
-from hpcops.data.cache import ContentCache
-from hpcops.engine import EngineStatus, SlurmHealth
 from hpcops.errors import InvalidInput
-from hpcops.spec import Spec
 from hpcops.states import RunState
 from hpcops.store import Attempt, AttemptEnd, Run, Store, Sweep
-from hpcops.transport.local import LocalTransport
 
 ANA = Caller(uid=5001, name="ana")  # a member
 BOB = Caller(uid=5003, name="bob")  # another member

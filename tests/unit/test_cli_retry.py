@@ -10,41 +10,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from cli_fakes import FakeDaemon, fake_daemon, run_cli
+from click.testing import Result
 
 from hpcops.cli import output
-from hpcops.cli.context import Context
-from hpcops.cli.main import cli
 from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied
-
-
-class FakeDaemon:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.answers: dict[str, Any] = {}
-
-    def call(self, method: str, **params: Any) -> Any:
-        self.calls.append((method, params))
-        answer = self.answers[method]
-        if isinstance(answer, HpcopsError):
-            raise answer
-        return answer(params) if callable(answer) else answer
 
 
 @pytest.fixture
 def daemon(monkeypatch: pytest.MonkeyPatch) -> FakeDaemon:
-    fake = FakeDaemon()
-
-    def call(self: Context, method: str, **params: Any) -> Any:
-        return fake.call(method, **params)
-
-    monkeypatch.setattr(Context, "call", call)
     monkeypatch.setattr(output, "terminal_width", lambda: 80)
-    return fake
-
-
-def _run(*argv: str) -> Result:
-    return CliRunner().invoke(cli, list(argv))
+    return fake_daemon(monkeypatch)
 
 
 def _fits(result: Result) -> list[str]:
@@ -58,7 +34,7 @@ def _fits(result: Result) -> list[str]:
 
 def test_retry_sends_each_run_and_sweep_and_prints_what_was_queued(daemon: FakeDaemon) -> None:
     daemon.answers["retry"] = lambda p: {"id": p["run"], "message": f"{p['run']} queued again"}
-    result = _run("retry", "12", "s7")
+    result = run_cli("retry", "12", "s7")
     assert result.exit_code == 0, result.output
     assert daemon.calls == [("retry", {"run": 12}), ("retry", {"run": "s7"})]
     assert result.output == "12 queued again\ns7 queued again\n"
@@ -72,7 +48,7 @@ def test_retry_sends_each_run_and_sweep_and_prints_what_was_queued(daemon: FakeD
         "message": "run 12: attempt 3 of 4 queued (...)",
     }
     daemon.answers["retry"] = answer
-    assert json.loads(_run("retry", "12", "--json").output) == answer
+    assert json.loads(run_cli("retry", "12", "--json").output) == answer
 
 
 @pytest.mark.parametrize(
@@ -87,14 +63,14 @@ def test_a_refused_retry_says_why_with_its_exit_code(
     daemon: FakeDaemon, error: HpcopsError, code: int
 ) -> None:
     daemon.answers["retry"] = error
-    result = _run("retry", "12")
+    result = run_cli("retry", "12")
     assert result.exit_code == code
     assert result.output == f"hpcops: {error.message}\n"
 
 
 def test_retry_takes_only_run_and_sweep_ids(daemon: FakeDaemon) -> None:
-    assert _run("retry", "x1").exit_code == 2
-    assert _run("retry").exit_code == 2
+    assert run_cli("retry", "x1").exit_code == 2
+    assert run_cli("retry").exit_code == 2
     assert daemon.calls == []
 
 
@@ -170,7 +146,7 @@ RUN: dict[str, Any] = {
 
 def test_show_lists_the_attempts_in_80_columns_and_json_has_them(daemon: FakeDaemon) -> None:
     daemon.answers["show"] = RUN
-    result = _run("show", "12")
+    result = run_cli("show", "12")
     assert result.exit_code == 0, result.output
     lines = _fits(result)
     start = lines.index("attempts:   3 of 4")
@@ -188,7 +164,7 @@ def test_show_lists_the_attempts_in_80_columns_and_json_has_them(daemon: FakeDae
     assert table[4] == "    out of memory"
     assert table[5].startswith("3*  12345679  RUNNING") and len(table) == 6
     assert "…" not in result.output
-    assert json.loads(_run("show", "12", "--json").output)["attempts"] == RUN["attempts"]
+    assert json.loads(run_cli("show", "12", "--json").output)["attempts"] == RUN["attempts"]
 
 
 def test_the_why_of_an_attempt_is_a_column_when_there_is_room(daemon: FakeDaemon) -> None:
@@ -200,7 +176,7 @@ def test_the_why_of_an_attempt_is_a_column_when_there_is_room(daemon: FakeDaemon
         _attempt(2, "502", "RUNNING", None, current=True, started_at=today),
     ]
     daemon.answers["show"] = {**RUN, "attempts": short, "attempt_number": 2}
-    lines = _fits(_run("show", "12"))
+    lines = _fits(run_cli("show", "12"))
     header = next(line for line in lines if line.startswith("#"))
     assert header.split()[-1] == "WHY"
     column = header.index("WHY")
@@ -214,16 +190,16 @@ def test_the_why_of_an_attempt_is_a_column_when_there_is_room(daemon: FakeDaemon
 def test_a_run_that_can_have_one_attempt_shows_no_attempts_table(daemon: FakeDaemon) -> None:
     only = _attempt(1, "55", "FAILED", "exit 1")
     daemon.answers["show"] = {**RUN, "attempts": [only], "attempt_number": 1, "max_attempts": 1}
-    result = _run("show", "12")
+    result = run_cli("show", "12")
     assert "attempts:" not in result.output and "RESTARTS" not in result.output
     daemon.answers["show"] = {**RUN, "attempts": [only], "attempt_number": 1, "max_attempts": 3}
-    lines = _run("show", "12").output.splitlines()
+    lines = run_cli("show", "12").output.splitlines()
     assert "attempts:   1 of 3" in lines
 
 
 def test_a_run_retried_past_its_attempts_says_so(daemon: FakeDaemon) -> None:
     daemon.answers["show"] = {**RUN, "attempt_number": 5, "max_attempts": 4}
-    result = _run("show", "12")
+    result = run_cli("show", "12")
     assert "attempts:   5 of 4 (retried by hand past the spec's max_attempts)" in result.output
 
 
@@ -257,7 +233,7 @@ def test_ls_marks_a_run_on_a_later_attempt_within_80_columns(daemon: FakeDaemon)
         _row(id=14, state="QUEUED", wait_reason="lab GPU quota full: 4/4 in use by bob (4)"),
         _row(id=15, state="TIMEOUT", attempt_number=1, max_attempts=4, exit_code=0),
     ]
-    result = _run("ls", "--all")
+    result = run_cli("ls", "--all")
     assert result.exit_code == 0, result.output
     lines = _fits(result)
     states = {line.split()[0]: line.split("  ")[1].strip() for line in lines[1:4] + lines[5:]}
@@ -283,7 +259,7 @@ def test_history_wraps_a_long_why_instead_of_cutting_it(daemon: FakeDaemon) -> N
         {"at": "2026-01-02T03:02:30.000Z", "actor": "daemon", "from": "RUNNING",
          "to": "RUNNING", "reason": "requeued by Slurm (restart 1 of job 12345678)"},
     ]  # fmt: skip
-    result = _run("history", "12")
+    result = run_cli("history", "12")
     assert result.exit_code == 0, result.output
     lines = _fits(result)
     column = lines[0].index("WHY")
@@ -320,6 +296,6 @@ def test_show_of_a_sweep_marks_a_point_on_a_later_attempt(daemon: FakeDaemon) ->
             {**point, "index": 1, "run_id": 13, "state": "COMPLETED"},
         ],
     }
-    lines = _fits(_run("show", "s7"))
+    lines = _fits(run_cli("show", "s7"))
     rows = lines[lines.index(next(x for x in lines if x.startswith("POINT"))) + 1 :]
     assert [re.split(r"\s{2,}", row)[2] for row in rows] == ["RUNNING (3/4)", "COMPLETED"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import lifecycle_data
 import pytest
+from lifecycle_data import NOW
 
 from hpcops import lifecycle
 from hpcops.lifecycle import RetryRules, retry_or_end
@@ -14,53 +16,33 @@ from hpcops.spec import parse_spec
 from hpcops.states import RunState
 from hpcops.store import Attempt, Run
 
-NOW = 1_800_000_000.0
 TIMEOUT_ON = RetryRules(
     max_attempts=4, on=frozenset({RunState.TIMEOUT, RunState.NODE_FAIL}), backoff_s=0
 )
 
 
 def a_run(**fields: Any) -> Run:
-    values: dict[str, Any] = {
-        "id": 7,
-        "name": "train",
-        "experiment": "exp",
-        "owner": "ada",
-        "owner_uid": 1000,
-        "state": RunState.RUNNING.value,
-        "spec_yaml": "name: train\n",
-        "spec_hash": "0" * 16,
-        "run_dir": "/scratch/runs/run-000007",
-        "token": "0123456789abcdef",
-        "slurm_job_id": "42",
+    """A run whose job 42 has been running for an hour."""
+    times = {
         "created_at": NOW - 7200,
         "updated_at": NOW - 7200,
         "submitted_at": NOW - 3700,
         "started_at": NOW - 3600,
     }
-    values.update(fields)
-    return Run(**values)
+    return lifecycle_data.a_run(RunState.RUNNING, **{**times, **fields})
 
 
 def a_record(state: RunState, *, ran_s: float = 3600, slurm: str | None = None) -> AccountingRecord:
     """sacct's record of the run's job ending in `state` after `ran_s` seconds."""
-    return AccountingRecord(
-        job_id="42",
-        state=state,
-        slurm_state=slurm or state.value,
-        exit_code=0,
-        signal=0,
-        reason="None",
+    return lifecycle_data.a_record(
+        state,
+        slurm,
         submitted_at=NOW - ran_s - 100,
         started_at=NOW - ran_s,
         ended_at=NOW,
         elapsed_s=int(ran_s),
         total_cpu_s=10.0,
-        max_rss_bytes=1 << 20,
         alloc_tres="cpu=2,mem=1G,node=1,billing=2",
-        partition="debug",
-        comment="hpcops:0123456789abcdef",
-        name="r-000007",
     )
 
 

@@ -231,6 +231,17 @@ class EngineHarness:
         assert job_id is not None, f"run {run_id} has no Slurm job: {self.states(run_id)}"
         return job_id
 
+    def start_next(self, run_id: int) -> str:
+        """Release the run's queued attempt into Slurm, start its job a second later and tick
+        until the engine has it RUNNING; the job's id."""
+        self.tick()
+        job_id = self.job_of(run_id)
+        self.clock.advance(1)
+        self.slurm.start(job_id)
+        self.tick()
+        assert self.state(run_id) == "RUNNING"
+        return job_id
+
 
 EngineFactory = Callable[..., EngineHarness]
 

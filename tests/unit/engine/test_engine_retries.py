@@ -47,12 +47,7 @@ def retry_rules(monkeypatch: pytest.MonkeyPatch) -> GiveRules:
 def _attempt(h: EngineHarness, run_id: int, end: str, *, ran_s: float = 120.0) -> str:
     """Release the run's next attempt, run its job for `ran_s` and end it as `end` says
     (COMPLETED, FAILED: the script's exit; else Slurm ends it); tick until that is settled."""
-    h.tick()
-    job = h.job_of(run_id)
-    h.clock.advance(1)
-    h.slurm.start(job)
-    h.tick()
-    assert h.state(run_id) == "RUNNING"
+    job = h.start_next(run_id)
     h.clock.advance(ran_s)
     if end in ("COMPLETED", "FAILED"):
         h.slurm.finish(job, 0 if end == "COMPLETED" else 1)
@@ -196,10 +191,7 @@ def test_a_slurm_requeue_is_a_restart_within_the_attempt(
     retry_rules(max_attempts=3, on=("PREEMPTED", "NODE_FAIL"))
     h = make_engine()
     run_id = h.submit("preempted")
-    h.tick()
-    job = h.job_of(run_id)
-    h.slurm.start(job)
-    h.tick()
+    job = h.start_next(run_id)
     h.clock.advance(30)
     h.slurm.preempt(job)  # PreemptMode=REQUEUE: the same job id pends again
     h.tick()
@@ -289,10 +281,7 @@ def test_a_crash_between_an_attempt_s_end_and_the_next_sbatch_loses_nothing(
     retry_rules(max_attempts=3, on=("NODE_FAIL",))
     h = make_engine()
     run_id = h.submit("crashy")
-    h.tick()
-    first = h.job_of(run_id)
-    h.slurm.start(first)
-    h.tick()
+    first = h.start_next(run_id)
     h.clock.advance(300)
     h.slurm.node_fail(first, requeue=False)
     h.restart(fault=fault)  # the next daemon dies at `fault` on the way to attempt 2

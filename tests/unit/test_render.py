@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcops.errors import ConfigError, SpecError
+from hpcops.errors import ConfigError, FieldProblem, SpecError
 from hpcops.render import (
     BUILTIN_TEMPLATE_DIR,
     DIRECTIVE_VALUE_RE,
@@ -148,6 +148,13 @@ def test_job_name_is_the_spec_name(golden_context: JobContext) -> None:
     assert job_name(load_example("minimal"), golden_context) == "mnist-baseline"
 
 
+def _first_problem(render: Callable[..., object], *args: object) -> FieldProblem:
+    """The first problem of the SpecError that render(*args) refuses the spec with."""
+    with pytest.raises(SpecError) as info:
+        render(*args)
+    return info.value.problems[0]
+
+
 def test_an_unvalidated_spec_value_is_still_caught(
     tmp_path: Path, make_context: ContextFactory
 ) -> None:
@@ -158,9 +165,8 @@ def test_an_unvalidated_spec_value_is_still_caught(
         mem=None, gpus=0, gpu_type=None, time="60", qos=None,
     )  # fmt: skip
     spec = parse_spec(MINIMAL_YAML, "t").model_copy(update={"resources": sneaky})
-    with pytest.raises(SpecError) as info:
-        sbatch_directives(spec, make_context(tmp_path))
-    assert info.value.problems[0].location == "resources.partition"
+    refusal = _first_problem(sbatch_directives, spec, make_context(tmp_path))
+    assert refusal.location == "resources.partition"
 
 
 def test_an_unvalidated_extra_directive_is_still_caught(
@@ -169,9 +175,8 @@ def test_an_unvalidated_extra_directive_is_still_caught(
     spec = parse_spec(MINIMAL_YAML, "t").model_copy(
         update={"extra_directives": ["--constraint=ib\n#SBATCH --qos=high"]}
     )
-    with pytest.raises(SpecError) as info:
-        render_script(spec, make_context(tmp_path))
-    assert info.value.problems[0].location == "extra_directives[0]"
+    refusal = _first_problem(render_script, spec, make_context(tmp_path))
+    assert refusal.location == "extra_directives[0]"
 
 
 @pytest.mark.parametrize(
@@ -249,14 +254,13 @@ def test_an_unvalidated_checkpoint_is_still_caught(
     spec = parse_spec(CHECKPOINT_YAML, "t")
     assert spec.checkpoint is not None
     sneaky = spec.checkpoint.model_construct(signal="USR1@1 --qos=high", before_s=300)
-    with pytest.raises(SpecError) as info:
-        sbatch_directives(spec.model_copy(update={"checkpoint": sneaky}), make_context(tmp_path))
-    assert info.value.problems[0].location == "checkpoint"
+    unchecked = spec.model_copy(update={"checkpoint": sneaky})
+    refusal = _first_problem(sbatch_directives, unchecked, make_context(tmp_path))
+    assert refusal.location == "checkpoint"
     # and a --signal that skipped validation next to a checkpoint
     both = spec.model_copy(update={"extra_directives": ["--signal=B:USR2@60"]})
-    with pytest.raises(SpecError) as info:
-        sbatch_directives(both, make_context(tmp_path))
-    assert info.value.problems[0].location == "extra_directives[0]"
+    refusal = _first_problem(sbatch_directives, both, make_context(tmp_path))
+    assert refusal.location == "extra_directives[0]"
 
 
 def test_a_lab_template_cannot_set_a_signal_of_its_own_next_to_checkpoint(
@@ -287,9 +291,7 @@ def test_unknown_template_names_the_ones_that_exist(
 ) -> None:
     (tmp_path / "gpu-cluster.sh.j2").write_text("#!/bin/bash\n")
     spec = parse_spec(MINIMAL_YAML + "template: nope\n", "t")
-    with pytest.raises(SpecError) as info:
-        render_script(spec, make_context(tmp_path / "run"), [tmp_path])
-    problem = info.value.problems[0]
+    problem = _first_problem(render_script, spec, make_context(tmp_path / "run"), [tmp_path])
     assert problem.location == "template"
     assert "'nope'" in problem.message
     assert "default, gpu-cluster" in problem.message

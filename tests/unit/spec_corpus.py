@@ -29,7 +29,7 @@ def bad_spec_files(starting: tuple[str, ...] = (), *, besides: tuple[str, ...] =
     )
 
 
-def problems(action: Callable[[], object]) -> list[tuple[str, str]]:
+def problems(action: Callable[..., object]) -> list[tuple[str, str]]:
     """The (location, message) of each problem of the SpecError that `action` raises."""
     with pytest.raises(SpecError) as info:
         action()

@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path, PurePath
 
-from hpcops import lifecycle
+from hpcops import lifecycle, retries
 from hpcops.engine.record import record
 from hpcops.engine.state import LoopState, Parts
 from hpcops.engine.submit import fault_point
 from hpcops.errors import InvalidInput
-from hpcops.lifecycle import NOT_STARTED, MarkerTexts, RetryRules, Settle
+from hpcops.lifecycle import NOT_STARTED, MarkerTexts, Settle
 from hpcops.render import STAGING_LOG
+from hpcops.retries import RetryRules
 from hpcops.rundir import (
     PROGRESS_MAX_BYTES,
     TAIL_MAX_BYTES,
@@ -242,11 +243,11 @@ def _finish(p: Parts, s: LoopState, run: Run, final: AccountingRecord, now: floa
 
 def end_attempt(p: Parts, s: LoopState, run: Run, end: lifecycle.Outcome) -> lifecycle.Outcome:
     """The run's job ended as `end` says: record the run's end, or its next attempt queued
-    (lifecycle.retry_or_end), with the ended attempt's row in the same transaction."""
+    (retries.retry_or_end), with the ended attempt's row in the same transaction."""
     assert run.id is not None
     rules, limit_s = _retry_rules(run)
     previous = p.store.attempts(run.id)[-1:] if rules.on else []
-    outcome = lifecycle.retry_or_end(
+    outcome = retries.retry_or_end(
         run,
         end,
         rules,

@@ -22,8 +22,8 @@ from hpcops.data.versions import DataVersion, DataVersionError, read_version
 from hpcops.engine.state import LoopState, Parts
 from hpcops.errors import FieldProblem, InvalidInput, SlurmError, SpecError
 from hpcops.jobcontext import build_job_context
-from hpcops.lifecycle import RetryRules
 from hpcops.render import JobContext, render_script
+from hpcops.retries import RetryRules
 from hpcops.slurm.parse import Partition
 from hpcops.spec import (
     FULL_COMMIT_RE,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from hpcops.engine.state import LoopState, Parts
 from hpcops.errors import SlurmError
-from hpcops.lifecycle import DAEMON, Outcome, attempt_end
+from hpcops.lifecycle import DAEMON, Outcome
+from hpcops.retries import attempt_end
 from hpcops.rundir import RunDir
 from hpcops.store import Run
 

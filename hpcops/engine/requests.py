@@ -12,7 +12,7 @@ from hpcops.code.mirror import Shipment
 from hpcops.engine.intake import build_sweep, check_spec, new_run, pin
 from hpcops.engine.state import LoopState, Parts
 from hpcops.errors import InvalidInput
-from hpcops.lifecycle import next_attempt_fields
+from hpcops.retries import next_attempt_fields
 from hpcops.rundir import RunDir
 from hpcops.spec import Spec, parse_spec
 from hpcops.states import UNRETRYABLE, RunState

@@ -1,4 +1,4 @@
-"""Retries decided on plain data (hpcops.lifecycle.retry_or_end): an ended attempt, the run's
+"""Retries decided on plain data (hpcops.retries.retry_or_end): an ended attempt, the run's
 retry rules and its last ended attempt in; the run's end or its next attempt out."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import lifecycle_data
 import pytest
 from lifecycle_data import NOW
 
-from hpcops import lifecycle
-from hpcops.lifecycle import RetryRules, retry_or_end
+from hpcops import lifecycle, retries
+from hpcops.retries import RetryRules, retry_or_end
 from hpcops.slurm.parse import AccountingRecord
 from hpcops.spec import parse_spec
 from hpcops.states import RunState
@@ -87,8 +87,7 @@ def test_the_back_off_sets_a_not_before_and_says_when() -> None:
     out = retry_or_end(run, ended(run, RunState.TIMEOUT), rules, None, now=NOW, time_limit_s=None)
     assert out.fields["retry_not_before"] == NOW + 90
     assert out.reason == (
-        f"attempt 1 of 4 ended TIMEOUT; attempt 2 queued, not before "
-        f"{lifecycle.clock_time(NOW + 90)}"
+        f"attempt 1 of 4 ended TIMEOUT; attempt 2 queued, not before {retries.clock_time(NOW + 90)}"
     )
 
 
@@ -168,9 +167,9 @@ def test_not_a_fast_fail(previous: Attempt | None, ran_s: float, limit_s: float)
 
 
 def test_the_fast_fail_window_is_half_a_short_time_limit() -> None:
-    assert lifecycle.fast_fail_s(None) == 60
-    assert lifecycle.fast_fail_s(3600) == 60
-    assert lifecycle.fast_fail_s(60) == 30
+    assert retries.fast_fail_s(None) == 60
+    assert retries.fast_fail_s(3600) == 60
+    assert retries.fast_fail_s(60) == 30
 
 
 def test_a_slurm_requeue_is_a_restart_of_the_attempt_not_a_new_attempt() -> None:
@@ -196,7 +195,7 @@ def test_retry_rules_are_read_from_the_spec_s_retry_block_in_one_place() -> None
 def test_attempt_end_takes_the_outcome_s_figures_over_the_run_s() -> None:
     run = a_run(slurm_state=None, alloc_cpus=None)
     out = lifecycle.vanished(run, NOW)
-    end = lifecycle.attempt_end(run, out)
+    end = retries.attempt_end(run, out)
     assert end["state"] is RunState.UNKNOWN
     assert end["ended_at"] == NOW and end["started_at"] == run.started_at
     assert end["reason"] == "vanished: no exit marker and no accounting record"
@@ -207,4 +206,4 @@ def test_the_requeues_the_daemon_saw_are_the_attempt_s_restarts() -> None:
     run = a_run(restarts=2)
     out = ended(run, RunState.TIMEOUT)
     assert "restarts" not in out.fields
-    assert lifecycle.attempt_end(run, out)["restarts"] == 2
+    assert retries.attempt_end(run, out)["restarts"] == 2

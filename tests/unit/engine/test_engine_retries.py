@@ -20,7 +20,7 @@ import pytest
 
 from hpcops.engine import release
 from hpcops.errors import InvalidInput
-from hpcops.lifecycle import RetryRules, clock_time
+from hpcops.retries import RetryRules, clock_time
 from hpcops.rundir import RunDir
 from hpcops.states import RunState
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -60,10 +59,11 @@ from hpcops.states import RunState
 from hpcops.store import Run, Store, Sweep, TrackingOp
 from hpcops.store.tracking import SWEEP_OP
 from hpcops.tracking import records, relay
+from hpcops.tracking.forward import RelayForwarder
+from hpcops.tracking.jobfiles import JobFiles
 from hpcops.tracking.parents import SweepParents
-from hpcops.tracking.records import Batch, MetricPoint
+from hpcops.tracking.records import Batch
 from hpcops.tracking.server import TrackingServer, configure_client, load_mlflow
-from hpcops.transport.beneath import UnsafeFile, anchor, copy_beneath
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,6 @@ class JobTracking:
     env: tuple[tuple[str, str], ...]
     fields: dict[str, Any]
 
-
-# A relayed artifact is copied before upload (from a link-free handle); one larger than this is
-# left out with a warning rather than filling the daemon's disk.
-_ARTIFACT_MAX_BYTES = 4 * 1024**3
 
 ServerFactory = Callable[[str, Path | None], TrackingServer]
 
@@ -114,15 +110,15 @@ class Tracker:
         self.health = Health()
         self.wake = threading.Event()
         self.cluster = self.cfg.cluster or _cluster_from_slurm_conf()
-        # Run directories and relay stores are written by jobs: their files are opened from
-        # these roots without following links (hpcops/transport/beneath.py).
-        self.roots = tuple(
+        roots = tuple(
             root for root in (config.run_root_in(home), self.cfg.relay_root) if root is not None
         )
         self._server_factory = server_factory
         self._server: TrackingServer | None = None
         self._next_relay_at = 0.0
         self.parents = SweepParents(store, lab=self.lab, home=home, clock=clock)
+        self.files = JobFiles(roots, max_log_bytes=self.cfg.max_log_bytes)
+        self.forwarder = RelayForwarder(store, roots)
         configure_client(self.cfg.request_timeout_s)
 
     # --- asked by the loop (never waits on the server) ---------------------------------------
@@ -211,7 +207,7 @@ class Tracker:
             self._flush(server, now)
             if now >= self._next_relay_at:
                 self._next_relay_at = now + self.cfg.relay_interval_s
-                self._relay_all(server)
+                self.forwarder.forward_all(server)
         except TrackingUnreachable as exc:
             self._failed(exc)
             return
@@ -366,7 +362,7 @@ class Tracker:
         tags = records.submission_tags(run, cluster=self.cluster, mode=mode)
         server.log_batch(run.mlflow_run_id, Batch(tags=tags))
         if run.run_dir:
-            self._upload_job_file(
+            self.files.upload(
                 server, run, RunDir(Path(run.run_dir)).script, max_bytes=self.cfg.max_log_bytes
             )
 
@@ -374,7 +370,7 @@ class Tracker:
         assert run.id is not None
         assert run.mlflow_run_id is not None and run.mlflow_artifact_uri is not None
         if run.mlflow_relay_dir and run.mlflow_relay_run_id:
-            self._relay_one(server, run, final=True)
+            self.forwarder.forward(server, run, final=True)
         if not RunState(run.state).is_terminal:
             # Retried by hand before this close was done: the "reopen" after it logs the
             # attempt that ended, and the record stays open.
@@ -387,9 +383,9 @@ class Tracker:
             for attempt in self.store.attempts(run.id):
                 batch = batch.merged(records.attempt_batch(attempt))
         server.log_batch(run.mlflow_run_id, batch)
-        self._upload_logs(server, run, records.ARTIFACT_DIR)
+        self.files.upload_logs(server, run, records.ARTIFACT_DIR)
         if run.attempts_ended > 1:
-            self._upload_logs(server, run, records.attempt_artifact_dir(run.attempts_ended))
+            self.files.upload_logs(server, run, records.attempt_artifact_dir(run.attempts_ended))
         status = records.mlflow_status(RunState(run.state))
         server.set_status(run.mlflow_run_id, status, end_ms)
         if run.sweep_id is not None:
@@ -403,7 +399,7 @@ class Tracker:
         run it resumed when the job's Python exits, also when Slurm stopped it)."""
         assert run.mlflow_run_id is not None
         if run.mlflow_relay_dir and run.mlflow_relay_run_id:
-            self._relay_one(server, run, final=True)
+            self.forwarder.forward(server, run, final=True)
         server.set_status(run.mlflow_run_id, records.RUNNING)
         self._log_attempt(server, run, number)
 
@@ -425,7 +421,7 @@ class Tracker:
         server.log_batch(run.mlflow_run_id, records.attempt_batch(attempt))
         artifact_dir = records.attempt_artifact_dir(attempt.number)
         if _logs_are_of(run, attempt.number):
-            self._upload_logs(server, run, artifact_dir)
+            self.files.upload_logs(server, run, artifact_dir)
             return
         # A new attempt's job writes the same files (the run directory is the run's): once it
         # started, they are no longer this attempt's. Said, rather than mislabelled.
@@ -435,106 +431,6 @@ class Tracker:
             "started writing them before the tracking server took them]\n"
         )
         server.upload_text(run.mlflow_artifact_uri, "logs-missing.txt", note, artifact_dir)
-
-    def _upload_logs(self, server: TrackingServer, run: Run, artifact_dir: str) -> None:
-        """The job's stdout and stderr, from the run directory, into `artifact_dir`."""
-        if run.run_dir:
-            rundir = RunDir(Path(run.run_dir))
-            for path in (rundir.stdout, rundir.stderr):
-                self._upload_job_file(
-                    server, run, path, max_bytes=self.cfg.max_log_bytes, artifact_dir=artifact_dir
-                )
-
-    def _upload_job_file(
-        self,
-        server: TrackingServer,
-        run: Run,
-        path: Path,
-        *,
-        max_bytes: int,
-        artifact_dir: str = records.ARTIFACT_DIR,
-    ) -> None:
-        """Upload a file the job could have written (its logs, its run directory's script).
-
-        It is copied first, from a handle opened without following links and bounded to its
-        last `max_bytes` (a 10 GB log's end says how the job ended), and the copy is uploaded.
-        A file that cannot be read that way (a link, a FIFO, unreadable) costs only this run's
-        record that file: a short note takes its place, and the outbox moves on."""
-        assert run.mlflow_artifact_uri is not None
-        root, relative = anchor(self.roots, path)
-        with tempfile.TemporaryDirectory(prefix="hpcops-upload-") as tmp:
-            copy = Path(tmp) / path.name
-            try:
-                copy_beneath(root, relative, copy, max_bytes=max_bytes)
-            except FileNotFoundError:
-                return
-            except (UnsafeFile, OSError) as exc:
-                reason = str(exc)
-                log.warning("run %s: %s not uploaded: %s", run.id, path.name, reason)
-                copy.write_text(f"[hpcops: {path.name} was not uploaded: {reason}]\n")
-            server.upload(run.mlflow_artifact_uri, copy, artifact_dir)
-
-    # --- relay -------------------------------------------------------------------------------
-
-    def _relay_all(self, server: TrackingServer) -> None:
-        for run in self.store.relaying():
-            try:
-                self._relay_one(server, run, final=False)
-            except TrackingRejected as exc:
-                log.warning("run %s: relay refused by the server: %s", run.id, exc)
-            except OSError as exc:
-                log.warning("run %s: cannot read its relay store: %s", run.id, exc)
-
-    def _relay_one(self, server: TrackingServer, run: Run, *, final: bool) -> None:
-        assert run.id is not None and run.mlflow_run_id is not None
-        assert run.mlflow_relay_dir is not None and run.mlflow_relay_run_id is not None
-        assert run.mlflow_artifact_uri is not None
-        store = relay.RelayStore(Path(run.mlflow_relay_dir), run.mlflow_relay_run_id)
-        cursors = self.store.relay_cursors(run.id)
-        root, run_dir = anchor(self.roots, store.run_dir)
-        delta = relay.collect(root, run_dir, cursors, final=final)
-        if delta.batch:
-            self._log_relayed(server, run, delta.batch)
-        for path, artifact_dir in delta.artifacts:
-            with tempfile.TemporaryDirectory(prefix="hpcops-relay-") as tmp:
-                copy = Path(tmp) / path.name
-                try:
-                    copy_beneath(root, path, copy, max_bytes=_ARTIFACT_MAX_BYTES, whole=True)
-                except (UnsafeFile, OSError) as exc:
-                    log.warning("run %s: relayed artifact %s skipped: %s", run.id, path.name, exc)
-                    continue
-                server.upload(run.mlflow_artifact_uri, copy, artifact_dir)
-        if (
-            not final
-            and run.state == RunState.RUNNING.value
-            and cursors.get("status") != records.RUNNING
-        ):
-            server.set_status(run.mlflow_run_id, records.RUNNING)
-            delta.cursors["status"] = records.RUNNING
-        if delta.cursors:
-            self.store.save_relay_cursors(run.id, delta.cursors)
-
-    def _log_relayed(self, server: TrackingServer, run: Run, batch: Batch) -> None:
-        """Log what the job logged. The server may refuse one value (a param the spec already
-        set to another value, a key it does not accept): then each part goes on its own, so
-        one refusal loses only itself, with a warning, never the run's other values."""
-        assert run.mlflow_run_id is not None
-        try:
-            server.log_batch(run.mlflow_run_id, batch)
-            return
-        except TrackingRejected as exc:
-            log.warning("run %s: relayed batch refused, sending it item by item: %s", run.id, exc)
-        parts = [Batch(params={k: v}) for k, v in batch.params.items()]
-        parts += [Batch(tags={k: v}) for k, v in batch.tags.items()]
-        by_key: dict[str, list[MetricPoint]] = {}
-        for point in batch.metrics:
-            by_key.setdefault(point.key, []).append(point)
-        parts += [Batch(metrics=points) for points in by_key.values()]
-        for part in parts:
-            try:
-                server.log_batch(run.mlflow_run_id, part)
-            except TrackingRejected as exc:
-                log.warning("run %s: relayed value refused, left out: %s", run.id, exc)
 
     # --- rerun -------------------------------------------------------------------------------
 

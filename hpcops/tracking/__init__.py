@@ -7,6 +7,7 @@
     worker.py   the tracking thread: the outbox, the relay, back-off while the server is down
     jobfiles.py a job's logs and script uploaded without trusting them (link-free, bounded)
     forward.py  what a job relayed, forwarded to its record (new values, artifacts, cursors)
+    attempts.py one record across a run's attempts: each one's figures and logs by its number
     parents.py  a sweep's parent run: made once, its points nested under it, the best point
     rerun.py    a new spec from a recorded one, with `--set` overrides (pure)
 

@@ -4,14 +4,13 @@ Each state change that owes the record something writes a TrackingOp row in the 
 (store.tracking_ops_for): "create" when a run is queued, "submitted" when Slurm took its job,
 "close" when it ended; for a run with `retry:`, "attempt" when an attempt ended and the next is
 queued (the record stays open), "reopen" when `hpcops retry` queued an ended run again (the
-record goes back to RUNNING). Every attempt's job logs into the same MLflow run (direct mode)
-or the same relay store (relay mode), so metrics continue by step in one record, and each
-attempt's Slurm figures and logs are kept apart by its number (`slurm.attempt.<n>.*`,
-`hpcops/attempts/<n>/`). This thread does them in order per run, with back-off while the server
-does not answer, so the loop that follows Slurm and the socket API never wait on the tracking
-server, and a record owed while it is down is completed when it is back. kill -9 loses nothing:
-an operation is done again until it is marked done, and every one is idempotent — creation
-counts its attempts first, and a retried creation first looks the run up by its `hpcops.key`.
+record goes back to RUNNING): one record across a run's attempts, each attempt's figures and
+logs kept apart by its number (hpcops/tracking/attempts.py). This thread does them in order per
+run, with back-off while the server does not answer, so the loop that follows Slurm and the
+socket API never wait on the tracking server, and a record owed while it is down is completed
+when it is back. kill -9 loses nothing: an operation is done again until it is marked done, and
+every one is idempotent — creation counts its attempts first, and a retried creation first looks
+the run up by its `hpcops.key`.
 
 HTTP requests for one run's record (creation plus closing), against `mlflow server`:
   create     create_run (with its tags), log_batch (params), update (SCHEDULED), spec.yaml
@@ -59,6 +58,7 @@ from hpcops.states import RunState
 from hpcops.store import Run, Store, Sweep, TrackingOp
 from hpcops.store.tracking import SWEEP_OP
 from hpcops.tracking import records, relay
+from hpcops.tracking.attempts import AttemptRecords
 from hpcops.tracking.forward import RelayForwarder
 from hpcops.tracking.jobfiles import JobFiles
 from hpcops.tracking.parents import SweepParents
@@ -119,6 +119,7 @@ class Tracker:
         self.parents = SweepParents(store, lab=self.lab, home=home, clock=clock)
         self.files = JobFiles(roots, max_log_bytes=self.cfg.max_log_bytes)
         self.forwarder = RelayForwarder(store, roots)
+        self.attempts = AttemptRecords(store, self.files, self.forwarder)
         configure_client(self.cfg.request_timeout_s)
 
     # --- asked by the loop (never waits on the server) ---------------------------------------
@@ -289,9 +290,9 @@ class Tracker:
         elif op.kind == "close":
             self._close(server, run)
         elif op.kind == "attempt":
-            self._attempt_ended(server, run, op.attempt)
+            self.attempts.ended(server, run, op.attempt)
         elif op.kind == "reopen":
-            self._reopen(server, run, op.attempt)
+            self.attempts.reopened(server, run, op.attempt)
         else:
             raise TrackingRejected(f"unknown tracking operation {op.kind!r}")
 
@@ -376,61 +377,14 @@ class Tracker:
             # attempt that ended, and the record stays open.
             return
         end_ms = int((run.ended_at or self.clock()) * 1000)
-        batch = records.closing_batch(run, end_ms=end_ms)
-        if run.attempts_ended > 1:
-            # Every attempt's figures, in the same request: an "attempt" operation given up
-            # on is made good here, and `hpcops show` and the record agree.
-            for attempt in self.store.attempts(run.id):
-                batch = batch.merged(records.attempt_batch(attempt))
+        batch = self.attempts.closing(run, records.closing_batch(run, end_ms=end_ms))
         server.log_batch(run.mlflow_run_id, batch)
         self.files.upload_logs(server, run, records.ARTIFACT_DIR)
-        if run.attempts_ended > 1:
-            self.files.upload_logs(server, run, records.attempt_artifact_dir(run.attempts_ended))
+        self.attempts.upload_last_logs(server, run)
         status = records.mlflow_status(RunState(run.state))
         server.set_status(run.mlflow_run_id, status, end_ms)
         if run.sweep_id is not None:
             self.parents.read_objective(server, run)
-
-    def _attempt_ended(self, server: TrackingServer, run: Run, number: int | None) -> None:
-        """An attempt ended and the run's next one is queued: what the job logged so far (relay
-        mode), that attempt's figures and logs kept apart by its number; the record stays
-        open, for the next attempt's job logs into the same MLflow run: RUNNING again, since a
-        job that logs directly may have ended it (MLflow's `with mlflow.start_run():` ends the
-        run it resumed when the job's Python exits, also when Slurm stopped it)."""
-        assert run.mlflow_run_id is not None
-        if run.mlflow_relay_dir and run.mlflow_relay_run_id:
-            self.forwarder.forward(server, run, final=True)
-        server.set_status(run.mlflow_run_id, records.RUNNING)
-        self._log_attempt(server, run, number)
-
-    def _reopen(self, server: TrackingServer, run: Run, number: int | None) -> None:
-        """An ended run queued again by `hpcops retry`: its record RUNNING again, and the
-        attempt that ended it logged as `attempt` logs one (a run of one attempt had none).
-        MLflow keeps the end time its close set: UpdateRun cannot clear one (mlflow 3.17.2),
-        and the next close sets the real one."""
-        assert run.mlflow_run_id is not None
-        server.set_status(run.mlflow_run_id, records.RUNNING)
-        last = number - 1 if number is not None else run.attempts_ended
-        self._log_attempt(server, run, last or None)
-
-    def _log_attempt(self, server: TrackingServer, run: Run, number: int | None) -> None:
-        assert run.id is not None and run.mlflow_run_id is not None
-        attempt = next((a for a in self.store.attempts(run.id) if a.number == number), None)
-        if attempt is None:
-            return  # an operation written before attempts existed, or a run that never ran
-        server.log_batch(run.mlflow_run_id, records.attempt_batch(attempt))
-        artifact_dir = records.attempt_artifact_dir(attempt.number)
-        if _logs_are_of(run, attempt.number):
-            self.files.upload_logs(server, run, artifact_dir)
-            return
-        # A new attempt's job writes the same files (the run directory is the run's): once it
-        # started, they are no longer this attempt's. Said, rather than mislabelled.
-        assert run.mlflow_artifact_uri is not None
-        note = (
-            f"[hpcops: attempt {attempt.number}'s logs were not kept: the run's next attempt had "
-            "started writing them before the tracking server took them]\n"
-        )
-        server.upload_text(run.mlflow_artifact_uri, "logs-missing.txt", note, artifact_dir)
 
     # --- rerun -------------------------------------------------------------------------------
 
@@ -455,15 +409,6 @@ class Tracker:
         if not text.strip():
             raise InvalidInput(f"MLflow run {mlflow_run_id} has an empty hpcops/spec.yaml")
         return text, record.tags
-
-
-def _logs_are_of(run: Run, number: int) -> bool:
-    """Whether the run directory's logs are still attempt `number`'s: it is the run's last
-    ended attempt, and no later job has been submitted since (Slurm truncates --output when a
-    job starts; the run is queued or held for its next attempt, or ended)."""
-    state = RunState(run.state)
-    waiting = state in (RunState.QUEUED, RunState.HELD) or state.is_terminal
-    return run.attempts_ended == number and waiting
 
 
 def _cluster_from_slurm_conf() -> str | None:

@@ -312,6 +312,7 @@ def test_a_crash_between_an_attempt_s_end_and_the_next_sbatch_loses_nothing(
 def test_a_spec_s_retry_block_drives_the_retries(make_engine: EngineFactory) -> None:
     h = make_engine()
     run_id = h.submit("from-spec", retry={"max_attempts": 2, "on": ["TIMEOUT"], "backoff_s": 0})
+    assert h.run(run_id).max_attempts == 2, "kept with the run for ls and show"
     first = _attempt(h, run_id, "TIMEOUT")
     second = _attempt(h, run_id, "TIMEOUT")
     assert h.attempts(run_id) == [(1, first, "TIMEOUT"), (2, second, "TIMEOUT")]

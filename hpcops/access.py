@@ -2,9 +2,9 @@
 from anything a client sends; roles come from the config.
 
     daemon's own account   everything (it owns the database anyway)
-    lead                   any priority, hold/release/cancel any run, top, quotas
-    member                 submit; priority on own runs within the member range; hold, release
-                           and cancel own runs; read everything
+    lead                   any priority, hold/release/cancel/retry any run, top, quotas
+    member                 submit; priority on own runs within the member range; hold, release,
+                           cancel and retry own runs; read everything
     outsider               nothing (with a socket_group set, it cannot even connect)
 """
 
@@ -82,6 +82,8 @@ _RULES: dict[str, tuple[tuple[Role, ...], tuple[Role, ...]]] = {
     "hold": (LEADS, (Role.MEMBER,)),
     "release": (LEADS, (Role.MEMBER,)),
     "cancel": (LEADS, (Role.MEMBER,)),
+    # a new attempt of an ended run (`hpcops retry`): its owner's, or a lead's
+    "retry": (LEADS, (Role.MEMBER,)),
     "top": (LEADS, ()),
     "quota": (LEADS, ()),
     "cache": (LEADS, ()),
@@ -96,6 +98,7 @@ _WHAT = {
     "hold": "hold",
     "release": "release",
     "cancel": "cancel",
+    "retry": "retry",
     "top": "move runs to the top of the queue",
     "quota": "change quotas",
     "cache": "remove data from the lab's cache",

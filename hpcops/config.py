@@ -24,6 +24,7 @@ from hpcops.config_sections import (
     FairShareConfig,
     JobsConfig,
     QuotasConfig,
+    RetryConfig,
     RunDirectoryPath,
     SchedulesConfig,
     SlurmConfig,
@@ -63,6 +64,7 @@ class Config(_Strict):
     access: AccessConfig = Field(default_factory=AccessConfig)
     quotas: QuotasConfig = Field(default_factory=QuotasConfig)
     fair_share: FairShareConfig = Field(default_factory=FairShareConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
     code: CodeConfig = Field(default_factory=CodeConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)

@@ -218,6 +218,17 @@ class FairShareConfig(_Strict):
     refresh_s: float = Field(default=300.0, ge=10, description="How often usage is re-read.")
 
 
+class RetryConfig(_Strict):
+    """A run's next attempt (a spec's `retry:`) queues like a new run: ordered by when it was
+    queued again, so a preempted or timed-out run does not jump the lab's queue."""
+
+    keep_place: bool = Field(
+        default=False,
+        description="A run's next attempt keeps its place in the queue (ordered by when the run "
+        "was first queued) instead of queueing at the back.",
+    )
+
+
 def _absolute_path(value: Path | None) -> Path | None:
     """An optional path setting: ~ expanded, and absolute (the daemon has no useful cwd)."""
     if value is not None and not value.expanduser().is_absolute():

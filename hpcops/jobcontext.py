@@ -65,13 +65,15 @@ def build_job_context(
     mlflow_env: tuple[tuple[str, str], ...] = (),
     checkout: str | None = None,
     environ: Mapping[str, str] | None = None,
+    attempt: int = 1,
 ) -> JobContext:
     """Everything one submission attempt of `spec` needs that the spec does not say.
 
     `checkout` is the pinned commit; before pinning (submit-time checks, `hpcops render`) a
     spec's full commit id is used as written, and anything else renders as a placeholder id.
     `environ` is the daemon's environment, of which the job gets what config.jobs.env_passthrough
-    lists; None reads this process's own.
+    lists; None reads this process's own. `attempt` is which attempt of the run the job is,
+    from 1 (HPCOPS_ATTEMPT): 1 + the attempts the run has had.
     """
     code = None
     if spec.code is not None:
@@ -95,4 +97,5 @@ def build_job_context(
         staging=staging,
         mlflow_env=mlflow_env,
         passthrough_env=config.jobs.passthrough(os.environ if environ is None else environ),
+        attempt=attempt,
     )

@@ -10,6 +10,8 @@ token before sbatch, and the token rides in the job's --comment. After a crash a
 is found again by its token in squeue or sacct and adopted (`adopt`, `settle_orphan`); one that
 Slurm never saw is queued again only after `submit_grace_s`, by which time an sbatch orphaned by
 the crash has returned.
+
+What happens after a job ended in a state a spec retries on is decided in hpcops/retries.py.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from hpcops.slurm.parse import (
     parse_tres_cpus,
 )
 from hpcops.states import RunState
-from hpcops.store import Run
+from hpcops.store import AttemptEnd, Run
 
 # The actor of every change the daemon makes on its own (events table, `hpcops history`).
 DAEMON = "daemon"
@@ -85,6 +87,9 @@ class Outcome:
     drop_staging_job: str | None = None
     # ... Slurm refused it for a full limit: not before this many seconds.
     retry_in_s: float | None = None
+    # The run's current attempt ended so: its Attempt row, written with the change (the engine
+    # fills it from the outcome for any end of a run that has a job: `attempt_end`).
+    ended: AttemptEnd | None = None
 
     @property
     def reason(self) -> str | None:
@@ -416,6 +421,8 @@ def back_to_pending(run: Run, seen: str, slurm_reason: str) -> Outcome:
             "reason": slurm_reason if slurm_reason not in ("", "None") else "requeued",
             "end_seen_at": None,
             "marker_exit_code": None,
+            # A restart within the attempt (the same job id), not a new attempt.
+            "restarts": run.restarts + 1,
         },
         clear_markers=True,
         forget=True,

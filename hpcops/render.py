@@ -29,11 +29,13 @@ from hpcops.config_sections import passthrough_problem
 from hpcops.errors import ConfigError, FieldProblem, SpecError
 from hpcops.names import FULL_COMMIT_RE, NAME_PATTERN, SLURM_NAME_PATTERN
 from hpcops.rundir import RunDir
-from hpcops.spec import MODELLED_OPTIONS, ParamValue, Spec, extra_directive_problem
+from hpcops.spec import MODELLED_OPTIONS, ParamValue, Spec, extra_directive_problem, sets_signal
 
 __all__ = [
     "BUILTIN_TEMPLATE_DIR",
+    "CHECKPOINT_DIR",
     "JobContext",
+    "checkpoint_dir",
     "job_name",
     "render_script",
     "sbatch_directives",
@@ -115,6 +117,9 @@ class JobContext:
     # read when the script is rendered. The job starts without the daemon's environment
     # (--export=NONE); its script exports these first, then what hpcops sets.
     passthrough_env: tuple[tuple[str, str], ...] = ()
+    # Which attempt of the run this job is, from 1 (HPCOPS_ATTEMPT); a Slurm requeue of the
+    # same job stays the same attempt.
+    attempt: int = 1
 
     def __post_init__(self) -> None:
         # The daemon makes these; a bad one is a bug, not a user's mistake.
@@ -132,6 +137,26 @@ class JobContext:
             problem = passthrough_problem(var)
             if problem is not None:  # the config refused it already: a second line of defence
                 raise ValueError(f"JobContext.passthrough_env: {problem}")
+        if isinstance(self.attempt, bool) or not isinstance(self.attempt, int) or self.attempt < 1:
+            raise ValueError(f"JobContext.attempt {self.attempt!r} must be an integer >= 1")
+
+
+# The run's checkpoint directory, in its run directory: every attempt of the run gets the same
+# one (HPCOPS_CHECKPOINT_DIR), because a new attempt reuses the run directory and the script
+# only ever creates it.
+CHECKPOINT_DIR: Final = "checkpoint"
+
+
+def checkpoint_dir(ctx: JobContext) -> str:
+    return str(ctx.run_dir.path / CHECKPOINT_DIR)
+
+
+def checkpoint_wait_s(spec: Spec) -> int:
+    """The longest a job whose command saved its checkpoint and ended waits for Slurm to end it
+    at its time limit: the whole limit and 10 minutes more. Slurm checks limits every 30 s or so
+    (on the dev cluster a 1-minute job was ended 77 s after it started) and may be configured to
+    let a job overrun by OverTimeLimit minutes; a wait that ran out would end the job COMPLETED."""
+    return spec.resources.time_limit_s + 600
 
 
 def job_name(spec: Spec, ctx: JobContext) -> str:
@@ -169,6 +194,8 @@ DIRECTIVE_VALUE_RE: Final[dict[str, re.Pattern[str]]] = {
         "qos": _SLURM_NAME,
         "dependency": r"afterok:[0-9]{1,12}",
         "kill-on-invalid-dep": r"yes",
+        # checkpoint: the signal to the batch shell only (B:), before_s 10..65535 seconds
+        "signal": r"B:USR[12]@[1-9][0-9]{1,4}",
     }.items()
 }
 _EXTRA_OPTION_RE = re.compile(r"[a-z][a-z0-9-]{0,63}")
@@ -186,6 +213,7 @@ _SPEC_FIELD: Final = {
     "gres": "resources.gpu_type",
     "time": "resources.time",
     "qos": "resources.qos",
+    "signal": "checkpoint",
 }
 
 
@@ -227,6 +255,10 @@ def sbatch_directives(spec: Spec, ctx: JobContext) -> list[tuple[str, str | None
     pairs.append(("time", str(r.time_limit_min), "resources.time"))
     if r.qos is not None:
         pairs.append(("qos", r.qos, "resources.qos"))
+    if spec.checkpoint is not None:
+        # To the batch shell only: the script passes it on to the command (sbatch_templates).
+        signal = f"B:{spec.checkpoint.signal}@{spec.checkpoint.before_s}"
+        pairs.append(("signal", signal, "checkpoint"))
     if ctx.after is not None:
         # Staged data first; if staging fails, Slurm ends this job instead of keeping it.
         pairs.append(("dependency", f"afterok:{ctx.after}", "staging"))
@@ -246,6 +278,8 @@ def sbatch_directives(spec: Spec, ctx: JobContext) -> list[tuple[str, str | None
             and (not eq or _EXTRA_VALUE_RE.fullmatch(value))
         ):
             problem = "is not of the form --option or --option=value"
+        if problem is None and spec.checkpoint is not None and sets_signal(item):
+            problem = "sets --signal, which checkpoint: sets; remove one of the two"
         if problem is not None:
             raise SpecError(_source(spec, ctx), [FieldProblem(f"extra_directives[{i}]", problem)])
         directives.append((option, value if eq else None))
@@ -344,6 +378,8 @@ def _exports(spec: Spec, ctx: JobContext) -> list[tuple[str, str]]:
         ("HPCOPS_RUN_DIR", str(ctx.run_dir.path)),
         ("HPCOPS_LAB", ctx.lab),
         ("HPCOPS_EXPERIMENT", spec.experiment),
+        ("HPCOPS_ATTEMPT", str(ctx.attempt)),
+        ("HPCOPS_CHECKPOINT_DIR", checkpoint_dir(ctx)),
         *ctx.mlflow_env,
     ]
     if ctx.code is not None:
@@ -524,6 +560,9 @@ def render_script(spec: Spec, ctx: JobContext, template_dirs: Sequence[Path] = (
             if spec.code is not None
         ],
         "source_dir": _source_dir(ctx),
+        "checkpoint_dir": checkpoint_dir(ctx),
+        "checkpoint": spec.checkpoint,
+        "checkpoint_wait_s": checkpoint_wait_s(spec),
         "command": spec.command,
         "command_delimiter": _heredoc_delimiter(spec.command, ctx.token),
         "started_marker": ctx.run_dir.started_marker.name,

@@ -5,6 +5,13 @@ TIMEOUT | OUT_OF_MEMORY | NODE_FAIL | PREEMPTED | UNKNOWN
 
 The legal changes, every one of them, are the table TRANSITIONS below; the store checks it.
 
+Retries (a spec's `retry:`): a run is one or more attempts, each one Slurm job. When an attempt's
+job ends in a state the spec retries on, with attempts left, the run goes straight back to QUEUED
+(STAGING | PENDING | RUNNING → QUEUED, by the daemon), never through the ended state, and the
+ended attempt is kept as a row of its own (store: Attempt). `hpcops retry` queues an ENDED run
+again by hand (→ QUEUED from any terminal state but COMPLETED: a completed run is rerun, not
+retried). A Slurm requeue (same job id, pending again) stays within one attempt.
+
 STAGING: the run's data is being staged by a Slurm job of its own, which the run's job depends on
 (afterok); the run's job waits in Slurm meanwhile.
 """
@@ -59,6 +66,8 @@ IN_SLURM_STATES = frozenset(
     {RunState.SUBMITTING, RunState.STAGING, RunState.PENDING, RunState.RUNNING}
 )
 WAITING_STATES = frozenset({RunState.QUEUED, RunState.HELD})
+# Ended runs that `hpcops retry` refuses: a completed run is rerun (a new run), not retried.
+UNRETRYABLE = frozenset({RunState.COMPLETED})
 
 # Every state a run is created in: a submission, a rerun and a schedule's firing all queue it.
 INITIAL_STATES = frozenset({RunState.QUEUED})
@@ -89,14 +98,23 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
             RunState.CANCELLED,
         }
     ),
-    # data staged; the job started (marker or squeue); requeued; ended (sacct, marker, vanished)
-    RunState.STAGING: frozenset({RunState.PENDING, RunState.RUNNING, *_SLURM_ENDS}),
-    # the job started (marker or squeue); ended before or without starting (sacct, vanished)
-    RunState.PENDING: frozenset({RunState.RUNNING, *_SLURM_ENDS}),
-    # requeued by Slurm after preemption or a node failure; ended
-    RunState.RUNNING: frozenset({RunState.PENDING, *_SLURM_ENDS}),
-    # an ended run stays ended: a rerun is a new run
-    **{state: frozenset[RunState]() for state in RunState if state in TERMINAL_STATES},
+    # data staged; the job started (marker or squeue); requeued; ended (sacct, marker, vanished);
+    # its attempt ended in a state the spec retries on: queued again for the next attempt
+    RunState.STAGING: frozenset(
+        {RunState.PENDING, RunState.RUNNING, RunState.QUEUED, *_SLURM_ENDS}
+    ),
+    # the job started (marker or squeue); ended before or without starting (sacct, vanished);
+    # the next attempt queued (a node lost while the job pended)
+    RunState.PENDING: frozenset({RunState.RUNNING, RunState.QUEUED, *_SLURM_ENDS}),
+    # requeued by Slurm after preemption or a node failure; ended; the next attempt queued
+    RunState.RUNNING: frozenset({RunState.PENDING, RunState.QUEUED, *_SLURM_ENDS}),
+    # an ended run stays ended (a rerun is a new run), except that `hpcops retry` queues its next
+    # attempt by hand; a completed run is never retried
+    **{
+        state: frozenset[RunState]() if state in UNRETRYABLE else frozenset({RunState.QUEUED})
+        for state in RunState
+        if state in TERMINAL_STATES
+    },
 }
 
 

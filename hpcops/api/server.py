@@ -6,7 +6,8 @@ even connect.
 
     server.py      the socket, peer credentials, dispatch, the audit of refusals
     params.py      what each method accepts (typed request models) and the refusals
-    handlers/      the methods, by group: runs, queue, code_cache, schedules, lab
+    handlers/      the methods, by group: runs, queue (on a sweep: sweep_requests), code_cache,
+                   schedules, lab
 """
 
 from __future__ import annotations

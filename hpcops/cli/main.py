@@ -84,6 +84,7 @@ def cli(ctx: click.Context, home: Path | None, remote: str | None, debug: bool) 
       hpcops wait 12                  # exit 0 once it COMPLETED, 1 if it ended otherwise
       hpcops cancel 12
       hpcops rerun 12 --set params.lr=0.01   # again, from its MLflow record
+      hpcops retry 12                 # a new attempt of an ended run (same checkpoint dir)
 
     \b
     The lab's queue:
@@ -98,7 +99,7 @@ def cli(ctx: click.Context, home: Path | None, remote: str | None, debug: bool) 
     Sweeps (a spec with a sweep: block; a sweep's id is s7, its points are runs):
       hpcops submit sweep.yaml        # queued sweep s7: 9 points (runs 12-20)
       hpcops show s7                  # its points, best objective first
-      hpcops cancel s7 / hold s7 / release s7 / priority s7 50 / top s7 / rerun s7
+      hpcops cancel s7 / hold s7 / release s7 / priority s7 50 / top s7 / rerun s7 / retry s7
 
     \b
     Scheduled retraining:

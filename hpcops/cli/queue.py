@@ -1,4 +1,5 @@
-"""Commands that change the lab's queue: cancel, priority, hold, release, top; quotas; audit."""
+"""Commands that change the lab's queue: cancel, priority, hold, release, top, retry; quotas;
+audit."""
 
 from __future__ import annotations
 
@@ -82,6 +83,22 @@ def top(obj: Context, run: Target, as_json: bool) -> None:
     A sweep (s7): its QUEUED points go next, in their order.
     """
     _run_action(obj, "top", (run,), as_json)
+
+
+@command()
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP...")
+@json_option
+@pass_ctx
+def retry(obj: Context, runs: tuple[Target, ...], as_json: bool) -> None:
+    """Queue a new attempt of an ended run: the same run id, run directory and checkpoint
+    directory ($HPCOPS_CHECKPOINT_DIR), so a job that saved a checkpoint resumes from it.
+
+    For a run that FAILED, TIMEOUT, was CANCELLED, PREEMPTED, ... (a COMPLETED run is run again
+    as a new run with `hpcops rerun`). A sweep (s7) retries each point that ended otherwise
+    than COMPLETED. Members retry their own runs and sweeps; leads any. `hpcops show RUN`
+    lists a run's attempts.
+    """
+    _run_action(obj, "retry", runs, as_json)
 
 
 @group()
@@ -204,4 +221,4 @@ def audit(obj: Context, limit: int, as_json: bool) -> None:
     click.echo(table(["WHEN", "WHO", "ROLE", "ACTION", "TARGET", "", "CHANGE"], rows))
 
 
-COMMANDS = (cancel, priority, hold, release, top, quota, audit)
+COMMANDS = (cancel, priority, hold, release, top, retry, quota, audit)

@@ -61,7 +61,7 @@ def list_runs(
     its progress and the best objective so far. It is listed when one of its points is in
     --state; --points lists the points instead.
     """
-    from hpcops.cli.output import human_duration, local_time, print_json, table
+    from hpcops.cli.output import human_duration, print_json, short_time, table
 
     grouped = not points
     if states:
@@ -104,11 +104,11 @@ def list_runs(
     rows = [
         [
             str(r["id"]),
-            r["state"],
+            state_text(r),
             r["owner"],
             str(r["priority"]),
             r["slurm_job_id"] or "-",
-            local_time(r["created_at"]),
+            short_time(r["created_at"]),
             human_duration(r["elapsed_s"]),
             _exit_text(r),
             r["name"],
@@ -118,7 +118,7 @@ def list_runs(
     ]
     headers = ["ID", "STATE", "OWNER", "PRIO", "JOB", "QUEUED", "ELAPSED", "EXIT", "NAME", "WHY"]
     if rows:
-        click.echo(table(headers, rows))
+        click.echo(table(headers, rows, shrink=(8, 2), wrap=9))
     if hidden:
         click.echo(f"... and {hidden} more queued runs (hpcops ls --state QUEUED)")
     if sweeps:
@@ -194,6 +194,16 @@ def value_text(value: Any) -> str:
 
 def params_text(params: dict[str, Any]) -> str:
     return " ".join(f"{key}={value_text(value)}" for key, value in params.items())
+
+
+def state_text(run: dict[str, Any]) -> str:
+    """`RUNNING`, and on a later attempt which one: `RUNNING (2/4)`; past the spec's attempts
+    (retried by hand), `FAILED (5)`."""
+    number = run.get("attempt_number") or 1
+    if number <= 1:
+        return str(run["state"])
+    limit = run.get("max_attempts") or 1
+    return f"{run['state']} ({number}/{limit})" if number <= limit else f"{run['state']} ({number})"
 
 
 def _exit_text(run: dict[str, Any]) -> str:
@@ -275,10 +285,42 @@ def show(obj: Context, run: int | str, as_json: bool) -> None:
         click.echo(f"{'staging:':<11} {target}: {_staging_text(state)}")
     if staging.get("error"):
         click.echo(f"{'staging:':<11} failed: {staging['error']}")
+    _show_attempts(data)
     if data.get("stderr_tail"):
         click.echo("stderr (last lines):")
         for line in data["stderr_tail"].splitlines():
             click.echo(f"  | {line}")
+
+
+def _show_attempts(data: dict[str, Any]) -> None:
+    """The attempts, one line each, when the run has had more than one or may have (a spec
+    with retry:); a run that can only have one shows none, its lines above say it all."""
+    from hpcops.cli.output import human_duration, short_time, table
+
+    found = data.get("attempts") or []
+    limit = data.get("max_attempts") or 1
+    if len(found) <= 1 and limit <= 1:
+        return
+    number = data.get("attempt_number") or len(found)
+    click.echo(
+        f"{'attempts:':<11} {number} of {limit}"
+        + ("" if number <= limit else " (retried by hand past the spec's max_attempts)")
+    )
+    rows = [
+        [
+            str(a["number"]) + ("*" if a.get("current") else ""),
+            a["slurm_job_id"] or "-",
+            a["state"],
+            short_time(a["started_at"]),
+            short_time(a["ended_at"]),
+            human_duration(a["elapsed_s"]),
+            "-" if a["restarts"] is None else str(a["restarts"]),
+            a["reason"] or "",
+        ]
+        for a in found
+    ]
+    headers = ["#", "JOB", "STATE", "START", "END", "ELAPSED", "RESTARTS", "WHY"]
+    click.echo(table(headers, rows, wrap=-1))
 
 
 def _show_sweep(data: dict[str, Any]) -> None:
@@ -318,7 +360,7 @@ def _show_sweep(data: dict[str, Any]) -> None:
         [
             str(p["index"]),
             str(p["run_id"]),
-            p["state"],
+            state_text(p),
             number_text(p["objective"]),
             params_text(p["params"]),
         ]
@@ -395,7 +437,8 @@ def history(obj: Context, run: int, as_json: bool) -> None:
         [local_time(e["at"]), e["actor"], e["from"] or "-", e["to"] or "-", e["reason"]]
         for e in events
     ]
-    click.echo(table(["WHEN", "WHO", "FROM", "TO", "WHY"], rows))
+    # Why a run was requeued or started a new attempt is a sentence: wrapped, never cut.
+    click.echo(table(["WHEN", "WHO", "FROM", "TO", "WHY"], rows, wrap=-1))
 
 
 @command()

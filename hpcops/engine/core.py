@@ -146,6 +146,11 @@ class Engine:
     def release_hold(self, run_id: int, caller: Caller) -> Run:
         return requests.release_hold(self._parts, self._state, run_id, caller)
 
+    def retry(self, run_id: int, caller: Caller) -> Run:
+        """Queue an ended run's next attempt by hand (not a COMPLETED one: that is rerun). The
+        API checks who may ask; the engine, the run's state."""
+        return requests.retry(self._parts, self._state, run_id, caller)
+
     def rerun(
         self,
         source: int | str,

@@ -17,11 +17,14 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path, PurePath
 
-from hpcops import lifecycle
+from hpcops import lifecycle, retries
 from hpcops.engine.record import record
 from hpcops.engine.state import LoopState, Parts
+from hpcops.engine.submit import fault_point
+from hpcops.errors import InvalidInput
 from hpcops.lifecycle import NOT_STARTED, MarkerTexts, Settle
 from hpcops.render import STAGING_LOG
+from hpcops.retries import RetryRules
 from hpcops.rundir import (
     PROGRESS_MAX_BYTES,
     TAIL_MAX_BYTES,
@@ -32,6 +35,7 @@ from hpcops.rundir import (
     parse_start_marker,
 )
 from hpcops.slurm.parse import AccountingRecord, QueueEntry
+from hpcops.spec import parse_spec
 from hpcops.states import RunState
 from hpcops.store import Run
 
@@ -204,9 +208,9 @@ def finalize_ended(p: Parts, s: LoopState) -> None:
         elif verdict is Settle.FROM_MARKER:
             code = run.marker_exit_code
             tail = _tail(p, RunDir(Path(run.run_dir)).stderr) if code != 0 else None
-            record(p, s, run, lifecycle.finish_from_marker(run, tail))
+            end_attempt(p, s, run, lifecycle.finish_from_marker(run, tail))
         elif verdict is Settle.VANISHED:
-            record(p, s, run, lifecycle.vanished(run, now))
+            end_attempt(p, s, run, lifecycle.vanished(run, now))
         elif verdict is Settle.CANCELLED_PENDING:
             record(p, s, run, lifecycle.cancelled_pending(run, now))
         else:
@@ -233,8 +237,43 @@ def _finish(p: Parts, s: LoopState, run: Run, final: AccountingRecord, now: floa
     elif wanted == "stderr":
         tail = _tail(p, rundir.stderr)
     outcome = lifecycle.finish(run, final, now, staging_error=staging_error, log_tail=tail)
-    record(p, s, run, outcome)
+    outcome = end_attempt(p, s, run, outcome)
     log.info("run %s: job %s ended %s", run.id, run.slurm_job_id, outcome.to)
+
+
+def end_attempt(p: Parts, s: LoopState, run: Run, end: lifecycle.Outcome) -> lifecycle.Outcome:
+    """The run's job ended as `end` says: record the run's end, or its next attempt queued
+    (retries.retry_or_end), with the ended attempt's row in the same transaction."""
+    assert run.id is not None
+    rules, limit_s = _retry_rules(run)
+    previous = p.store.attempts(run.id)[-1:] if rules.on else []
+    outcome = retries.retry_or_end(
+        run,
+        end,
+        rules,
+        previous[0] if previous else None,
+        time_limit_s=limit_s,
+        now=p.clock(),
+        keep_place=p.config.retry.keep_place,
+    )
+    record(p, s, run, outcome)
+    if outcome.to is RunState.QUEUED:
+        log.info("run %s: %s", run.id, outcome.reason)
+        # A crash here: the run is QUEUED with its ended attempt recorded; the next daemon
+        # releases the next attempt as any queued run (tests/unit/engine/test_engine_retries.py).
+        fault_point(p, "after_attempt_ended")
+    return outcome
+
+
+def _retry_rules(run: Run) -> tuple[RetryRules, float | None]:
+    """The run's retry rules and time limit, from its stored spec (a spec that no longer
+    parses retries nothing: the run ends as its job did)."""
+    try:
+        spec = parse_spec(run.spec_yaml, f"run {run.id}")
+    except InvalidInput:
+        log.warning("run %s: its stored spec does not parse; its job's end ends it", run.id)
+        return RetryRules(), None
+    return RetryRules.of(spec), float(spec.resources.time_limit_s)
 
 
 def _progress_text(p: Parts, rundir: RunDir) -> str | None:

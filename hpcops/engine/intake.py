@@ -23,6 +23,7 @@ from hpcops.engine.state import LoopState, Parts
 from hpcops.errors import FieldProblem, InvalidInput, SlurmError, SpecError
 from hpcops.jobcontext import build_job_context
 from hpcops.render import JobContext, render_script
+from hpcops.retries import RetryRules
 from hpcops.slurm.parse import Partition
 from hpcops.spec import (
     FULL_COMMIT_RE,
@@ -104,9 +105,18 @@ def job_context(
     mlflow_env: tuple[tuple[str, str], ...] = (),
     *,
     checkout: str | None = None,
+    attempt: int = 1,
 ) -> JobContext:
+    """A submission's JobContext; `attempt` is the run's attempt it submits (HPCOPS_ATTEMPT)."""
     return build_job_context(
-        spec, p.config, p.placement, run_id, token, mlflow_env=mlflow_env, checkout=checkout
+        spec,
+        p.config,
+        p.placement,
+        run_id,
+        token,
+        mlflow_env=mlflow_env,
+        checkout=checkout,
+        attempt=attempt,
     )
 
 
@@ -240,6 +250,7 @@ def new_run(p: Parts, spec: Spec, caller: Caller, **code_fields: Any) -> Run:
         partition=spec.resources.partition or p.config.slurm.default_partition,
         gpus=spec.resources.gpus * spec.resources.nodes,
         cpus=spec.resources.cpus_per_task * spec.resources.ntasks,
+        max_attempts=RetryRules.of(spec).max_attempts,
         created_at=p.clock(),
         updated_at=p.clock(),
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 from hpcops.engine.state import LoopState, Parts
 from hpcops.errors import SlurmError
 from hpcops.lifecycle import DAEMON, Outcome
+from hpcops.retries import attempt_end
 from hpcops.rundir import RunDir
 from hpcops.store import Run
 
@@ -25,12 +26,18 @@ def record(p: Parts, s: LoopState, run: Run, outcome: Outcome) -> Run | None:
         drop_staging_job(p, outcome.drop_staging_job)
     if outcome.clear_markers:
         p.files.remove_files(RunDir(Path(run.run_dir)).markers)
+    ended = outcome.ended
+    if ended is None and outcome.to is not None and outcome.to.is_terminal:
+        # Any end of a run that has a job ends its attempt: its row, with the same change (the
+        # store records none for a run that never had a job).
+        ended = attempt_end(run, outcome)
     updated = p.store.transition(
         run.id,
         outcome.to,
         actor=DAEMON,
         expect=outcome.expect,
         note=outcome.note,
+        ended=ended,
         **outcome.fields,
     )
     _bookkeeping(p, s, run.id, outcome)

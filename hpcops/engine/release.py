@@ -25,7 +25,8 @@ def release(p: Parts, s: LoopState) -> None:
         return
     decision = plan(p, s)
     submitted = False
-    s.retry_due_at = float("inf")
+    # A retry's back-off ends then (plan): plan again at that moment, not every tick.
+    s.retry_due_at = s.backoff_due_at
     ready: list[Run] = []
     for run in p.store.runs_by_ids(decision.release):
         retry_at = s.retry_after.get(run.id or 0, 0.0)
@@ -43,7 +44,7 @@ def release(p: Parts, s: LoopState) -> None:
     limits = quotas(p)
     for batch in release_batches(ready):
         submitted = True
-        if batch[0].sweep_id is not None:
+        if goes_in_an_array(batch[0]):
             go_on = submit_points(p, s, batch, limits)
         else:
             go_on = submit_run(p, s, batch[0])
@@ -56,38 +57,52 @@ def release(p: Parts, s: LoopState) -> None:
 def release_batches(runs: Sequence[Run]) -> list[list[Run]]:
     """The released runs as sbatch calls, in release order: a single run alone, a sweep's
     points together where its first point stands (one array for them; arrays.py splits it
-    further where headers differ or MaxArraySize requires)."""
+    further where headers differ or MaxArraySize requires). A point's next attempt (a retry) is
+    a plain single job: only a point's first attempt goes in an array."""
     batches: list[list[Run]] = []
     by_sweep: dict[int, list[Run]] = {}
     for run in runs:
-        if run.sweep_id is None:
+        sweep_id = run.sweep_id
+        if sweep_id is None or not goes_in_an_array(run):
             batches.append([run])
-        elif run.sweep_id in by_sweep:
-            by_sweep[run.sweep_id].append(run)
+        elif sweep_id in by_sweep:
+            by_sweep[sweep_id].append(run)
         else:
-            by_sweep[run.sweep_id] = [run]
-            batches.append(by_sweep[run.sweep_id])
+            by_sweep[sweep_id] = [run]
+            batches.append(by_sweep[sweep_id])
     return batches
 
 
+def goes_in_an_array(run: Run) -> bool:
+    """A point of a sweep on its first attempt; its next attempts are plain single jobs."""
+    return run.sweep_id is not None and run.attempts_ended == 0
+
+
 def plan(p: Parts, s: LoopState) -> policy.Decision:
-    """The release plan for the queue as it is now (pure policy over fresh inputs)."""
+    """The release plan for the queue as it is now (pure policy over fresh inputs). A run
+    waiting out its retry back-off is no candidate yet (it would hold a place in the plan for
+    nothing); `s.backoff_due_at` says when the first of them may go."""
     generation = s.generation
-    candidates = [
-        policy.Candidate(
-            run_id=run_id,
-            owner=owner,
-            priority=priority,
-            queued_at=created_at,
-            cpus=cpus,
-            gpus=gpus,
-            partition=partition,
-            group=sweep_id,
+    now = p.clock()
+    candidates: list[policy.Candidate] = []
+    s.backoff_due_at = float("inf")
+    for row in p.store.queued_summaries():
+        run_id, owner, priority, queued_at, cpus, gpus, partition, sweep_id, not_before = row
+        if not_before is not None and not_before > now:
+            s.backoff_due_at = min(s.backoff_due_at, not_before)
+            continue
+        candidates.append(
+            policy.Candidate(
+                run_id=run_id,
+                owner=owner,
+                priority=priority,
+                queued_at=queued_at,
+                cpus=cpus,
+                gpus=gpus,
+                partition=partition,
+                group=sweep_id,
+            )
         )
-        for run_id, owner, priority, created_at, cpus, gpus, partition, sweep_id in (
-            p.store.queued_summaries()
-        )
-    ]
     sweeps = p.store.sweeps_by_ids(c.group for c in candidates if c.group is not None)
     decision = policy.plan_release(
         candidates,

@@ -1,18 +1,21 @@
 """Requests from lab members that change or explain one run: cancel, priority, top, hold,
-release a hold, rerun, and why a run is where it is."""
+release a hold, retry, rerun, and why a run is where it is."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from hpcops.access import Caller
 from hpcops.code.mirror import Shipment
 from hpcops.engine.intake import build_sweep, check_spec, new_run, pin
 from hpcops.engine.state import LoopState, Parts
 from hpcops.errors import InvalidInput
+from hpcops.retries import next_attempt_fields
+from hpcops.rundir import RunDir
 from hpcops.spec import Spec, parse_spec
-from hpcops.states import RunState
+from hpcops.states import UNRETRYABLE, RunState
 from hpcops.store import Run, Sweep
 
 # A run with a Slurm job: cancelled, not held.
@@ -116,6 +119,49 @@ def release_hold(p: Parts, s: LoopState, run_id: int, caller: Caller) -> Run:
     return updated
 
 
+def retry(p: Parts, s: LoopState, run_id: int, caller: Caller) -> Run:
+    """An ended run's next attempt, queued by hand: the same run (its MLflow record reopened),
+    the same run directory and checkpoint directory, a new Slurm job. Any ended run but a
+    completed one (that is rerun: a new run). It is one attempt more whatever the spec's
+    retry.max_attempts, and it queues as a new attempt does (retry.keep_place); the API checks
+    who may ask."""
+    run = p.store.get(run_id)
+    state = RunState(run.state)
+    if state in UNRETRYABLE:
+        raise InvalidInput(
+            f"run {run_id} COMPLETED: a completed run is not retried; `hpcops rerun {run_id}` "
+            "queues a new run of it"
+        )
+    if not state.is_terminal:
+        raise InvalidInput(
+            f"run {run_id} is {state}: only a run that ended can be retried"
+            + ("; its job is still in Slurm" if state.in_slurm else "")
+        )
+    if run.run_dir:
+        # The ended attempt's markers must never speak for the next one.
+        p.files.remove_files(RunDir(Path(run.run_dir)).markers)
+    number = run.attempts_ended + 1
+    note = f"retried by {caller.name}: attempt {number} queued"
+    updated = p.store.transition(
+        run_id,
+        RunState.QUEUED,
+        actor=caller.name,
+        expect=(state,),
+        note=note,
+        **next_attempt_fields(p.clock(), keep_place=p.config.retry.keep_place),
+        reason=note,
+        retry_not_before=None,
+        cancel_requested_by=None,
+        held_by=None,
+    )
+    if updated is None:
+        raise InvalidInput(f"run {run_id} changed meanwhile; see `hpcops show {run_id}`")
+    s.changed()
+    if p.tracker is not None:
+        p.tracker.wake.set()  # reopen its record now, so release need not wait
+    return updated
+
+
 # --- rerun (hpcops/tracking) ---------------------------------------------------------------
 
 
@@ -210,6 +256,8 @@ def why(p: Parts, s: LoopState, run: Run) -> str:
     """One line: why the run is where it is."""
     state = RunState(run.state)
     if state is RunState.QUEUED:
+        if run.retry_not_before is not None and run.retry_not_before > p.clock():
+            return f"{run.reason or 'its next attempt waits'} (retry.backoff_s)"
         decision = s.last_decision
         if decision is None or run.id is None:
             return "just queued; the daemon is planning its release"

@@ -91,6 +91,9 @@ class LoopState:
     # The earliest end of a Slurm-limit back-off among the runs the last plan released: plan
     # again then (inf: none waits).
     retry_due_at: float = float("inf")
+    # The earliest end of a retry's back-off (Run.retry_not_before) among the queued runs the
+    # last plan left out for it (inf: none waits).
+    backoff_due_at: float = float("inf")
     next_sacct_at: dict[int, float] = field(default_factory=dict)
     sacct_misses: dict[int, int] = field(default_factory=dict)
     cancel_sent: set[int] = field(default_factory=set)

@@ -54,7 +54,15 @@ def submit_run(p: Parts, s: LoopState, run: Run) -> bool:
         check_cluster_limits(p, s, spec, source)
         # Rendered before the claim: a template that broke since the run was queued fails the
         # run here rather than leaving it SUBMITTING.
-        ctx = job_context(p, spec, run.id, token, mlflow_env, checkout=run.code_checkout)
+        ctx = job_context(
+            p,
+            spec,
+            run.id,
+            token,
+            mlflow_env,
+            checkout=run.code_checkout,
+            attempt=run.attempts_ended + 1,
+        )
         script = render_script(spec, ctx, p.config.template_dirs)
     except InvalidInput as exc:
         # The cluster or the lab's templates changed since the run was queued.
@@ -66,7 +74,10 @@ def submit_run(p: Parts, s: LoopState, run: Run) -> bool:
         actor=DAEMON,
         expect=(RunState.QUEUED,),
         # Not the token itself: it is live until the job is known, and history is for everyone.
-        note=f"attempt {run.attempt + 1}",
+        # The claim counter; a retried run's attempt number too (its ended attempts + 1).
+        note=f"attempt {run.attempts_ended + 1}, claim {run.attempt + 1}"
+        if run.attempts_ended
+        else f"attempt {run.attempt + 1}",
         token=token,
         attempt=run.attempt + 1,
         claimed_at=p.clock(),

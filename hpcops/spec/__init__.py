@@ -2,8 +2,9 @@
 
     load.py        parse_spec, load_spec_file, spec_to_yaml: YAML (through hpcops.yamlio) in,
                    a validated Spec out, and the canonical text back
-    model.py       the pydantic models: Spec, Resources, Code, DataTarget, ScheduleBlock, and
-                   a sweep's: SweepDef, RandomSweep, Distribution, SweepObjective
+    model.py       the pydantic models: Spec, Resources, Code, DataTarget, ScheduleBlock,
+                   RetryPolicy, Checkpoint, and a sweep's: SweepDef, RandomSweep, Distribution,
+                   SweepObjective
     sweep.py       a sweep's points and each point's own spec (pure)
     fields.py      each field's check, raising the message a user sees
     directives.py  extra_directives: sbatch options nobody modelled, and what they may not set
@@ -16,15 +17,24 @@ usually with a valid example. The names below are the package's public face; imp
 """
 
 from hpcops.names import FULL_COMMIT_RE
-from hpcops.spec.directives import MODELLED_OPTIONS, extra_directive_problem
-from hpcops.spec.fields import MAX_SWEEP_POINTS, ParamValue, data_env_name, is_repo_url
+from hpcops.spec.directives import MODELLED_OPTIONS, extra_directive_problem, sets_signal
+from hpcops.spec.fields import (
+    MAX_ATTEMPTS,
+    MAX_SWEEP_POINTS,
+    RETRY_STATES,
+    ParamValue,
+    data_env_name,
+    is_repo_url,
+)
 from hpcops.spec.load import MAX_SPEC_BYTES, load_spec_file, parse_spec, spec_to_yaml
 from hpcops.spec.model import (
+    Checkpoint,
     Code,
     DataTarget,
     Distribution,
     RandomSweep,
     Resources,
+    RetryPolicy,
     ScheduleBlock,
     Spec,
     SweepDef,
@@ -43,9 +53,12 @@ from hpcops.units import parse_mem_mb, parse_slurm_time
 
 __all__ = [
     "FULL_COMMIT_RE",
+    "MAX_ATTEMPTS",
     "MAX_SPEC_BYTES",
     "MAX_SWEEP_POINTS",
     "MODELLED_OPTIONS",
+    "RETRY_STATES",
+    "Checkpoint",
     "Code",
     "DataTarget",
     "Distribution",
@@ -53,6 +66,7 @@ __all__ = [
     "Point",
     "RandomSweep",
     "Resources",
+    "RetryPolicy",
     "ScheduleBlock",
     "Spec",
     "SweepDef",
@@ -69,6 +83,7 @@ __all__ = [
     "pin_sweep_seed",
     "point_spec",
     "point_specs",
+    "sets_signal",
     "spec_to_yaml",
     "sweep_points",
 ]

@@ -200,6 +200,13 @@ def extra_directive_problem(item: str) -> str | None:
     return None
 
 
+def sets_signal(item: str) -> bool:
+    """An item sbatch reads as --signal, which `checkpoint:` sets (getopt_long takes `--sig`
+    for it too)."""
+    option = item.removeprefix("--").partition("=")[0]
+    return item.startswith("--") and len(option) >= 2 and "signal".startswith(option)
+
+
 def check_extra_directive(item: str) -> str:
     problem = extra_directive_problem(item)
     if problem is not None:

@@ -532,3 +532,59 @@ def check_metric(value: str) -> str:
 def count_text(n: int) -> str:
     """1,000,000 points; a count past a quadrillion is only said to be past it."""
     return f"{n:,}" if n <= 10**15 else "more than 1,000,000,000,000,000"
+
+
+# ─── retries and checkpoints ───────────────────────────────────────────────────────────────────
+
+# The endings of a job that may start a run's next attempt: those Slurm's sacct reports for a job
+# that did not finish its work. COMPLETED and CANCELLED never do (a cancel is meant; a rerun or
+# `hpcops retry RUN` starts a run again by hand).
+RETRY_STATES: Final = ("NODE_FAIL", "PREEMPTED", "TIMEOUT", "FAILED", "OUT_OF_MEMORY")
+MAX_ATTEMPTS: Final = 20
+MAX_BACKOFF_S: Final = 86400
+CHECKPOINT_SIGNALS: Final = ("USR1", "USR2")
+MIN_CHECKPOINT_S: Final = 10
+# sbatch --signal takes at most 65535 seconds (`man sbatch`, Slurm 22.05.8: sig_time).
+MAX_CHECKPOINT_S: Final = 65535
+_RETRY_EXAMPLE: Final = "e.g. on: [NODE_FAIL, PREEMPTED, TIMEOUT]"
+_NOT_RETRIED: Final = {
+    "COMPLETED": "a run that completed is done",
+    "CANCELLED": "a cancel is meant to stop the run; `hpcops retry RUN` starts it again by hand",
+}
+
+
+def check_retry_state(value: str) -> str:
+    """One item of `retry.on`: a Slurm job state a new attempt follows."""
+    if value in RETRY_STATES:
+        return value
+    allowed = ", ".join(RETRY_STATES)
+    upper = value.strip().upper().replace("-", "_").replace(" ", "_")
+    if upper in RETRY_STATES:
+        hint = f" (write {upper}, as sacct spells it)"
+    elif upper in _NOT_RETRIED or upper == "CANCELED":
+        hint = f" ({_NOT_RETRIED[upper.replace('CANCELED', 'CANCELLED')]})"
+    else:
+        close = closest(upper, RETRY_STATES)
+        hint = f" (did you mean {close}?)" if close else ""
+    raise ValueError(f"{show(value)} is not a state a run is retried on{hint}; allowed: {allowed}")
+
+
+def check_retry_states(value: list[str]) -> list[str]:
+    """`retry.on`: at least one state; a state given twice counts once."""
+    if not value:
+        raise ValueError(
+            f"is empty; name the endings that start a new attempt, {_RETRY_EXAMPLE} "
+            "(or remove retry: for a run that ends with its first attempt)"
+        )
+    return list(dict.fromkeys(value))
+
+
+def check_checkpoint_signal(value: str) -> str:
+    if value in CHECKPOINT_SIGNALS:
+        return value
+    bare = value.strip().upper().removeprefix("SIG")
+    hint = f" (write {bare}, without SIG)" if bare in CHECKPOINT_SIGNALS else ""
+    raise ValueError(
+        f"must be USR1 or USR2{hint}; got {show(value)}. Slurm sends it to the job's script, "
+        "which passes it on to the command; e.g. signal: USR1"
+    )

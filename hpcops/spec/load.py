@@ -119,10 +119,11 @@ def load_spec_file(path: str | Path) -> Spec:
 def spec_to_yaml(spec: Spec) -> str:
     """The spec as canonical YAML, every field written out, that parse_spec reads back equal."""
     data = spec.model_dump(mode="python")
-    # schedule and sweep are absent unless given, so a spec without them keeps its canonical
-    # text and hash from before they existed.
-    if data.get("schedule") is None:
-        data.pop("schedule", None)
+    # schedule, sweep, retry and checkpoint are absent unless given, so a spec without them
+    # keeps its canonical text and hash from before they existed.
+    for name in ("schedule", "retry", "checkpoint"):
+        if data.get(name) is None:
+            data.pop(name, None)
     data.pop("sweep", None)
     if spec.sweep is not None:
         data["sweep"] = spec.sweep.plain()

@@ -13,11 +13,13 @@ from hpcops.describe import describe_value
 from hpcops.errors import FieldProblem, SpecError
 from hpcops.names import closest
 from hpcops.spec.model import (
+    Checkpoint,
     Code,
     DataTarget,
     Distribution,
     RandomSweep,
     Resources,
+    RetryPolicy,
     ScheduleBlock,
     Spec,
     SweepDef,
@@ -98,6 +100,14 @@ _EXAMPLES: Final = {
     "sweep.objective.metric": "metric: val_accuracy",
     "sweep.objective.mode": "mode: max",
     "sweep.max_parallel": "max_parallel: 4",
+    "retry": "retry: {max_attempts: 4, on: [NODE_FAIL, PREEMPTED, TIMEOUT], backoff_s: 60}",
+    "retry.max_attempts": "max_attempts: 4",
+    "retry.on": "on: [NODE_FAIL, PREEMPTED, TIMEOUT]",
+    "retry.on.*": "on: [NODE_FAIL, PREEMPTED, TIMEOUT]",
+    "retry.backoff_s": "backoff_s: 60",
+    "checkpoint": "checkpoint: {signal: USR1, before_s: 300}",
+    "checkpoint.signal": "signal: USR1",
+    "checkpoint.before_s": "before_s: 300",
 }
 _EXPECTED: Final = {
     "string_type": "a string",
@@ -119,6 +129,8 @@ _MODELS: Final[dict[str, type[BaseModel]]] = {
     "sweep.random": RandomSweep,
     "sweep.random.space.*": Distribution,
     "sweep.objective": SweepObjective,
+    "retry": RetryPolicy,
+    "checkpoint": Checkpoint,
 }
 # A sweep's key may hold a dot (resources.mem), written as it is: sweep.grid.resources.mem[1].
 _SWEEP_KEY_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")

@@ -1,5 +1,5 @@
-"""The spec's pydantic models: one experiment, what it runs on, its code, data, schedule and
-sweep.
+"""The spec's pydantic models: one experiment, what it runs on, its code, data, schedule,
+sweep, retries and checkpoint.
 
 Every field's check lives in fields.py (or directives.py) and raises the message a user sees;
 messages.py turns what pydantic reports into FieldProblems.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, NoReturn
 
 from pydantic import (
     AfterValidator,
@@ -17,16 +17,21 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hpcops import cadence
 from hpcops.describe import show
-from hpcops.spec.directives import check_extra_directive, check_extra_directives
+from hpcops.spec.directives import check_extra_directive, check_extra_directives, sets_signal
 from hpcops.spec.fields import (
     GPU_TYPE,
+    MAX_ATTEMPTS,
+    MAX_BACKOFF_S,
+    MAX_CHECKPOINT_S,
     MAX_DATA_TARGETS,
     MAX_ENV,
     MAX_PARAMS,
@@ -34,6 +39,7 @@ from hpcops.spec.fields import (
     MAX_SWEEP_POINTS,
     MAX_SWEEP_SEED,
     MAX_TAGS,
+    MIN_CHECKPOINT_S,
     NAME,
     PARAM_KEY,
     QOS,
@@ -42,6 +48,7 @@ from hpcops.spec.fields import (
     TEMPLATE,
     ParamValue,
     check_catch_up,
+    check_checkpoint_signal,
     check_command,
     check_cron,
     check_data_path,
@@ -54,6 +61,8 @@ from hpcops.spec.fields import (
     check_param_value,
     check_partition,
     check_repo,
+    check_retry_state,
+    check_retry_states,
     check_rev,
     check_tag_value,
     check_time,
@@ -82,6 +91,7 @@ _EnvVal = Annotated[str, BeforeValidator(scalar_text), AfterValidator(check_env_
 _TagKey = Annotated[str, AfterValidator(TAG_KEY.check)]
 _TagVal = Annotated[str, BeforeValidator(scalar_text), AfterValidator(check_tag_value)]
 _Directive = Annotated[str, AfterValidator(check_extra_directive)]
+_RetryState = Annotated[str, AfterValidator(check_retry_state)]
 
 _MODEL_CONFIG: Final = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -453,6 +463,49 @@ class SweepDef(BaseModel):
         return data
 
 
+# ─── retries and checkpoints ───────────────────────────────────────────────────────────────────
+
+
+class RetryPolicy(BaseModel):
+    """When a run whose job ended early starts a new attempt (a new Slurm job, same run).
+
+    max_attempts counts every attempt of the run, the first included (a spec without retry:
+    has 1). on: the job states that start the next attempt, as sacct spells them (FAILED only
+    if listed). backoff_s: the least time between an attempt's end and the next one's queueing.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    max_attempts: Annotated[int, AfterValidator(in_range(1, MAX_ATTEMPTS, "max_attempts: 4"))]
+    on: Annotated[list[_RetryState], AfterValidator(check_retry_states)] = [
+        "NODE_FAIL",
+        "PREEMPTED",
+    ]
+    backoff_s: Annotated[int, AfterValidator(in_range(0, MAX_BACKOFF_S, "backoff_s: 60"))] = 0
+
+
+class Checkpoint(BaseModel):
+    """The job gets `signal` (USR1 or USR2) `before_s` seconds before its time limit
+    (`#SBATCH --signal=B:<signal>@<before_s>`); the script passes it on to the command, which
+    saves its state into $HPCOPS_CHECKPOINT_DIR, shared by every attempt of the run."""
+
+    model_config = _MODEL_CONFIG
+
+    signal: Annotated[str, AfterValidator(check_checkpoint_signal)] = "USR1"
+    before_s: Annotated[
+        int, AfterValidator(in_range(MIN_CHECKPOINT_S, MAX_CHECKPOINT_S, "before_s: 300"))
+    ]
+
+
+def _refuse(loc: tuple[str | int, ...], value: object, message: str) -> NoReturn:
+    """A problem a check across fields finds, placed at the field it is about (pydantic
+    prefixes `loc` with the place of the model being validated)."""
+    error = PydanticCustomError("value_error", "{error}", {"error": message})
+    raise ValidationError.from_exception_data(
+        "Spec", [InitErrorDetails(type=error, loc=loc, input=value)]
+    )
+
+
 def _env_collision(keys: Iterable[str]) -> str | None:
     seen: dict[str, str] = {}
     for key in keys:
@@ -487,6 +540,8 @@ class Spec(BaseModel):
     tags: dict[_TagKey, _TagVal] = {}
     schedule: ScheduleBlock | None = None
     sweep: SweepDef | None = None
+    retry: RetryPolicy | None = None
+    checkpoint: Checkpoint | None = None
 
     @field_validator("params")
     @classmethod
@@ -579,3 +634,30 @@ class Spec(BaseModel):
         if len(value) > MAX_TAGS:
             raise ValueError(f"has {len(value)} entries; at most {MAX_TAGS}")
         return value
+
+    @model_validator(mode="after")
+    def _checkpoint_fits(self) -> Spec:
+        checkpoint = self.checkpoint
+        if checkpoint is None:
+            return self
+        for i, item in enumerate(self.extra_directives):
+            if sets_signal(item):
+                _refuse(
+                    ("extra_directives", i),
+                    item,
+                    f"{item} would fight checkpoint:, which sets --signal=B:"
+                    f"{checkpoint.signal}@{checkpoint.before_s} itself; remove one of the two",
+                )
+        swept = self.sweep is not None and f"{RESOURCE_PREFIX}time" in self.sweep.keys
+        limit = self.resources.time_limit_s
+        # A sweep that sets the time has each point checked with its own (check_sweep_points).
+        if not swept and checkpoint.before_s >= limit:
+            _refuse(
+                ("checkpoint", "before_s"),
+                checkpoint.before_s,
+                f"must be less than the run's time limit, resources.time "
+                f"{show(self.resources.time)} ({limit} s); got {checkpoint.before_s}. The job "
+                "gets the signal before_s seconds before its limit (Slurm may send it up to a "
+                f"minute earlier); e.g. before_s: {max(MIN_CHECKPOINT_S, min(300, limit // 4))}",
+            )
+        return self

@@ -1,7 +1,8 @@
 """The daemon's database, one module per table group behind the one `Store` callers use:
 
 engine.py     the SQLite file: WAL, BEGIN IMMEDIATE, sessions, the additive migration
-runs.py       runs and their append-only events; every state change checked (TRANSITIONS)
+runs.py       runs, their append-only events and their ended attempts; every state change
+              checked (TRANSITIONS)
 schedules.py  schedules and their firings
 sweeps.py     sweeps, whose points are runs
 tracking.py   the MLflow outbox and the relay's cursors
@@ -11,6 +12,8 @@ models.py     the tables, and the typed updates the store takes
 
 from hpcops.store.audit import AuditTables
 from hpcops.store.models import (
+    Attempt,
+    AttemptEnd,
     Audit,
     Event,
     Firing,
@@ -36,6 +39,8 @@ class Store(SweepTables, RunTables, ScheduleTables, TrackingTables, AuditTables)
 
 
 __all__ = [
+    "Attempt",
+    "AttemptEnd",
     "Audit",
     "Event",
     "Firing",

@@ -117,6 +117,64 @@ class Run(SQLModel, table=True):
     array_task: int | None = None
     objective: float | None = None
 
+    # Retries (a spec's `retry:`; docs/design.md, "Attempts"). The spec's retry.max_attempts,
+    # kept for `ls` and `show` (the engine decides from the spec itself); attempts that ended
+    # (rows of Attempt, kept by the store with each attempt's end); the current attempt's Slurm
+    # requeues (the same job id pending again); when the run was last queued, for release order
+    # (None: created_at); and the earliest time its next attempt may be released (backoff_s).
+    max_attempts: int = 1
+    attempts_ended: int = 0
+    restarts: int = 0
+    queued_at: float | None = None
+    retry_not_before: float | None = None
+
+
+class Attempt(SQLModel, table=True):
+    """One ended attempt of a run: one Slurm job, from its submission to its end. Written by the
+    store in the transaction that records the end (Store.transition's `ended`), so a crash keeps
+    both or neither. A Slurm requeue (same job id) is a restart within one attempt."""
+
+    __table_args__ = (UniqueConstraint("run_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(index=True, foreign_key="run.id")
+    number: int  # 1, 2, ... in the order the attempts ended
+    slurm_job_id: str = Field(index=True)
+    state: RunState = Field(sa_type=RunStateText)  # the state the attempt ended in
+    slurm_state: str | None = None
+    submitted_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    elapsed_s: int | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    total_cpu_s: float | None = None
+    alloc_cpus: int | None = None
+    alloc_gpus: int | None = None
+    max_rss_bytes: int | None = None
+
+
+class AttemptEnd(TypedDict, total=False):
+    """How an attempt ended (Store.transition's `ended`): `state` always, the rest as known. The
+    store adds the run, the number and the job id (and the run's restarts, if not given)."""
+
+    state: RunState
+    slurm_state: str | None
+    submitted_at: float | None
+    started_at: float | None
+    ended_at: float | None
+    elapsed_s: int | None
+    exit_code: int | None
+    signal: int | None
+    reason: str | None
+    total_cpu_s: float | None
+    alloc_cpus: int | None
+    alloc_gpus: int | None
+    max_rss_bytes: int | None
+    restarts: int  # Slurm's requeues within the attempt (default: the run's count)
+
 
 class Sweep(SQLModel, table=True):
     """One spec with a `sweep:` block: one run per point, released into Slurm as job arrays.
@@ -198,6 +256,9 @@ class RunUpdate(TrackingFields, total=False):
     alloc_gpus: int | None
     array_task: int | None
     objective: float | None
+    restarts: int
+    queued_at: float | None
+    retry_not_before: float | None
 
 
 def apply_fields(target: object, fields: Mapping[str, object], allowed: type, what: str) -> None:
@@ -315,9 +376,11 @@ class TrackingOp(SQLModel, table=True):
     that change, done by the tracking thread when the server answers (hpcops/tracking/worker.py).
 
     kind: "create" (queued: the run's record, status SCHEDULED), "submitted" (Slurm took it: job
-    id and the sbatch script), "close" (ended: final status, accounting, logs), and for a point
-    of a sweep "sweep" (before its create: the sweep's parent run; after its close: the point's
-    objective, the sweep's best, the parent's end).
+    id and the sbatch script), "close" (ended: final status, accounting, logs), "attempt" (an
+    attempt ended and the next one is queued: that attempt's figures and logs, the record stays
+    open), "reopen" (an ended run queued again by `hpcops retry`: the record goes back to
+    RUNNING), and for a point of a sweep "sweep" (before its create: the sweep's parent run;
+    after its close: the point's objective, the sweep's best, the parent's end).
     """
 
     id: int | None = Field(default=None, primary_key=True)
@@ -329,6 +392,9 @@ class TrackingOp(SQLModel, table=True):
     last_error: str | None = None
     done_at: float | None = Field(default=None, index=True)
     failed: bool = False  # given up after repeated refusals; the error says why
+    # The attempt the operation is about (Attempt.number; the one being submitted for
+    # "submitted"): None for the run as a whole ("create"), and in rows written before retries.
+    attempt: int | None = None
 
 
 class RelayCursor(SQLModel, table=True):

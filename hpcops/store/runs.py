@@ -1,7 +1,7 @@
 """Runs and their append-only events: how a run is queued, read, and moved from state to state.
 
 Every state change is checked against states.TRANSITIONS and written with its event (and the
-MLflow operations it owes) in one transaction.
+MLflow operations it owes, and the Attempt row of an attempt that ended) in one transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from hpcops.errors import IllegalTransition, NotFound, StoreError
 from hpcops.states import IN_SLURM_STATES, INITIAL_STATES, TRANSITIONS, RunState, may_transition
 from hpcops.store.engine import Database
-from hpcops.store.models import Event, Run, RunUpdate, Sweep, apply_fields
+from hpcops.store.models import Attempt, AttemptEnd, Event, Run, RunUpdate, Sweep, apply_fields
 from hpcops.store.tracking import owe_tracking
 
 
@@ -132,24 +132,28 @@ class RunTables(Database):
 
     def queued_summaries(
         self,
-    ) -> list[tuple[int, str, int, float, int, int, str | None, int | None]]:
-        """(id, owner, priority, created_at, cpus, gpus, partition, sweep_id) of every QUEUED
-        run: the release policy's input, read as plain rows (10,000 ORM objects a tick would
-        cost)."""
+    ) -> list[tuple[int, str, int, float, int, int, str | None, int | None, float | None]]:
+        """(id, owner, priority, queued at, cpus, gpus, partition, sweep_id, not before) of
+        every QUEUED run: the release policy's input, read as plain rows (10,000 ORM objects a
+        tick would cost). Queued at: when it was last queued (a retry's next attempt), else
+        when it was created; not before: a retry's back-off (None: none)."""
         # SQLAlchemy's own select: sqlmodel's typing stops at four columns.
         query = sa_select(
             col(Run.id),
             col(Run.owner),
             col(Run.priority),
-            col(Run.created_at),
+            func.coalesce(col(Run.queued_at), col(Run.created_at)),
             col(Run.cpus),
             col(Run.gpus),
             col(Run.partition),
             col(Run.sweep_id),
+            col(Run.retry_not_before),
         ).where(col(Run.state) == RunState.QUEUED.value)
         with self._session() as session:
             rows = session.connection().execute(query).all()
-        return [(int(r[0] or 0), r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
+        return [
+            (int(r[0] or 0), r[1], r[2], float(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows
+        ]
 
     def data_versions(self) -> list[tuple[int, RunState, str, float]]:
         """(id, state, data_json, last used) of every run with data versions, oldest run first:
@@ -174,18 +178,31 @@ class RunTables(Database):
         return [found[i] for i in run_ids if i in found]
 
     def owners_by_job(self, job_ids: Sequence[str]) -> dict[str, str]:
-        """Slurm job id -> the hpcops owner, for the jobs that are hpcops runs."""
+        """Slurm job id -> the hpcops owner, for the jobs that are hpcops runs: each run's
+        current job and the jobs of its ended attempts (fair share counts every attempt)."""
         owners: dict[str, str] = {}
         ids = list(job_ids)
         # In chunks: SQLite caps the variables of one statement, and a week of a busy lab's
         # accounting (array jobs by hand included) can hold tens of thousands of job ids.
         for start in range(0, len(ids), 500):
-            query = select(Run.slurm_job_id, Run.owner).where(
-                col(Run.slurm_job_id).in_(ids[start : start + 500])
+            chunk = ids[start : start + 500]
+            current = select(Run.slurm_job_id, Run.owner).where(col(Run.slurm_job_id).in_(chunk))
+            ended = (
+                select(Attempt.slurm_job_id, Run.owner)
+                .join(Run, col(Run.id) == col(Attempt.run_id))
+                .where(col(Attempt.slurm_job_id).in_(chunk))
             )
             with self._session() as session:
-                owners.update({j: o for j, o in session.exec(query).all() if j is not None})
+                owners.update(dict(session.exec(ended).all()))
+                owners.update({j: o for j, o in session.exec(current).all() if j is not None})
         return owners
+
+    def attempts(self, run_id: int) -> list[Attempt]:
+        """The run's ended attempts, first to last (the attempt in Slurm, if any, is the run's
+        own fields: number `attempts_ended + 1`)."""
+        query = select(Attempt).where(Attempt.run_id == run_id).order_by(col(Attempt.number))
+        with self._session() as session:
+            return list(session.exec(query).all())
 
     def max_queued_priority(self) -> int | None:
         query = select(func.max(Run.priority)).where(Run.state == RunState.QUEUED.value)
@@ -206,6 +223,7 @@ class RunTables(Database):
         actor: str,
         note: str = "",
         expect: Iterable[RunState] | None = None,
+        ended: AttemptEnd | None = None,
         **fields: Unpack[RunUpdate],
     ) -> Run | None:
         """Change a run atomically; with `expect`, only if it is still in one of those states.
@@ -213,10 +231,15 @@ class RunTables(Database):
         Returns the updated run, or None when `expect` did not hold (someone else moved it first).
         A state change writes an event; a field-only update writes one only if a note is given.
         A change that states.TRANSITIONS does not allow raises IllegalTransition and writes
-        nothing.
+        nothing. `ended`: the run's current attempt ended so (its job ended, or was taken for
+        lost): its Attempt row is written in the same transaction, numbered after the run's
+        earlier ones, with the run's job id and restarts as they were (a run without a job has
+        no attempt to record: `ended` is then ignored).
         """
         with self._session() as session:
-            return _change(session, run_id, to_state, actor, note, expect, fields, self.track)
+            return _change(
+                session, run_id, to_state, actor, note, expect, fields, self.track, ended
+            )
 
     def transition_many(
         self,
@@ -253,8 +276,10 @@ def _change(
     expect: Iterable[RunState] | None,
     fields: RunUpdate,
     track: bool,
+    ended: AttemptEnd | None = None,
 ) -> Run | None:
-    """One run's checked change, with its event and outbox rows, inside the caller's session."""
+    """One run's checked change, with its event, its ended attempt and its outbox rows, inside
+    the caller's session."""
     now = time.time()
     run = session.get(Run, run_id)
     if run is None:
@@ -268,6 +293,21 @@ def _change(
             f"run {run_id}: {from_state} -> {to_state} is not a legal state change "
             f"(asked by {actor}{f': {note}' if note else ''}); from {from_state} a run "
             f"may go to {allowed} (TRANSITIONS in hpcops/states.py)"
+        )
+    if ended is not None and run.slurm_job_id is not None:
+        if "state" not in ended:
+            raise StoreError(f"run {run_id}: an ended attempt needs the state it ended in")
+        run.attempts_ended += 1
+        session.add(
+            Attempt.model_validate(
+                {
+                    "run_id": run_id,
+                    "number": run.attempts_ended,
+                    "slurm_job_id": run.slurm_job_id,
+                    "restarts": run.restarts,
+                    **ended,
+                }
+            )
         )
     apply_fields(run, fields, RunUpdate, "runs")
     if to_state is not None:
@@ -285,5 +325,9 @@ def _change(
                 reason=note,
             )
         )
-    owe_tracking(session, run_id, from_state, run.state, now, track=track)
+    # The attempt an operation is about: the one that ended, else the one under way (none: a
+    # run that ended without ever having a job).
+    last = ended is not None or run.state.is_terminal
+    about = run.attempts_ended if last else run.attempts_ended + 1
+    owe_tracking(session, run_id, from_state, run.state, now, track=track, attempt=about or None)
     return run

@@ -53,16 +53,26 @@ def tracking_ops_for(from_state: str | None, to_state: str, *, point: bool = Fal
     """The MLflow operations a state change owes (the outbox's rule; pure).
 
     Queued: the record is created. Slurm took the job (a submission confirmed, or adopted by
-    token after a crash): its job id and script. Ended, from wherever: the record is closed.
+    token after a crash): its job id and script. Ended, from wherever: the record is closed. An
+    attempt ended and the next one queued: that attempt's figures and logs, the record stays
+    open. An ended run queued again by `hpcops retry`: the record is reopened.
 
     A point of a sweep (`point`) also owes its sweep's parent record: before its own record is
     created (the parent is made first, so the point's record is created under it) and after
-    it is closed (the point's objective ranked, the parent ended when every point has).
+    it is closed (the point's objective ranked, the parent ended when every point has), and
+    when `hpcops retry` reopens it (a parent that had ended runs again; the next close ends it).
     """
     if from_state == to_state:
         return []
     if from_state is None:
         return [SWEEP_OP, "create"] if point else ["create"]
+    if to_state == RunState.QUEUED.value:
+        if RunState(from_state).is_terminal:
+            # A point's parent may have ended with it: it runs again until the point ends.
+            return ["reopen", SWEEP_OP] if point else ["reopen"]
+        if from_state in (RunState.STAGING.value, RunState.PENDING.value, RunState.RUNNING.value):
+            return ["attempt"]
+        return []
     if RunState(to_state).is_terminal:
         return ["close", SWEEP_OP] if point else ["close"]
     if from_state == RunState.SUBMITTING.value and to_state in (
@@ -82,14 +92,17 @@ def owe_tracking(
     now: float,
     *,
     track: bool,
+    attempt: int | None = None,
 ) -> None:
-    """Outbox rows for a state change, in the transaction that makes the change."""
+    """Outbox rows for a state change, in the transaction that makes the change; `attempt`: the
+    attempt they are about (TrackingOp.attempt)."""
     if not track or from_state == to_state:
         return
     run = session.get(Run, run_id)  # in the session already: no query
     point = run is not None and run.sweep_id is not None
     for kind in tracking_ops_for(from_state, to_state, point=point):
-        session.add(TrackingOp(run_id=run_id, kind=kind, created_at=now))
+        about = None if kind in ("create", SWEEP_OP) else attempt
+        session.add(TrackingOp(run_id=run_id, kind=kind, created_at=now, attempt=about))
 
 
 class TrackingTables(Database):

@@ -1,7 +1,8 @@
 """What a run's MLflow record holds, as pure functions of the run: tags, params, metrics, status.
 
-The daemon writes three batches per run (creation, submission, closing); each is computed here
-from the run's row, so what the record says is tested on plain data, without a server.
+The daemon writes three batches per run (creation, submission, closing), and one per attempt of
+a run that has several (`attempt_batch`); each is computed here from the run's row or the
+attempt's, so what the record says is tested on plain data, without a server.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hpcops.spec import ParamValue, Spec
 from hpcops.states import RunState
-from hpcops.store import Run
+from hpcops.store import Attempt, Run
 
 # Tags hpcops owns. A relayed job cannot overwrite them, and rerun reads them back.
 TAG_PREFIX = "hpcops."
@@ -72,6 +74,14 @@ class Batch:
 
     def __bool__(self) -> bool:
         return bool(self.metrics or self.params or self.tags)
+
+    def merged(self, other: Batch) -> Batch:
+        """Both in one (the other's values win a clash); the server cuts it to its limits."""
+        return Batch(
+            metrics=[*self.metrics, *other.metrics],
+            params={**self.params, **other.params},
+            tags={**self.tags, **other.tags},
+        )
 
 
 def instance_key(lab: str, home: Path, run_id: int) -> str:
@@ -145,11 +155,14 @@ def creation_tags(
 
 
 def submission_tags(run: Run, *, cluster: str | None, mode: str) -> dict[str, str]:
-    """Tags once Slurm took the job."""
+    """Tags once Slurm took the job: its id, and which attempt of the run it is (the job's
+    HPCOPS_ATTEMPT, the `<n>` of `slurm.attempt.<n>.*`); `hpcops.claim` counts the run's
+    submissions, one more when a crash or a refusal made the daemon submit an attempt again."""
     tags = {
         "hpcops.slurm_job_id": run.slurm_job_id or "",
         "hpcops.partition": run.partition or "",
-        "hpcops.attempt": str(run.attempt),
+        "hpcops.attempt": str(run.attempts_ended + 1),
+        "hpcops.claim": str(run.attempt),
         "hpcops.tracking_mode": mode,
     }
     if cluster:
@@ -157,34 +170,75 @@ def submission_tags(run: Run, *, cluster: str | None, mode: str) -> dict[str, st
     return {k: v for k, v in tags.items() if v}
 
 
+def _slurm_figures(job: Run | Attempt) -> tuple[dict[str, float], dict[str, str]]:
+    """One job's Slurm accounting, as (numbers, words) by short name: the figures a run's
+    record holds of its last job (`closing_batch`) and of each attempt (`attempt_batch`)."""
+    state = RunState(job.state)
+    numbers: dict[str, float | int | None] = {
+        "elapsed_s": job.elapsed_s,
+        "cpu_time_s": job.total_cpu_s,
+        "max_rss_bytes": job.max_rss_bytes,
+        "exit_code": job.exit_code,
+        "alloc_cpus": job.alloc_cpus,
+        "alloc_gpus": job.alloc_gpus,
+    }
+    words = {"state": state.value, "slurm_state": job.slurm_state or state.value}
+    if job.exit_code is not None:
+        words["exit_code"] = f"{job.exit_code}:{job.signal or 0}"
+    if job.reason:
+        words["reason"] = job.reason[:5000]
+    if job.slurm_job_id:
+        words["job_id"] = job.slurm_job_id
+    return {k: float(v) for k, v in numbers.items() if v is not None}, words
+
+
+# The run-level tags of the last job's words, named as they were before attempts existed.
+_CLOSING_TAGS = {
+    "state": "hpcops.state",
+    "slurm_state": "slurm.state",
+    "exit_code": "slurm.exit_code",
+    "reason": "hpcops.reason",
+    "job_id": "hpcops.slurm_job_id",
+}
+
+
 def closing_batch(run: Run, *, end_ms: int) -> Batch:
     """Slurm's accounting of the ended job: numbers as metrics, words as tags; one batch
     whatever the number of figures (MLflow's log_batch takes up to 1000 metrics and 100 tags)."""
-    state = RunState(run.state)
-    figures: dict[str, float | int | None] = {
-        "slurm.elapsed_s": run.elapsed_s,
-        "slurm.cpu_time_s": run.total_cpu_s,
-        "slurm.max_rss_bytes": run.max_rss_bytes,
-        "slurm.exit_code": run.exit_code,
-        "slurm.alloc_cpus": run.alloc_cpus,
-        "slurm.alloc_gpus": run.alloc_gpus,
-    }
-    metrics = [
-        MetricPoint(key, float(value), end_ms, 0)
-        for key, value in figures.items()
-        if value is not None
-    ]
-    tags = {
-        "hpcops.state": state.value,
-        "slurm.state": run.slurm_state or state.value,
-    }
-    if run.exit_code is not None:
-        tags["slurm.exit_code"] = f"{run.exit_code}:{run.signal or 0}"
-    if run.reason:
-        tags["hpcops.reason"] = run.reason[:5000]
-    if run.slurm_job_id:
-        tags["hpcops.slurm_job_id"] = run.slurm_job_id
+    numbers, words = _slurm_figures(run)
+    metrics = [MetricPoint(f"slurm.{key}", value, end_ms, 0) for key, value in numbers.items()]
+    tags = {_CLOSING_TAGS[key]: value for key, value in words.items()}
     return Batch(metrics=metrics, tags=tags)
+
+
+def attempt_prefix(number: int) -> str:
+    """Where one attempt's figures live in the record: `slurm.attempt.<n>.<figure>`."""
+    return f"slurm.attempt.{number}."
+
+
+def attempt_artifact_dir(number: int) -> str:
+    """Where one attempt's logs live in the record (under hpcops' own artifact directory, so
+    that a job's own `attempts/` cannot collide with them)."""
+    return f"{ARTIFACT_DIR}/attempts/{number}"
+
+
+def attempt_batch(attempt: Attempt) -> Batch:
+    """One ended attempt's Slurm figures, kept apart from every other attempt's by its number:
+    the same figures as `closing_batch`, plus its requeues within the attempt and its start and
+    end (UTC). Timestamped with the attempt's end, so logging it again changes nothing."""
+    numbers, words = _slurm_figures(attempt)
+    numbers["restarts"] = float(attempt.restarts)
+    for key, epoch in (("started", attempt.started_at), ("ended", attempt.ended_at)):
+        if epoch is not None:
+            words[key] = utc_text(epoch)
+    prefix = attempt_prefix(attempt.number)
+    at_ms = int((attempt.ended_at or 0.0) * 1000)
+    metrics = [MetricPoint(prefix + key, value, at_ms, 0) for key, value in numbers.items()]
+    return Batch(metrics=metrics, tags={prefix + key: value for key, value in words.items()})
+
+
+def utc_text(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def ui_url(tracking_uri: str, experiment_id: str | None, run_id: str | None) -> str | None:

@@ -2,18 +2,25 @@
 
 Each state change that owes the record something writes a TrackingOp row in the same transaction
 (store.tracking_ops_for): "create" when a run is queued, "submitted" when Slurm took its job,
-"close" when it ended. This thread does them in order per run, with back-off while the server
-does not answer, so the loop that follows Slurm and the socket API never wait on the tracking
-server, and a record owed while it is down is completed when it is back. kill -9 loses nothing:
-an operation is done again until it is marked done, and every one is idempotent — creation
-counts its attempts first, and a retried creation first looks the run up by its `hpcops.key`.
+"close" when it ended; for a run with `retry:`, "attempt" when an attempt ended and the next is
+queued (the record stays open), "reopen" when `hpcops retry` queued an ended run again (the
+record goes back to RUNNING): one record across a run's attempts, each attempt's figures and
+logs kept apart by its number (hpcops/tracking/attempts.py). This thread does them in order per
+run, with back-off while the server does not answer, so the loop that follows Slurm and the
+socket API never wait on the tracking server, and a record owed while it is down is completed
+when it is back. kill -9 loses nothing: an operation is done again until it is marked done, and
+every one is idempotent — creation counts its attempts first, and a retried creation first looks
+the run up by its `hpcops.key`.
 
 HTTP requests for one run's record (creation plus closing), against `mlflow server`:
   create     create_run (with its tags), log_batch (params), update (SCHEDULED), spec.yaml
   submitted  log_batch (Slurm job id, partition, cluster), job.sbatch
   close      log_batch (Slurm's figures as metrics and tags), stdout, stderr, update (status)
 that is 10, whatever the number of figures, plus one experiment lookup per experiment per
-daemon (tests/benchmarks/bench_tracking.py counts them).
+daemon (tests/benchmarks/bench_tracking.py counts them). A run of several attempts costs 4 more
+per "attempt" (update, log_batch, stdout, stderr), as many per "reopen" (update, and the same 3
+for the attempt it follows), and 2 more at close (the last attempt's stdout and stderr under its
+number; every attempt's figures ride in the closing batch).
 
 A point of a sweep is recorded like any run, nested under its sweep's parent run, and owes the
 parent "sweep" operations, in a lane of their own (hpcops/tracking/parents.py). With an
@@ -27,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -52,10 +58,12 @@ from hpcops.states import RunState
 from hpcops.store import Run, Store, Sweep, TrackingOp
 from hpcops.store.tracking import SWEEP_OP
 from hpcops.tracking import records, relay
+from hpcops.tracking.attempts import AttemptRecords
+from hpcops.tracking.forward import RelayForwarder
+from hpcops.tracking.jobfiles import JobFiles
 from hpcops.tracking.parents import SweepParents
-from hpcops.tracking.records import Batch, MetricPoint
+from hpcops.tracking.records import Batch
 from hpcops.tracking.server import TrackingServer, configure_client, load_mlflow
-from hpcops.transport.beneath import UnsafeFile, anchor, copy_beneath
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +81,6 @@ class JobTracking:
     env: tuple[tuple[str, str], ...]
     fields: dict[str, Any]
 
-
-# A relayed artifact is copied before upload (from a link-free handle); one larger than this is
-# left out with a warning rather than filling the daemon's disk.
-_ARTIFACT_MAX_BYTES = 4 * 1024**3
 
 ServerFactory = Callable[[str, Path | None], TrackingServer]
 
@@ -106,15 +110,16 @@ class Tracker:
         self.health = Health()
         self.wake = threading.Event()
         self.cluster = self.cfg.cluster or _cluster_from_slurm_conf()
-        # Run directories and relay stores are written by jobs: their files are opened from
-        # these roots without following links (hpcops/transport/beneath.py).
-        self.roots = tuple(
+        roots = tuple(
             root for root in (config.run_root_in(home), self.cfg.relay_root) if root is not None
         )
         self._server_factory = server_factory
         self._server: TrackingServer | None = None
         self._next_relay_at = 0.0
         self.parents = SweepParents(store, lab=self.lab, home=home, clock=clock)
+        self.files = JobFiles(roots, max_log_bytes=self.cfg.max_log_bytes)
+        self.forwarder = RelayForwarder(store, roots)
+        self.attempts = AttemptRecords(store, self.files, self.forwarder)
         configure_client(self.cfg.request_timeout_s)
 
     # --- asked by the loop (never waits on the server) ---------------------------------------
@@ -134,7 +139,11 @@ class Tracker:
         """The MLflow environment of the run's next submission. Relay stores are made here, on
         shared scratch (a filesystem call, no server)."""
         assert run.id is not None
-        if self.mode == "direct" and run.mlflow_run_id and run.mlflow_experiment_id:
+        # A run's attempts share one record and, in relay mode, one relay store: an attempt
+        # released while the server was down keeps relaying, and the next one goes on in the
+        # same store (its cursors stay true), never half in each.
+        relayed = run.mlflow_relay_dir is not None
+        if self.mode == "direct" and run.mlflow_run_id and run.mlflow_experiment_id and not relayed:
             env = (
                 ("MLFLOW_TRACKING_URI", self.uri),
                 ("MLFLOW_RUN_ID", run.mlflow_run_id),
@@ -199,7 +208,7 @@ class Tracker:
             self._flush(server, now)
             if now >= self._next_relay_at:
                 self._next_relay_at = now + self.cfg.relay_interval_s
-                self._relay_all(server)
+                self.forwarder.forward_all(server)
         except TrackingUnreachable as exc:
             self._failed(exc)
             return
@@ -280,6 +289,10 @@ class Tracker:
             self._submitted(server, run)
         elif op.kind == "close":
             self._close(server, run)
+        elif op.kind == "attempt":
+            self.attempts.ended(server, run, op.attempt)
+        elif op.kind == "reopen":
+            self.attempts.reopened(server, run, op.attempt)
         else:
             raise TrackingRejected(f"unknown tracking operation {op.kind!r}")
 
@@ -350,109 +363,28 @@ class Tracker:
         tags = records.submission_tags(run, cluster=self.cluster, mode=mode)
         server.log_batch(run.mlflow_run_id, Batch(tags=tags))
         if run.run_dir:
-            self._upload_job_file(
+            self.files.upload(
                 server, run, RunDir(Path(run.run_dir)).script, max_bytes=self.cfg.max_log_bytes
             )
 
     def _close(self, server: TrackingServer, run: Run) -> None:
+        assert run.id is not None
         assert run.mlflow_run_id is not None and run.mlflow_artifact_uri is not None
         if run.mlflow_relay_dir and run.mlflow_relay_run_id:
-            self._relay_one(server, run, final=True)
+            self.forwarder.forward(server, run, final=True)
+        if not RunState(run.state).is_terminal:
+            # Retried by hand before this close was done: the "reopen" after it logs the
+            # attempt that ended, and the record stays open.
+            return
         end_ms = int((run.ended_at or self.clock()) * 1000)
-        server.log_batch(run.mlflow_run_id, records.closing_batch(run, end_ms=end_ms))
-        if run.run_dir:
-            rundir = RunDir(Path(run.run_dir))
-            for path in (rundir.stdout, rundir.stderr):
-                self._upload_job_file(server, run, path, max_bytes=self.cfg.max_log_bytes)
+        batch = self.attempts.closing(run, records.closing_batch(run, end_ms=end_ms))
+        server.log_batch(run.mlflow_run_id, batch)
+        self.files.upload_logs(server, run, records.ARTIFACT_DIR)
+        self.attempts.upload_last_logs(server, run)
         status = records.mlflow_status(RunState(run.state))
         server.set_status(run.mlflow_run_id, status, end_ms)
         if run.sweep_id is not None:
             self.parents.read_objective(server, run)
-
-    def _upload_job_file(
-        self, server: TrackingServer, run: Run, path: Path, *, max_bytes: int
-    ) -> None:
-        """Upload a file the job could have written (its logs, its run directory's script).
-
-        It is copied first, from a handle opened without following links and bounded to its
-        last `max_bytes` (a 10 GB log's end says how the job ended), and the copy is uploaded.
-        A file that cannot be read that way (a link, a FIFO, unreadable) costs only this run's
-        record that file: a short note takes its place, and the outbox moves on."""
-        assert run.mlflow_artifact_uri is not None
-        root, relative = anchor(self.roots, path)
-        with tempfile.TemporaryDirectory(prefix="hpcops-upload-") as tmp:
-            copy = Path(tmp) / path.name
-            try:
-                copy_beneath(root, relative, copy, max_bytes=max_bytes)
-            except FileNotFoundError:
-                return
-            except (UnsafeFile, OSError) as exc:
-                reason = str(exc)
-                log.warning("run %s: %s not uploaded: %s", run.id, path.name, reason)
-                copy.write_text(f"[hpcops: {path.name} was not uploaded: {reason}]\n")
-            server.upload(run.mlflow_artifact_uri, copy, records.ARTIFACT_DIR)
-
-    # --- relay -------------------------------------------------------------------------------
-
-    def _relay_all(self, server: TrackingServer) -> None:
-        for run in self.store.relaying():
-            try:
-                self._relay_one(server, run, final=False)
-            except TrackingRejected as exc:
-                log.warning("run %s: relay refused by the server: %s", run.id, exc)
-            except OSError as exc:
-                log.warning("run %s: cannot read its relay store: %s", run.id, exc)
-
-    def _relay_one(self, server: TrackingServer, run: Run, *, final: bool) -> None:
-        assert run.id is not None and run.mlflow_run_id is not None
-        assert run.mlflow_relay_dir is not None and run.mlflow_relay_run_id is not None
-        assert run.mlflow_artifact_uri is not None
-        store = relay.RelayStore(Path(run.mlflow_relay_dir), run.mlflow_relay_run_id)
-        cursors = self.store.relay_cursors(run.id)
-        root, run_dir = anchor(self.roots, store.run_dir)
-        delta = relay.collect(root, run_dir, cursors, final=final)
-        if delta.batch:
-            self._log_relayed(server, run, delta.batch)
-        for path, artifact_dir in delta.artifacts:
-            with tempfile.TemporaryDirectory(prefix="hpcops-relay-") as tmp:
-                copy = Path(tmp) / path.name
-                try:
-                    copy_beneath(root, path, copy, max_bytes=_ARTIFACT_MAX_BYTES, whole=True)
-                except (UnsafeFile, OSError) as exc:
-                    log.warning("run %s: relayed artifact %s skipped: %s", run.id, path.name, exc)
-                    continue
-                server.upload(run.mlflow_artifact_uri, copy, artifact_dir)
-        if (
-            not final
-            and run.state == RunState.RUNNING.value
-            and cursors.get("status") != records.RUNNING
-        ):
-            server.set_status(run.mlflow_run_id, records.RUNNING)
-            delta.cursors["status"] = records.RUNNING
-        if delta.cursors:
-            self.store.save_relay_cursors(run.id, delta.cursors)
-
-    def _log_relayed(self, server: TrackingServer, run: Run, batch: Batch) -> None:
-        """Log what the job logged. The server may refuse one value (a param the spec already
-        set to another value, a key it does not accept): then each part goes on its own, so
-        one refusal loses only itself, with a warning, never the run's other values."""
-        assert run.mlflow_run_id is not None
-        try:
-            server.log_batch(run.mlflow_run_id, batch)
-            return
-        except TrackingRejected as exc:
-            log.warning("run %s: relayed batch refused, sending it item by item: %s", run.id, exc)
-        parts = [Batch(params={k: v}) for k, v in batch.params.items()]
-        parts += [Batch(tags={k: v}) for k, v in batch.tags.items()]
-        by_key: dict[str, list[MetricPoint]] = {}
-        for point in batch.metrics:
-            by_key.setdefault(point.key, []).append(point)
-        parts += [Batch(metrics=points) for points in by_key.values()]
-        for part in parts:
-            try:
-                server.log_batch(run.mlflow_run_id, part)
-            except TrackingRejected as exc:
-                log.warning("run %s: relayed value refused, left out: %s", run.id, exc)
 
     # --- rerun -------------------------------------------------------------------------------
 

@@ -70,8 +70,21 @@ def sacct_jobs_named(name: str, *, at_least: int = 0, timeout: float = 20) -> li
     return rows
 
 
+# sacct's fields the tests read, by the key each row gives them; Comment last (free text).
+SACCT_KEYS = {
+    "job_id": "JobID",
+    "state": "State",
+    "exit_code": "ExitCode",
+    "start": "Start",
+    "end": "End",
+    "elapsed": "ElapsedRaw",
+    "comment": "Comment",
+}
+
+
 def sacct_rows_named(name: str) -> list[dict[str, str]]:
-    """sacct's allocations under this job name now (no waiting: see sacct_jobs_named)."""
+    """sacct's allocations under this job name now, keyed as SACCT_KEYS (no waiting: see
+    sacct_jobs_named)."""
     out = slurm(
         "sacct",
         "--noheader",
@@ -80,21 +93,12 @@ def sacct_rows_named(name: str) -> list[dict[str, str]]:
         "--allusers",
         "--starttime=now-1days",
         f"--name={name}",
-        "--format=JobID,State,ExitCode,ElapsedRaw,Comment",
+        "--format=" + ",".join(SACCT_KEYS.values()),
     )
-    rows = []
-    for line in out.splitlines():
-        job_id, state, exit_code, elapsed, comment = line.split("|", 4)
-        rows.append(
-            {
-                "job_id": job_id,
-                "state": state,
-                "exit_code": exit_code,
-                "elapsed": elapsed,
-                "comment": comment,
-            }
-        )
-    return rows
+    return [
+        dict(zip(SACCT_KEYS, line.split("|", len(SACCT_KEYS) - 1), strict=True))
+        for line in out.splitlines()
+    ]
 
 
 @dataclass

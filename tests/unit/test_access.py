@@ -33,11 +33,14 @@ def test_roles(caller: Caller, groups: frozenset[str], role: Role) -> None:
     assert role_of(caller, ACCESS, daemon_uid=500, groups=groups) is role
 
 
-def test_members_act_on_their_own_runs_only() -> None:
-    authorize("cancel", ALICE, Role.MEMBER, owner="alice")
-    with pytest.raises(PermissionDenied, match="only their own runs; this run belongs to bob"):
-        authorize("cancel", ALICE, Role.MEMBER, owner="bob")
-    authorize("cancel", CAROL, Role.LEAD, owner="bob")
+@pytest.mark.parametrize("action", ["cancel", "retry"])
+def test_members_act_on_their_own_runs_only(action: str) -> None:
+    authorize(action, ALICE, Role.MEMBER, owner="alice")
+    with pytest.raises(
+        PermissionDenied, match=f"may {action} only their own runs; this run belongs to bob"
+    ):
+        authorize(action, ALICE, Role.MEMBER, owner="bob")
+    authorize(action, CAROL, Role.LEAD, owner="bob")
 
 
 @pytest.mark.parametrize("action", ["top", "quota"])

@@ -3,49 +3,32 @@ names), a real store in a temporary directory, answers in the wire format."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
+from api_fakes import DAEMON, FakeEngine, call, make_api
 
-from hpcops import policy
 from hpcops.access import Caller
-from hpcops.api import protocol
 from hpcops.api.server import Api
-from hpcops.code.mirror import CodeMirror, Shipment
-from hpcops.config import Config
-from hpcops.config_sections import AccessConfig
-from hpcops.data.cache import ContentCache
-from hpcops.engine import EngineStatus, SlurmHealth
+from hpcops.code.mirror import Shipment
 from hpcops.spec import Spec
 from hpcops.states import RunState
 from hpcops.store import Run, Store
-from hpcops.transport.local import LocalTransport
 
-DAEMON = Caller(uid=4242, name="svc")
 ANA = Caller(uid=5001, name="ana")  # a member
 EVE = Caller(uid=5002, name="eve")  # not in the lab
 SPEC = "name: train\nexperiment: e\ncommand: 'true'\npriority: 5\n"
 
 
-class FakeEngine:
-    """The engine as the API sees it: records what it was asked, queues into the store."""
+class DispatchEngine(FakeEngine):
+    """Records what it was asked and queues into the store; the other actions leave the run."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        super().__init__(store)
         self.enqueued: list[tuple[list[tuple[Spec, str]], list[Shipment | None] | None]] = []
-        self.checked: list[str] = []
-
-    def status(self) -> EngineStatus:
-        return EngineStatus(health=SlurmHealth(), last_poll_at=None, decision=None, usage={})
-
-    def check_spec(self, spec: Spec, source: str) -> None:
-        self.checked.append(source)
 
     def enqueue(
         self,
@@ -87,59 +70,20 @@ class FakeEngine:
     def release_hold(self, run_id: int, caller: Caller) -> Run:
         return self.store.get(run_id)
 
-    def rerun(
-        self,
-        source: int | str,
-        overrides: dict[str, str],
-        caller: Caller,
-        check: Callable[[Spec], None] | None = None,
-    ) -> Run:
-        raise AssertionError("not used here")
-
-    def why(self, run: Run) -> str:
-        return "waiting for the test"
-
-    def changed(self) -> None:
-        return None
-
-    def batch(self) -> AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def quotas(self) -> policy.Quotas:
-        return policy.Quotas()
-
-    def active_jobs(self) -> list[policy.Active]:
-        return []
-
 
 @pytest.fixture
-def api(tmp_path: Path) -> tuple[Api, FakeEngine, Store]:
+def api(tmp_path: Path) -> tuple[Api, DispatchEngine, Store]:
     store = Store(tmp_path / "hpcops.db")
-    engine = FakeEngine(store)
-    config = Config(access=AccessConfig(members=["ana"]))
-    api = Api(
-        engine,
-        store,
-        config=config,
-        home=tmp_path,
-        files=LocalTransport(),
-        code_mirror=CodeMirror(tmp_path / "code"),
-        data_cache=ContentCache(tmp_path / "cache"),
-        tracker=None,
-        started_at=time.time(),
-        daemon_uid=DAEMON.uid,
-    )
-    return api, engine, store
+    engine = DispatchEngine(store)
+    return make_api(tmp_path, engine, store, members=["ana"], leads=[]), engine, store
 
 
-def _call(api: Api, caller: Caller, method: str, **params: Any) -> dict[str, Any]:
-    return api.handle(caller, protocol.request(7, method, params))
-
-
-def test_an_answer_and_a_refusal_keep_the_wire_format(api: tuple[Api, FakeEngine, Store]) -> None:
+def test_an_answer_and_a_refusal_keep_the_wire_format(
+    api: tuple[Api, DispatchEngine, Store],
+) -> None:
     server, _, _ = api
-    assert _call(server, DAEMON, "list") == {"v": 1, "id": 7, "ok": True, "result": []}
-    assert _call(server, DAEMON, "show", run="1; DROP TABLE run") == {
+    assert call(server, DAEMON, "list") == {"v": 1, "id": 7, "ok": True, "result": []}
+    assert call(server, DAEMON, "show", run="1; DROP TABLE run") == {
         "v": 1,
         "id": 7,
         "ok": False,
@@ -149,21 +93,21 @@ def test_an_answer_and_a_refusal_keep_the_wire_format(api: tuple[Api, FakeEngine
             "a positive integer, e.g. s7), not '1; DROP TABLE run'",
         },
     }
-    unknown = _call(server, DAEMON, "drop_everything")["error"]
+    unknown = call(server, DAEMON, "drop_everything")["error"]
     assert (
         unknown["kind"] == "protocol" and "unknown method 'drop_everything'" in unknown["message"]
     )
     bad = server.handle(DAEMON, {"v": 1, "id": 1, "method": "list", "params": [1]})
     assert bad["error"] == {"kind": "invalid_input", "message": "params must be a JSON object"}
-    assert _call(server, DAEMON, "show", run=99)["error"]["kind"] == "not_found"
+    assert call(server, DAEMON, "show", run=99)["error"]["kind"] == "not_found"
 
 
 def test_submit_parses_each_spec_once_and_hands_the_engine_specs(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, DispatchEngine, Store],
 ) -> None:
     server, engine, store = api
     commit = "ab" * 20
-    answer = _call(
+    answer = call(
         server,
         ANA,
         "submit",
@@ -182,10 +126,10 @@ def test_submit_parses_each_spec_once_and_hands_the_engine_specs(
 
 
 def test_a_member_priority_outside_their_range_queues_nothing(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, DispatchEngine, Store],
 ) -> None:
     server, engine, _ = api
-    answer = _call(
+    answer = call(
         server, ANA, "submit", specs=[{"yaml": SPEC.replace("5", "500"), "source": "x.yaml"}]
     )
     assert answer["error"]["kind"] == "permission_denied"
@@ -193,9 +137,11 @@ def test_a_member_priority_outside_their_range_queues_nothing(
     assert engine.enqueued == []
 
 
-def test_validate_asks_the_engine_about_the_parsed_spec(api: tuple[Api, FakeEngine, Store]) -> None:
+def test_validate_asks_the_engine_about_the_parsed_spec(
+    api: tuple[Api, DispatchEngine, Store],
+) -> None:
     server, engine, _ = api
-    assert _call(server, ANA, "validate", yaml=SPEC, source="v.yaml")["result"] == {
+    assert call(server, ANA, "validate", yaml=SPEC, source="v.yaml")["result"] == {
         "valid": True,
         "name": "train",
         "sweep": None,
@@ -204,10 +150,10 @@ def test_validate_asks_the_engine_about_the_parsed_spec(api: tuple[Api, FakeEngi
 
 
 def test_an_outsider_is_refused_and_the_refusal_audited(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, DispatchEngine, Store],
 ) -> None:
     server, _, store = api
-    answer = _call(server, EVE, "quota_set", scope="lab", resource="gpus", value=99)
+    answer = call(server, EVE, "quota_set", scope="lab", resource="gpus", value=99)
     assert answer["error"]["kind"] == "permission_denied"
     [entry] = store.audit_log()
     assert (entry.actor, entry.action, entry.target, entry.allowed) == (
@@ -217,22 +163,22 @@ def test_an_outsider_is_refused_and_the_refusal_audited(
         False,
     )
     # outsiders may still ask whether the daemon is there, and see no runs
-    ping = _call(server, EVE, "ping")["result"]
+    ping = call(server, EVE, "ping")["result"]
     assert ping["role"] == "outsider" and ping["runs"] == {}
 
 
 def test_requests_on_a_run_are_authorized_applied_and_audited(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, DispatchEngine, Store],
 ) -> None:
     server, _, store = api
-    [run] = _call(server, ANA, "submit", specs=[{"yaml": SPEC, "source": "a.yaml"}])["result"][
+    [run] = call(server, ANA, "submit", specs=[{"yaml": SPEC, "source": "a.yaml"}])["result"][
         "runs"
     ]
-    shown = _call(server, ANA, "show", run=run["id"])["result"]
+    shown = call(server, ANA, "show", run=run["id"])["result"]
     assert shown["wait_reason"] == "waiting for the test" and shown["schedule_name"] is None
-    cancelled = _call(server, ANA, "cancel", run=run["id"])["result"]
+    cancelled = call(server, ANA, "cancel", run=run["id"])["result"]
     assert cancelled["message"] == f"run {run['id']} cancelled"
-    top = _call(server, ANA, "top", run=run["id"])
+    top = call(server, ANA, "top", run=run["id"])
     assert top["error"]["kind"] == "permission_denied", "top is for leads"
     assert [(a.action, a.allowed) for a in store.audit_log()][:2] == [
         ("top", False),
@@ -241,11 +187,11 @@ def test_requests_on_a_run_are_authorized_applied_and_audited(
 
 
 def test_cache_gc_says_what_to_remove_and_a_dry_run_removes_nothing(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, DispatchEngine, Store],
 ) -> None:
     server, _, store = api
-    assert "say what to remove" in _call(server, DAEMON, "cache_gc")["error"]["message"]
-    result = _call(server, DAEMON, "cache_gc", max_bytes=0, dry_run=True)["result"]
+    assert "say what to remove" in call(server, DAEMON, "cache_gc")["error"]["message"]
+    result = call(server, DAEMON, "cache_gc", max_bytes=0, dry_run=True)["result"]
     assert result == {
         "removed": [],
         "kept": 0,
@@ -254,14 +200,16 @@ def test_cache_gc_says_what_to_remove_and_a_dry_run_removes_nothing(
         "dry_run": True,
     }
     assert store.audit_log() == [], "a dry run changes nothing, so it is not audited"
-    member = _call(server, ANA, "cache_gc", max_bytes=0)
+    member = call(server, ANA, "cache_gc", max_bytes=0)
     assert member["error"]["kind"] == "permission_denied"
 
 
-def test_every_method_but_ping_refuses_an_unknown_key(api: tuple[Api, FakeEngine, Store]) -> None:
+def test_every_method_but_ping_refuses_an_unknown_key(
+    api: tuple[Api, DispatchEngine, Store],
+) -> None:
     server, _, _ = api
     for method in sorted(set(server.methods) - {"ping"}):
-        answer = _call(server, DAEMON, method, bogus_key=1)
+        answer = call(server, DAEMON, method, bogus_key=1)
         assert not answer["ok"], method
         # schedule methods in a daemon without schedules say so first; the rest name the key
         message = answer["error"]["message"]
@@ -269,12 +217,12 @@ def test_every_method_but_ping_refuses_an_unknown_key(api: tuple[Api, FakeEngine
 
 
 def test_a_refused_request_with_megabytes_in_it_adds_a_bounded_audit_row(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, DispatchEngine, Store],
 ) -> None:
     server, _, store = api
     huge = "x" * (4 * 1024 * 1024)
     for field in ("scope", "run", "schedule"):
-        answer = _call(server, EVE, "quota_set", **{field: huge, "resource": huge, "value": 1})
+        answer = call(server, EVE, "quota_set", **{field: huge, "resource": huge, "value": 1})
         assert "error" in answer
     rows = store.audit_log()
     assert rows, "the refusals are audited"
@@ -283,15 +231,17 @@ def test_a_refused_request_with_megabytes_in_it_adds_a_bounded_audit_row(
             assert value is None or len(value) < 4096
 
 
-def test_show_never_publishes_a_live_submission_token(api: tuple[Api, FakeEngine, Store]) -> None:
+def test_show_never_publishes_a_live_submission_token(
+    api: tuple[Api, DispatchEngine, Store],
+) -> None:
     server, _, store = api
-    [run] = _call(server, ANA, "submit", specs=[{"yaml": SPEC, "source": "a.yaml"}])["result"][
+    [run] = call(server, ANA, "submit", specs=[{"yaml": SPEC, "source": "a.yaml"}])["result"][
         "runs"
     ]
     store.transition(
         run["id"], RunState.SUBMITTING, actor="daemon", expect=(RunState.QUEUED,), token="feedc0de"
     )
     for caller in (ANA, DAEMON):
-        shown = _call(server, caller, "show", run=run["id"])["result"]
+        shown = call(server, caller, "show", run=run["id"])["result"]
         assert "token" not in shown
         assert "feedc0de" not in repr(shown)

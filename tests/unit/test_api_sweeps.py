@@ -4,20 +4,17 @@ store as the engine would, and `rerun_sweep`)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from api_fakes import FakeEngine, error, make_api, ok
 
-from hpcops import policy
 from hpcops.access import Caller
-from hpcops.api import protocol
 from hpcops.api.params import PriorityParams, RerunParams, SweepId, TargetParams
 from hpcops.api.server import Api
 from hpcops.api.sweeps import (
@@ -31,18 +28,12 @@ from hpcops.api.sweeps import (
     summary_state,
 )
 from hpcops.api.views import sweep_view
-from hpcops.code.mirror import CodeMirror, Shipment
-from hpcops.config import Config
-from hpcops.config_sections import AccessConfig
-from hpcops.data.cache import ContentCache
-from hpcops.engine import EngineStatus, SlurmHealth
+from hpcops.code.mirror import Shipment
 from hpcops.errors import InvalidInput
 from hpcops.spec import Spec
 from hpcops.states import RunState
 from hpcops.store import Run, Store, Sweep
-from hpcops.transport.local import LocalTransport
 
-DAEMON = Caller(uid=4242, name="svc")
 ANA = Caller(uid=5001, name="ana")  # a member, who owns the sweep
 BOB = Caller(uid=5003, name="bob")  # another member
 LEO = Caller(uid=5004, name="leo")  # a lead
@@ -127,18 +118,12 @@ def test_a_sweep_id_is_s_and_a_number_and_anything_else_is_named() -> None:
 # --- a store with a sweep, and a fake engine ---------------------------------------------
 
 
-class FakeEngine:
+class SweepEngine(FakeEngine):
     """The engine's per-run methods done on the store as the engine does them."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        super().__init__(store)
         self.reruns: list[int] = []
-
-    def status(self) -> EngineStatus:
-        return EngineStatus(health=SlurmHealth(), last_poll_at=None, decision=None, usage={})
-
-    def check_spec(self, spec: Spec, source: str) -> None:
-        return None
 
     def enqueue(
         self,
@@ -188,36 +173,12 @@ class FakeEngine:
         assert updated is not None
         return updated
 
-    def rerun(
-        self,
-        source: int | str,
-        overrides: dict[str, str],
-        caller: Caller,
-        check: Callable[[Spec], None] | None = None,
-    ) -> Run:
-        raise AssertionError("not used here")
-
     def rerun_sweep(self, sweep_id: int, caller: Caller) -> tuple[Sweep, list[Run]]:
         self.reruns.append(sweep_id)
         old = self.store.get_sweep(sweep_id)
         sweep, runs = _add_sweep(self.store, caller, old.n_points, name=old.name)
         assert sweep.id is not None
         return self.store.update_sweep(sweep.id), runs
-
-    def why(self, run: Run) -> str:
-        return "waiting for the test"
-
-    def changed(self) -> None:
-        return None
-
-    def batch(self) -> AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def quotas(self) -> policy.Quotas:
-        return policy.Quotas()
-
-    def active_jobs(self) -> list[policy.Active]:
-        return []
 
 
 POINTS = [{"lr": 0.1, "seed": 1}, {"lr": 0.01, "seed": 1}, {"lr": 0.1, "seed": 2}]
@@ -278,50 +239,24 @@ _TO_RUNNING = (RunState.SUBMITTING, RunState.PENDING, RunState.RUNNING)
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> tuple[Api, FakeEngine, Store]:
+def api(tmp_path: Path) -> tuple[Api, SweepEngine, Store]:
     store = Store(tmp_path / "hpcops.db")
-    engine = FakeEngine(store)
-    config = Config(access=AccessConfig(members=["ana", "bob"], leads=["leo"]))
-    api = Api(
-        engine,
-        store,
-        config=config,
-        home=tmp_path,
-        files=LocalTransport(),
-        code_mirror=CodeMirror(tmp_path / "code"),
-        data_cache=ContentCache(tmp_path / "cache"),
-        tracker=None,
-        started_at=time.time(),
-        daemon_uid=DAEMON.uid,
-    )
-    return api, engine, store
-
-
-def _ok(api: Api, caller: Caller, method: str, **params: Any) -> Any:
-    answer = api.handle(caller, protocol.request(1, method, params))
-    assert answer["ok"], answer
-    return answer["result"]
-
-
-def _error(api: Api, caller: Caller, method: str, **params: Any) -> dict[str, str]:
-    answer = api.handle(caller, protocol.request(1, method, params))
-    assert not answer["ok"], answer
-    error: dict[str, str] = answer["error"]
-    return error
+    engine = SweepEngine(store)
+    return make_api(tmp_path, engine, store), engine, store
 
 
 # --- views -----------------------------------------------------------------------------------
 
 
 def test_show_lists_the_points_best_first_with_their_own_values(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, SweepEngine, Store],
 ) -> None:
     server, _, store = api
     sweep, runs = _add_sweep(store, ANA, 3)
     _move(store, runs[0], *_TO_RUNNING, RunState.COMPLETED, objective=0.5)
     _move(store, runs[2], *_TO_RUNNING, RunState.COMPLETED, objective=0.9)
     _move(store, runs[1], *_TO_RUNNING)
-    shown = _ok(server, ANA, "show", run=f"s{sweep.id}")
+    shown = ok(server, ANA, "show", run=f"s{sweep.id}")
     assert shown["type"] == "sweep" and shown["id"] == f"s{sweep.id}"
     assert shown["state"] == "RUNNING"
     assert shown["progress"]["done"] == 2 and shown["progress"]["running"] == 1
@@ -342,7 +277,7 @@ def test_show_lists_the_points_best_first_with_their_own_values(
 
 
 def test_a_sweep_without_an_objective_lists_its_points_by_index_and_a_rerun_point_once(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, SweepEngine, Store],
 ) -> None:
     _, _, store = api
     sweep, runs = _add_sweep(store, ANA, 3, objective=False)
@@ -369,7 +304,7 @@ def test_a_sweep_without_an_objective_lists_its_points_by_index_and_a_rerun_poin
 
 
 def test_ls_shows_a_sweep_as_one_row_and_its_points_on_request(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, SweepEngine, Store],
 ) -> None:
     server, _, store = api
     [single] = store.add_runs(
@@ -392,7 +327,7 @@ def test_ls_shows_a_sweep_as_one_row_and_its_points_on_request(
     sweep, runs = _add_sweep(store, ANA, 3)
     _move(store, runs[0], *_TO_RUNNING)
     store.update_sweep(sweep.id or 0, best_run_id=runs[0].id, best_value=0.93)
-    rows = _ok(server, BOB, "list", sweeps=True)
+    rows = ok(server, BOB, "list", sweeps=True)
     assert [(r["type"], r["id"]) for r in rows] == [("sweep", f"s{sweep.id}"), ("run", single.id)]
     row = rows[0]
     assert row["state"] == "RUNNING"
@@ -400,99 +335,99 @@ def test_ls_shows_a_sweep_as_one_row_and_its_points_on_request(
     assert row["best"] == {"run_id": runs[0].id, "value": 0.93}
     assert row["wait_reason"] in {f"point {i}: waiting for the test" for i in (1, 2)}
     assert "points" not in row, "ls does not read every point"
-    flat = _ok(server, BOB, "list")
+    flat = ok(server, BOB, "list")
     assert len(flat) == 4 and {r["sweep"] for r in flat} == {None, f"s{sweep.id}"}
-    assert _ok(server, BOB, "list", states=["COMPLETED"], sweeps=True) == []
+    assert ok(server, BOB, "list", states=["COMPLETED"], sweeps=True) == []
 
 
-def test_ls_limit_counts_rows_a_sweep_being_one(api: tuple[Api, FakeEngine, Store]) -> None:
+def test_ls_limit_counts_rows_a_sweep_being_one(api: tuple[Api, SweepEngine, Store]) -> None:
     server, _, store = api
     older, _ = _add_sweep(store, BOB, 1, name="old")
     sweep, _ = _add_sweep(store, ANA, 5)
-    rows = _ok(server, ANA, "list", limit=2, sweeps=True)
+    rows = ok(server, ANA, "list", limit=2, sweeps=True)
     assert [r["id"] for r in rows] == [f"s{sweep.id}", f"s{older.id}"]
-    assert [r["id"] for r in _ok(server, ANA, "list", limit=1, sweeps=True)] == [f"s{sweep.id}"]
-    assert len(_ok(server, ANA, "list", limit=2)) == 2, "without sweeps, limit counts runs"
+    assert [r["id"] for r in ok(server, ANA, "list", limit=1, sweeps=True)] == [f"s{sweep.id}"]
+    assert len(ok(server, ANA, "list", limit=2)) == 2, "without sweeps, limit counts runs"
 
 
 # --- requests on a whole sweep ---------------------------------------------------------------
 
 
 def test_hold_release_and_cancel_a_sweep_touch_only_the_points_they_make_sense_for(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, SweepEngine, Store],
 ) -> None:
     server, _, store = api
     sweep, runs = _add_sweep(store, ANA, 3)
     ref = f"s{sweep.id}"
     _move(store, runs[0], *_TO_RUNNING)
-    held = _ok(server, ANA, "hold", run=ref)
+    held = ok(server, ANA, "hold", run=ref)
     assert held["affected"] == [runs[1].id, runs[2].id]
     assert held["message"] == f"sweep {ref}: 2 points held (1 not QUEUED)"
-    assert _ok(server, ANA, "show", run=ref)["state"] == "RUNNING"
-    released = _ok(server, ANA, "release", run=ref)
+    assert ok(server, ANA, "show", run=ref)["state"] == "RUNNING"
+    released = ok(server, ANA, "release", run=ref)
     assert released["affected"] == [runs[1].id, runs[2].id] and released["skipped"] == []
-    cancelled = _ok(server, ANA, "cancel", run=ref)
+    cancelled = ok(server, ANA, "cancel", run=ref)
     assert cancelled["message"] == f"sweep {ref}: 2 points cancelled, 1 being cancelled in Slurm"
     assert store.get(runs[0].id or 0).cancel_requested_by == "ana"
     audit = [(a.action, a.target, a.detail) for a in store.audit_log()]
     assert ("cancel", f"run {runs[2].id}", f"sweep {ref}") in audit
     assert len([a for a in audit if a[0] == "hold"]) == 2, "one audit row per point"
-    again = _ok(server, ANA, "cancel", run=ref)  # the running point is asked again, as a run is
+    again = ok(server, ANA, "cancel", run=ref)  # the running point is asked again, as a run is
     assert again["affected"] == [runs[0].id] and again["message"].endswith("(2 had ended)")
 
 
 def test_a_member_acts_on_their_own_sweep_only_and_a_lead_on_any(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, SweepEngine, Store],
 ) -> None:
     server, _, store = api
     sweep, runs = _add_sweep(store, ANA, 3)
     ref = f"s{sweep.id}"
-    refused = _error(server, BOB, "hold", run=ref)
+    refused = error(server, BOB, "hold", run=ref)
     assert refused["kind"] == "permission_denied"
     assert "only their own sweeps; this sweep belongs to ana" in refused["message"]
     assert [(a.actor, a.target, a.allowed) for a in store.audit_log()] == [
         ("bob", f"sweep {ref}", False)
     ]
-    assert _ok(server, LEO, "hold", run=ref)["affected"] == [r.id for r in runs]
+    assert ok(server, LEO, "hold", run=ref)["affected"] == [r.id for r in runs]
     # a lead's hold: ana may not release it, point by point
-    answer = _ok(server, ANA, "release", run=ref)
+    answer = ok(server, ANA, "release", run=ref)
     assert answer["affected"] == [] and len(answer["skipped"]) == 3
     assert "was held by leo; only a group lead may release it" in answer["message"]
     assert store.get(runs[0].id or 0).state == "HELD"
-    assert _error(server, ANA, "top", run=ref)["kind"] == "permission_denied"
+    assert error(server, ANA, "top", run=ref)["kind"] == "permission_denied"
 
 
 def test_priority_and_top_on_a_sweep_keep_its_points_in_their_order(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, SweepEngine, Store],
 ) -> None:
     server, _, store = api
     sweep, runs = _add_sweep(store, ANA, 3, priority=5)
     other, _ = _add_sweep(store, BOB, 1, priority=40)
     ref = f"s{sweep.id}"
-    assert _ok(server, ANA, "priority", run=ref, priority=10)["affected"] == [r.id for r in runs]
+    assert ok(server, ANA, "priority", run=ref, priority=10)["affected"] == [r.id for r in runs]
     assert {store.get(r.id or 0).priority for r in runs} == {10}
-    topped = _ok(server, LEO, "top", run=ref)
+    topped = ok(server, LEO, "top", run=ref)
     assert topped["message"] == f"sweep {ref}: 3 points moved to the top (priority 41)"
     assert [store.get(r.id or 0).priority for r in runs] == [41, 41, 41]
-    member = _error(server, ANA, "priority", run=ref, priority=500)
+    member = error(server, ANA, "priority", run=ref, priority=500)
     assert member["kind"] == "permission_denied", "the member range holds for a sweep too"
     assert other.id is not None
 
 
-def test_one_point_is_acted_on_as_any_run(api: tuple[Api, FakeEngine, Store]) -> None:
+def test_one_point_is_acted_on_as_any_run(api: tuple[Api, SweepEngine, Store]) -> None:
     server, _, store = api
     _sweep, runs = _add_sweep(store, ANA, 3)
-    answer = _ok(server, ANA, "hold", run=runs[1].id)
+    answer = ok(server, ANA, "hold", run=runs[1].id)
     assert answer == {"id": runs[1].id, "state": "HELD", "message": f"run {runs[1].id} held"}
-    shown = _ok(server, ANA, "show", run=runs[1].id)
+    shown = ok(server, ANA, "show", run=runs[1].id)
     assert (shown["type"], shown["sweep"], shown["sweep_index"]) == ("run", f"s{_sweep.id}", 1)
 
 
-def test_a_missing_sweep_is_not_found(api: tuple[Api, FakeEngine, Store]) -> None:
+def test_a_missing_sweep_is_not_found(api: tuple[Api, SweepEngine, Store]) -> None:
     server, _, _ = api
     for method in ("show", "cancel", "hold", "release", "top"):
-        error = _error(server, LEO, method, run="s99")
-        assert error == {
+        refusal = error(server, LEO, method, run="s99")
+        assert refusal == {
             "kind": "not_found",
             "message": "no sweep s99; `hpcops ls` lists the sweeps",
         }, method
@@ -505,10 +440,10 @@ SPEC = "name: grid\nexperiment: e\ncommand: 'true'\npriority: 5\n"
 
 
 def test_submit_names_the_sweep_and_its_runs_and_audits_it_once(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, SweepEngine, Store],
 ) -> None:
     server, _, store = api
-    result = _ok(server, ANA, "submit", specs=[{"yaml": SPEC, "source": "g.yaml"}])
+    result = ok(server, ANA, "submit", specs=[{"yaml": SPEC, "source": "g.yaml"}])
     [sweep] = result["sweeps"]
     ids = [r["id"] for r in result["runs"]]
     assert sweep == {
@@ -525,17 +460,17 @@ def test_submit_names_the_sweep_and_its_runs_and_audits_it_once(
 
 
 def test_rerun_of_a_sweep_queues_a_new_sweep_through_the_engine(
-    api: tuple[Api, FakeEngine, Store],
+    api: tuple[Api, SweepEngine, Store],
 ) -> None:
     server, engine, store = api
     old, _ = _add_sweep(store, BOB, 3)
-    result = _ok(server, ANA, "rerun", run=f"s{old.id}")
+    result = ok(server, ANA, "rerun", run=f"s{old.id}")
     assert engine.reruns == [old.id]
     assert result["rerun_of"] == f"s{old.id}" and result["n_points"] == 3
     assert result["id"] == f"s{result['sweep_id']}" and result["state"] == "QUEUED"
-    refused = _error(server, ANA, "rerun", run=f"s{old.id}", set={"params.lr": "1"})
+    refused = error(server, ANA, "rerun", run=f"s{old.id}", set={"params.lr": "1"})
     assert refused["kind"] == "invalid_input" and "--set" in refused["message"]
     lead_sweep, _ = _add_sweep(store, LEO, 2, priority=500)
-    high = _error(server, ANA, "rerun", run=f"s{lead_sweep.id}")
+    high = error(server, ANA, "rerun", run=f"s{lead_sweep.id}")
     assert "outside the member range" in high["message"]
     assert engine.reruns == [old.id]

@@ -9,11 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from cli_fakes import FakeDaemon, fake_daemon, run_cli
 
 from hpcops.cli import output
-from hpcops.cli.context import Context
-from hpcops.cli.main import cli
 
 SWEEP_ROW: dict[str, Any] = {
     "type": "sweep",
@@ -61,30 +59,13 @@ RUN_ROW: dict[str, Any] = {
 }
 
 
-class FakeDaemon:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.answers: dict[str, Any] = {}
-
-    def call(self, method: str, **params: Any) -> Any:
-        self.calls.append((method, params))
-        answer = self.answers.get(method, {"message": f"{method} ok", "id": params.get("run")})
-        return answer(params) if callable(answer) else answer
+def _ok(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"message": f"{method} ok", "id": params.get("run")}
 
 
 @pytest.fixture
 def daemon(monkeypatch: pytest.MonkeyPatch) -> FakeDaemon:
-    fake = FakeDaemon()
-
-    def call(self: Context, method: str, **params: Any) -> Any:
-        return fake.call(method, **params)
-
-    monkeypatch.setattr(Context, "call", call)
-    return fake
-
-
-def _run(*argv: str) -> Result:
-    return CliRunner().invoke(cli, list(argv))
+    return fake_daemon(monkeypatch, default=_ok)
 
 
 @pytest.mark.parametrize(
@@ -102,14 +83,14 @@ def _run(*argv: str) -> Result:
 def test_a_sweep_id_goes_to_the_api_as_s_and_its_number(
     daemon: FakeDaemon, argv: tuple[str, ...], sent: list[tuple[str, dict[str, Any]]]
 ) -> None:
-    result = _run(*argv)
+    result = run_cli(*argv)
     assert result.exit_code == 0, result.output
     assert daemon.calls == sent
 
 
 @pytest.mark.parametrize("word", ["x7", "s0", "s", "7s", "s-1", "0"])
 def test_a_bad_id_names_what_is_allowed(daemon: FakeDaemon, word: str) -> None:
-    result = _run("cancel", word)
+    result = run_cli("cancel", word)
     assert result.exit_code == 2
     assert "a sweep id (s and a positive integer, e.g. s7)" in result.output or (
         "is not a run id" in result.output
@@ -122,7 +103,7 @@ def test_ls_lists_a_sweep_once_in_a_table_of_its_own(daemon: FakeDaemon) -> None
     daemon.answers["list"] = lambda p: (
         [SWEEP_ROW, RUN_ROW] if "QUEUED" in p.get("states", []) else [ended]
     )
-    result = _run("ls")
+    result = run_cli("ls")
     assert result.exit_code == 0, result.output
     assert all(params["sweeps"] is True for _, params in daemon.calls)
     lines = result.output.splitlines()
@@ -131,7 +112,7 @@ def test_ls_lists_a_sweep_once_in_a_table_of_its_own(daemon: FakeDaemon) -> None
     assert len(sweep_lines) == 1
     assert "9 pts: 2 queued 3 running 3 done 1 failed" in sweep_lines[0]
     assert "val_accuracy=0.93 (max)" in sweep_lines[0]
-    as_json = json.loads(_run("ls", "--json").output)
+    as_json = json.loads(run_cli("ls", "--json").output)
     assert [(r["type"], r["id"]) for r in as_json] == [("sweep", "s7"), ("run", 30)]
 
 
@@ -141,7 +122,7 @@ def test_ls_fits_80_columns_with_a_sweep(
     monkeypatch.setattr(output, "terminal_width", lambda: 80)
     long_name = {**SWEEP_ROW, "name": "a-rather-long-sweep-name-for-resnet", "owner": "alexandra"}
     daemon.answers["list"] = [long_name]
-    result = _run("ls", "--all")
+    result = run_cli("ls", "--all")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert max(len(line) for line in lines) <= 80, result.output
@@ -152,13 +133,13 @@ def test_ls_fits_80_columns_with_a_sweep(
     assert lines[2] == "       9 pts: 2 queued 3 running 3 done 1 failed"
     monkeypatch.setattr(output, "terminal_width", lambda: 120)
     daemon.answers["list"] = [SWEEP_ROW]
-    wide = _run("ls", "--all").output.splitlines()
+    wide = run_cli("ls", "--all").output.splitlines()
     assert len(wide) == 2 and "9 pts: 2 queued 3 running 3 done 1 failed" in wide[1]
 
 
 def test_ls_points_asks_for_every_run(daemon: FakeDaemon) -> None:
     daemon.answers["list"] = []
-    assert _run("ls", "--points", "--all").exit_code == 0
+    assert run_cli("ls", "--points", "--all").exit_code == 0
     assert daemon.calls == [("list", {"limit": None, "sweeps": False})]
 
 
@@ -177,7 +158,7 @@ def test_show_a_sweep_lists_its_points(daemon: FakeDaemon, monkeypatch: pytest.M
         "spec": "name: resnet-lr\n",
     }
     daemon.answers["show"] = shown
-    result = _run("show", "s7")
+    result = run_cli("show", "s7")
     assert result.exit_code == 0, result.output
     assert daemon.calls == [("show", {"run": "s7"})]
     text = result.output
@@ -188,7 +169,7 @@ def test_show_a_sweep_lists_its_points(daemon: FakeDaemon, monkeypatch: pytest.M
     assert rows[0].split() == ["RUN", "STATE", "VAL_ACCURACY", "PARAMS"]
     assert rows[1].split() == ["4", "16", "COMPLETED", "0.93", "lr=0.1"]
     assert rows[2].split() == ["0", "12", "FAILED", "-", "lr=0.3"]
-    assert json.loads(_run("show", "s7", "--json").output) == shown
+    assert json.loads(run_cli("show", "s7", "--json").output) == shown
 
 
 SPEC = "name: grid\nexperiment: e\ncommand: 'true'\n"
@@ -203,14 +184,14 @@ def test_submit_names_the_sweep_and_json_has_its_runs(daemon: FakeDaemon, tmp_pa
     ]
     sweep = {"id": "s7", "sweep_id": 7, "name": "grid", "n_points": 9, "runs": list(range(12, 21))}
     daemon.answers["submit"] = {"runs": runs, "sweeps": [sweep]}
-    result = _run("--home", str(tmp_path), "submit", str(path))
+    result = run_cli("--home", str(tmp_path), "submit", str(path))
     assert result.exit_code == 0, result.output
     assert result.output == "queued sweep s7: 9 points (runs 12-20)\n"
-    answer = json.loads(_run("--home", str(tmp_path), "submit", str(path), "--json").output)
+    answer = json.loads(run_cli("--home", str(tmp_path), "submit", str(path), "--json").output)
     assert answer == {"type": "sweep", "state": "QUEUED", **sweep}
     single = {"id": 30, "name": "one", "state": "QUEUED", "sweep": None, "sweep_index": None}
     daemon.answers["submit"] = {"runs": [single, *runs], "sweeps": [sweep]}
-    both = _run("--home", str(tmp_path), "submit", str(path), str(path))
+    both = run_cli("--home", str(tmp_path), "submit", str(path), str(path))
     assert both.output == "30\tone\ns7\tsweep s7: 9 points (runs 12-20)\n"
 
 
@@ -223,7 +204,7 @@ def test_rerun_of_a_sweep_says_what_it_queued(daemon: FakeDaemon) -> None:
         "runs": [21, 22, 23],
         "rerun_of": "s7",
     }
-    result = _run("rerun", "s7")
+    result = run_cli("rerun", "s7")
     assert result.output == "queued sweep s8: 3 points (runs 21-23), a rerun of s7\n"
 
 
@@ -238,7 +219,7 @@ def test_validate_lists_a_sweeps_points_and_json_lists_them_all(
             {"name": "grid", "experiment": "e", "command": "true", "sweep": {"list": points}}
         )
     )
-    result = _run("validate", "--offline", str(path))
+    result = run_cli("validate", "--offline", str(path))
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"{path}: ok (grid): a sweep of 25 points"
@@ -246,7 +227,7 @@ def test_validate_lists_a_sweeps_points_and_json_lists_them_all(
     assert lines[2].split() == ["0", "0.0", "4G", "true"]
     assert len(lines) == 2 + 20 + 1
     assert lines[-1] == "... and 5 more points (--json lists them all)"
-    answer = json.loads(_run("validate", "--offline", "--json", str(path)).output)
+    answer = json.loads(run_cli("validate", "--offline", "--json", str(path)).output)
     assert answer["sweep"]["n_points"] == 25 and answer["sweep"]["points"] == points
     assert daemon.calls == []
 
@@ -259,7 +240,7 @@ def test_validate_of_a_random_search_without_a_seed_says_when_its_points_are_dra
         "name: rnd\nexperiment: e\ncommand: 'true'\n"
         "sweep: {random: {samples: 4, space: {lr: {uniform: [0.0, 1.0]}}}}\n"
     )
-    result = _run("validate", "--offline", str(path))
+    result = run_cli("validate", "--offline", str(path))
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         f"{path}: ok (rnd): a sweep of 4 points",
@@ -270,7 +251,7 @@ def test_validate_of_a_random_search_without_a_seed_says_when_its_points_are_dra
 def test_wait_for_a_sweep_ends_with_its_derived_state(daemon: FakeDaemon) -> None:
     states = iter(["RUNNING", "FAILED"])
     daemon.answers["show"] = lambda p: {**SWEEP_ROW, "state": next(states)}
-    result = _run("wait", "s7", "--interval", "0.2")
+    result = run_cli("wait", "s7", "--interval", "0.2")
     assert result.exit_code == 1, result.output
     assert result.output == "sweep s7: FAILED\n"
     assert daemon.calls == [("show", {"run": "s7"})] * 2

@@ -59,6 +59,7 @@ def test_missing_named_config_is_an_error(tmp_path: Path) -> None:
             "slurm.ssh.min_reconnect_interval_s: Input should be greater than or equal to 1",
         ),
         ("a: [unclosed", "not valid YAML"),
+        ("retry: {keep_plac: true}", "retry.keep_plac: unknown setting; did you mean 'keep_place'"),
     ],
 )
 def test_bad_config_names_the_setting(text: str, expected: str) -> None:
@@ -154,3 +155,8 @@ def test_slurm_names_follow_the_rule_spec_and_render_use() -> None:
     for bad in ("-x", ".x", "a b", "x" * 65):
         with pytest.raises(ConfigError, match=r"must match \[A-Za-z0-9_\]"):
             parse_config(f"slurm: {{default_partition: '{bad}'}}", "cfg.yaml")
+
+
+def test_a_retry_s_next_attempt_queues_at_the_back_unless_the_lab_says_keep_place() -> None:
+    assert Config().retry.keep_place is False
+    assert parse_config("retry: {keep_place: true}", "cfg.yaml").retry.keep_place is True

@@ -91,6 +91,35 @@ def test_the_script_exports_only_allow_listed_values_then_hpcops_own() -> None:
         assert value not in script
 
 
+def test_every_job_gets_its_attempt_and_the_runs_checkpoint_directory() -> None:
+    # with or without checkpoint:, so a command can always resume; build_job_context is the
+    # daemon's and `hpcops render`'s one builder, and the engine passes the attempt it starts.
+    placement = Placement(
+        Path("/scratch/lab/runs"), "/scratch/lab/code/objects", "/usr/bin/python3"
+    )
+    for text in ("", "resources: {time: '02:00:00'}\ncheckpoint: {before_s: 600}\n"):
+        spec = parse_spec("name: t\nexperiment: e\ncommand: python train.py\n" + text, "t")
+        first = build_job_context(spec, Config(), placement, 42, "0" * 16, environ={})
+        assert first.attempt == 1
+        exported = _exported(render_script(spec, first))
+        assert exported["HPCOPS_ATTEMPT"] == "1"
+        assert exported["HPCOPS_CHECKPOINT_DIR"] == "/scratch/lab/runs/run-000042/checkpoint"
+        third = build_job_context(spec, Config(), placement, 42, "1" * 16, environ={}, attempt=3)
+        exported = _exported(render_script(spec, third))
+        assert exported["HPCOPS_ATTEMPT"] == "3"
+        assert exported["HPCOPS_CHECKPOINT_DIR"] == "/scratch/lab/runs/run-000042/checkpoint"
+    with pytest.raises(ValueError, match="attempt"):
+        build_job_context(spec, Config(), placement, 42, "0" * 16, environ={}, attempt=0)
+
+
+def test_a_spec_cannot_set_the_attempt_or_the_checkpoint_directory() -> None:
+    for name in ("HPCOPS_ATTEMPT", "HPCOPS_CHECKPOINT_DIR"):
+        with pytest.raises(SpecError) as info:
+            parse_spec(f"name: t\nexperiment: e\ncommand: c\nenv: {{{name}: x}}\n", "t")
+        assert info.value.problems[0].location == f"env.{name}"
+        assert passthrough_problem(name) is not None
+
+
 def test_the_allow_list_is_configurable_and_values_are_quoted() -> None:
     config = parse_config("jobs:\n  env_passthrough: [PATH, OMP_PLACES]\n", "c")
     spec = parse_spec("name: t\nexperiment: e\ncommand: 'true'\n", "t")

@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("client", "api"),  # laptop side (socket/SSH client, relay, code shipping) | the daemon's API
     ("scheduling",),  # APScheduler service: firings become runs through the engine's methods
     ("engine",),  # the run engine: gathers inputs, calls decisions, records outcomes
-    ("jobcontext", "lifecycle", "policy", "tracking", "data"),
+    ("jobcontext", "lifecycle", "retries", "policy", "tracking", "data"),
     ("code",),  # git, the code mirror, the laptop's workspace pinning
     ("store",),  # the database, behind a facade
     ("slurm",),  # command builders, parsers, the backend
@@ -69,6 +69,7 @@ LAYER_OF: dict[str, str] = {
     "engine": "engine",
     "jobcontext": "jobcontext",
     "lifecycle": "lifecycle",
+    "retries": "retries",
     "policy": "policy",
     "tracking": "tracking",
     "data": "data",

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from lifecycle_data import NOW, TOKEN, a_record, a_run
 
 from hpcops import lifecycle
 from hpcops.errors import SlurmRejected, SlurmUnreachable
@@ -21,55 +22,9 @@ from hpcops.lifecycle import (
 )
 from hpcops.rundir import StartMarker
 from hpcops.slurm.backend import SlurmLimited
-from hpcops.slurm.parse import AccountingRecord, FinishedJob, QueueEntry
+from hpcops.slurm.parse import FinishedJob, QueueEntry
 from hpcops.states import RunState
 from hpcops.store import Run
-
-NOW = 1_800_000_000.0
-TOKEN = "0123456789abcdef"
-
-
-def a_run(state: RunState = RunState.PENDING, **fields: Any) -> Run:
-    values: dict[str, Any] = {
-        "id": 7,
-        "name": "train",
-        "experiment": "exp",
-        "owner": "ada",
-        "owner_uid": 1000,
-        "state": state.value,
-        "spec_yaml": "name: train\n",
-        "spec_hash": "0" * 16,
-        "run_dir": "/scratch/runs/run-000007",
-        "token": TOKEN,
-        "slurm_job_id": "42",
-        "created_at": NOW - 3600,
-        "updated_at": NOW - 3600,
-    }
-    values.update(fields)
-    return Run(**values)
-
-
-def a_record(state: RunState, slurm_state: str | None = None, **fields: Any) -> AccountingRecord:
-    values: dict[str, Any] = {
-        "job_id": "42",
-        "state": state,
-        "slurm_state": slurm_state or state.value,
-        "exit_code": 0,
-        "signal": 0,
-        "reason": "None",
-        "submitted_at": NOW - 600,
-        "started_at": NOW - 500,
-        "ended_at": NOW - 10,
-        "elapsed_s": 490,
-        "total_cpu_s": 480.0,
-        "max_rss_bytes": 1 << 20,
-        "alloc_tres": "cpu=2,mem=1G,node=1,billing=2,gres/gpu=1",
-        "partition": "debug",
-        "comment": f"hpcops:{TOKEN}",
-        "name": "r-000007",
-    }
-    values.update(fields)
-    return AccountingRecord(**values)
 
 
 def an_entry(state: RunState, **fields: Any) -> QueueEntry:
@@ -280,7 +235,12 @@ def test_a_running_run_whose_record_is_pending_again_was_requeued() -> None:
     assert lifecycle.settle(run, record, NOW, gone=False) is Settle.REQUEUED
     outcome = lifecycle.back_to_pending(run, record.slurm_state, record.reason)
     assert outcome.to is RunState.PENDING and outcome.expect == (RunState.RUNNING,)
-    assert outcome.fields == {"reason": "BeginTime", "end_seen_at": None, "marker_exit_code": None}
+    assert outcome.fields == {
+        "reason": "BeginTime",
+        "end_seen_at": None,
+        "marker_exit_code": None,
+        "restarts": 1,  # a restart within the attempt, not a new attempt
+    }
     assert outcome.clear_markers and outcome.forget
     assert lifecycle.back_to_pending(run, "PREEMPTED", "None").reason == "requeued"
 

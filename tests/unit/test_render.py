@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import os
 import re
 import signal
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from hpcops.errors import ConfigError, SpecError
+from hpcops.errors import ConfigError, FieldProblem, SpecError
 from hpcops.render import (
     BUILTIN_TEMPLATE_DIR,
+    DIRECTIVE_VALUE_RE,
     JobContext,
     job_name,
     render_script,
@@ -146,6 +148,13 @@ def test_job_name_is_the_spec_name(golden_context: JobContext) -> None:
     assert job_name(load_example("minimal"), golden_context) == "mnist-baseline"
 
 
+def _first_problem(render: Callable[..., object], *args: object) -> FieldProblem:
+    """The first problem of the SpecError that render(*args) refuses the spec with."""
+    with pytest.raises(SpecError) as info:
+        render(*args)
+    return info.value.problems[0]
+
+
 def test_an_unvalidated_spec_value_is_still_caught(
     tmp_path: Path, make_context: ContextFactory
 ) -> None:
@@ -156,9 +165,8 @@ def test_an_unvalidated_spec_value_is_still_caught(
         mem=None, gpus=0, gpu_type=None, time="60", qos=None,
     )  # fmt: skip
     spec = parse_spec(MINIMAL_YAML, "t").model_copy(update={"resources": sneaky})
-    with pytest.raises(SpecError) as info:
-        sbatch_directives(spec, make_context(tmp_path))
-    assert info.value.problems[0].location == "resources.partition"
+    refusal = _first_problem(sbatch_directives, spec, make_context(tmp_path))
+    assert refusal.location == "resources.partition"
 
 
 def test_an_unvalidated_extra_directive_is_still_caught(
@@ -167,9 +175,8 @@ def test_an_unvalidated_extra_directive_is_still_caught(
     spec = parse_spec(MINIMAL_YAML, "t").model_copy(
         update={"extra_directives": ["--constraint=ib\n#SBATCH --qos=high"]}
     )
-    with pytest.raises(SpecError) as info:
-        render_script(spec, make_context(tmp_path))
-    assert info.value.problems[0].location == "extra_directives[0]"
+    refusal = _first_problem(render_script, spec, make_context(tmp_path))
+    assert refusal.location == "extra_directives[0]"
 
 
 @pytest.mark.parametrize(
@@ -204,6 +211,74 @@ def test_job_context_refuses_values_the_daemon_should_never_make(
         make_context(tmp_path, **{field: value})
 
 
+@pytest.mark.parametrize("attempt", [0, -1, True, "2", 1.0])
+def test_job_context_refuses_an_attempt_that_is_not_a_count(
+    attempt: object, tmp_path: Path, make_context: ContextFactory
+) -> None:
+    with pytest.raises(ValueError, match="attempt"):
+        make_context(tmp_path, attempt=attempt)
+
+
+# ─── checkpoint: the signal directive ──────────────────────────────────────────────────────────
+
+CHECKPOINT_YAML = MINIMAL_YAML + "resources: {time: '00:10:00'}\ncheckpoint: {before_s: 300}\n"
+
+
+def test_checkpoint_adds_the_signal_directive_after_the_time(
+    tmp_path: Path, make_context: ContextFactory
+) -> None:
+    ctx = make_context(tmp_path)
+    directives = sbatch_directives(parse_spec(CHECKPOINT_YAML, "t"), ctx)
+    options = [o for o, _ in directives]
+    assert options[options.index("time") + 1] == "signal"
+    assert dict(directives)["signal"] == "B:USR1@300"
+    usr2 = CHECKPOINT_YAML.replace("{before_s: 300}", "{signal: USR2, before_s: 45}")
+    assert dict(sbatch_directives(parse_spec(usr2, "t"), ctx))["signal"] == "B:USR2@45"
+    assert "signal" not in dict(sbatch_directives(parse_spec(MINIMAL_YAML, "t"), ctx))
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [("B:USR1@300", True), ("B:USR2@10", True), ("B:USR1@65535", True), ("USR1@300", False),
+     ("B:USR1", False), ("B:TERM@300", False), ("R:USR1@300", False), ("B:USR1@5", False),
+     ("B:USR1@030", False), ("B:USR1@300\n", False), ("B:USR1@300 ", False),
+     ("B:USR1@300\n#SBATCH --qos=high", False), ("B:10@300", False)],
+)  # fmt: skip
+def test_the_signal_directive_value_is_strict(value: str, ok: bool) -> None:
+    assert bool(DIRECTIVE_VALUE_RE["signal"].fullmatch(value)) is ok
+
+
+def test_an_unvalidated_checkpoint_is_still_caught(
+    tmp_path: Path, make_context: ContextFactory
+) -> None:
+    spec = parse_spec(CHECKPOINT_YAML, "t")
+    assert spec.checkpoint is not None
+    sneaky = spec.checkpoint.model_construct(signal="USR1@1 --qos=high", before_s=300)
+    unchecked = spec.model_copy(update={"checkpoint": sneaky})
+    refusal = _first_problem(sbatch_directives, unchecked, make_context(tmp_path))
+    assert refusal.location == "checkpoint"
+    # and a --signal that skipped validation next to a checkpoint
+    both = spec.model_copy(update={"extra_directives": ["--signal=B:USR2@60"]})
+    refusal = _first_problem(sbatch_directives, both, make_context(tmp_path))
+    assert refusal.location == "extra_directives[0]"
+
+
+def test_a_lab_template_cannot_set_a_signal_of_its_own_next_to_checkpoint(
+    tmp_path: Path, make_context: ContextFactory
+) -> None:
+    (tmp_path / "lab.sh.j2").write_text(
+        HEADER.replace("#!/bin/bash\n", "#!/bin/bash\n#SBATCH --signal=B:USR2@60\n")
+    )
+    spec = parse_spec(CHECKPOINT_YAML + "template: lab\n", "t")
+    with pytest.raises(ConfigError, match="sets --signal, which hpcops controls"):
+        render_script(spec, make_context(tmp_path / "run"), [tmp_path])
+    # without checkpoint:, the lab's fixed signal is the lab's business
+    plain = parse_spec(MINIMAL_YAML + "template: lab\n", "t")
+    assert "#SBATCH --signal=B:USR2@60\n" in render_script(
+        plain, make_context(tmp_path), [tmp_path]
+    )
+
+
 # ─── templates ─────────────────────────────────────────────────────────────────────────────────
 
 
@@ -216,9 +291,7 @@ def test_unknown_template_names_the_ones_that_exist(
 ) -> None:
     (tmp_path / "gpu-cluster.sh.j2").write_text("#!/bin/bash\n")
     spec = parse_spec(MINIMAL_YAML + "template: nope\n", "t")
-    with pytest.raises(SpecError) as info:
-        render_script(spec, make_context(tmp_path / "run"), [tmp_path])
-    problem = info.value.problems[0]
+    problem = _first_problem(render_script, spec, make_context(tmp_path / "run"), [tmp_path])
     assert problem.location == "template"
     assert "'nope'" in problem.message
     assert "default, gpu-cluster" in problem.message
@@ -346,15 +419,16 @@ class Job:
         self.process.wait()
 
 
-StartJob = Callable[[Spec], Job]
+StartJob = Callable[..., Job]
 
 
 @pytest.fixture
 def start_job(tmp_path: Path, make_context: ContextFactory) -> Iterator[StartJob]:
+    """start_job(spec, **context_overrides): the spec's script, running in tmp_path/run."""
     jobs: list[Job] = []
 
-    def start(spec: Spec) -> Job:
-        jobs.append(Job(tmp_path, spec, make_context))
+    def start(spec: Spec, **overrides: object) -> Job:
+        jobs.append(Job(tmp_path, spec, functools.partial(make_context, **overrides)))
         return jobs[-1]
 
     yield start
@@ -500,3 +574,119 @@ def test_a_requeued_job_clears_the_exit_marker_of_the_attempt_before(start_job: 
     assert again.finish()[0] == 0
     marker = _exit_marker(again.run_dir)
     assert marker is not None and marker.exit_code == 0
+
+
+# ─── checkpoint: the signal reaches the command, which saves and exits ─────────────────────────
+
+# A training in miniature, in bash: counts to $HPCOPS_PARAM_TARGET from its checkpoint, and on
+# USR1 saves its count into $HPCOPS_CHECKPOINT_DIR and exits 0.
+COUNTER = """\
+ckpt="$HPCOPS_CHECKPOINT_DIR/count"
+n=0
+[ -f "$ckpt" ] && n=$(cat "$ckpt")
+save() { echo "$n" > "$ckpt.tmp" && mv "$ckpt.tmp" "$ckpt"; }
+trap 'save; echo "attempt $HPCOPS_ATTEMPT saved $n"; exit 0' USR1
+echo "attempt $HPCOPS_ATTEMPT starts at $n"
+touch "$HPCOPS_RUN_DIR/ready"
+while [ "$n" -lt "$HPCOPS_PARAM_TARGET" ]; do sleep 0.05; n=$((n + 1)); done
+echo "$n" > "$ckpt"
+echo "attempt $HPCOPS_ATTEMPT reached $n"
+"""
+
+
+def counter(target: int, command: str = COUNTER, **fields: object) -> Spec:
+    return spec_with(
+        command,
+        params={"target": target},
+        resources={"time": "00:05:00"},
+        retry={"max_attempts": 3, "on": ["TIMEOUT"]},
+        checkpoint={"signal": "USR1", "before_s": 30},
+        **fields,
+    )
+
+
+def wait_for_text(path: Path, text: str, timeout_s: float = 20) -> float:
+    """Seconds until `path` holds `text`."""
+    started = time.monotonic()
+    while not (path.exists() and text in path.read_text()):
+        assert time.monotonic() - started < timeout_s, f"{path} never said {text!r}"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_the_checkpoint_signal_reaches_the_command_which_saves_and_the_job_ends_timeout(
+    start_job: StartJob,
+) -> None:
+    # Attempt 1: Slurm's --signal=B:USR1@30 signals the script only; the script passes it on.
+    job = start_job(counter(10_000))
+    job.wait_for(job.run_dir.path / "ready")
+    time.sleep(0.3)  # a few steps counted
+    job.process.send_signal(signal.SIGUSR1)
+    saved_after_s = wait_for_text(job.run_dir.stdout, "attempt 1 saved")
+    assert saved_after_s < 2, "the command must save well within before_s (30 s)"
+    checkpoint = job.run_dir.path / "checkpoint" / "count"
+    saved = int(checkpoint.read_text())
+    assert 0 < saved < 10_000
+    # The command ended with 0 after the signal: the job waits for its time limit, so that
+    # Slurm records it TIMEOUT (as it would have without the save), not COMPLETED.
+    wait_for_text(job.run_dir.stderr, "the job waits for its time limit")
+    time.sleep(0.3)
+    assert job.process.poll() is None, "the job ended before its time limit"
+    assert not job.run_dir.exit_marker.exists()
+    job.process.send_signal(signal.SIGUSR1)  # another warning changes nothing
+    time.sleep(0.2)
+    assert job.process.poll() is None
+    os.killpg(job.process.pid, signal.SIGTERM)  # the time limit, as Slurm ends a job
+    status, out, _ = job.finish()
+    assert status == 143
+    marker = _exit_marker(job.run_dir)
+    assert marker is not None and marker.exit_code == 143
+    assert out.splitlines() == ["attempt 1 starts at 0", f"attempt 1 saved {saved}"]
+
+    # Attempt 2 in the same run directory: the checkpoint is there, the job resumes from it.
+    again = start_job(counter(saved + 5), attempt=2)
+    status, out, err = again.finish()
+    assert status == 0, err
+    assert out.splitlines() == [f"attempt 2 starts at {saved}", f"attempt 2 reached {saved + 5}"]
+    assert "waits for its time limit" not in err
+    marker = _exit_marker(again.run_dir)
+    assert marker is not None and marker.exit_code == 0
+
+
+def test_a_command_that_fails_after_the_signal_ends_the_job_at_once(start_job: StartJob) -> None:
+    job = start_job(counter(10_000, command=COUNTER.replace("exit 0' USR1", "exit 3' USR1")))
+    job.wait_for(job.run_dir.path / "ready")
+    job.process.send_signal(signal.SIGUSR1)
+    status, _, err = job.finish()
+    assert status == 3
+    assert "waits for its time limit" not in err
+
+
+def test_without_checkpoint_a_command_that_exits_after_the_signal_ends_the_job(
+    start_job: StartJob,
+) -> None:
+    # A --signal in extra_directives is a warning only: the job ends with the command.
+    spec = counter(10_000).model_copy(
+        update={"checkpoint": None, "extra_directives": ["--signal=B:USR1@60"]}
+    )
+    job = start_job(spec)
+    job.wait_for(job.run_dir.path / "ready")
+    job.process.send_signal(signal.SIGUSR1)
+    status, out, err = job.finish()
+    assert status == 0 and "attempt 1 saved" in out
+    assert "waits for its time limit" not in err
+
+
+def test_the_checkpoint_directory_exists_before_the_command_and_outlives_the_job(
+    start_job: StartJob,
+) -> None:
+    command = (
+        'test -d "$HPCOPS_CHECKPOINT_DIR" || exit 7\n'
+        'echo "$HPCOPS_ATTEMPT" >> "$HPCOPS_CHECKPOINT_DIR/attempts"\n'
+        '[ "$HPCOPS_CHECKPOINT_DIR" = "$HPCOPS_RUN_DIR/checkpoint" ] || exit 8\n'
+    )
+    for attempt in (1, 2, 3):
+        job = start_job(spec_with(command), attempt=attempt)
+        assert job.finish()[0] == 0
+    attempts = job.run_dir.path / "checkpoint" / "attempts"
+    assert attempts.read_text() == "1\n2\n3\n"

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from spec_corpus import BAD_SPECS_DIR, assert_refused, bad_spec_files
+from spec_corpus import problems as problems_of
 
 from hpcops.errors import InvalidInput, SpecError
 from hpcops.spec import (
@@ -26,7 +28,6 @@ from hpcops.spec import (
 from hpcops.spec.directives import SBATCH_LONG_OPTIONS
 from hpcops.tracking.rerun import apply_overrides
 
-BAD_SPECS_DIR = Path(__file__).parent.parent / "fixtures" / "bad_specs"
 GOLDEN_DIR = Path(__file__).parent / "golden"
 MINIMAL_YAML = "name: mnist-baseline\nexperiment: mnist\ncommand: python train.py\n"
 
@@ -110,33 +111,15 @@ BAD_SPECS: dict[str, tuple[str, str]] = {
 }
 
 
-def problems_of(action: object) -> list[tuple[str, str]]:
-    assert callable(action)
-    with pytest.raises(SpecError) as info:
-        action()
-    return [(p.location, p.message) for p in info.value.problems]
-
-
 def test_every_bad_spec_has_an_expectation_and_the_reverse() -> None:
-    # The sweep_* files are test_spec_sweep.py's corpus, checked there both ways.
-    files = [p.name for p in BAD_SPECS_DIR.iterdir() if not p.name.startswith("sweep_")]
-    assert sorted(files) == sorted(BAD_SPECS)
+    # The sweep_* files are test_spec_sweep.py's corpus, the retry_* and checkpoint_* files
+    # test_spec_retry.py's, each checked there both ways.
+    assert bad_spec_files(besides=("sweep_", "retry_", "checkpoint_")) == sorted(BAD_SPECS)
 
 
 @pytest.mark.parametrize("filename", sorted(BAD_SPECS))
 def test_a_bad_spec_is_refused_naming_the_field(filename: str) -> None:
-    location, phrase = BAD_SPECS[filename]
-    path = BAD_SPECS_DIR / filename
-    with pytest.raises(SpecError) as info:
-        load_spec_file(path)
-    error = info.value
-    assert error.source == str(path)
-    assert any(p.location == location and phrase in p.message for p in error.problems), (
-        f"no problem at {location!r} saying {phrase!r} in:\n{error}"
-    )
-    text = str(error)
-    for leak in ("pydantic", "Input should", "Value error", "Traceback"):
-        assert leak not in text
+    assert_refused(filename, *BAD_SPECS[filename])
 
 
 def test_a_10_mb_file_is_refused_before_it_is_read_whole(tmp_path: Path) -> None:
@@ -520,8 +503,9 @@ def test_spec_to_yaml_round_trips_the_examples(name: str) -> None:
 def test_spec_to_yaml_writes_every_field_in_order() -> None:
     text = spec_to_yaml(parse_spec(MINIMAL_YAML, "t"))
     keys = [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")]
-    # Every field, except an absent schedule block: specs without one keep their old hash.
-    assert keys == [name for name in Spec.model_fields if name not in {"schedule", "sweep"}]
+    # Every field, except absent optional blocks: specs without them keep their old hash.
+    absent = {"schedule", "sweep", "retry", "checkpoint"}
+    assert keys == [name for name in Spec.model_fields if name not in absent]
     assert "  time: 01:00:00\n" in text
 
 

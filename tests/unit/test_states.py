@@ -51,8 +51,10 @@ def test_transitions_cover_every_state() -> None:
         assert targets <= set(RunState) and from_state not in targets, from_state
 
 
-def test_an_ended_run_stays_ended_and_every_live_state_can_end() -> None:
-    assert all(not TRANSITIONS[s] for s in TERMINAL_STATES)
+def test_an_ended_run_leaves_its_end_only_for_a_retry_and_every_live_state_can_end() -> None:
+    # `hpcops retry` queues an ended run's next attempt; a completed run is never retried.
+    assert all(TRANSITIONS[s] <= {RunState.QUEUED} for s in TERMINAL_STATES)
+    assert not TRANSITIONS[RunState.COMPLETED]
     for state in set(RunState) - TERMINAL_STATES:
         reachable = {state}
         while True:
@@ -83,6 +85,11 @@ def test_every_state_is_reachable_from_a_new_run() -> None:
         (RunState.QUEUED, RunState.RUNNING, False),
         (RunState.HELD, RunState.SUBMITTING, False),
         (RunState.COMPLETED, RunState.RUNNING, False),
+        (RunState.RUNNING, RunState.QUEUED, True),  # the attempt ended: the next one queued
+        (RunState.PENDING, RunState.QUEUED, True),  # a node lost while the job pended
+        (RunState.TIMEOUT, RunState.QUEUED, True),  # `hpcops retry`
+        (RunState.COMPLETED, RunState.QUEUED, False),  # rerun, not retried
+        (RunState.SUBMITTING, RunState.TIMEOUT, False),
     ],
 )
 def test_may_transition(from_state: RunState, to_state: RunState, legal: bool) -> None:

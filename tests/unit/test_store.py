@@ -135,6 +135,8 @@ def test_an_older_database_gains_new_columns(tmp_path: Path) -> None:
     run = store.get(1)
     assert run.name == "old" and run.held_by is None and run.token is None
     assert (run.gpus, run.cpus, run.attempt) == (0, 1, 0), "new columns get their defaults"
+    assert (run.attempts_ended, run.restarts, run.queued_at) == (0, 0, None)
+    assert store.attempts(1) == [], "and the attempt table is made"
     assert store.add_run(_run("new"), actor="alice").id == 2
     assert store.get(1).state is RunState.COMPLETED, "an old text state reads as a RunState"
 
@@ -187,7 +189,7 @@ def test_every_legal_change_is_accepted_and_recorded(store: Store) -> None:
         (RunState.HELD, RunState.SUBMITTING),
         (RunState.SUBMITTING, RunState.HELD),
         (RunState.SUBMITTING, RunState.COMPLETED),
-        (RunState.PENDING, RunState.QUEUED),
+        (RunState.PENDING, RunState.HELD),
         (RunState.RUNNING, RunState.STAGING),
         (RunState.COMPLETED, RunState.QUEUED),
         (RunState.CANCELLED, RunState.RUNNING),
@@ -327,3 +329,122 @@ def test_update_sweep_takes_only_its_changing_fields(store: Store) -> None:
         store.update_sweep(sweep.id, **{"name": "x"})  # type: ignore[arg-type]
     with pytest.raises(NotFound):
         store.get_sweep(99)
+
+
+# --- attempts (retries) ---------------------------------------------------------------------
+
+
+def _running_job(store: Store, job_id: str) -> int:
+    run_id = _walk_to(store, RunState.RUNNING)
+    store.transition(run_id, None, actor="daemon", slurm_job_id=job_id, restarts=1)
+    return run_id
+
+
+def test_an_ended_attempt_is_written_with_the_run_s_change(store: Store) -> None:
+    run_id = _running_job(store, "41")
+    store.transition(
+        run_id,
+        RunState.QUEUED,
+        actor="daemon",
+        note="attempt 1 of 3 ended TIMEOUT; attempt 2 queued",
+        ended={"state": RunState.TIMEOUT, "started_at": 10.0, "ended_at": 70.0, "reason": "t"},
+        slurm_job_id=None,
+        restarts=0,
+        queued_at=80.0,
+    )
+    [first] = store.attempts(run_id)
+    assert (first.number, first.slurm_job_id, first.state, first.restarts) == (
+        1,
+        "41",
+        RunState.TIMEOUT,
+        1,
+    )
+    assert (first.started_at, first.ended_at, first.reason) == (10.0, 70.0, "t")
+    run = store.get(run_id)
+    assert run.attempts_ended == 1 and run.slurm_job_id is None and run.state is RunState.QUEUED
+
+    for step in (RunState.SUBMITTING, RunState.RUNNING):
+        store.transition(run_id, step, actor="daemon")
+    store.transition(run_id, None, actor="daemon", slurm_job_id="57")
+    store.transition(
+        run_id, RunState.COMPLETED, actor="daemon", ended={"state": RunState.COMPLETED}
+    )
+    assert [(a.number, a.slurm_job_id, a.state) for a in store.attempts(run_id)] == [
+        (1, "41", RunState.TIMEOUT),
+        (2, "57", RunState.COMPLETED),
+    ]
+
+
+def test_an_attempt_end_refused_by_transitions_writes_no_attempt(store: Store) -> None:
+    run_id = _running_job(store, "41")
+    store.transition(
+        run_id, RunState.COMPLETED, actor="daemon", ended={"state": RunState.COMPLETED}
+    )
+    with pytest.raises(IllegalTransition):
+        store.transition(
+            run_id, RunState.QUEUED, actor="daemon", ended={"state": RunState.COMPLETED}
+        )
+    assert len(store.attempts(run_id)) == 1 and store.get(run_id).attempts_ended == 1
+
+
+def test_an_attempt_end_that_lost_the_race_writes_nothing(store: Store) -> None:
+    run_id = _running_job(store, "41")
+    gone = store.transition(
+        run_id,
+        RunState.QUEUED,
+        actor="daemon",
+        expect=(RunState.PENDING,),
+        ended={"state": RunState.TIMEOUT},
+    )
+    assert gone is None and store.attempts(run_id) == []
+
+
+def test_a_run_without_a_job_has_no_attempt_to_record(store: Store) -> None:
+    run = store.add_run(_run(), actor="alice")
+    assert run.id is not None
+    store.transition(run.id, RunState.CANCELLED, actor="alice", ended={"state": RunState.CANCELLED})
+    assert store.attempts(run.id) == []
+
+
+def test_fair_share_owners_know_every_attempt_s_job(store: Store) -> None:
+    run_id = _running_job(store, "41")
+    store.transition(
+        run_id, RunState.QUEUED, actor="daemon", ended={"state": RunState.PREEMPTED},
+        slurm_job_id=None,
+    )  # fmt: skip
+    for step in (RunState.SUBMITTING, RunState.PENDING):
+        store.transition(run_id, step, actor="daemon")
+    store.transition(run_id, None, actor="daemon", slurm_job_id="57")
+    assert store.owners_by_job(["41", "57", "99"]) == {"41": "alice", "57": "alice"}
+
+
+def test_release_order_is_when_a_run_was_last_queued_with_its_back_off(store: Store) -> None:
+    a, b = (r.id for r in store.add_runs([_run("a"), _run("b")], actor="alice"))
+    assert a is not None and b is not None
+    store.transition(a, None, actor="daemon", queued_at=500.0, retry_not_before=560.0)
+    rows = {r[0]: r for r in store.queued_summaries()}
+    assert (rows[a][3], rows[a][8]) == (500.0, 560.0)
+    assert (rows[b][3], rows[b][8]) == (store.get(b).created_at, None)
+
+
+def test_the_outbox_says_which_attempt_an_operation_is_about(tmp_path: Path) -> None:
+    store = Store(tmp_path / "track.db", track=True)
+    run_id = _walk_to(store, RunState.RUNNING)
+    store.transition(run_id, None, actor="daemon", slurm_job_id="41")
+    store.transition(
+        run_id, RunState.QUEUED, actor="daemon", ended={"state": RunState.TIMEOUT},
+        slurm_job_id=None,
+    )  # fmt: skip
+    store.transition(run_id, RunState.SUBMITTING, actor="daemon")
+    store.transition(run_id, RunState.PENDING, actor="daemon", slurm_job_id="57")
+    store.transition(run_id, RunState.FAILED, actor="daemon", ended={"state": RunState.FAILED})
+    store.transition(run_id, RunState.QUEUED, actor="alice", note="retried by alice")
+    ops = [(op.kind, op.attempt) for op in store.tracking_ops(run_id)]
+    assert ops == [
+        ("create", None),
+        ("submitted", 1),  # _walk_to: SUBMITTING -> RUNNING
+        ("attempt", 1),
+        ("submitted", 2),
+        ("close", 2),
+        ("reopen", 3),
+    ]

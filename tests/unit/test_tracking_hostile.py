@@ -71,7 +71,7 @@ def test_a_log_linked_to_the_daemons_environment_uploads_a_note(lab: tuple[Track
     server = RecordingServer()
     run = _run(run_dir)
     for name in ("stdout.log", "stderr.log"):
-        tracker._upload_job_file(server, run, run_dir / name, max_bytes=1024)  # type: ignore[arg-type]
+        tracker.files.upload(server, run, run_dir / name, max_bytes=1024)  # type: ignore[arg-type]
     assert set(server.uploads) == {"hpcops/stdout.log", "hpcops/stderr.log"}
     for data in server.uploads.values():
         assert b"hunter2" not in data
@@ -84,7 +84,7 @@ def test_a_big_log_uploads_its_tail(lab: tuple[Tracker, Path]) -> None:
     run_dir.mkdir(parents=True)
     (run_dir / "stdout.log").write_bytes(b"x" * 5000 + b"the end\n")
     server = RecordingServer()
-    tracker._upload_job_file(server, _run(run_dir), run_dir / "stdout.log", max_bytes=100)  # type: ignore[arg-type]
+    tracker.files.upload(server, _run(run_dir), run_dir / "stdout.log", max_bytes=100)  # type: ignore[arg-type]
     data = server.uploads["hpcops/stdout.log"]
     assert data.startswith(b"[hpcops: the first 4908 bytes of 5008 are left out]\n")
     assert data.endswith(b"the end\n")
@@ -124,7 +124,7 @@ def test_a_refused_param_loses_only_itself(lab: tuple[Tracker, Path]) -> None:
         tags={"note": "x"},
         metrics=[MetricPoint("loss", 0.5, 1000, 1), MetricPoint("acc", 0.9, 1000, 1)],
     )
-    tracker._log_relayed(server, _run(Path("/nonexistent")), batch)  # type: ignore[arg-type]
+    tracker.forwarder.log(server, _run(Path("/nonexistent")), batch)  # type: ignore[arg-type]
     logged = Batch()
     for b in server.batches:
         logged.params.update(b.params)

@@ -5,88 +5,25 @@ that refuses, fails or "crashes" where a test needs it."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
 
 import pytest
+from tracking_harness import POINTS, Clock, Faulty, Lab, sqlite_mlflow
 
-from hpcops.config import parse_config
-from hpcops.errors import TrackingRejected, TrackingUnreachable
 from hpcops.states import RunState
-from hpcops.store import Run, Store, Sweep
+from hpcops.store import Run, Sweep
 from hpcops.store.tracking import SWEEP_OP, tracking_ops_for
 from hpcops.tracking import parents, records
-from hpcops.tracking.server import CreatedRun, TrackingServer
-from hpcops.tracking.worker import Tracker
 
 # MLflow's own sqlite store, on the SQLAlchemy it pins (not hpcops' concern).
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
-POINTS = [{"lr": 0.1, "seed": 1}, {"lr": 0.03, "seed": 1}, {"lr": 0.01, "seed": 1}]
-SWEEP_SPEC = """\
-name: resnet-lr
-experiment: {experiment}
-command: python train.py
-params: {{epochs: 3, lr: 0.5}}
-tags: {{paper: neurips}}
-sweep:
-  random: {{samples: 3, seed: 11, space: {{lr: {{loguniform: [0.0001, 0.1]}}}}}}
-  objective: {{metric: val_accuracy, mode: {mode}}}
-  max_parallel: 2
-"""
-
-
-class Clock:
-    """Real time (MLflow's timestamps stay sane), moved on by the tests."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
-class Faulty(TrackingServer):
-    """The real store, with a fault where a test wants one: `refuse` / `fail` make the parent's
-    requests refused or unanswered, `crash_after_create` raises after the parent was created on
-    the server (the daemon killed before it stored the id)."""
-
-    refuse: ClassVar[bool] = False
-    fail: ClassVar[bool] = False
-    crash_after_create: ClassVar[bool] = False
-    crash_after_child: ClassVar[bool] = False
-    creates: ClassVar[list[dict[str, str]]] = []
-
-    def _parent(self, tags: dict[str, str]) -> bool:
-        return tags.get(parents.KIND_TAG) == "sweep"
-
-    def create_run(
-        self, experiment_id: str, *, name: str, user: str, start_ms: int, tags: dict[str, str]
-    ) -> CreatedRun:
-        if self._parent(tags) and self.refuse:
-            raise TrackingRejected("create run: RESOURCE_DOES_NOT_EXIST: refused for the test")
-        if self._parent(tags) and self.fail:
-            raise TrackingUnreachable("create run: 503 for the test")
-        created = super().create_run(
-            experiment_id, name=name, user=user, start_ms=start_ms, tags=tags
-        )
-        Faulty.creates.append(tags)
-        if self._parent(tags) and self.crash_after_create:
-            raise KeyboardInterrupt("kill -9")  # nothing in the tracker catches it
-        if not self._parent(tags) and self.crash_after_child:
-            raise KeyboardInterrupt("kill -9")
-        return created
-
 
 @pytest.fixture(scope="module")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    TrackingServer(f"sqlite:///{path}", artifact_root=path.parent / "artifacts")
-    return f"sqlite:///{path}"
+    return sqlite_mlflow(tmp_path_factory.mktemp("mlflow"))
 
 
 @pytest.fixture
@@ -94,107 +31,6 @@ def faults() -> Iterator[type[Faulty]]:
     yield Faulty
     Faulty.refuse = Faulty.fail = Faulty.crash_after_create = Faulty.crash_after_child = False
     Faulty.creates = []
-
-
-class Lab:
-    def __init__(self, tmp: Path, uri: str, clock: Clock) -> None:
-        self.home = tmp / "home"
-        self.home.mkdir(exist_ok=True)
-        self.store = Store(self.home / "hpcops.db", track=True)
-        self.config = parse_config(
-            f"lab: t\nrun_root: {tmp / 'runs'}\ntracking: {{tracking_uri: '{uri}'}}\n", "c.yaml"
-        )
-        self.uri = uri
-        self.clock = clock
-        self.experiment = f"sweeps-{tmp.name}"
-        self.tracker = self.restart()
-
-    def restart(self) -> Tracker:
-        def factory(uri: str, root: Path | None) -> TrackingServer:
-            return Faulty(uri, artifact_root=self.home / "mlartifacts")
-
-        self.tracker = Tracker(
-            self.store, self.config, self.home, server_factory=factory, clock=self.clock
-        )
-        return self.tracker
-
-    def client(self) -> Any:
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient(self.uri)
-
-    def add_sweep(self, *, mode: str = "max", n: int = 3, metric: str | None = "val_accuracy"):  # type: ignore[no-untyped-def]
-        spec = SWEEP_SPEC.format(experiment=self.experiment, mode=mode)
-        sweep = Sweep(
-            name="resnet-lr",
-            experiment=self.experiment,
-            owner="ana",
-            owner_uid=1000,
-            spec_yaml=spec,
-            kind="random",
-            n_points=n,
-            points_json=json.dumps(POINTS[:n]),
-            objective_metric=metric,
-            objective_mode=mode if metric else None,
-            max_parallel=2,
-            created_at=time.time(),
-            updated_at=time.time(),
-        )
-        runs = [self.point(i) for i in range(n)]
-        return self.store.add_sweep(sweep, runs, actor="ana")
-
-    def point(self, index: int, sweep_id: int | None = None) -> Run:
-        params = {"epochs": 3, **POINTS[index]}
-        spec = (
-            f"name: resnet-lr\nexperiment: {self.experiment}\ncommand: python train.py\n"
-            f"params: {json.dumps(params)}\n"
-        )
-        return Run(
-            name=f"resnet-lr[{index}]",
-            experiment=self.experiment,
-            owner="ana",
-            owner_uid=1000,
-            state=RunState.QUEUED,
-            spec_yaml=spec,
-            spec_hash="h",
-            created_at=time.time(),
-            updated_at=time.time(),
-            sweep_id=sweep_id,
-            sweep_index=index,
-        )
-
-    def end(self, run_id: int, state: RunState) -> None:
-        run = self.store.get(run_id)
-        if state != RunState.CANCELLED or run.state != RunState.QUEUED:
-            for step in (RunState.SUBMITTING, RunState.PENDING, RunState.RUNNING):
-                self.store.transition(run_id, step, actor="daemon", slurm_job_id=f"9{run_id}")
-        self.store.transition(run_id, state, actor="daemon", ended_at=time.time())
-
-    def log(self, run_id: int, values: list[float], key: str = "val_accuracy") -> None:
-        mlflow_id = self.store.get(run_id).mlflow_run_id
-        assert mlflow_id is not None
-        for step, value in enumerate(values, start=1):
-            self.client().log_metric(mlflow_id, key, value, step=step)
-
-    def drain(self) -> None:
-        """Tracker steps until nothing is due (one operation per run and lane a step)."""
-        for _ in range(20):
-            self.tracker.step()
-            if not self.store.tracking_due(self.clock()):
-                return
-        raise AssertionError(f"still due: {self.store.tracking_due(self.clock())}")
-
-    def sweep(self, sweep_id: int) -> Sweep:
-        return self.store.get_sweep(sweep_id)
-
-    def parents_of(self, sweep_id: int) -> list[Any]:
-        exp = self.client().get_experiment_by_name(self.experiment)
-        return list(
-            self.client().search_runs(
-                [exp.experiment_id],
-                f"tags.`hpcops.kind` = 'sweep' and tags.`hpcops.sweep_id` = '{sweep_id}'",
-            )
-        )
 
 
 @pytest.fixture

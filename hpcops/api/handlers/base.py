@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hpcops.access import Caller, Role, authorize
+from hpcops.access import LEADS, Caller, Role, authorize
 from hpcops.config import Config
+from hpcops.config_sections import AccessConfig
 from hpcops.describe import clip
-from hpcops.errors import HpcopsError
+from hpcops.errors import HpcopsError, PermissionDenied
 from hpcops.store import Audit, Run, Store, Sweep
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class Engine(Protocol):
     def top(self, run_id: int, caller: Caller) -> Run: ...
     def hold(self, run_id: int, caller: Caller) -> Run: ...
     def release_hold(self, run_id: int, caller: Caller) -> Run: ...
+    def retry(self, run_id: int, caller: Caller) -> Run: ...
     def rerun(
         self,
         source: int | str,
@@ -139,3 +141,19 @@ class Daemon:
 def run_id(run: Run) -> int:
     assert run.id is not None  # runs read from the store always have one
     return run.id
+
+
+def lead_decision_guard(req: Request, run: Run, action: str, access: AccessConfig) -> None:
+    """A member may not undo what a lead decided about their run."""
+    if req.role in LEADS:
+        return
+    if action == "release" and run.held_by and run.held_by != run.owner:
+        raise PermissionDenied(
+            f"run {run.id} was held by {run.held_by}; only a group lead may release it"
+        )
+    low, high = access.member_priority_min, access.member_priority_max
+    if action == "priority" and not low <= run.priority <= high:
+        raise PermissionDenied(
+            f"run {run.id}'s priority {run.priority} was set by a group lead (outside the "
+            f"member range {low} to {high}); only a lead may change it"
+        )

@@ -1,20 +1,18 @@
 """Changing the lab's queue: `submit`, `validate`, `rerun`, and the requests on a run (`cancel`,
-`priority`, `hold`, `release`, `top`).
+`priority`, `hold`, `release`, `top`, `retry`).
 
 A request on a sweep (`"run": "s7"`) is the same request on each of its points for which it
-makes sense, through the same engine method, authorized and audited per point as for a run:
-cancel the points that have not ended, hold and top the QUEUED ones, release the HELD ones,
-priority the QUEUED and HELD ones. A point another member owns (a lead's rerun of it) or that
-left the state meanwhile is skipped, and the answer says so.
+makes sense (hpcops/api/handlers/sweep_requests.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from hpcops.access import LEADS, authorize, check_priority
-from hpcops.api.handlers.base import Daemon, Handler, Request, run_id
+from hpcops.access import authorize, check_priority
+from hpcops.api.handlers.base import Daemon, Handler, Request, lead_decision_guard, run_id
+from hpcops.api.handlers.sweep_requests import SweepRequests
 from hpcops.api.params import (
     PriorityParams,
     RerunParams,
@@ -25,20 +23,17 @@ from hpcops.api.params import (
 )
 from hpcops.api.sweeps import id_ranges, sweep_preview
 from hpcops.api.views import sweep_ref
-from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied
-from hpcops.states import TERMINAL_STATES, RunState
+from hpcops.errors import InvalidInput
+from hpcops.states import RunState
 from hpcops.store import Run, Sweep
 from hpcops.yamlio import read_yaml
-
-_NOT_ENDED = frozenset(RunState) - TERMINAL_STATES
-_QUEUED = frozenset({RunState.QUEUED})
-_HELD = frozenset({RunState.HELD})
 
 
 class QueueHandlers:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.access = daemon.config.access
+        self.sweeps = SweepRequests(daemon)
 
     def methods(self) -> dict[str, Handler]:
         return {
@@ -50,6 +45,7 @@ class QueueHandlers:
             "hold": self.hold,
             "release": self.release,
             "top": self.top,
+            "retry": self.retry,
         }
 
     # --- new runs ---------------------------------------------------------------------------
@@ -212,14 +208,7 @@ class QueueHandlers:
     def cancel(self, req: Request) -> dict[str, Any]:
         target = TargetParams.parse(req.params).run
         if isinstance(target, SweepId):
-            return self._on_sweep(
-                req,
-                target,
-                "cancel",
-                _NOT_ENDED,
-                lambda run: self.daemon.engine.cancel(run_id(run), req.caller)[0],
-                "state",
-            )
+            return self.sweeps.cancel(req, target)
         run = self.daemon.run_for(req, target, "cancel")
         updated, message = self.daemon.engine.cancel(run_id(run), req.caller)
         self.daemon.audit(
@@ -239,15 +228,10 @@ class QueueHandlers:
         value = params.priority
         check_priority(value, req.role, self.access)
         if isinstance(params.run, SweepId):
-            return self._on_sweep(
-                req,
-                params.run,
-                "priority",
-                _QUEUED | _HELD,
-                lambda run: self.daemon.engine.set_priority(run_id(run), value, req.caller),
-                "priority",
-            )
-        self._lead_decision_guard(req, self.daemon.run_for(req, params.run, "priority"), "priority")
+            return self.sweeps.priority(req, params.run, value)
+        lead_decision_guard(
+            req, self.daemon.run_for(req, params.run, "priority"), "priority", self.access
+        )
 
         def message(run: Run, updated: Run) -> str:
             note = (
@@ -269,14 +253,7 @@ class QueueHandlers:
     def hold(self, req: Request) -> dict[str, Any]:
         target = TargetParams.parse(req.params).run
         if isinstance(target, SweepId):
-            return self._on_sweep(
-                req,
-                target,
-                "hold",
-                _QUEUED,
-                lambda run: self.daemon.engine.hold(run_id(run), req.caller),
-                "state",
-            )
+            return self.sweeps.hold(req, target)
         return self._change_run(
             req,
             target,
@@ -289,15 +266,10 @@ class QueueHandlers:
     def release(self, req: Request) -> dict[str, Any]:
         target = TargetParams.parse(req.params).run
         if isinstance(target, SweepId):
-            return self._on_sweep(
-                req,
-                target,
-                "release",
-                _HELD,
-                lambda run: self.daemon.engine.release_hold(run_id(run), req.caller),
-                "state",
-            )
-        self._lead_decision_guard(req, self.daemon.run_for(req, target, "release"), "release")
+            return self.sweeps.release(req, target)
+        lead_decision_guard(
+            req, self.daemon.run_for(req, target, "release"), "release", self.access
+        )
         return self._change_run(
             req,
             target,
@@ -310,7 +282,7 @@ class QueueHandlers:
     def top(self, req: Request) -> dict[str, Any]:
         target = TargetParams.parse(req.params).run
         if isinstance(target, SweepId):
-            return self._top_sweep(req, target)
+            return self.sweeps.top(req, target)
         return self._change_run(
             req,
             target,
@@ -319,6 +291,43 @@ class QueueHandlers:
             "priority",
             lambda run, updated: f"run {run.id} goes next (priority {updated.priority})",
         )
+
+    def retry(self, req: Request) -> dict[str, Any]:
+        """A new attempt of an ended run: the same run id, run directory and checkpoint
+        directory, queued again (engine.retry). A sweep: each point's latest run that ended
+        otherwise than COMPLETED."""
+        target = TargetParams.parse(req.params).run
+        if isinstance(target, SweepId):
+            return self.sweeps.retry(req, target)
+        engine = self.daemon.engine
+        run = self.daemon.store.get(target)
+        authorize("retry", req.caller, req.role, owner=run.owner)
+        check_retryable(run)
+        # Every ended attempt has its row (a run that ended before rows were kept: its one).
+        number = max(1, run.attempts_ended) + 1
+        updated = engine.retry(target, req.caller)
+        self.daemon.audit(
+            req.caller,
+            req.role,
+            "retry",
+            f"run {target}",
+            allowed=True,
+            before=run.state,
+            after=updated.state,
+            detail=f"attempt {number}",
+        )
+        limit = updated.max_attempts
+        of = f" of {limit}" if number <= limit and limit > 1 else ""
+        return {
+            "id": updated.id,
+            "name": updated.name,
+            "state": updated.state,
+            "attempt_number": number,
+            "max_attempts": limit,
+            "previous_state": run.state,
+            "message": f"run {target}: attempt {number}{of} {str(updated.state).lower()} "
+            f"(after {run.state}; same run directory and checkpoint directory)",
+        }
 
     def _change_run(
         self,
@@ -338,165 +347,21 @@ class QueueHandlers:
         )
         return {"id": run.id, field: after, "message": message(run, updated)}
 
-    def _lead_decision_guard(self, req: Request, run: Run, action: str) -> None:
-        """A member may not undo what a lead decided about their run."""
-        if req.role in LEADS:
-            return
-        if action == "release" and run.held_by and run.held_by != run.owner:
-            raise PermissionDenied(
-                f"run {run.id} was held by {run.held_by}; only a group lead may release it"
-            )
-        low, high = self.access.member_priority_min, self.access.member_priority_max
-        if action == "priority" and not low <= run.priority <= high:
-            raise PermissionDenied(
-                f"run {run.id}'s priority {run.priority} was set by a group lead (outside the "
-                f"member range {low} to {high}); only a lead may change it"
-            )
-
-    # --- requests on a sweep ----------------------------------------------------------------
-
-    def _on_sweep(
-        self,
-        req: Request,
-        target: SweepId,
-        action: str,
-        states: Collection[RunState],
-        apply: Callable[[Run], Run],
-        field: str,
-    ) -> dict[str, Any]:
-        """`action` on every run of the sweep in `states`: authorized on the sweep (a member's
-        own, a lead's any), then applied, guarded and audited per point as for one run."""
-        store = self.daemon.store
-        sweep = store.get_sweep(target.number)
-        authorize(action, req.caller, req.role, owner=sweep.owner, thing="sweep")
-        runs = store.sweep_runs(target.number)
-        chosen = [r for r in runs if RunState(r.state) in states]
-        changed: list[tuple[Run, Run]] = []
-        skipped: list[dict[str, Any]] = []
-        with self.daemon.engine.batch():  # release sees every point changed, or none yet
-            for run in chosen:
-                self._on_point(req, target, action, run, apply, field, changed, skipped)
-        return {
-            "id": str(target),
-            "sweep_id": target.number,
-            "affected": [run.id for run, _ in changed],
-            "skipped": skipped,
-            "message": sweep_message(sweep, action, changed, skipped, len(runs) - len(chosen)),
-        }
-
-    def _on_point(
-        self,
-        req: Request,
-        target: SweepId,
-        action: str,
-        run: Run,
-        apply: Callable[[Run], Run],
-        field: str,
-        changed: list[tuple[Run, Run]],
-        skipped: list[dict[str, Any]],
-    ) -> None:
-        """One point of `_on_sweep`: applied and audited, or skipped with the reason."""
-        try:
-            authorize(action, req.caller, req.role, owner=run.owner)
-            if action in ("priority", "release"):
-                self._lead_decision_guard(req, run, action)
-            updated = apply(run)
-        except HpcopsError as exc:  # refused for this point, or it moved meanwhile
-            skipped.append({"id": run.id, "reason": exc.message})
-            if isinstance(exc, PermissionDenied):
-                self.daemon.audit(
-                    req.caller,
-                    req.role,
-                    action,
-                    f"run {run.id}",
-                    allowed=False,
-                    detail=f"{exc.message} (sweep {target})",
-                )
-            return
-        self.daemon.audit(
-            req.caller,
-            req.role,
-            action,
-            f"run {run.id}",
-            allowed=True,
-            before=getattr(run, field),
-            after=getattr(updated, field),
-            detail=f"sweep {target}",
-        )
-        changed.append((run, updated))
-
-    def _top_sweep(self, req: Request, target: SweepId) -> dict[str, Any]:
-        """The sweep goes next: its first queued point is topped (engine.top), and the others
-        get the same priority, so they keep their order among themselves."""
-        engine = self.daemon.engine
-        new_priority: list[int] = []
-
-        def apply(run: Run) -> Run:
-            if not new_priority:
-                updated = engine.top(run_id(run), req.caller)
-                new_priority.append(updated.priority)
-                return updated
-            note = (
-                f"moved to the top by {req.caller.name} with sweep {target}: "
-                f"priority {run.priority} -> {new_priority[0]}"
-            )
-            return engine.set_priority(run_id(run), new_priority[0], req.caller, note)
-
-        return self._on_sweep(req, target, "top", _QUEUED, apply, "priority")
-
-
-_DONE = {
-    "cancel": "cancelled",
-    "hold": "held",
-    "release": "released",
-    "priority": "given priority",
-    "top": "moved to the top",
-}
-_WHICH = {
-    "cancel": "had ended",
-    "hold": "not QUEUED",
-    "release": "not HELD",
-    "priority": "not QUEUED or HELD",
-    "top": "not QUEUED",
-}
-
-
-def sweep_message(
-    sweep: Sweep,
-    action: str,
-    changed: Sequence[tuple[Run, Run]],
-    skipped: Sequence[dict[str, Any]],
-    others: int,
-) -> str:
-    """`sweep s7: 5 points held (4 not QUEUED)`; a cancel tells ended from being cancelled."""
-    ref = f"sweep s{sweep.id}"
-    if action == "cancel":
-        now = sum(1 for _, new in changed if new.state == RunState.CANCELLED.value)
-        parts = [f"{now} point{_s(now)} cancelled"]
-        if len(changed) - now:
-            parts.append(f"{len(changed) - now} being cancelled in Slurm")
-        text = f"{ref}: {', '.join(parts)}"
-    elif action in ("priority", "top") and changed:
-        text = f"{ref}: {len(changed)} point{_s(len(changed))} {_DONE[action]} " + (
-            f"(priority {changed[0][1].priority})"
-        )
-    else:
-        text = f"{ref}: {len(changed)} point{_s(len(changed))} {_DONE[action]}"
-    notes = []
-    if others:
-        notes.append(f"{others} {_WHICH[action]}")
-    if skipped:
-        first = skipped[0]
-        notes.append(f"{len(skipped)} skipped (run {first['id']}: {first['reason']})")
-    return text + (f" ({'; '.join(notes)})" if notes else "")
-
-
-def _s(n: int) -> str:
-    return "" if n == 1 else "s"
-
 
 def _stored_priority(sweep: Sweep) -> int:
     """The priority in a sweep's stored spec (0 when it names none)."""
     data = read_yaml(sweep.spec_yaml)
     value = data.get("priority", 0) if isinstance(data, dict) else 0
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def check_retryable(run: Run) -> None:
+    """Only an ended run that did not complete gets a new attempt (the engine checks again,
+    in the transaction that queues it)."""
+    state = RunState(run.state)
+    if state is RunState.COMPLETED:
+        raise InvalidInput(
+            f"run {run.id} completed; `hpcops rerun {run.id}` runs it again as a new run"
+        )
+    if not state.is_terminal:
+        raise InvalidInput(f"run {run.id} is {state}; only an ended run can be retried")

@@ -7,7 +7,8 @@ from typing import Any
 
 from hpcops import policy
 from hpcops.access import authorize
-from hpcops.api.handlers.base import Daemon, Handler, Request
+from hpcops.api import attempts
+from hpcops.api.handlers.base import Daemon, Handler, Request, run_id
 from hpcops.api.params import ListParams, LogsParams, RunParams, SweepId, TargetParams
 from hpcops.api.views import event_view, run_view, sweep_view
 from hpcops.errors import SlurmUnreachable
@@ -96,6 +97,7 @@ class RunHandlers:
             return self._sweep(target.number)
         run = store.get(target)
         view = self._view(run, detail=True)
+        view["attempts"] = attempts.attempts_view(run, store.attempts(target))
         view["staging"] = self._staging_progress(run) if run.data_json else None
         view["schedule_name"] = (
             store.get_schedule(run.schedule_id).name if run.schedule_id else None
@@ -107,7 +109,15 @@ class RunHandlers:
         store = self.daemon.store
         sweep = store.get_sweep(number)
         counts = store.sweep_counts([number]).get(number, {})
-        return sweep_view(sweep, counts, points=store.sweep_runs(number))
+        runs = store.sweep_runs(number)
+        view = sweep_view(sweep, counts, points=runs)
+        # which attempt each point's latest run is on, as `ls` says it of a run
+        by_id = {run_id(r): r for r in runs}
+        for point in view["points"]:
+            run = by_id[point["run_id"]]
+            point["attempt_number"] = attempts.attempt_number(run)
+            point["max_attempts"] = run.max_attempts
+        return view
 
     def why(self, req: Request) -> dict[str, Any]:
         authorize("read", req.caller, req.role)
@@ -154,7 +164,10 @@ class RunHandlers:
         }
 
     def _view(self, run: Run, *, detail: bool = False) -> dict[str, Any]:
+        """The run's view with why it waits, and which attempt it is on."""
         view = run_view(run, detail=detail)
+        view["attempt_number"] = attempts.attempt_number(run)
+        view["max_attempts"] = run.max_attempts
         waiting = RunState(run.state) in WAITING
         view["wait_reason"] = self.daemon.engine.why(run) if waiting else None
         return view

@@ -57,6 +57,7 @@ class EngineLike(Protocol):
     def top(self, run_id: int, caller: Caller) -> Run: ...
     def why(self, run: Run) -> str: ...
     def status(self) -> Any: ...
+    def retry(self, run_id: int, caller: Caller) -> Run: ...
     def batch(self) -> AbstractContextManager[None]: ...
 
 
@@ -172,6 +173,9 @@ class EngineHarness:
     def why(self, run_id: int) -> str:
         return self.engine.why(self.run(run_id))
 
+    def retry(self, run_id: int, caller: Caller = ALICE) -> Run:
+        return self.engine.retry(run_id, caller)
+
     # --- the loop ---------------------------------------------------------------------------
 
     def tick(self, times: int = 1, *, every_s: float = 0.0) -> None:
@@ -218,9 +222,24 @@ class EngineHarness:
     def notes(self, run_id: int) -> list[str]:
         return [e.reason for e in self.events(run_id)]
 
+    def attempts(self, run_id: int) -> list[tuple[int, str, str]]:
+        """The run's ended attempts as (number, Slurm job id, state)."""
+        return [(a.number, a.slurm_job_id, str(a.state)) for a in self.store.attempts(run_id)]
+
     def job_of(self, run_id: int) -> str:
         job_id = self.run(run_id).slurm_job_id
         assert job_id is not None, f"run {run_id} has no Slurm job: {self.states(run_id)}"
+        return job_id
+
+    def start_next(self, run_id: int) -> str:
+        """Release the run's queued attempt into Slurm, start its job a second later and tick
+        until the engine has it RUNNING; the job's id."""
+        self.tick()
+        job_id = self.job_of(run_id)
+        self.clock.advance(1)
+        self.slurm.start(job_id)
+        self.tick()
+        assert self.state(run_id) == "RUNNING"
         return job_id
 
 

@@ -15,13 +15,7 @@ from .engine_harness import EngineFactory, EngineHarness
 
 def _running(h: EngineHarness, name: str = "train") -> tuple[int, str]:
     run_id = h.submit(name)
-    h.tick()
-    job_id = h.job_of(run_id)
-    h.clock.advance(1)
-    h.slurm.start(job_id)
-    h.tick()
-    assert h.state(run_id) == "RUNNING"
-    return run_id, job_id
+    return run_id, h.start_next(run_id)
 
 
 def _markers(h: EngineHarness, run_id: int) -> list[str | None]:

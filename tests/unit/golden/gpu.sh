@@ -26,6 +26,7 @@ set -u
 hpcops_run_dir=/scratch/vision-lab/hpcops/runs/r-000042
 hpcops_child=
 hpcops_status=0
+hpcops_warned=
 
 # A marker is written under a temporary name and renamed, so a reader never sees half of one.
 hpcops_mark() {
@@ -46,8 +47,10 @@ hpcops_on_term() {
     fi
     exit 143
 }
-# For `--signal=B:USR1@60` in extra_directives: the command gets the warning, the job goes on.
+# For checkpoint: (#SBATCH --signal=B:USR1@300), or a --signal in extra_directives: Slurm signals
+# this script only, and the command gets the warning; the job goes on.
 hpcops_forward() {
+    hpcops_warned=$1
     if [ -n "$hpcops_child" ]; then
         kill "-$1" "$hpcops_child" 2>/dev/null
     fi
@@ -81,12 +84,21 @@ export HPCOPS_RUN_ID=r-000042
 export HPCOPS_RUN_DIR=/scratch/vision-lab/hpcops/runs/r-000042
 export HPCOPS_LAB=vision-lab
 export HPCOPS_EXPERIMENT=imagenet
+export HPCOPS_ATTEMPT=1
+export HPCOPS_CHECKPOINT_DIR=/scratch/vision-lab/hpcops/runs/r-000042/checkpoint
 export HPCOPS_PARAM_ARCH=resnet50
 export HPCOPS_PARAM_LR=0.1
 export HPCOPS_PARAM_EPOCHS=90
 export HPCOPS_PARAM_AMP=true
 export OMP_NUM_THREADS=8
 export NCCL_DEBUG=WARN
+
+# The run's checkpoint directory ($HPCOPS_CHECKPOINT_DIR): every attempt of the run gets the same
+# one, because a new attempt reuses the run directory; this script only ever creates it.
+if ! mkdir -p -- /scratch/vision-lab/hpcops/runs/r-000042/checkpoint; then
+    echo "hpcops: could not create the checkpoint directory "/scratch/vision-lab/hpcops/runs/r-000042/checkpoint >&2
+    exit 1
+fi
 cd -- /home/ana/imagenet || exit 1
 
 # --- command ---

@@ -1,0 +1,93 @@
+"""What a job without network logged into its relay store, forwarded to its run's record: every
+`relay_interval_s` for the runs still relaying, and a last time when an attempt or the run ends.
+How far each run's store has been read is kept in the database (its relay cursors), so a
+restart neither loses nor repeats a value; the store's files are read beneath the relay root
+without following links (hpcops/tracking/relay.py reads them)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from hpcops.errors import TrackingRejected
+from hpcops.states import RunState
+from hpcops.store import Run, Store
+from hpcops.tracking import records, relay
+from hpcops.tracking.records import Batch, MetricPoint
+from hpcops.tracking.server import TrackingServer
+from hpcops.transport.beneath import UnsafeFile, anchor, copy_beneath
+
+log = logging.getLogger(__name__)
+
+# A relayed artifact is copied before upload (from a link-free handle); one larger than this is
+# left out with a warning rather than filling the daemon's disk.
+_ARTIFACT_MAX_BYTES = 4 * 1024**3
+
+
+class RelayForwarder:
+    def __init__(self, store: Store, roots: tuple[Path, ...]) -> None:
+        self.store = store
+        self.roots = roots
+
+    def forward_all(self, server: TrackingServer) -> None:
+        """What is new in every relaying run's store; one run's failure costs only that run."""
+        for run in self.store.relaying():
+            try:
+                self.forward(server, run, final=False)
+            except TrackingRejected as exc:
+                log.warning("run %s: relay refused by the server: %s", run.id, exc)
+            except OSError as exc:
+                log.warning("run %s: cannot read its relay store: %s", run.id, exc)
+
+    def forward(self, server: TrackingServer, run: Run, *, final: bool) -> None:
+        """What is new in the run's relay store (`final`: the job has ended, read it all)."""
+        assert run.id is not None and run.mlflow_run_id is not None
+        assert run.mlflow_relay_dir is not None and run.mlflow_relay_run_id is not None
+        assert run.mlflow_artifact_uri is not None
+        store = relay.RelayStore(Path(run.mlflow_relay_dir), run.mlflow_relay_run_id)
+        cursors = self.store.relay_cursors(run.id)
+        root, run_dir = anchor(self.roots, store.run_dir)
+        delta = relay.collect(root, run_dir, cursors, final=final)
+        if delta.batch:
+            self.log(server, run, delta.batch)
+        for path, artifact_dir in delta.artifacts:
+            with tempfile.TemporaryDirectory(prefix="hpcops-relay-") as tmp:
+                copy = Path(tmp) / path.name
+                try:
+                    copy_beneath(root, path, copy, max_bytes=_ARTIFACT_MAX_BYTES, whole=True)
+                except (UnsafeFile, OSError) as exc:
+                    log.warning("run %s: relayed artifact %s skipped: %s", run.id, path.name, exc)
+                    continue
+                server.upload(run.mlflow_artifact_uri, copy, artifact_dir)
+        if (
+            not final
+            and run.state == RunState.RUNNING.value
+            and cursors.get("status") != records.RUNNING
+        ):
+            server.set_status(run.mlflow_run_id, records.RUNNING)
+            delta.cursors["status"] = records.RUNNING
+        if delta.cursors:
+            self.store.save_relay_cursors(run.id, delta.cursors)
+
+    def log(self, server: TrackingServer, run: Run, batch: Batch) -> None:
+        """Log what the job logged. The server may refuse one value (a param the spec already
+        set to another value, a key it does not accept): then each part goes on its own, so
+        one refusal loses only itself, with a warning, never the run's other values."""
+        assert run.mlflow_run_id is not None
+        try:
+            server.log_batch(run.mlflow_run_id, batch)
+            return
+        except TrackingRejected as exc:
+            log.warning("run %s: relayed batch refused, sending it item by item: %s", run.id, exc)
+        parts = [Batch(params={k: v}) for k, v in batch.params.items()]
+        parts += [Batch(tags={k: v}) for k, v in batch.tags.items()]
+        by_key: dict[str, list[MetricPoint]] = {}
+        for point in batch.metrics:
+            by_key.setdefault(point.key, []).append(point)
+        parts += [Batch(metrics=points) for points in by_key.values()]
+        for part in parts:
+            try:
+                server.log_batch(run.mlflow_run_id, part)
+            except TrackingRejected as exc:
+                log.warning("run %s: relayed value refused, left out: %s", run.id, exc)

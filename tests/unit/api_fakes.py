@@ -1,0 +1,143 @@
+"""The API tests' one fake engine and the Api over it (test_api_dispatch.py, test_api_retry.py,
+test_api_sweeps.py), rather than a copy in each: a second copy drifts from the Engine protocol.
+
+FakeEngine is the engine as the API sees it (hpcops.api.handlers.base.Engine) on a real store:
+the reads answer plainly, and every action fails the test until a test's subclass does it."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from hpcops import policy
+from hpcops.access import Caller
+from hpcops.api import protocol
+from hpcops.api.handlers.base import Engine
+from hpcops.api.server import Api
+from hpcops.code.mirror import CodeMirror, Shipment
+from hpcops.config import Config
+from hpcops.config_sections import AccessConfig
+from hpcops.data.cache import ContentCache
+from hpcops.engine import EngineStatus, SlurmHealth
+from hpcops.spec import Spec
+from hpcops.store import Run, Store, Sweep
+from hpcops.transport.local import LocalTransport
+
+DAEMON = Caller(uid=4242, name="svc")
+REQUEST_ID = 7  # every request's id, which the answer carries back
+
+
+class FakeEngine:
+    """Records the specs it checked; an action a test's subclass does not do fails the test."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.checked: list[str] = []
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(health=SlurmHealth(), last_poll_at=None, decision=None, usage={})
+
+    def check_spec(self, spec: Spec, source: str) -> None:
+        self.checked.append(source)
+
+    def enqueue(
+        self,
+        specs: Sequence[tuple[Spec, str]],
+        caller: Caller,
+        shipments: Sequence[Shipment | None] | None = None,
+    ) -> list[Run]:
+        raise AssertionError("not used here")
+
+    def cancel(self, run_id: int, caller: Caller) -> tuple[Run, str]:
+        raise AssertionError("not used here")
+
+    def set_priority(self, run_id: int, priority: int, caller: Caller, note: str = "") -> Run:
+        raise AssertionError("not used here")
+
+    def top(self, run_id: int, caller: Caller) -> Run:
+        raise AssertionError("not used here")
+
+    def hold(self, run_id: int, caller: Caller) -> Run:
+        raise AssertionError("not used here")
+
+    def release_hold(self, run_id: int, caller: Caller) -> Run:
+        raise AssertionError("not used here")
+
+    def retry(self, run_id: int, caller: Caller) -> Run:
+        raise AssertionError("not used here")
+
+    def rerun(
+        self,
+        source: int | str,
+        overrides: dict[str, str],
+        caller: Caller,
+        check: Callable[[Spec], None] | None = None,
+    ) -> Run:
+        raise AssertionError("not used here")
+
+    def rerun_sweep(self, sweep_id: int, caller: Caller) -> tuple[Sweep, list[Run]]:
+        raise AssertionError("not used here")
+
+    def why(self, run: Run) -> str:
+        return "waiting for the test"
+
+    def changed(self) -> None:
+        return None
+
+    def batch(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def quotas(self) -> policy.Quotas:
+        return policy.Quotas()
+
+    def active_jobs(self) -> list[policy.Active]:
+        return []
+
+
+_: type[Engine] = FakeEngine  # mypy: the fake keeps to the protocol
+
+
+def make_api(
+    tmp_path: Path,
+    engine: FakeEngine,
+    store: Store,
+    *,
+    members: Sequence[str] = ("ana", "bob"),
+    leads: Sequence[str] = ("leo",),
+) -> Api:
+    """The Api over the fake engine and a store, in tmp_path, without tracking."""
+    config = Config(access=AccessConfig(members=list(members), leads=list(leads)))
+    return Api(
+        engine,
+        store,
+        config=config,
+        home=tmp_path,
+        files=LocalTransport(),
+        code_mirror=CodeMirror(tmp_path / "code"),
+        data_cache=ContentCache(tmp_path / "cache"),
+        tracker=None,
+        started_at=time.time(),
+        daemon_uid=DAEMON.uid,
+    )
+
+
+def call(server: Api, caller: Caller, method: str, **params: Any) -> dict[str, Any]:
+    """The answer to one request, in the wire format."""
+    return server.handle(caller, protocol.request(REQUEST_ID, method, params))
+
+
+def ok(server: Api, caller: Caller, method: str, **params: Any) -> Any:
+    answer = call(server, caller, method, **params)
+    assert answer["ok"], answer
+    return answer["result"]
+
+
+def error(server: Api, caller: Caller, method: str, **params: Any) -> dict[str, str]:
+    answer = call(server, caller, method, **params)
+    assert not answer["ok"], answer
+    failure: dict[str, str] = answer["error"]
+    return failure

@@ -2,9 +2,10 @@
 
     load.py        parse_spec, load_spec_file, spec_to_yaml: YAML (through hpcops.yamlio) in,
                    a validated Spec out, and the canonical text back
-    model.py       the pydantic models: Spec, Resources, Code, DataTarget, ScheduleBlock,
-                   RetryPolicy, Checkpoint, and a sweep's: SweepDef, RandomSweep, Distribution,
-                   SweepObjective
+    model.py       the Spec model: one experiment, its checks across fields
+    blocks.py      the blocks a spec is made of: Resources, Code, DataTarget, ScheduleBlock,
+                   RetryPolicy, Checkpoint
+    sweepdef.py    a sweep's block: SweepDef, RandomSweep, Distribution, SweepObjective
     sweep.py       a sweep's points and each point's own spec (pure)
     fields.py      each field's check, raising the message a user sees
     directives.py  extra_directives: sbatch options nobody modelled, and what they may not set
@@ -17,6 +18,7 @@ usually with a valid example. The names below are the package's public face; imp
 """
 
 from hpcops.names import FULL_COMMIT_RE
+from hpcops.spec.blocks import Checkpoint, Code, DataTarget, Resources, RetryPolicy, ScheduleBlock
 from hpcops.spec.directives import MODELLED_OPTIONS, extra_directive_problem, sets_signal
 from hpcops.spec.fields import (
     MAX_ATTEMPTS,
@@ -27,20 +29,7 @@ from hpcops.spec.fields import (
     is_repo_url,
 )
 from hpcops.spec.load import MAX_SPEC_BYTES, load_spec_file, parse_spec, spec_to_yaml
-from hpcops.spec.model import (
-    Checkpoint,
-    Code,
-    DataTarget,
-    Distribution,
-    RandomSweep,
-    Resources,
-    RetryPolicy,
-    ScheduleBlock,
-    Spec,
-    SweepDef,
-    SweepKind,
-    SweepObjective,
-)
+from hpcops.spec.model import Spec
 from hpcops.spec.sweep import (
     Point,
     check_sweep_points,
@@ -49,6 +38,7 @@ from hpcops.spec.sweep import (
     point_specs,
     sweep_points,
 )
+from hpcops.spec.sweepdef import Distribution, RandomSweep, SweepDef, SweepKind, SweepObjective
 from hpcops.units import parse_mem_mb, parse_slurm_time
 
 __all__ = [

@@ -12,19 +12,9 @@ from pydantic import BaseModel, ValidationError
 from hpcops.describe import describe_value
 from hpcops.errors import FieldProblem, SpecError
 from hpcops.names import closest
-from hpcops.spec.model import (
-    Checkpoint,
-    Code,
-    DataTarget,
-    Distribution,
-    RandomSweep,
-    Resources,
-    RetryPolicy,
-    ScheduleBlock,
-    Spec,
-    SweepDef,
-    SweepObjective,
-)
+from hpcops.spec.blocks import Checkpoint, Code, DataTarget, Resources, RetryPolicy, ScheduleBlock
+from hpcops.spec.model import Spec
+from hpcops.spec.sweepdef import Distribution, RandomSweep, SweepDef, SweepObjective
 from hpcops.yamlio import MAX_PROBLEMS, dotted
 
 MINIMAL_SPEC: Final = "name: mnist-baseline\nexperiment: mnist\ncommand: python train.py\n"

@@ -26,7 +26,8 @@ from typing import Any, Final, TypeAlias
 from hpcops.errors import FieldProblem, SpecError
 from hpcops.spec.fields import MAX_SWEEP_POINTS, MAX_SWEEP_SEED, RESOURCE_PREFIX, ParamValue
 from hpcops.spec.messages import validate
-from hpcops.spec.model import Distribution, Spec, SweepDef
+from hpcops.spec.model import Spec
+from hpcops.spec.sweepdef import Distribution, SweepDef
 from hpcops.yamlio import MAX_PROBLEMS
 
 Point: TypeAlias = dict[str, ParamValue]

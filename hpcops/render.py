@@ -195,7 +195,8 @@ DIRECTIVE_VALUE_RE: Final[dict[str, re.Pattern[str]]] = {
         "dependency": r"afterok:[0-9]{1,12}",
         "kill-on-invalid-dep": r"yes",
         # checkpoint: the signal to the batch shell only (B:), before_s 10..65535 seconds
-        "signal": r"B:USR[12]@[1-9][0-9]{1,4}",
+        "signal": r"B:USR[12]@(?:[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+        r"|655[0-2][0-9]|6553[0-5])",
     }.items()
 }
 _EXTRA_OPTION_RE = re.compile(r"[a-z][a-z0-9-]{0,63}")

@@ -242,7 +242,8 @@ def test_checkpoint_adds_the_signal_directive_after_the_time(
     [("B:USR1@300", True), ("B:USR2@10", True), ("B:USR1@65535", True), ("USR1@300", False),
      ("B:USR1", False), ("B:TERM@300", False), ("R:USR1@300", False), ("B:USR1@5", False),
      ("B:USR1@030", False), ("B:USR1@300\n", False), ("B:USR1@300 ", False),
-     ("B:USR1@300\n#SBATCH --qos=high", False), ("B:10@300", False)],
+     ("B:USR1@300\n#SBATCH --qos=high", False), ("B:10@300", False), ("B:USR1@65536", False),
+     ("B:USR1@99999", False), ("B:USR1@59999", True), ("B:USR1@9999", True)],
 )  # fmt: skip
 def test_the_signal_directive_value_is_strict(value: str, ok: bool) -> None:
     assert bool(DIRECTIVE_VALUE_RE["signal"].fullmatch(value)) is ok

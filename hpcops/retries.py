@@ -24,6 +24,12 @@ from hpcops.store import Attempt, AttemptEnd, Run
 # An attempt that ends this soon after its start (or within half the run's time limit, if that is
 # shorter) "ended at once": two in a row in the same state stop the retries.
 FAST_FAIL_S = 60.0
+# The endings the job itself causes, the only ones two quick ones in a row stop the retries for: a
+# script that fails at once will fail at once again. PREEMPTED and NODE_FAIL are the cluster
+# taking the job away, which says nothing of the next attempt (two preemptions within a minute
+# must not end a run with attempts left). TIMEOUT is left out as moot: an attempt ends TIMEOUT at
+# its time limit, never within half of it.
+FAST_FAIL_STATES = frozenset({RunState.FAILED, RunState.OUT_OF_MEMORY})
 _NEXT_ATTEMPT_CLEARS: dict[str, Any] = {
     # The ended attempt's job and figures (kept in its Attempt row); the next claim sets a token.
     "token": None,
@@ -140,8 +146,9 @@ def retry_or_end(
 
     The next attempt is queued when the state is in `rules.on`, attempts are left, no one asked
     to cancel the run, and it does not keep failing the same way at once (this attempt and
-    `previous`, the run's last ended attempt, both ended in this state within `fast_fail_s`
-    of their start). Either way the outcome carries the ended attempt (`ended`)."""
+    `previous`, the run's last ended attempt, both ended in this state, one of
+    FAST_FAIL_STATES, within `fast_fail_s` of their start). Either way the outcome carries the
+    ended attempt (`ended`)."""
     ended = end.ended if end.ended is not None else attempt_end(run, end)
     state = end.to
     number = run.attempts_ended + 1
@@ -150,7 +157,8 @@ def retry_or_end(
     quick = fast_fail_s(time_limit_s)
     took = _ran_s(ended.get("started_at"), ended.get("submitted_at"), ended.get("ended_at"))
     stop: str | None = None
-    if previous is not None and previous.state == state and took <= quick:
+    fast = state in FAST_FAIL_STATES and took <= quick
+    if fast and previous is not None and previous.state == state:
         earlier = _ran_s(previous.started_at, previous.submitted_at, previous.ended_at)
         if earlier <= quick:
             within = math.ceil(max(took, earlier))

@@ -12,13 +12,15 @@ goes through a real `retry:` block.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
-from hpcops.engine import release
+from hpcops import lifecycle
+from hpcops.engine import follow, release
 from hpcops.errors import InvalidInput
 from hpcops.retries import RetryRules, clock_time
 from hpcops.rundir import RunDir
@@ -307,6 +309,25 @@ def test_a_crash_between_an_attempt_s_end_and_the_next_sbatch_loses_nothing(
     assert h.state(run_id) == "COMPLETED"
     assert h.attempts(run_id) == [(1, first, "NODE_FAIL"), (2, second, "COMPLETED")]
     assert h.slurm.calls["sbatch"] == 2, "no attempt started twice"
+
+
+def test_an_attempt_end_that_finds_the_run_moved_queues_nothing_and_says_nothing(
+    make_engine: EngineFactory, retry_rules: GiveRules, caplog: pytest.LogCaptureFixture
+) -> None:
+    retry_rules(max_attempts=3, on=("NODE_FAIL",))
+    h = make_engine(fault="after_attempt_ended")
+    run_id = h.submit("moved")
+    job = h.start_next(run_id)
+    seen = h.run(run_id)  # as the poll read it, RUNNING
+    h.store.transition(run_id, RunState.FAILED, actor="test", note="moved meanwhile")
+    end = lifecycle.Outcome(RunState.NODE_FAIL, expect=(RunState.RUNNING,), note="node lost")
+    engine: Any = h.engine
+    with caplog.at_level(logging.INFO, logger="hpcops.engine.follow"):
+        # No DaemonCrash: the fault point after a next attempt is queued is not reached.
+        out = follow.end_attempt(engine._parts, engine._state, seen, end)
+    assert out.to is RunState.QUEUED, "the decision, as it was"
+    assert h.state(run_id) == "FAILED" and h.run(run_id).slurm_job_id == job
+    assert "queued" not in caplog.text
 
 
 def test_a_spec_s_retry_block_drives_the_retries(make_engine: EngineFactory) -> None:

@@ -106,6 +106,20 @@ def attempt_end(run: Run, outcome: Outcome) -> AttemptEnd:
     return ended  # type: ignore[return-value]  # AttemptEnd's keys, all of them
 
 
+def attempt_number(run: Run) -> int:
+    """The number of the attempt the run is on while it waits or is in Slurm, or, for an ended
+    run, of the one `hpcops retry` starts: one after its ended attempts. The one count behind
+    HPCOPS_ATTEMPT, the notes, the MLflow tag and `hpcops retry`'s answer, so they agree.
+
+    An ended run with a job but no attempt row ended before attempts were recorded: its job was
+    attempt 1 (engine/requests.py `retry` records it). A run that ended without ever getting a
+    job (sbatch refused) ended no attempt: its retry is attempt 1 again."""
+    ended = run.attempts_ended
+    if ended == 0 and run.slurm_job_id is not None and RunState(run.state).is_terminal:
+        ended = 1
+    return ended + 1
+
+
 def _ran_s(started_at: float | None, submitted_at: float | None, ended_at: float | None) -> float:
     """How long after its start (its submission, if it never started) an attempt ended."""
     began = started_at or submitted_at
@@ -151,7 +165,7 @@ def retry_or_end(
     ended attempt (`ended`)."""
     ended = end.ended if end.ended is not None else attempt_end(run, end)
     state = end.to
-    number = run.attempts_ended + 1
+    number = attempt_number(run)
     if state is None or state not in rules.on or run.cancel_requested_by:
         return dataclasses.replace(end, ended=ended)
     quick = fast_fail_s(time_limit_s)

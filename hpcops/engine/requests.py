@@ -12,7 +12,8 @@ from hpcops.code.mirror import Shipment
 from hpcops.engine.intake import build_sweep, check_spec, new_run, pin
 from hpcops.engine.state import LoopState, Parts
 from hpcops.errors import InvalidInput
-from hpcops.retries import next_attempt_fields
+from hpcops.lifecycle import Outcome
+from hpcops.retries import attempt_end, attempt_number, next_attempt_fields
 from hpcops.rundir import RunDir
 from hpcops.spec import Spec, parse_spec
 from hpcops.states import UNRETRYABLE, RunState
@@ -140,14 +141,19 @@ def retry(p: Parts, s: LoopState, run_id: int, caller: Caller) -> Run:
     if run.run_dir:
         # The ended attempt's markers must never speak for the next one.
         p.files.remove_files(RunDir(Path(run.run_dir)).markers)
-    number = run.attempts_ended + 1
+    number = attempt_number(run)
     note = f"retried by {caller.name}: attempt {number} queued"
+    # A run that ended before attempts were recorded has its job but no row for it: recorded
+    # now, in this transaction, as an automatic retry would, or clearing slurm_job_id below would
+    # drop the job from `show`, fair share (owners_by_job) and MLflow.
+    unrecorded = run.slurm_job_id is not None and run.attempts_ended == 0
     updated = p.store.transition(
         run_id,
         RunState.QUEUED,
         actor=caller.name,
         expect=(state,),
         note=note,
+        ended=attempt_end(run, Outcome(state)) if unrecorded else None,
         **next_attempt_fields(p.clock(), keep_place=p.config.retry.keep_place),
         reason=note,
         retry_not_before=None,

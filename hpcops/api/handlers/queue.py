@@ -24,6 +24,7 @@ from hpcops.api.params import (
 from hpcops.api.sweeps import id_ranges, sweep_preview
 from hpcops.api.views import sweep_ref
 from hpcops.errors import InvalidInput
+from hpcops.retries import attempt_number
 from hpcops.states import RunState
 from hpcops.store import Run, Sweep
 from hpcops.yamlio import read_yaml
@@ -303,9 +304,9 @@ class QueueHandlers:
         run = self.daemon.store.get(target)
         authorize("retry", req.caller, req.role, owner=run.owner)
         check_retryable(run)
-        # Every ended attempt has its row (a run that ended before rows were kept: its one).
-        number = max(1, run.attempts_ended) + 1
         updated = engine.retry(target, req.caller)
+        # Read off the run as queued again, by the count its job's HPCOPS_ATTEMPT will use.
+        number = attempt_number(updated)
         self.daemon.audit(
             req.caller,
             req.role,

@@ -13,6 +13,7 @@ goes through a real `retry:` block.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -239,6 +240,46 @@ def test_retry_by_hand_queues_an_ended_run_s_next_attempt(make_engine: EngineFac
     assert h.attempts(run_id) == [(1, first, "FAILED"), (2, second, "COMPLETED")]
     with pytest.raises(InvalidInput, match="a completed run is not retried; `hpcops rerun"):
         h.retry(run_id)
+
+
+def _job_attempt(h: EngineHarness, run_id: int) -> str:
+    """The HPCOPS_ATTEMPT the run's job script gives its job."""
+    script = h.slurm.file(RunDir(Path(h.run(run_id).run_dir)).script) or ""
+    found = re.search(r"HPCOPS_ATTEMPT=(\S+)", script)
+    assert found, "the script sets HPCOPS_ATTEMPT"
+    return found[1].strip("'\"")
+
+
+def test_retry_by_hand_of_a_run_sbatch_refused_is_its_attempt_1(
+    make_engine: EngineFactory,
+) -> None:
+    h = make_engine()
+    run_id = h.submit("refused")
+    h.slurm.refuse_sbatch("partition", name="refused")
+    h.tick()
+    assert h.state(run_id) == "FAILED" and h.run(run_id).slurm_job_id is None
+    h.retry(run_id)
+    assert "retried by alice: attempt 1 queued" in h.notes(run_id), "no job: no attempt ended"
+    h.tick()
+    assert h.state(run_id) == "PENDING" and _job_attempt(h, run_id) == "1"
+
+
+def test_retry_by_hand_records_the_job_of_a_run_that_ended_before_attempts_were(
+    make_engine: EngineFactory,
+) -> None:
+    h = make_engine()
+    run_id = h.submit("old")
+    first = h.start_next(run_id)
+    # Ended as before attempts were recorded: its job, no Attempt row, attempts_ended 0.
+    h.store.transition(run_id, RunState.FAILED, actor="hpcops", slurm_job_id=first)
+    h.slurm.finish(first, 1)
+    assert h.run(run_id).attempts_ended == 0 and h.attempts(run_id) == []
+    h.retry(run_id)
+    assert "retried by alice: attempt 2 queued" in h.notes(run_id)
+    assert h.attempts(run_id) == [(1, first, "FAILED")], "its job kept as attempt 1"
+    assert first in h.store.owners_by_job([first]), "fair share still counts it"
+    h.tick()
+    assert _job_attempt(h, run_id) == "2"
 
 
 def test_retry_by_hand_refuses_a_run_that_has_not_ended(make_engine: EngineFactory) -> None:

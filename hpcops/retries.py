@@ -209,3 +209,16 @@ def retry_or_end(
         clear_markers=True,
         ended=ended,
     )
+
+
+def cancelled_before_next_attempt(run: Run, now: float) -> Outcome:
+    """A cancel that landed after `retry_or_end` read the run (no cancel yet) and before its next
+    attempt was queued: honoured at once, not at the claim, which the back-off may put off for
+    up to a day while `ls` shows the run QUEUED."""
+    return Outcome(
+        RunState.CANCELLED,
+        expect=(RunState.QUEUED,),
+        note=f"cancelled before its next attempt, as {run.cancel_requested_by} asked",
+        fields={"ended_at": now, "retry_not_before": None},
+        changed=True,
+    )

@@ -16,7 +16,7 @@ from hpcops.lifecycle import Outcome
 from hpcops.retries import attempt_end, attempt_number, next_attempt_fields
 from hpcops.rundir import RunDir
 from hpcops.spec import Spec, parse_spec
-from hpcops.states import UNRETRYABLE, RunState
+from hpcops.states import IN_SLURM_STATES, UNRETRYABLE, WAITING_STATES, RunState
 from hpcops.store import Run, Sweep
 
 # A run with a Slurm job: cancelled, not held.
@@ -24,33 +24,42 @@ _HAS_JOB = (RunState.STAGING, RunState.PENDING, RunState.RUNNING)
 
 
 def cancel(p: Parts, s: LoopState, run_id: int, caller: Caller) -> tuple[Run, str]:
-    run = p.store.get(run_id)
-    state = RunState(run.state)
-    if state.is_terminal:
-        return run, f"run {run_id} already ended ({state})"
-    if state in (RunState.QUEUED, RunState.HELD):
-        done = p.store.transition(
+    # Read again if the run moves between the read and the change: a job that ends as the cancel
+    # lands may queue the run's next attempt (retries), which must be cancelled at once as a
+    # queued run, not marked for a claim the retry's back-off may put off for a day.
+    for _ in range(3):
+        run = p.store.get(run_id)
+        state = RunState(run.state)
+        if state.is_terminal:
+            return run, f"run {run_id} already ended ({state})"
+        if state in WAITING_STATES:
+            done = p.store.transition(
+                run_id,
+                RunState.CANCELLED,
+                actor=caller.name,
+                note="cancelled before release",
+                expect=tuple(WAITING_STATES),
+                ended_at=p.clock(),
+                cancel_requested_by=caller.name,
+            )
+            if done is not None:
+                s.changed()
+                return done, f"run {run_id} cancelled"
+            continue  # claimed meanwhile: SUBMITTING now
+        updated = p.store.transition(
             run_id,
-            RunState.CANCELLED,
+            None,
             actor=caller.name,
-            note="cancelled before release",
-            expect=(RunState.QUEUED, RunState.HELD),
-            ended_at=p.clock(),
+            note="cancel requested",
+            expect=tuple(IN_SLURM_STATES),
             cancel_requested_by=caller.name,
         )
-        if done is not None:
+        if updated is not None:
             s.changed()
-            return done, f"run {run_id} cancelled"
-    updated = p.store.transition(
-        run_id,
-        None,
-        actor=caller.name,
-        note="cancel requested",
-        cancel_requested_by=caller.name,
-    )
-    s.changed()
-    assert updated is not None
-    return updated, f"run {run_id}: cancel sent to Slurm job {run.slurm_job_id or '(pending)'}"
+            return updated, (
+                f"run {run_id}: cancel sent to Slurm job {run.slurm_job_id or '(pending)'}"
+            )
+    raise InvalidInput(f"run {run_id} keeps changing; see `hpcops show {run_id}` and try again")
 
 
 def set_priority(

@@ -371,6 +371,44 @@ def test_an_attempt_end_that_finds_the_run_moved_queues_nothing_and_says_nothing
     assert "queued" not in caplog.text
 
 
+def test_a_cancel_that_lands_as_the_next_attempt_is_decided_cancels_the_run_at_once(
+    make_engine: EngineFactory, retry_rules: GiveRules
+) -> None:
+    retry_rules(max_attempts=3, on=("NODE_FAIL",), backoff_s=3600)
+    h = make_engine()
+    run_id = h.submit("cancelled")
+    job = h.start_next(run_id)
+    seen = h.run(run_id)  # as the poll read it: RUNNING, no cancel asked
+    h.cancel(run_id)  # lands before the decision is recorded
+    end = lifecycle.Outcome(RunState.NODE_FAIL, expect=(RunState.RUNNING,), note="node lost")
+    engine: Any = h.engine
+    follow.end_attempt(engine._parts, engine._state, seen, end)
+    assert h.state(run_id) == "CANCELLED", "not QUEUED for an hour with a cancel on it"
+    assert h.attempts(run_id) == [(1, job, "NODE_FAIL")]
+    assert "cancelled before its next attempt, as alice asked" in h.notes(run_id)
+
+
+def test_a_cancel_that_reads_the_job_just_before_its_next_attempt_is_queued_cancels_the_run(
+    make_engine: EngineFactory, retry_rules: GiveRules, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    retry_rules(max_attempts=3, on=("NODE_FAIL",), backoff_s=3600)
+    h = make_engine()
+    run_id = h.submit("cancelled")
+    h.start_next(run_id)
+    read = h.store.get
+
+    def read_then_requeue(wanted: int) -> Any:
+        # The cancel reads the run RUNNING; the daemon queues its next attempt right after.
+        run = read(wanted)
+        monkeypatch.setattr(h.store, "get", read)
+        h.store.transition(wanted, RunState.QUEUED, actor="hpcops", slurm_job_id=None)
+        return run
+
+    monkeypatch.setattr(h.store, "get", read_then_requeue)
+    assert h.cancel(run_id) == f"run {run_id} cancelled"
+    assert h.state(run_id) == "CANCELLED"
+
+
 def test_a_spec_s_retry_block_drives_the_retries(make_engine: EngineFactory) -> None:
     h = make_engine()
     run_id = h.submit("from-spec", retry={"max_attempts": 2, "on": ["TIMEOUT"], "backoff_s": 0})

@@ -16,7 +16,7 @@ from hpcops.lifecycle import Outcome
 from hpcops.retries import attempt_end, attempt_number, next_attempt_fields
 from hpcops.rundir import RunDir
 from hpcops.spec import Spec, parse_spec
-from hpcops.states import IN_SLURM_STATES, UNRETRYABLE, WAITING_STATES, RunState
+from hpcops.states import IN_SLURM_STATES, WAITING_STATES, RunState, why_not_retryable
 from hpcops.store import Run, Sweep
 
 # A run with a Slurm job: cancelled, not held.
@@ -137,16 +137,9 @@ def retry(p: Parts, s: LoopState, run_id: int, caller: Caller) -> Run:
     who may ask."""
     run = p.store.get(run_id)
     state = RunState(run.state)
-    if state in UNRETRYABLE:
-        raise InvalidInput(
-            f"run {run_id} COMPLETED: a completed run is not retried; `hpcops rerun {run_id}` "
-            "queues a new run of it"
-        )
-    if not state.is_terminal:
-        raise InvalidInput(
-            f"run {run_id} is {state}: only a run that ended can be retried"
-            + ("; its job is still in Slurm" if state.in_slurm else "")
-        )
+    refused = why_not_retryable(run_id, state)
+    if refused is not None:
+        raise InvalidInput(refused)
     if run.run_dir:
         # The ended attempt's markers must never speak for the next one.
         p.files.remove_files(RunDir(Path(run.run_dir)).markers)

@@ -238,7 +238,8 @@ def test_retry_by_hand_queues_an_ended_run_s_next_attempt(make_engine: EngineFac
     second = _attempt(h, run_id, "COMPLETED")
     assert h.state(run_id) == "COMPLETED"
     assert h.attempts(run_id) == [(1, first, "FAILED"), (2, second, "COMPLETED")]
-    with pytest.raises(InvalidInput, match="a completed run is not retried; `hpcops rerun"):
+    refusal = f"run {run_id} completed; `hpcops rerun {run_id}` runs it again as a new run"
+    with pytest.raises(InvalidInput, match=re.escape(refusal)):
         h.retry(run_id)
 
 
@@ -286,7 +287,7 @@ def test_retry_by_hand_refuses_a_run_that_has_not_ended(make_engine: EngineFacto
     h = make_engine()
     run_id = h.submit("busy")
     h.tick()
-    with pytest.raises(InvalidInput, match="only a run that ended can be retried"):
+    with pytest.raises(InvalidInput, match="is PENDING; only an ended run can be retried"):
         h.retry(run_id)
     assert h.state(run_id) == "PENDING"
 

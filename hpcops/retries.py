@@ -24,6 +24,12 @@ from hpcops.store import Attempt, AttemptEnd, Run
 # An attempt that ends this soon after its start (or within half the run's time limit, if that is
 # shorter) "ended at once": two in a row in the same state stop the retries.
 FAST_FAIL_S = 60.0
+# The endings the job itself causes, the only ones two quick ones in a row stop the retries for: a
+# script that fails at once will fail at once again. PREEMPTED and NODE_FAIL are the cluster
+# taking the job away, which says nothing of the next attempt (two preemptions within a minute
+# must not end a run with attempts left). TIMEOUT is left out as moot: an attempt ends TIMEOUT at
+# its time limit, never within half of it.
+FAST_FAIL_STATES = frozenset({RunState.FAILED, RunState.OUT_OF_MEMORY})
 _NEXT_ATTEMPT_CLEARS: dict[str, Any] = {
     # The ended attempt's job and figures (kept in its Attempt row); the next claim sets a token.
     "token": None,
@@ -100,6 +106,20 @@ def attempt_end(run: Run, outcome: Outcome) -> AttemptEnd:
     return ended  # type: ignore[return-value]  # AttemptEnd's keys, all of them
 
 
+def attempt_number(run: Run) -> int:
+    """The number of the attempt the run is on while it waits or is in Slurm, or, for an ended
+    run, of the one `hpcops retry` starts: one after its ended attempts. The one count behind
+    HPCOPS_ATTEMPT, the notes, the MLflow tag and `hpcops retry`'s answer, so they agree.
+
+    An ended run with a job but no attempt row ended before attempts were recorded: its job was
+    attempt 1 (engine/requests.py `retry` records it). A run that ended without ever getting a
+    job (sbatch refused) ended no attempt: its retry is attempt 1 again."""
+    ended = run.attempts_ended
+    if ended == 0 and run.slurm_job_id is not None and RunState(run.state).is_terminal:
+        ended = 1
+    return ended + 1
+
+
 def _ran_s(started_at: float | None, submitted_at: float | None, ended_at: float | None) -> float:
     """How long after its start (its submission, if it never started) an attempt ended."""
     began = started_at or submitted_at
@@ -140,17 +160,19 @@ def retry_or_end(
 
     The next attempt is queued when the state is in `rules.on`, attempts are left, no one asked
     to cancel the run, and it does not keep failing the same way at once (this attempt and
-    `previous`, the run's last ended attempt, both ended in this state within `fast_fail_s`
-    of their start). Either way the outcome carries the ended attempt (`ended`)."""
+    `previous`, the run's last ended attempt, both ended in this state, one of
+    FAST_FAIL_STATES, within `fast_fail_s` of their start). Either way the outcome carries the
+    ended attempt (`ended`)."""
     ended = end.ended if end.ended is not None else attempt_end(run, end)
     state = end.to
-    number = run.attempts_ended + 1
+    number = attempt_number(run)
     if state is None or state not in rules.on or run.cancel_requested_by:
         return dataclasses.replace(end, ended=ended)
     quick = fast_fail_s(time_limit_s)
     took = _ran_s(ended.get("started_at"), ended.get("submitted_at"), ended.get("ended_at"))
     stop: str | None = None
-    if previous is not None and previous.state == state and took <= quick:
+    fast = state in FAST_FAIL_STATES and took <= quick
+    if fast and previous is not None and previous.state == state:
         earlier = _ran_s(previous.started_at, previous.submitted_at, previous.ended_at)
         if earlier <= quick:
             within = math.ceil(max(took, earlier))
@@ -186,4 +208,17 @@ def retry_or_end(
         # next claim and its sbatch is settled by the run directory's start marker).
         clear_markers=True,
         ended=ended,
+    )
+
+
+def cancelled_before_next_attempt(run: Run, now: float) -> Outcome:
+    """A cancel that landed after `retry_or_end` read the run (no cancel yet) and before its next
+    attempt was queued: honoured at once, not at the claim, which the back-off may put off for
+    up to a day while `ls` shows the run QUEUED."""
+    return Outcome(
+        RunState.CANCELLED,
+        expect=(RunState.QUEUED,),
+        note=f"cancelled before its next attempt, as {run.cancel_requested_by} asked",
+        fields={"ended_at": now, "retry_not_before": None},
+        changed=True,
     )

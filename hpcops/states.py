@@ -66,8 +66,9 @@ IN_SLURM_STATES = frozenset(
     {RunState.SUBMITTING, RunState.STAGING, RunState.PENDING, RunState.RUNNING}
 )
 WAITING_STATES = frozenset({RunState.QUEUED, RunState.HELD})
-# Ended runs that `hpcops retry` refuses: a completed run is rerun (a new run), not retried.
-UNRETRYABLE = frozenset({RunState.COMPLETED})
+# The runs `hpcops retry` queues again, the one definition the engine, the API (a run, a sweep's
+# points) and TRANSITIONS read: any that ended but a completed one, which is rerun (a new run).
+RETRYABLE_STATES = TERMINAL_STATES - {RunState.COMPLETED}
 
 # Every state a run is created in: a submission, a rerun and a schedule's firing all queue it.
 INITIAL_STATES = frozenset({RunState.QUEUED})
@@ -111,11 +112,21 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     # an ended run stays ended (a rerun is a new run), except that `hpcops retry` queues its next
     # attempt by hand; a completed run is never retried
     **{
-        state: frozenset[RunState]() if state in UNRETRYABLE else frozenset({RunState.QUEUED})
+        state: frozenset({RunState.QUEUED}) if state in RETRYABLE_STATES else frozenset[RunState]()
         for state in RunState
         if state in TERMINAL_STATES
     },
 }
+
+
+def why_not_retryable(run_id: int, state: RunState) -> str | None:
+    """Why `hpcops retry` refuses a run in `state`, in the one wording the engine and the API
+    give (None: it may be retried)."""
+    if state in RETRYABLE_STATES:
+        return None
+    if state is RunState.COMPLETED:
+        return f"run {run_id} completed; `hpcops rerun {run_id}` runs it again as a new run"
+    return f"run {run_id} is {state}; only an ended run can be retried"
 
 
 def may_transition(from_state: RunState, to_state: RunState) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from hpcops import retries
 from hpcops.states import IN_SLURM_STATES, RunState
 from hpcops.store import Attempt, Run
 
@@ -23,7 +24,7 @@ def attempt_number(run: Run) -> int:
     """The attempt the run is on (or ended with)."""
     if RunState(run.state).is_terminal:
         return max(1, run.attempts_ended)
-    return run.attempts_ended + 1
+    return retries.attempt_number(run)
 
 
 def attempts_view(run: Run, rows: Sequence[Attempt]) -> list[dict[str, Any]]:

@@ -256,8 +256,13 @@ def end_attempt(p: Parts, s: LoopState, run: Run, end: lifecycle.Outcome) -> lif
         now=p.clock(),
         keep_place=p.config.retry.keep_place,
     )
-    record(p, s, run, outcome)
-    if outcome.to is RunState.QUEUED:
+    updated = record(p, s, run, outcome)
+    # The stored run, not the decision: a run that moved meanwhile (record gave None) had no next
+    # attempt queued, and neither the log nor the fault point may say it had.
+    if updated is not None and updated.state == RunState.QUEUED and updated.cancel_requested_by:
+        # Cancelled while this decision was made (engine/requests.py `cancel` saw the job).
+        record(p, s, updated, retries.cancelled_before_next_attempt(updated, p.clock()))
+    elif updated is not None and updated.state == RunState.QUEUED:
         log.info("run %s: %s", run.id, outcome.reason)
         # A crash here: the run is QUEUED with its ended attempt recorded; the next daemon
         # releases the next attempt as any queued run (tests/unit/engine/test_engine_retries.py).

@@ -12,10 +12,11 @@ from hpcops.code.mirror import Shipment
 from hpcops.engine.intake import build_sweep, check_spec, new_run, pin
 from hpcops.engine.state import LoopState, Parts
 from hpcops.errors import InvalidInput
-from hpcops.retries import next_attempt_fields
+from hpcops.lifecycle import Outcome
+from hpcops.retries import attempt_end, attempt_number, next_attempt_fields
 from hpcops.rundir import RunDir
 from hpcops.spec import Spec, parse_spec
-from hpcops.states import UNRETRYABLE, RunState
+from hpcops.states import IN_SLURM_STATES, WAITING_STATES, RunState, why_not_retryable
 from hpcops.store import Run, Sweep
 
 # A run with a Slurm job: cancelled, not held.
@@ -23,33 +24,42 @@ _HAS_JOB = (RunState.STAGING, RunState.PENDING, RunState.RUNNING)
 
 
 def cancel(p: Parts, s: LoopState, run_id: int, caller: Caller) -> tuple[Run, str]:
-    run = p.store.get(run_id)
-    state = RunState(run.state)
-    if state.is_terminal:
-        return run, f"run {run_id} already ended ({state})"
-    if state in (RunState.QUEUED, RunState.HELD):
-        done = p.store.transition(
+    # Read again if the run moves between the read and the change: a job that ends as the cancel
+    # lands may queue the run's next attempt (retries), which must be cancelled at once as a
+    # queued run, not marked for a claim the retry's back-off may put off for a day.
+    for _ in range(3):
+        run = p.store.get(run_id)
+        state = RunState(run.state)
+        if state.is_terminal:
+            return run, f"run {run_id} already ended ({state})"
+        if state in WAITING_STATES:
+            done = p.store.transition(
+                run_id,
+                RunState.CANCELLED,
+                actor=caller.name,
+                note="cancelled before release",
+                expect=tuple(WAITING_STATES),
+                ended_at=p.clock(),
+                cancel_requested_by=caller.name,
+            )
+            if done is not None:
+                s.changed()
+                return done, f"run {run_id} cancelled"
+            continue  # claimed meanwhile: SUBMITTING now
+        updated = p.store.transition(
             run_id,
-            RunState.CANCELLED,
+            None,
             actor=caller.name,
-            note="cancelled before release",
-            expect=(RunState.QUEUED, RunState.HELD),
-            ended_at=p.clock(),
+            note="cancel requested",
+            expect=tuple(IN_SLURM_STATES),
             cancel_requested_by=caller.name,
         )
-        if done is not None:
+        if updated is not None:
             s.changed()
-            return done, f"run {run_id} cancelled"
-    updated = p.store.transition(
-        run_id,
-        None,
-        actor=caller.name,
-        note="cancel requested",
-        cancel_requested_by=caller.name,
-    )
-    s.changed()
-    assert updated is not None
-    return updated, f"run {run_id}: cancel sent to Slurm job {run.slurm_job_id or '(pending)'}"
+            return updated, (
+                f"run {run_id}: cancel sent to Slurm job {run.slurm_job_id or '(pending)'}"
+            )
+    raise InvalidInput(f"run {run_id} keeps changing; see `hpcops show {run_id}` and try again")
 
 
 def set_priority(
@@ -127,27 +137,25 @@ def retry(p: Parts, s: LoopState, run_id: int, caller: Caller) -> Run:
     who may ask."""
     run = p.store.get(run_id)
     state = RunState(run.state)
-    if state in UNRETRYABLE:
-        raise InvalidInput(
-            f"run {run_id} COMPLETED: a completed run is not retried; `hpcops rerun {run_id}` "
-            "queues a new run of it"
-        )
-    if not state.is_terminal:
-        raise InvalidInput(
-            f"run {run_id} is {state}: only a run that ended can be retried"
-            + ("; its job is still in Slurm" if state.in_slurm else "")
-        )
+    refused = why_not_retryable(run_id, state)
+    if refused is not None:
+        raise InvalidInput(refused)
     if run.run_dir:
         # The ended attempt's markers must never speak for the next one.
         p.files.remove_files(RunDir(Path(run.run_dir)).markers)
-    number = run.attempts_ended + 1
+    number = attempt_number(run)
     note = f"retried by {caller.name}: attempt {number} queued"
+    # A run that ended before attempts were recorded has its job but no row for it: recorded
+    # now, in this transaction, as an automatic retry would, or clearing slurm_job_id below would
+    # drop the job from `show`, fair share (owners_by_job) and MLflow.
+    unrecorded = run.slurm_job_id is not None and run.attempts_ended == 0
     updated = p.store.transition(
         run_id,
         RunState.QUEUED,
         actor=caller.name,
         expect=(state,),
         note=note,
+        ended=attempt_end(run, Outcome(state)) if unrecorded else None,
         **next_attempt_fields(p.clock(), keep_place=p.config.retry.keep_place),
         reason=note,
         retry_not_before=None,

@@ -31,6 +31,7 @@ from hpcops.render import (
     render_script,
     render_staging_script,
 )
+from hpcops.retries import attempt_number
 from hpcops.rundir import RunDir
 from hpcops.spec import Spec, parse_mem_mb, parse_slurm_time, parse_spec
 from hpcops.states import RunState
@@ -61,7 +62,7 @@ def submit_run(p: Parts, s: LoopState, run: Run) -> bool:
             token,
             mlflow_env,
             checkout=run.code_checkout,
-            attempt=run.attempts_ended + 1,
+            attempt=attempt_number(run),
         )
         script = render_script(spec, ctx, p.config.template_dirs)
     except InvalidInput as exc:
@@ -75,7 +76,7 @@ def submit_run(p: Parts, s: LoopState, run: Run) -> bool:
         expect=(RunState.QUEUED,),
         # Not the token itself: it is live until the job is known, and history is for everyone.
         # The claim counter; a retried run's attempt number too (its ended attempts + 1).
-        note=f"attempt {run.attempts_ended + 1}, claim {run.attempt + 1}"
+        note=f"attempt {attempt_number(run)}, claim {run.attempt + 1}"
         if run.attempts_ended
         else f"attempt {run.attempt + 1}",
         token=token,

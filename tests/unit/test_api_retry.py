@@ -64,7 +64,15 @@ class RetryEngine(FakeEngine):
         if not RunState(run.state).is_terminal or run.state == RunState.COMPLETED:
             raise InvalidInput(f"engine: run {run_id} is {run.state}")
         self.retried.append((run_id, caller.name))
-        again = self.store.transition(run_id, RunState.QUEUED, actor=caller.name)
+        # As the engine: a job without its attempt row (ended before rows were kept) gets it.
+        unrecorded = run.slurm_job_id is not None and run.attempts_ended == 0
+        again = self.store.transition(
+            run_id,
+            RunState.QUEUED,
+            actor=caller.name,
+            ended={"state": RunState(run.state)} if unrecorded else None,
+            slurm_job_id=None,
+        )
         assert again is not None
         return again
 
@@ -145,7 +153,8 @@ def test_a_member_may_not_retry_anothers_run_and_a_lead_may(
     api: tuple[Api, RetryEngine, Store],
 ) -> None:
     server, engine, store = api
-    run = _add(store, ANA, *_ENDED, RunState.FAILED)
+    # Ended before attempts were recorded: its job, no attempt row; the retry is attempt 2.
+    run = _add(store, ANA, *_ENDED, RunState.FAILED, slurm_job_id="4242")
     refused = error(server, BOB, "retry", run=run.id)
     assert refused == {
         "kind": "permission_denied",
@@ -158,6 +167,19 @@ def test_a_member_may_not_retry_anothers_run_and_a_lead_may(
     assert engine.retried == []
     assert ok(server, LEO, "retry", run=run.id)["attempt_number"] == 2
     assert engine.retried == [(run.id, "leo")]
+
+
+def test_retry_of_a_run_that_never_got_a_job_is_its_attempt_1(
+    api: tuple[Api, RetryEngine, Store],
+) -> None:
+    server, _, store = api
+    run = _add(store, ANA, RunState.SUBMITTING, RunState.FAILED)  # sbatch refused it
+    answer = ok(server, ANA, "retry", run=run.id)
+    # The number its job gets as HPCOPS_ATTEMPT (retries.attempt_number), not one more.
+    assert answer["attempt_number"] == 1
+    assert answer["message"].startswith(f"run {run.id}: attempt 1 of 4 queued")
+    [entry] = store.audit_log()
+    assert entry.detail == "attempt 1"
 
 
 @pytest.mark.parametrize(

@@ -148,6 +148,29 @@ def test_two_attempts_in_a_row_failing_the_same_way_at_once_stop_the_retries() -
     )
 
 
+@pytest.mark.parametrize("state", [RunState.OUT_OF_MEMORY, RunState.FAILED])
+def test_the_job_s_own_quick_endings_in_a_row_stop_the_retries(state: RunState) -> None:
+    rules = RetryRules(max_attempts=10, on=frozenset({state}))
+    run = a_run(attempts_ended=1)
+    out = retry_or_end(run, ended(run, state, ran_s=12), rules, earlier(state, ran_s=5),
+                       now=NOW, time_limit_s=3600)  # fmt: skip
+    assert out.to is state
+
+
+@pytest.mark.parametrize("state", [RunState.PREEMPTED, RunState.NODE_FAIL])
+def test_the_cluster_taking_the_job_twice_at_once_is_retried_all_the_same(
+    state: RunState,
+) -> None:
+    # Preemption and node loss are not the job failing: two within a minute of starting still
+    # leave the run its attempts (max_attempts 4: attempt 3 queued).
+    rules = RetryRules(max_attempts=4, on=frozenset({state}))
+    run = a_run(attempts_ended=1)
+    out = retry_or_end(run, ended(run, state, ran_s=12), rules, earlier(state, ran_s=5),
+                       now=NOW, time_limit_s=3600)  # fmt: skip
+    assert out.to is RunState.QUEUED
+    assert out.reason == f"attempt 2 of 4 ended {state}; attempt 3 queued"
+
+
 @pytest.mark.parametrize(
     ("previous", "ran_s", "limit_s"),
     [

@@ -4,6 +4,7 @@ import logging
 
 import pytest
 
+from hpcops import states
 from hpcops.states import (
     INITIAL_STATES,
     SLURM_STATE_TABLE,
@@ -94,3 +95,14 @@ def test_every_state_is_reachable_from_a_new_run() -> None:
 )
 def test_may_transition(from_state: RunState, to_state: RunState, legal: bool) -> None:
     assert may_transition(from_state, to_state) is legal
+
+
+def test_retry_takes_any_ended_run_but_a_completed_one_in_one_wording() -> None:
+    assert TERMINAL_STATES - {RunState.COMPLETED} == states.RETRYABLE_STATES
+    assert states.why_not_retryable(7, RunState.TIMEOUT) is None
+    assert states.why_not_retryable(7, RunState.COMPLETED) == (
+        "run 7 completed; `hpcops rerun 7` runs it again as a new run"
+    )
+    assert states.why_not_retryable(7, RunState.HELD) == (
+        "run 7 is HELD; only an ended run can be retried"
+    )

@@ -24,7 +24,8 @@ from hpcops.api.params import (
 from hpcops.api.sweeps import id_ranges, sweep_preview
 from hpcops.api.views import sweep_ref
 from hpcops.errors import InvalidInput
-from hpcops.states import RunState
+from hpcops.retries import attempt_number
+from hpcops.states import RunState, why_not_retryable
 from hpcops.store import Run, Sweep
 from hpcops.yamlio import read_yaml
 
@@ -303,9 +304,9 @@ class QueueHandlers:
         run = self.daemon.store.get(target)
         authorize("retry", req.caller, req.role, owner=run.owner)
         check_retryable(run)
-        # Every ended attempt has its row (a run that ended before rows were kept: its one).
-        number = max(1, run.attempts_ended) + 1
         updated = engine.retry(target, req.caller)
+        # Read off the run as queued again, by the count its job's HPCOPS_ATTEMPT will use.
+        number = attempt_number(updated)
         self.daemon.audit(
             req.caller,
             req.role,
@@ -356,12 +357,8 @@ def _stored_priority(sweep: Sweep) -> int:
 
 
 def check_retryable(run: Run) -> None:
-    """Only an ended run that did not complete gets a new attempt (the engine checks again,
+    """Refuse, before the engine, a run `hpcops retry` does not take (the engine checks again,
     in the transaction that queues it)."""
-    state = RunState(run.state)
-    if state is RunState.COMPLETED:
-        raise InvalidInput(
-            f"run {run.id} completed; `hpcops rerun {run.id}` runs it again as a new run"
-        )
-    if not state.is_terminal:
-        raise InvalidInput(f"run {run.id} is {state}; only an ended run can be retried")
+    refused = why_not_retryable(run_id(run), RunState(run.state))
+    if refused is not None:
+        raise InvalidInput(refused)

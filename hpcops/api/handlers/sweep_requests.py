@@ -19,13 +19,12 @@ from hpcops.access import authorize
 from hpcops.api.handlers.base import Daemon, Request, lead_decision_guard, run_id
 from hpcops.api.params import SweepId
 from hpcops.errors import HpcopsError, PermissionDenied
-from hpcops.states import TERMINAL_STATES, RunState
+from hpcops.states import RETRYABLE_STATES, TERMINAL_STATES, RunState
 from hpcops.store import Run, Sweep
 
 _NOT_ENDED = frozenset(RunState) - TERMINAL_STATES
 _QUEUED = frozenset({RunState.QUEUED})
 _HELD = frozenset({RunState.HELD})
-_RETRYABLE = TERMINAL_STATES - {RunState.COMPLETED}
 
 
 class SweepRequests:
@@ -99,7 +98,7 @@ class SweepRequests:
             req,
             target,
             "retry",
-            _RETRYABLE,
+            RETRYABLE_STATES,
             lambda run: engine.retry(run_id(run), req.caller),
             "state",
             latest_only=True,

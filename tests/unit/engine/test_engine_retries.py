@@ -12,13 +12,16 @@ goes through a real `retry:` block.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
-from hpcops.engine import release
+from hpcops import lifecycle
+from hpcops.engine import follow, release
 from hpcops.errors import InvalidInput
 from hpcops.retries import RetryRules, clock_time
 from hpcops.rundir import RunDir
@@ -235,15 +238,56 @@ def test_retry_by_hand_queues_an_ended_run_s_next_attempt(make_engine: EngineFac
     second = _attempt(h, run_id, "COMPLETED")
     assert h.state(run_id) == "COMPLETED"
     assert h.attempts(run_id) == [(1, first, "FAILED"), (2, second, "COMPLETED")]
-    with pytest.raises(InvalidInput, match="a completed run is not retried; `hpcops rerun"):
+    refusal = f"run {run_id} completed; `hpcops rerun {run_id}` runs it again as a new run"
+    with pytest.raises(InvalidInput, match=re.escape(refusal)):
         h.retry(run_id)
+
+
+def _job_attempt(h: EngineHarness, run_id: int) -> str:
+    """The HPCOPS_ATTEMPT the run's job script gives its job."""
+    script = h.slurm.file(RunDir(Path(h.run(run_id).run_dir)).script) or ""
+    found = re.search(r"HPCOPS_ATTEMPT=(\S+)", script)
+    assert found, "the script sets HPCOPS_ATTEMPT"
+    return found[1].strip("'\"")
+
+
+def test_retry_by_hand_of_a_run_sbatch_refused_is_its_attempt_1(
+    make_engine: EngineFactory,
+) -> None:
+    h = make_engine()
+    run_id = h.submit("refused")
+    h.slurm.refuse_sbatch("partition", name="refused")
+    h.tick()
+    assert h.state(run_id) == "FAILED" and h.run(run_id).slurm_job_id is None
+    h.retry(run_id)
+    assert "retried by alice: attempt 1 queued" in h.notes(run_id), "no job: no attempt ended"
+    h.tick()
+    assert h.state(run_id) == "PENDING" and _job_attempt(h, run_id) == "1"
+
+
+def test_retry_by_hand_records_the_job_of_a_run_that_ended_before_attempts_were(
+    make_engine: EngineFactory,
+) -> None:
+    h = make_engine()
+    run_id = h.submit("old")
+    first = h.start_next(run_id)
+    # Ended as before attempts were recorded: its job, no Attempt row, attempts_ended 0.
+    h.store.transition(run_id, RunState.FAILED, actor="hpcops", slurm_job_id=first)
+    h.slurm.finish(first, 1)
+    assert h.run(run_id).attempts_ended == 0 and h.attempts(run_id) == []
+    h.retry(run_id)
+    assert "retried by alice: attempt 2 queued" in h.notes(run_id)
+    assert h.attempts(run_id) == [(1, first, "FAILED")], "its job kept as attempt 1"
+    assert first in h.store.owners_by_job([first]), "fair share still counts it"
+    h.tick()
+    assert _job_attempt(h, run_id) == "2"
 
 
 def test_retry_by_hand_refuses_a_run_that_has_not_ended(make_engine: EngineFactory) -> None:
     h = make_engine()
     run_id = h.submit("busy")
     h.tick()
-    with pytest.raises(InvalidInput, match="only a run that ended can be retried"):
+    with pytest.raises(InvalidInput, match="is PENDING; only an ended run can be retried"):
         h.retry(run_id)
     assert h.state(run_id) == "PENDING"
 
@@ -307,6 +351,63 @@ def test_a_crash_between_an_attempt_s_end_and_the_next_sbatch_loses_nothing(
     assert h.state(run_id) == "COMPLETED"
     assert h.attempts(run_id) == [(1, first, "NODE_FAIL"), (2, second, "COMPLETED")]
     assert h.slurm.calls["sbatch"] == 2, "no attempt started twice"
+
+
+def test_an_attempt_end_that_finds_the_run_moved_queues_nothing_and_says_nothing(
+    make_engine: EngineFactory, retry_rules: GiveRules, caplog: pytest.LogCaptureFixture
+) -> None:
+    retry_rules(max_attempts=3, on=("NODE_FAIL",))
+    h = make_engine(fault="after_attempt_ended")
+    run_id = h.submit("moved")
+    job = h.start_next(run_id)
+    seen = h.run(run_id)  # as the poll read it, RUNNING
+    h.store.transition(run_id, RunState.FAILED, actor="test", note="moved meanwhile")
+    end = lifecycle.Outcome(RunState.NODE_FAIL, expect=(RunState.RUNNING,), note="node lost")
+    engine: Any = h.engine
+    with caplog.at_level(logging.INFO, logger="hpcops.engine.follow"):
+        # No DaemonCrash: the fault point after a next attempt is queued is not reached.
+        out = follow.end_attempt(engine._parts, engine._state, seen, end)
+    assert out.to is RunState.QUEUED, "the decision, as it was"
+    assert h.state(run_id) == "FAILED" and h.run(run_id).slurm_job_id == job
+    assert "queued" not in caplog.text
+
+
+def test_a_cancel_that_lands_as_the_next_attempt_is_decided_cancels_the_run_at_once(
+    make_engine: EngineFactory, retry_rules: GiveRules
+) -> None:
+    retry_rules(max_attempts=3, on=("NODE_FAIL",), backoff_s=3600)
+    h = make_engine()
+    run_id = h.submit("cancelled")
+    job = h.start_next(run_id)
+    seen = h.run(run_id)  # as the poll read it: RUNNING, no cancel asked
+    h.cancel(run_id)  # lands before the decision is recorded
+    end = lifecycle.Outcome(RunState.NODE_FAIL, expect=(RunState.RUNNING,), note="node lost")
+    engine: Any = h.engine
+    follow.end_attempt(engine._parts, engine._state, seen, end)
+    assert h.state(run_id) == "CANCELLED", "not QUEUED for an hour with a cancel on it"
+    assert h.attempts(run_id) == [(1, job, "NODE_FAIL")]
+    assert "cancelled before its next attempt, as alice asked" in h.notes(run_id)
+
+
+def test_a_cancel_that_reads_the_job_just_before_its_next_attempt_is_queued_cancels_the_run(
+    make_engine: EngineFactory, retry_rules: GiveRules, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    retry_rules(max_attempts=3, on=("NODE_FAIL",), backoff_s=3600)
+    h = make_engine()
+    run_id = h.submit("cancelled")
+    h.start_next(run_id)
+    read = h.store.get
+
+    def read_then_requeue(wanted: int) -> Any:
+        # The cancel reads the run RUNNING; the daemon queues its next attempt right after.
+        run = read(wanted)
+        monkeypatch.setattr(h.store, "get", read)
+        h.store.transition(wanted, RunState.QUEUED, actor="hpcops", slurm_job_id=None)
+        return run
+
+    monkeypatch.setattr(h.store, "get", read_then_requeue)
+    assert h.cancel(run_id) == f"run {run_id} cancelled"
+    assert h.state(run_id) == "CANCELLED"
 
 
 def test_a_spec_s_retry_block_drives_the_retries(make_engine: EngineFactory) -> None:

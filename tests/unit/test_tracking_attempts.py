@@ -12,6 +12,7 @@ import pytest
 import tracking_harness
 from tracking_harness import Clock, sqlite_mlflow
 
+from hpcops.retries import next_attempt_fields
 from hpcops.states import RunState
 from hpcops.store import Attempt, AttemptEnd, Run
 from hpcops.store.tracking import SWEEP_OP, tracking_ops_for
@@ -88,6 +89,11 @@ class Lab(tracking_harness.Lab):
             self.store.transition(
                 run_id, state, actor="daemon", ended=ended, ended_at=now, elapsed_s=60, **fields
             )
+
+    def retry(self, run_id: int) -> None:
+        """`hpcops retry` (Engine.retry): the ended run queued again, its last job cleared."""
+        fields = next_attempt_fields(time.time(), keep_place=True)
+        self.store.transition(run_id, RunState.QUEUED, actor="ana", **fields)
 
     def ended_once(self, state: RunState, *, stdout: str, exit_code: int) -> int:
         """A run whose one attempt ended in `state`, its record closed."""
@@ -237,7 +243,7 @@ def test_a_retry_by_hand_reopens_the_record_with_the_attempt_that_ended_it(lab: 
     assert lab.record(run_id).info.status == "FAILED"
 
     # `hpcops retry` (Engine.retry): the ended run queued again, its record reopened.
-    lab.store.transition(run_id, RunState.QUEUED, actor="ana", slurm_job_id=None)
+    lab.retry(run_id)
     [reopen] = [op for op in lab.store.tracking_ops(run_id) if op.kind == "reopen"]
     assert reopen.attempt == 2  # the attempt it opens the record for
     lab.drain()
@@ -262,7 +268,7 @@ def test_a_close_overtaken_by_a_retry_leaves_the_record_open(lab: Lab) -> None:
     lab.drain()
     lab.start(run_id, "41")
     lab.end(run_id, RunState.FAILED, retried=False, exit_code=3)
-    lab.store.transition(run_id, RunState.QUEUED, actor="ana", slurm_job_id=None)
+    lab.retry(run_id)
     lab.drain()  # the close, then the reopen, done late and in order
     record = lab.record(run_id)
     assert record.info.status == "RUNNING"
@@ -283,6 +289,23 @@ def test_logs_of_an_attempt_already_overwritten_are_said_to_be_missing(lab: Lab)
         run_id, "hpcops/attempts/1/logs-missing.txt"
     )
     assert lab.record(run_id).data.tags["slurm.attempt.1.state"] == "PREEMPTED"
+
+
+@pytest.mark.parametrize("waiting", [RunState.PENDING, RunState.STAGING])
+def test_logs_of_an_attempt_are_kept_while_the_next_job_waits_in_slurm(
+    lab: Lab, waiting: RunState
+) -> None:
+    run_id = lab.add()
+    lab.drain()
+    lab.start(run_id, "41", stdout="one\n")
+    lab.end(run_id, RunState.PREEMPTED, retried=True)
+    # retry.backoff_s 0: the engine submits the next attempt in the tick the attempt ended.
+    # Its job pends (or its staging job runs, into staging.log): stdout.log is still one's.
+    lab.store.transition(run_id, RunState.SUBMITTING, actor="daemon")
+    lab.store.transition(run_id, waiting, actor="daemon", slurm_job_id="57")
+    lab.drain()
+    assert lab.artifacts(run_id, "hpcops/attempts/1") == ["hpcops/attempts/1/stdout.log"]
+    assert lab.text(run_id, "hpcops/attempts/1/stdout.log") == "one\n"
 
 
 def test_relay_mode_every_attempt_logs_into_one_store_and_one_series(lab: Lab) -> None:
@@ -338,7 +361,7 @@ def test_a_retried_point_reopens_its_parent_until_it_ends_again(lab: Lab) -> Non
     assert parent is not None
     assert lab.client().get_run(parent).info.status == "FAILED"
 
-    lab.store.transition(run.id, RunState.QUEUED, actor="ana", slurm_job_id=None)
+    lab.retry(run.id)
     lab.drain()
     assert lab.client().get_run(parent).info.status == "RUNNING"
     assert lab.store.get_sweep(stored.id).closed_at is None

@@ -4,8 +4,9 @@ point is retried; against a real MLflow store (sqlite, no server, no Slurm)."""
 
 from __future__ import annotations
 
+import errno
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ from hpcops.retries import next_attempt_fields
 from hpcops.states import RunState
 from hpcops.store import Attempt, AttemptEnd, Run
 from hpcops.store.tracking import SWEEP_OP, tracking_ops_for
-from hpcops.tracking import records
+from hpcops.tracking import records, relay
+from hpcops.transport.beneath import UnsafeFile
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
@@ -330,6 +332,42 @@ def test_relay_mode_every_attempt_logs_into_one_store_and_one_series(lab: Lab) -
     history = lab.client().get_metric_history(record.info.run_id, "count")
     assert sorted(m.step for m in history) == [0, 1, 2, 3, 4, 5]
     assert record.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(errno.EACCES, "Permission denied"),  # the job chmod 000'd its store
+        OSError(errno.ESTALE, "Stale file handle"),  # NFS
+        UnsafeFile("metrics is a symbolic link"),
+    ],
+    ids=["EACCES", "ESTALE", "unsafe"],
+)
+def test_an_unreadable_relay_store_costs_no_other_run_and_not_its_own_record(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    bad, good = lab.add(), lab.add()
+    lab.drain()
+    lab.start(bad, "41", stdout="one\n")
+    lab.start(good, "42")
+    bad_store = lab.store.get(bad).mlflow_relay_dir
+    assert bad_store is not None
+    listed = relay.list_beneath
+
+    def listing(root: Path, relative_dir: PurePath, **kwargs: Any) -> list[str]:
+        if str(root / relative_dir).startswith(bad_store):
+            raise error
+        return listed(root, relative_dir, **kwargs)
+
+    monkeypatch.setattr(relay, "list_beneath", listing)
+    lab.end(bad, RunState.TIMEOUT, retried=True)  # its "attempt" is the oldest operation
+    lab.end(good, RunState.COMPLETED, retried=False, exit_code=0)
+    lab.drain()
+    assert lab.record(good).info.status == "FINISHED"
+    record = lab.record(bad)
+    assert (record.info.status, record.data.tags["slurm.attempt.1.state"]) == ("RUNNING", "TIMEOUT")
+    assert lab.text(bad, "hpcops/attempts/1/stdout.log") == "one\n"
+    assert lab.store.tracking_backlog() == 0
 
 
 def test_an_attempt_released_in_relay_mode_keeps_its_successor_relaying(lab: Lab) -> None:

@@ -370,6 +370,22 @@ def test_an_unreadable_relay_store_costs_no_other_run_and_not_its_own_record(
     assert lab.store.tracking_backlog() == 0
 
 
+def test_a_later_attempt_takes_its_relay_store_as_the_earlier_job_left_it(lab: Lab) -> None:
+    run_id = lab.add()
+    lab.drain()
+    first = lab.start(run_id, "41")
+    store = Path(lab.store.get(run_id).mlflow_relay_dir or "")
+    # The job logged a point the server has not seen yet, and removed its store's meta.yaml.
+    metric = store / "0" / first["MLFLOW_RUN_ID"] / "metrics" / "count"
+    metric.parent.mkdir(parents=True, exist_ok=True)
+    metric.write_text("1700000000000 1.0 1\n")
+    (store / "0" / "meta.yaml").unlink()
+    lab.end(run_id, RunState.NODE_FAIL, retried=True)
+    second = lab.start(run_id, "57")
+    assert second == first, "the same relay run: the stored cursors stay true"
+    assert metric.read_text() == "1700000000000 1.0 1\n", "nothing relayed is deleted"
+
+
 def test_an_attempt_released_in_relay_mode_keeps_its_successor_relaying(lab: Lab) -> None:
     run_id = lab.add()
     lab.drain()

@@ -13,7 +13,7 @@ import pytest
 import tracking_harness
 from tracking_harness import Clock, sqlite_mlflow
 
-from hpcops.retries import next_attempt_fields
+from hpcops.retries import RetryRules, next_attempt_fields
 from hpcops.states import RunState
 from hpcops.store import Attempt, AttemptEnd, Run
 from hpcops.store.tracking import SWEEP_OP, tracking_ops_for
@@ -308,6 +308,47 @@ def test_logs_of_an_attempt_are_kept_while_the_next_job_waits_in_slurm(
     lab.drain()
     assert lab.artifacts(run_id, "hpcops/attempts/1") == ["hpcops/attempts/1/stdout.log"]
     assert lab.text(run_id, "hpcops/attempts/1/stdout.log") == "one\n"
+
+
+def test_an_attempt_that_ends_wakes_the_tracker_at_once(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine may submit the next attempt in the same tick: the tracker (which otherwise
+    waits up to 0.5 s) takes the ended attempt's logs before that job can start."""
+    from hpcops.engine import follow
+    from hpcops.engine.state import LoopState, Parts
+    from hpcops.lifecycle import Outcome
+
+    rules = RetryRules(2, frozenset({RunState.TIMEOUT}))
+    monkeypatch.setattr(RetryRules, "of", classmethod(lambda cls, spec: rules))
+    run_id = lab.add()
+    lab.drain()
+    lab.start(run_id, "41")
+
+    class Files:
+        def remove_files(self, paths: Any) -> None:
+            return None
+
+    parts: Any = Parts(
+        store=lab.store,
+        slurm=None,  # not asked when an attempt ends
+        files=Files(),
+        config=lab.config,
+        home=lab.home,
+        code_mirror=None,  # not asked when an attempt ends
+        data_cache=None,  # not asked when an attempt ends
+        tracker=lab.tracker,
+        clock=time.time,
+        fault=None,
+        placement=None,  # not asked when an attempt ends
+    )
+    lab.tracker.wake.clear()
+    timeout = Outcome(
+        RunState.TIMEOUT, expect=(RunState.RUNNING,), fields={"ended_at": time.time()}
+    )
+    follow.end_attempt(parts, LoopState(), lab.store.get(run_id), timeout)
+    assert lab.store.get(run_id).state == RunState.QUEUED
+    assert lab.tracker.wake.is_set()
 
 
 def test_relay_mode_every_attempt_logs_into_one_store_and_one_series(lab: Lab) -> None:

@@ -264,6 +264,8 @@ def end_attempt(p: Parts, s: LoopState, run: Run, end: lifecycle.Outcome) -> lif
         record(p, s, updated, retries.cancelled_before_next_attempt(updated, p.clock()))
     elif updated is not None and updated.state == RunState.QUEUED:
         log.info("run %s: %s", run.id, outcome.reason)
+        if p.tracker is not None:
+            p.tracker.wake.set()  # take the attempt's logs before its successor's job starts
         # A crash here: the run is QUEUED with its ended attempt recorded; the next daemon
         # releases the next attempt as any queued run (tests/unit/engine/test_engine_retries.py).
         fault_point(p, "after_attempt_ended")

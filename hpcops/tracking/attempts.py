@@ -82,8 +82,12 @@ class AttemptRecords:
 
 def _logs_are_of(run: Run, number: int) -> bool:
     """Whether the run directory's logs are still attempt `number`'s: it is the run's last
-    ended attempt, and no later job has been submitted since (Slurm truncates --output when a
-    job starts; the run is queued or held for its next attempt, or ended)."""
-    state = RunState(run.state)
-    waiting = state in (RunState.QUEUED, RunState.HELD) or state.is_terminal
-    return run.attempts_ended == number and waiting
+    ended attempt, and the run's current attempt has not started. Slurm truncates --output
+    only when a job starts, so the logs stay attempt `number`'s while the next job is being
+    submitted, stages or pends: with retry.backoff_s 0 the engine submits it in the same tick
+    the attempt ended, before this thread takes the logs. A staging job writes staging.log,
+    never stdout.log (render.py). `started_at` is cleared when the next attempt is queued
+    (retries.next_attempt_fields) and set when the daemon sees its job start; a job adopted
+    RUNNING after a crash has none, hence the state too."""
+    started = run.started_at is not None or run.state == RunState.RUNNING
+    return run.attempts_ended == number and not started

@@ -37,8 +37,6 @@ class RelayForwarder:
                 self.forward(server, run, final=False)
             except TrackingRejected as exc:
                 log.warning("run %s: relay refused by the server: %s", run.id, exc)
-            except OSError as exc:
-                log.warning("run %s: cannot read its relay store: %s", run.id, exc)
 
     def forward(self, server: TrackingServer, run: Run, *, final: bool) -> None:
         """What is new in the run's relay store (`final`: the job has ended, read it all)."""
@@ -47,8 +45,18 @@ class RelayForwarder:
         assert run.mlflow_artifact_uri is not None
         store = relay.RelayStore(Path(run.mlflow_relay_dir), run.mlflow_relay_run_id)
         cursors = self.store.relay_cursors(run.id)
-        root, run_dir = anchor(self.roots, store.run_dir)
-        delta = relay.collect(root, run_dir, cursors, final=final)
+        try:
+            root, run_dir = anchor(self.roots, store.run_dir)
+            delta = relay.collect(root, run_dir, cursors, final=final)
+        except (UnsafeFile, OSError) as exc:
+            # The store is the job's: one it made unreadable (chmod 000, a link) or that NFS
+            # lost (ESTALE, EIO) costs this run only this pass (the next tries again while the
+            # job runs; the last one's, at an attempt's end or the run's, is lost with this
+            # warning), never the rest of its record (the figures, logs and status an
+            # "attempt" or "close" logs after this) nor another run's: raised, it held the
+            # outbox's oldest operation, and every run's record behind it, for ever.
+            log.warning("run %s: cannot read its relay store: %s", run.id, exc)
+            return
         if delta.batch:
             self.log(server, run, delta.batch)
         for path, artifact_dir in delta.artifacts:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -71,6 +72,13 @@ class RunRecord:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+# MlflowClient and its tracking store import more MLflow modules when first built (the store for
+# the URI's scheme, its registries, the tracing client: which ones depends on the MLflow version
+# and the URI, so load_mlflow does not list them). The tracking thread and the API thread (a
+# rerun reads its spec from the server) may build their first at once: one at a time.
+_CLIENT_LOCK = threading.Lock()
+
+
 def load_mlflow() -> None:
     """Import every MLflow module the daemon uses, now, on the calling thread.
 
@@ -124,8 +132,9 @@ class TrackingServer:
         # For a sqlite store only: where new experiments keep their artifacts. MLflow's own
         # default is ./mlruns, relative to whatever directory the daemon was started in.
         self.artifact_root = artifact_root
-        client = MlflowClient(tracking_uri=uri)
-        self._store: Any = client._tracking_client.store  # one request per verb (see above)
+        with _CLIENT_LOCK:
+            client = MlflowClient(tracking_uri=uri)
+            self._store: Any = client._tracking_client.store  # one request per verb (see above)
         self._experiments: dict[str, str] = {}
         self._repos: dict[str, Any] = {}
 

@@ -136,8 +136,8 @@ class Tracker:
         return now - run.created_at >= self.cfg.create_wait_s
 
     def job_tracking(self, run: Run, run_dir: Path) -> JobTracking:
-        """The MLflow environment of the run's next submission. Relay stores are made here, on
-        shared scratch (a filesystem call, no server)."""
+        """The MLflow environment of the run's next submission. A run's relay store is made
+        here, on shared scratch (a filesystem call, no server), for its first relayed job."""
         assert run.id is not None
         # A run's attempts share one record and, in relay mode, one relay store: an attempt
         # released while the server was down keeps relaying, and the next one goes on in the
@@ -150,11 +150,18 @@ class Tracker:
                 ("MLFLOW_EXPERIMENT_ID", run.mlflow_experiment_id),
             )
             return JobTracking("direct", env, {"mlflow_relay_dir": None})
-        if self.cfg.relay_root is not None:
-            root = self.cfg.relay_root / f"run-{run.id:06d}"
+        if run.mlflow_relay_dir and run.mlflow_relay_run_id:
+            # A later attempt: the store is the earlier attempts' job's, not touched again.
+            # prepare() follows links and starts over a store without 0/meta.yaml, deleting
+            # what they relayed that is not forwarded yet; a new relay run id would not match
+            # the run's relay cursors either.
+            store = relay.RelayStore(Path(run.mlflow_relay_dir), run.mlflow_relay_run_id)
         else:
-            root = run_dir / "mlflow"
-        store = relay.prepare(root, run_name=run.name, user=run.owner)
+            if self.cfg.relay_root is not None:
+                root = self.cfg.relay_root / f"run-{run.id:06d}"
+            else:
+                root = run_dir / "mlflow"
+            store = relay.prepare(root, run_name=run.name, user=run.owner)
         return JobTracking(
             "relay",
             relay.job_env(store),

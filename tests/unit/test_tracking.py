@@ -4,8 +4,11 @@ real MLflow file store, rerun's overrides, the job's MLflow environment in the s
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +22,7 @@ from hpcops.store.tracking import tracking_ops_for
 from hpcops.tracking import records, relay
 from hpcops.tracking.records import Batch, MetricPoint
 from hpcops.tracking.rerun import apply_overrides, parse_assignments, typed_value
-from hpcops.tracking.server import split_batch
+from hpcops.tracking.server import TrackingServer, split_batch
 
 ContextFactory = Callable[..., JobContext]
 
@@ -346,3 +349,39 @@ def test_script_exports_the_mlflow_run_and_drops_inherited_settings(
 def test_only_mlflow_variables_reach_the_job_context(make_context: ContextFactory) -> None:
     with pytest.raises(ValueError, match="not an MLFLOW_ variable"):
         make_context(Path("/x"), mlflow_env=(("PATH", "/evil"),))
+
+
+def test_clients_are_built_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow imports its store modules while a client and its store are first built: two
+    threads doing it at once (the tracking thread, the API thread's rerun) could see a module
+    half initialised ("partially initialized module")."""
+    import mlflow.tracking
+
+    building: list[int] = [0]
+    most: list[int] = [0]
+
+    def build() -> None:
+        building[0] += 1
+        most[0] = max(most[0], building[0])
+        time.sleep(0.05)  # where MLflow's imports run
+        building[0] -= 1
+
+    class Client:
+        def __init__(self, tracking_uri: str) -> None:
+            build()
+            self._tracking_client = self
+
+        @property
+        def store(self) -> Any:
+            build()
+            return object()
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", Client)
+    threads = [
+        threading.Thread(target=TrackingServer, args=(f"http://mlflow-{i}:5000",)) for i in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1

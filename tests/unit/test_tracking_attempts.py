@@ -4,18 +4,21 @@ point is retried; against a real MLflow store (sqlite, no server, no Slurm)."""
 
 from __future__ import annotations
 
+import errno
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import pytest
 import tracking_harness
 from tracking_harness import Clock, sqlite_mlflow
 
+from hpcops.retries import RetryRules, next_attempt_fields
 from hpcops.states import RunState
 from hpcops.store import Attempt, AttemptEnd, Run
 from hpcops.store.tracking import SWEEP_OP, tracking_ops_for
-from hpcops.tracking import records
+from hpcops.tracking import records, relay
+from hpcops.transport.beneath import UnsafeFile
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
@@ -88,6 +91,11 @@ class Lab(tracking_harness.Lab):
             self.store.transition(
                 run_id, state, actor="daemon", ended=ended, ended_at=now, elapsed_s=60, **fields
             )
+
+    def retry(self, run_id: int) -> None:
+        """`hpcops retry` (Engine.retry): the ended run queued again, its last job cleared."""
+        fields = next_attempt_fields(time.time(), keep_place=True)
+        self.store.transition(run_id, RunState.QUEUED, actor="ana", **fields)
 
     def ended_once(self, state: RunState, *, stdout: str, exit_code: int) -> int:
         """A run whose one attempt ended in `state`, its record closed."""
@@ -237,7 +245,7 @@ def test_a_retry_by_hand_reopens_the_record_with_the_attempt_that_ended_it(lab: 
     assert lab.record(run_id).info.status == "FAILED"
 
     # `hpcops retry` (Engine.retry): the ended run queued again, its record reopened.
-    lab.store.transition(run_id, RunState.QUEUED, actor="ana", slurm_job_id=None)
+    lab.retry(run_id)
     [reopen] = [op for op in lab.store.tracking_ops(run_id) if op.kind == "reopen"]
     assert reopen.attempt == 2  # the attempt it opens the record for
     lab.drain()
@@ -262,7 +270,7 @@ def test_a_close_overtaken_by_a_retry_leaves_the_record_open(lab: Lab) -> None:
     lab.drain()
     lab.start(run_id, "41")
     lab.end(run_id, RunState.FAILED, retried=False, exit_code=3)
-    lab.store.transition(run_id, RunState.QUEUED, actor="ana", slurm_job_id=None)
+    lab.retry(run_id)
     lab.drain()  # the close, then the reopen, done late and in order
     record = lab.record(run_id)
     assert record.info.status == "RUNNING"
@@ -283,6 +291,64 @@ def test_logs_of_an_attempt_already_overwritten_are_said_to_be_missing(lab: Lab)
         run_id, "hpcops/attempts/1/logs-missing.txt"
     )
     assert lab.record(run_id).data.tags["slurm.attempt.1.state"] == "PREEMPTED"
+
+
+@pytest.mark.parametrize("waiting", [RunState.PENDING, RunState.STAGING])
+def test_logs_of_an_attempt_are_kept_while_the_next_job_waits_in_slurm(
+    lab: Lab, waiting: RunState
+) -> None:
+    run_id = lab.add()
+    lab.drain()
+    lab.start(run_id, "41", stdout="one\n")
+    lab.end(run_id, RunState.PREEMPTED, retried=True)
+    # retry.backoff_s 0: the engine submits the next attempt in the tick the attempt ended.
+    # Its job pends (or its staging job runs, into staging.log): stdout.log is still one's.
+    lab.store.transition(run_id, RunState.SUBMITTING, actor="daemon")
+    lab.store.transition(run_id, waiting, actor="daemon", slurm_job_id="57")
+    lab.drain()
+    assert lab.artifacts(run_id, "hpcops/attempts/1") == ["hpcops/attempts/1/stdout.log"]
+    assert lab.text(run_id, "hpcops/attempts/1/stdout.log") == "one\n"
+
+
+def test_an_attempt_that_ends_wakes_the_tracker_at_once(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine may submit the next attempt in the same tick: the tracker (which otherwise
+    waits up to 0.5 s) takes the ended attempt's logs before that job can start."""
+    from hpcops.engine import follow
+    from hpcops.engine.state import LoopState, Parts
+    from hpcops.lifecycle import Outcome
+
+    rules = RetryRules(2, frozenset({RunState.TIMEOUT}))
+    monkeypatch.setattr(RetryRules, "of", classmethod(lambda cls, spec: rules))
+    run_id = lab.add()
+    lab.drain()
+    lab.start(run_id, "41")
+
+    class Files:
+        def remove_files(self, paths: Any) -> None:
+            return None
+
+    parts: Any = Parts(
+        store=lab.store,
+        slurm=None,  # not asked when an attempt ends
+        files=Files(),
+        config=lab.config,
+        home=lab.home,
+        code_mirror=None,  # not asked when an attempt ends
+        data_cache=None,  # not asked when an attempt ends
+        tracker=lab.tracker,
+        clock=time.time,
+        fault=None,
+        placement=None,  # not asked when an attempt ends
+    )
+    lab.tracker.wake.clear()
+    timeout = Outcome(
+        RunState.TIMEOUT, expect=(RunState.RUNNING,), fields={"ended_at": time.time()}
+    )
+    follow.end_attempt(parts, LoopState(), lab.store.get(run_id), timeout)
+    assert lab.store.get(run_id).state == RunState.QUEUED
+    assert lab.tracker.wake.is_set()
 
 
 def test_relay_mode_every_attempt_logs_into_one_store_and_one_series(lab: Lab) -> None:
@@ -307,6 +373,58 @@ def test_relay_mode_every_attempt_logs_into_one_store_and_one_series(lab: Lab) -
     history = lab.client().get_metric_history(record.info.run_id, "count")
     assert sorted(m.step for m in history) == [0, 1, 2, 3, 4, 5]
     assert record.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(errno.EACCES, "Permission denied"),  # the job chmod 000'd its store
+        OSError(errno.ESTALE, "Stale file handle"),  # NFS
+        UnsafeFile("metrics is a symbolic link"),
+    ],
+    ids=["EACCES", "ESTALE", "unsafe"],
+)
+def test_an_unreadable_relay_store_costs_no_other_run_and_not_its_own_record(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    bad, good = lab.add(), lab.add()
+    lab.drain()
+    lab.start(bad, "41", stdout="one\n")
+    lab.start(good, "42")
+    bad_store = lab.store.get(bad).mlflow_relay_dir
+    assert bad_store is not None
+    listed = relay.list_beneath
+
+    def listing(root: Path, relative_dir: PurePath, **kwargs: Any) -> list[str]:
+        if str(root / relative_dir).startswith(bad_store):
+            raise error
+        return listed(root, relative_dir, **kwargs)
+
+    monkeypatch.setattr(relay, "list_beneath", listing)
+    lab.end(bad, RunState.TIMEOUT, retried=True)  # its "attempt" is the oldest operation
+    lab.end(good, RunState.COMPLETED, retried=False, exit_code=0)
+    lab.drain()
+    assert lab.record(good).info.status == "FINISHED"
+    record = lab.record(bad)
+    assert (record.info.status, record.data.tags["slurm.attempt.1.state"]) == ("RUNNING", "TIMEOUT")
+    assert lab.text(bad, "hpcops/attempts/1/stdout.log") == "one\n"
+    assert lab.store.tracking_backlog() == 0
+
+
+def test_a_later_attempt_takes_its_relay_store_as_the_earlier_job_left_it(lab: Lab) -> None:
+    run_id = lab.add()
+    lab.drain()
+    first = lab.start(run_id, "41")
+    store = Path(lab.store.get(run_id).mlflow_relay_dir or "")
+    # The job logged a point the server has not seen yet, and removed its store's meta.yaml.
+    metric = store / "0" / first["MLFLOW_RUN_ID"] / "metrics" / "count"
+    metric.parent.mkdir(parents=True, exist_ok=True)
+    metric.write_text("1700000000000 1.0 1\n")
+    (store / "0" / "meta.yaml").unlink()
+    lab.end(run_id, RunState.NODE_FAIL, retried=True)
+    second = lab.start(run_id, "57")
+    assert second == first, "the same relay run: the stored cursors stay true"
+    assert metric.read_text() == "1700000000000 1.0 1\n", "nothing relayed is deleted"
 
 
 def test_an_attempt_released_in_relay_mode_keeps_its_successor_relaying(lab: Lab) -> None:
@@ -338,7 +456,7 @@ def test_a_retried_point_reopens_its_parent_until_it_ends_again(lab: Lab) -> Non
     assert parent is not None
     assert lab.client().get_run(parent).info.status == "FAILED"
 
-    lab.store.transition(run.id, RunState.QUEUED, actor="ana", slurm_job_id=None)
+    lab.retry(run.id)
     lab.drain()
     assert lab.client().get_run(parent).info.status == "RUNNING"
     assert lab.store.get_sweep(stored.id).closed_at is None

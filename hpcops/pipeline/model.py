@@ -75,9 +75,13 @@ INPUT_NAME: Final = Token(
 )
 # Step and model names follow the spec's name rule (hpcops.spec.fields.NAME), in their own words.
 STEP_NAME: Final = replace(NAME, what="a step's name", example="train")
+# MLflow refuses only '/' and ':' in a registered model's name (_validate_model_name); the
+# spec's name rule is narrower, and a name the lab types into `mlflow models` stays plain.
 MODEL_NAME: Final = replace(NAME, what="a registered model's name", example="digits-classifier")
-# MLflow's alias rule (mlflow/utils/validation.py, _validate_model_alias_name): word characters
-# and '-'; 'latest' and v<digits> are refused by the registry, as they name versions.
+# MLflow's alias rule (mlflow/utils/validation.py in MLflow 3.17.2: _validate_model_alias_name
+# and _validate_model_alias_name_reserved): word characters and '-', at most 255 of them; the
+# registry refuses 'latest' (any case) and v<digits>, which name versions. Ours is narrower (ASCII,
+# a letter first, 64 at most) so the alias is also safe in a message, a tag and a shell line.
 ALIAS: Final = Token(
     "an alias",
     "[A-Za-z]",
@@ -110,8 +114,9 @@ def check_artifact_path(value: str) -> str:
 
 
 def check_spec_path(value: str) -> str:
-    """A step's spec file, relative to the pipeline file's folder and never above it: a
-    pipeline names its own specs, and a scheduled pipeline is read again by the daemon."""
+    """A step's spec file, relative to the pipeline file's folder and never above it, so that
+    the folder holds everything the pipeline runs, and a path written into an untrusted file
+    cannot point whoever reads it (a client, or a daemon later) at a file of their own."""
     try:
         check_data_path(value)
     except ValueError:

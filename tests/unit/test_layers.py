@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("slurm",),  # command builders, parsers, the backend
     ("transport",),  # local and SSH: run a command, read and write a file
     ("render",),  # jinja2: a spec and a JobContext become the sbatch script
+    ("pipeline",),  # a pipeline file and its step graph: on spec, below all that queues or runs
     (
         "spec",
         "config",
@@ -79,6 +80,7 @@ LAYER_OF: dict[str, str] = {
     "transport": "transport",
     "render": "render",
     "arrayscript": "render",  # a sweep's job array: its header and a dispatch per task
+    "pipeline": "pipeline",
     "spec": "spec",
     "config": "config",
     "config_sections": "config",

@@ -23,6 +23,10 @@ by a search before one is created, so a daemon killed after the registration reg
 the second time; the decision is made again against the alias's holder at that moment, and the
 alias moved if it says so. Every MLflow exception leaves as TrackingUnreachable or
 TrackingRejected, translated as server.py translates them.
+
+Two promotions of one registered model at once could both move the alias: the holder is read,
+then the alias written, and the registry has no compare-and-set. The caller runs a model's
+promotions one at a time.
 """
 
 from __future__ import annotations

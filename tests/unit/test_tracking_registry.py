@@ -292,19 +292,10 @@ def test_a_crash_between_registering_and_moving_is_finished_by_the_retry(
 ) -> None:
     """The daemon killed after the version exists but before the alias moved: the retry finds
     that version, decides again and moves the alias; one version in all."""
-    from mlflow.tracking import MlflowClient
-
     name = lab.name()
     promote_in(lab.run({"test_accuracy": 0.9}), name)
     run_id = lab.run({"test_accuracy": 0.95})
-    with monkeypatch.context() as patched:
-
-        def killed(*args: object, **kwargs: object) -> None:
-            raise KeyboardInterrupt("kill -9")
-
-        patched.setattr(MlflowClient, "set_registered_model_alias", killed)
-        with pytest.raises(KeyboardInterrupt):
-            promote_in(run_id, name)
+    _killed_before_the_alias(monkeypatch, lambda: promote_in(run_id, name))
     assert lab.holder(name) == 1
     done = promote_in(run_id, name)
     assert (done.version, done.registered, done.moved) == ("2", False, True)
@@ -318,19 +309,10 @@ def test_a_retry_decides_against_the_holder_of_that_moment(
 ) -> None:
     """Between a crashed attempt and its retry, a better model took the alias: the retry
     registers nothing, keeps out and rewrites the version's record to say so."""
-    from mlflow.tracking import MlflowClient
-
     name = lab.name()
     promote_in(lab.run({"test_accuracy": 0.9}), name)
     run_id = lab.run({"test_accuracy": 0.95})
-    with monkeypatch.context() as patched:
-
-        def killed(*args: object, **kwargs: object) -> None:
-            raise KeyboardInterrupt("kill -9")
-
-        patched.setattr(MlflowClient, "set_registered_model_alias", killed)
-        with pytest.raises(KeyboardInterrupt):
-            promote_in(run_id, name)
+    _killed_before_the_alias(monkeypatch, lambda: promote_in(run_id, name))
     promote_in(lab.run({"test_accuracy": 0.97}), name)  # version 3 takes it from 1
     done = promote_in(run_id, name)
     assert (done.version, done.registered, done.moved) == ("2", False, False)
@@ -338,6 +320,25 @@ def test_a_retry_decides_against_the_holder_of_that_moment(
     tags = lab.versions(name)[1].tags
     assert (tags[registry.DECISION_TAG], tags[registry.HOLDER_TAG]) == ("kept", "3")
     assert lab.holder(name) == 3
+
+
+def test_a_retry_drops_what_no_longer_holds(
+    lab: Lab, promote_in: Promote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alias removed by hand between a crashed attempt and its retry: the retry finds no
+    holder, moves the alias, and the version no longer names a holder it was compared with."""
+    name = lab.name()
+    promote_in(lab.run({"test_accuracy": 0.9}), name)
+    run_id = lab.run({"test_accuracy": 0.95})
+    _killed_before_the_alias(monkeypatch, lambda: promote_in(run_id, name))
+    assert lab.versions(name)[1].tags[registry.HOLDER_TAG] == "1"
+    lab.client.delete_registered_model_alias(name, "champion")
+    done = promote_in(run_id, name)
+    assert (done.version, done.moved, done.holder_version) == ("2", True, None)
+    tags = lab.versions(name)[1].tags
+    assert registry.HOLDER_TAG not in tags and registry.MARGIN_TAG not in tags
+    assert "nothing holds the alias" in tags[registry.REASON_TAG]
+    assert lab.holder(name) == 2
 
 
 def test_an_mlflow3_logged_model_is_found_by_its_name(
@@ -371,3 +372,16 @@ def test_an_unreachable_server_is_unreachable(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     with pytest.raises(TrackingUnreachable):
         promote("http://127.0.0.1:9", "0" * 32, "model", "digits", "champion", "acc", "max")
+
+
+def _killed_before_the_alias(monkeypatch: pytest.MonkeyPatch, attempt: Callable[[], Any]) -> None:
+    """The daemon killed -9 after the version was registered, before the alias moved."""
+    from mlflow.tracking import MlflowClient
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt("kill -9")  # nothing in promote catches it
+
+    with monkeypatch.context() as patched:
+        patched.setattr(MlflowClient, "set_registered_model_alias", killed)
+        with pytest.raises(KeyboardInterrupt):
+            attempt()

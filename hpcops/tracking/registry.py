@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -60,6 +61,33 @@ class _Unmeasured(enum.Enum):
 # A version holds the alias but its metric cannot be read (its run logged none, the run is gone,
 # or the version was registered from a path without a run): it cannot be beaten by a number.
 UNMEASURED: Final = _Unmeasured.UNMEASURED
+
+
+# MLflow's rules for an alias (mlflow/utils/validation.py, 3.17.2): checked before anything is
+# registered, since the registry refuses a bad alias only when it is set, after the version.
+_ALIAS = re.compile(r"[\w\-]+")
+_VERSION_LIKE = re.compile(r"[vV]\d+")
+MAX_ALIAS_CHARS: Final = 255
+
+
+def alias_problem(alias: str) -> str | None:
+    """What MLflow will refuse in this alias, or None; pure (for a pipeline's loader too)."""
+    if not _ALIAS.fullmatch(alias):
+        return "an alias is letters, digits, '_' and '-' only (for example: champion)"
+    if len(alias) > MAX_ALIAS_CHARS:
+        return f"an alias is at most {MAX_ALIAS_CHARS} characters"
+    if alias.lower() == "latest" or _VERSION_LIKE.fullmatch(alias):
+        return f"{alias!r} is reserved by MLflow (latest, and v<number> name versions)"
+    return None
+
+
+def model_name_problem(name: str) -> str | None:
+    """What MLflow will refuse in this registered model name, or None; pure."""
+    if not name.strip():
+        return "a registered model name is not blank"
+    if "/" in name or ":" in name:
+        return "a registered model name has no '/' or ':'"
+    return None
 
 
 @dataclass(frozen=True)
@@ -146,6 +174,9 @@ def promote(
     when the server does not answer; both are safe to call again."""
     from mlflow.tracking import MlflowClient
 
+    problem = model_name_problem(model_name) or alias_problem(alias)
+    if problem is not None:
+        raise TrackingRejected(f"promote to {model_name!r} as {alias!r}: {problem}")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     with _translated(f"read run {run_id}"):
         run = client.get_run(run_id)
@@ -258,11 +289,11 @@ def _ensure_registered_model(client: Any, name: str) -> dict[str, str]:
 
 
 def _existing_version(client: Any, name: str, run_id: str, source: str) -> Any | None:
+    # By run id alone, the name compared here: a name with a quote in a filter string is not
+    # found again through MLflow's escaping (measured), and a missed version is a second one.
     with _translated(f"search versions of {name!r} for run {run_id}"):
-        versions = client.search_model_versions(
-            f"name = '{_quoted(name)}' AND run_id = '{_quoted(run_id)}'"
-        )
-    mine = [v for v in versions if v.source == source]
+        versions = client.search_model_versions(f"run_id = '{_quoted(run_id)}'")
+    mine = [v for v in versions if v.name == name and v.source == source]
     return min(mine, key=lambda v: int(v.version)) if mine else None
 
 

@@ -63,6 +63,53 @@ def test_decide_is_plain_data() -> None:
     )
 
 
+ALIASES = [
+    "champion",
+    "Champion-2",
+    "a_b",
+    "ünï",
+    "latest",
+    "LATEST",
+    "v1",
+    "V12",
+    "v1a",
+    "",
+    "bad alias",
+    "x/y",
+    "a.b",
+    "x" * 255,
+    "x" * 256,
+]
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_alias_problem_agrees_with_mlflow(alias: str) -> None:
+    """The pure check refuses exactly what MLflow's own validation refuses."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils import validation
+
+    try:
+        validation._validate_model_alias_name(alias)
+        validation._validate_model_alias_name_reserved(alias)
+        mlflow_refuses = False
+    except MlflowException:
+        mlflow_refuses = True
+    assert (registry.alias_problem(alias) is not None) is mlflow_refuses
+
+
+@pytest.mark.parametrize("name", ["digits", "digits v2", "o'brien", "a/b", "a:b", "", "  "])
+def test_model_name_problem_agrees_with_mlflow(name: str) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils import validation
+
+    try:
+        validation._validate_model_name(name)
+        mlflow_refuses = False
+    except MlflowException:
+        mlflow_refuses = True
+    assert (registry.model_name_problem(name) is not None) is mlflow_refuses
+
+
 # --- promote against a real registry ------------------------------------------------------------
 
 
@@ -255,6 +302,26 @@ def test_a_model_under_another_path_is_not_the_model(lab: Lab, promote_in: Promo
     done = promote_in(run_id, name, artifact_path="classifier")
     assert done.moved
     assert lab.versions(name)[0].source.endswith("/artifacts/classifier")
+
+
+@pytest.mark.parametrize("alias", ["latest", "v2", "two words"])
+def test_an_alias_mlflow_refuses_registers_nothing(
+    lab: Lab, promote_in: Promote, alias: str
+) -> None:
+    """MLflow refuses a bad alias only when it is set, after the version exists: checked first."""
+    name = lab.name()
+    with pytest.raises(TrackingRejected, match=f"as {alias!r}: "):
+        promote_in(lab.run({"test_accuracy": 0.9}), name, alias=alias)
+    assert lab.versions(name) == []
+
+
+def test_a_name_with_quotes_is_found_again(lab: Lab, promote_in: Promote) -> None:
+    name = f'{lab.name()} o\'brien "v2"'
+    run_id = lab.run({"test_accuracy": 0.9})
+    promote_in(run_id, name)
+    assert promote_in(run_id, name).registered is False
+    versions = lab.client.search_model_versions(f"run_id = '{run_id}'")
+    assert [(v.name, v.version) for v in versions] == [(name, 1)]
 
 
 def test_no_such_run_is_refused(lab: Lab, promote_in: Promote) -> None:

@@ -253,18 +253,20 @@ def _model_source(client: Any, uri: str, run: Any, artifact_path: str) -> _Model
     if f"{path}/{MODEL_FILE}" in files:
         return _ModelSource(f"{artifact_uri.rstrip('/')}/{path}", None)
     with _translated(f"search logged models of run {run.info.run_id}"):
-        models = client.search_logged_models(
+        found = client.search_logged_models(
             experiment_ids=[run.info.experiment_id],
-            filter_string=f"source_run_id = '{_quoted(run.info.run_id)}' "
-            f"AND name = '{_quoted(path)}'",
+            filter_string=f"source_run_id = '{_quoted(run.info.run_id)}'",
         )
+    models = [m for m in found if m.name == path]  # compared here, as names are in versions
     if models:
         latest = max(models, key=lambda m: m.creation_timestamp)
         return _ModelSource(str(latest.artifact_location), str(latest.model_id))
     raise TrackingRejected(
         f"run {run.info.run_id} has no model at {path!r}: its artifacts hold no "
         f"{path}/{MODEL_FILE} and it logged no model named {path!r}; the training script "
-        f"logs one with, for example, mlflow.sklearn.log_model(model, name={path!r})"
+        f"logs one with, for example, mlflow.sklearn.log_model(model, name={path!r}), or, "
+        f"on a node without network (the relay forwards run artifacts only), "
+        f"mlflow.sklearn.save_model(model, DIR) then mlflow.log_artifacts(DIR, {path!r})"
     )
 
 

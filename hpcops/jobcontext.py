@@ -66,6 +66,7 @@ def build_job_context(
     checkout: str | None = None,
     environ: Mapping[str, str] | None = None,
     attempt: int = 1,
+    pipeline_env: tuple[tuple[str, str], ...] = (),
 ) -> JobContext:
     """Everything one submission attempt of `spec` needs that the spec does not say.
 
@@ -73,7 +74,8 @@ def build_job_context(
     spec's full commit id is used as written, and anything else renders as a placeholder id.
     `environ` is the daemon's environment, of which the job gets what config.jobs.env_passthrough
     lists; None reads this process's own. `attempt` is which attempt of the run the job is,
-    from 1 (HPCOPS_ATTEMPT): 1 + the attempts the run has had.
+    from 1 (HPCOPS_ATTEMPT): 1 + the attempts the run has had. `pipeline_env`: a pipeline
+    step's variables (engine/pipelines.py's `job_env`).
     """
     code = None
     if spec.code is not None:
@@ -98,4 +100,5 @@ def build_job_context(
         mlflow_env=mlflow_env,
         passthrough_env=config.jobs.passthrough(os.environ if environ is None else environ),
         attempt=attempt,
+        pipeline_env=pipeline_env,
     )

@@ -60,6 +60,7 @@ _RUN_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _TOKEN_RE = re.compile(r"[0-9a-f]{8,64}")
 _LAB_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MLFLOW_VAR_RE = re.compile(r"MLFLOW_[A-Z_]{1,64}")
+PIPELINE_VAR_RE = re.compile(r"HPCOPS_(PIPELINE|PIPELINE_ID|STEP|(AFTER|INPUT)_[A-Z0-9_]{1,160})")
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,9 @@ class JobContext:
     # Which attempt of the run this job is, from 1 (HPCOPS_ATTEMPT); a Slurm requeue of the
     # same job stays the same attempt.
     attempt: int = 1
+    # A pipeline step's: its pipeline and step, and what the steps it waits for left it
+    # (HPCOPS_PIPELINE*, HPCOPS_STEP, HPCOPS_AFTER_*, HPCOPS_INPUT_*; engine/pipelines.py).
+    pipeline_env: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         # The daemon makes these; a bad one is a bug, not a user's mistake.
@@ -137,6 +141,9 @@ class JobContext:
             problem = passthrough_problem(var)
             if problem is not None:  # the config refused it already: a second line of defence
                 raise ValueError(f"JobContext.passthrough_env: {problem}")
+        for var, _ in self.pipeline_env:
+            if not PIPELINE_VAR_RE.fullmatch(var):
+                raise ValueError(f"JobContext.pipeline_env: {var!r} is not a pipeline variable")
         if isinstance(self.attempt, bool) or not isinstance(self.attempt, int) or self.attempt < 1:
             raise ValueError(f"JobContext.attempt {self.attempt!r} must be an integer >= 1")
 
@@ -382,6 +389,7 @@ def _exports(spec: Spec, ctx: JobContext) -> list[tuple[str, str]]:
         ("HPCOPS_ATTEMPT", str(ctx.attempt)),
         ("HPCOPS_CHECKPOINT_DIR", checkpoint_dir(ctx)),
         *ctx.mlflow_env,
+        *ctx.pipeline_env,
     ]
     if ctx.code is not None:
         exports += [

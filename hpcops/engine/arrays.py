@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from hpcops import lifecycle, policy
 from hpcops.arrayscript import ARRAY_SCRIPT, ArrayTask, render_array_script
 from hpcops.engine.intake import check_cluster_limits, job_context
+from hpcops.engine.pipeline_env import job_env
 from hpcops.engine.record import record, record_many
 from hpcops.engine.state import LoopState, Parts
 from hpcops.engine.submit import fault_point, job_tracking, write_staging_plan
@@ -194,6 +195,7 @@ def _prepare(p: Parts, s: LoopState, run: Run, spec: Spec, token: str, size: int
             token,
             tracking.env if tracking is not None else (),
             checkout=run.code_checkout,
+            pipeline_env=job_env(run),
         )
         if ctx.staging is not None and not ctx.staging.inline:
             # A point stages inline: one staging job per point would undo the array, and the

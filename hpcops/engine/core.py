@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,13 +17,15 @@ from hpcops.code.mirror import CodeMirror, Shipment
 from hpcops.config import Config
 from hpcops.data.cache import ContentCache
 from hpcops.data.versions import DataVersion
-from hpcops.engine import intake, loop, release, requests
+from hpcops.engine import intake, loop, pipelines, release, requests
 from hpcops.engine.state import EngineStatus, LoopState, Parts
 from hpcops.jobcontext import Placement
+from hpcops.pipeline import Pipeline as LoadedPipeline
 from hpcops.slurm.backend import SlurmBackend
 from hpcops.slurm.parse import Partition
 from hpcops.spec import Spec
-from hpcops.store import Run, Store, Sweep
+from hpcops.states import RunState
+from hpcops.store import Pipeline, PipelineStep, Run, StepRuns, Store, Sweep
 from hpcops.transport.base import Transport
 
 if TYPE_CHECKING:
@@ -128,6 +130,46 @@ class Engine:
     def partitions(self) -> dict[str, Partition]:
         """Partition limits, cached; the old ones (or none) while Slurm does not answer."""
         return intake.partitions(self._parts, self._state)
+
+    # --- pipelines ----------------------------------------------------------------------------
+
+    def enqueue_pipeline(
+        self,
+        loaded: LoadedPipeline,
+        caller: Caller,
+        shipments: Mapping[str, Shipment | None] | None = None,
+    ) -> tuple[Pipeline, list[Run]]:
+        """Queue a pipeline: every step and its runs, or nothing (engine/pipelines.py)."""
+        return pipelines.enqueue_pipeline(self._parts, self._state, loaded, caller, shipments)
+
+    def prepare_pipeline(
+        self, loaded: LoadedPipeline, caller: Caller
+    ) -> tuple[Pipeline, list[PipelineStep], dict[str, StepRuns]]:
+        """A pipeline's rows, checked as `enqueue_pipeline` checks them, not yet stored: a
+        schedule's firing stores them with its firing record."""
+        return pipelines.build_pipeline(self._parts, self._state, loaded, caller)
+
+    def pipeline_runs(self, pipeline_id: int) -> list[Run]:
+        """The runs of a pipeline's steps as they stand (a rerun step's newest)."""
+        return pipelines.current_runs(self._parts, pipeline_id)
+
+    def pipeline_step_states(self, pipeline_id: int) -> dict[str, RunState]:
+        """Each step's state, by the pipeline's rules (hpcops/pipeline/progress.py)."""
+        steps = self._parts.store.pipeline_steps([pipeline_id])[pipeline_id]
+        return pipelines.step_states(self._parts, steps)
+
+    def cancel_pipeline_steps(self, pipeline_id: int, caller: Caller) -> list[str]:
+        """End a pipeline's register steps that have not run (its runs are cancelled one by
+        one, with `cancel`)."""
+        return pipelines.cancel_register_steps(self._parts, pipeline_id, caller)
+
+    def rerun_step(
+        self, pipeline_id: int, step: str, downstream: bool, caller: Caller
+    ) -> list[Run]:
+        """Run a pipeline's step again, and with `downstream` every step after it."""
+        return pipelines.rerun_steps(
+            self._parts, self._state, pipeline_id, step, downstream, caller
+        )
 
     # --- requests about runs ------------------------------------------------------------------
 

@@ -106,8 +106,10 @@ def job_context(
     *,
     checkout: str | None = None,
     attempt: int = 1,
+    pipeline_env: tuple[tuple[str, str], ...] = (),
 ) -> JobContext:
-    """A submission's JobContext; `attempt` is the run's attempt it submits (HPCOPS_ATTEMPT)."""
+    """A submission's JobContext; `attempt` is the run's attempt it submits (HPCOPS_ATTEMPT),
+    `pipeline_env` a pipeline step's variables (pipelines.job_env)."""
     return build_job_context(
         spec,
         p.config,
@@ -117,6 +119,7 @@ def job_context(
         mlflow_env=mlflow_env,
         checkout=checkout,
         attempt=attempt,
+        pipeline_env=pipeline_env,
     )
 
 

@@ -6,7 +6,9 @@ One tick, in order (follow.py, then release.py):
      lab (the safety net for jobs that die without writing, and the lookup by token after a crash);
   3. ONE sacct for the jobs that ended, for their final state and accounting (slurmdbd, not ctld);
   4. scancel what users asked to cancel;
-  5. re-read fair-share usage when due, and release queued runs into Slurm up to `max_active`.
+  5. re-read fair-share usage when due;
+  6. move pipelines on: open the steps whose parents completed, end those that never can;
+  7. release queued runs into Slurm up to `max_active`.
 
 Slurm unreachable means back off and retry; it never marks a run failed (DESIGN.md, decision 4).
 """
@@ -19,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from hpcops.engine.follow import finalize_ended, read_markers, safety_net, send_cancels
+from hpcops.engine.pipelines import advance
 from hpcops.engine.release import refresh_usage, release
 from hpcops.engine.state import LoopState, Parts
 from hpcops.errors import SlurmUnreachable
@@ -77,6 +80,7 @@ def tick(p: Parts, s: LoopState) -> None:
         ("final states", True, lambda: finalize_ended(p, s) if dbd else None),
         ("cancellations", False, lambda: send_cancels(p, s)),
         ("fair-share usage", True, lambda: refresh_usage(p, s) if dbd else None),
+        ("pipelines", False, lambda: advance(p, s)),
         ("release", False, lambda: _release_whole_changes(p, s)),
     ]
     for name, asks_slurmdbd, step in steps:

@@ -264,6 +264,8 @@ def why(p: Parts, s: LoopState, run: Run) -> str:
     """One line: why the run is where it is."""
     state = RunState(run.state)
     if state is RunState.QUEUED:
+        if run.gated:
+            return f"waits for the steps before {run.pipeline_step} in pipeline p{run.pipeline_id}"
         if run.retry_not_before is not None and run.retry_not_before > p.clock():
             return f"{run.reason or 'its next attempt waits'} (retry.backoff_s)"
         decision = s.last_decision

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from hpcops import lifecycle
 from hpcops.engine.intake import check_cluster_limits, job_context
+from hpcops.engine.pipeline_env import job_env
 from hpcops.engine.record import record
 from hpcops.engine.state import LoopState, Parts
 from hpcops.errors import InvalidInput, SlurmError
@@ -63,6 +64,7 @@ def submit_run(p: Parts, s: LoopState, run: Run) -> bool:
             mlflow_env,
             checkout=run.code_checkout,
             attempt=attempt_number(run),
+            pipeline_env=job_env(run),
         )
         script = render_script(spec, ctx, p.config.template_dirs)
     except InvalidInput as exc:

@@ -29,6 +29,8 @@ from hpcops.pipeline.load import (
     is_pipeline_data,
     is_pipeline_text,
     load_pipeline_file,
+    pipeline_from_wire,
+    pipeline_to_wire,
 )
 from hpcops.pipeline.model import (
     MAX_PIPELINE_STEPS,
@@ -38,6 +40,7 @@ from hpcops.pipeline.model import (
     Register,
     Step,
 )
+from hpcops.pipeline.progress import pipeline_state, sweep_step_state
 
 __all__ = [
     "MAX_PIPELINE_STEPS",
@@ -56,6 +59,10 @@ __all__ = [
     "is_pipeline_data",
     "is_pipeline_text",
     "load_pipeline_file",
+    "pipeline_from_wire",
+    "pipeline_state",
+    "pipeline_to_wire",
     "ready",
+    "sweep_step_state",
     "topological_order",
 ]

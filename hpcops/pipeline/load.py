@@ -24,7 +24,7 @@ from hpcops.names import closest
 from hpcops.pipeline.graph import Graph
 from hpcops.pipeline.messages import MINIMAL_PIPELINE, problems_of
 from hpcops.pipeline.model import PipelineDef, Step, reference_problems
-from hpcops.spec import Spec, load_spec_file
+from hpcops.spec import Spec, load_spec_file, parse_spec, spec_to_yaml
 from hpcops.yamlio import MAX_PROBLEMS, Document, YamlProblems, dotted, read_bounded, read_yaml
 
 PIPELINE: Final = Document(
@@ -219,3 +219,60 @@ def load_pipeline_file(path: str | Path) -> Pipeline:
         raise
     except Exception as exc:  # a bug of ours must still come out as the promised error
         raise SpecError(source, [FieldProblem("", f"could not be read: {exc!r}")]) from exc
+
+
+# ─── on the wire ───────────────────────────────────────────────────────────────────────────────
+
+
+def pipeline_to_wire(pipeline: Pipeline) -> dict[str, object]:
+    """A loaded pipeline as the client sends it to the daemon: its definition as plain data,
+    and each spec step's spec as canonical YAML (its workdir made absolute by the loader)."""
+    return {
+        "source": pipeline.source,
+        "definition": pipeline.definition.model_dump(mode="json", by_alias=True),
+        "specs": {name: spec_to_yaml(spec) for name, spec in pipeline.specs.items()},
+    }
+
+
+def pipeline_from_wire(data: object, source: str = "pipeline") -> Pipeline:
+    """The daemon's side of `pipeline_to_wire`, for a request nobody vouches for: every check of
+    load_pipeline_file but the files' reading is made again. Raises SpecError only."""
+    if not isinstance(data, dict):
+        raise SpecError(source, [FieldProblem("", "a pipeline must be an object")])
+    given = data.get("source")
+    source = given if isinstance(given, str) and given and len(given) <= 4096 else source
+    texts = data.get("specs")
+    if not isinstance(texts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in texts.items()
+    ):
+        raise SpecError(source, [FieldProblem("specs", "must map step names to spec YAML")])
+    try:
+        definition = PipelineDef.model_validate(data.get("definition"))
+    except ValidationError as exc:
+        raise SpecError(source, problems_of(exc)) from None
+    problems = reference_problems(definition)
+    if problems:
+        raise SpecError(source, problems[:MAX_PROBLEMS])
+    specs: dict[str, Spec] = {}
+    for name, step in definition.steps.items():
+        where = dotted(("steps", name, "spec"))
+        if step.spec is None:
+            continue
+        text = texts.get(name)
+        if text is None:
+            problems.append(FieldProblem(where, "its spec was not sent"))
+            continue
+        try:
+            specs[name] = parse_spec(text, f"{source}, step {name}")
+        except SpecError as exc:
+            problems += [
+                FieldProblem(f"{where}.{x.location}" if x.location else where, x.message)
+                for x in exc.problems
+            ]
+    extra = sorted(set(texts) - set(definition.steps))
+    if extra:
+        problems.append(FieldProblem("specs", f"specs sent for no step: {', '.join(extra)}"))
+    problems += _output_problems(definition, specs)
+    if problems:
+        raise SpecError(source, problems[:MAX_PROBLEMS])
+    return Pipeline(source, definition, specs)

@@ -5,6 +5,7 @@ runs.py       runs, their append-only events and their ended attempts; every sta
               checked (TRANSITIONS)
 schedules.py  schedules and their firings
 sweeps.py     sweeps, whose points are runs
+pipelines.py  pipelines and their steps, whose runs wait (gated) until a step opens
 tracking.py   the MLflow outbox and the relay's cursors
 audit.py      the audit log and the leads' quota overrides
 models.py     the tables, and the typed updates the store takes
@@ -17,6 +18,9 @@ from hpcops.store.models import (
     Audit,
     Event,
     Firing,
+    Pipeline,
+    PipelineStep,
+    PipelineUpdate,
     QuotaOverride,
     RelayCursor,
     Run,
@@ -28,13 +32,14 @@ from hpcops.store.models import (
     TrackingFields,
     TrackingOp,
 )
+from hpcops.store.pipelines import PipelineTables, StepRuns
 from hpcops.store.runs import RunTables
 from hpcops.store.schedules import ScheduleTables
 from hpcops.store.sweeps import SweepTables
 from hpcops.store.tracking import TrackingTables
 
 
-class Store(SweepTables, RunTables, ScheduleTables, TrackingTables, AuditTables):
+class Store(PipelineTables, SweepTables, RunTables, ScheduleTables, TrackingTables, AuditTables):
     """The daemon's database: `Store(path, track=...)`, one transaction per call."""
 
 
@@ -44,12 +49,16 @@ __all__ = [
     "Audit",
     "Event",
     "Firing",
+    "Pipeline",
+    "PipelineStep",
+    "PipelineUpdate",
     "QuotaOverride",
     "RelayCursor",
     "Run",
     "RunUpdate",
     "Schedule",
     "ScheduleUpdate",
+    "StepRuns",
     "Store",
     "Sweep",
     "SweepUpdate",

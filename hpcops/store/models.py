@@ -128,6 +128,14 @@ class Run(SQLModel, table=True):
     queued_at: float | None = None
     retry_not_before: float | None = None
 
+    # A step of a pipeline (hpcops/pipeline; store: PipelineStep): its pipeline and step, and
+    # whether the step still waits for the steps before it (`gated`: release leaves it alone
+    # until the engine opens the gate, with the inputs its job gets, as JSON {NAME: value}).
+    pipeline_id: int | None = Field(default=None, index=True)
+    pipeline_step: str | None = None
+    gated: bool = False
+    inputs_json: str | None = None
+
 
 class Attempt(SQLModel, table=True):
     """One ended attempt of a run: one Slurm job, from its submission to its end. Written by the
@@ -205,6 +213,72 @@ class Sweep(SQLModel, table=True):
     closed_at: float | None = None  # the parent run was ended: every point has ended
 
 
+class Pipeline(SQLModel, table=True):
+    """A pipeline file queued (hpcops/pipeline): its steps are PipelineStep rows, and a spec
+    step's runs are ordinary runs that name it (Run.pipeline_id, Run.pipeline_step). The runs are
+    the truth about the spec steps; this row holds the graph and the pipeline's MLflow parent."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    experiment: str  # the MLflow experiment of its parent run: its first spec step's
+    owner: str = Field(index=True)
+    owner_uid: int
+    source: str  # the file it was submitted as
+    definition_json: str  # the PipelineDef, as JSON (steps in the file's order)
+    specs_json: str  # {step: canonical spec YAML} of each spec step, as queued (pinned)
+    created_at: float
+    updated_at: float
+    # When every step has ended (the engine sets it), and how: COMPLETED when all did.
+    ended_at: float | None = Field(default=None, index=True)
+    outcome: str | None = None
+    # Set when a schedule's firing queued the pipeline.
+    schedule_id: int | None = Field(default=None, index=True)
+    firing_id: int | None = None
+    # The MLflow parent run every step's record is nested under; closed once it has ended.
+    mlflow_run_id: str | None = None
+    mlflow_experiment_id: str | None = None
+    closed_at: float | None = None
+
+
+class PipelineStep(SQLModel, table=True):
+    """One step of a pipeline. A spec step's state is its run's (`run_id`) or its sweep's
+    points'; a register step (no Slurm job) keeps its own `state`, `reason` and `result_json`.
+
+    `opened_at` is the gate: set in the one transaction that lets the step's runs be released
+    (Store.open_step), so a crash leaves a step either still waiting or released, never both."""
+
+    __table_args__ = (UniqueConstraint("pipeline_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline_id: int = Field(index=True, foreign_key="pipeline.id")
+    name: str
+    position: int  # in the pipeline file's order
+    kind: str  # "run", "sweep" or "register"
+    run_id: int | None = None  # a run step's current run (a rerun replaces it)
+    sweep_id: int | None = None  # a sweep step's current sweep
+    opened_at: float | None = None
+    # A register step's model: the run whose model it registers (the model step's run, or its
+    # sweep's best point), fixed when the step opens.
+    model_run_id: int | None = None
+    # A register step's own lifecycle: QUEUED (waiting), RUNNING (the gate opened: the tracker
+    # promotes), then COMPLETED, FAILED or CANCELLED, with why and the Promotion as JSON.
+    state: RunState | None = Field(default=None, sa_type=RunStateText)
+    reason: str | None = None
+    result_json: str | None = None
+    ended_at: float | None = None
+    updated_at: float
+
+
+class PipelineUpdate(TypedDict, total=False):
+    """The fields of a pipeline that change after it is queued (Store.update_pipeline)."""
+
+    ended_at: float | None
+    outcome: str | None
+    mlflow_run_id: str | None
+    mlflow_experiment_id: str | None
+    closed_at: float | None
+
+
 class SweepUpdate(TypedDict, total=False):
     """The fields of a sweep that change after it is queued (Store.update_sweep)."""
 
@@ -259,6 +333,8 @@ class RunUpdate(TrackingFields, total=False):
     restarts: int
     queued_at: float | None
     retry_not_before: float | None
+    gated: bool
+    inputs_json: str | None
 
 
 def apply_fields(target: object, fields: Mapping[str, object], allowed: type, what: str) -> None:

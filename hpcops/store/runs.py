@@ -134,9 +134,10 @@ class RunTables(Database):
         self,
     ) -> list[tuple[int, str, int, float, int, int, str | None, int | None, float | None]]:
         """(id, owner, priority, queued at, cpus, gpus, partition, sweep_id, not before) of
-        every QUEUED run: the release policy's input, read as plain rows (10,000 ORM objects a
-        tick would cost). Queued at: when it was last queued (a retry's next attempt), else
-        when it was created; not before: a retry's back-off (None: none)."""
+        every QUEUED run that is not gated (a pipeline step waiting for the steps before it):
+        the release policy's input, read as plain rows (10,000 ORM objects a tick would cost).
+        Queued at: when it was last queued (a retry's next attempt), else when it was created;
+        not before: a retry's back-off (None: none)."""
         # SQLAlchemy's own select: sqlmodel's typing stops at four columns.
         query = sa_select(
             col(Run.id),
@@ -148,7 +149,11 @@ class RunTables(Database):
             col(Run.partition),
             col(Run.sweep_id),
             col(Run.retry_not_before),
-        ).where(col(Run.state) == RunState.QUEUED.value)
+        ).where(
+            col(Run.state) == RunState.QUEUED.value,
+            # A pipeline's step waiting for the steps before it is no candidate at all.
+            func.coalesce(col(Run.gated), False).is_(False),
+        )
         with self._session() as session:
             rows = session.connection().execute(query).all()
         return [

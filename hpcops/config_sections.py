@@ -111,6 +111,13 @@ class SlurmConfig(_Strict):
         le=600.0,
         description="A SUBMITTING run that Slurm does not know after this long is resubmitted.",
     )
+    sbatch_workers: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="sbatch calls one release step runs at once (1: one after another); "
+        "each is a slurmctld RPC, so this bounds the lab's burst, not its total.",
+    )
 
     transport: Literal["local", "ssh"] = Field(
         default="local",

@@ -11,7 +11,7 @@ from hpcops import policy
 from hpcops.engine.arrays import submit_points
 from hpcops.engine.follow import dbd_answered
 from hpcops.engine.state import LoopState, Parts
-from hpcops.engine.submit import submit_run
+from hpcops.engine.submit import submit_runs
 from hpcops.states import RunState
 from hpcops.store import Run
 
@@ -42,12 +42,12 @@ def release(p: Parts, s: LoopState) -> None:
             continue
         ready.append(run)
     limits = quotas(p)
-    for batch in release_batches(ready):
+    for batch in submit_steps(release_batches(ready)):
         submitted = True
         if goes_in_an_array(batch[0]):
             go_on = submit_points(p, s, batch, limits)
         else:
-            go_on = submit_run(p, s, batch[0])
+            go_on = submit_runs(p, s, batch)
         if not go_on:
             break
     # What was just released changes what the queue waits for: plan again next tick.
@@ -71,6 +71,19 @@ def release_batches(runs: Sequence[Run]) -> list[list[Run]]:
             by_sweep[sweep_id] = [run]
             batches.append(by_sweep[sweep_id])
     return batches
+
+
+def submit_steps(batches: Sequence[list[Run]]) -> list[list[Run]]:
+    """release_batches' single runs that follow one another as one step (one claim, sbatch
+    calls side by side, one record: submit.py), a sweep's points as they were."""
+    steps: list[list[Run]] = []
+    for batch in batches:
+        single = not goes_in_an_array(batch[0])
+        if single and steps and not goes_in_an_array(steps[-1][0]):
+            steps[-1].extend(batch)
+        else:
+            steps.append(list(batch))
+    return steps
 
 
 def goes_in_an_array(run: Run) -> bool:

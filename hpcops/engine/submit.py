@@ -1,8 +1,12 @@
-"""Submitting one run: render its script, claim it as SUBMITTING with a fresh token, write its
-run directory, sbatch (after its staging job, when it stages data), and sort Slurm's answer.
+"""Submitting single runs: render each script, claim the runs as SUBMITTING with a fresh token
+each, write their run directories, sbatch them (each after its staging job, when it stages data),
+and sort Slurm's answers.
 
-Submission is idempotent (DESIGN.md, decision 3): the claim is committed before sbatch, and the
-token rides in the job's --comment, so a crash at any point is settled by token (follow.py).
+Submission is idempotent (DESIGN.md, decision 3): the claims are committed before any sbatch,
+and each token rides in its job's --comment, so a crash at any point is settled by token
+(follow.py). For a release step of many runs (submit_runs) the claims are one transaction, the
+sbatch calls run a few at a time and the job ids are one transaction: the fault points
+before_sbatch and after_sbatch stand before the step's first sbatch and after its last.
 """
 
 from __future__ import annotations
@@ -13,15 +17,19 @@ import logging
 import os
 import secrets
 import signal
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from hpcops import lifecycle
 from hpcops.engine.intake import check_cluster_limits, job_context
 from hpcops.engine.pipeline_env import job_env
-from hpcops.engine.record import record
+from hpcops.engine.record import record, record_many
 from hpcops.engine.state import LoopState, Parts
-from hpcops.errors import InvalidInput, SlurmError
+from hpcops.errors import InvalidInput, SlurmError, SlurmRejected
 from hpcops.jobcontext import run_dir_path
 from hpcops.lifecycle import DAEMON
 from hpcops.render import (
@@ -34,9 +42,10 @@ from hpcops.render import (
 )
 from hpcops.retries import attempt_number
 from hpcops.rundir import RunDir
+from hpcops.slurm.backend import SlurmLimited
 from hpcops.spec import Spec, parse_mem_mb, parse_slurm_time, parse_spec
 from hpcops.states import RunState
-from hpcops.store import Run
+from hpcops.store import Run, RunUpdate
 
 if TYPE_CHECKING:
     from hpcops.tracking.worker import JobTracking
@@ -44,8 +53,60 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def submit_run(p: Parts, s: LoopState, run: Run) -> bool:
-    """Submit one run; False when releasing should stop for this tick."""
+_NOT_TRIED = "not submitted this tick: Slurm refused or did not answer a run before it"
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A run rendered for its claim: its spec, fresh token, job context and script."""
+
+    run: Run
+    spec: Spec
+    token: str
+    ctx: JobContext
+    script: str
+    tracking: JobTracking | None
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What one run's sbatch came to. Neither a job nor an error: it was not tried (a limit or
+    an outage stopped the release step first)."""
+
+    run: Run  # as claimed
+    job_id: str | None = None
+    staging_job: str | None = None
+    error: Exception | None = None
+
+
+def submit_runs(p: Parts, s: LoopState, runs: Sequence[Run]) -> bool:
+    """Submit single runs (one release step's, in release order); False when releasing should
+    stop for this tick.
+
+    Each run is rendered, then ALL are claimed (SUBMITTING, each with its own token) in one
+    transaction before any sbatch starts: the crash-safety invariant (module docstring) holds
+    for every run, at the cost of one commit for the step instead of one per run. The sbatch
+    calls then run `slurm.sbatch_workers` at a time (slurmctld answers several at once; one
+    after another, 200 runs cost 200 round trips), and the job ids are recorded in one
+    transaction. The first sbatch goes alone: a full limit or an unreachable slurmctld then
+    costs one call, not a pool's worth, and the runs not tried go back to the queue.
+    """
+    ready = [r for r in (_render(p, s, run) for run in runs) if r is not None]
+    claimed = _claim(p, s, ready)
+    if not claimed:
+        return True
+    for run, r in claimed:
+        _write_run_dir(p, run, r)
+    fault_point(p, "before_sbatch")
+    sent = _sbatch_all(p, s, claimed)
+    if any(x.job_id is not None for x in sent):
+        fault_point(p, "after_sbatch")
+    return _record_sent(p, s, sent)
+
+
+def _render(p: Parts, s: LoopState, run: Run) -> _Ready | None:
+    """The run's script, rendered before the claim: a template that broke since the run was
+    queued fails the run here rather than leaving it SUBMITTING."""
     assert run.id is not None
     source = f"run {run.id}"
     token = secrets.token_hex(8)
@@ -54,8 +115,6 @@ def submit_run(p: Parts, s: LoopState, run: Run) -> bool:
     try:
         spec = parse_spec(run.spec_yaml, source)
         check_cluster_limits(p, s, spec, source)
-        # Rendered before the claim: a template that broke since the run was queued fails the
-        # run here rather than leaving it SUBMITTING.
         ctx = job_context(
             p,
             spec,
@@ -70,71 +129,173 @@ def submit_run(p: Parts, s: LoopState, run: Run) -> bool:
     except InvalidInput as exc:
         # The cluster or the lab's templates changed since the run was queued.
         record(p, s, run, lifecycle.unsubmittable(str(exc), p.clock()))
-        return True
-    claimed = p.store.transition(
-        run.id,
-        RunState.SUBMITTING,
-        actor=DAEMON,
-        expect=(RunState.QUEUED,),
-        # Not the token itself: it is live until the job is known, and history is for everyone.
+        return None
+    return _Ready(run, spec, token, ctx, script, tracking)
+
+
+def _claim(p: Parts, s: LoopState, ready: Sequence[_Ready]) -> list[tuple[Run, _Ready]]:
+    """Claim every rendered run in ONE transaction; the claimed runs with their renderings,
+    less those cancelled or changed by a user since they were read."""
+    if not ready:
+        return []
+    now = p.clock()
+    changes: list[tuple[int, str, RunUpdate]] = []
+    for r in ready:
+        run = r.run
+        assert run.id is not None
+        fields = RunUpdate(
+            # Not the token itself in the note: it is live until the job is known, and history
+            # is for everyone.
+            token=r.token,
+            attempt=run.attempt + 1,
+            claimed_at=now,
+            # Set with the claim, in one transaction: the directory exists only for released
+            # runs.
+            run_dir=str(run_dir_path(p.placement.run_root, run.id)),
+        )
+        if r.tracking is not None:
+            # Where the job logs its MLflow data (a relay store), committed with the claim.
+            fields.update(r.tracking.fields)  # type: ignore[typeddict-item]  # TrackingFields
         # The claim counter; a retried run's attempt number too (its ended attempts + 1).
-        note=f"attempt {attempt_number(run)}, claim {run.attempt + 1}"
-        if run.attempts_ended
-        else f"attempt {run.attempt + 1}",
-        token=token,
-        attempt=run.attempt + 1,
-        claimed_at=p.clock(),
-        # Set with the claim, in one transaction: the directory exists only for released runs.
-        run_dir=str(run_dir_path(p.placement.run_root, run.id)),
-        # Where the job logs its MLflow data (a relay store), committed with the claim.
-        **(tracking.fields if tracking is not None else {}),
-    )
-    if claimed is None:
-        return True  # cancelled or changed by a user since it was read
-    if claimed.cancel_requested_by:
-        record(p, s, claimed, lifecycle.cancel_unsubmitted(claimed, "before sbatch", p.clock()))
-        return True
-    rundir = RunDir(Path(claimed.run_dir))
-    # A TransportError here leaves the run SUBMITTING with no job: the check by token queues it
-    # again after submit_grace_s.
+        note = (
+            f"attempt {attempt_number(run)}, claim {run.attempt + 1}"
+            if run.attempts_ended
+            else f"attempt {run.attempt + 1}"
+        )
+        changes.append((run.id, note, fields))
+    changed = {
+        c.id: c
+        for c in p.store.transition_many(
+            changes, RunState.SUBMITTING, actor=DAEMON, expect=(RunState.QUEUED,)
+        )
+    }
+    claimed: list[tuple[Run, _Ready]] = []
+    for r in ready:
+        now_claimed = changed.get(r.run.id)
+        if now_claimed is None:
+            continue  # cancelled or changed by a user since it was read
+        if now_claimed.cancel_requested_by:
+            outcome = lifecycle.cancel_unsubmitted(now_claimed, "before sbatch", p.clock())
+            record(p, s, now_claimed, outcome)
+            continue
+        claimed.append((now_claimed, r))
+    return claimed
+
+
+def _write_run_dir(p: Parts, run: Run, r: _Ready) -> None:
+    # A TransportError here leaves the runs SUBMITTING with no job: the check by token queues
+    # them again after submit_grace_s.
+    rundir = RunDir(Path(run.run_dir))
     p.files.make_dir(rundir.path)
     p.files.remove_files([*rundir.markers, rundir.staged_marker, rundir.staging_progress])
-    p.files.write_file(rundir.spec, claimed.spec_yaml)
-    if claimed.data_json:
-        write_staging_plan(p, claimed, ctx)
-    p.files.write_file(rundir.script, script)
-    fault_point(p, "before_sbatch")
-    staging_job: str | None = None
+    p.files.write_file(rundir.spec, run.spec_yaml)
+    if run.data_json:
+        write_staging_plan(p, run, r.ctx)
+    p.files.write_file(rundir.script, r.script)
+
+
+def _sbatch_all(p: Parts, s: LoopState, claimed: Sequence[tuple[Run, _Ready]]) -> list[_Sent]:
+    """Every claimed run's sbatch, in release order: the first alone, the rest on a small pool
+    of threads (each sbatch is a process waiting on slurmctld, not on this one)."""
+    stop = threading.Event()
+
+    def one(pair: tuple[Run, _Ready]) -> _Sent:
+        return _sbatch(p, s, pair[0], pair[1], stop)
+
+    first, rest = claimed[0], claimed[1:]
+    sent = [one(first)]
+    workers = min(p.config.slurm.sbatch_workers, len(rest))
+    if workers <= 1 or stop.is_set():
+        return sent + [one(pair) for pair in rest]
+    with ThreadPoolExecutor(workers, thread_name_prefix="sbatch") as pool:
+        return sent + list(pool.map(one, rest))
+
+
+def _sbatch(p: Parts, s: LoopState, run: Run, r: _Ready, stop: threading.Event) -> _Sent:
+    """One run's sbatch (after its staging job's, when it stages data), unless the release step
+    was stopped: a full limit or an unreachable Slurm (another try would cost an RPC for the
+    same answer), or a failure of this daemon's own."""
+    if stop.is_set():
+        return _Sent(run)
+    rundir = RunDir(Path(run.run_dir))
+    ctx, staging_job = r.ctx, None
     try:
         if ctx.staging is not None and not ctx.staging.inline:
             # A staging job of its own first; the run's job then waits for it (afterok). A crash
             # between the two leaves a staging job whose token ends in ":stage": the check by
             # token never takes it for the run's job, so the run is submitted again after
             # submit_grace_s, and the stray stager only warms the cache.
-            staging_job = _submit_staging_job(p, spec, ctx)
+            staging_job = _submit_staging_job(p, r.spec, ctx)
             fault_point(p, "after_staging_sbatch")
             ctx = dataclasses.replace(ctx, after=staging_job)
-            script = render_script(spec, ctx, p.config.template_dirs)
-            p.files.write_file(rundir.script, script)
+            p.files.write_file(rundir.script, render_script(r.spec, ctx, p.config.template_dirs))
         job_id = p.slurm.submit(PurePosixPath(rundir.script))
         s.ctld_answered = True
-    except SlurmError as exc:
-        refusals = s.limit_refusals.get(run.id, 0) + 1
+        return _Sent(run, job_id=job_id, staging_job=staging_job)
+    except Exception as exc:
+        if not isinstance(exc, SlurmRejected) or isinstance(exc, SlurmLimited):
+            stop.set()
+        return _Sent(run, staging_job=staging_job, error=exc)
+    except BaseException:
+        stop.set()  # the daemon is dying here: no other sbatch starts
+        raise
+
+
+def _record_sent(p: Parts, s: LoopState, sent: Sequence[_Sent]) -> bool:
+    """Record what the step's sbatch calls came to: the job ids in one transaction, each
+    refusal as a lone run's always was, the runs not tried back to the queue. Raises the first
+    failure that leaves a run SUBMITTING (Slurm did not answer; a file could not be written)
+    once the rest is recorded; False when a full limit stops releasing for this tick."""
+    now = p.clock()
+    record_many(
+        p,
+        s,
+        [
+            (x.run, lifecycle.submitted(x.job_id, x.staging_job, now))
+            for x in sent
+            if x.job_id is not None
+        ],
+    )
+    others = [x for x in sent if x.job_id is None]
+    fresh = {r.id: r for r in p.store.runs_by_ids([x.run.id or 0 for x in others])}
+    go_on, raised = True, None
+    untried: list[tuple[int, str, RunUpdate]] = []
+    for x in others:
+        run_id = x.run.id or 0
+        now_run = fresh.get(run_id, x.run)  # as it is now: a cancel may have come meanwhile
+        if x.error is None:
+            if now_run.cancel_requested_by:
+                record(p, s, x.run, lifecycle.cancel_unsubmitted(now_run, "before sbatch", now))
+            else:
+                # Its sbatch never started: back in the queue as it was (its claim not counted).
+                back = RunUpdate(token=None, attempt=x.run.attempt - 1)
+                untried.append((run_id, _NOT_TRIED, back))
+            continue
+        if not isinstance(x.error, SlurmError):
+            raised = raised or x.error
+            continue
+        refusals = s.limit_refusals.get(run_id, 0) + 1
         outcome = lifecycle.sbatch_failed(
-            p.store.get(run.id), exc, p.clock(), refusals=refusals, staging_job=staging_job
+            now_run, x.error, now, refusals=refusals, staging_job=x.staging_job
         )
         if outcome is None:
             # Slurm did not answer; the request may have reached slurmctld: the run stays
             # SUBMITTING and is settled by token once Slurm answers again.
-            raise
+            raised = raised or x.error
+            continue
         if outcome.retry_in_s is not None:
-            s.limit_refusals[run.id] = refusals
-        record(p, s, claimed, outcome)
-        # A full limit: the others may still go, but not this tick (each try costs an RPC).
-        return outcome.retry_in_s is None
-    fault_point(p, "after_sbatch")
-    record(p, s, claimed, lifecycle.submitted(job_id, staging_job, p.clock()))
-    return True
+            s.limit_refusals[run_id] = refusals
+            # A full limit: the others may still go, but not this tick (each try costs an RPC).
+            go_on = False
+        record(p, s, x.run, outcome)
+    if untried:
+        p.store.transition_many(
+            untried, RunState.QUEUED, actor=DAEMON, expect=(RunState.SUBMITTING,)
+        )
+        s.changed()
+    if raised is not None:
+        raise raised
+    return go_on
 
 
 def write_staging_plan(p: Parts, run: Run, ctx: JobContext) -> None:

@@ -34,6 +34,7 @@ Test-only code: nothing here runs a process.
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -240,6 +241,7 @@ class FakeSlurm:
         self.lose_sbatch_reply = 0
         self._refusals: list[_Refusal] = []
         self._before_sbatch: list[Callable[[], object]] = []
+        self._lock = threading.RLock()
         self._next_id = first_job_id
         self.max_array_size = 1001  # slurm.conf's MaxArraySize (the dev cluster's)
         self.ctld_rpcs = 0
@@ -263,8 +265,9 @@ class FakeSlurm:
         }
         if command not in handlers:
             raise AssertionError(f"the fake Slurm does not know {argv!r}")
-        self.ctld_rpcs += CTLD_RPCS.get(command, 0)
-        rc, out, err = handlers[command](argv)
+        with self._lock:  # the engine runs a release step's sbatch calls side by side
+            self.ctld_rpcs += CTLD_RPCS.get(command, 0)
+            rc, out, err = handlers[command](argv)
         return CommandResult(tuple(argv), rc, out, err, 0.0)
 
     def write_file(self, path: PurePath, data: str, mode: int = 0o640) -> None:

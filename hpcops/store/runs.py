@@ -259,10 +259,16 @@ class RunTables(Database):
         Returns the runs that changed; a run `expect` did not hold for is left out."""
         wanted = tuple(expect) if expect is not None else None
         with self._session() as session:
+            # Every run read in a few SELECTs first: `_change`'s session.get then finds each in
+            # the session instead of querying, and the query's autoflush of the change before
+            # (an UPDATE and an INSERT per run) no longer interleaves, so all the writes go out
+            # together at the commit (measured: 200 claims 1.1 s -> see the submit benchmark).
+            loaded = _load_runs(session, [run_id for run_id, _, _ in changes])
             changed = [
                 _change(session, run_id, to_state, actor, note, wanted, fields, self.track)
                 for run_id, note, fields in changes
             ]
+        del loaded  # held until here: the session's identity map keeps only weak references
         return [run for run in changed if run is not None]
 
     def events(self, run_id: int) -> list[Event]:
@@ -270,6 +276,15 @@ class RunTables(Database):
         query = select(Event).where(Event.run_id == run_id).order_by(col(Event.id))
         with self._session() as session:
             return list(session.exec(query).all())
+
+
+def _load_runs(session: Session, run_ids: Sequence[int]) -> list[Run]:
+    """The runs into the session, in chunks (SQLite caps a statement's variables)."""
+    loaded: list[Run] = []
+    for start in range(0, len(run_ids), 500):
+        chunk = list(run_ids[start : start + 500])
+        loaded += session.exec(select(Run).where(col(Run.id).in_(chunk))).all()
+    return loaded
 
 
 def _change(

@@ -52,9 +52,15 @@ class Context:
         """The daemon's API: over SSH when a remote is named (--remote, or the client config's
         default_remote), else the local socket. Either way one connection serves the call."""
         if self._client is None:
-            from hpcops.client.config import load_client_config
+            from hpcops.client.config_path import client_config_path
 
-            chosen = load_client_config().remote(self.remote_name)
+            chosen = None
+            # No remote named and no client config to name one: the local socket, without
+            # reading a config (whose model costs every call 0.3 s of importing pydantic).
+            if self.remote_name is not None or client_config_path().exists():
+                from hpcops.client.config import load_client_config
+
+                chosen = load_client_config().remote(self.remote_name)
             if chosen is not None and self.explicit_home is None:
                 from hpcops.transport.lean_paramiko import skip_invoke_unless_needed
 

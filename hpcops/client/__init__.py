@@ -5,6 +5,7 @@
     relay.py    `hpcops api`: the login node's end of a laptop's SSH channel
     ship.py     before a submit: pin each spec's code to a commit and ship what the mirror lacks
     config.py   the client config: named remotes (~/.config/hpcops/config.yaml)
+    config_path.py  where it lives (read without pydantic: no file, no remote)
 
 The wire format (`hpcops.api.protocol`) is shared with the daemon's server and stays in `api/`.
 Importing this package imports none of its modules: paramiko stays unloaded for local calls.

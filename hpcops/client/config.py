@@ -15,12 +15,13 @@ passwords or tokens of hpcops' own.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+# Re-exported: callers (remote.py) name it from here, beside the config it locates.
+from hpcops.client.config_path import client_config_path as client_config_path
 from hpcops.errors import ConfigError
 from hpcops.yamlio import Document, YamlProblems, read_bounded, read_yaml
 
@@ -89,14 +90,6 @@ class ClientConfig(BaseModel):
             known = ", ".join(sorted(self.remotes)) or "none are configured"
             raise ConfigError(f"no remote {chosen!r} in {client_config_path()}; known: {known}")
         return chosen, self.remotes[chosen]
-
-
-def client_config_path() -> Path:
-    env = os.environ.get("HPCOPS_CONFIG")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "hpcops" / "config.yaml"
 
 
 def load_client_config() -> ClientConfig:

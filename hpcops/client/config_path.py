@@ -1,0 +1,16 @@
+"""Where the client config lives, apart from reading it (config.py, which needs pydantic): a
+call on the login node with no client config at all then knows that it talks to the local
+socket without importing pydantic (issue 16: a submit's client paid 0.3 s for it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def client_config_path() -> Path:
+    env = os.environ.get("HPCOPS_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "hpcops" / "config.yaml"

@@ -35,35 +35,38 @@ def validate(obj: Context, specs: tuple[Path, ...], offline: bool, as_json: bool
     A sweep spec lists its points: how many, and each point's values (the first ones; --json
     lists them all: {"path", "valid", "name", "sweep": {"n_points", "points"}} per spec).
     """
-    from hpcops.api.sweeps import sweep_preview
     from hpcops.errors import InvalidInput, NotRunning
-    from hpcops.spec import load_spec_file, spec_to_yaml
+    from hpcops.specfile import quick_spec_text
 
     failed = False
     cluster_checked = not offline
     answers: list[dict[str, Any]] = []
     for path in specs:
         try:
-            spec = load_spec_file(path)
-            if not offline:
+            # The daemon validates the file's text itself: no pydantic here (issue 16).
+            text = None if offline or not cluster_checked else quick_spec_text(path)
+            if text is not None:
                 try:
-                    obj.call("validate", yaml=spec_to_yaml(spec), source=str(path))
+                    answer = obj.call("validate", yaml=text, source=str(path))
+                    name, sweep = answer["name"], answer["sweep"]
                 except NotRunning:
-                    cluster_checked = False
-            sweep = sweep_preview(spec)
+                    cluster_checked, text = False, None
+            if text is None:
+                name, sweep, answered = _validate_here(obj, path, not offline and cluster_checked)
+                cluster_checked = cluster_checked and (answered or offline)
         except InvalidInput as exc:
             answers.append({"path": str(path), "valid": False, "error": str(exc)})
             if not as_json:
                 click.echo(str(exc), err=True)
             failed = True
             continue
-        answers.append({"path": str(path), "valid": True, "name": spec.name, "sweep": sweep})
+        answers.append({"path": str(path), "valid": True, "name": name, "sweep": sweep})
         if as_json:
             continue
         if sweep is None:
-            click.echo(f"{path}: ok ({spec.name})")
+            click.echo(f"{path}: ok ({name})")
         else:
-            click.echo(f"{path}: ok ({spec.name}): a sweep of {sweep['n_points']} points")
+            click.echo(f"{path}: ok ({name}): a sweep of {sweep['n_points']} points")
             points = sweep["points"]
             click.echo(points_table(points) if points is not None else f"  points {sweep['note']}")
     if as_json:
@@ -76,6 +79,24 @@ def validate(obj: Context, specs: tuple[Path, ...], offline: bool, as_json: bool
         )
     if failed:
         sys.exit(2)
+
+
+def _validate_here(obj: Context, path: Path, ask_daemon: bool) -> tuple[str, Any, bool]:
+    """validate's full path: the spec read here (pydantic), then the daemon's own checks if
+    asked; the spec's name, its sweep's preview, and whether a daemon answered."""
+    from hpcops.api.sweeps import sweep_preview
+    from hpcops.errors import NotRunning
+    from hpcops.spec import load_spec_file, spec_to_yaml
+
+    spec = load_spec_file(path)
+    answered = False
+    if ask_daemon:
+        try:
+            obj.call("validate", yaml=spec_to_yaml(spec), source=str(path))
+            answered = True
+        except NotRunning:
+            answered = False
+    return spec.name, sweep_preview(spec), answered
 
 
 POINTS_SHOWN = 20  # validate's table of a sweep's points shows the first ones
@@ -194,6 +215,10 @@ def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bo
     those for several; "code" (specs with code: only) has repo, commit, dirty and bundle_bytes.
     A sweep spec's is {"type": "sweep", "id": "s7", "sweep_id": 7, "n_points", "runs": [...]}.
     """
+    queued = _quick_submit(obj, specs)
+    if queued is not None:
+        _print_queued(queued, as_json)
+        return
     from hpcops.client.ship import prepare
     from hpcops.errors import InvalidInput
     from hpcops.spec import load_spec_file
@@ -220,6 +245,29 @@ def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bo
     for entry, item in zip(queued, prepared, strict=True):
         if item.shipped:
             entry["code"] = item.shipped
+    _print_queued(queued, as_json)
+
+
+def _quick_submit(obj: Context, specs: tuple[Path, ...]) -> list[dict[str, Any]] | None:
+    """submit's answer per spec, for specs the daemon can take as they are (no code to ship,
+    no schedule: block to mention): their text goes to the daemon, which validates it anyway,
+    and this process imports neither pydantic nor the code-shipping modules. None when the full
+    path must run: a spec needs it, or the daemon found one invalid (the full path then says
+    what is wrong with each spec, in the words it always used)."""
+    from hpcops.errors import InvalidInput
+    from hpcops.specfile import quick_spec_text
+
+    texts = [quick_spec_text(path) for path in specs]
+    items = [{"yaml": text, "source": str(path)} for text, path in zip(texts, specs, strict=True)]
+    if None in texts:
+        return None
+    try:
+        return per_spec(obj.call("submit", specs=items))
+    except InvalidInput:
+        return None
+
+
+def _print_queued(queued: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         from hpcops.cli.output import print_json
 

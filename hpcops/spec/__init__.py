@@ -26,7 +26,6 @@ from hpcops.spec.fields import (
     RETRY_STATES,
     ParamValue,
     data_env_name,
-    is_repo_url,
 )
 from hpcops.spec.load import MAX_SPEC_BYTES, load_spec_file, parse_spec, spec_to_yaml
 from hpcops.spec.model import Spec
@@ -39,6 +38,7 @@ from hpcops.spec.sweep import (
     sweep_points,
 )
 from hpcops.spec.sweepdef import Distribution, RandomSweep, SweepDef, SweepKind, SweepObjective
+from hpcops.specfile import is_repo_url
 from hpcops.units import parse_mem_mb, parse_slurm_time
 
 __all__ = [

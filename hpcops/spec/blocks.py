@@ -46,13 +46,13 @@ from hpcops.spec.fields import (
     data_env_name,
     in_range,
     int_as_text,
-    is_repo_url,
     optional,
     optional_data_name,
     optional_data_path,
     optional_range,
     optional_rev,
 )
+from hpcops.specfile import is_repo_url
 from hpcops.units import parse_mem_mb, parse_slurm_time
 
 CheckedParamValue = Annotated[ParamValue, BeforeValidator(check_param_value)]

@@ -17,6 +17,7 @@ from typing import Final
 from hpcops import cadence
 from hpcops.describe import CONTROL_RE, describe_char, describe_value, show
 from hpcops.names import NAME_FIRST, NAME_MAX_CHARS, NAME_REST, SLURM_NAME_FIRST, closest
+from hpcops.specfile import _URL_SCHEMES, is_repo_url
 from hpcops.units import parse_mem_mb, parse_slurm_time
 
 ParamValue = str | int | float | bool
@@ -209,14 +210,7 @@ def check_workdir(value: str | None) -> str | None:
     return value
 
 
-_URL_SCHEMES: Final = ("https://", "http://", "ssh://", "git://", "file://")
-_SCP_LIKE_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:")
 _REV_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/~^-]{0,199}")
-
-
-def is_repo_url(value: str) -> bool:
-    """A repository the cluster fetches itself (URL or user@host:path), not a local path."""
-    return value.startswith(_URL_SCHEMES) or bool(_SCP_LIKE_RE.match(value))
 
 
 def check_repo(value: str) -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hpcops.describe import CONTROL_RE, describe_value
+from hpcops.describe import describe_value
 from hpcops.errors import FieldProblem, SpecError
-from hpcops.spec.fields import is_repo_url
 from hpcops.spec.messages import MINIMAL_SPEC, validate
 from hpcops.spec.model import Spec
 from hpcops.spec.sweep import check_sweep_points
+from hpcops.specfile import anchor_paths
 from hpcops.yamlio import MAX_YAML_BYTES, SPEC, YamlProblems, dump_yaml, read_bounded, read_yaml
 
 MAX_SPEC_BYTES: int = MAX_YAML_BYTES
@@ -49,33 +49,11 @@ def _parse(data: bytes | str, source: str, base_dir: Path | None) -> Spec:
         plain = _plain_data(data)
     except YamlProblems as exc:
         raise SpecError(source, exc.problems) from None
-    code = plain.get("code")
-    if base_dir is not None and isinstance(code, dict):
-        # With code, the workdir is a folder of the checkout; only the repo is the file's.
-        repo = code.get("repo")
-        if _is_relative_text(repo):
-            code["repo"] = os.path.normpath(base_dir / str(repo))
-    elif base_dir is not None:
-        workdir = plain.get("workdir")
-        if workdir is None:
-            plain["workdir"] = str(base_dir)
-        elif _is_relative_text(workdir):
-            plain["workdir"] = str(base_dir / str(workdir))
+    if base_dir is not None:
+        anchor_paths(plain, base_dir)
     spec = validate(plain, source)
     check_sweep_points(spec, source)
     return spec
-
-
-def _is_relative_text(value: object) -> bool:
-    """A relative path that validation would otherwise accept (left alone if it is bad)."""
-    return (
-        isinstance(value, str)
-        and bool(value)
-        and not value.startswith(("/", "~", "-"))
-        and not is_repo_url(value)
-        and "://" not in value
-        and not CONTROL_RE.search(value)
-    )
 
 
 def parse_spec(data: bytes | str, source: str) -> Spec:

@@ -82,6 +82,7 @@ LAYER_OF: dict[str, str] = {
     "arrayscript": "render",  # a sweep's job array: its header and a dispatch per task
     "pipeline": "pipeline",
     "spec": "spec",
+    "specfile": "spec",  # a spec file's plain data and its paths, without the model
     "config": "config",
     "config_sections": "config",
     "access": "access",

@@ -181,6 +181,9 @@ class _Handler(socketserver.StreamRequestHandler):
 class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
+    # listen()'s backlog (socketserver's default is 5): a lab's burst of CLI calls connects
+    # faster than a busy daemon accepts; past the backlog a client waits in connect().
+    request_queue_size = 128
 
     def __init__(self, path: Path, api: Api, *, group: str | None = None) -> None:
         """The socket admits the daemon's account, and with `group` that Unix group too: anyone

@@ -17,6 +17,20 @@ def _submit_all(h: EngineHarness) -> list[int]:
     return [h.submit(name, priority=100 - i) for i, name in enumerate(NAMES)]
 
 
+def _pending_each_with_its_job(h: EngineHarness, ids: list[int], *, attempt: int) -> list[str]:
+    """Each run PENDING on this attempt, in a job of its own that carries its token; the
+    tokens."""
+    tokens = []
+    for run_id in ids:
+        run = h.run(run_id)
+        assert run.state == "PENDING" and run.attempt == attempt
+        assert run.token is not None
+        assert h.slurm.job(h.job_of(run_id)).comment == f"hpcops:{run.token}"
+        tokens.append(run.token)
+    assert len({h.job_of(i) for i in ids}) == len(ids)
+    return tokens
+
+
 def test_every_run_of_a_step_is_claimed_with_its_own_token_before_the_first_sbatch(
     make_engine: EngineFactory,
 ) -> None:
@@ -29,12 +43,7 @@ def test_every_run_of_a_step_is_claimed_with_its_own_token_before_the_first_sbat
     tokens = [token for _, token in seen]
     assert None not in tokens and len(set(tokens)) == len(ids), "one token per run"
     assert h.slurm.calls["sbatch"] == len(ids), "all in one tick"
-    jobs = {h.job_of(i) for i in ids}
-    assert len(jobs) == len(ids)
-    for run_id, token in zip(ids, tokens, strict=True):
-        run = h.run(run_id)
-        assert run.state == "PENDING" and run.attempt == 1
-        assert h.slurm.job(h.job_of(run_id)).comment == f"hpcops:{token}"
+    assert _pending_each_with_its_job(h, ids, attempt=1) == tokens
 
 
 def test_a_crash_before_the_steps_sbatch_submits_each_run_once_after_the_grace(
@@ -52,11 +61,8 @@ def test_a_crash_before_the_steps_sbatch_submits_each_run_once_after_the_grace(
     assert {h.state(i) for i in ids} == {"SUBMITTING"}, "an orphaned sbatch may still land"
     h.run_for(10, every_s=5)
     assert h.slurm.calls["sbatch"] == len(ids), "each run submitted once"
-    for run_id in ids:
-        run = h.run(run_id)
-        assert run.state == "PENDING" and run.attempt == 2
-        assert run.token != first[run_id].token
-        assert h.slurm.job(h.job_of(run_id)).comment == f"hpcops:{run.token}"
+    tokens = _pending_each_with_its_job(h, ids, attempt=2)
+    assert not set(tokens) & {r.token for r in first.values()}, "a new attempt, a new token"
 
 
 def test_a_crash_after_the_steps_sbatch_adopts_each_job_by_its_token(

@@ -18,6 +18,9 @@ from hpcops.yamlio import SPEC, YamlProblems, dump_yaml, read_bounded, read_yaml
 
 _URL_SCHEMES: Final = ("https://", "http://", "ssh://", "git://", "file://")
 _SCP_LIKE_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:")
+# Top-level keys that only the CLI's full path handles: code to pin and ship, a schedule: block
+# it mentions, a pipeline's steps: (hpcops.pipeline reads such a file as a pipeline).
+_FULL_PATH_KEYS: Final = frozenset({"code", "schedule", "steps"})
 
 
 def is_repo_url(value: str) -> bool:
@@ -56,13 +59,13 @@ def anchor_paths(plain: dict[str, object], base_dir: Path) -> None:
 
 def quick_spec_text(path: Path) -> str | None:
     """The spec file's text for the daemon to validate, its paths anchored; None when the CLI's
-    full path must read it (code to pin and ship, a schedule: block to mention, or anything
-    unreadable: the full path says what is wrong in its usual words)."""
+    full path must read it (code to pin and ship, a schedule: block to mention, a pipeline's
+    steps:, or anything unreadable: the full path says what is wrong in its usual words)."""
     try:
         plain = read_yaml(read_bounded(path, SPEC), SPEC)
     except (OSError, YamlProblems):
         return None
-    if not isinstance(plain, dict) or "code" in plain or "schedule" in plain:
+    if not isinstance(plain, dict) or not _FULL_PATH_KEYS.isdisjoint(plain):
         return None
     anchor_paths(plain, Path(path).absolute().parent)
     return dump_yaml(plain)

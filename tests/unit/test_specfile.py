@@ -42,6 +42,7 @@ def test_the_daemon_reads_what_the_full_path_reads(tmp_path: Path, name: str) ->
     [
         "name: a\nexperiment: e\ncommand: x\ncode: {repo: ., commit: HEAD}\n",  # code to ship
         "name: a\nexperiment: e\ncommand: x\nschedule: {cron: '0 3 * * 1'}\n",  # a note
+        "name: p\nsteps: {train: {spec: train.yaml}}\n",  # a pipeline
         "name: [unclosed\n",  # not YAML: the full path says where
         "- a list\n",  # not a mapping
         "",  # empty

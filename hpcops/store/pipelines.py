@@ -225,20 +225,7 @@ class PipelineTables(RunTables):
                     )
             for name, (sweep, step_runs) in fresh.items():
                 step = steps[name]
-                if sweep is not None:
-                    sweep.created_at = sweep.created_at or now
-                    sweep.updated_at = now
-                    session.add(sweep)
-                    session.flush()
-                for run in step_runs:
-                    run.sweep_id = sweep.id if sweep is not None else None
-                    run.pipeline_id = pipeline_id
-                    run.pipeline_step = name
-                    run.gated = True
-                    run.created_at = run.created_at or now
-                    run.updated_at = now
-                    session.add(run)
-                session.flush()
+                _store_step_runs(session, pipeline_id, name, sweep, step_runs, now)
                 for run in step_runs:
                     record_queued(
                         session, run, actor=actor, reason=reason, now=now, track=self.track
@@ -258,6 +245,32 @@ class PipelineTables(RunTables):
             pipeline.updated_at = now
             session.add(pipeline)
         return every
+
+
+def _store_step_runs(
+    session: Session,
+    pipeline_id: int,
+    name: str,
+    sweep: Sweep | None,
+    runs: Sequence[Run],
+    now: float,
+) -> None:
+    """A step's new runs (and a sweep step's Sweep) added to the session, gated, naming their
+    pipeline and step, and flushed so they have ids; their first events are the caller's."""
+    if sweep is not None:
+        sweep.created_at = sweep.created_at or now
+        sweep.updated_at = now
+        session.add(sweep)
+        session.flush()
+    for run in runs:
+        run.sweep_id = sweep.id if sweep is not None else None
+        run.pipeline_id = pipeline_id
+        run.pipeline_step = name
+        run.gated = True
+        run.created_at = run.created_at or now
+        run.updated_at = now
+        session.add(run)
+    session.flush()
 
 
 def _every_run(runs: dict[str, StepRuns]) -> list[Run]:
@@ -285,20 +298,7 @@ def store_pipeline(
     session.add(pipeline)
     session.flush()
     for name, (sweep, step_runs) in runs.items():
-        if sweep is not None:
-            sweep.created_at = sweep.created_at or now
-            sweep.updated_at = now
-            session.add(sweep)
-            session.flush()
-        for run in step_runs:
-            run.sweep_id = sweep.id if sweep is not None else None
-            run.pipeline_id = pipeline.id
-            run.pipeline_step = name
-            run.gated = True
-            run.created_at = run.created_at or now
-            run.updated_at = now
-            session.add(run)
-    session.flush()
+        _store_step_runs(session, pipeline.id or 0, name, sweep, step_runs, now)
     for run in every:
         record_queued(session, run, actor=actor, reason=reason, now=now, track=track)
     for step in steps:

@@ -328,3 +328,25 @@ def test_kill_9_between_a_parents_end_and_its_childs_release_releases_it_once(
     assert _wait_ended(untracked, pipeline_id, 120) == "COMPLETED"
     assert len(sacct_jobs_named(names["child"], at_least=1)) == 1, "submitted exactly once"
     assert all(r.state not in ACTIVE for rs in _runs(untracked, pipeline_id).values() for r in rs)
+
+
+def test_a_scheduled_pipeline_fires_the_whole_chain_once_per_firing(untracked: Daemon) -> None:
+    path, names = _write_pipeline(
+        {"prepare": {}, "train": {"after": ["prepare"]}},
+        {"prepare": _spec("prepare", "prepare"), "train": _spec("train", "prepare")},
+        name="weekly",
+    )
+    untracked.cli("schedule", "add", str(path), "--cron", "0 3 * * 1", check=True)
+    fired = untracked.cli("schedule", "run-now", "weekly", check=True).stdout.strip()
+    assert fired.startswith("p"), fired
+    pipeline_id = int(fired[1:])
+    # A second firing while the first pipeline is open is skipped (no overlap by default).
+    again = untracked.cli("schedule", "run-now", "weekly")
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert _wait_ended(untracked, pipeline_id, 120) == "COMPLETED"
+    pipeline = _store(untracked).get_pipeline(pipeline_id)
+    assert pipeline.schedule_id is not None and pipeline.firing_id is not None
+    [(_, prepare_end)] = _times(names["prepare"])
+    [(train_start, _)] = _times(names["train"])
+    assert train_start >= prepare_end
+    assert [p.id for p in _store(untracked).list_pipelines()] == [pipeline_id]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_fakes import FakeEngine, error, make_api, ok
+from api_fakes import StoreEngine, error, make_api, ok
 
 from hpcops.access import Caller
 from hpcops.api.params import PriorityParams, RerunParams, SweepId, TargetParams
@@ -118,7 +118,7 @@ def test_a_sweep_id_is_s_and_a_number_and_anything_else_is_named() -> None:
 # --- a store with a sweep, and a fake engine ---------------------------------------------
 
 
-class SweepEngine(FakeEngine):
+class SweepEngine(StoreEngine):
     """The engine's per-run methods done on the store as the engine does them."""
 
     def __init__(self, store: Store) -> None:
@@ -136,42 +136,6 @@ class SweepEngine(FakeEngine):
         for spec, _source in specs:
             runs += _add_sweep(self.store, caller, 3, name=spec.name)[1]
         return runs
-
-    def cancel(self, run_id: int, caller: Caller) -> tuple[Run, str]:
-        run = self.store.get(run_id)
-        if run.state in ("QUEUED", "HELD"):
-            done = self.store.transition(run_id, RunState.CANCELLED, actor=caller.name)
-            assert done is not None
-            return done, f"run {run_id} cancelled"
-        updated = self.store.transition(
-            run_id, None, actor=caller.name, cancel_requested_by=caller.name
-        )
-        assert updated is not None
-        return updated, f"run {run_id}: scancel requested"
-
-    def set_priority(self, run_id: int, priority: int, caller: Caller, note: str = "") -> Run:
-        updated = self.store.transition(run_id, None, actor=caller.name, priority=priority)
-        assert updated is not None
-        return updated
-
-    def top(self, run_id: int, caller: Caller) -> Run:
-        highest = self.store.max_queued_priority() or 0
-        return self.set_priority(run_id, highest + 1, caller)
-
-    def hold(self, run_id: int, caller: Caller) -> Run:
-        updated = self.store.transition(
-            run_id, RunState.HELD, actor=caller.name, expect=(RunState.QUEUED,), held_by=caller.name
-        )
-        if updated is None:
-            raise InvalidInput(f"run {run_id} left the queue meanwhile")
-        return updated
-
-    def release_hold(self, run_id: int, caller: Caller) -> Run:
-        updated = self.store.transition(
-            run_id, RunState.QUEUED, actor=caller.name, expect=(RunState.HELD,), held_by=None
-        )
-        assert updated is not None
-        return updated
 
     def rerun_sweep(self, sweep_id: int, caller: Caller) -> tuple[Sweep, list[Run]]:
         self.reruns.append(sweep_id)

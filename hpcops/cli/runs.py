@@ -350,6 +350,8 @@ def show(obj: Context, run: int | str, as_json: bool) -> None:
         if data.get("objective") is not None:
             point += f", objective {number_text(data['objective'])}"
         lines.append(("sweep", point))
+    if data.get("pipeline"):
+        lines.append(("pipeline", f"{data['pipeline']}, step {data['pipeline_step']}"))
     if data.get("schedule_id"):
         lines.append(
             (

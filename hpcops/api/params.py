@@ -100,12 +100,19 @@ class SweepId:
         return f"s{self.number}"
 
 
-def sweep_id(value: str) -> SweepId | None:
-    """`s7` (or `S7`) as a SweepId; None for anything else (an id over MAX_ID too)."""
-    found = SWEEP_ID_RE.fullmatch(value)
+def _number(pattern: re.Pattern[str], value: str) -> int | None:
+    """The number of `s7` or `p3` (either case) for its pattern; None for anything else, an
+    id over MAX_ID too."""
+    found = pattern.fullmatch(value)
     if found is None or int(found.group(1)) > MAX_ID:
         return None
-    return SweepId(int(found.group(1)))
+    return int(found.group(1))
+
+
+def sweep_id(value: str) -> SweepId | None:
+    """`s7` (or `S7`) as a SweepId; None for anything else."""
+    number = _number(SWEEP_ID_RE, value)
+    return None if number is None else SweepId(number)
 
 
 PIPELINE_ID_RE = re.compile(r"[pP]([1-9][0-9]{0,18})")
@@ -122,11 +129,9 @@ class PipelineId:
 
 
 def pipeline_id(value: str) -> PipelineId | None:
-    """`p3` (or `P3`) as a PipelineId; None for anything else (an id over MAX_ID too)."""
-    found = PIPELINE_ID_RE.fullmatch(value)
-    if found is None or int(found.group(1)) > MAX_ID:
-        return None
-    return PipelineId(int(found.group(1)))
+    """`p3` (or `P3`) as a PipelineId; None for anything else."""
+    number = _number(PIPELINE_ID_RE, value)
+    return None if number is None else PipelineId(number)
 
 
 _PIPELINE = "a pipeline id (p and a positive integer, e.g. p3)"

@@ -532,7 +532,7 @@ def _step_what(step: dict[str, Any]) -> str:
         return f"run {step['run_id']}"
     register = step.get("register")
     if register:
-        return f"registers {register['name']} (alias {register['alias']})"
+        return f"model {register['name']}, alias {register['alias']}"
     return ""
 
 
@@ -551,11 +551,11 @@ def _step_details(step: dict[str, Any]) -> list[str]:
             f" (run {step['model_run_id']})" if step.get("model_run_id") else ""
         )
         condition = (
-            f" if its {rule['metric']} ({rule['mode']}) beats the version holding it"
+            f"only if its {rule['metric']} ({rule['mode']}) beats the version holding it"
             if rule
-            else ""
+            else "always"
         )
-        details.append(f"registers {model}; moves the alias{condition}")
+        details.append(f"registers {model}; the alias moves {condition}")
     if step.get("wait_reason"):
         details.append(f"waits: {step['wait_reason']}")
     if step.get("reason") and step["state"] != "COMPLETED":

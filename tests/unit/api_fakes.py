@@ -10,6 +10,7 @@ StoreEngine does the per-run requests on the store as the engine does them."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -130,6 +131,24 @@ class FakeEngine:
 
 
 _: type[Engine] = FakeEngine  # mypy: the fake keeps to the protocol
+
+
+def queued_run(name: str, caller: Caller, priority: int, index: int | None = None) -> Run:
+    """A QUEUED run as intake makes one (a sweep's point with its `index`), not yet stored."""
+    now = time.time()
+    return Run(
+        name=name,
+        experiment="e",
+        owner=caller.name,
+        owner_uid=caller.uid,
+        priority=priority,
+        state=RunState.QUEUED.value,
+        spec_yaml=name,
+        spec_hash=hashlib.sha256(name.encode()).hexdigest()[:16],
+        created_at=now,
+        updated_at=now,
+        sweep_index=index,
+    )
 
 
 @dataclass(frozen=True)

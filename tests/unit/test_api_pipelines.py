@@ -6,7 +6,6 @@ build_pipeline lays them out (no pinning, no cluster)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_fakes import StoreEngine, error, make_api, ok
+from api_fakes import StoreEngine, error, make_api, ok, queued_run
 
 from hpcops.access import Caller
 from hpcops.api.params import PipelineId, PriorityParams, RerunParams, SweepId, TargetParams
@@ -32,23 +31,6 @@ BOB = Caller(uid=5003, name="bob")  # another member
 LEO = Caller(uid=5004, name="leo")  # a lead
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "examples" / "pipeline"
-
-
-def _run(name: str, caller: Caller, priority: int, index: int | None = None) -> Run:
-    now = time.time()
-    return Run(
-        name=name,
-        experiment="e",
-        owner=caller.name,
-        owner_uid=caller.uid,
-        priority=priority,
-        state=RunState.QUEUED.value,
-        spec_yaml=name,
-        spec_hash=hashlib.sha256(name.encode()).hexdigest()[:16],
-        created_at=now,
-        updated_at=now,
-        sweep_index=index,
-    )
 
 
 def _sweep(spec: Spec, caller: Caller) -> Sweep:
@@ -96,12 +78,12 @@ class PipelineEngine(StoreEngine):
             )
             if spec is not None and spec.sweep is not None:
                 points = [
-                    _run(f"{spec.name}[{i}]", caller, spec.priority, i)
+                    queued_run(f"{spec.name}[{i}]", caller, spec.priority, i)
                     for i in range(spec.sweep.n_points)
                 ]
                 runs[name] = (_sweep(spec, caller), points)
             elif spec is not None:
-                runs[name] = (None, [_run(spec.name, caller, spec.priority)])
+                runs[name] = (None, [queued_run(spec.name, caller, spec.priority)])
         row = Pipeline(
             name=loaded.name,
             experiment="e",
@@ -119,7 +101,9 @@ class PipelineEngine(StoreEngine):
         self, pipeline_id: int, step: str, downstream: bool, caller: Caller
     ) -> list[Run]:
         self.reruns.append((pipeline_id, step, downstream, caller.name))
-        fresh: dict[str, tuple[Sweep | None, list[Run]]] = {step: (None, [_run(step, caller, 0)])}
+        fresh: dict[str, tuple[Sweep | None, list[Run]]] = {
+            step: (None, [queued_run(step, caller, 0)])
+        }
         return self.store.restart_steps(pipeline_id, fresh, caller.name, "rerun")
 
 
@@ -143,6 +127,14 @@ def _submit(server: Api, caller: Caller = ANA) -> dict[str, Any]:
 
 def _steps(store: Store, number: int) -> dict[str, PipelineStep]:
     return {s.name: s for s in store.pipeline_steps([number])[number]}
+
+
+def _prepared(server: Api, store: Store) -> tuple[int, dict[str, PipelineStep]]:
+    """A pipeline of ana's whose first step, prepare, COMPLETED."""
+    number: int = _submit(server)["pipeline_id"]
+    steps = _steps(store, number)
+    _move(store, steps["prepare"].run_id, *_TO_RUNNING, RunState.COMPLETED)
+    return number, steps
 
 
 def _move(store: Store, run_id: int | None, *states: RunState) -> None:
@@ -251,13 +243,11 @@ def test_ls_shows_a_pipeline_as_one_row_with_its_steps_states(
     api: tuple[Api, PipelineEngine, Store],
 ) -> None:
     server, _, store = api
-    number = _submit(server)["pipeline_id"]
-    steps = _steps(store, number)
-    _move(store, steps["prepare"].run_id, *_TO_RUNNING, RunState.COMPLETED)
+    number, steps = _prepared(server, store)
     assert store.open_step(steps["train"].id or 0, "{}", "daemon") is not None
     points = store.sweep_runs(steps["train"].sweep_id or 0)
     _move(store, points[0].id, *_TO_RUNNING)
-    [single] = store.add_runs([_run("single", BOB, 0)], actor="bob")
+    [single] = store.add_runs([queued_run("single", BOB, 0)], actor="bob")
     rows = ok(server, BOB, "list", sweeps=True)
     assert [(r["type"], r["id"]) for r in rows] == [("pipeline", f"p{number}"), ("run", single.id)]
     row = rows[0]
@@ -286,9 +276,7 @@ def test_show_a_pipeline_draws_its_steps_with_why_they_wait_or_ended(
     api: tuple[Api, PipelineEngine, Store],
 ) -> None:
     server, _, store = api
-    number = _submit(server)["pipeline_id"]
-    steps = _steps(store, number)
-    _move(store, steps["prepare"].run_id, *_TO_RUNNING, RunState.COMPLETED)
+    number, steps = _prepared(server, store)
     shown = ok(server, ANA, "show", run=f"p{number}")
     by_name = {s["name"]: s for s in shown["steps"]}
     assert list(by_name) == ["prepare", "train", "evaluate", "promote"]

@@ -4,7 +4,6 @@ store as the engine would, and `rerun_sweep`)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_fakes import StoreEngine, error, make_api, ok
+from api_fakes import StoreEngine, error, make_api, ok, queued_run
 
 from hpcops.access import Caller
 from hpcops.api.params import PriorityParams, RerunParams, SweepId, TargetParams
@@ -174,22 +173,7 @@ def _add_sweep(
         created_at=now,
         updated_at=now,
     )
-    runs = [
-        Run(
-            name=f"{name}[{i}]",
-            experiment="e",
-            owner=caller.name,
-            owner_uid=caller.uid,
-            priority=priority,
-            state=RunState.QUEUED.value,
-            spec_yaml=name,
-            spec_hash=hashlib.sha256(name.encode()).hexdigest()[:16],
-            created_at=now,
-            updated_at=now,
-            sweep_index=i,
-        )
-        for i in range(n)
-    ]
+    runs = [queued_run(f"{name}[{i}]", caller, priority, i) for i in range(n)]
     return store.add_sweep(sweep, runs, actor=caller.name)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_fakes import FakeDaemon, fake_daemon, run_cli
+from cli_fakes import RUN_ROW, FakeDaemon, answered_ok, fake_daemon, run_cli
 
 from hpcops.cli import output
 from hpcops.pipeline import pipeline_from_wire
@@ -63,13 +63,9 @@ ROW: dict[str, Any] = {
 }
 
 
-def _ok(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    return {"message": f"{method} ok", "id": params.get("run")}
-
-
 @pytest.fixture
 def daemon(monkeypatch: pytest.MonkeyPatch) -> FakeDaemon:
-    return fake_daemon(monkeypatch, default=_ok)
+    return fake_daemon(monkeypatch, default=answered_ok)
 
 
 # --- submit and validate -------------------------------------------------------------------
@@ -206,19 +202,7 @@ def test_wait_for_a_pipeline_ends_with_its_state(daemon: FakeDaemon) -> None:
 
 
 def test_ls_lists_a_pipeline_once_with_its_steps_states(daemon: FakeDaemon) -> None:
-    run = {
-        "type": "run",
-        "id": 30,
-        "name": "single",
-        "owner": "bob",
-        "priority": 0,
-        "state": "QUEUED",
-        "slurm_job_id": None,
-        "created_at": "2026-01-02T03:04:05Z",
-        "elapsed_s": None,
-        "exit_code": None,
-        "signal": None,
-    }
+    run = {**RUN_ROW, "wait_reason": None}
     daemon.answers["list"] = lambda p: [ROW, run] if "QUEUED" in p.get("states", []) else [ROW]
     result = run_cli("ls")
     assert result.exit_code == 0, result.output
@@ -324,10 +308,12 @@ def test_show_a_pipeline_draws_its_steps_under_what_they_wait_for(daemon: FakeDa
         "        inputs candidate=train.best",
         "        reason: waits for train, which FAILED",
     ]
-    assert graph[7] == "        └─✓ promote  [register]  COMPLETED  registers digits-classifier" + (
-        " (alias champion)"
+    assert graph[7] == "        └─✓ promote  [register]  COMPLETED  model digits-classifier, " + (
+        "alias champion"
     )
-    assert "registers evaluate's model (run 17); moves the alias if its accuracy (max)" in text
+    assert "registers evaluate's model (run 17); the alias moves only if its accuracy (max)" in (
+        text
+    )
     assert "result: version 3 of digits-classifier; alias champion moved to it (margin +0.02 " + (
         "over version 2)"
     ) in " ".join(line.strip() for line in graph)

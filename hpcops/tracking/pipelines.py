@@ -236,8 +236,13 @@ class PipelineParents:
                     self._wait(("pipeline", pipeline.id), refused=True)
                     log.exception("pipeline p%s: its parent record was not updated", pipeline.id)
             for step in mine:
-                if step.kind == "register" and step.state == RunState.RUNNING:
+                if step.kind != "register" or step.state != RunState.RUNNING or step.id is None:
+                    continue
+                try:
                     self._promote_step(server, pipeline, step)
+                except Exception:
+                    self._wait(("step", step.id), refused=True)
+                    log.exception("pipeline p%s: step %s was not promoted", pipeline.id, step.name)
 
     def _due(self, what: tuple[str, int]) -> bool:
         return self.clock() >= self._waits.get(what, (0, 0.0))[1]

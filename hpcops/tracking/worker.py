@@ -27,6 +27,13 @@ parent "sweep" operations, in a lane of their own (hpcops/tracking/parents.py). 
 objective, its close reads the objective back (get_run) and its "sweep" operation logs the best
 point on the parent (log_batch): 12 requests per point. The parent costs 5 (search, create_run,
 params, sweep.yaml, points.json) and one more when it ends.
+
+A pipeline's steps are recorded the same way, nested under the pipeline's parent run; that
+parent, its end and the pipeline's register steps (promotions in the Model Registry) are not
+outbox operations: each pass first brings every pipeline that still owes something up to date
+from the database (hpcops/tracking/pipelines.py). The parent costs 3 (search, create_run,
+pipeline.json), one more per sweep step (its parent nested) and per step record made before it,
+and 2 when it ends; a promotion, the registry's 8-10 (docs/notes-stack.md) and one tag batch.
 """
 
 from __future__ import annotations

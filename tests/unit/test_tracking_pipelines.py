@@ -5,6 +5,9 @@ server), with the harness's wrapper that refuses or "crashes" where a test needs
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,18 +56,7 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(lab: Lab, name: str) -> Run:
-    spec = f"name: {name}\nexperiment: {lab.experiment}\ncommand: python x.py\nparams: {{a: 1}}\n"
-    return Run(
-        name=name,
-        experiment=lab.experiment,
-        owner="ana",
-        owner_uid=1000,
-        state=RunState.QUEUED,
-        spec_yaml=spec,
-        spec_hash="h",
-        created_at=time.time(),
-        updated_at=time.time(),
-    )
+    return lab.run_row(name, {"a": 1})
 
 
 def queue(lab: Lab, steps: dict[str, dict[str, Any]], *, sweeps: tuple[str, ...] = ()) -> int:
@@ -440,6 +432,45 @@ def test_a_register_step_without_its_model_run_fails(
     lab.tracker.step()
     ended = step_of(lab, pid, "promote")
     assert ended.state == RunState.FAILED and says in (ended.reason or "")
+
+
+def test_the_example_evaluation_logs_a_model_the_register_step_promotes(lab: Lab) -> None:
+    """configs/examples/evaluate_digits.py, run as the evaluate step's job would be (direct
+    mode), with the sweep's best point in its environment."""
+    pytest.importorskip("sklearn")
+    script = Path(__file__).resolve().parents[2] / "configs" / "examples" / "evaluate_digits.py"
+    name = f"digits-{lab.home.parent.name}"
+    pid = queue(lab, promoting(name))
+    lab.drain()
+    run = run_of(lab, pid, "evaluate")
+    assert run.id is not None and run.mlflow_run_id and run.mlflow_experiment_id
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": lab.uri,
+        "MLFLOW_RUN_ID": run.mlflow_run_id,
+        "MLFLOW_EXPERIMENT_ID": run.mlflow_experiment_id,
+        "HPCOPS_PARAM_EPOCHS": "3",
+        "HPCOPS_PARAM_LR": "0.5",  # the candidate's wins
+        "HPCOPS_INPUT_CANDIDATE_PARAMS": json.dumps({"lr": 0.03, "seed": 2, "epochs": 50}),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "lr 0.03, seed 2, alpha 0.0001, 3 epochs" in done.stdout
+    record = lab.client().get_run(run.mlflow_run_id)
+    assert {"accuracy", "test_accuracy"} <= record.data.metrics.keys()
+    lab.end(run.id, RunState.COMPLETED)
+    step = step_of(lab, pid, "promote")
+    assert step.id is not None
+    lab.store.open_step(step.id, None, "daemon", model_run_id=run.id)
+    settle(lab)
+    step = step_of(lab, pid, "promote")
+    assert step.state == RunState.COMPLETED, step.reason
+    assert json.loads(step.result_json or "")["candidate_value"] == pytest.approx(
+        record.data.metrics["test_accuracy"]
+    )
+    assert holder(lab, name) == 1
 
 
 # --- the reason, on plain data -------------------------------------------------------------------

@@ -137,12 +137,18 @@ class Lab:
 
     def point(self, index: int, sweep_id: int | None = None) -> Run:
         params = {"epochs": 3, **POINTS[index]}
+        run = self.run_row("resnet-lr", params)
+        run.name, run.sweep_id, run.sweep_index = f"resnet-lr[{index}]", sweep_id, index
+        return run
+
+    def run_row(self, name: str, params: dict[str, Any]) -> Run:
+        """A queued run of a spec named `name` with these params (not stored)."""
         spec = (
-            f"name: resnet-lr\nexperiment: {self.experiment}\ncommand: python train.py\n"
+            f"name: {name}\nexperiment: {self.experiment}\ncommand: python train.py\n"
             f"params: {json.dumps(params)}\n"
         )
         return Run(
-            name=f"resnet-lr[{index}]",
+            name=name,
             experiment=self.experiment,
             owner="ana",
             owner_uid=1000,
@@ -151,8 +157,6 @@ class Lab:
             spec_hash="h",
             created_at=time.time(),
             updated_at=time.time(),
-            sweep_id=sweep_id,
-            sweep_index=index,
         )
 
     def end(self, run_id: int, state: RunState) -> None:

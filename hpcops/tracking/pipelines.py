@@ -213,9 +213,8 @@ class PipelineParents:
     # --- the pass --------------------------------------------------------------------------
 
     def sync(self, server: TrackingServer) -> None:
-        """Bring every pipeline the tracker owes something up to date. A server that does not
-        answer stops the pass (TrackingUnreachable: the tracker backs off); a pipeline the server
-        refuses, or one that fails otherwise, waits alone."""
+        """Bring every pipeline the tracker owes something up to date. A pipeline whose
+        requests fail (refused, unanswered, or anything else) waits alone, with back-off."""
         pipelines = self.store.pipelines_to_track()
         if not pipelines:
             return
@@ -227,8 +226,16 @@ class PipelineParents:
                 try:
                     self._sync_parent(server, pipeline, mine)
                     self._waits.pop(("pipeline", pipeline.id), None)
-                except TrackingUnreachable:
-                    raise
+                except TrackingUnreachable as exc:
+                    # As a sweep's parent: this costs this parent a retry, not every run's
+                    # record a wait; a server that is down fails the outbox's next request too.
+                    delay = self._wait(("pipeline", pipeline.id), refused=False)
+                    log.warning(
+                        "pipeline p%s: parent not updated (retry in %.0f s): %s",
+                        pipeline.id,
+                        delay,
+                        exc,
+                    )
                 except TrackingRejected as exc:
                     self._wait(("pipeline", pipeline.id), refused=True)
                     log.warning("pipeline p%s: MLflow refused its parent: %s", pipeline.id, exc)

@@ -186,16 +186,18 @@ def test_a_crash_between_creation_and_the_stored_id_finds_the_parent_again(lab: 
     )
 
 
-def test_a_record_made_before_its_parent_is_nested_later(lab: Lab) -> None:
+@pytest.mark.parametrize("fault", ["refuse", "fail"])
+def test_a_record_made_before_its_parent_is_nested_later(lab: Lab, fault: str) -> None:
     pid = queue(lab, {"evaluate": {"spec": "evaluate.yaml"}})
-    Faulty.refuse = True  # the parent is refused: the step's own record goes on
+    setattr(Faulty, fault, True)  # the parent is refused or unanswered: the step's record goes on
     lab.drain()
+    assert lab.tracker.health.reachable
     run = run_of(lab, pid, "evaluate")
     assert run.mlflow_run_id is not None and lab.store.get_pipeline(pid).mlflow_run_id is None
     assert "mlflow.parentRunId" not in tags_of(lab, run.mlflow_run_id)
     lab.tracker.step()  # backing off: the refused parent is not asked again at once
     assert [t for t in Faulty.creates if t.get("hpcops.kind") == "pipeline"] == []
-    Faulty.refuse = False
+    setattr(Faulty, fault, False)
     lab.clock.offset += 700
     settle(lab)
     assert tags_of(lab, run.mlflow_run_id)["mlflow.parentRunId"] == parent_id(lab, pid)
@@ -435,20 +437,25 @@ def test_a_register_step_without_its_model_run_fails(
 
 
 def test_the_example_evaluation_logs_a_model_the_register_step_promotes(lab: Lab) -> None:
-    """configs/examples/evaluate_digits.py, run as the evaluate step's job would be (direct
-    mode), with the sweep's best point in its environment."""
+    """configs/examples/evaluate_digits.py, run as the evaluate step's job on a node without
+    network is (relay mode), with the sweep's best point in its environment: its model reaches
+    the server with the relay's last copy, and the register step promotes it."""
     pytest.importorskip("sklearn")
     script = Path(__file__).resolve().parents[2] / "configs" / "examples" / "evaluate_digits.py"
     name = f"digits-{lab.home.parent.name}"
     pid = queue(lab, promoting(name))
     lab.drain()
     run = run_of(lab, pid, "evaluate")
-    assert run.id is not None and run.mlflow_run_id and run.mlflow_experiment_id
+    assert run.id is not None and run.mlflow_run_id is not None
+    run_dir = lab.home.parent / "runs" / f"run-{run.id:06d}"
+    run_dir.mkdir(parents=True)
+    job = lab.tracker.job_tracking(run, run_dir)
+    assert job.mode == "relay"
+    lab.store.transition(run.id, RunState.SUBMITTING, actor="daemon", **job.fields)
+    lab.store.transition(run.id, RunState.RUNNING, actor="daemon", slurm_job_id="77")
     env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": lab.uri,
-        "MLFLOW_RUN_ID": run.mlflow_run_id,
-        "MLFLOW_EXPERIMENT_ID": run.mlflow_experiment_id,
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+        **dict(job.env),
         "HPCOPS_PARAM_EPOCHS": "3",
         "HPCOPS_PARAM_LR": "0.5",  # the candidate's wins
         "HPCOPS_INPUT_CANDIDATE_PARAMS": json.dumps({"lr": 0.03, "seed": 2, "epochs": 50}),
@@ -458,15 +465,15 @@ def test_the_example_evaluation_logs_a_model_the_register_step_promotes(lab: Lab
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "lr 0.03, seed 2, alpha 0.0001, 3 epochs" in done.stdout
-    record = lab.client().get_run(run.mlflow_run_id)
-    assert {"accuracy", "test_accuracy"} <= record.data.metrics.keys()
-    lab.end(run.id, RunState.COMPLETED)
+    lab.store.transition(run.id, RunState.COMPLETED, actor="daemon", ended_at=time.time())
     step = step_of(lab, pid, "promote")
     assert step.id is not None
     lab.store.open_step(step.id, None, "daemon", model_run_id=run.id)
     settle(lab)
     step = step_of(lab, pid, "promote")
     assert step.state == RunState.COMPLETED, step.reason
+    record = lab.client().get_run(run.mlflow_run_id)
+    assert {"accuracy", "test_accuracy"} <= record.data.metrics.keys()
     assert json.loads(step.result_json or "")["candidate_value"] == pytest.approx(
         record.data.metrics["test_accuracy"]
     )

@@ -217,6 +217,8 @@ class PipelineParents:
         requests fail (refused, unanswered, or anything else) waits alone, with back-off."""
         pipelines = self.store.pipelines_to_track()
         if not pipelines:
+            if self._waits or self._runs_nested or self._sweeps_nested:
+                self._waits, self._runs_nested, self._sweeps_nested = {}, {}, {}
             return
         steps = self.store.pipeline_steps(p.id for p in pipelines if p.id is not None)
         for pipeline in pipelines:

@@ -148,6 +148,9 @@ def test_one_parent_with_every_step_nested_under_it(lab: Lab) -> None:
     assert tags["hpcops.pipeline.steps"] == "prepare, train, evaluate"
     assert tags["mlflow.runName"] == "nightly" and tags["hpcops.owner"] == "ana"
     assert parent.info.status == "RUNNING"
+    shown = lab.tracker.pipeline_view(lab.store.get_pipeline(pid))
+    assert shown["mlflow_run_id"] == parent.info.run_id
+    assert shown["mlflow_experiment_id"] == parent.info.experiment_id
     local = lab.client().download_artifacts(
         parent.info.run_id, "hpcops/pipeline.json", str(lab.home)
     )
@@ -349,6 +352,16 @@ def test_promotion_moves_the_alias_then_a_worse_model_keeps_out(
         reason == f"registered {name} v3; champion moved from v1 (test_accuracy 0.95 > 0.9, +0.05)"
     )
     assert holder(lab, name) == 3
+
+
+def test_a_refused_parent_does_not_hold_up_the_promotion(lab: Lab, saved_model: Path) -> None:
+    name = f"digits-{lab.home.parent.name}"
+    Faulty.refuse = True
+    pid, _ = evaluated(lab, name, 0.9, saved_model)
+    settle(lab)
+    assert lab.store.get_pipeline(pid).mlflow_run_id is None
+    assert step_of(lab, pid, "promote").state == RunState.COMPLETED
+    assert holder(lab, name) == 1
 
 
 def test_a_run_without_a_model_fails_the_step_with_the_reason(lab: Lab) -> None:

@@ -390,10 +390,15 @@ class QuotaSetParams(Params):
 
 
 class ScheduleAddParams(Params):
-    """The spec and the options of `hpcops schedule add`; ranges and combinations are the
-    schedule service's to check (it words them as the CLI's options)."""
+    """The spec (`yaml`) or the pipeline (`pipeline`: hpcops.pipeline.pipeline_to_wire's form,
+    checked again by the daemon) and the options of `hpcops schedule add`; ranges and
+    combinations are the schedule service's to check (it words them as the CLI's options)."""
 
-    yaml: Text
+    yaml: Annotated[str | None, Says("params.{path} must be a string")] = None
+    pipeline: Annotated[
+        dict[str, Any] | None,
+        Says("params.pipeline must be an object: {source, definition, specs}"),
+    ] = None
     source: Text
     name: Annotated[str | None, _option("str")] = None
     cron: Annotated[str | None, _option("str")] = None
@@ -404,6 +409,12 @@ class ScheduleAddParams(Params):
     allow_overlap: Annotated[bool | None, _option("bool")] = None
     on_data_change: Annotated[bool | None, _option("bool")] = None
     check_every_s: Annotated[int | None, _option("int")] = None
+
+    @model_validator(mode="after")
+    def _one_thing_to_schedule(self) -> Self:
+        if (self.yaml is None) == (self.pipeline is None):
+            raise _refused("give exactly one of params.yaml (a spec) and params.pipeline")
+        return self
 
 
 class ScheduleListParams(Params):

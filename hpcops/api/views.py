@@ -285,6 +285,12 @@ def firing_view(firing: Firing, run_state: str | None) -> dict[str, Any]:
         "outcome": firing.outcome,
         "reason": firing.reason or None,
         "run_id": firing.run_id,
+        "pipeline_id": firing.pipeline_id,
+        # What it queued, as `hpcops show` takes it: a run id, or a pipeline's p<id>.
+        "queued": f"p{firing.pipeline_id}"
+        if firing.pipeline_id is not None
+        else (str(firing.run_id) if firing.run_id is not None else None),
+        # The state now of what it queued (a pipeline: RUNNING until every step ended).
         "run_state": run_state,
         # The data versions it was for (path and md5 of each target), when the spec has data.
         "data": [
@@ -313,6 +319,7 @@ def schedule_view(
         "name": schedule.name,
         "owner": schedule.owner,
         "spec_name": schedule.spec_name,
+        "kind": schedule.kind,  # what each firing queues: "spec" (a run) or "pipeline"
         "status": status,
         "cron": schedule.cron,
         "every_s": schedule.every_s,

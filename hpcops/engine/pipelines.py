@@ -28,6 +28,7 @@ from hpcops.code.mirror import Shipment
 from hpcops.engine.intake import build_sweep, check_spec, new_run, pin
 from hpcops.engine.pipeline_env import StepOutput, step_env
 from hpcops.engine.state import LoopState, Parts
+from hpcops.engine.submit import fault_point
 from hpcops.errors import FieldProblem, NotFound, SpecError
 from hpcops.lifecycle import DAEMON
 from hpcops.pipeline import Pipeline as LoadedPipeline
@@ -204,6 +205,7 @@ def _advance_one(p: Parts, pipeline: Pipeline, steps: Sequence[PipelineStep]) ->
         env = step_env(pipeline.name, pipeline.id or 0, name, parents, inputs)
         if p.store.open_step(step.id, json.dumps(env), DAEMON, model_run_id=model_run):
             log.info("pipeline p%s: step %s opened", pipeline.id, name)
+            fault_point(p, "after_step_opened")
             moved = True
             if step.kind == "register" and p.tracker is not None:
                 p.tracker.wake.set()

@@ -28,6 +28,7 @@ from hpcops.code.mirror import CodeMirror
 from hpcops.config import Config
 from hpcops.data.cache import ContentCache
 from hpcops.engine import Engine
+from hpcops.pipeline import pipeline_from_wire
 from hpcops.slurm.backend import CommandBackend
 from hpcops.spec import parse_spec
 from hpcops.store import Run, Store
@@ -59,6 +60,10 @@ class EngineLike(Protocol):
     def status(self) -> Any: ...
     def retry(self, run_id: int, caller: Caller) -> Run: ...
     def batch(self) -> AbstractContextManager[None]: ...
+    def enqueue_pipeline(self, loaded: Any, caller: Caller) -> tuple[Any, list[Run]]: ...
+    def rerun_step(
+        self, pipeline_id: int, step: str, downstream: bool, caller: Caller
+    ) -> list[Run]: ...
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +158,34 @@ class EngineHarness:
             parsed.append((parse_spec(text, source), source))
         runs = self.engine.enqueue(parsed, caller)
         return [r.id for r in runs if r.id is not None]
+
+    def submit_pipeline(
+        self,
+        steps: dict[str, dict[str, Any]],
+        specs: dict[str, dict[str, Any]],
+        *,
+        name: str = "chain",
+        caller: Caller = ALICE,
+    ) -> tuple[int, dict[str, list[int]]]:
+        """Queue a pipeline as `caller`: `steps` as a pipeline file writes them (a spec step's
+        `spec:` is filled in), `specs` each spec step's spec. Its id and each step's run ids."""
+        definition = {
+            "name": name,
+            "steps": {
+                k: ({"spec": f"{k}.yaml"} if k in specs else {}) | v for k, v in steps.items()
+            },
+        }
+        texts = {
+            k: json.dumps({"name": k, "experiment": "offline", "command": "python train.py", **v})
+            for k, v in specs.items()
+        }
+        wire = {"source": f"{name}.yaml", "definition": definition, "specs": texts}
+        pipeline, runs = self.engine.enqueue_pipeline(pipeline_from_wire(wire), caller)
+        by_step: dict[str, list[int]] = {}
+        for run in runs:
+            by_step.setdefault(run.pipeline_step or "", []).append(run.id or 0)
+        assert pipeline.id is not None
+        return pipeline.id, by_step
 
     def cancel(self, run_id: int, caller: Caller = ALICE) -> str:
         _, message = self.engine.cancel(run_id, caller)

@@ -115,7 +115,10 @@ def untracked(cluster: None) -> Iterator[Daemon]:
 
 
 def _retrain(quality: float) -> tuple[Path, dict[str, str]]:
-    grid = {"grid": {"lr": [0.1, 0.01], "seed": [1, 2]}, "objective": {"metric": "accuracy", "mode": "max"}}
+    grid = {
+        "grid": {"lr": [0.1, 0.01], "seed": [1, 2]},
+        "objective": {"metric": "accuracy", "mode": "max"},
+    }
     return _write_pipeline(
         {
             "prepare": {},

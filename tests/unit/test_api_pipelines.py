@@ -285,7 +285,7 @@ def test_show_a_pipeline_draws_its_steps_with_why_they_wait_or_ended(
     assert by_name["evaluate"]["inputs"] == {"candidate": "train.best"}
     assert by_name["evaluate"]["wait_reason"] == "waits for train"
     assert by_name["train"]["n_points"] == 4 and by_name["train"]["progress"]["queued"] == 4
-    assert by_name["promote"]["register"]["if_better"] == {"metric": "accuracy", "mode": "max"}
+    assert by_name["promote"]["register"]["if_better"] == {"metric": "test_accuracy", "mode": "max"}
     assert by_name["prepare"]["wait_reason"] is None and by_name["prepare"]["reason"] is None
     # train fails: the daemon's tick ends evaluate as doomed; promotion's result is recorded
     for point in store.sweep_runs(steps["train"].sweep_id or 0):

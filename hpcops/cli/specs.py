@@ -154,8 +154,8 @@ POINTS_SHOWN = 20  # validate's table of a sweep's points shows the first ones
 
 def points_table(points: list[dict[str, Any]]) -> str:
     """The first POINTS_SHOWN points, one column per key (as the sweep names them)."""
+    from hpcops.cli.groups import value_text
     from hpcops.cli.output import table
-    from hpcops.cli.runs import value_text
 
     keys: list[str] = []
     for point in points:

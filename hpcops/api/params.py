@@ -25,8 +25,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import NoneType, UnionType
-from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -38,9 +37,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
+from hpcops.api.refusals import Says, refusal, shown
 from hpcops.code.mirror import BUNDLE_NAME_RE, MAX_HAVE_QUERY, Shipment
 from hpcops.errors import InvalidInput
 from hpcops.spec import FULL_COMMIT_RE
@@ -51,15 +50,6 @@ MAX_LIST = 100_000
 MAX_AUDIT = 10_000
 MAX_QUOTA = 10_000_000
 MAX_ID = 2**63 - 1  # SQLite's largest integer
-_MAX_SHOWN = 120  # characters of a refused value quoted back in the message
-
-
-@dataclass(frozen=True)
-class Says:
-    """The refusal for a field, in our words: `{path}` is where (`specs[0].yaml`), `{value!r}`
-    what came (None when the key is missing)."""
-
-    template: str
 
 
 def _refused(message: str) -> PydanticCustomError:
@@ -151,14 +141,14 @@ def _run_or_sweep(value: Any) -> int | SweepId | PipelineId:
         return value
     found = (sweep_id(value) or pipeline_id(value)) if isinstance(value, str) else None
     if found is None:
-        raise _refused(f"params.run must be {_RUN_OR_SWEEP}, not {_shown(value)}")
+        raise _refused(f"params.run must be {_RUN_OR_SWEEP}, not {shown(value)}")
     return found
 
 
 def _pipeline_ref(value: Any) -> PipelineId:
     found = pipeline_id(value) if isinstance(value, str) else None
     if found is None:
-        raise _refused(f"params.pipeline must be {_PIPELINE}, not {_shown(value)}")
+        raise _refused(f"params.pipeline must be {_PIPELINE}, not {shown(value)}")
     return found
 
 
@@ -167,7 +157,7 @@ def _run_ref(value: Any) -> int | str | SweepId:
     checked by the engine; none starts with an s)."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise _refused(
-            f"params.run must be a run id, a sweep id (s7) or an MLflow run id, not {_shown(value)}"
+            f"params.run must be a run id, a sweep id (s7) or an MLflow run id, not {shown(value)}"
         )
     if isinstance(value, int) and value < 1:
         raise _refused(f"a run id is a positive integer, not {value}")
@@ -181,7 +171,7 @@ def _run_ref(value: Any) -> int | str | SweepId:
     if isinstance(value, str) and value[:1] in ("s", "S"):
         found = sweep_id(value)
         if found is None:
-            raise _refused(f"a sweep id is s and a positive integer (e.g. s7), not {_shown(value)}")
+            raise _refused(f"a sweep id is s and a positive integer (e.g. s7), not {shown(value)}")
         return found
     return value
 
@@ -502,119 +492,3 @@ class ScheduleParams(Params):
 class ScheduleShowParams(Params):
     schedule: ScheduleRef
     limit: Annotated[int, Field(ge=1, le=MAX_AUDIT), _limit(MAX_AUDIT)] = 20
-
-
-# --- refusals in our words -----------------------------------------------------------------
-
-
-def refusal(model: type[BaseModel], error: ErrorDetails) -> str:
-    """The message for pydantic's first error: a validator's own words, else the `Says` of the
-    deepest field on the error's path, else pydantic's words with the path."""
-    loc = error["loc"]
-    path = _path(loc)
-    if error["type"] == "hpcops":
-        return error["msg"]
-    if error["type"] == "extra_forbidden":
-        parent = _model_at(model, loc[:-1])
-        known = ", ".join(_keys(parent)) if parent is not None else ""
-        where = f"params.{_path(loc[:-1])}" if loc[:-1] else "params"
-        return f"{where}: unknown key {loc[-1]!r}; known: {known or 'none'}"
-    value = None if error["type"] == "missing" else error.get("input")
-    says = _says_at(model, loc)
-    if says is None:
-        return f"params.{path}: {error['msg']}"
-    return says.template.replace("{path}", path).replace("{value!r}", _shown(value))
-
-
-def _shown(value: Any) -> str:
-    try:
-        text = repr(value)
-    except ValueError:  # an int over Python's digit limit for str()
-        return "a number too large to show"
-    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
-
-
-def _path(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
-
-
-def _says_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> Says | None:
-    """The `Says` of the deepest field or list item on `loc` that has one."""
-    found: Says | None = None
-    kind: Any = model
-    for part in loc:
-        if isinstance(part, str):
-            info = _field(_model_in(kind), part)
-            if info is None:  # pydantic's own step (a union member's name): stop here
-                break
-            kind = info.annotation
-            found = _says_in(info.metadata) or found
-        else:
-            kind = _item_of(kind)
-        found = _says_in(_metadata(kind)) or found
-    return found
-
-
-def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
-    kind: Any = model
-    for part in loc:
-        if isinstance(part, str):
-            info = _field(_model_in(kind), part)
-            if info is None:
-                return None
-            kind = info.annotation
-        else:
-            kind = _item_of(kind)
-    return _model_in(kind)
-
-
-def _keys(model: type[BaseModel]) -> list[str]:
-    """The keys a model takes, as a request spells them."""
-    return [info.alias or name for name, info in model.model_fields.items()]
-
-
-def _field(model: type[BaseModel] | None, key: str) -> FieldInfo | None:
-    if model is None:
-        return None
-    for name, info in model.model_fields.items():
-        if key == (info.alias or name):
-            return info
-    return None
-
-
-def _unwrapped(kind: Any) -> list[Any]:
-    """The types a field's annotation may hold: Annotated and Optional taken apart."""
-    if get_origin(kind) is Annotated:
-        return _unwrapped(get_args(kind)[0])
-    if get_origin(kind) in (Union, UnionType):
-        return [t for arg in get_args(kind) if arg is not NoneType for t in _unwrapped(arg)]
-    return [kind]
-
-
-def _metadata(kind: Any) -> tuple[Any, ...]:
-    if get_origin(kind) is Annotated:
-        return tuple(kind.__metadata__)
-    if get_origin(kind) in (Union, UnionType):
-        return tuple(m for arg in get_args(kind) for m in _metadata(arg))
-    return ()
-
-
-def _says_in(metadata: Any) -> Says | None:
-    return next((m for m in metadata if isinstance(m, Says)), None)
-
-
-def _model_in(kind: Any) -> type[BaseModel] | None:
-    for option in _unwrapped(kind):
-        if isinstance(option, type) and issubclass(option, BaseModel):
-            return option
-    return None
-
-
-def _item_of(kind: Any) -> Any:
-    for option in _unwrapped(kind):
-        if get_origin(option) is list and get_args(option):
-            return get_args(option)[0]
-    return None

@@ -239,6 +239,7 @@ def _purged(job_id: str) -> bool:
     return probe.returncode != 0
 
 
+@pytest.mark.exclusive
 def test_a_parent_purged_from_slurm_still_holds_its_child_until_it_completed(
     untracked: Daemon,
 ) -> None:

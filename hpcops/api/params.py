@@ -10,11 +10,13 @@ carries that sentence (`Says`), so the message does not depend on pydantic's wor
 
     {"run": "1; DROP TABLE run"}  ->  a run id is a positive integer, not '1; DROP TABLE run'
 
-Where a request names a run it may often name a sweep instead: `"run": "s7"` is sweep 7
-(`SweepId`); run ids stay integers. There the refusal names both:
+Where a request names a run it may often name a sweep or a pipeline instead: `"run": "s7"` is
+sweep 7 (`SweepId`), `"run": "p3"` pipeline 3 (`PipelineId`); run ids stay integers. There the
+refusal names every form:
 
-    {"run": "x"}  ->  params.run must be a run id (a positive integer) or a sweep id (s and a
-                      positive integer, e.g. s7), not 'x'
+    {"run": "x"}  ->  params.run must be a run id (a positive integer), a sweep id (s and a
+                      positive integer, e.g. s7) or a pipeline id (p and a positive integer,
+                      e.g. p3), not 'x'
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import NoneType, UnionType
-from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -36,9 +37,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
+from hpcops.api.refusals import Says, refusal, shown
 from hpcops.code.mirror import BUNDLE_NAME_RE, MAX_HAVE_QUERY, Shipment
 from hpcops.errors import InvalidInput
 from hpcops.spec import FULL_COMMIT_RE
@@ -49,15 +50,6 @@ MAX_LIST = 100_000
 MAX_AUDIT = 10_000
 MAX_QUOTA = 10_000_000
 MAX_ID = 2**63 - 1  # SQLite's largest integer
-_MAX_SHOWN = 120  # characters of a refused value quoted back in the message
-
-
-@dataclass(frozen=True)
-class Says:
-    """The refusal for a field, in our words: `{path}` is where (`specs[0].yaml`), `{value!r}`
-    what came (None when the key is missing)."""
-
-    template: str
 
 
 def _refused(message: str) -> PydanticCustomError:
@@ -98,28 +90,65 @@ class SweepId:
         return f"s{self.number}"
 
 
-def sweep_id(value: str) -> SweepId | None:
-    """`s7` (or `S7`) as a SweepId; None for anything else (an id over MAX_ID too)."""
-    found = SWEEP_ID_RE.fullmatch(value)
+def _number(pattern: re.Pattern[str], value: str) -> int | None:
+    """The number of `s7` or `p3` (either case) for its pattern; None for anything else, an
+    id over MAX_ID too."""
+    found = pattern.fullmatch(value)
     if found is None or int(found.group(1)) > MAX_ID:
         return None
-    return SweepId(int(found.group(1)))
+    return int(found.group(1))
 
 
-_RUN_OR_SWEEP = "a run id (a positive integer) or a sweep id (s and a positive integer, e.g. s7)"
+def sweep_id(value: str) -> SweepId | None:
+    """`s7` (or `S7`) as a SweepId; None for anything else."""
+    number = _number(SWEEP_ID_RE, value)
+    return None if number is None else SweepId(number)
 
 
-def _run_or_sweep(value: Any) -> int | SweepId:
-    """A run id, or a sweep's `s<N>`: the target of show, cancel, hold, release, priority, top."""
+PIPELINE_ID_RE = re.compile(r"[pP]([1-9][0-9]{0,18})")
+
+
+@dataclass(frozen=True)
+class PipelineId:
+    """A pipeline named where a run could be: `p3` on the wire and the command line."""
+
+    number: int
+
+    def __str__(self) -> str:
+        return f"p{self.number}"
+
+
+def pipeline_id(value: str) -> PipelineId | None:
+    """`p3` (or `P3`) as a PipelineId; None for anything else."""
+    number = _number(PIPELINE_ID_RE, value)
+    return None if number is None else PipelineId(number)
+
+
+_PIPELINE = "a pipeline id (p and a positive integer, e.g. p3)"
+_RUN_OR_SWEEP = (
+    f"a run id (a positive integer), a sweep id (s and a positive integer, e.g. s7) or {_PIPELINE}"
+)
+
+
+def _run_or_sweep(value: Any) -> int | SweepId | PipelineId:
+    """A run id, a sweep's `s<N>` or a pipeline's `p<N>`: the target of show, cancel, hold,
+    release, priority, top."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise _refused(f"a run id is a positive integer, not {value}")
         if value > MAX_ID:
             raise _refused(f"a run id is at most {MAX_ID}, not {value}")
         return value
-    found = sweep_id(value) if isinstance(value, str) else None
+    found = (sweep_id(value) or pipeline_id(value)) if isinstance(value, str) else None
     if found is None:
-        raise _refused(f"params.run must be {_RUN_OR_SWEEP}, not {_shown(value)}")
+        raise _refused(f"params.run must be {_RUN_OR_SWEEP}, not {shown(value)}")
+    return found
+
+
+def _pipeline_ref(value: Any) -> PipelineId:
+    found = pipeline_id(value) if isinstance(value, str) else None
+    if found is None:
+        raise _refused(f"params.pipeline must be {_PIPELINE}, not {shown(value)}")
     return found
 
 
@@ -128,16 +157,21 @@ def _run_ref(value: Any) -> int | str | SweepId:
     checked by the engine; none starts with an s)."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise _refused(
-            f"params.run must be a run id, a sweep id (s7) or an MLflow run id, not {_shown(value)}"
+            f"params.run must be a run id, a sweep id (s7) or an MLflow run id, not {shown(value)}"
         )
     if isinstance(value, int) and value < 1:
         raise _refused(f"a run id is a positive integer, not {value}")
     if isinstance(value, int) and value > MAX_ID:
         raise _refused(f"a run id is at most {MAX_ID}, not {value}")
+    if isinstance(value, str) and pipeline_id(value) is not None:
+        raise _refused(
+            f"a pipeline is rerun step by step: `hpcops rerun {value}.STEP` (params.pipeline "
+            "and params.step of rerun_step), not params.run"
+        )
     if isinstance(value, str) and value[:1] in ("s", "S"):
         found = sweep_id(value)
         if found is None:
-            raise _refused(f"a sweep id is s and a positive integer (e.g. s7), not {_shown(value)}")
+            raise _refused(f"a sweep id is s and a positive integer (e.g. s7), not {shown(value)}")
         return found
     return value
 
@@ -196,10 +230,11 @@ RunId = Annotated[
     int, Field(ge=1), _an_id("a run id"), Says("a run id is a positive integer, not {value!r}")
 ]
 RunOrSweep = Annotated[
-    int | SweepId,
+    int | SweepId | PipelineId,
     PlainValidator(_run_or_sweep),
     Says(f"params.run must be {_RUN_OR_SWEEP}, not {{value!r}}"),
 ]
+PipelineRef = Annotated[PipelineId, PlainValidator(_pipeline_ref)]
 ScheduleRef = Annotated[
     int | str,
     PlainValidator(_schedule_ref),
@@ -242,7 +277,8 @@ class RunParams(Params):
 
 
 class TargetParams(Params):
-    """show, cancel, hold, release, top: a run, or a sweep (`"s7"`)."""
+    """show, cancel, hold, release, top, retry: a run, a sweep (`"s7"`) or a pipeline
+    (`"p3"`)."""
 
     run: RunOrSweep
 
@@ -252,7 +288,8 @@ class ListParams(Params):
         list[StateName] | None, Says("params.states must be a list of state names")
     ] = None
     limit: Annotated[int | None, Field(ge=1, le=MAX_LIST), _limit(MAX_LIST)] = None
-    # true: a sweep's points are one row for the sweep (`hpcops ls`); false: every run a row.
+    # true: a sweep's points are one row for the sweep, a pipeline's runs one row for the
+    # pipeline (`hpcops ls`); false: every run a row.
     sweeps: Annotated[bool, Says("params.sweeps must be true or false")] = False
 
 
@@ -314,6 +351,29 @@ class SubmitParams(Params):
 class ValidateParams(Params):
     yaml: Text
     source: Text
+
+
+class SubmitPipelineParams(Params):
+    """A pipeline as `pipeline_to_wire` sends it (checked again by `pipeline_from_wire`), and
+    per spec step what the submitter's client did about its code."""
+
+    pipeline: Annotated[
+        dict[str, Any], Says("params.pipeline must be an object with source, definition, specs")
+    ]
+    code: Annotated[
+        dict[str, CodeParams],
+        Says("params.code must map step names to objects with bundle, checkout, dirty"),
+    ] = Field(default_factory=dict)
+
+
+class RerunStepParams(Params):
+    """`hpcops rerun p3.train [--downstream]`."""
+
+    pipeline: PipelineRef
+    step: Annotated[
+        str, Field(min_length=1, max_length=256), Says("params.step must be a step's name")
+    ]
+    downstream: Annotated[bool, Says("params.downstream must be true or false")] = False
 
 
 class PriorityParams(Params):
@@ -390,10 +450,15 @@ class QuotaSetParams(Params):
 
 
 class ScheduleAddParams(Params):
-    """The spec and the options of `hpcops schedule add`; ranges and combinations are the
-    schedule service's to check (it words them as the CLI's options)."""
+    """The spec (`yaml`) or the pipeline (`pipeline`: hpcops.pipeline.pipeline_to_wire's form,
+    checked again by the daemon) and the options of `hpcops schedule add`; ranges and
+    combinations are the schedule service's to check (it words them as the CLI's options)."""
 
-    yaml: Text
+    yaml: Annotated[str | None, Says("params.{path} must be a string")] = None
+    pipeline: Annotated[
+        dict[str, Any] | None,
+        Says("params.pipeline must be an object: {source, definition, specs}"),
+    ] = None
     source: Text
     name: Annotated[str | None, _option("str")] = None
     cron: Annotated[str | None, _option("str")] = None
@@ -404,6 +469,12 @@ class ScheduleAddParams(Params):
     allow_overlap: Annotated[bool | None, _option("bool")] = None
     on_data_change: Annotated[bool | None, _option("bool")] = None
     check_every_s: Annotated[int | None, _option("int")] = None
+
+    @model_validator(mode="after")
+    def _one_thing_to_schedule(self) -> Self:
+        if (self.yaml is None) == (self.pipeline is None):
+            raise _refused("give exactly one of params.yaml (a spec) and params.pipeline")
+        return self
 
 
 class ScheduleListParams(Params):
@@ -421,119 +492,3 @@ class ScheduleParams(Params):
 class ScheduleShowParams(Params):
     schedule: ScheduleRef
     limit: Annotated[int, Field(ge=1, le=MAX_AUDIT), _limit(MAX_AUDIT)] = 20
-
-
-# --- refusals in our words -----------------------------------------------------------------
-
-
-def refusal(model: type[BaseModel], error: ErrorDetails) -> str:
-    """The message for pydantic's first error: a validator's own words, else the `Says` of the
-    deepest field on the error's path, else pydantic's words with the path."""
-    loc = error["loc"]
-    path = _path(loc)
-    if error["type"] == "hpcops":
-        return error["msg"]
-    if error["type"] == "extra_forbidden":
-        parent = _model_at(model, loc[:-1])
-        known = ", ".join(_keys(parent)) if parent is not None else ""
-        where = f"params.{_path(loc[:-1])}" if loc[:-1] else "params"
-        return f"{where}: unknown key {loc[-1]!r}; known: {known or 'none'}"
-    value = None if error["type"] == "missing" else error.get("input")
-    says = _says_at(model, loc)
-    if says is None:
-        return f"params.{path}: {error['msg']}"
-    return says.template.replace("{path}", path).replace("{value!r}", _shown(value))
-
-
-def _shown(value: Any) -> str:
-    try:
-        text = repr(value)
-    except ValueError:  # an int over Python's digit limit for str()
-        return "a number too large to show"
-    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
-
-
-def _path(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
-
-
-def _says_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> Says | None:
-    """The `Says` of the deepest field or list item on `loc` that has one."""
-    found: Says | None = None
-    kind: Any = model
-    for part in loc:
-        if isinstance(part, str):
-            info = _field(_model_in(kind), part)
-            if info is None:  # pydantic's own step (a union member's name): stop here
-                break
-            kind = info.annotation
-            found = _says_in(info.metadata) or found
-        else:
-            kind = _item_of(kind)
-        found = _says_in(_metadata(kind)) or found
-    return found
-
-
-def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
-    kind: Any = model
-    for part in loc:
-        if isinstance(part, str):
-            info = _field(_model_in(kind), part)
-            if info is None:
-                return None
-            kind = info.annotation
-        else:
-            kind = _item_of(kind)
-    return _model_in(kind)
-
-
-def _keys(model: type[BaseModel]) -> list[str]:
-    """The keys a model takes, as a request spells them."""
-    return [info.alias or name for name, info in model.model_fields.items()]
-
-
-def _field(model: type[BaseModel] | None, key: str) -> FieldInfo | None:
-    if model is None:
-        return None
-    for name, info in model.model_fields.items():
-        if key == (info.alias or name):
-            return info
-    return None
-
-
-def _unwrapped(kind: Any) -> list[Any]:
-    """The types a field's annotation may hold: Annotated and Optional taken apart."""
-    if get_origin(kind) is Annotated:
-        return _unwrapped(get_args(kind)[0])
-    if get_origin(kind) in (Union, UnionType):
-        return [t for arg in get_args(kind) if arg is not NoneType for t in _unwrapped(arg)]
-    return [kind]
-
-
-def _metadata(kind: Any) -> tuple[Any, ...]:
-    if get_origin(kind) is Annotated:
-        return tuple(kind.__metadata__)
-    if get_origin(kind) in (Union, UnionType):
-        return tuple(m for arg in get_args(kind) for m in _metadata(arg))
-    return ()
-
-
-def _says_in(metadata: Any) -> Says | None:
-    return next((m for m in metadata if isinstance(m, Says)), None)
-
-
-def _model_in(kind: Any) -> type[BaseModel] | None:
-    for option in _unwrapped(kind):
-        if isinstance(option, type) and issubclass(option, BaseModel):
-            return option
-    return None
-
-
-def _item_of(kind: Any) -> Any:
-    for option in _unwrapped(kind):
-        if get_origin(option) is list and get_args(option):
-            return get_args(option)[0]
-    return None

@@ -1,4 +1,4 @@
-"""Commands that read runs and sweeps: ls, show, wait, logs, history, why."""
+"""Commands that read runs, sweeps and pipelines: ls, show, wait, logs, history, why."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ from typing import Any
 import click
 
 from hpcops.cli.context import ACTIVE, STATE_NAMES, Context, json_option, pass_ctx
+from hpcops.cli.groups import (
+    exit_text,
+    number_text,
+    pipeline_table,
+    show_pipeline,
+    show_sweep,
+    state_text,
+    sweep_table,
+)
 from hpcops.cli.parsing import RUN_OR_SWEEP, command
 
 QUEUED_SHOWN = 30  # plain `hpcops ls` shows the head of the queue
@@ -37,7 +46,8 @@ QUEUED_SHOWN = 30  # plain `hpcops ls` shows the head of the queue
 @click.option(
     "--points",
     is_flag=True,
-    help="List each point of a sweep as a run of its own (default: one row per sweep).",
+    help="List each point of a sweep and each run of a pipeline as a run of its own "
+    "(default: one row per sweep and per pipeline).",
 )
 @json_option
 @pass_ctx
@@ -49,7 +59,7 @@ def list_runs(
     points: bool,
     as_json: bool,
 ) -> None:
-    """List the lab's runs and sweeps in queue order, with why each waits.
+    """List the lab's runs, sweeps and pipelines in queue order, with why each waits.
 
     \b
     Order: running and pending in Slurm, then queued runs in the order hpcops will release
@@ -60,6 +70,14 @@ def list_runs(
     A sweep is one row in a table of its own (SWEEP s7): its state (derived from its points),
     its progress and the best objective so far. It is listed when one of its points is in
     --state; --points lists the points instead.
+
+    \b
+    A pipeline is one row too (PIPELINE p3), its steps' runs folded into it: its state (its
+    steps', by the pipeline's rules) and each step in the order they run, marked with its state:
+      prepare✓ train▶ evaluate· promote·
+    ✓ COMPLETED, ▶ RUNNING, ◦ in Slurm (PENDING, STAGING, SUBMITTING), · QUEUED (or waiting for
+    the steps before it), ‖ HELD, ⊘ CANCELLED, ✗ FAILED (or TIMEOUT, OUT_OF_MEMORY, ...).
+    `hpcops show p3` draws its graph.
     """
     from hpcops.cli.output import human_duration, print_json, short_time, table
 
@@ -91,8 +109,9 @@ def list_runs(
     if not rows_found:
         click.echo("no runs")
         return
-    runs = [r for r in rows_found if r.get("type") != "sweep"]
+    runs = [r for r in rows_found if r.get("type", "run") == "run"]
     sweeps = [r for r in rows_found if r.get("type") == "sweep"]
+    pipelines = [r for r in rows_found if r.get("type") == "pipeline"]
     hidden = 0
     if not (states or show_all or limit):
         # A table of 10,000 queued runs helps nobody: show the head of the queue.
@@ -110,7 +129,7 @@ def list_runs(
             r["slurm_job_id"] or "-",
             short_time(r["created_at"]),
             human_duration(r["elapsed_s"]),
-            _exit_text(r),
+            exit_text(r),
             r["name"],
             r.get("wait_reason") or "",
         ]
@@ -125,97 +144,14 @@ def list_runs(
         if rows:
             click.echo()
         click.echo(sweep_table(sweeps))
-
-
-def sweep_table(sweeps: list[dict[str, Any]]) -> str:
-    """One row per sweep. When that is wider than the terminal (a sweep's progress alone is up
-    to ~50 characters), each row's progress goes on a line of its own under it, and WHY, NAME
-    and BEST give way in turn: 80 columns show every sweep's state, progress and best."""
-    from hpcops.cli.output import table, terminal_width
-
-    rows = [
-        [
-            s["id"],
-            s["state"],
-            s["owner"],
-            s["name"],
-            progress_text(s),
-            best_text(s),
-            s.get("wait_reason") or "",
-        ]
-        for s in sweeps
-    ]
-    headers = ["SWEEP", "STATE", "OWNER", "NAME", "PROGRESS", "BEST", "WHY"]
-    text = table(headers, rows, shrink=6)
-    if max(len(line) for line in text.splitlines()) <= terminal_width():
-        return text
-    narrow = table(
-        [h for h in headers if h != "PROGRESS"],
-        [[c for i, c in enumerate(row) if i != 4] for row in rows],
-        shrink=(5, 3, 4),
-    ).splitlines()
-    lines = [narrow[0]]
-    for line, row in zip(narrow[1:], rows, strict=True):
-        lines += [line, f"{'':7}{row[4]}"]
-    return "\n".join(lines)
-
-
-# The progress buckets, in the API's order (hpcops/api/sweeps.py).
-_BUCKETS = ("queued", "held", "pending", "running", "done", "failed", "cancelled")
-
-
-def progress_text(sweep: dict[str, Any]) -> str:
-    """`9 pts: 2 queued 3 running 3 done 1 failed`."""
-    counts = sweep.get("progress") or {}
-    parts = [f"{counts[name]} {name}" for name in _BUCKETS if counts.get(name)]
-    return f"{sweep['n_points']} pts" + (f": {' '.join(parts)}" if parts else "")
-
-
-def best_text(sweep: dict[str, Any]) -> str:
-    """`val_accuracy=0.93 (max)`; `-` before any point has a value or without an objective."""
-    objective, found = sweep.get("objective"), sweep.get("best")
-    if not objective or not found or found.get("value") is None:
-        return "-"
-    return f"{objective['metric']}={number_text(found['value'])} ({objective['mode']})"
-
-
-def number_text(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
-
-
-def value_text(value: Any) -> str:
-    """A point's value as its spec would write it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    return str(value)
-
-
-def params_text(params: dict[str, Any]) -> str:
-    return " ".join(f"{key}={value_text(value)}" for key, value in params.items())
-
-
-def state_text(run: dict[str, Any]) -> str:
-    """`RUNNING`, and on a later attempt which one: `RUNNING (2/4)`; past the spec's attempts
-    (retried by hand), `FAILED (5)`."""
-    number = run.get("attempt_number") or 1
-    if number <= 1:
-        return str(run["state"])
-    limit = run.get("max_attempts") or 1
-    return f"{run['state']} ({number}/{limit})" if number <= limit else f"{run['state']} ({number})"
-
-
-def _exit_text(run: dict[str, Any]) -> str:
-    if run["exit_code"] is None:
-        return "-"
-    if run.get("signal"):
-        return f"{run['exit_code']}:{run['signal']}"
-    return str(run["exit_code"])
+    if pipelines:
+        if rows or sweeps:
+            click.echo()
+        click.echo(pipeline_table(pipelines))
 
 
 @command()
-@click.argument("run", type=RUN_OR_SWEEP, metavar="RUN|SWEEP")
+@click.argument("run", type=RUN_OR_SWEEP, metavar="RUN|SWEEP|PIPELINE")
 @json_option
 @pass_ctx
 def show(obj: Context, run: int | str, as_json: bool) -> None:
@@ -223,6 +159,16 @@ def show(obj: Context, run: int | str, as_json: bool) -> None:
 
     A sweep (s7): its definition, progress and best point, and a table of its points (the
     best first when it has an objective, else by index).
+
+    \b
+    A pipeline (p3): its steps in the order they run, each drawn under the step it waits for,
+    with its kind, state and run (or sweep), what it waits for now, why it ended if it did not
+    complete, and a register step's promotion (the version registered, whether the alias moved,
+    by what margin):
+      ✓ prepare  [run]  COMPLETED  run 12
+      └─▶ train  [sweep]  RUNNING  sweep s4: 4 pts: 2 running 2 done
+          └─· evaluate  [run]  QUEUED  run 17
+              waits for train
     """
     from hpcops.cli.output import human_bytes, human_duration, local_time, print_json
 
@@ -231,7 +177,10 @@ def show(obj: Context, run: int | str, as_json: bool) -> None:
         print_json(data)
         return
     if data.get("type") == "sweep":
-        _show_sweep(data)
+        show_sweep(data)
+        return
+    if data.get("type") == "pipeline":
+        show_pipeline(data)
         return
     lines = [
         ("run", f"{data['id']}  {data['name']}  (experiment {data['experiment']})"),
@@ -242,7 +191,7 @@ def show(obj: Context, run: int | str, as_json: bool) -> None:
             "resources",
             f"partition {data['partition'] or '(default)'}, {data['cpus']} cpu, {data['gpus']} gpu",
         ),
-        ("exit code", _exit_text(data)),
+        ("exit code", exit_text(data)),
         ("queued", local_time(data["created_at"])),
         ("submitted", local_time(data["submitted_at"])),
         ("started", local_time(data["started_at"])),
@@ -259,6 +208,8 @@ def show(obj: Context, run: int | str, as_json: bool) -> None:
         if data.get("objective") is not None:
             point += f", objective {number_text(data['objective'])}"
         lines.append(("sweep", point))
+    if data.get("pipeline"):
+        lines.append(("pipeline", f"{data['pipeline']}, step {data['pipeline_step']}"))
     if data.get("schedule_id"):
         lines.append(
             (
@@ -321,55 +272,6 @@ def _show_attempts(data: dict[str, Any]) -> None:
     ]
     headers = ["#", "JOB", "STATE", "START", "END", "ELAPSED", "RESTARTS", "WHY"]
     click.echo(table(headers, rows, wrap=-1))
-
-
-def _show_sweep(data: dict[str, Any]) -> None:
-    from hpcops.cli.output import local_time, table
-
-    objective = data.get("objective")
-    best = data.get("best")
-    lines = [
-        ("sweep", f"{data['id']}  {data['name']}  (experiment {data['experiment']})"),
-        ("state", f"{data['state']}  — {progress_text(data)}"),
-        ("owner", data["owner"]),
-        ("definition", f"{data['kind']}, {data['n_points']} points"),
-    ]
-    if data.get("seed") is not None:
-        lines.append(("seed", str(data["seed"])))
-    if objective:
-        lines.append(("objective", f"{objective['metric']} ({objective['mode']})"))
-    if best and best.get("value") is not None:
-        where = f"point {best.get('index')}, run {best['run_id']}"
-        values = params_text(best.get("params") or {})
-        lines.append(
-            ("best", f"{number_text(best['value'])}: {where}" + (f"  {values}" if values else ""))
-        )
-    if data.get("max_parallel"):
-        lines.append(("parallel", f"at most {data['max_parallel']} points at once"))
-    if data.get("mlflow_run_id"):
-        parent = f"parent run {data['mlflow_run_id']}"
-        lines.append(("mlflow", f"{parent}, experiment {data.get('mlflow_experiment_id')}"))
-    lines.append(("queued", local_time(data["created_at"])))
-    if data.get("closed_at"):
-        lines.append(("closed", local_time(data["closed_at"])))
-    if data.get("rerun_of"):
-        lines.append(("rerun of", data["rerun_of"]))
-    for key, value in lines:
-        click.echo(f"{key + ':':<11} {value}")
-    rows = [
-        [
-            str(p["index"]),
-            str(p["run_id"]),
-            state_text(p),
-            number_text(p["objective"]),
-            params_text(p["params"]),
-        ]
-        for p in data.get("points") or []
-    ]
-    if rows:
-        click.echo()
-        header = objective["metric"].upper() if objective else "OBJECTIVE"
-        click.echo(table(["POINT", "RUN", "STATE", header, "PARAMS"], rows, shrink=(4, 3)))
 
 
 def _staging_text(state: dict[str, Any]) -> str:
@@ -474,7 +376,7 @@ def logs(obj: Context, run: int, stream: str, follow: bool, tail: int | None) ->
 
 
 @command()
-@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP...")
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP|PIPELINE...")
 @click.option(
     "--timeout",
     "timeout_s",
@@ -501,7 +403,8 @@ def wait(
 ) -> None:
     """Wait until runs have ended; exit 0 only if all COMPLETED.
 
-    A sweep (s7) has ended when all its points have; it COMPLETED when they all did.
+    A sweep (s7) has ended when all its points have; it COMPLETED when they all did. A
+    pipeline (p3) likewise, by its steps.
 
     \b
     Exit status: 0 all COMPLETED; 1 some ended otherwise (FAILED, CANCELLED, TIMEOUT, ...);
@@ -533,7 +436,9 @@ def wait(
         print_json(results if len(results) > 1 else results[0])
     else:
         for result in results:
-            what = "sweep" if isinstance(result["id"], str) else "run"
+            what = "run"
+            if isinstance(result["id"], str):
+                what = "pipeline" if result["id"].startswith("p") else "sweep"
             click.echo(
                 f"{what} {result['id']}: {result['state']}"
                 + (f" (exit {result['exit_code']})" if result["exit_code"] else "")

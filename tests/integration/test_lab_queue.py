@@ -150,6 +150,7 @@ def _lab_gpus_in_slurm() -> int:
 BURST_PER_MEMBER = 60
 
 
+@pytest.mark.exclusive
 def test_a_burst_of_120_never_exceeds_the_gpu_quota(lab: Lab) -> None:
     lab.stop()
     lab.config["quotas"] = {"lab": {"gpus": 4}}
@@ -250,6 +251,7 @@ def test_a_job_submitted_by_hand_counts_against_the_quota(lab: Lab) -> None:
     )
 
 
+@pytest.mark.exclusive
 def test_a_slurm_association_limit_means_wait_then_go(lab: Lab) -> None:
     lab.ok(LEAD, "quota", "set", "lab", "jobs", "none")
     sacctmgr = [

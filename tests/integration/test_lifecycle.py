@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import Daemon, sacct_jobs_named, slurm, write_spec
 
 ALLOCATE_AND_SLEEP = (
@@ -169,6 +170,7 @@ def test_restart_while_jobs_run(daemon: Daemon, tmp_path: Path) -> None:
         assert len(sacct_jobs_named(data["name"], at_least=1)) == 1
 
 
+@pytest.mark.exclusive
 def test_slurmctld_outage(daemon: Daemon, tmp_path: Path) -> None:
     runs = [
         daemon.submit(write_spec(tmp_path, f"outage{i}", "sleep 20; echo ok")) for i in range(2)
@@ -208,6 +210,7 @@ def test_logs_follow_streams_until_the_run_ends(daemon: Daemon, tmp_path: Path) 
     assert daemon.show(run)["state"] == "COMPLETED"
 
 
+@pytest.mark.exclusive
 def test_a_preempted_and_requeued_job_is_followed_to_its_end(
     daemon: Daemon, tmp_path: Path
 ) -> None:

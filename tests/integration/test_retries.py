@@ -191,6 +191,7 @@ def assert_attempts_match_sacct(
 # --- a lost node -------------------------------------------------------------------------
 
 
+@pytest.mark.exclusive
 def test_a_lost_node_starts_a_new_attempt_that_completes(
     daemon: Daemon, server: MlflowServer, tmp_path: Path
 ) -> None:
@@ -385,6 +386,7 @@ def test_kill9_between_attempts_starts_each_attempt_once(
 
 
 @pytest.mark.usefixtures("checkpointed")
+@pytest.mark.exclusive
 def test_a_preempted_run_is_requeued_and_completes_in_one_record(
     daemon: Daemon, server: MlflowServer, tmp_path: Path
 ) -> None:

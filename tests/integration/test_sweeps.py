@@ -278,6 +278,7 @@ def test_a_seeded_random_search_draws_the_same_points_twice(make_lab: MakeLab) -
     assert all(p.state == "QUEUED" for p in points(second))
 
 
+@pytest.mark.exclusive
 def test_a_gpu_sweep_never_holds_more_than_the_lab_gpu_quota(make_lab: MakeLab) -> None:
     lab = make_lab({**NO_TRACKING, **ONE_ARRAY, "quotas": {"lab": {"gpus": 2}}})
     path = sweep_spec(

@@ -324,7 +324,8 @@ def test_a_sweep_and_single_runs_interleave_by_priority_then_fair_share(
         }
     )
     warm = lab.submit(M1, "warmup", "sleep 3", resources={"cpus_per_task": 4})
-    lab.wait(lambda: lab.json(M1, "show", str(warm))["state"] == "COMPLETED", 60, "warm-up")
+    # 4 CPUs: on a cluster busy with other tests it may wait a while for them.
+    lab.wait(lambda: lab.json(M1, "show", str(warm))["state"] == "COMPLETED", 180, "warm-up")
 
     def warmed() -> dict[str, float] | None:
         usage: dict[str, float] = lab.json(M1, "quota", "show")["fair_share_usage"]

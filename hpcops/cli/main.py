@@ -7,8 +7,8 @@ argument); 3 no daemon answers; 4 no such run or schedule; 5 permission denied. 
 This module is the root: the global options, the one place errors become a message and an exit
 code, and the list of commands. The commands live by group beside it: specs.py (validate,
 render, submit, rerun), runs.py (ls, show, wait, logs, history, why), queue.py (cancel,
-priority, hold, release, top, quota, audit), schedules.py, cache.py and daemon.py; context.py
-holds what they share, parsing.py how their words are read, output.py how they print.
+priority, hold, release, top, quota, audit), schedules.py, cache.py, daemon.py and remotes.py;
+context.py holds what they share, parsing.py how their words are read, output.py how they print.
 
 Heavy modules (pydantic, jinja2, SQLAlchemy, paramiko) are imported inside the commands that
 need them so that `hpcops --help` stays fast.
@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import click
 
 from hpcops import __version__
-from hpcops.cli import cache, daemon, queue, runs, schedules, specs
+from hpcops.cli import cache, daemon, queue, remotes, runs, schedules, specs
 from hpcops.cli.context import Context, pass_ctx
 from hpcops.cli.parsing import Group
 
@@ -107,6 +107,10 @@ def cli(ctx: click.Context, home: Path | None, remote: str | None, debug: bool) 
       hpcops schedule ls / show NAME / pause / resume / rm / run-now
 
     \b
+    From a laptop (remotes in ~/.config/hpcops/config.yaml, over SSH):
+      hpcops remote check lab         # how it connects, master connection, one round trip
+
+    \b
     The daemon (one per lab) owns the queue: `hpcops daemon start`.
     Exit codes: 0 ok, 1 failed, 2 invalid input, 3 no daemon, 4 no such run/sweep/schedule,
     5 not allowed.
@@ -122,6 +126,7 @@ for _command in (
     schedules.schedule,
     cache.cache,
     daemon.daemon,
+    remotes.remote,
 ):
     cli.add_command(_command)
 

@@ -65,13 +65,13 @@ def choose(remote: Remote, ssh: str | None, options: dict[str, str] | None) -> C
     )
 
 
-def _decide(remote: Remote) -> tuple[Choice, str | None, dict[str, str] | None]:
+def _decide(name: str, remote: Remote) -> tuple[Choice, str | None, dict[str, str] | None]:
     """The choice, the ssh binary and (when asked) its effective config for this remote."""
     ssh = shutil.which("ssh")
     options: dict[str, str] | None = None
     if remote.transport == "openssh" and ssh is None:
         raise ConfigError(
-            f"remote {remote.host!r} says transport: openssh, but no `ssh` binary is on PATH; "
+            f"remote {name!r} says transport: openssh, but no `ssh` binary is on PATH; "
             f"install OpenSSH's client or set transport: paramiko in {client_config_path()}"
         )
     if remote.transport == "auto" and ssh is not None:
@@ -86,7 +86,7 @@ def _decide(remote: Remote) -> tuple[Choice, str | None, dict[str, str] | None]:
 
 def open_remote(name: str, remote: Remote) -> LineClient:
     """A client for `remote`; no connection is made until its first call."""
-    choice, ssh, _ = _decide(remote)
+    choice, ssh, _ = _decide(name, remote)
     return _client(name, remote, choice, ssh)
 
 
@@ -107,7 +107,7 @@ def _client(name: str, remote: Remote, choice: Choice, ssh: str | None) -> LineC
 def check(name: str, remote: Remote) -> tuple[dict[str, Any], int]:
     """What `hpcops remote check` reports, and its exit code (0 when `hpcops api` answered, else
     the exit code of the error that stopped it)."""
-    choice, ssh, options = _decide(remote)
+    choice, ssh, options = _decide(name, remote)
     report: dict[str, Any] = {
         "remote": name,
         "transport": choice.transport,

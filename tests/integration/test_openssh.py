@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab import MEMBERS, Lab, new_lab
+from lab import MEMBERS, SERVICE, Lab, new_lab
 from laptop import (
     DEV_SSHD,
     REMOTE_HPCOPS,
@@ -99,8 +99,10 @@ class Laptop:
     otp: Sshd
     jump: Sshd
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return laptop_cli(LAPTOP, *args, timeout=timeout)
+    def cli(
+        self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return laptop_cli(LAPTOP, *args, timeout=timeout, env=env)
 
     def ssh(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return run_as("ssh", *args, user=LAPTOP, **kw)
@@ -354,6 +356,38 @@ def test_one_login_then_twenty_calls_ask_nothing_and_open_no_connection(laptop: 
     )
 
 
+def test_the_master_closing_during_follow_is_said_clearly(laptop: Laptop) -> None:
+    """The laptop sleeps, the VPN drops, or the user runs `ssh -O exit`: a `logs --follow`
+    riding on the master ends with a clear message (exit 3), not a hang or a traceback."""
+    if laptop.ssh("-O", "check", "lab-otp").returncode != 0:
+        _open_master(laptop)
+    ticks = "for i in $(seq 1 120); do echo tick $i; sleep 1; done"
+    run = str(
+        json.loads(laptop.cli("submit", "--json", _spec(laptop, "ticks", ticks)).stdout)["id"]
+    )
+    follow = subprocess.Popen(
+        ["runuser", "-u", LAPTOP, "--", sys.executable, "-m", "hpcops", "logs", run, "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/tmp",
+    )
+    try:
+        assert follow.stdout is not None
+        first = follow.stdout.readline()
+        assert first.startswith("tick"), first
+        assert laptop.ssh("-O", "exit", "lab-otp").returncode == 0
+        _, stderr = follow.communicate(timeout=30)
+        assert follow.returncode == 3, stderr
+        assert "lost the SSH connection to remote 'otp'" in stderr, stderr
+        assert "Traceback" not in stderr
+    finally:
+        if follow.poll() is None:
+            follow.kill()  # our own child, by its pid
+            follow.wait()
+        laptop.lab.ok(SERVICE, "cancel", run)
+
+
 def _median_s(argv: list[str], times: int = 7) -> float:
     elapsed = []
     for _ in range(times):
@@ -408,6 +442,17 @@ def test_auto_is_paramiko_without_a_master_in_the_ssh_config(laptop: Laptop) -> 
         "transport : paramiko (auto: `ssh -G lab-via-jump` shows no ControlMaster" in check.stdout
     )
     assert "hpcops api: answers in" in check.stdout
+
+
+def test_without_ssh_on_path_auto_falls_back_to_paramiko(laptop: Laptop) -> None:
+    no_ssh = {"PATH": "/usr/sbin:/sbin"}  # runuser is in /usr/sbin; ssh is in /usr/bin
+    proc = laptop.cli("--remote", "jump-auto", "ls", "--json", env=no_ssh)
+    assert proc.returncode == 0, proc.stderr
+    check = laptop.cli("remote", "check", "jump-auto", "--json", env=no_ssh)
+    report = json.loads(check.stdout)
+    assert report["transport"] == "paramiko" and "no `ssh` binary on PATH" in report["reason"]
+    refused = laptop.cli("--remote", "jump-openssh", "ls", env=no_ssh)
+    assert refused.returncode == 2 and "no `ssh` binary is on PATH" in refused.stderr
 
 
 @pytest.mark.parametrize(

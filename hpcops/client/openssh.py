@@ -39,11 +39,11 @@ from typing import IO
 
 from hpcops.api import protocol
 from hpcops.client.config import Remote, client_config_path
+from hpcops.client.reach import api_exit_error
 from hpcops.errors import (
     AuthenticationFailed,
     HostKeyRejected,
     HpcopsError,
-    NotRunning,
     PermissionDenied,
     ProtocolError,
     RemoteUnreachable,
@@ -171,7 +171,6 @@ def failure(
     text = stderr.strip()
     tail = text[-800:]
     where = f"remote {name!r} ({remote.host})"
-    command = " ".join(remote.command)
     if status == SSH_FAILED or status is None:
         denied = _DENIED.search(text)
         if denied:
@@ -208,18 +207,7 @@ def failure(
         if answered:
             return RemoteUnreachable(f"lost the SSH connection to {where}: {tail or 'closed'}")
         return RemoteUnreachable(f"cannot reach {where} with ssh: {tail or 'no message'}")
-    if status == 127:
-        return RemoteUnreachable(
-            f"`{command}` is not found on remote {name!r} (exit 127): install hpcops "
-            f"there or set remotes.{name}.command to its full path"
-        )
-    detail = f": {tail}" if tail else ""
-    if "No such command" in text:
-        return ProtocolError(
-            f"the hpcops on remote {name!r} has no `api` command: it is older than "
-            f"this client; install the same version on both ends{detail}"
-        )
-    return NotRunning(f"`{command} api` on remote {name!r} exited {status}{detail}")
+    return api_exit_error(name, remote, status, tail)
 
 
 def _tail(file: IO[bytes], limit: int = 8192) -> str:

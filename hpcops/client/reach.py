@@ -23,7 +23,13 @@ from typing import Any
 
 from hpcops.api.protocol import LineClient
 from hpcops.client.config import Remote, client_config_path
-from hpcops.errors import ConfigError, HpcopsError
+from hpcops.errors import (
+    ConfigError,
+    HpcopsError,
+    NotRunning,
+    ProtocolError,
+    RemoteUnreachable,
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,24 @@ def choose(remote: Remote, ssh: str | None, options: dict[str, str] | None) -> C
         "paramiko",
         f"auto: `ssh -G {remote.host}` shows no ControlMaster, ControlPath or ProxyCommand",
     )
+
+
+def api_exit_error(name: str, remote: Remote, status: int, stderr: str) -> HpcopsError:
+    """Why `hpcops api` on the remote ended instead of answering, from its exit status and
+    stderr; the same whichever transport carried it."""
+    command = " ".join(remote.command)
+    if status == 127:
+        return RemoteUnreachable(
+            f"`{command}` is not found on remote {name!r} (exit 127): install hpcops "
+            f"there or set remotes.{name}.command to its full path"
+        )
+    detail = f": {stderr}" if stderr else ""
+    if "No such command" in stderr:
+        return ProtocolError(
+            f"the hpcops on remote {name!r} has no `api` command: it is older than "
+            f"this client; install the same version on both ends{detail}"
+        )
+    return NotRunning(f"`{command} api` on remote {name!r} exited {status}{detail}")
 
 
 def _decide(name: str, remote: Remote) -> tuple[Choice, str | None, dict[str, str] | None]:

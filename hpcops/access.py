@@ -4,7 +4,8 @@ from anything a client sends; roles come from the config.
     daemon's own account   everything (it owns the database anyway)
     lead                   any priority, hold/release/cancel/retry any run, top, quotas
     member                 submit; priority on own runs within the member range; hold, release,
-                           cancel and retry own runs; read everything
+                           cancel and retry own runs; rerun steps of own pipelines; read
+                           everything
     outsider               nothing (with a socket_group set, it cannot even connect)
 """
 
@@ -84,6 +85,9 @@ _RULES: dict[str, tuple[tuple[Role, ...], tuple[Role, ...]]] = {
     "cancel": (LEADS, (Role.MEMBER,)),
     # a new attempt of an ended run (`hpcops retry`): its owner's, or a lead's
     "retry": (LEADS, (Role.MEMBER,)),
+    # run a pipeline's step again (`hpcops rerun p3.train`): its new runs join the pipeline,
+    # so the pipeline's owner, or a lead
+    "rerun_step": (LEADS, (Role.MEMBER,)),
     "top": (LEADS, ()),
     "quota": (LEADS, ()),
     "cache": (LEADS, ()),
@@ -99,6 +103,7 @@ _WHAT = {
     "release": "release",
     "cancel": "cancel",
     "retry": "retry",
+    "rerun_step": "rerun steps of",
     "top": "move runs to the top of the queue",
     "quota": "change quotas",
     "cache": "remove data from the lab's cache",

@@ -292,13 +292,17 @@ def plan_firings(
 
 
 def overlap_reason(
-    active_run: int | None, active_state: str | None, allow_overlap: bool
+    active_run: int | str | None,
+    active_state: str | None,
+    allow_overlap: bool,
+    *,
+    what: str = "run",
 ) -> str | None:
-    """Why a firing is skipped because an earlier firing's run is still queued or running; None
-    when it may go ahead."""
+    """Why a firing is skipped because what an earlier firing queued (`what`: a run, or a
+    pipeline: "p3") is still queued or running; None when it may go ahead."""
     if allow_overlap or active_run is None:
         return None
     return (
-        f"run {active_run} from an earlier firing is still {active_state}; this schedule does "
-        "not overlap runs (add it with --allow-overlap to permit that)"
+        f"{what} {active_run} from an earlier firing is still {active_state}; this schedule "
+        "does not overlap runs (add it with --allow-overlap to permit that)"
     )

@@ -10,11 +10,13 @@ carries that sentence (`Says`), so the message does not depend on pydantic's wor
 
     {"run": "1; DROP TABLE run"}  ->  a run id is a positive integer, not '1; DROP TABLE run'
 
-Where a request names a run it may often name a sweep instead: `"run": "s7"` is sweep 7
-(`SweepId`); run ids stay integers. There the refusal names both:
+Where a request names a run it may often name a sweep or a pipeline instead: `"run": "s7"` is
+sweep 7 (`SweepId`), `"run": "p3"` pipeline 3 (`PipelineId`); run ids stay integers. There the
+refusal names every form:
 
-    {"run": "x"}  ->  params.run must be a run id (a positive integer) or a sweep id (s and a
-                      positive integer, e.g. s7), not 'x'
+    {"run": "x"}  ->  params.run must be a run id (a positive integer), a sweep id (s and a
+                      positive integer, e.g. s7) or a pipeline id (p and a positive integer,
+                      e.g. p3), not 'x'
 """
 
 from __future__ import annotations
@@ -98,28 +100,65 @@ class SweepId:
         return f"s{self.number}"
 
 
-def sweep_id(value: str) -> SweepId | None:
-    """`s7` (or `S7`) as a SweepId; None for anything else (an id over MAX_ID too)."""
-    found = SWEEP_ID_RE.fullmatch(value)
+def _number(pattern: re.Pattern[str], value: str) -> int | None:
+    """The number of `s7` or `p3` (either case) for its pattern; None for anything else, an
+    id over MAX_ID too."""
+    found = pattern.fullmatch(value)
     if found is None or int(found.group(1)) > MAX_ID:
         return None
-    return SweepId(int(found.group(1)))
+    return int(found.group(1))
 
 
-_RUN_OR_SWEEP = "a run id (a positive integer) or a sweep id (s and a positive integer, e.g. s7)"
+def sweep_id(value: str) -> SweepId | None:
+    """`s7` (or `S7`) as a SweepId; None for anything else."""
+    number = _number(SWEEP_ID_RE, value)
+    return None if number is None else SweepId(number)
 
 
-def _run_or_sweep(value: Any) -> int | SweepId:
-    """A run id, or a sweep's `s<N>`: the target of show, cancel, hold, release, priority, top."""
+PIPELINE_ID_RE = re.compile(r"[pP]([1-9][0-9]{0,18})")
+
+
+@dataclass(frozen=True)
+class PipelineId:
+    """A pipeline named where a run could be: `p3` on the wire and the command line."""
+
+    number: int
+
+    def __str__(self) -> str:
+        return f"p{self.number}"
+
+
+def pipeline_id(value: str) -> PipelineId | None:
+    """`p3` (or `P3`) as a PipelineId; None for anything else."""
+    number = _number(PIPELINE_ID_RE, value)
+    return None if number is None else PipelineId(number)
+
+
+_PIPELINE = "a pipeline id (p and a positive integer, e.g. p3)"
+_RUN_OR_SWEEP = (
+    f"a run id (a positive integer), a sweep id (s and a positive integer, e.g. s7) or {_PIPELINE}"
+)
+
+
+def _run_or_sweep(value: Any) -> int | SweepId | PipelineId:
+    """A run id, a sweep's `s<N>` or a pipeline's `p<N>`: the target of show, cancel, hold,
+    release, priority, top."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise _refused(f"a run id is a positive integer, not {value}")
         if value > MAX_ID:
             raise _refused(f"a run id is at most {MAX_ID}, not {value}")
         return value
-    found = sweep_id(value) if isinstance(value, str) else None
+    found = (sweep_id(value) or pipeline_id(value)) if isinstance(value, str) else None
     if found is None:
         raise _refused(f"params.run must be {_RUN_OR_SWEEP}, not {_shown(value)}")
+    return found
+
+
+def _pipeline_ref(value: Any) -> PipelineId:
+    found = pipeline_id(value) if isinstance(value, str) else None
+    if found is None:
+        raise _refused(f"params.pipeline must be {_PIPELINE}, not {_shown(value)}")
     return found
 
 
@@ -134,6 +173,11 @@ def _run_ref(value: Any) -> int | str | SweepId:
         raise _refused(f"a run id is a positive integer, not {value}")
     if isinstance(value, int) and value > MAX_ID:
         raise _refused(f"a run id is at most {MAX_ID}, not {value}")
+    if isinstance(value, str) and pipeline_id(value) is not None:
+        raise _refused(
+            f"a pipeline is rerun step by step: `hpcops rerun {value}.STEP` (params.pipeline "
+            "and params.step of rerun_step), not params.run"
+        )
     if isinstance(value, str) and value[:1] in ("s", "S"):
         found = sweep_id(value)
         if found is None:
@@ -196,10 +240,11 @@ RunId = Annotated[
     int, Field(ge=1), _an_id("a run id"), Says("a run id is a positive integer, not {value!r}")
 ]
 RunOrSweep = Annotated[
-    int | SweepId,
+    int | SweepId | PipelineId,
     PlainValidator(_run_or_sweep),
     Says(f"params.run must be {_RUN_OR_SWEEP}, not {{value!r}}"),
 ]
+PipelineRef = Annotated[PipelineId, PlainValidator(_pipeline_ref)]
 ScheduleRef = Annotated[
     int | str,
     PlainValidator(_schedule_ref),
@@ -242,7 +287,8 @@ class RunParams(Params):
 
 
 class TargetParams(Params):
-    """show, cancel, hold, release, top: a run, or a sweep (`"s7"`)."""
+    """show, cancel, hold, release, top, retry: a run, a sweep (`"s7"`) or a pipeline
+    (`"p3"`)."""
 
     run: RunOrSweep
 
@@ -252,7 +298,8 @@ class ListParams(Params):
         list[StateName] | None, Says("params.states must be a list of state names")
     ] = None
     limit: Annotated[int | None, Field(ge=1, le=MAX_LIST), _limit(MAX_LIST)] = None
-    # true: a sweep's points are one row for the sweep (`hpcops ls`); false: every run a row.
+    # true: a sweep's points are one row for the sweep, a pipeline's runs one row for the
+    # pipeline (`hpcops ls`); false: every run a row.
     sweeps: Annotated[bool, Says("params.sweeps must be true or false")] = False
 
 
@@ -314,6 +361,29 @@ class SubmitParams(Params):
 class ValidateParams(Params):
     yaml: Text
     source: Text
+
+
+class SubmitPipelineParams(Params):
+    """A pipeline as `pipeline_to_wire` sends it (checked again by `pipeline_from_wire`), and
+    per spec step what the submitter's client did about its code."""
+
+    pipeline: Annotated[
+        dict[str, Any], Says("params.pipeline must be an object with source, definition, specs")
+    ]
+    code: Annotated[
+        dict[str, CodeParams],
+        Says("params.code must map step names to objects with bundle, checkout, dirty"),
+    ] = Field(default_factory=dict)
+
+
+class RerunStepParams(Params):
+    """`hpcops rerun p3.train [--downstream]`."""
+
+    pipeline: PipelineRef
+    step: Annotated[
+        str, Field(min_length=1, max_length=256), Says("params.step must be a step's name")
+    ]
+    downstream: Annotated[bool, Says("params.downstream must be true or false")] = False
 
 
 class PriorityParams(Params):
@@ -390,10 +460,15 @@ class QuotaSetParams(Params):
 
 
 class ScheduleAddParams(Params):
-    """The spec and the options of `hpcops schedule add`; ranges and combinations are the
-    schedule service's to check (it words them as the CLI's options)."""
+    """The spec (`yaml`) or the pipeline (`pipeline`: hpcops.pipeline.pipeline_to_wire's form,
+    checked again by the daemon) and the options of `hpcops schedule add`; ranges and
+    combinations are the schedule service's to check (it words them as the CLI's options)."""
 
-    yaml: Text
+    yaml: Annotated[str | None, Says("params.{path} must be a string")] = None
+    pipeline: Annotated[
+        dict[str, Any] | None,
+        Says("params.pipeline must be an object: {source, definition, specs}"),
+    ] = None
     source: Text
     name: Annotated[str | None, _option("str")] = None
     cron: Annotated[str | None, _option("str")] = None
@@ -404,6 +479,12 @@ class ScheduleAddParams(Params):
     allow_overlap: Annotated[bool | None, _option("bool")] = None
     on_data_change: Annotated[bool | None, _option("bool")] = None
     check_every_s: Annotated[int | None, _option("int")] = None
+
+    @model_validator(mode="after")
+    def _one_thing_to_schedule(self) -> Self:
+        if (self.yaml is None) == (self.pipeline is None):
+            raise _refused("give exactly one of params.yaml (a spec) and params.pipeline")
+        return self
 
 
 class ScheduleListParams(Params):

@@ -6,8 +6,8 @@ even connect.
 
     server.py      the socket, peer credentials, dispatch, the audit of refusals
     params.py      what each method accepts (typed request models) and the refusals
-    handlers/      the methods, by group: runs, queue (on a sweep: sweep_requests), code_cache,
-                   schedules, lab
+    handlers/      the methods, by group: runs, queue (on a sweep or a pipeline:
+                   sweep_requests), pipelines, code_cache, schedules, lab
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from hpcops.api import protocol
 from hpcops.api.handlers.base import Daemon, Handler, Request
 from hpcops.api.handlers.code_cache import CodeCacheHandlers
 from hpcops.api.handlers.lab import LabHandlers
+from hpcops.api.handlers.pipelines import PipelineHandlers
 from hpcops.api.handlers.queue import QueueHandlers
 from hpcops.api.handlers.runs import RunHandlers
 from hpcops.api.handlers.schedules import ScheduleHandlers
-from hpcops.api.params import sweep_id
+from hpcops.api.params import pipeline_id, sweep_id
 from hpcops.config import Config
 from hpcops.errors import HpcopsError, InvalidInput, PermissionDenied, ProtocolError
 from hpcops.store import Store
@@ -93,6 +94,7 @@ class Api:
             LabHandlers(self.daemon),
             RunHandlers(self.daemon),
             QueueHandlers(self.daemon),
+            PipelineHandlers(self.daemon),
             CodeCacheHandlers(self.daemon),
             ScheduleHandlers(self.daemon),
         ):
@@ -147,7 +149,12 @@ def _target(message: dict[str, Any]) -> str:
             value = params["run"]
             if isinstance(value, str) and sweep_id(value) is not None:
                 return f"sweep {sweep_id(value)}"
+            if isinstance(value, str) and pipeline_id(value) is not None:
+                return f"pipeline {pipeline_id(value)}"
             return f"run {shown(value)}"
+        if isinstance(params.get("pipeline"), str):
+            found = pipeline_id(params["pipeline"])
+            return f"pipeline {found}" if found is not None else shown(params["pipeline"])
         if "schedule" in params:
             return f"schedule {shown(params['schedule'])}"
         if "scope" in params:

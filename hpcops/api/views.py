@@ -1,22 +1,26 @@
 """Runs, sweeps and events as JSON: the `--json` interface that scripts rely on. Keep it stable: add
 keys, never rename or remove them. Times are ISO 8601 in UTC; durations in seconds; sizes in bytes.
 
-A listing may mix runs and sweeps: "type" says which ("run" or "sweep"). A run's "id" is its
-number, a sweep's is its `s<N>` (and "sweep_id" its number)."""
+A listing may mix runs, sweeps and pipelines: "type" says which ("run", "sweep" or "pipeline"). A
+run's "id" is its number, a sweep's is its `s<N>` (and "sweep_id" its number), a pipeline's its
+`p<N>` (and "pipeline_id" its number)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from hpcops.api.sweeps import Scored, best, finite, progress, ranked, summary_state
+from hpcops.api.sweeps import Scored, best, bucket, finite, progress, ranked, summary_state
 from hpcops.cadence import cadence
 from hpcops.data.usage import VersionUse
 from hpcops.errors import HpcopsError
+from hpcops.pipeline import PipelineDef, pipeline_state, topological_order
 from hpcops.policy import Active, Limits, Quotas
-from hpcops.store import Audit, Event, Firing, Run, Schedule, Sweep
+from hpcops.states import RunState
+from hpcops.store import Audit, Event, Firing, Pipeline, PipelineStep, Run, Schedule, Sweep
 from hpcops.yamlio import read_yaml
 
 
@@ -33,6 +37,11 @@ def iso(epoch: float | None, timespec: str = "seconds") -> str | None:
 def sweep_ref(sweep_id: int | None) -> str | None:
     """A sweep's id as users type it: `s7`."""
     return None if sweep_id is None else f"s{sweep_id}"
+
+
+def pipeline_ref(pipeline_id: int | None) -> str | None:
+    """A pipeline's id as users type it: `p3`."""
+    return None if pipeline_id is None else f"p{pipeline_id}"
 
 
 def run_view(run: Run, *, detail: bool = False) -> dict[str, Any]:
@@ -80,6 +89,9 @@ def run_view(run: Run, *, detail: bool = False) -> dict[str, Any]:
         "sweep": sweep_ref(run.sweep_id),
         "sweep_index": run.sweep_index,
         "objective": finite(run.objective),
+        # A run of a pipeline's step: the pipeline ("p3") and the step's name.
+        "pipeline": pipeline_ref(run.pipeline_id),
+        "pipeline_step": run.pipeline_step,
     }
     # The data versions (specs with data: only): path, repo, rev, md5, size, nfiles, dest, env.
     view["data"] = json.loads(run.data_json) if run.data_json else []
@@ -166,6 +178,155 @@ def sweep_view(
         }
     )
     return view
+
+
+@dataclass(frozen=True)
+class StepRecords:
+    """What a pipeline's `show` reads about its steps: their current runs by id, and their
+    sweeps with each sweep's points' counts by state (Store.sweep_counts)."""
+
+    runs: Mapping[int, Run]
+    sweeps: Mapping[int, Sweep]
+    counts: Mapping[int, Mapping[str, int]]
+    points: Mapping[int, Sequence[Run]]
+
+
+def pipeline_view(
+    pipeline: Pipeline,
+    definition: PipelineDef,
+    steps: Sequence[PipelineStep],
+    states: Mapping[str, RunState],
+    *,
+    records: StepRecords | None = None,
+) -> dict[str, Any]:
+    """A pipeline for `ls` (one row: each step's kind, state and run or sweep) and, given its
+    steps' records, `show`: what each step waits for, takes and runs, and why a step that did
+    not complete ended. Steps in topological order (the file's among steps free together); the
+    state by the pipeline's rules (hpcops/pipeline/progress.py) over `states`
+    (engine.pipeline_step_states)."""
+    graph = definition.graph
+    order = topological_order(graph)
+    by_name = {step.name: step for step in steps}
+    view: dict[str, Any] = {
+        "type": "pipeline",
+        "id": pipeline_ref(pipeline.id),
+        "pipeline_id": pipeline.id,
+        "name": pipeline.name,
+        "experiment": pipeline.experiment,
+        "owner": pipeline.owner,
+        "state": pipeline_state(list(graph), states).value,
+        "n_steps": len(order),
+        "steps": [
+            _step_row(by_name[name], states.get(name, RunState.UNKNOWN))
+            for name in order
+            if name in by_name
+        ],
+        "outcome": pipeline.outcome,
+        "schedule_id": pipeline.schedule_id,
+        "firing_id": pipeline.firing_id,
+        "mlflow_run_id": pipeline.mlflow_run_id,
+        "created_at": iso(pipeline.created_at),
+        "updated_at": iso(pipeline.updated_at),
+        "ended_at": iso(pipeline.ended_at),
+    }
+    if records is None:
+        return view
+    for row in view["steps"]:
+        _step_detail(row, definition, by_name[row["name"]], records)
+    view.update(
+        {
+            "source": pipeline.source,
+            "mlflow_experiment_id": pipeline.mlflow_experiment_id,
+            "closed_at": iso(pipeline.closed_at),
+        }
+    )
+    return view
+
+
+def _step_row(step: PipelineStep, state: RunState) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "kind": step.kind,
+        "state": state.value,
+        "run_id": step.run_id,
+        "sweep": sweep_ref(step.sweep_id),
+    }
+
+
+def _step_detail(
+    row: dict[str, Any], definition: PipelineDef, step: PipelineStep, records: StepRecords
+) -> None:
+    """`show`'s part of a step: its definition, its run's or sweep's figures, why it ended."""
+    spec = definition.steps[step.name]
+    promotion = spec.promotion
+    row.update(
+        {
+            "after": list(spec.after),
+            "inputs": dict(spec.inputs),
+            "spec": spec.spec,
+            "opened_at": iso(step.opened_at),
+            "ended_at": iso(step.ended_at),
+            "reason": step.reason,
+        }
+    )
+    run = records.runs.get(step.run_id) if step.run_id is not None else None
+    if run is not None:
+        row.update(
+            {
+                "slurm_job_id": run.slurm_job_id,
+                "exit_code": run.exit_code,
+                "elapsed_s": run.elapsed_s,
+                "mlflow_run_id": run.mlflow_run_id,
+                "ended_at": iso(run.ended_at),
+                "reason": _ended_reason(run),
+            }
+        )
+    sweep = records.sweeps.get(step.sweep_id) if step.sweep_id is not None else None
+    if sweep is not None:
+        view = sweep_view(sweep, records.counts.get(sweep.id or 0, {}))
+        row.update(
+            {
+                "n_points": view["n_points"],
+                "progress": view["progress"],
+                "objective": view["objective"],
+                "best": view["best"],
+                "mlflow_run_id": sweep.mlflow_run_id,
+                "reason": _points_reason(records.points.get(sweep.id or 0, ())),
+            }
+        )
+    if promotion is not None:
+        row["register"] = promotion.model_dump(mode="json")
+        row["model_run_id"] = step.model_run_id
+        row["result"] = _result(step.result_json)
+
+
+def _ended_reason(run: Run) -> str | None:
+    """Why a run ended otherwise than COMPLETED (None while it has not, or when it did)."""
+    return run.reason if bucket(run.state) in ("failed", "cancelled") else None
+
+
+def _points_reason(points: Sequence[Run]) -> str | None:
+    """Why a sweep step's points ended otherwise than COMPLETED: one reason when they share it
+    (a doomed step's: "waits for prepare, which FAILED"), else the first point's, named."""
+    latest = {run.sweep_index: run for run in points}  # by index, a point's latest run last
+    found = [(i, _ended_reason(r)) for i, r in sorted(latest.items(), key=lambda x: x[0] or 0)]
+    reasons = [(i, why) for i, why in found if why]
+    if not reasons:
+        return None
+    if len({why for _, why in reasons}) == 1 and len(reasons) == len(found):
+        return reasons[0][1]
+    index, why = reasons[0]
+    return f"point {index}: {why}"
+
+
+def _result(result_json: str | None) -> Any:
+    """A register step's result (the promotion, as the tracker recorded it), or None."""
+    if not result_json:
+        return None
+    try:
+        return json.loads(result_json)
+    except ValueError:
+        return None
 
 
 def _point_view(run: Run, values: list[Any], earlier: list[int]) -> dict[str, Any]:
@@ -285,6 +446,12 @@ def firing_view(firing: Firing, run_state: str | None) -> dict[str, Any]:
         "outcome": firing.outcome,
         "reason": firing.reason or None,
         "run_id": firing.run_id,
+        "pipeline_id": firing.pipeline_id,
+        # What it queued, as `hpcops show` takes it: a run id, or a pipeline's p<id>.
+        "queued": f"p{firing.pipeline_id}"
+        if firing.pipeline_id is not None
+        else (str(firing.run_id) if firing.run_id is not None else None),
+        # The state now of what it queued (a pipeline: RUNNING until every step ended).
         "run_state": run_state,
         # The data versions it was for (path and md5 of each target), when the spec has data.
         "data": [
@@ -313,6 +480,7 @@ def schedule_view(
         "name": schedule.name,
         "owner": schedule.owner,
         "spec_name": schedule.spec_name,
+        "kind": schedule.kind,  # what each firing queues: "spec" (a run) or "pipeline"
         "status": status,
         "cron": schedule.cron,
         "every_s": schedule.every_s,

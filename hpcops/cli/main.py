@@ -1,14 +1,15 @@
 """`hpcops`: the command line. It talks only to the daemon's API, never to the database.
 
 Exit codes scripts can rely on: 0 success; 1 an operation failed; 2 invalid input (spec, config,
-argument); 3 no daemon answers; 4 no such run or schedule; 5 permission denied. For
+argument); 3 no daemon answers; 4 no such run, sweep, pipeline or schedule; 5 permission denied. For
 `hpcops wait`-style checks use `hpcops show RUN --json` and read `state`.
 
 This module is the root: the global options, the one place errors become a message and an exit
 code, and the list of commands. The commands live by group beside it: specs.py (validate,
-render, submit, rerun), runs.py (ls, show, wait, logs, history, why), queue.py (cancel,
-priority, hold, release, top, quota, audit), schedules.py, cache.py, daemon.py and remotes.py;
-context.py holds what they share, parsing.py how their words are read, output.py how they print.
+render, submit, rerun; of a pipeline file too), runs.py (ls, show, wait, logs, history, why),
+queue.py (cancel, priority, hold, release, top, quota, audit), schedules.py, cache.py, daemon.py
+and remotes.py (remote check); context.py holds what they share, parsing.py how their words are
+read, output.py how they print.
 
 Heavy modules (pydantic, jinja2, SQLAlchemy, paramiko) are imported inside the commands that
 need them so that `hpcops --help` stays fast.
@@ -102,6 +103,13 @@ def cli(ctx: click.Context, home: Path | None, remote: str | None, debug: bool) 
       hpcops cancel s7 / hold s7 / release s7 / priority s7 50 / top s7 / rerun s7 / retry s7
 
     \b
+    Pipelines (a file with steps:, each a spec file or a model promotion; its id is p3):
+      hpcops submit pipeline.yaml     # queued pipeline p3: each step waits for its after:
+      hpcops show p3                  # the steps as a graph: states, runs, why, promotion
+      hpcops cancel p3 / hold p3 / release p3 / priority p3 50 / top p3
+      hpcops rerun p3.train --downstream   # a step again, and every step after it
+
+    \b
     Scheduled retraining:
       hpcops schedule add train.yaml --cron "0 3 * * 1"
       hpcops schedule ls / show NAME / pause / resume / rm / run-now
@@ -112,8 +120,8 @@ def cli(ctx: click.Context, home: Path | None, remote: str | None, debug: bool) 
 
     \b
     The daemon (one per lab) owns the queue: `hpcops daemon start`.
-    Exit codes: 0 ok, 1 failed, 2 invalid input, 3 no daemon, 4 no such run/sweep/schedule,
-    5 not allowed.
+    Exit codes: 0 ok, 1 failed, 2 invalid input, 3 no daemon, 4 no such
+    run/sweep/pipeline/schedule, 5 not allowed.
     """
     ctx.obj = Context(home, debug, remote)
     ctx.call_on_close(ctx.obj.close)

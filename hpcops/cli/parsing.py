@@ -8,7 +8,8 @@ their order. That uses only click's public interface; an unknown option stays am
 so click names it as before ("No such option '-x'").
 
 Every command and group of the CLI is made by `command` and `group` from here, and the commands
-that take a run or a sweep read it with `RUN_OR_SWEEP`: `12` is run 12, `s7` sweep 7.
+that take a run, a sweep or a pipeline read it with `RUN_OR_SWEEP`: `12` is run 12, `s7` sweep
+7, `p3` pipeline 3.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import click
 
 _SWEEP = re.compile(r"[sS]([1-9][0-9]{0,18})")
+_PIPELINE = re.compile(r"[pP]([1-9][0-9]{0,18})")
 _MAX_ID = 2**63 - 1  # the API's bound on ids (SQLite's largest integer)
 _NEGATIVE_NUMBER = re.compile(r"-(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
@@ -86,7 +88,8 @@ def group(name: str | None = None, **attrs: Any) -> Callable[[Callable[..., Any]
 
 
 class RunOrSweep(click.ParamType[int | str]):
-    """A run id (`12`, as an int) or a sweep id (`s7`, as the text "s7", which the API takes)."""
+    """A run id (`12`, as an int), a sweep id (`s7`) or a pipeline id (`p3`), these two as the
+    text the API takes ("s7", "p3")."""
 
     name = "run_or_sweep"
 
@@ -96,20 +99,22 @@ class RunOrSweep(click.ParamType[int | str]):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         text = str(value).strip()
-        found = _SWEEP.fullmatch(text)
         target: int | str | None = None
         if text.isdigit() and 1 <= int(text) <= _MAX_ID:
             target = int(text)
-        elif found is not None and int(found.group(1)) <= _MAX_ID:
-            target = f"s{int(found.group(1))}"
+        for prefix, pattern in (("s", _SWEEP), ("p", _PIPELINE)):
+            found = pattern.fullmatch(text)
+            if found is not None and int(found.group(1)) <= _MAX_ID:
+                target = f"{prefix}{int(found.group(1))}"
         if target is None and text.removeprefix("-").isdigit():
             self.fail(
                 f"{text} is not a run id: a run id is an integer from 1 to {_MAX_ID}", param, ctx
             )
         if target is None:
             self.fail(
-                f"{text!r} is neither a run id (a positive integer, e.g. 12) nor a sweep id "
-                "(s and a positive integer, e.g. s7)",
+                f"{text!r} is neither a run id (a positive integer, e.g. 12), a sweep id "
+                "(s and a positive integer, e.g. s7) nor a pipeline id (p and a positive "
+                "integer, e.g. p3)",
                 param,
                 ctx,
             )

@@ -10,18 +10,20 @@ import click
 from hpcops.cli.context import Context, json_option, pass_ctx
 from hpcops.cli.parsing import RUN_OR_SWEEP, command, group
 
-Target = int | str  # a run id, or a sweep's "s7"
+Target = int | str  # a run id, a sweep's "s7" or a pipeline's "p3"
 
 
 @command()
-@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP...")
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP|PIPELINE...")
 @json_option
 @pass_ctx
 def cancel(obj: Context, runs: tuple[Target, ...], as_json: bool) -> None:
     """Cancel runs: queued ones at once, ones in Slurm with scancel.
 
-    A sweep (s7) cancels every point of it that has not ended. Members cancel their own runs
-    and sweeps; leads any.
+    A sweep (s7) cancels every point of it that has not ended. A pipeline (p3) cancels its
+    steps' runs that have not ended and its register steps that have not run; the steps after
+    a cancelled one end CANCELLED ("waits for train, which CANCELLED"). Members cancel their
+    own runs, sweeps and pipelines; leads any.
     """
     _run_action(obj, "cancel", runs, as_json)
 
@@ -36,57 +38,60 @@ def _run_action(
 
 
 @command()
-@click.argument("run", type=RUN_OR_SWEEP, metavar="RUN|SWEEP")
+@click.argument("run", type=RUN_OR_SWEEP, metavar="RUN|SWEEP|PIPELINE")
 @click.argument("value", type=click.IntRange(-1000, 1000), metavar="PRIORITY")
 @json_option
 @pass_ctx
 def priority(obj: Context, run: Target, value: int, as_json: bool) -> None:
     """Set a run's priority in the lab's queue (higher goes first).
 
-    A sweep (s7) sets it on every point still in hpcops' queue (QUEUED or HELD). Members may
-    set their own runs within the lab's member range; leads any run, any value.
+    A sweep (s7) sets it on every point still in hpcops' queue (QUEUED or HELD), a pipeline
+    (p3) on its steps' runs still there, those waiting for earlier steps too. Members may set
+    their own runs within the lab's member range; leads any run, any value.
     """
     _run_action(obj, "priority", (run,), as_json, priority=value)
 
 
 @command()
-@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP...")
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP|PIPELINE...")
 @json_option
 @pass_ctx
 def hold(obj: Context, runs: tuple[Target, ...], as_json: bool) -> None:
     """Keep queued runs from being released until `hpcops release`.
 
-    A sweep (s7) holds every QUEUED point of it.
+    A sweep (s7) holds every QUEUED point of it; a pipeline (p3) its steps' QUEUED runs, those
+    waiting for earlier steps too (a held step is not released when they complete).
     """
     _run_action(obj, "hold", runs, as_json)
 
 
 @command()
-@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP...")
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP|PIPELINE...")
 @json_option
 @pass_ctx
 def release(obj: Context, runs: tuple[Target, ...], as_json: bool) -> None:
     """Let held runs be released again (they keep their place in the queue).
 
-    A sweep (s7) releases every HELD point of it.
+    A sweep (s7) releases every HELD point of it; a pipeline (p3) its steps' HELD runs.
     """
     _run_action(obj, "release", runs, as_json)
 
 
 @command()
-@click.argument("run", type=RUN_OR_SWEEP, metavar="RUN|SWEEP")
+@click.argument("run", type=RUN_OR_SWEEP, metavar="RUN|SWEEP|PIPELINE")
 @json_option
 @pass_ctx
 def top(obj: Context, run: Target, as_json: bool) -> None:
     """Move a run to the top of the lab's queue: it goes next (leads only).
 
-    A sweep (s7): its QUEUED points go next, in their order.
+    A sweep (s7): its QUEUED points go next, in their order; a pipeline (p3): its steps'
+    QUEUED runs (each step still released only when the steps before it COMPLETED).
     """
     _run_action(obj, "top", (run,), as_json)
 
 
 @command()
-@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP...")
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP|PIPELINE...")
 @json_option
 @pass_ctx
 def retry(obj: Context, runs: tuple[Target, ...], as_json: bool) -> None:
@@ -96,7 +101,8 @@ def retry(obj: Context, runs: tuple[Target, ...], as_json: bool) -> None:
     For a run that FAILED, TIMEOUT, was CANCELLED, PREEMPTED, ... (a COMPLETED run is run again
     as a new run with `hpcops rerun`). A sweep (s7) retries each point that ended otherwise
     than COMPLETED. Members retry their own runs and sweeps; leads any. `hpcops show RUN`
-    lists a run's attempts.
+    lists a run's attempts. A pipeline is not retried: `hpcops rerun p3.STEP --downstream`
+    runs a step again and the steps after it.
     """
     _run_action(obj, "retry", runs, as_json)
 

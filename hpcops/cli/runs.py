@@ -1,4 +1,4 @@
-"""Commands that read runs and sweeps: ls, show, wait, logs, history, why."""
+"""Commands that read runs, sweeps and pipelines: ls, show, wait, logs, history, why."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ QUEUED_SHOWN = 30  # plain `hpcops ls` shows the head of the queue
 @click.option(
     "--points",
     is_flag=True,
-    help="List each point of a sweep as a run of its own (default: one row per sweep).",
+    help="List each point of a sweep and each run of a pipeline as a run of its own "
+    "(default: one row per sweep and per pipeline).",
 )
 @json_option
 @pass_ctx
@@ -49,7 +50,7 @@ def list_runs(
     points: bool,
     as_json: bool,
 ) -> None:
-    """List the lab's runs and sweeps in queue order, with why each waits.
+    """List the lab's runs, sweeps and pipelines in queue order, with why each waits.
 
     \b
     Order: running and pending in Slurm, then queued runs in the order hpcops will release
@@ -60,6 +61,14 @@ def list_runs(
     A sweep is one row in a table of its own (SWEEP s7): its state (derived from its points),
     its progress and the best objective so far. It is listed when one of its points is in
     --state; --points lists the points instead.
+
+    \b
+    A pipeline is one row too (PIPELINE p3), its steps' runs folded into it: its state (its
+    steps', by the pipeline's rules) and each step in the order they run, marked with its state:
+      prepare✓ train▶ evaluate· promote·
+    ✓ COMPLETED, ▶ RUNNING, ◦ in Slurm (PENDING, STAGING, SUBMITTING), · QUEUED (or waiting for
+    the steps before it), ‖ HELD, ⊘ CANCELLED, ✗ FAILED (or TIMEOUT, OUT_OF_MEMORY, ...).
+    `hpcops show p3` draws its graph.
     """
     from hpcops.cli.output import human_duration, print_json, short_time, table
 
@@ -91,8 +100,9 @@ def list_runs(
     if not rows_found:
         click.echo("no runs")
         return
-    runs = [r for r in rows_found if r.get("type") != "sweep"]
+    runs = [r for r in rows_found if r.get("type", "run") == "run"]
     sweeps = [r for r in rows_found if r.get("type") == "sweep"]
+    pipelines = [r for r in rows_found if r.get("type") == "pipeline"]
     hidden = 0
     if not (states or show_all or limit):
         # A table of 10,000 queued runs helps nobody: show the head of the queue.
@@ -125,6 +135,10 @@ def list_runs(
         if rows:
             click.echo()
         click.echo(sweep_table(sweeps))
+    if pipelines:
+        if rows or sweeps:
+            click.echo()
+        click.echo(pipeline_table(pipelines))
 
 
 def sweep_table(sweeps: list[dict[str, Any]]) -> str:
@@ -157,6 +171,70 @@ def sweep_table(sweeps: list[dict[str, Any]]) -> str:
     lines = [narrow[0]]
     for line, row in zip(narrow[1:], rows, strict=True):
         lines += [line, f"{'':7}{row[4]}"]
+    return "\n".join(lines)
+
+
+# A step's state in a pipeline's row: a mark after its name (`ls --help` has the legend).
+_STEP_MARKS = {
+    "COMPLETED": "✓",
+    "RUNNING": "▶",
+    "PENDING": "◦",
+    "STAGING": "◦",
+    "SUBMITTING": "◦",
+    "QUEUED": "·",
+    "HELD": "‖",
+    "CANCELLED": "⊘",
+}  # every other state is an end that is not a success: ✗
+
+
+def step_mark(state: str) -> str:
+    return _STEP_MARKS.get(state, "✗")
+
+
+def steps_text(pipeline: dict[str, Any], width: int | None = None) -> str:
+    """`prepare✓ train▶ evaluate· promote·`; wider than `width`, the count of each mark:
+    `50 steps: 20✓ 2▶ 28·`."""
+    steps = pipeline.get("steps") or []
+    text = " ".join(f"{step['name']}{step_mark(step['state'])}" for step in steps)
+    if width is None or len(text) <= width:
+        return text
+    counts: dict[str, int] = {}
+    for step in steps:
+        mark = step_mark(step["state"])
+        counts[mark] = counts.get(mark, 0) + 1
+    return f"{len(steps)} steps: " + " ".join(f"{n}{mark}" for mark, n in counts.items())
+
+
+def pipeline_table(pipelines: list[dict[str, Any]]) -> str:
+    """One row per pipeline. When that is wider than the terminal, each row's steps go on a
+    line of their own under it (counted by state when even that line is too narrow), and WHY
+    and NAME give way in turn."""
+    from hpcops.cli.output import table, terminal_width
+
+    width = terminal_width()
+    rows = [
+        [
+            p["id"],
+            p["state"],
+            p["owner"],
+            p["name"],
+            steps_text(p),
+            p.get("wait_reason") or "",
+        ]
+        for p in pipelines
+    ]
+    headers = ["PIPELINE", "STATE", "OWNER", "NAME", "STEPS", "WHY"]
+    text = table(headers, rows, shrink=5)
+    if max(len(line) for line in text.splitlines()) <= width:
+        return text
+    narrow = table(
+        [h for h in headers if h != "STEPS"],
+        [[c for i, c in enumerate(row) if i != 4] for row in rows],
+        shrink=(4, 3),
+    ).splitlines()
+    lines = [narrow[0]]
+    for line, pipeline in zip(narrow[1:], pipelines, strict=True):
+        lines += [line, f"{'':10}{steps_text(pipeline, width - 10)}"]
     return "\n".join(lines)
 
 
@@ -215,7 +293,7 @@ def _exit_text(run: dict[str, Any]) -> str:
 
 
 @command()
-@click.argument("run", type=RUN_OR_SWEEP, metavar="RUN|SWEEP")
+@click.argument("run", type=RUN_OR_SWEEP, metavar="RUN|SWEEP|PIPELINE")
 @json_option
 @pass_ctx
 def show(obj: Context, run: int | str, as_json: bool) -> None:
@@ -223,6 +301,16 @@ def show(obj: Context, run: int | str, as_json: bool) -> None:
 
     A sweep (s7): its definition, progress and best point, and a table of its points (the
     best first when it has an objective, else by index).
+
+    \b
+    A pipeline (p3): its steps in the order they run, each drawn under the step it waits for,
+    with its kind, state and run (or sweep), what it waits for now, why it ended if it did not
+    complete, and a register step's promotion (the version registered, whether the alias moved,
+    by what margin):
+      ✓ prepare  [run]  COMPLETED  run 12
+      └─▶ train  [sweep]  RUNNING  sweep s4: 4 pts: 2 running 2 done
+          └─· evaluate  [run]  QUEUED  run 17
+              waits for train
     """
     from hpcops.cli.output import human_bytes, human_duration, local_time, print_json
 
@@ -232,6 +320,9 @@ def show(obj: Context, run: int | str, as_json: bool) -> None:
         return
     if data.get("type") == "sweep":
         _show_sweep(data)
+        return
+    if data.get("type") == "pipeline":
+        _show_pipeline(data)
         return
     lines = [
         ("run", f"{data['id']}  {data['name']}  (experiment {data['experiment']})"),
@@ -259,6 +350,8 @@ def show(obj: Context, run: int | str, as_json: bool) -> None:
         if data.get("objective") is not None:
             point += f", objective {number_text(data['objective'])}"
         lines.append(("sweep", point))
+    if data.get("pipeline"):
+        lines.append(("pipeline", f"{data['pipeline']}, step {data['pipeline_step']}"))
     if data.get("schedule_id"):
         lines.append(
             (
@@ -372,6 +465,123 @@ def _show_sweep(data: dict[str, Any]) -> None:
         click.echo(table(["POINT", "RUN", "STATE", header, "PARAMS"], rows, shrink=(4, 3)))
 
 
+def _show_pipeline(data: dict[str, Any]) -> None:
+    from hpcops.cli.output import local_time
+
+    lines = [
+        ("pipeline", f"{data['id']}  {data['name']}  (experiment {data['experiment']})"),
+        ("state", data["state"]),
+        ("owner", data["owner"]),
+        ("source", data.get("source") or "-"),
+        ("queued", local_time(data["created_at"])),
+    ]
+    if data.get("ended_at"):
+        lines.append(("ended", local_time(data["ended_at"])))
+    if data.get("schedule_id"):
+        lines.append(("schedule", f"{data['schedule_id']}, firing {data.get('firing_id')}"))
+    if data.get("mlflow_run_id"):
+        parent = f"parent run {data['mlflow_run_id']}"
+        lines.append(("mlflow", f"{parent}, experiment {data.get('mlflow_experiment_id')}"))
+    for key, value in lines:
+        click.echo(f"{key + ':':<11} {value}")
+    click.echo()
+    click.echo("\n".join(pipeline_graph(data["steps"])))
+
+
+def pipeline_graph(steps: list[dict[str, Any]]) -> list[str]:
+    """The steps (in the order they run) drawn as a tree: each under the last of the steps it
+    waits for, indented one level deeper than the deepest of them; a step that waits for more
+    than one names them all. Under each step, what it takes and why it waits or ended."""
+    import textwrap
+
+    from hpcops.cli.output import terminal_width
+
+    width = terminal_width()
+    depth: dict[str, int] = {}
+    lines: list[str] = []
+    for step in steps:
+        after = step.get("after") or []
+        level = 1 + max((depth.get(p, 0) for p in after), default=-1)
+        depth[step["name"]] = level
+        indent = "    " * max(level - 1, 0) + ("└─" if level else "")
+        lines.append(
+            f"{indent}{step_mark(step['state'])} {step['name']}  [{step['kind']}]  "
+            f"{step['state']}  {_step_what(step)}".rstrip()
+        )
+        under = " " * (len(indent) + 2)
+        for detail in _step_details(step):
+            lines += textwrap.wrap(
+                detail,
+                max(40, width),
+                initial_indent=under,
+                subsequent_indent=under + "  ",
+                break_on_hyphens=False,
+            )
+    return lines
+
+
+def _step_what(step: dict[str, Any]) -> str:
+    """What the step runs: its run, its sweep and progress, or its promotion's target."""
+    if step.get("sweep"):
+        text = f"sweep {step['sweep']}"
+        if step.get("n_points"):
+            text += f": {progress_text(step)}"
+        best = best_text(step)
+        return text + (f"  best {best}" if best != "-" else "")
+    if step.get("run_id") is not None:
+        return f"run {step['run_id']}"
+    register = step.get("register")
+    if register:
+        return f"model {register['name']}, alias {register['alias']}"
+    return ""
+
+
+def _step_details(step: dict[str, Any]) -> list[str]:
+    details = []
+    after = step.get("after") or []
+    if len(after) > 1:
+        details.append(f"after {', '.join(after)}")
+    inputs = step.get("inputs") or {}
+    if inputs:
+        details.append("inputs " + " ".join(f"{k}={v}" for k, v in inputs.items()))
+    register = step.get("register")
+    if register:
+        rule = register.get("if_better")
+        model = f"{register['model']}'s model" + (
+            f" (run {step['model_run_id']})" if step.get("model_run_id") else ""
+        )
+        condition = (
+            f"only if its {rule['metric']} ({rule['mode']}) beats the version holding it"
+            if rule
+            else "always"
+        )
+        details.append(f"registers {model}; the alias moves {condition}")
+    if step.get("wait_reason"):
+        details.append(f"waits: {step['wait_reason']}")
+    if step.get("reason") and step["state"] != "COMPLETED":
+        details.append(f"reason: {step['reason']}")
+    result = step.get("result")
+    if isinstance(result, dict):
+        details.append(f"result: {promotion_text(result)}")
+    return details
+
+
+def promotion_text(result: dict[str, Any]) -> str:
+    """A register step's result: `version 3 of digits-classifier; alias champion moved to it
+    (margin +0.02 over version 2)`, or kept where it was."""
+    version = f"version {result.get('version', '?')} of {result.get('model_name', '?')}"
+    alias = result.get("alias", "?")
+    margin = result.get("margin")
+    holder = result.get("holder_version")
+    over = f" over version {holder}" if holder else ""
+    by = f" (margin {margin:+.4g}{over})" if isinstance(margin, int | float) else ""
+    if result.get("moved"):
+        text = f"{version}; alias {alias} moved to it{by}"
+    else:
+        text = f"{version} registered; alias {alias} kept on version {holder or '?'}{by}"
+    return text + (f" — {result['reason']}" if result.get("reason") else "")
+
+
 def _staging_text(state: dict[str, Any]) -> str:
     text = str(state.get("phase", "?"))
     if state.get("files_total"):
@@ -474,7 +684,7 @@ def logs(obj: Context, run: int, stream: str, follow: bool, tail: int | None) ->
 
 
 @command()
-@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP...")
+@click.argument("runs", nargs=-1, required=True, type=RUN_OR_SWEEP, metavar="RUN|SWEEP|PIPELINE...")
 @click.option(
     "--timeout",
     "timeout_s",
@@ -501,7 +711,8 @@ def wait(
 ) -> None:
     """Wait until runs have ended; exit 0 only if all COMPLETED.
 
-    A sweep (s7) has ended when all its points have; it COMPLETED when they all did.
+    A sweep (s7) has ended when all its points have; it COMPLETED when they all did. A
+    pipeline (p3) likewise, by its steps.
 
     \b
     Exit status: 0 all COMPLETED; 1 some ended otherwise (FAILED, CANCELLED, TIMEOUT, ...);
@@ -533,7 +744,9 @@ def wait(
         print_json(results if len(results) > 1 else results[0])
     else:
         for result in results:
-            what = "sweep" if isinstance(result["id"], str) else "run"
+            what = "run"
+            if isinstance(result["id"], str):
+                what = "pipeline" if result["id"].startswith("p") else "sweep"
             click.echo(
                 f"{what} {result['id']}: {result['state']}"
                 + (f" (exit {result['exit_code']})" if result["exit_code"] else "")

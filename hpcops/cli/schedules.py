@@ -14,17 +14,19 @@ from hpcops.cli.parsing import group
 
 @group()
 def schedule() -> None:
-    """Queue a spec again and again: scheduled retraining.
+    """Queue a spec, or a pipeline, again and again: scheduled retraining.
 
-    Each firing queues a fresh run of the spec, owned by the schedule's owner and checked like
-    `hpcops submit` (role, priority range, cluster limits; quotas hold it in the queue). The run
-    records its schedule and firing (`hpcops show`).
+    Each firing queues a fresh run of the spec (of a pipeline: the whole pipeline, every step),
+    owned by the schedule's owner and checked like `hpcops submit` (role, priority range,
+    cluster limits; quotas hold it in the queue). The run records its schedule and firing
+    (`hpcops show`).
 
     \b
       hpcops schedule add train.yaml --cron "0 3 * * 1"      # Mondays 03:00, local zone
       hpcops schedule add train.yaml --cron "30 2 * * *" --timezone Europe/Berlin --name nightly
       hpcops schedule add eval.yaml --every 3600             # an interval in seconds
       hpcops schedule add train.yaml --on-data-change        # when its DVC data changes
+      hpcops schedule add pipeline.yaml --cron "0 3 * * 1"   # the whole pipeline, each firing
       hpcops schedule ls                                     # status, next firing, last outcome
       hpcops schedule show nightly                           # recent firings and their runs
       hpcops schedule pause nightly / resume nightly / rm nightly
@@ -116,9 +118,12 @@ def schedule_add(
 
     The spec is checked now as `hpcops submit` checks it (exit 2 if invalid, and nothing is
     scheduled), and stored with the schedule: later edits of the file do not change it.
+
+    SPEC may be a pipeline file (top-level steps:): each firing queues the whole pipeline, and
+    the overlap and catch-up rules apply to it as a whole. It fires on --cron or --every only;
+    its steps' specs are read and stored now, each checked as a firing would queue it.
     """
     from hpcops.cli.output import print_json
-    from hpcops.spec import load_spec_file, spec_to_yaml
 
     if cron is not None and every_s is not None:
         raise click.UsageError("give --cron or --every, not both")
@@ -126,9 +131,8 @@ def schedule_add(
         raise click.UsageError(
             "--on-data-change is a trigger of its own; give it, --cron or --every, not two"
         )
-    spec = load_spec_file(spec_path)
     params: dict[str, Any] = {
-        "yaml": spec_to_yaml(spec),
+        **_what_to_schedule(spec_path),
         "source": str(spec_path),
         "name": name,
         "cron": cron,
@@ -149,6 +153,29 @@ def schedule_add(
         f"schedule {result['id']} ({result['name']}): {result['cadence']}, "
         f"{next_what} {_when(result['next_fire_at'])}"
     )
+
+
+def _what_to_schedule(path: Path) -> dict[str, Any]:
+    """The spec's canonical YAML, or a pipeline's wire form (its steps' spec files read and
+    checked here, each relative to the pipeline's folder); SpecError (exit 2) when invalid."""
+    from hpcops.pipeline import PIPELINE, is_pipeline_text, load_pipeline_file, pipeline_to_wire
+    from hpcops.spec import load_spec_file, spec_to_yaml
+    from hpcops.yamlio import YamlProblems, read_bounded
+
+    try:
+        pipeline = is_pipeline_text(read_bounded(path, PIPELINE))
+    except (OSError, YamlProblems):
+        pipeline = False  # the spec reader says what is wrong with the file
+    if pipeline:
+        return {"pipeline": pipeline_to_wire(load_pipeline_file(path))}
+    return {"yaml": spec_to_yaml(load_spec_file(path))}
+
+
+def _queued(firing: dict[str, Any]) -> str:
+    """What a firing queued, as `hpcops show` takes it: `run 12`, `p3`, or nothing."""
+    if firing.get("pipeline_id"):
+        return f"p{firing['pipeline_id']}"
+    return f"run {firing['run_id']}" if firing["run_id"] else ""
 
 
 def _when(iso: str | None) -> str:
@@ -183,13 +210,15 @@ def schedule_ls(obj: Context, show_all: bool, as_json: bool) -> None:
         last = s["last_firing"]
         outcome = "-"
         if last is not None:
-            outcome = last["outcome"] + (f" run {last['run_id']}" if last["run_id"] else "")
+            outcome = " ".join(filter(None, [last["outcome"], _queued(last)]))
         problem = s["problem"] or s["last_error"] or ""
         check = s["last_check"]
         rows.append(
             [
                 str(s["id"]),
                 s["name"],
+                # What each firing queues: a spec's run, or a whole pipeline.
+                f"{s['kind']} {s['spec_name']}",
                 s["owner"],
                 s["status"],
                 s["cadence"],
@@ -199,7 +228,18 @@ def schedule_ls(obj: Context, show_all: bool, as_json: bool) -> None:
                 problem.splitlines()[0] if problem else "",
             ]
         )
-    headers = ["ID", "NAME", "OWNER", "STATUS", "WHEN", "NEXT", "CHECKED", "LAST", "PROBLEM"]
+    headers = [
+        "ID",
+        "NAME",
+        "FIRES",
+        "OWNER",
+        "STATUS",
+        "WHEN",
+        "NEXT",
+        "CHECKED",
+        "LAST",
+        "PROBLEM",
+    ]
     click.echo(table(headers, rows))
 
 
@@ -223,9 +263,10 @@ def schedule_show(obj: Context, ref: str, limit: int, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    overlap = "allowed" if data["allow_overlap"] else "skipped while a run is active"
+    active = "its pipeline has not ended" if data["kind"] == "pipeline" else "a run is active"
+    overlap = "allowed" if data["allow_overlap"] else f"skipped while {active}"
     lines = [
-        ("schedule", f"{data['id']}  {data['name']}  (spec {data['spec_name']})"),
+        ("schedule", f"{data['id']}  {data['name']}  ({data['kind']} {data['spec_name']})"),
         ("status", data["status"]),
         ("owner", data["owner"]),
         ("when", data["cadence"]),
@@ -258,13 +299,14 @@ def schedule_show(obj: Context, ref: str, limit: int, as_json: bool) -> None:
             local_time(f["scheduled_for"]),
             f["kind"],
             f["outcome"],
-            str(f["run_id"] or "-"),
+            f["queued"] or "-",
             f["run_state"] or "-",
             f["reason"] or "",
         ]
         for f in firings
     ]
-    click.echo(table(["FIRING", "FOR", "KIND", "OUTCOME", "RUN", "STATE", "WHY"], rows))
+    queued = "PIPELINE" if data["kind"] == "pipeline" else "RUN"
+    click.echo(table(["FIRING", "FOR", "KIND", "OUTCOME", queued, "STATE", "WHY"], rows))
 
 
 def _schedule_action(obj: Context, method: str, refs: tuple[str, ...], as_json: bool) -> None:
@@ -309,7 +351,8 @@ def schedule_rm(obj: Context, refs: tuple[str, ...], as_json: bool) -> None:
 @json_option
 @pass_ctx
 def schedule_run_now(obj: Context, ref: str, as_json: bool) -> None:
-    """Fire a schedule once, now (owner or lead); print the new run's id.
+    """Fire a schedule once, now (owner or lead); print the new run's id (a pipeline's
+    schedule: the new pipeline's p<id>).
 
     \b
     It follows the schedule's overlap rule: while an earlier firing's run is still queued or
@@ -323,7 +366,7 @@ def schedule_run_now(obj: Context, ref: str, as_json: bool) -> None:
     if as_json:
         print_json(result)
     elif firing["outcome"] == "submitted":
-        click.echo(firing["run_id"])
+        click.echo(firing["queued"])
     if firing["outcome"] != "submitted":
         if not as_json:
             click.echo(f"hpcops: {result['message']}", err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from hpcops.cli.parsing import command
 if TYPE_CHECKING:
     from hpcops.config import Config
     from hpcops.jobcontext import Placement
+    from hpcops.pipeline import Pipeline as LoadedPipeline
     from hpcops.spec import Spec
 
 
@@ -27,35 +29,58 @@ if TYPE_CHECKING:
 @json_option
 @pass_ctx
 def validate(obj: Context, specs: tuple[Path, ...], offline: bool, as_json: bool) -> None:
-    """Check spec files without queueing anything.
+    """Check spec files (and pipeline files) without queueing anything.
 
     Every problem names its field and what is allowed. With a daemon running, also checks the
     partition and time limit against the cluster. Exit status 2 if any spec is invalid.
 
     A sweep spec lists its points: how many, and each point's values (the first ones; --json
     lists them all: {"path", "valid", "name", "sweep": {"n_points", "points"}} per spec).
+
+    A pipeline file (a file with steps:) is checked with every spec file its steps name, and
+    its steps are listed in the order they run: name, kind (run, sweep or register), what each
+    waits for. --json: {"path", "valid", "type": "pipeline", "name", "steps": [{"name",
+    "kind", "spec", "after", "inputs", "n_points"}]}.
     """
     from hpcops.api.sweeps import sweep_preview
     from hpcops.errors import InvalidInput, NotRunning
+    from hpcops.pipeline import is_pipeline_file, load_pipeline_file
     from hpcops.spec import load_spec_file, spec_to_yaml
 
     failed = False
     cluster_checked = not offline
     answers: list[dict[str, Any]] = []
-    for path in specs:
+
+    def ask_daemon(spec: Spec, source: str) -> None:
+        nonlocal cluster_checked
+        if offline:
+            return
         try:
-            spec = load_spec_file(path)
-            if not offline:
-                try:
-                    obj.call("validate", yaml=spec_to_yaml(spec), source=str(path))
-                except NotRunning:
-                    cluster_checked = False
-            sweep = sweep_preview(spec)
+            obj.call("validate", yaml=spec_to_yaml(spec), source=source)
+        except NotRunning:
+            cluster_checked = False
+
+    for path in specs:
+        is_pipeline = is_pipeline_file(path)
+        try:
+            if is_pipeline:
+                pipeline = load_pipeline_file(path)
+                for name, step_spec in pipeline.specs.items():
+                    ask_daemon(step_spec, f"{path}, step {name}")
+            else:
+                spec = load_spec_file(path)
+                ask_daemon(spec, str(path))
+                sweep = sweep_preview(spec)
         except InvalidInput as exc:
             answers.append({"path": str(path), "valid": False, "error": str(exc)})
             if not as_json:
                 click.echo(str(exc), err=True)
             failed = True
+            continue
+        if is_pipeline:
+            answers.append(pipeline_preview(path, pipeline))
+            if not as_json:
+                click.echo(pipeline_preview_text(answers[-1]))
             continue
         answers.append({"path": str(path), "valid": True, "name": spec.name, "sweep": sweep})
         if as_json:
@@ -76,6 +101,52 @@ def validate(obj: Context, specs: tuple[Path, ...], offline: bool, as_json: bool
         )
     if failed:
         sys.exit(2)
+
+
+def pipeline_preview(path: Path, pipeline: LoadedPipeline) -> dict[str, Any]:
+    """What `validate` says of a pipeline file: its steps in the order they run."""
+    from hpcops.pipeline import topological_order
+
+    steps = []
+    for name in topological_order(pipeline.graph):
+        step, spec = pipeline.steps[name], pipeline.specs.get(name)
+        kind = "register" if spec is None else ("sweep" if spec.sweep is not None else "run")
+        steps.append(
+            {
+                "name": name,
+                "kind": kind,
+                "spec": step.spec,
+                "after": list(step.after),
+                "inputs": dict(step.inputs),
+                "n_points": spec.sweep.n_points if spec is not None and spec.sweep else None,
+            }
+        )
+    return {
+        "path": str(path),
+        "valid": True,
+        "type": "pipeline",
+        "name": pipeline.name,
+        "steps": steps,
+    }
+
+
+def pipeline_preview_text(preview: dict[str, Any]) -> str:
+    """`pipeline.yaml: ok (pipeline digits-retrain): 4 steps` and a line per step."""
+    from hpcops.cli.output import table
+
+    steps = preview["steps"]
+    rows = [
+        [
+            step["name"],
+            step["kind"] + (f" of {step['n_points']} points" if step["n_points"] else ""),
+            step["spec"] or "-",
+            ", ".join(step["after"]) or "-",
+            " ".join(f"{k}={v}" for k, v in step["inputs"].items()),
+        ]
+        for step in steps
+    ]
+    head = f"{preview['path']}: ok (pipeline {preview['name']}): {len(steps)} steps"
+    return head + "\n" + table(["STEP", "KIND", "SPEC", "AFTER", "INPUTS"], rows, shrink=4)
 
 
 POINTS_SHOWN = 20  # validate's table of a sweep's points shows the first ones
@@ -180,7 +251,8 @@ def _render_sweep(spec: Spec, config: Config, placement: Placement, point: int |
 @json_option
 @pass_ctx
 def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bool) -> None:
-    """Queue one or more specs; print each new run's id (a sweep's: `queued sweep s7: ...`).
+    """Queue one or more specs, or one pipeline; print each new run's id (a sweep's: `queued
+    sweep s7: ...`, a pipeline's: `queued pipeline p3: ...` and a line per step).
 
     All specs are checked first: if any is invalid, none is queued (exit 2). The daemon releases
     queued runs into Slurm in priority order, up to the lab's limits.
@@ -189,15 +261,38 @@ def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bo
     refuses uncommitted changes (unless --allow-dirty), and ships only the git objects the lab's
     mirror lacks. The job checks the commit out into its run directory.
 
+    A pipeline file (name: and steps:, each step a spec file or a register: promotion) is
+    submitted on its own: every step is queued at once, and each is released only when the
+    steps in its after: COMPLETED. Each step's code is shipped as a spec's is.
+
+    \b
+      hpcops submit configs/examples/pipeline/pipeline.yaml
+      queued pipeline p3: digits-retrain, 4 steps
+        prepare   run       run 12
+        train     sweep     sweep s4 (runs 13-16)
+        ...
+
     \b
     --json prints {"type": "run", "id": N, "name": ..., "code": {...}} for one spec, a list of
     those for several; "code" (specs with code: only) has repo, commit, dirty and bundle_bytes.
     A sweep spec's is {"type": "sweep", "id": "s7", "sweep_id": 7, "n_points", "runs": [...]}.
+    A pipeline's is {"type": "pipeline", "id": "p3", "pipeline_id": 3, "name", "state",
+    "steps": [{"name", "kind", "run_id", "sweep", "runs"}], "code": {step: {...}}}.
     """
     from hpcops.client.ship import prepare
     from hpcops.errors import InvalidInput
+    from hpcops.pipeline import is_pipeline_file
     from hpcops.spec import load_spec_file
 
+    pipelines = [path for path in specs if is_pipeline_file(path)]
+    if pipelines and len(specs) > 1:
+        raise InvalidInput(
+            f"{pipelines[0]} is a pipeline: submit it on its own (hpcops submit "
+            f"{pipelines[0]}); nothing was queued"
+        )
+    if pipelines:
+        _submit_pipeline(obj, pipelines[0], allow_dirty, as_json)
+        return
     loaded, problems = [], []
     for path in specs:
         try:
@@ -233,6 +328,58 @@ def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bo
             click.echo(entry["id"] if len(queued) == 1 else f"{entry['id']}\t{entry['name']}")
 
 
+def _submit_pipeline(obj: Context, path: Path, allow_dirty: bool, as_json: bool) -> None:
+    """Load the pipeline and its steps' specs here (exit 2 on any problem, nothing sent), ship
+    each step's code as a spec's, and queue it in one request."""
+    from hpcops.client.ship import prepare
+    from hpcops.errors import InvalidInput
+    from hpcops.pipeline import Pipeline, load_pipeline_file, pipeline_to_wire
+
+    try:
+        loaded = load_pipeline_file(path)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{exc}\nnothing was queued") from None
+    names = list(loaded.specs)
+    prepared = prepare(
+        obj.client(),
+        [(loaded.specs[name], f"{path}, step {name}") for name in names],
+        allow_dirty=allow_dirty,
+        quiet=as_json,
+    )
+    by_step = dict(zip(names, prepared, strict=True))
+    pinned = Pipeline(loaded.source, loaded.definition, {n: p.spec for n, p in by_step.items()})
+    code = {name: p.code for name, p in by_step.items() if p.code is not None}
+    result = obj.call("submit_pipeline", pipeline=pipeline_to_wire(pinned), code=code)
+    shipped = {name: p.shipped for name, p in by_step.items() if p.shipped}
+    if shipped:
+        result["code"] = shipped
+    if as_json:
+        from hpcops.cli.output import print_json
+
+        print_json(result)
+        return
+    click.echo(pipeline_queued(result))
+
+
+def pipeline_queued(result: dict[str, Any]) -> str:
+    """`queued pipeline p3: digits-retrain, 4 steps` and a line per step with its run(s)."""
+    from hpcops.api.sweeps import id_ranges
+    from hpcops.cli.output import table
+
+    rows = []
+    for step in result["steps"]:
+        if step["sweep"]:
+            what = f"sweep {step['sweep']} (runs {id_ranges(step['runs'])})"
+        elif step["run_id"] is not None:
+            what = f"run {step['run_id']}"
+        else:
+            what = "no job: a promotion, once the steps before it COMPLETED"
+        rows.append([f"  {step['name']}", step["kind"], what])
+    head = f"queued pipeline {result['id']}: {result['name']}, {len(rows)} steps"
+    lines = table(["", "", ""], rows).splitlines()[1:]  # no header: the lines say it
+    return "\n".join([head, *lines])
+
+
 def per_spec(result: dict[str, Any]) -> list[dict[str, Any]]:
     """submit's answer, one entry per spec in order: a run, or a sweep with its points' runs."""
     sweeps = {s["id"]: s for s in result.get("sweeps") or []}
@@ -254,7 +401,7 @@ def sweep_queued(sweep: dict[str, Any]) -> str:
 
 
 @command()
-@click.argument("run", metavar="RUN")
+@click.argument("run", metavar="RUN|SWEEP|PIPELINE.STEP")
 @click.option(
     "--set",
     "assignments",
@@ -263,9 +410,16 @@ def sweep_queued(sweep: dict[str, Any]) -> str:
     help="Change one field of the recorded spec (repeatable): params.NAME, tags.NAME, "
     "resources.FIELD, priority or name. Values are read like YAML: 0.01, 3, true, text.",
 )
+@click.option(
+    "--downstream",
+    is_flag=True,
+    help="With a pipeline's step (p3.train): also run again every step after it.",
+)
 @json_option
 @pass_ctx
-def rerun(obj: Context, run: str, assignments: tuple[str, ...], as_json: bool) -> None:
+def rerun(
+    obj: Context, run: str, assignments: tuple[str, ...], downstream: bool, as_json: bool
+) -> None:
     """Run an experiment again from its record; print the new run's id.
 
     RUN is an hpcops run id (12), a sweep (s7: all its points again, as a new sweep; no
@@ -274,14 +428,40 @@ def rerun(obj: Context, run: str, assignments: tuple[str, ...], as_json: bool) -
     code commit, data and params, unless --set changes them. The new run is yours, and the two
     MLflow records are linked both ways (tags hpcops.rerun_of and hpcops.rerun_by).
 
+    A pipeline's step is PIPELINE.STEP (p3.train): that step runs again in its pipeline, from
+    the spec it was queued with (same code commit and data), waiting for its parents as at
+    first; --downstream runs every step after it again too (evaluate, promote). The step must
+    have ended (cancel it first). The pipeline's owner or a lead only; no --set.
+
     \b
       hpcops rerun 12
       hpcops rerun 12 --set params.lr=0.01 --set params.seed=3
       hpcops rerun 4f1c0a9e2b6d4f7e8a1b2c3d4e5f6a7b --json
+      hpcops rerun p3.train --downstream
     """
     from hpcops.errors import InvalidInput
     from hpcops.tracking.rerun import parse_assignments
 
+    step = _pipeline_step(run)
+    if step is not None:
+        if assignments:
+            raise InvalidInput(
+                f"--set changes one run's spec; {run} runs again as it was queued. Submit an "
+                "edited copy of the pipeline instead"
+            )
+        result = obj.call("rerun_step", pipeline=step[0], step=step[1], downstream=downstream)
+        if as_json:
+            from hpcops.cli.output import print_json
+
+            print_json(result)
+            return
+        click.echo(result["message"])
+        return
+    if downstream:
+        raise InvalidInput(
+            f"--downstream goes with a pipeline's step, e.g. hpcops rerun p3.train "
+            f"--downstream; {run!r} is not one"
+        )
     source: int | str
     if run[:1] in ("s", "S"):
         from hpcops.cli.parsing import RUN_OR_SWEEP
@@ -308,6 +488,26 @@ def rerun(obj: Context, run: str, assignments: tuple[str, ...], as_json: bool) -
         click.echo(f"queued {sweep_queued(result)}, a rerun of {result['rerun_of']}")
         return
     click.echo(result["id"])
+
+
+_PIPELINE_STEP = re.compile(r"[pP]([1-9][0-9]{0,18})(?:\.(.*))?", re.DOTALL)
+
+
+def _pipeline_step(word: str) -> tuple[str, str] | None:
+    """`p3.train` as ("p3", "train"); None for a word that names no pipeline. A pipeline without
+    its step is refused: rerun runs a step of it again, never the whole of it."""
+    from hpcops.errors import InvalidInput
+
+    found = _PIPELINE_STEP.fullmatch(word)
+    if found is None:
+        return None
+    ref = f"p{int(found.group(1))}"
+    if not found.group(2):
+        raise InvalidInput(
+            f"{word} is a pipeline: name the step to run again, e.g. hpcops rerun {ref}.train "
+            f"(--downstream: and every step after it); hpcops show {ref} lists its steps"
+        )
+    return ref, found.group(2)
 
 
 COMMANDS = (validate, render, submit, rerun)

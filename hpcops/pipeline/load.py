@@ -97,7 +97,9 @@ def _spec_problems(name: str, spec_path: Path, error: SpecError) -> Iterator[Fie
         yield FieldProblem(where, f"{spec_path.name}: {message}")
 
 
-def _is_pipeline_file(path: Path) -> bool:
+def is_pipeline_file(path: str | Path) -> bool:
+    """Whether a file is a pipeline (is_pipeline_text), read as bounded as the loader reads it;
+    an unreadable file is not one: the spec reader then says what is wrong with it."""
     try:
         return is_pipeline_text(read_bounded(path, PIPELINE))
     except (OSError, YamlProblems):
@@ -123,7 +125,7 @@ def _load_specs(
         try:
             specs[name] = load_spec_file(path)
         except SpecError as exc:
-            if _is_pipeline_file(path):  # one message, not the spec reader's dozen about it
+            if is_pipeline_file(path):  # one message, not the spec reader's dozen about it
                 problems.append(
                     FieldProblem(
                         dotted(("steps", name, "spec")),

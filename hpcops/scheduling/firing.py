@@ -1,5 +1,6 @@
-"""Firing a schedule: a due time becomes a run of its spec for its owner, recorded with the
-firing in one transaction (ScheduleService decides when; this module makes the run).
+"""Firing a schedule: a due time becomes a run of its spec (or its whole pipeline) for its
+owner, recorded with the firing in one transaction (ScheduleService decides when; this module
+makes the run).
 
 A scheduled firing is claimed first, in APScheduler's thread (service.py), then completed here,
 in a small pool: preparing its run may fetch the schedule's branch from a slow repository, and
@@ -9,6 +10,7 @@ that must delay no other schedule. One schedule's firings complete in order.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -24,8 +26,10 @@ from hpcops.config import Config
 from hpcops.describe import clip as clip_to
 from hpcops.engine import Engine
 from hpcops.errors import HpcopsError, PermissionDenied
+from hpcops.pipeline import pipeline_from_wire
 from hpcops.spec import parse_spec
 from hpcops.store import Audit, Firing, Run, Schedule, Store
+from hpcops.store.schedules import PreparedPipeline
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +134,9 @@ class Firer:
         submit: bool = True,
         data_json: str | None = None,
     ) -> tuple[Firing, bool]:
-        """One firing: a fresh run of the schedule's spec for its owner, recorded with it in
-        one transaction. Returns the firing and whether it is new (False: already recorded).
+        """One firing: a fresh run of the schedule's spec (or its pipeline, every step) for its
+        owner, recorded with it in one transaction. Returns the firing and whether it is new
+        (False: already recorded).
         `data_json`: the data versions a check read, kept on a firing that queues no run (its
         run's own versions are kept on one that does)."""
         firing = Firing(
@@ -144,10 +149,10 @@ class Firer:
             reason=clip(note),
             data_json=data_json,
         )
-        run: Run | None = None
+        prepared: Run | PreparedPipeline | None = None
         if submit:
             try:
-                run = self._run_for(schedule)
+                prepared = self._prepare(schedule)
             except HpcopsError as exc:
                 firing.outcome = "error"
                 firing.reason = clip("; ".join(filter(None, [note, exc.message])))
@@ -156,41 +161,67 @@ class Firer:
                 firing.outcome = "error"
                 firing.reason = clip(f"internal error: {exc!r} (see the daemon's log)")
         self._fault_point("firing_before_commit")
-        recorded, new = self.store.record_firing(
-            firing,
-            run,
-            allow_overlap=schedule.allow_overlap,
-            run_note=f"queued by schedule {schedule.id} ({schedule.name})",
-        )
+        run_note = f"queued by schedule {schedule.id} ({schedule.name})"
+        if schedule.kind == "pipeline":
+            recorded, new = self.store.record_pipeline_firing(
+                firing,
+                prepared if isinstance(prepared, tuple) else None,
+                allow_overlap=schedule.allow_overlap,
+                note=run_note,
+            )
+        else:
+            recorded, new = self.store.record_firing(
+                firing,
+                prepared if isinstance(prepared, Run) else None,
+                allow_overlap=schedule.allow_overlap,
+                run_note=run_note,
+            )
         self._fault_point("firing_after_commit")
         if new:
+            queued = ""
+            if recorded.run_id:
+                queued = f" run {recorded.run_id}"
+            elif recorded.pipeline_id:
+                queued = f" pipeline p{recorded.pipeline_id}"
             log.info(
                 "schedule %s (%s) fired for %s: %s%s%s",
                 schedule.id,
                 schedule.name,
                 datetime.fromtimestamp(scheduled_for, UTC).isoformat(timespec="seconds"),
                 recorded.outcome,
-                f" run {recorded.run_id}" if recorded.run_id else "",
+                queued,
                 f" ({recorded.reason})" if recorded.reason else "",
             )
             if recorded.outcome == "submitted":
                 self.engine.changed()
         return recorded, new
 
-    def _run_for(self, schedule: Schedule) -> Run:
-        """The run a firing queues: the schedule's spec with its moving references resolved
-        now, owned by the schedule's owner and checked as `hpcops submit` checks theirs (role,
-        priority range, cluster limits, template); quotas apply in the queue as for any run."""
+    def _prepare(self, schedule: Schedule) -> Run | PreparedPipeline:
+        """What a firing queues: the schedule's spec or pipeline with its moving references
+        resolved now, owned by the schedule's owner and checked as `hpcops submit` checks
+        theirs (role, priority range, cluster limits, template); quotas apply in the queue as
+        for any run."""
         owner = Caller(uid=schedule.owner_uid, name=schedule.owner)
+        source = f"schedule {schedule.id} ({schedule.name})"
+        # Moving references (a code branch, a data target's rev) are resolved by the engine
+        # through the lab's code mirror: the run gets today's commit.
+        if schedule.kind == "pipeline":
+            loaded = pipeline_from_wire(json.loads(schedule.pipeline_json or "null"), source)
+            self._check_owner(schedule, owner, [s.priority for s in loaded.specs.values()])
+            return self.engine.prepare_pipeline(loaded, owner)
+        spec = parse_spec(schedule.spec_yaml, source)
+        self._check_owner(schedule, owner, [spec.priority])
+        return self.engine.prepare_run(spec, source, owner)
+
+    def _check_owner(self, schedule: Schedule, owner: Caller, priorities: list[int]) -> None:
+        """The schedule's owner may still submit, at these priorities (else PermissionDenied,
+        audited)."""
         access = self.config.access
         role = role_of(owner, access, daemon_uid=self.daemon_uid, groups=unix_groups(owner.name))
-        source = f"schedule {schedule.id} ({schedule.name})"
         try:
             authorize("submit", owner, role)
-            # Moving references (a code branch, a data target's rev) are resolved by
-            # prepare_run, through the lab's code mirror: the run gets today's commit.
-            spec = parse_spec(schedule.spec_yaml, source)
-            check_priority(spec.priority, role, access)
+            for priority in priorities:
+                check_priority(priority, role, access)
         except PermissionDenied as exc:
             self.store.audit(
                 Audit(
@@ -204,7 +235,6 @@ class Firer:
                 )
             )
             raise PermissionDenied(f"the schedule's owner may no longer submit: {exc}") from None
-        return self.engine.prepare_run(spec, source, owner)
 
     def _fault_point(self, name: str) -> None:
         if self.fault == name:

@@ -1,4 +1,5 @@
-"""The daemon's schedules: APScheduler says when, this module turns each firing into a run.
+"""The daemon's schedules: APScheduler says when, this module turns each firing into a run (or
+a whole pipeline: a schedule added with a pipeline file).
 
 APScheduler 3.x runs in its own thread (BackgroundScheduler) with its jobs in the daemon's
 database (SQLAlchemyJobStore, table `apscheduler_jobs`), so schedules survive restarts and
@@ -52,11 +53,15 @@ from hpcops.access import Caller
 from hpcops.config import Config
 from hpcops.engine import DAEMON, Engine
 from hpcops.errors import HpcopsError, InvalidInput, SpecError
+from hpcops.pipeline import Pipeline as LoadedPipeline
+from hpcops.pipeline import pipeline_from_wire, pipeline_to_wire
 from hpcops.scheduling import datachange
 from hpcops.scheduling.firing import Firer, clip, id_of
 from hpcops.spec import Spec, parse_spec, spec_to_yaml
+from hpcops.spec.blocks import ScheduleBlock
 from hpcops.store import Firing, Schedule, Store
 from hpcops.store.schedules import FIRING_PENDING
+from hpcops.yamlio import dump_yaml
 
 if TYPE_CHECKING:
     from apscheduler.job import Job
@@ -244,7 +249,65 @@ class ScheduleService:
     def add(self, spec: Spec, source: str, options: ScheduleOptions, caller: Caller) -> Schedule:
         """A new schedule of `spec`, owned by the caller; every value is checked first, and a
         bad one changes nothing (InvalidInput naming the option)."""
-        block = spec.schedule
+        settings = self._settings(
+            options, spec.schedule, spec.name, source, watch=lambda: datachange.watch_problem(spec)
+        )
+        # The spec must be one that `hpcops submit` would queue today.
+        plain = spec.model_copy(update={"schedule": None})
+        self.engine.check_spec(plain, source)
+        if settings["on_data_change"]:
+            # The branch and the .dvc files must be readable now: a typo in a path is told to
+            # the one adding the schedule, not found by every check. The first check fires.
+            self.engine.current_data(plain, source, caller)
+        return self._store(
+            settings, caller, spec_yaml=spec_to_yaml(plain), spec_name=spec.name, kind="spec"
+        )
+
+    def add_pipeline(
+        self, loaded: LoadedPipeline, options: ScheduleOptions, caller: Caller
+    ) -> Schedule:
+        """A new schedule of a pipeline: each firing queues the whole pipeline. Checked now as a
+        firing would queue it (each step's code resolved and its spec checked against the
+        cluster), nothing stored; the pipeline is kept unpinned, so each firing takes the
+        newest commit of a step's branch."""
+        settings = self._settings(options, None, loaded.name, loaded.source, watch=None)
+        self.engine.prepare_pipeline(loaded, caller)  # raises what `submit` would refuse
+        return self._store(
+            settings,
+            caller,
+            spec_yaml=dump_yaml(loaded.definition.model_dump(mode="json", by_alias=True)),
+            spec_name=loaded.name,
+            kind="pipeline",
+            pipeline_json=json.dumps(pipeline_to_wire(loaded)),  # keeps the steps in order
+        )
+
+    def _store(self, settings: dict[str, Any], caller: Caller, **what: Any) -> Schedule:
+        now = self.clock()
+        schedule = self.store.add_schedule(
+            Schedule(
+                **settings,
+                **what,
+                owner=caller.name,
+                owner_uid=caller.uid,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        self._sync_job(schedule)
+        return schedule
+
+    def _settings(
+        self,
+        options: ScheduleOptions,
+        block: ScheduleBlock | None,
+        default_name: str,
+        source: str,
+        *,
+        watch: Callable[[], str | None] | None,
+    ) -> dict[str, Any]:
+        """A schedule's settings from the options, else the spec's schedule block, else the
+        config; every problem at once (InvalidInput). `watch`: why the spec cannot be watched
+        for data changes (None: a pipeline, which fires only on a cron or an interval)."""
         defaults = self.config.schedules
 
         def pick(name: str) -> Any:
@@ -254,6 +317,12 @@ class ScheduleService:
         on_data = bool(options.on_data_change)
         if cron is None and every_s is None and not on_data and block is not None:
             cron, every_s, on_data = block.cron, block.every_s, bool(block.on_data_change)
+        if on_data and watch is None:
+            raise InvalidInput(
+                f"{source}: a pipeline fires on --cron or --every, not --on-data-change: its "
+                "steps' data is read when each step is queued. Schedule the pipeline on a cron, "
+                "or a spec with --on-data-change"
+            )
         if on_data and (cron is not None or every_s is not None):
             raise InvalidInput(
                 "on-data-change: a schedule fires on one trigger; --on-data-change "
@@ -263,18 +332,21 @@ class ScheduleService:
             raise InvalidInput(
                 "a schedule needs exactly one of --cron EXPR (e.g. --cron '0 3 * * 1'), "
                 "--every SECONDS and --on-data-change, or a schedule: block in the spec"
+                if watch is not None
+                else "a pipeline's schedule needs exactly one of --cron EXPR (e.g. --cron "
+                "'0 3 * * 1') and --every SECONDS"
             )
         problems = []
         check_every_s = pick("check_every_s")
-        if on_data:
+        if on_data and watch is not None:
             check_every_s = _first(check_every_s, defaults.check_every_s)
             try:
                 datachange.check_check_every_s(check_every_s, defaults.min_interval_s)
             except ValueError as exc:
                 problems.append(f"check-every: {exc}")
-            watch = datachange.watch_problem(spec)
-            if watch is not None:
-                problems.append(f"data: {watch}")
+            watched = watch()
+            if watched is not None:
+                problems.append(f"data: {watched}")
         elif check_every_s is not None:
             problems.append(
                 "check-every: is how often an on-data-change schedule looks at its data; it "
@@ -304,7 +376,7 @@ class ScheduleService:
         grace = _first(pick("catch_up_grace_s"), defaults.catch_up_grace_s)
         if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= 31 * 86400:
             problems.append(f"catch-up grace: {grace!r} is not a whole number of seconds 0-2678400")
-        name = _first(options.name, block.name if block else None, spec.name)
+        name = _first(options.name, block.name if block else None, default_name)
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             problems.append(
                 f"name: {name!r} must be letters, digits and . _ - (starting with a letter or "
@@ -312,35 +384,17 @@ class ScheduleService:
             )
         if problems:
             raise InvalidInput(f"{source}: cannot schedule it:\n  " + "\n  ".join(problems))
-        # The spec must be one that `hpcops submit` would queue today.
-        plain = spec.model_copy(update={"schedule": None})
-        self.engine.check_spec(plain, source)
-        if on_data:
-            # The branch and the .dvc files must be readable now: a typo in a path is told to
-            # the one adding the schedule, not found by every check. The first check fires.
-            self.engine.current_data(plain, source, caller)
-        now = self.clock()
-        schedule = self.store.add_schedule(
-            Schedule(
-                name=name,
-                owner=caller.name,
-                owner_uid=caller.uid,
-                spec_yaml=spec_to_yaml(plain),
-                spec_name=spec.name,
-                cron=cron,
-                every_s=every_s,
-                timezone=zone,
-                catch_up=catch_up,
-                catch_up_grace_s=grace,
-                allow_overlap=bool(pick("allow_overlap")),
-                on_data_change=on_data,
-                check_every_s=check_every_s if on_data else None,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        self._sync_job(schedule)
-        return schedule
+        return {
+            "name": name,
+            "cron": cron,
+            "every_s": every_s,
+            "timezone": zone,
+            "catch_up": catch_up,
+            "catch_up_grace_s": grace,
+            "allow_overlap": bool(pick("allow_overlap")),
+            "on_data_change": on_data,
+            "check_every_s": check_every_s if on_data else None,
+        }
 
     def set_paused(self, schedule: Schedule, paused: bool) -> Schedule:
         updated = self.store.update_schedule(id_of(schedule), paused=paused)
@@ -381,12 +435,17 @@ class ScheduleService:
         return times
 
     def problem(self, schedule: Schedule) -> str | None:
-        """Why the schedule's spec would not be queued now (the cluster, the templates or the
-        spec rules changed since it was added), or None."""
+        """Why the schedule's spec, or a step's spec of its pipeline, would not be queued now
+        (the cluster, the templates or the spec rules changed since it was added), or None.
+        Nothing is fetched: `schedule ls` asks this of every schedule."""
         source = f"schedule {schedule.id} ({schedule.name})"
         try:
-            spec = parse_spec(schedule.spec_yaml, source)
-            self.engine.check_spec(spec, source)
+            if schedule.kind == "pipeline":
+                loaded = pipeline_from_wire(json.loads(schedule.pipeline_json or "null"), source)
+                for step, spec in loaded.specs.items():
+                    self.engine.check_spec(spec, f"{source}, step {step}")
+            else:
+                self.engine.check_spec(parse_spec(schedule.spec_yaml, source), source)
         except InvalidInput as exc:
             return exc.message
         return None

@@ -383,8 +383,8 @@ class QuotaOverride(SQLModel, table=True):
 
 
 class Schedule(SQLModel, table=True):
-    """A spec that is queued again on a cron, an interval, or when its DVC-tracked data changes
-    (`hpcops schedule add`).
+    """A spec, or a pipeline, that is queued again on a cron, an interval, or (a spec) when its
+    DVC-tracked data changes (`hpcops schedule add`).
 
     The source of truth for schedules; APScheduler's job store (same database) only drives
     when they fire. A removed schedule stays, marked, so its runs keep their provenance."""
@@ -393,8 +393,12 @@ class Schedule(SQLModel, table=True):
     name: str = Field(index=True)
     owner: str
     owner_uid: int
-    spec_yaml: str  # canonical, without the spec's schedule block
-    spec_name: str
+    spec_yaml: str  # canonical, without the spec's schedule block; a pipeline's definition
+    spec_name: str  # the spec's name, or the pipeline's
+    # What a firing queues: "spec" (a run of spec_yaml) or "pipeline" (pipeline_json, the wire
+    # form hpcops.pipeline.pipeline_to_wire gives, with each step's spec unpinned).
+    kind: str = "spec"
+    pipeline_json: str | None = None
     cron: str | None = None
     every_s: int | None = None
     timezone: str
@@ -442,6 +446,7 @@ class Firing(SQLModel, table=True):
     outcome: str  # "submitted", "skipped", "error"
     reason: str = ""
     run_id: int | None = None
+    pipeline_id: int | None = None  # the pipeline it queued (a pipeline schedule's firing)
     # The data versions it was for, as Run.data_json: its run's, or (no run) those its check
     # read, so that a firing that failed is not retried for the same data on every check.
     data_json: str | None = None

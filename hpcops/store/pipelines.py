@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Unpack
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from hpcops.errors import NotFound, StoreError
@@ -48,41 +48,12 @@ class PipelineTables(RunTables):
         """The pipeline, its steps and each spec step's runs (`runs`, by step name), in one
         transaction. Every run is stored gated, naming its pipeline and step; a register step
         starts QUEUED. Returns the pipeline and every run queued."""
-        every = [run for _, step_runs in runs.values() for run in step_runs]
-        for run in every:
+        for run in _every_run(runs):
             check_initial(run)
-        now = time.time()
         with self._session() as session:
-            pipeline.created_at = pipeline.created_at or now
-            pipeline.updated_at = now
-            session.add(pipeline)
-            session.flush()
-            for name, (sweep, step_runs) in runs.items():
-                if sweep is not None:
-                    sweep.created_at = sweep.created_at or now
-                    sweep.updated_at = now
-                    session.add(sweep)
-                    session.flush()
-                for run in step_runs:
-                    run.sweep_id = sweep.id if sweep is not None else None
-                    run.pipeline_id = pipeline.id
-                    run.pipeline_step = name
-                    run.gated = True
-                    run.created_at = run.created_at or now
-                    run.updated_at = now
-                    session.add(run)
-            session.flush()
-            for run in every:
-                record_queued(session, run, actor=actor, reason=reason, now=now, track=self.track)
-            for step in steps:
-                sweep, step_runs = runs.get(step.name, (None, ()))
-                step.pipeline_id = pipeline.id or 0
-                step.sweep_id = sweep.id if sweep is not None else None
-                step.run_id = step_runs[0].id if sweep is None and step_runs else None
-                if step.kind == "register":
-                    step.state = RunState.QUEUED
-                step.updated_at = now
-                session.add(step)
+            every = store_pipeline(
+                session, pipeline, steps, runs, actor, reason, now=time.time(), track=self.track
+            )
         return pipeline, every
 
     def get_pipeline(self, pipeline_id: int) -> Pipeline:
@@ -254,20 +225,7 @@ class PipelineTables(RunTables):
                     )
             for name, (sweep, step_runs) in fresh.items():
                 step = steps[name]
-                if sweep is not None:
-                    sweep.created_at = sweep.created_at or now
-                    sweep.updated_at = now
-                    session.add(sweep)
-                    session.flush()
-                for run in step_runs:
-                    run.sweep_id = sweep.id if sweep is not None else None
-                    run.pipeline_id = pipeline_id
-                    run.pipeline_step = name
-                    run.gated = True
-                    run.created_at = run.created_at or now
-                    run.updated_at = now
-                    session.add(run)
-                session.flush()
+                _store_step_runs(session, pipeline_id, name, sweep, step_runs, now)
                 for run in step_runs:
                     record_queued(
                         session, run, actor=actor, reason=reason, now=now, track=self.track
@@ -287,6 +245,72 @@ class PipelineTables(RunTables):
             pipeline.updated_at = now
             session.add(pipeline)
         return every
+
+
+def _store_step_runs(
+    session: Session,
+    pipeline_id: int,
+    name: str,
+    sweep: Sweep | None,
+    runs: Sequence[Run],
+    now: float,
+) -> None:
+    """A step's new runs (and a sweep step's Sweep) added to the session, gated, naming their
+    pipeline and step, and flushed so they have ids; their first events are the caller's."""
+    if sweep is not None:
+        sweep.created_at = sweep.created_at or now
+        sweep.updated_at = now
+        session.add(sweep)
+        session.flush()
+    for run in runs:
+        run.sweep_id = sweep.id if sweep is not None else None
+        run.pipeline_id = pipeline_id
+        run.pipeline_step = name
+        run.gated = True
+        run.created_at = run.created_at or now
+        run.updated_at = now
+        session.add(run)
+    session.flush()
+
+
+def _every_run(runs: dict[str, StepRuns]) -> list[Run]:
+    return [run for _, step_runs in runs.values() for run in step_runs]
+
+
+def store_pipeline(
+    session: Session,
+    pipeline: Pipeline,
+    steps: Sequence[PipelineStep],
+    runs: dict[str, StepRuns],
+    actor: str,
+    reason: str,
+    *,
+    now: float,
+    track: bool,
+) -> list[Run]:
+    """Within the caller's transaction: the pipeline, its steps and each spec step's runs, as
+    `add_pipeline` stores them (a schedule's firing stores them with its record, so that a
+    firing repeated after a crash queues nothing twice). Returns every run queued; the runs
+    must have been checked (check_initial) before the transaction."""
+    every = _every_run(runs)
+    pipeline.created_at = pipeline.created_at or now
+    pipeline.updated_at = now
+    session.add(pipeline)
+    session.flush()
+    for name, (sweep, step_runs) in runs.items():
+        _store_step_runs(session, pipeline.id or 0, name, sweep, step_runs, now)
+    for run in every:
+        record_queued(session, run, actor=actor, reason=reason, now=now, track=track)
+    for step in steps:
+        sweep, step_runs = runs.get(step.name, (None, ()))
+        step.pipeline_id = pipeline.id or 0
+        step.sweep_id = sweep.id if sweep is not None else None
+        step.run_id = step_runs[0].id if sweep is None and step_runs else None
+        if step.kind == "register":
+            step.state = RunState.QUEUED
+        step.updated_at = now
+        session.add(step)
+    return every
 
 
 def _current_runs(step: PipelineStep) -> SelectOfScalar[Run]:

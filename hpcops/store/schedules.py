@@ -1,24 +1,38 @@
 """Schedules and their firings (hpcops schedule): the source of truth for what fires when, and
-the record of each firing and the run it queued."""
+the record of each firing and the run, or the pipeline, it queued."""
 
 from __future__ import annotations
 
 import time
-from typing import Unpack
+from collections.abc import Callable, Sequence
+from typing import Any, Unpack
 
 from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from hpcops.cadence import overlap_reason
 from hpcops.errors import InvalidInput, NotFound
 from hpcops.states import TERMINAL_STATES
 from hpcops.store.engine import Database
-from hpcops.store.models import Firing, Run, Schedule, ScheduleUpdate, apply_fields
+from hpcops.store.models import (
+    Firing,
+    Pipeline,
+    PipelineStep,
+    Run,
+    Schedule,
+    ScheduleUpdate,
+    apply_fields,
+)
+from hpcops.store.pipelines import StepRuns, store_pipeline
 from hpcops.store.runs import check_initial, record_queued
 
 # A firing claimed (its time came due) whose run is still being prepared.
 FIRING_PENDING = "pending"
+
+# A pipeline's rows as Engine.prepare_pipeline builds them, not yet stored.
+PreparedPipeline = tuple[Pipeline, Sequence[PipelineStep], dict[str, StepRuns]]
 
 
 class ScheduleTables(Database):
@@ -87,8 +101,65 @@ class ScheduleTables(Database):
         a run of the schedule that has not ended turns the firing into a skip, decided inside
         this transaction so that two firings at once cannot both queue.
         """
-        if run is not None:
-            check_initial(run)
+        if run is None:
+            return self._record(firing, None, allow_overlap=allow_overlap)
+        check_initial(run)
+        queued = run
+
+        def store(session: Session, firing: Firing, now: float) -> None:
+            firing.data_json = queued.data_json
+            queued.schedule_id, queued.firing_id = firing.schedule_id, firing.id
+            queued.created_at = queued.created_at or now
+            queued.updated_at = now
+            session.add(queued)
+            session.flush()
+            firing.run_id = queued.id
+            reason = f"{run_note}, firing {firing.id}"
+            record_queued(
+                session, queued, actor=queued.owner, reason=reason, now=now, track=self.track
+            )
+
+        return self._record(firing, store, allow_overlap=allow_overlap)
+
+    def record_pipeline_firing(
+        self,
+        firing: Firing,
+        pipeline: PreparedPipeline | None,
+        *,
+        allow_overlap: bool,
+        note: str,
+    ) -> tuple[Firing, bool]:
+        """`record_firing` for a pipeline schedule: the firing's record and the pipeline it
+        queues (its steps and their runs, as Store.add_pipeline stores them) in one transaction,
+        once per scheduled time. A pipeline of the schedule that has not ended (ended_at unset)
+        is what overlaps, as a run that has not ended does for a spec's schedule."""
+        if pipeline is None:
+            return self._record(firing, None, allow_overlap=allow_overlap)
+        row, steps, runs = pipeline
+        for _, step_runs in runs.values():
+            for run in step_runs:
+                check_initial(run)
+
+        def store(session: Session, firing: Firing, now: float) -> None:
+            row.schedule_id, row.firing_id = firing.schedule_id, firing.id
+            for _, step_runs in runs.values():
+                for run in step_runs:
+                    run.schedule_id, run.firing_id = firing.schedule_id, firing.id
+            reason = f"{note}, firing {firing.id}"
+            store_pipeline(session, row, steps, runs, row.owner, reason, now=now, track=self.track)
+            firing.pipeline_id = row.id
+
+        return self._record(firing, store, allow_overlap=allow_overlap)
+
+    def _record(
+        self,
+        firing: Firing,
+        store: Callable[[Session, Firing, float], None] | None,
+        *,
+        allow_overlap: bool,
+    ) -> tuple[Firing, bool]:
+        """A firing's record, and what it queues (`store`, given the firing with its id) unless
+        the overlap rule skips it: one transaction, once per (schedule, scheduled time)."""
         now = time.time()
         with self._session() as session:
             existing = _firing_at(session, firing.schedule_id, firing.scheduled_for)
@@ -107,35 +178,16 @@ class ScheduleTables(Database):
             schedule = session.get(Schedule, firing.schedule_id)
             if schedule is None:
                 raise NotFound(f"no schedule {firing.schedule_id}")
-            if run is not None:
-                active = _active_scheduled_run(session, firing.schedule_id)
-                skip = overlap_reason(
-                    active[0] if active else None, active[1] if active else None, allow_overlap
-                )
+            if store is not None:
+                skip = _overlap(session, schedule, allow_overlap)
                 if skip is not None:
-                    firing.outcome, firing.reason, run = "skipped", skip, None
-            if run is not None:
-                firing.data_json = run.data_json
-                run.schedule_id = firing.schedule_id
-                run.created_at = run.created_at or now
-                run.updated_at = now
-                session.add(run)
-                session.flush()
-                firing.run_id = run.id
-                firing.outcome = "submitted"
+                    firing.outcome, firing.reason, store = "skipped", skip, None
             session.add(firing)
             session.flush()
-            if run is not None:
-                run.firing_id = firing.id
-                session.add(run)
-                record_queued(
-                    session,
-                    run,
-                    actor=run.owner,
-                    reason=f"{run_note}, firing {firing.id}",
-                    now=now,
-                    track=self.track,
-                )
+            if store is not None:
+                store(session, firing, now)
+                firing.outcome = "submitted"
+                session.add(firing)
             if firing.outcome == "error":
                 schedule.last_error = firing.reason
             elif firing.outcome == "submitted":
@@ -207,27 +259,45 @@ class ScheduleTables(Database):
         return schedule
 
     def firings(self, schedule_id: int, *, limit: int = 20) -> list[tuple[Firing, str | None]]:
-        """The newest firings of a schedule, each with its run's state now (None: no run)."""
+        """The newest firings of a schedule, each with the state now of what it queued (its run,
+        or its pipeline: RUNNING until every step ended, then its outcome; None: nothing)."""
         query = (
-            select(Firing, Run.state)
-            .join(Run, col(Run.id) == col(Firing.run_id), isouter=True)
+            _with_queued_state()
             .where(Firing.schedule_id == schedule_id)
             .order_by(col(Firing.id).desc())
             .limit(limit)
         )
         with self._session() as session:
-            return [(f, state) for f, state in session.exec(query).all()]
+            return [_queued_state(row) for row in session.exec(query).all()]
 
     def latest_firings(self) -> dict[int, tuple[Firing, str | None]]:
-        """schedule id -> its newest firing and that firing's run state."""
+        """schedule id -> its newest firing and the state of what it queued (as `firings`)."""
         newest = sa_select(func.max(Firing.id)).group_by(col(Firing.schedule_id)).scalar_subquery()
-        query = (
-            select(Firing, Run.state)
-            .join(Run, col(Run.id) == col(Firing.run_id), isouter=True)
-            .where(col(Firing.id).in_(newest))
-        )
+        query = _with_queued_state().where(col(Firing.id).in_(newest))
         with self._session() as session:
-            return {f.schedule_id: (f, state) for f, state in session.exec(query).all()}
+            return {
+                f.schedule_id: (f, state)
+                for f, state in (_queued_state(row) for row in session.exec(query).all())
+            }
+
+
+_QueuedRow = tuple[Firing, str | None, float | None, str | None]
+
+
+def _with_queued_state() -> SelectOfScalar[Any]:
+    """Firings with their run's state, and their pipeline's end and outcome."""
+    return (
+        select(Firing, Run.state, Pipeline.ended_at, Pipeline.outcome)  # type: ignore[return-value]
+        .join(Run, col(Run.id) == col(Firing.run_id), isouter=True)
+        .join(Pipeline, col(Pipeline.id) == col(Firing.pipeline_id), isouter=True)
+    )
+
+
+def _queued_state(row: _QueuedRow) -> tuple[Firing, str | None]:
+    firing, run_state, ended_at, outcome = row
+    if firing.pipeline_id is not None:
+        return firing, (outcome or "RUNNING") if ended_at is not None else "RUNNING"
+    return firing, run_state
 
 
 def _firing_at(session: Session, schedule_id: int, scheduled_for: float) -> Firing | None:
@@ -236,6 +306,27 @@ def _firing_at(session: Session, schedule_id: int, scheduled_for: float) -> Firi
         Firing.schedule_id == schedule_id, Firing.scheduled_for == scheduled_for
     )
     return session.exec(query).first()
+
+
+def _overlap(session: Session, schedule: Schedule, allow_overlap: bool) -> str | None:
+    """Why a firing of the schedule is skipped (what an earlier firing queued has not ended and
+    overlap is not allowed), or None."""
+    assert schedule.id is not None
+    if allow_overlap:
+        return None
+    if schedule.kind == "pipeline":
+        open_id = session.exec(
+            select(Pipeline.id)
+            .where(Pipeline.schedule_id == schedule.id, col(Pipeline.ended_at).is_(None))
+            .order_by(col(Pipeline.id).desc())
+        ).first()
+        if open_id is None:
+            return None
+        return overlap_reason(
+            f"p{open_id}", "running (a step has not ended)", False, what="pipeline"
+        )
+    active = _active_scheduled_run(session, schedule.id)
+    return overlap_reason(active[0] if active else None, active[1] if active else None, False)
 
 
 def _active_scheduled_run(session: Session, schedule_id: int) -> tuple[int, str] | None:

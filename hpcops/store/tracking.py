@@ -18,7 +18,14 @@ from sqlmodel import Session, col, select
 from hpcops.errors import NotFound, StoreError
 from hpcops.states import RunState
 from hpcops.store.engine import Database
-from hpcops.store.models import RelayCursor, Run, TrackingFields, TrackingOp, apply_fields
+from hpcops.store.models import (
+    Pipeline,
+    RelayCursor,
+    Run,
+    TrackingFields,
+    TrackingOp,
+    apply_fields,
+)
 
 SWEEP_OP = "sweep"
 
@@ -231,6 +238,31 @@ class TrackingTables(Database):
             .join(Run, col(Run.id) == col(TrackingOp.run_id))
             .where(Run.sweep_id == sweep_id)
             .where(TrackingOp.kind == "close")
+            .where(col(TrackingOp.done_at).is_(None))
+        )
+        with self._session() as session:
+            return int(session.exec(query).one()) > 0
+
+    def pipelines_to_track(self) -> list[Pipeline]:
+        """The pipelines whose MLflow parent the tracker still owes something: open ones (their
+        steps' records to nest, a register step to promote) and ended ones whose parent is not
+        ended yet (hpcops/tracking/pipelines.py). One query on a small table; none most passes."""
+        query = (
+            select(Pipeline)
+            .where(col(Pipeline.ended_at).is_(None) | col(Pipeline.closed_at).is_(None))
+            .order_by(col(Pipeline.id))
+        )
+        with self._session() as session:
+            return list(session.exec(query).all())
+
+    def pipeline_ops_owed(self, pipeline_id: int) -> bool:
+        """Whether a run of the pipeline (a sweep step's points included) still owes its record
+        an operation: the pipeline's parent is ended only after its steps' records are."""
+        query = (
+            select(func.count())
+            .select_from(TrackingOp)
+            .join(Run, col(Run.id) == col(TrackingOp.run_id))
+            .where(Run.pipeline_id == pipeline_id)
             .where(col(TrackingOp.done_at).is_(None))
         )
         with self._session() as session:

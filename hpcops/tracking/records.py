@@ -24,6 +24,8 @@ RUN_ID_TAG = "hpcops.run_id"
 RERUN_OF_TAG = "hpcops.rerun_of"
 RERUN_BY_TAG = "hpcops.rerun_by"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting: a sweep's point under its parent
+PIPELINE_ID_TAG = "hpcops.pipeline_id"
+PIPELINE_STEP_TAG = "hpcops.pipeline_step"
 SPEC_ARTIFACT = "hpcops/spec.yaml"
 SCRIPT_ARTIFACT = "hpcops/job.sbatch"
 ARTIFACT_DIR = "hpcops"
@@ -114,7 +116,8 @@ def creation_tags(
     parent_run_id: str | None = None,
 ) -> dict[str, str]:
     """Tags the record is created with, while the run waits in hpcops' queue; a point of a
-    sweep's also name its sweep, its index and, once it exists, the sweep's parent run."""
+    sweep's also name its sweep and its index, a pipeline step's run its pipeline and step, and
+    both, once it exists, the parent run they are nested under (the sweep's, the pipeline's)."""
     assert run.id is not None
     tags = dict(spec.tags)  # the spec's own tags, under hpcops' (which win)
     tags.update(
@@ -149,8 +152,12 @@ def creation_tags(
         tags["hpcops.sweep_id"] = str(run.sweep_id)
         if run.sweep_index is not None:
             tags["hpcops.sweep_index"] = str(run.sweep_index)
-        if parent_run_id:
-            tags[PARENT_TAG] = parent_run_id
+    if run.pipeline_id is not None:
+        tags[PIPELINE_ID_TAG] = str(run.pipeline_id)
+        if run.pipeline_step:
+            tags[PIPELINE_STEP_TAG] = run.pipeline_step
+    if parent_run_id:
+        tags[PARENT_TAG] = parent_run_id
     return tags
 
 

@@ -27,6 +27,13 @@ parent "sweep" operations, in a lane of their own (hpcops/tracking/parents.py). 
 objective, its close reads the objective back (get_run) and its "sweep" operation logs the best
 point on the parent (log_batch): 12 requests per point. The parent costs 5 (search, create_run,
 params, sweep.yaml, points.json) and one more when it ends.
+
+A pipeline's steps are recorded the same way, nested under the pipeline's parent run; that
+parent, its end and the pipeline's register steps (promotions in the Model Registry) are not
+outbox operations: each pass first brings every pipeline that still owes something up to date
+from the database (hpcops/tracking/pipelines.py). The parent costs 3 (search, create_run,
+pipeline.json), one more per sweep step (its parent nested) and per step record made before it,
+and 2 when it ends; a promotion, the registry's 8-10 (docs/notes-stack.md) and one tag batch.
 """
 
 from __future__ import annotations
@@ -55,13 +62,14 @@ from hpcops.errors import (
 from hpcops.rundir import RunDir
 from hpcops.spec import parse_spec
 from hpcops.states import RunState
-from hpcops.store import Run, Store, Sweep, TrackingOp
+from hpcops.store import Pipeline, Run, Store, Sweep, TrackingOp
 from hpcops.store.tracking import SWEEP_OP
 from hpcops.tracking import records, relay
 from hpcops.tracking.attempts import AttemptRecords
 from hpcops.tracking.forward import RelayForwarder
 from hpcops.tracking.jobfiles import JobFiles
 from hpcops.tracking.parents import SweepParents
+from hpcops.tracking.pipelines import PipelineParents
 from hpcops.tracking.records import Batch
 from hpcops.tracking.server import TrackingServer, configure_client, load_mlflow
 
@@ -117,6 +125,7 @@ class Tracker:
         self._server: TrackingServer | None = None
         self._next_relay_at = 0.0
         self.parents = SweepParents(store, lab=self.lab, home=home, clock=clock)
+        self.pipelines = PipelineParents(store, lab=self.lab, home=home, uri=self.uri, clock=clock)
         self.files = JobFiles(roots, max_log_bytes=self.cfg.max_log_bytes)
         self.forwarder = RelayForwarder(store, roots)
         self.attempts = AttemptRecords(store, self.files, self.forwarder)
@@ -195,6 +204,10 @@ class Tracker:
             "mlflow_url": records.ui_url(self.uri, sweep.mlflow_experiment_id, sweep.mlflow_run_id),
         }
 
+    def pipeline_view(self, pipeline: Pipeline) -> dict[str, Any]:
+        """A pipeline's parent record for `hpcops show PIPELINE`: its ids and its page."""
+        return dict(self.pipelines.view(pipeline))
+
     # --- the thread --------------------------------------------------------------------------
 
     def run_forever(self, stop: threading.Event) -> None:
@@ -212,6 +225,7 @@ class Tracker:
             return
         try:
             server = self._connect()
+            self.pipelines.sync(server)  # first: a step's record is then made under its parent
             self._flush(server, now)
             if now >= self._next_relay_at:
                 self._next_relay_at = now + self.cfg.relay_interval_s
@@ -310,8 +324,9 @@ class Tracker:
             experiment_id = server.experiment_id(run.experiment)
             key = records.instance_key(self.lab, self.home, run.id)
             # A point of a sweep is made under its parent when the parent exists (its "sweep"
-            # operation came first); one made before is nested by a later one.
-            parent = self.parents.known_parent(run)
+            # operation came first); one made before is nested by a later one. A pipeline
+            # step's run likewise under its pipeline's (hpcops/tracking/pipelines.py).
+            parent = self.parents.known_parent(run) or self.pipelines.known_parent(run)
             # Only a retry can find a record an earlier attempt made before a crash.
             created = None if first_try else server.find_run(experiment_id, records.KEY_TAG, key)
             nested = False

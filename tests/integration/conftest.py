@@ -209,7 +209,8 @@ def running_daemon(
     except AssertionError:
         runs = []
     d.stop()
-    live = [r["slurm_job_id"] for r in runs if r["slurm_job_id"] and r["state"] in ACTIVE]
+    # Sweeps and pipelines are rows of their own in `ls --json`, without a job of their own.
+    live = [r["slurm_job_id"] for r in runs if r.get("slurm_job_id") and r["state"] in ACTIVE]
     if live:
         subprocess.run(["scancel", *live], check=False)
 

@@ -1,5 +1,5 @@
-"""The CLI tests' one fake daemon (test_cli_retry.py, test_cli_sweeps.py), rather than a copy in
-each: the CLI's requests are recorded, and answered as each test says."""
+"""The CLI tests' one fake daemon (test_cli_retry.py, test_cli_sweeps.py, test_cli_pipelines.py),
+rather than a copy in each: the CLI's requests are recorded, and answered as each test says."""
 
 from __future__ import annotations
 
@@ -14,6 +14,23 @@ from hpcops.cli.main import cli
 from hpcops.errors import HpcopsError
 
 Default = Callable[[str, dict[str, Any]], Any]
+
+
+# A run as `ls` lists it (the keys the CLI prints), for a daemon's answer.
+RUN_ROW: dict[str, Any] = {
+    "type": "run",
+    "id": 30,
+    "name": "single",
+    "owner": "bob",
+    "priority": 0,
+    "state": "QUEUED",
+    "slurm_job_id": None,
+    "created_at": "2026-01-02T03:04:05Z",
+    "elapsed_s": None,
+    "exit_code": None,
+    "signal": None,
+    "wait_reason": "lab GPU quota full",
+}
 
 
 class FakeDaemon:
@@ -46,6 +63,11 @@ def fake_daemon(monkeypatch: pytest.MonkeyPatch, default: Default | None = None)
 
     monkeypatch.setattr(Context, "call", call)
     return fake
+
+
+def answered_ok(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A default answer: a message saying which request it was, and the run it named."""
+    return {"message": f"{method} ok", "id": params.get("run")}
 
 
 def run_cli(*argv: str) -> Result:

@@ -43,6 +43,16 @@ def test_members_act_on_their_own_runs_only(action: str) -> None:
     authorize(action, CAROL, Role.LEAD, owner="bob")
 
 
+def test_a_pipelines_steps_are_rerun_by_its_owner_or_a_lead() -> None:
+    authorize("rerun_step", ALICE, Role.MEMBER, owner="alice", thing="pipeline")
+    with pytest.raises(
+        PermissionDenied,
+        match="alice may rerun steps of only their own pipelines; this pipeline belongs to bob",
+    ):
+        authorize("rerun_step", ALICE, Role.MEMBER, owner="bob", thing="pipeline")
+    authorize("rerun_step", CAROL, Role.LEAD, owner="bob", thing="pipeline")
+
+
 @pytest.mark.parametrize("action", ["top", "quota"])
 def test_lead_only_actions_name_the_role(action: str) -> None:
     with pytest.raises(PermissionDenied, match="only a group lead may"):

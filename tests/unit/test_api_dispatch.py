@@ -89,8 +89,9 @@ def test_an_answer_and_a_refusal_keep_the_wire_format(
         "ok": False,
         "error": {
             "kind": "invalid_input",
-            "message": "params.run must be a run id (a positive integer) or a sweep id (s and "
-            "a positive integer, e.g. s7), not '1; DROP TABLE run'",
+            "message": "params.run must be a run id (a positive integer), a sweep id (s and "
+            "a positive integer, e.g. s7) or a pipeline id (p and a positive integer, e.g. p3), "
+            "not '1; DROP TABLE run'",
         },
     }
     unknown = call(server, DAEMON, "drop_everything")["error"]

@@ -4,7 +4,6 @@ store as the engine would, and `rerun_sweep`)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_fakes import FakeEngine, error, make_api, ok
+from api_fakes import StoreEngine, error, make_api, ok, queued_run
 
 from hpcops.access import Caller
 from hpcops.api.params import PriorityParams, RerunParams, SweepId, TargetParams
@@ -118,7 +117,7 @@ def test_a_sweep_id_is_s_and_a_number_and_anything_else_is_named() -> None:
 # --- a store with a sweep, and a fake engine ---------------------------------------------
 
 
-class SweepEngine(FakeEngine):
+class SweepEngine(StoreEngine):
     """The engine's per-run methods done on the store as the engine does them."""
 
     def __init__(self, store: Store) -> None:
@@ -136,42 +135,6 @@ class SweepEngine(FakeEngine):
         for spec, _source in specs:
             runs += _add_sweep(self.store, caller, 3, name=spec.name)[1]
         return runs
-
-    def cancel(self, run_id: int, caller: Caller) -> tuple[Run, str]:
-        run = self.store.get(run_id)
-        if run.state in ("QUEUED", "HELD"):
-            done = self.store.transition(run_id, RunState.CANCELLED, actor=caller.name)
-            assert done is not None
-            return done, f"run {run_id} cancelled"
-        updated = self.store.transition(
-            run_id, None, actor=caller.name, cancel_requested_by=caller.name
-        )
-        assert updated is not None
-        return updated, f"run {run_id}: scancel requested"
-
-    def set_priority(self, run_id: int, priority: int, caller: Caller, note: str = "") -> Run:
-        updated = self.store.transition(run_id, None, actor=caller.name, priority=priority)
-        assert updated is not None
-        return updated
-
-    def top(self, run_id: int, caller: Caller) -> Run:
-        highest = self.store.max_queued_priority() or 0
-        return self.set_priority(run_id, highest + 1, caller)
-
-    def hold(self, run_id: int, caller: Caller) -> Run:
-        updated = self.store.transition(
-            run_id, RunState.HELD, actor=caller.name, expect=(RunState.QUEUED,), held_by=caller.name
-        )
-        if updated is None:
-            raise InvalidInput(f"run {run_id} left the queue meanwhile")
-        return updated
-
-    def release_hold(self, run_id: int, caller: Caller) -> Run:
-        updated = self.store.transition(
-            run_id, RunState.QUEUED, actor=caller.name, expect=(RunState.HELD,), held_by=None
-        )
-        assert updated is not None
-        return updated
 
     def rerun_sweep(self, sweep_id: int, caller: Caller) -> tuple[Sweep, list[Run]]:
         self.reruns.append(sweep_id)
@@ -210,22 +173,7 @@ def _add_sweep(
         created_at=now,
         updated_at=now,
     )
-    runs = [
-        Run(
-            name=f"{name}[{i}]",
-            experiment="e",
-            owner=caller.name,
-            owner_uid=caller.uid,
-            priority=priority,
-            state=RunState.QUEUED.value,
-            spec_yaml=name,
-            spec_hash=hashlib.sha256(name.encode()).hexdigest()[:16],
-            created_at=now,
-            updated_at=now,
-            sweep_index=i,
-        )
-        for i in range(n)
-    ]
+    runs = [queued_run(f"{name}[{i}]", caller, priority, i) for i in range(n)]
     return store.add_sweep(sweep, runs, actor=caller.name)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_fakes import FakeDaemon, fake_daemon, run_cli
+from cli_fakes import RUN_ROW, FakeDaemon, answered_ok, fake_daemon, run_cli
 
 from hpcops.cli import output
 
@@ -43,29 +43,11 @@ SWEEP_ROW: dict[str, Any] = {
     "closed_at": None,
     "wait_reason": "point 7: sweep s7's max_parallel 4 reached, a wait reason that is long",
 }
-RUN_ROW: dict[str, Any] = {
-    "type": "run",
-    "id": 30,
-    "name": "single",
-    "owner": "bob",
-    "priority": 0,
-    "state": "QUEUED",
-    "slurm_job_id": None,
-    "created_at": "2026-01-02T03:04:05Z",
-    "elapsed_s": None,
-    "exit_code": None,
-    "signal": None,
-    "wait_reason": "lab GPU quota full",
-}
-
-
-def _ok(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    return {"message": f"{method} ok", "id": params.get("run")}
 
 
 @pytest.fixture
 def daemon(monkeypatch: pytest.MonkeyPatch) -> FakeDaemon:
-    return fake_daemon(monkeypatch, default=_ok)
+    return fake_daemon(monkeypatch, default=answered_ok)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The tracking tests' lab: a store that tracks, a tracker on MLflow's own sqlite store (no
 server), and a wrapper server that refuses, fails or "crashes" where a test needs it; shared by
-test_tracking_sweeps.py and test_tracking_attempts.py."""
+test_tracking_sweeps.py, test_tracking_attempts.py and test_tracking_pipelines.py."""
 
 from __future__ import annotations
 
@@ -52,9 +52,9 @@ class Clock:
 
 
 class Faulty(TrackingServer):
-    """The real store, with a fault where a test wants one: `refuse` / `fail` make the parent's
-    requests refused or unanswered, `crash_after_create` raises after the parent was created on
-    the server (the daemon killed before it stored the id)."""
+    """The real store, with a fault where a test wants one: `refuse` / `fail` make a parent's
+    (a sweep's or a pipeline's) creation refused or unanswered, `crash_after_create` raises
+    after the parent was created on the server (the daemon killed before it stored the id)."""
 
     refuse: ClassVar[bool] = False
     fail: ClassVar[bool] = False
@@ -63,7 +63,7 @@ class Faulty(TrackingServer):
     creates: ClassVar[list[dict[str, str]]] = []
 
     def _parent(self, tags: dict[str, str]) -> bool:
-        return tags.get(parents.KIND_TAG) == "sweep"
+        return tags.get(parents.KIND_TAG) in ("sweep", "pipeline")
 
     def create_run(
         self, experiment_id: str, *, name: str, user: str, start_ms: int, tags: dict[str, str]
@@ -111,8 +111,15 @@ class Lab:
         return MlflowClient(self.uri)
 
     def add_sweep(self, *, mode: str = "max", n: int = 3, metric: str | None = "val_accuracy"):  # type: ignore[no-untyped-def]
+        sweep = self.sweep_row(mode=mode, n=n, metric=metric)
+        runs = [self.point(i) for i in range(n)]
+        return self.store.add_sweep(sweep, runs, actor="ana")
+
+    def sweep_row(
+        self, *, mode: str = "max", n: int = 3, metric: str | None = "val_accuracy"
+    ) -> Sweep:
         spec = SWEEP_SPEC.format(experiment=self.experiment, mode=mode)
-        sweep = Sweep(
+        return Sweep(
             name="resnet-lr",
             experiment=self.experiment,
             owner="ana",
@@ -127,17 +134,21 @@ class Lab:
             created_at=time.time(),
             updated_at=time.time(),
         )
-        runs = [self.point(i) for i in range(n)]
-        return self.store.add_sweep(sweep, runs, actor="ana")
 
     def point(self, index: int, sweep_id: int | None = None) -> Run:
         params = {"epochs": 3, **POINTS[index]}
+        run = self.run_row("resnet-lr", params)
+        run.name, run.sweep_id, run.sweep_index = f"resnet-lr[{index}]", sweep_id, index
+        return run
+
+    def run_row(self, name: str, params: dict[str, Any]) -> Run:
+        """A queued run of a spec named `name` with these params (not stored)."""
         spec = (
-            f"name: resnet-lr\nexperiment: {self.experiment}\ncommand: python train.py\n"
+            f"name: {name}\nexperiment: {self.experiment}\ncommand: python train.py\n"
             f"params: {json.dumps(params)}\n"
         )
         return Run(
-            name=f"resnet-lr[{index}]",
+            name=name,
             experiment=self.experiment,
             owner="ana",
             owner_uid=1000,
@@ -146,8 +157,6 @@ class Lab:
             spec_hash="h",
             created_at=time.time(),
             updated_at=time.time(),
-            sweep_id=sweep_id,
-            sweep_index=index,
         )
 
     def end(self, run_id: int, state: RunState) -> None:

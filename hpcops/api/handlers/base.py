@@ -9,7 +9,7 @@ every change it makes; the server audits refusals.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +20,17 @@ from hpcops.config import Config
 from hpcops.config_sections import AccessConfig
 from hpcops.describe import clip
 from hpcops.errors import HpcopsError, PermissionDenied
-from hpcops.store import Audit, Run, Store, Sweep
+from hpcops.store import Audit, Pipeline, Run, Store, Sweep
 
 if TYPE_CHECKING:
     from hpcops import policy
     from hpcops.code.mirror import CodeMirror, Shipment
     from hpcops.data.cache import ContentCache
     from hpcops.engine import EngineStatus
+    from hpcops.pipeline import Pipeline as LoadedPipeline
     from hpcops.scheduling.service import ScheduleService
     from hpcops.spec import Spec
+    from hpcops.states import RunState
     from hpcops.tracking.worker import Tracker
     from hpcops.transport.base import Transport
 
@@ -74,6 +76,18 @@ class Engine(Protocol):
         check: Callable[[Spec], None] | None = None,
     ) -> Run: ...
     def rerun_sweep(self, sweep_id: int, caller: Caller) -> tuple[Sweep, list[Run]]: ...
+    def enqueue_pipeline(
+        self,
+        loaded: LoadedPipeline,
+        caller: Caller,
+        shipments: Mapping[str, Shipment | None] | None = None,
+    ) -> tuple[Pipeline, list[Run]]: ...
+    def pipeline_runs(self, pipeline_id: int) -> list[Run]: ...
+    def pipeline_step_states(self, pipeline_id: int) -> dict[str, RunState]: ...
+    def cancel_pipeline_steps(self, pipeline_id: int, caller: Caller) -> list[str]: ...
+    def rerun_step(
+        self, pipeline_id: int, step: str, downstream: bool, caller: Caller
+    ) -> list[Run]: ...
     def why(self, run: Run) -> str: ...
     def changed(self) -> None: ...
     def batch(self) -> AbstractContextManager[None]: ...

@@ -2,7 +2,8 @@
 `priority`, `hold`, `release`, `top`, `retry`).
 
 A request on a sweep (`"run": "s7"`) is the same request on each of its points for which it
-makes sense (hpcops/api/handlers/sweep_requests.py).
+makes sense, and on a pipeline (`"run": "p3"`) on each of its steps' runs
+(hpcops/api/handlers/sweep_requests.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from hpcops.access import authorize, check_priority
 from hpcops.api.handlers.base import Daemon, Handler, Request, lead_decision_guard, run_id
 from hpcops.api.handlers.sweep_requests import SweepRequests
 from hpcops.api.params import (
+    PipelineId,
     PriorityParams,
     RerunParams,
     SubmitParams,
@@ -208,7 +210,7 @@ class QueueHandlers:
 
     def cancel(self, req: Request) -> dict[str, Any]:
         target = TargetParams.parse(req.params).run
-        if isinstance(target, SweepId):
+        if isinstance(target, SweepId | PipelineId):
             return self.sweeps.cancel(req, target)
         run = self.daemon.run_for(req, target, "cancel")
         updated, message = self.daemon.engine.cancel(run_id(run), req.caller)
@@ -228,7 +230,7 @@ class QueueHandlers:
         params = PriorityParams.parse(req.params)
         value = params.priority
         check_priority(value, req.role, self.access)
-        if isinstance(params.run, SweepId):
+        if isinstance(params.run, SweepId | PipelineId):
             return self.sweeps.priority(req, params.run, value)
         lead_decision_guard(
             req, self.daemon.run_for(req, params.run, "priority"), "priority", self.access
@@ -253,7 +255,7 @@ class QueueHandlers:
 
     def hold(self, req: Request) -> dict[str, Any]:
         target = TargetParams.parse(req.params).run
-        if isinstance(target, SweepId):
+        if isinstance(target, SweepId | PipelineId):
             return self.sweeps.hold(req, target)
         return self._change_run(
             req,
@@ -266,7 +268,7 @@ class QueueHandlers:
 
     def release(self, req: Request) -> dict[str, Any]:
         target = TargetParams.parse(req.params).run
-        if isinstance(target, SweepId):
+        if isinstance(target, SweepId | PipelineId):
             return self.sweeps.release(req, target)
         lead_decision_guard(
             req, self.daemon.run_for(req, target, "release"), "release", self.access
@@ -282,7 +284,7 @@ class QueueHandlers:
 
     def top(self, req: Request) -> dict[str, Any]:
         target = TargetParams.parse(req.params).run
-        if isinstance(target, SweepId):
+        if isinstance(target, SweepId | PipelineId):
             return self.sweeps.top(req, target)
         return self._change_run(
             req,
@@ -298,6 +300,12 @@ class QueueHandlers:
         directory, queued again (engine.retry). A sweep: each point's latest run that ended
         otherwise than COMPLETED."""
         target = TargetParams.parse(req.params).run
+        if isinstance(target, PipelineId):
+            raise InvalidInput(
+                f"a pipeline is not retried: its steps are rerun, `hpcops rerun {target}.STEP` "
+                "(with --downstream, and every step after it); `hpcops show "
+                f"{target}` names its steps"
+            )
         if isinstance(target, SweepId):
             return self.sweeps.retry(req, target)
         engine = self.daemon.engine

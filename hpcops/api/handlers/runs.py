@@ -1,4 +1,4 @@
-"""Reading runs and sweeps: `ls`, `show`, `why`, `history`, `logs`."""
+"""Reading runs, sweeps and pipelines: `ls`, `show`, `why`, `history`, `logs`."""
 
 from __future__ import annotations
 
@@ -9,13 +9,21 @@ from hpcops import policy
 from hpcops.access import authorize
 from hpcops.api import attempts
 from hpcops.api.handlers.base import Daemon, Handler, Request, run_id
-from hpcops.api.params import ListParams, LogsParams, RunParams, SweepId, TargetParams
-from hpcops.api.views import event_view, run_view, sweep_view
+from hpcops.api.params import (
+    ListParams,
+    LogsParams,
+    PipelineId,
+    RunParams,
+    SweepId,
+    TargetParams,
+)
+from hpcops.api.views import StepRecords, event_view, pipeline_view, run_view, sweep_view
+from hpcops.engine.pipelines import definition_of
 from hpcops.errors import SlurmUnreachable
 from hpcops.render import STAGING_LOG
 from hpcops.rundir import PROGRESS_MAX_BYTES, STAGING_PROGRESS, RunDir, parse_progress
 from hpcops.states import RunState
-from hpcops.store import Run
+from hpcops.store import PipelineStep, Run
 from hpcops.transport.base import TransportError
 
 MAX_LOG_CHUNK_BYTES = 1024 * 1024
@@ -48,7 +56,8 @@ class RunHandlers:
         """Runs in the lab's queue order: in Slurm, then queued in release order, then held;
         with `states`, those states newest first. With `sweeps`, the points of a sweep are one
         row for the sweep, where its first listed point is: a sweep is listed when one of its
-        points is in `states`, with all its points' counts; `limit` counts rows."""
+        points is in `states`, with all its points' counts; the runs of a pipeline's steps
+        likewise one row for the pipeline, with each step's state; `limit` counts rows."""
         authorize("read", req.caller, req.role)
         params = ListParams.parse(req.params)
         store = self.daemon.store
@@ -69,12 +78,21 @@ class RunHandlers:
 
     def _rows(self, slots: list[list[Run]]) -> list[dict[str, Any]]:
         """A row per slot: a run's view, or its sweep's with why its first waiting point waits
-        (one engine.why per sweep)."""
+        (one engine.why per sweep), or its pipeline's with why its first waiting run waits."""
         store = self.daemon.store
-        ids = {slot[0].sweep_id for slot in slots if slot[0].sweep_id is not None}
+        ids = {
+            slot[0].sweep_id
+            for slot in slots
+            if slot[0].sweep_id is not None and slot[0].pipeline_id is None
+        }
         sweeps, counts = store.sweeps_by_ids(ids), store.sweep_counts(ids)
+        pipeline_ids = {slot[0].pipeline_id for slot in slots if slot[0].pipeline_id is not None}
+        steps = store.pipeline_steps(pipeline_ids)
         rows: list[dict[str, Any]] = []
         for slot in slots:
+            if slot[0].pipeline_id is not None:
+                rows.append(self._pipeline_row(slot, steps[slot[0].pipeline_id]))
+                continue
             number = slot[0].sweep_id
             if number is None or number not in sweeps:
                 rows += [self._view(run) for run in slot]
@@ -89,10 +107,74 @@ class RunHandlers:
             rows.append(row)
         return rows
 
+    def _pipeline_row(self, slot: list[Run], steps: list[PipelineStep]) -> dict[str, Any]:
+        """A pipeline's row in `ls`: its steps' states, and why its first waiting run waits (a
+        run of an open step first: the others all wait for the steps before them)."""
+        number = slot[0].pipeline_id
+        assert number is not None  # a pipeline's slot
+        pipeline = self.daemon.store.get_pipeline(number)
+        states = self.daemon.engine.pipeline_step_states(number)
+        row = pipeline_view(pipeline, definition_of(pipeline), steps, states)
+        waiting = min(
+            (r for r in slot if RunState(r.state) in WAITING),
+            key=lambda r: r.gated,  # stable: the first in queue order among equals
+            default=None,
+        )
+        row["wait_reason"] = (
+            None
+            if waiting is None
+            else f"{waiting.pipeline_step}: {self.daemon.engine.why(waiting)}"
+        )
+        return row
+
+    def _pipeline(self, number: int) -> dict[str, Any]:
+        """`show p3`: every step's definition and figures; why a waiting step waits."""
+        store, engine = self.daemon.store, self.daemon.engine
+        pipeline = store.get_pipeline(number)
+        steps = store.pipeline_steps([number])[number]
+        states = engine.pipeline_step_states(number)
+        runs = {run_id(r): r for r in store.runs_by_ids([s.run_id for s in steps if s.run_id])}
+        sweep_ids = [s.sweep_id for s in steps if s.sweep_id is not None]
+        records = StepRecords(
+            runs=runs,
+            sweeps=store.sweeps_by_ids(sweep_ids),
+            counts=store.sweep_counts(sweep_ids),
+            points={i: store.sweep_runs(i) for i in sweep_ids},
+        )
+        definition = definition_of(pipeline)
+        view = pipeline_view(pipeline, definition, steps, states, records=records)
+        by_name = {s.name: s for s in steps}
+        for row in view["steps"]:
+            row["wait_reason"] = self._step_wait(row, by_name[row["name"]], states, records)
+        return view
+
+    def _step_wait(
+        self,
+        row: dict[str, Any],
+        step: PipelineStep,
+        states: dict[str, RunState],
+        records: StepRecords,
+    ) -> str | None:
+        """Why a waiting step waits: the steps before it that have not completed, or once it
+        is open, why its run (a sweep's first waiting point) waits in the lab's queue."""
+        if RunState(row["state"]) not in WAITING:
+            return None
+        if step.opened_at is None:
+            before = [p for p in row["after"] if states.get(p) is not RunState.COMPLETED]
+            if before:
+                return f"waits for {', '.join(before)}"
+        points = records.points.get(step.sweep_id or 0, [])
+        run = records.runs.get(step.run_id or 0) or next(
+            (r for r in points if RunState(r.state) in WAITING), None
+        )
+        return None if run is None else self.daemon.engine.why(run)
+
     def show(self, req: Request) -> dict[str, Any]:
         authorize("read", req.caller, req.role)
         store = self.daemon.store
         target = TargetParams.parse(req.params).run
+        if isinstance(target, PipelineId):
+            return self._pipeline(target.number)
         if isinstance(target, SweepId):
             return self._sweep(target.number)
         run = store.get(target)
@@ -219,16 +301,21 @@ def queue_order(runs: list[Run], decision: policy.Decision | None) -> list[Run]:
 
 
 def by_sweep(runs: list[Run]) -> list[list[Run]]:
-    """The runs in their order, a sweep's points together where its first one is."""
+    """The runs in their order, a sweep's points together where its first one is, and a
+    pipeline's runs (its sweep steps' points too) together where its first one is."""
     slots: list[list[Run]] = []
-    of_sweep: dict[int, list[Run]] = {}
+    of_group: dict[tuple[str, int], list[Run]] = {}
     for run in runs:
-        if run.sweep_id is None:
+        if run.pipeline_id is not None:
+            key = ("pipeline", run.pipeline_id)
+        elif run.sweep_id is not None:
+            key = ("sweep", run.sweep_id)
+        else:
             slots.append([run])
             continue
-        slot = of_sweep.get(run.sweep_id)
+        slot = of_group.get(key)
         if slot is None:
-            slot = of_sweep[run.sweep_id] = []
+            slot = of_group[key] = []
             slots.append(slot)
         slot.append(run)
     return slots

@@ -1,5 +1,5 @@
 """The requests on a run (`cancel`, `priority`, `hold`, `release`, `top`, `retry`) on a sweep
-(`"run": "s7"`), for hpcops/api/handlers/queue.py.
+(`"run": "s7"`) or a pipeline (`"run": "p3"`), for hpcops/api/handlers/queue.py.
 
 A request on a sweep is the same request on each of its points for which it makes sense,
 through the same engine method, authorized and audited per point as for a run: cancel the
@@ -8,23 +8,44 @@ QUEUED and HELD ones, retry the ended ones that did not complete (of each point'
 A point another member owns (a lead's rerun of it) or that left the state meanwhile is skipped,
 and the answer says so. A sweep's points change in one engine batch: release sees every point
 changed, or none yet.
+
+A request on a pipeline is the same, over the current runs of its steps (engine.pipeline_runs:
+a step that waits for others has its runs QUEUED already, so a hold or a priority reaches it
+too); a cancel also ends its register steps that have not run (engine.cancel_pipeline_steps),
+after which the tick ends every step still waiting. A pipeline is not retried: its steps are
+rerun (`hpcops rerun p3.train --downstream`, hpcops/api/handlers/pipelines.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from hpcops.access import authorize
 from hpcops.api.handlers.base import Daemon, Request, lead_decision_guard, run_id
-from hpcops.api.params import SweepId
+from hpcops.api.params import PipelineId, SweepId
 from hpcops.errors import HpcopsError, PermissionDenied
 from hpcops.states import RETRYABLE_STATES, TERMINAL_STATES, RunState
-from hpcops.store import Run, Sweep
+from hpcops.store import Run
 
 _NOT_ENDED = frozenset(RunState) - TERMINAL_STATES
 _QUEUED = frozenset({RunState.QUEUED})
 _HELD = frozenset({RunState.HELD})
+
+
+Many = SweepId | PipelineId
+
+
+@dataclass(frozen=True)
+class Group:
+    """A sweep or a pipeline, as a request on it sees it: whose it is, and its runs."""
+
+    ref: str  # "s7", "p3"
+    thing: str  # "sweep", "pipeline"
+    unit: str  # what its runs are to users: a sweep's "point", a pipeline's "run"
+    owner: str
+    runs: list[Run]
 
 
 class SweepRequests:
@@ -32,17 +53,42 @@ class SweepRequests:
         self.daemon = daemon
         self.access = daemon.config.access
 
-    def cancel(self, req: Request, target: SweepId) -> dict[str, Any]:
-        return self._on_sweep(
+    def cancel(self, req: Request, target: Many) -> dict[str, Any]:
+        engine = self.daemon.engine
+        ended: list[str] = []
+
+        def also() -> None:
+            """A pipeline's register steps that have not run end too (audited per step)."""
+            if not isinstance(target, PipelineId):
+                return
+            ended.extend(engine.cancel_pipeline_steps(target.number, req.caller))
+            for step in ended:
+                self.daemon.audit(
+                    req.caller,
+                    req.role,
+                    "cancel",
+                    f"pipeline {target} step {step}",
+                    allowed=True,
+                    after=RunState.CANCELLED.value,
+                    detail=f"pipeline {target}",
+                )
+
+        answer = self._on_sweep(
             req,
             target,
             "cancel",
             _NOT_ENDED,
-            lambda run: self.daemon.engine.cancel(run_id(run), req.caller)[0],
+            lambda run: engine.cancel(run_id(run), req.caller)[0],
             "state",
+            also=also,
         )
+        if isinstance(target, PipelineId):
+            answer["steps_cancelled"] = ended
+            if ended:
+                answer["message"] += f"; register step{_s(len(ended))} {', '.join(ended)} cancelled"
+        return answer
 
-    def priority(self, req: Request, target: SweepId, value: int) -> dict[str, Any]:
+    def priority(self, req: Request, target: Many, value: int) -> dict[str, Any]:
         return self._on_sweep(
             req,
             target,
@@ -52,7 +98,7 @@ class SweepRequests:
             "priority",
         )
 
-    def hold(self, req: Request, target: SweepId) -> dict[str, Any]:
+    def hold(self, req: Request, target: Many) -> dict[str, Any]:
         return self._on_sweep(
             req,
             target,
@@ -62,7 +108,7 @@ class SweepRequests:
             "state",
         )
 
-    def release(self, req: Request, target: SweepId) -> dict[str, Any]:
+    def release(self, req: Request, target: Many) -> dict[str, Any]:
         return self._on_sweep(
             req,
             target,
@@ -72,9 +118,9 @@ class SweepRequests:
             "state",
         )
 
-    def top(self, req: Request, target: SweepId) -> dict[str, Any]:
-        """The sweep goes next: its first queued point is topped (engine.top), and the others
-        get the same priority, so they keep their order among themselves."""
+    def top(self, req: Request, target: Many) -> dict[str, Any]:
+        """The sweep (the pipeline) goes next: its first queued run is topped (engine.top), and
+        the others get the same priority, so they keep their order among themselves."""
         engine = self.daemon.engine
         new_priority: list[int] = []
 
@@ -84,7 +130,7 @@ class SweepRequests:
                 new_priority.append(updated.priority)
                 return updated
             note = (
-                f"moved to the top by {req.caller.name} with sweep {target}: "
+                f"moved to the top by {req.caller.name} with {_thing(target)} {target}: "
                 f"priority {run.priority} -> {new_priority[0]}"
             )
             return engine.set_priority(run_id(run), new_priority[0], req.caller, note)
@@ -104,44 +150,56 @@ class SweepRequests:
             latest_only=True,
         )
 
+    def _group(self, target: Many) -> Group:
+        store = self.daemon.store
+        if isinstance(target, PipelineId):
+            pipeline = store.get_pipeline(target.number)
+            runs = self.daemon.engine.pipeline_runs(target.number)
+            return Group(str(target), "pipeline", "run", pipeline.owner, runs)
+        sweep = store.get_sweep(target.number)
+        return Group(str(target), "sweep", "point", sweep.owner, store.sweep_runs(target.number))
+
     def _on_sweep(
         self,
         req: Request,
-        target: SweepId,
+        target: Many,
         action: str,
         states: Collection[RunState],
         apply: Callable[[Run], Run],
         field: str,
         *,
         latest_only: bool = False,
+        also: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """`action` on every run of the sweep in `states` (`latest_only`: of each point's
-        latest run): authorized on the sweep (a member's own, a lead's any), then applied,
-        guarded and audited per point as for one run."""
-        store = self.daemon.store
-        sweep = store.get_sweep(target.number)
-        authorize(action, req.caller, req.role, owner=sweep.owner, thing="sweep")
-        runs = store.sweep_runs(target.number)
+        """`action` on every run of the sweep or pipeline in `states` (`latest_only`: of each
+        point's latest run): authorized on the whole (a member's own, a lead's any), then
+        applied, guarded and audited per run as for one run; then `also`, in the same batch."""
+        group = self._group(target)
+        authorize(action, req.caller, req.role, owner=group.owner, thing=group.thing)
+        runs = group.runs
         if latest_only:
             runs = list({r.sweep_index: r for r in runs}.values())  # by index, the latest last
         chosen = [r for r in runs if RunState(r.state) in states]
         changed: list[tuple[Run, Run]] = []
         skipped: list[dict[str, Any]] = []
-        with self.daemon.engine.batch():  # release sees every point changed, or none yet
+        with self.daemon.engine.batch():  # release sees every run changed, or none yet
             for run in chosen:
-                self._on_point(req, target, action, run, apply, field, changed, skipped)
+                self._on_point(req, group, action, run, apply, field, changed, skipped)
+            if also is not None:
+                also()
+        key = "pipeline_id" if isinstance(target, PipelineId) else "sweep_id"
         return {
             "id": str(target),
-            "sweep_id": target.number,
+            key: target.number,
             "affected": [run.id for run, _ in changed],
             "skipped": skipped,
-            "message": sweep_message(sweep, action, changed, skipped, len(runs) - len(chosen)),
+            "message": sweep_message(group, action, changed, skipped, len(runs) - len(chosen)),
         }
 
     def _on_point(
         self,
         req: Request,
-        target: SweepId,
+        group: Group,
         action: str,
         run: Run,
         apply: Callable[[Run], Run],
@@ -164,7 +222,7 @@ class SweepRequests:
                     action,
                     f"run {run.id}",
                     allowed=False,
-                    detail=f"{exc.message} (sweep {target})",
+                    detail=f"{exc.message} ({group.thing} {group.ref})",
                 )
             return
         self.daemon.audit(
@@ -175,7 +233,7 @@ class SweepRequests:
             allowed=True,
             before=getattr(run, field),
             after=getattr(updated, field),
-            detail=f"sweep {target}",
+            detail=f"{group.thing} {group.ref}",
         )
         changed.append((run, updated))
 
@@ -199,26 +257,27 @@ _WHICH = {
 
 
 def sweep_message(
-    sweep: Sweep,
+    group: Group,
     action: str,
     changed: Sequence[tuple[Run, Run]],
     skipped: Sequence[dict[str, Any]],
     others: int,
 ) -> str:
-    """`sweep s7: 5 points held (4 not QUEUED)`; a cancel tells ended from being cancelled."""
-    ref = f"sweep s{sweep.id}"
+    """`sweep s7: 5 points held (4 not QUEUED)`, `pipeline p3: 2 runs held`; a cancel tells
+    ended from being cancelled."""
+    ref, unit = f"{group.thing} {group.ref}", group.unit
     if action == "cancel":
         now = sum(1 for _, new in changed if new.state == RunState.CANCELLED.value)
-        parts = [f"{now} point{_s(now)} cancelled"]
+        parts = [f"{now} {unit}{_s(now)} cancelled"]
         if len(changed) - now:
             parts.append(f"{len(changed) - now} being cancelled in Slurm")
         text = f"{ref}: {', '.join(parts)}"
     elif action in ("priority", "top") and changed:
-        text = f"{ref}: {len(changed)} point{_s(len(changed))} {_DONE[action]} " + (
+        text = f"{ref}: {len(changed)} {unit}{_s(len(changed))} {_DONE[action]} " + (
             f"(priority {changed[0][1].priority})"
         )
     else:
-        text = f"{ref}: {len(changed)} point{_s(len(changed))} {_DONE[action]}"
+        text = f"{ref}: {len(changed)} {unit}{_s(len(changed))} {_DONE[action]}"
     notes = []
     if others:
         notes.append(f"{others} {_WHICH[action]}")
@@ -230,3 +289,7 @@ def sweep_message(
 
 def _s(n: int) -> str:
     return "" if n == 1 else "s"
+
+
+def _thing(target: Many) -> str:
+    return "pipeline" if isinstance(target, PipelineId) else "sweep"

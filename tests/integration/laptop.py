@@ -18,6 +18,25 @@ DEV_SSHD = REPO / "scripts" / "dev-sshd"
 REMOTE_HPCOPS = str(REPO / ".venv" / "bin" / "hpcops")
 
 
+# The ways a laptop call can fail before the daemon answers, by the suffix of the remote that
+# provokes each (a key nobody accepts, no hpcops there, no such host, a closed port): the exit
+# code and the phrase each transport's message must carry.
+FAILURES = [
+    ("wrongkey", 5, "refused our SSH keys"),
+    ("nohpcops", 3, "is not found on remote '{remote}'"),
+    ("nodns", 3, "cannot resolve 'no-such-host.invalid'"),
+    ("closed", 3, "cannot reach"),
+]
+
+
+def assert_fails_clearly(proc: subprocess.CompletedProcess[str], remote: str, case: str) -> None:
+    """`proc` (a laptop call to `remote`) failed as FAILURES says the `case` does."""
+    code, phrase = {name: (c, p) for name, c, p in FAILURES}[case]
+    assert proc.returncode == code, proc.stderr
+    assert phrase.format(remote=remote) in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def run_as(*argv: str, user: str | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
     """argv as `user` (runuser), from /tmp; output captured as text."""
     if user is not None:
@@ -70,3 +89,22 @@ def laptop_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def start_follow(user: str, run: str) -> subprocess.Popen[str]:
+    """`hpcops logs RUN --follow` as the laptop user, once it has printed its first line (which
+    must be the job's first `tick`); the caller ends it (by its pid) if it outlives the test."""
+    follow = subprocess.Popen(
+        ["runuser", "-u", user, "--", sys.executable, "-m", "hpcops", "logs", run, "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/tmp",
+    )
+    assert follow.stdout is not None
+    first = follow.stdout.readline()
+    if not first.startswith("tick"):
+        follow.kill()  # our own child, by its pid
+        follow.wait()
+        raise AssertionError(f"the follow began with {first!r}, not a tick")
+    return follow

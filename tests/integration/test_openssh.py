@@ -32,10 +32,13 @@ import pytest
 from lab import MEMBERS, SERVICE, Lab, new_lab
 from laptop import (
     DEV_SSHD,
+    FAILURES,
     REMOTE_HPCOPS,
+    assert_fails_clearly,
     laptop_cli,
     make_laptop,
     run_as,
+    start_follow,
     write_client_config,
     write_owned,
 )
@@ -365,17 +368,8 @@ def test_the_master_closing_during_follow_is_said_clearly(laptop: Laptop) -> Non
     run = str(
         json.loads(laptop.cli("submit", "--json", _spec(laptop, "ticks", ticks)).stdout)["id"]
     )
-    follow = subprocess.Popen(
-        ["runuser", "-u", LAPTOP, "--", sys.executable, "-m", "hpcops", "logs", run, "--follow"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd="/tmp",
-    )
+    follow = start_follow(LAPTOP, run)
     try:
-        assert follow.stdout is not None
-        first = follow.stdout.readline()
-        assert first.startswith("tick"), first
         assert laptop.ssh("-O", "exit", "lab-otp").returncode == 0
         _, stderr = follow.communicate(timeout=30)
         assert follow.returncode == 3, stderr
@@ -455,22 +449,15 @@ def test_without_ssh_on_path_auto_falls_back_to_paramiko(laptop: Laptop) -> None
     assert refused.returncode == 2 and "no `ssh` binary is on PATH" in refused.stderr
 
 
-@pytest.mark.parametrize(
-    ("remote", "code", "phrase"),
-    [
-        ("ossh-wrongkey", 5, "refused our SSH keys (Permission denied (publickey))"),
-        ("ossh-nohpcops", 3, "is not found on remote 'ossh-nohpcops'"),
-        ("ossh-nodns", 3, "cannot resolve 'no-such-host.invalid'"),
-        ("ossh-closed", 3, "Connection refused"),
-    ],
-)
-def test_openssh_failures_are_distinct_and_clear(
-    laptop: Laptop, remote: str, code: int, phrase: str
-) -> None:
+@pytest.mark.parametrize("case", [name for name, _, _ in FAILURES])
+def test_openssh_failures_are_distinct_and_clear(laptop: Laptop, case: str) -> None:
+    remote = f"ossh-{case}"
     proc = laptop.cli("--remote", remote, "ls", timeout=30)
-    assert proc.returncode == code, proc.stderr
-    assert phrase in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert_fails_clearly(proc, remote, case)
+    if case == "wrongkey":
+        assert "(Permission denied (publickey))" in proc.stderr, "ssh's own words, not a guess"
+    if case == "closed":
+        assert "Connection refused" in proc.stderr
 
 
 def test_unknown_host_key_is_refused_and_nothing_is_added(laptop: Laptop) -> None:

@@ -215,6 +215,8 @@ def _session_pids(master: int) -> list[int]:
     return pids
 
 
+# Exclusive: it stops the shared sshd and ends its sessions, which other tests use meanwhile.
+@pytest.mark.exclusive
 def test_sshd_stopping_during_follow_is_said_clearly(laptop: tuple[Lab, Path]) -> None:
     lab, home = laptop
     run = int(

@@ -312,6 +312,9 @@ def test_a_gpu_sweep_never_holds_more_than_the_lab_gpu_quota(make_lab: MakeLab) 
     assert sorted(t.task for t in sacct_tasks(name, at_least=10)) == list(range(10))
 
 
+# Exclusive: a lab-wide jobs quota of 1, and every job in the lab's Slurm account counts
+# against it (other tests' jobs too, as a member's job submitted by hand would).
+@pytest.mark.exclusive
 def test_a_sweep_and_single_runs_interleave_by_priority_then_fair_share(
     make_lab: MakeLab,
 ) -> None:

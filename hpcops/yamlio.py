@@ -34,7 +34,7 @@ from typing import Any, Final, Protocol
 import yaml
 
 from hpcops.describe import describe_char, describe_value
-from hpcops.errors import FieldProblem, InvalidInput
+from hpcops.errors import FieldProblem, InvalidInput, SpecError
 
 __all__ = [
     "CONFIG",
@@ -386,6 +386,18 @@ def read_bounded(path: str | Path, doc: Document = SPEC) -> bytes:
         )
         raise YamlProblems.one(shown)
     return data
+
+
+def read_document(path: str | Path, doc: Document, what: str) -> bytes:
+    """A spec's or a pipeline's file, bounded as read_bounded reads it; any failure is the
+    SpecError a user sees ("cannot read the {what}: ..."), naming the file."""
+    try:
+        return read_bounded(path, doc)
+    except OSError as exc:
+        problem = FieldProblem("", f"cannot read the {what}: {exc.strerror or exc}")
+        raise SpecError(os.fspath(path), [problem]) from None
+    except YamlProblems as exc:
+        raise SpecError(os.fspath(path), exc.problems) from None
 
 
 # ─── canonical YAML ────────────────────────────────────────────────────────────────────────────

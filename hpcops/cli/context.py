@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from hpcops.client.client import Client
-    from hpcops.client.remote import RemoteClient
+    from hpcops.api.protocol import LineClient
 
 # The run states as the API names them (hpcops.states.RunState, in its order; a unit test keeps
 # the two equal). Spelled out here so that `hpcops --help` need not import the states module.
@@ -40,7 +39,7 @@ class Context:
         self.explicit_home = home
         self.debug = debug
         self.remote_name = remote
-        self._client: Client | RemoteClient | None = None
+        self._client: LineClient | None = None
 
     @property
     def home(self) -> Path:
@@ -48,9 +47,10 @@ class Context:
 
         return self.explicit_home or default_home()
 
-    def client(self) -> Client | RemoteClient:
+    def client(self) -> LineClient:
         """The daemon's API: over SSH when a remote is named (--remote, or the client config's
-        default_remote), else the local socket. Either way one connection serves the call."""
+        default_remote; OpenSSH or paramiko, see client/reach.py), else the local socket.
+        Either way one connection serves the call."""
         if self._client is None:
             from hpcops.client.config_path import client_config_path
 
@@ -62,12 +62,9 @@ class Context:
 
                 chosen = load_client_config().remote(self.remote_name)
             if chosen is not None and self.explicit_home is None:
-                from hpcops.transport.lean_paramiko import skip_invoke_unless_needed
+                from hpcops.client.reach import open_remote
 
-                skip_invoke_unless_needed()  # before paramiko is imported: every call pays it
-                from hpcops.client.remote import RemoteClient
-
-                self._client = RemoteClient(*chosen)
+                self._client = open_remote(*chosen)
             else:
                 from hpcops.client.client import Client
                 from hpcops.home import HomePaths

@@ -7,9 +7,9 @@ argument); 3 no daemon answers; 4 no such run, sweep, pipeline or schedule; 5 pe
 This module is the root: the global options, the one place errors become a message and an exit
 code, and the list of commands. The commands live by group beside it: specs.py (validate,
 render, submit, rerun; of a pipeline file too), runs.py (ls, show, wait, logs, history, why),
-queue.py (cancel, priority, hold, release, top, quota, audit), schedules.py, cache.py and
-daemon.py; context.py holds what they share, parsing.py how their words are read, output.py how
-they print.
+queue.py (cancel, priority, hold, release, top, quota, audit), schedules.py, cache.py, daemon.py
+and remotes.py (remote check); context.py holds what they share, parsing.py how their words are
+read, output.py how they print.
 
 Heavy modules (pydantic, jinja2, SQLAlchemy, paramiko) are imported inside the commands that
 need them so that `hpcops --help` stays fast.
@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import click
 
 from hpcops import __version__
-from hpcops.cli import cache, daemon, queue, runs, schedules, specs
+from hpcops.cli import cache, daemon, queue, remotes, runs, schedules, specs
 from hpcops.cli.context import Context, pass_ctx
 from hpcops.cli.parsing import Group
 
@@ -115,6 +115,10 @@ def cli(ctx: click.Context, home: Path | None, remote: str | None, debug: bool) 
       hpcops schedule ls / show NAME / pause / resume / rm / run-now
 
     \b
+    From a laptop (remotes in ~/.config/hpcops/config.yaml, over SSH):
+      hpcops remote check lab         # how it connects, master connection, one round trip
+
+    \b
     The daemon (one per lab) owns the queue: `hpcops daemon start`.
     Exit codes: 0 ok, 1 failed, 2 invalid input, 3 no daemon, 4 no such
     run/sweep/pipeline/schedule, 5 not allowed.
@@ -130,6 +134,7 @@ for _command in (
     schedules.schedule,
     cache.cache,
     daemon.daemon,
+    remotes.remote,
 ):
     cli.add_command(_command)
 

@@ -1,6 +1,6 @@
-"""Where the client config lives, apart from reading it (config.py, which needs pydantic): a
-call on the login node with no client config at all then knows that it talks to the local
-socket without importing pydantic (issue 16: a submit's client paid 0.3 s for it)."""
+"""Where the client config lives, apart from reading it (config.py): a call on the login node
+with no client config at all then knows that it talks to the local socket without importing
+the config reader or the YAML parser (issue 16: every import is paid by every CLI call)."""
 
 from __future__ import annotations
 

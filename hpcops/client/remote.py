@@ -18,11 +18,10 @@ import paramiko
 
 from hpcops.api import protocol
 from hpcops.client.config import Remote, client_config_path
+from hpcops.client.reach import api_exit_error
 from hpcops.errors import (
     HpcopsError,
-    NotRunning,
     PermissionDenied,
-    ProtocolError,
     RemoteUnreachable,
 )
 from hpcops.transport.ssh_connect import SshTarget
@@ -114,21 +113,9 @@ class RemoteClient(protocol.LineClient):
         self._channel.status_event.wait(timeout=5)
         status = self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
         stderr = self._channel.recv_stderr(4096).decode("utf-8", errors="replace").strip()
-        command = " ".join(self.remote.command)
-        if status == 127:
-            return RemoteUnreachable(
-                f"`{command}` is not found on remote {self.name!r} (exit 127): install hpcops "
-                f"there or set remotes.{self.name}.command to its full path"
-            )
         if status is None:
             return RemoteUnreachable(f"the SSH connection to remote {self.name!r} closed")
-        detail = f": {stderr}" if stderr else ""
-        if "No such command" in stderr:
-            return ProtocolError(
-                f"the hpcops on remote {self.name!r} has no `api` command: it is older than "
-                f"this client; install the same version on both ends{detail}"
-            )
-        return NotRunning(f"`{command} api` on remote {self.name!r} exited {status}{detail}")
+        return api_exit_error(self.name, self.remote, status, stderr)
 
     def close(self) -> None:
         if self._channel is not None:

@@ -1,8 +1,9 @@
 """Before a submit: pin each spec's code to a commit and ship what the lab's mirror lacks.
 
 One `code_have` question for all specs, then at most one bundle per repository and commit,
-uploaded over the call's own connection (SFTP on the SSH connection, or a plain copy on the
-login node). The submit request then names each bundle; the daemon takes it in.
+uploaded over the call's own connection (SFTP on paramiko's connection, `cat` in a second
+session of the user's OpenSSH master, or a plain copy on the login node). The submit request
+then names each bundle; the daemon takes it in.
 """
 
 from __future__ import annotations

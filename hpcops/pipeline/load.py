@@ -25,7 +25,15 @@ from hpcops.pipeline.graph import Graph
 from hpcops.pipeline.messages import MINIMAL_PIPELINE, problems_of
 from hpcops.pipeline.model import PipelineDef, Step, reference_problems
 from hpcops.spec import Spec, load_spec_file, parse_spec, spec_to_yaml
-from hpcops.yamlio import MAX_PROBLEMS, Document, YamlProblems, dotted, read_bounded, read_yaml
+from hpcops.yamlio import (
+    MAX_PROBLEMS,
+    Document,
+    YamlProblems,
+    dotted,
+    read_bounded,
+    read_document,
+    read_yaml,
+)
 
 PIPELINE: Final = Document(
     "pipeline",
@@ -208,13 +216,7 @@ def load_pipeline_file(path: str | Path) -> Pipeline:
     """Read and check a pipeline file and every spec file its steps name (relative to its
     folder). Raises SpecError, and nothing else, for any input; nothing is queued by reading."""
     source = os.fspath(path)
-    try:
-        data = read_bounded(path, PIPELINE)
-    except OSError as exc:
-        problem = FieldProblem("", f"cannot read the pipeline file: {exc.strerror or exc}")
-        raise SpecError(source, [problem]) from None
-    except YamlProblems as exc:
-        raise SpecError(source, exc.problems) from None
+    data = read_document(path, PIPELINE, "pipeline file")
     try:
         return _parse(data, source, Path(path).absolute().parent)
     except SpecError:

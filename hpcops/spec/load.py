@@ -16,7 +16,14 @@ from hpcops.spec.messages import MINIMAL_SPEC, validate
 from hpcops.spec.model import Spec
 from hpcops.spec.sweep import check_sweep_points
 from hpcops.specfile import anchor_paths
-from hpcops.yamlio import MAX_YAML_BYTES, SPEC, YamlProblems, dump_yaml, read_bounded, read_yaml
+from hpcops.yamlio import (
+    MAX_YAML_BYTES,
+    SPEC,
+    YamlProblems,
+    dump_yaml,
+    read_document,
+    read_yaml,
+)
 
 MAX_SPEC_BYTES: int = MAX_YAML_BYTES
 
@@ -78,13 +85,7 @@ def load_spec_file(path: str | Path) -> Spec:
     there. Reads at most MAX_SPEC_BYTES + 1 bytes, so a huge file costs no memory.
     """
     source = os.fspath(path)
-    try:
-        data = read_bounded(path, SPEC)
-    except OSError as exc:
-        problem = FieldProblem("", f"cannot read the spec file: {exc.strerror or exc}")
-        raise SpecError(source, [problem]) from None
-    except YamlProblems as exc:
-        raise SpecError(source, exc.problems) from None
+    data = read_document(path, SPEC, "spec file")
     base_dir = Path(path).absolute().parent
     try:
         return _parse(data, source, base_dir)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import getpass
 import hashlib
+import re
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -89,6 +90,8 @@ def resolve(target: SshTarget) -> Resolved:
     if config_path.exists():
         options = dict(paramiko.SSHConfig.from_path(str(config_path)).lookup(target.host))
     jump = options.get("proxyjump")
+    if str(jump).lower() == "none":  # ssh_config(5): `ProxyJump none` turns an earlier one off
+        jump = None
     return Resolved(
         hostname=str(options.get("hostname", target.host)),
         port=target.port or int(options.get("port", 22)),
@@ -102,25 +105,73 @@ def resolve(target: SshTarget) -> Resolved:
     )
 
 
+def parse_jump(spec: str) -> tuple[str | None, str, int | None]:
+    """ProxyJump's one hop, `[user@]host[:port]` (ssh_config(5)), as (user, host, port); an
+    IPv6 address goes in brackets, `[::1]:2222`."""
+    user, _, rest = spec.rpartition("@")
+    match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", rest)
+    if not match:
+        raise RemoteUnreachable(f"cannot read the ProxyJump host {spec!r}")
+    host = match.group(1) or match.group(3)
+    port = match.group(2) or match.group(4)
+    return user or None, host, int(port) if port else None
+
+
+class _JumpedClient(paramiko.SSHClient):
+    """A connection made through a jump host's direct-tcpip channel: closing it closes the jump
+    host's connection too (else each reconnect of the daemon would leave one behind)."""
+
+    jump: paramiko.SSHClient | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self.jump is not None:
+            self.jump.close()
+            self.jump = None
+
+
+def _through_jump(target: SshTarget, r: Resolved) -> tuple[paramiko.SSHClient, Any]:
+    """The jump host's connection and a channel from it to the target."""
+    assert r.proxy_jump is not None
+    if "," in r.proxy_jump:
+        raise RemoteUnreachable(
+            f"{target.label}: ProxyJump {r.proxy_jump} has more than one hop, which hpcops' "
+            "paramiko transport does not follow; use transport: openssh (the laptop), or one hop"
+        )
+    user, host, port = parse_jump(r.proxy_jump)
+    jump = connect(
+        replace(
+            target,
+            host=host,
+            label=f"{target.label} via ProxyJump {r.proxy_jump}",
+            user=user,
+            port=port,
+            identity_file=None,
+        )
+    )
+    transport = jump.get_transport()
+    assert transport is not None
+    try:
+        channel = transport.open_channel(
+            "direct-tcpip", (r.hostname, r.port), ("127.0.0.1", 0), timeout=target.connect_timeout_s
+        )
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        jump.close()
+        raise RemoteUnreachable(
+            f"the jump host {r.proxy_jump} ({target.label}) could not reach {r.host_label}: {exc}"
+        ) from None
+    return jump, channel
+
+
 def connect(target: SshTarget) -> paramiko.SSHClient:
     """One authenticated SSH connection, or HostKeyRejected / AuthenticationFailed (exit 5) or
     RemoteUnreachable (exit 3) with a message naming the evidence and the next step."""
     r = resolve(target)
     where = f"{r.user}@{r.host_label} ({target.label})"
     sock: Any = None
+    client = _JumpedClient()
     if r.proxy_jump is not None:
-        jump = replace(
-            target,
-            host=r.proxy_jump.split(",")[0],
-            label=f"{target.label} via ProxyJump {r.proxy_jump}",
-            user=None,
-            port=None,
-            identity_file=None,
-        )
-        jump_transport = connect(jump).get_transport()
-        assert jump_transport is not None
-        sock = jump_transport.open_channel("direct-tcpip", (r.hostname, r.port), ("127.0.0.1", 0))
-    client = paramiko.SSHClient()
+        client.jump, sock = _through_jump(target, r)
     known = target.known_hosts.expanduser()
     if known.exists():
         client.load_host_keys(str(known))  # load_host_keys, not system keys: never saved back

@@ -28,7 +28,14 @@ PORT = 2222
 
 
 def sshd_known_hosts() -> str:
-    subprocess.run([str(DEV_SSHD), "up"], check=True, stdout=subprocess.DEVNULL)
+    """The dev sshd's known_hosts line. The sshd is shared with the tests (and CI runs on this
+    machine): a benchmark never starts, restarts or stops it, so it must already run."""
+    status = subprocess.run([str(DEV_SSHD), "status"], capture_output=True, text=True)
+    if status.returncode != 0:
+        raise RuntimeError(
+            f"the dev sshd is not running ({status.stdout.strip()}); start it with "
+            "`scripts/dev-sshd up` first (benchmarks never start or restart it themselves)"
+        )
     return subprocess.run(
         [str(DEV_SSHD), "known-hosts"], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -54,8 +61,10 @@ def authorize(user: str, key: Path) -> None:
 
 
 @contextlib.contextmanager
-def jobs_held_pending(user: str) -> Iterator[None]:
-    """The user's jobs are accepted but never start (association MaxJobs=0), then released."""
+def jobs_held_pending(user: str, jobs: list[str] | None = None) -> Iterator[None]:
+    """The user's jobs are accepted but never start (association MaxJobs=0), then released.
+    At the end, the ids in `jobs` (filled in by the caller while it runs) are cancelled, and
+    only those; without a list, every job of the user."""
     where = ["where", f"name={user}", "account=lab"]
     subprocess.run(
         ["sacctmgr", "-i", "modify", "user", *where, "set", "MaxJobs=0"],
@@ -65,7 +74,10 @@ def jobs_held_pending(user: str) -> Iterator[None]:
     try:
         yield
     finally:
-        subprocess.run(["scancel", "-u", user], check=False)
+        if jobs is None:
+            subprocess.run(["scancel", "-u", user], check=False)
+        elif jobs:
+            subprocess.run(["scancel", *sorted(set(jobs))], check=False)
         subprocess.run(
             ["sacctmgr", "-i", "modify", "user", *where, "set", "MaxJobs=-1"],
             check=False,

@@ -87,6 +87,9 @@ def _started_order(lab: Lab, runs: list[int]) -> list[int]:
     return [s["id"] for s in sorted(shown, key=lambda s: (s["submitted_at"], s["slurm_job_id"]))]
 
 
+# Exclusive: a lab-wide jobs quota of 1, and every job in the lab's Slurm account counts
+# against it (other tests' jobs too, as a member's job submitted by hand would).
+@pytest.mark.exclusive
 def test_release_order_priority_then_fair_share_then_time_and_top(lab: Lab) -> None:
     # M1 has used the cluster recently; M2 has not.
     lab.stop()

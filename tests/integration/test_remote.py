@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,48 +16,38 @@ from typing import Any
 
 import pytest
 from lab import MEMBERS, SERVICE, Lab, new_lab
+from laptop import (
+    FAILURES,
+    REMOTE_HPCOPS,
+    assert_fails_clearly,
+    make_laptop,
+    run_as,
+    start_follow,
+    write_client_config,
+)
+from laptop import laptop_cli as shared_laptop_cli
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_SSHD = REPO / "scripts" / "dev-sshd"
 PORT = int(os.environ.get("HPCOPS_DEV_SSHD_PORT", "2222"))
+# The dev sshd these tests use (and stop and restart once): the shared one unless the
+# environment names another instance, as scripts/dev-sshd reads it.
+SSHD_DIR = Path(os.environ.get("HPCOPS_DEV_SSHD_DIR", "/var/lib/hpcops-dev-sshd"))
 LAPTOP = "hpcops-laptop"
 MEMBER = MEMBERS[0]
 
 
 def _run(*argv: str, user: str | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
-    if user is not None:
-        argv = ("runuser", "-u", user, "--", *argv)
-    return subprocess.run(list(argv), capture_output=True, text=True, cwd="/tmp", **kw)
+    return run_as(*argv, user=user, **kw)
 
 
 @pytest.fixture
 def laptop(sshd: str, cluster: None) -> Iterator[tuple[Lab, Path]]:
     """A lab daemon, and a laptop user whose default remote reaches it as MEMBER over SSH."""
     lab = new_lab({"quotas": {}})
-    if _run("id", LAPTOP).returncode != 0:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", LAPTOP], check=True)
-    home = Path(f"~{LAPTOP}").expanduser()
+    home = make_laptop(LAPTOP, MEMBER, [sshd])
     ssh_dir = home / ".ssh"
-    shutil.rmtree(ssh_dir, ignore_errors=True)
-    ssh_dir.mkdir(mode=0o700)
-    shutil.chown(ssh_dir, LAPTOP, LAPTOP)
-    _run(
-        "ssh-keygen",
-        "-q",
-        "-t",
-        "ed25519",
-        "-N",
-        "",
-        "-f",
-        str(ssh_dir / "id_ed25519"),
-        user=LAPTOP,
-    ).check_returncode()
-    _run(str(DEV_SSHD), "add-key", MEMBER, str(ssh_dir / "id_ed25519.pub")).check_returncode()
-    known = ssh_dir / "known_hosts"
-    known.write_text(sshd + "\n")
-    shutil.chown(known, LAPTOP, LAPTOP)
-    config_dir = home / ".config" / "hpcops"
-    config_dir.mkdir(parents=True, exist_ok=True)
+    # No ~/.ssh/config: transport auto is paramiko here (test_openssh.py covers OpenSSH).
     config = {
         "default_remote": "lab",
         "remotes": {
@@ -66,7 +55,7 @@ def laptop(sshd: str, cluster: None) -> Iterator[tuple[Lab, Path]]:
                 "host": "127.0.0.1",
                 "port": PORT,
                 "user": MEMBER,
-                "command": [str(REPO / ".venv" / "bin" / "hpcops")],
+                "command": [REMOTE_HPCOPS],
                 "home": str(lab.home),
             },
             "nohpcops": {
@@ -86,17 +75,13 @@ def laptop(sshd: str, cluster: None) -> Iterator[tuple[Lab, Path]]:
             },
         },
     }
-    (config_dir / "config.yaml").write_text(json.dumps(config))
-    _run(
-        "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh_dir / "other_key"), user=LAPTOP
-    ).check_returncode()
-    subprocess.run(["chown", "-R", f"{LAPTOP}:{LAPTOP}", str(home / ".config")], check=True)
+    write_client_config(home, LAPTOP, config)
     yield lab, home
     lab.stop()
 
 
 def laptop_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return _run(sys.executable, "-m", "hpcops", *args, user=LAPTOP, timeout=timeout)
+    return shared_laptop_cli(LAPTOP, *args, timeout=timeout)
 
 
 def _spec(home: Path, name: str, command: str) -> str:
@@ -205,22 +190,9 @@ def test_changed_host_key_is_refused(laptop: tuple[Lab, Path], sshd: str) -> Non
     assert proc.returncode == 5 and "has CHANGED" in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize(
-    ("remote", "code", "phrase"),
-    [
-        ("wrongkey", 5, "refused our SSH keys"),
-        ("nohpcops", 3, "is not found on remote 'nohpcops'"),
-        ("nodns", 3, "cannot resolve 'no-such-host.invalid'"),
-        ("closed", 3, "cannot reach"),
-    ],
-)
-def test_clear_distinct_errors(
-    laptop: tuple[Lab, Path], remote: str, code: int, phrase: str
-) -> None:
-    proc = laptop_cli("--remote", remote, "ls")
-    assert proc.returncode == code, proc.stderr
-    assert phrase in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+@pytest.mark.parametrize("remote", [name for name, _, _ in FAILURES])
+def test_clear_distinct_errors(laptop: tuple[Lab, Path], remote: str) -> None:
+    assert_fails_clearly(laptop_cli("--remote", remote, "ls"), remote, remote)
 
 
 def test_daemon_not_running_is_said_plainly(laptop: tuple[Lab, Path]) -> None:
@@ -243,6 +215,8 @@ def _session_pids(master: int) -> list[int]:
     return pids
 
 
+# Exclusive: it stops the shared sshd and ends its sessions, which other tests use meanwhile.
+@pytest.mark.exclusive
 def test_sshd_stopping_during_follow_is_said_clearly(laptop: tuple[Lab, Path]) -> None:
     lab, home = laptop
     run = int(
@@ -254,29 +228,9 @@ def test_sshd_stopping_during_follow_is_said_clearly(laptop: tuple[Lab, Path]) -
             ).stdout
         )["id"]
     )
-    follow = subprocess.Popen(
-        [
-            "runuser",
-            "-u",
-            LAPTOP,
-            "--",
-            sys.executable,
-            "-m",
-            "hpcops",
-            "logs",
-            str(run),
-            "--follow",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd="/tmp",
-    )
+    follow = start_follow(LAPTOP, str(run))
     try:
-        assert follow.stdout is not None
-        first = follow.stdout.readline()
-        assert first.startswith("tick"), first
-        master = int(Path("/var/lib/hpcops-dev-sshd/sshd.pid").read_text())
+        master = int((SSHD_DIR / "sshd.pid").read_text())
         # Stopping the listener leaves live sessions alone (OpenSSH forks one per connection):
         # end those too, by pid, as a reboot of the login node's sshd would.
         for pid in _session_pids(master):

@@ -450,6 +450,9 @@ def test_a_preempted_run_is_requeued_and_completes_in_one_record(
 # --- training past the walltime limit (started by the fixture above) --------------------------
 
 
+# Exclusive: each attempt must work its chunk (the MLflow import, 5 logged steps) before the
+# earliest the signal can come; on a machine loaded by parallel tests that can take longer.
+@pytest.mark.exclusive
 def test_timeout_with_checkpoint_completes_on_the_third_attempt(
     checkpointed: Checkpointed, server: MlflowServer
 ) -> None:

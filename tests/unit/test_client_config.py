@@ -47,6 +47,13 @@ def test_default_and_named_remotes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ("remotes: {lab: {host: h, home: relative}}", "remotes.lab.home"),
         ("remotes: {lab: {host: h, port: 0}}", "remotes.lab.port"),
         ("remotes: {lab: {hots: h}}", "remotes.lab.hots"),
+        ("remotes: {lab: {host: -oProxyCommand}}", "remotes.lab.host"),
+        ("remotes: {lab: {host: h, command: -x}}", "the first word is the program"),
+        ("remotes: {lab: {host: h, transport: ssh}}", "openssh, paramiko"),
+        ("remotes: {lab: {port: 22}}", "remotes.lab.host: missing"),
+        ("remotes: {lab: {host: h, connect_timeout_s: 0}}", "remotes.lab.connect_timeout_s"),
+        ("remotes: {lab: {host: h, port: true}}", "remotes.lab.port"),
+        ("default_remote: [a]", "default_remote"),
         ("remotes: [", "not valid YAML"),
     ],
 )
@@ -57,3 +64,18 @@ def test_bad_client_config_names_the_field(
     with pytest.raises(ConfigError) as info:
         load_client_config()
     assert phrase in str(info.value)
+
+
+def test_transport_defaults_to_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path, monkeypatch, "remotes: {a: {host: h}, b: {host: h, transport: openssh}}")
+    config = load_client_config()
+    assert config.remotes["a"].transport == "auto"
+    assert config.remotes["b"].transport == "openssh"
+
+
+def test_every_problem_is_named_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path, monkeypatch, "remotes: {a: {host: 'a b', port: 0}, b: {hots: h}}")
+    with pytest.raises(ConfigError) as info:
+        load_client_config()
+    for phrase in ("remotes.a.host", "remotes.a.port", "remotes.b.hots", "remotes.b.host"):
+        assert phrase in str(info.value)

@@ -19,7 +19,7 @@ from hpcops.transport.ssh import (
     SshTransport,
     parse_small_files,
 )
-from hpcops.transport.ssh_connect import SshTarget
+from hpcops.transport.ssh_connect import SshTarget, parse_jump
 
 
 def test_the_first_connection_is_at_once_then_one_per_interval() -> None:
@@ -131,3 +131,23 @@ def test_the_marker_read_script_reads_regular_files_only(tmp_path: Path) -> None
         paths[6]: "9" * SMALL_FILE_MAX_BYTES,
     }
     assert len(out) < 2 * SMALL_FILE_MAX_BYTES
+
+
+@pytest.mark.parametrize(
+    ("spec", "parsed"),
+    [
+        ("jump", (None, "jump", None)),
+        ("ana@jump.example.edu", ("ana", "jump.example.edu", None)),
+        ("ana@127.0.0.1:2200", ("ana", "127.0.0.1", 2200)),
+        ("[::1]:2200", (None, "::1", 2200)),
+        ("ssh://x", None),
+    ],
+)
+def test_a_proxyjump_hop_is_read_as_ssh_reads_it(
+    spec: str, parsed: tuple[str | None, str, int | None] | None
+) -> None:
+    if parsed is None:
+        with pytest.raises(RemoteUnreachable):
+            parse_jump(spec)
+    else:
+        assert parse_jump(spec) == parsed

@@ -1,0 +1,473 @@
+"""The laptop through the user's own OpenSSH: a real second factor, a real master connection,
+a real ProxyJump.
+
+Two private sshd instances from scripts/dev-sshd, each on a free loopback port with its own
+state directory (the shared one on :2222 is only used, never restarted):
+
+    otp    AuthenticationMethods publickey,keyboard-interactive; the keyboard-interactive step
+           is Debian's libpam-oath (TOTP), the codes computed with oathtool
+    jump   keys only: the ProxyJump hop to the shared sshd
+
+The laptop user's ~/.ssh/config has ControlMaster auto / ControlPath / ControlPersist for the
+otp host; its first login answers the TOTP prompt through SSH_ASKPASS (SSH_ASKPASS_REQUIRE=force),
+and the sshd's own log (LogLevel VERBOSE) counts the logins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lab import MEMBERS, SERVICE, Lab, new_lab
+from laptop import (
+    DEV_SSHD,
+    FAILURES,
+    REMOTE_HPCOPS,
+    assert_fails_clearly,
+    laptop_cli,
+    make_laptop,
+    run_as,
+    start_follow,
+    write_client_config,
+    write_owned,
+)
+from mlflow_server import free_port
+
+LAPTOP = "hpcops-laptop-ossh"
+MEMBER = MEMBERS[0]
+SHARED_PORT = int(os.environ.get("HPCOPS_DEV_SSHD_PORT", "2222"))
+
+
+@dataclass
+class Sshd:
+    """One private dev-sshd instance, driven by pid file through the script itself."""
+
+    port: int
+    state_dir: Path
+    auth: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "HPCOPS_DEV_SSHD_DIR": str(self.state_dir),
+            "HPCOPS_DEV_SSHD_PORT": str(self.port),
+            "HPCOPS_DEV_SSHD_AUTH": self.auth,
+        }
+
+    def up(self) -> str:
+        proc = run_as(str(DEV_SSHD), "up", env=self.env)
+        assert proc.returncode == 0, proc.stderr
+        return run_as(str(DEV_SSHD), "known-hosts", env=self.env).stdout.strip()
+
+    def down(self) -> None:
+        run_as(str(DEV_SSHD), "down", env=self.env)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def log(self) -> str:
+        return (self.state_dir / "sshd.log").read_text(errors="replace")
+
+    def count(self, phrase: str) -> int:
+        return sum(phrase in line for line in self.log().splitlines())
+
+
+@pytest.fixture(scope="module")
+def sshds(sshd: str) -> Iterator[tuple[Sshd, Sshd, str]]:
+    """(otp, jump, the shared sshd's known_hosts line)."""
+    tag = uuid.uuid4().hex[:8]
+    otp = Sshd(free_port(), Path(f"/tmp/hpcops-sshd-otp-{tag}"), "otp")
+    jump = Sshd(free_port(), Path(f"/tmp/hpcops-sshd-jump-{tag}"), "key")
+    try:
+        yield otp, jump, sshd
+    finally:
+        otp.down()
+        jump.down()
+
+
+@dataclass
+class Laptop:
+    lab: Lab
+    home: Path
+    otp: Sshd
+    jump: Sshd
+
+    def cli(
+        self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return laptop_cli(LAPTOP, *args, timeout=timeout, env=env)
+
+    def ssh(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return run_as("ssh", *args, user=LAPTOP, **kw)
+
+    def askpass_calls(self) -> int:
+        log = self.home / "askpass.log"
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+SSH_CONFIG = """\
+Host lab-otp
+    HostName 127.0.0.1
+    Port {otp_port}
+    User {member}
+    ControlMaster auto
+    ControlPath ~/.ssh/cm-%C
+    ControlPersist 10m
+
+Host jump
+    HostName 127.0.0.1
+    Port {jump_port}
+    User {member}
+
+Host lab-via-jump
+    HostName 127.0.0.1
+    Port {shared_port}
+    User {member}
+    ProxyJump jump
+
+Host lab-via-inline-jump
+    HostName 127.0.0.1
+    Port {shared_port}
+    User {member}
+    ProxyJump {member}@127.0.0.1:{jump_port}
+"""
+
+# Prints the current TOTP code, and leaves a line per prompt it answered.
+ASKPASS = """\
+#!/bin/sh
+echo "$*" >> "$HOME/askpass.log"
+exec oathtool --totp "$(cat "$HOME/.ssh/otp-secret")"
+"""
+
+
+@pytest.fixture(scope="module")
+def laptop(sshds: tuple[Sshd, Sshd, str], cluster: None) -> Iterator[Laptop]:
+    otp, jump, shared_known = sshds
+    known = [otp.up(), jump.up(), shared_known]
+    lab = new_lab({"quotas": {}})
+    home = make_laptop(LAPTOP, MEMBER, known)
+    secret = secrets.token_hex(20)
+    run_as(str(DEV_SSHD), "add-otp", MEMBER, secret).check_returncode()
+    write_owned(home / ".ssh" / "otp-secret", secret + "\n", LAPTOP)
+    write_owned(home / "askpass", ASKPASS, LAPTOP, 0o700)
+    (home / "askpass.log").unlink(missing_ok=True)
+    write_owned(
+        home / ".ssh" / "config",
+        SSH_CONFIG.format(
+            otp_port=otp.port, jump_port=jump.port, shared_port=SHARED_PORT, member=MEMBER
+        ),
+        LAPTOP,
+    )
+    base = {"command": [REMOTE_HPCOPS], "home": str(lab.home)}
+    write_client_config(
+        home,
+        LAPTOP,
+        {
+            "default_remote": "otp",
+            "remotes": {
+                "otp": {"host": "lab-otp", **base},
+                "jump-openssh": {"host": "lab-via-jump", "transport": "openssh", **base},
+                "jump-paramiko": {"host": "lab-via-jump", "transport": "paramiko", **base},
+                "jump-auto": {"host": "lab-via-jump", **base},
+                "inline-jump-openssh": {
+                    "host": "lab-via-inline-jump",
+                    "transport": "openssh",
+                    **base,
+                },
+                "inline-jump-paramiko": {
+                    "host": "lab-via-inline-jump",
+                    "transport": "paramiko",
+                    **base,
+                },
+                "ossh-wrongkey": {
+                    "host": "127.0.0.1",
+                    "port": SHARED_PORT,
+                    "user": MEMBER,
+                    "identity_file": str(home / ".ssh" / "other_key"),
+                    "transport": "openssh",
+                    **base,
+                },
+                "ossh-nohpcops": {
+                    "host": "lab-via-jump",
+                    "transport": "openssh",
+                    "command": ["/nonexistent/bin/hpcops"],
+                },
+                "ossh-nodns": {"host": "no-such-host.invalid", "transport": "openssh"},
+                "ossh-closed": {"host": "127.0.0.1", "port": 1, "transport": "openssh"},
+            },
+        },
+    )
+    laptop = Laptop(lab, home, otp, jump)
+    try:
+        yield laptop
+    finally:
+        laptop.ssh("-O", "exit", "lab-otp")  # the master, through its own control socket
+        lab.stop()
+
+
+def _no_master(laptop: Laptop) -> None:
+    laptop.ssh("-O", "exit", "lab-otp")
+    deadline = time.monotonic() + 10
+    while laptop.ssh("-O", "check", "lab-otp").returncode == 0:
+        assert time.monotonic() < deadline, "the master did not exit"
+        time.sleep(0.1)
+
+
+def test_without_a_master_the_second_factor_is_said_clearly(laptop: Laptop) -> None:
+    _no_master(laptop)
+    started = time.monotonic()
+    proc = laptop.cli("ls", timeout=30)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 5, proc.stderr
+    for phrase in (
+        "wants a second factor",
+        "ControlMaster auto",
+        "ControlPersist",
+        "ssh -fN lab-otp",
+    ):
+        assert phrase in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 10, f"it must fail at once, not wait for a prompt ({elapsed:.1f} s)"
+    assert laptop.askpass_calls() == 0, "hpcops never prompts"
+
+    check = laptop.cli("remote", "check", "otp", "--json", timeout=30)
+    assert check.returncode == 5, check.stderr
+    report = json.loads(check.stdout)
+    assert report["transport"] == "openssh" and "ControlMaster auto" in report["reason"]
+    assert report["master"]["open"] is False
+    assert report["target"] == {
+        "host": "127.0.0.1",
+        "user": MEMBER,
+        "port": laptop.otp.port,
+        "proxyjump": None,
+        "proxycommand": None,
+        "controlpath": report["target"]["controlpath"],
+        "source": "ssh -G lab-otp",
+    }
+    assert report["api"]["ok"] is False and "second factor" in report["api"]["error"]
+
+
+def _open_master(laptop: Laptop) -> None:
+    """The user's one login of the day: `ssh -fN host`, answering the TOTP prompt."""
+    log = laptop.home / "master.log"
+    with log.open("w") as out:
+        proc = subprocess.run(
+            ["runuser", "-u", LAPTOP, "--", "ssh", "-fN", "lab-otp"],
+            env={
+                **os.environ,
+                "SSH_ASKPASS": str(laptop.home / "askpass"),
+                "SSH_ASKPASS_REQUIRE": "force",
+                "DISPLAY": ":0",
+            },
+            # A file, not a pipe: the backgrounded master would hold a pipe open.
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            cwd="/tmp",
+            timeout=30,
+        )
+    assert proc.returncode == 0, log.read_text()
+    assert laptop.ssh("-O", "check", "lab-otp").returncode == 0
+
+
+def _code_repo(laptop: Laptop) -> Path:
+    repo = laptop.home / "project"
+    shutil.rmtree(repo, ignore_errors=True)
+    repo.mkdir()
+    (repo / "message.txt").write_text("shipped over the master\n")
+    (repo / "spec.yaml").write_text(
+        json.dumps(
+            {
+                "name": f"ossh-code-{uuid.uuid4().hex[:6]}",
+                "experiment": "openssh",
+                "command": "git rev-parse HEAD; cat message.txt",
+                "code": {"repo": "."},
+            }
+        )
+    )
+    subprocess.run(["chown", "-R", f"{LAPTOP}:{LAPTOP}", str(repo)], check=True)
+    git = ("git", "-C", str(repo), "-c", "user.name=Ana", "-c", "user.email=ana@lab")
+    for args in (("init", "--quiet"), ("add", "."), ("commit", "--quiet", "-m", "v1")):
+        run_as(*git, *args, user=LAPTOP).check_returncode()
+    return repo
+
+
+def _spec(laptop: Laptop, name: str, command: str) -> str:
+    path = laptop.home / f"{name}.yaml"
+    unique = f"{name}-{uuid.uuid4().hex[:6]}"
+    spec = {"name": unique, "experiment": "openssh", "command": command, "workdir": "/tmp"}
+    write_owned(path, json.dumps(spec), LAPTOP, 0o644)
+    return str(path)
+
+
+def test_one_login_then_twenty_calls_ask_nothing_and_open_no_connection(laptop: Laptop) -> None:
+    _no_master(laptop)
+    _open_master(laptop)
+    assert laptop.askpass_calls() == 1, "the one login answered one prompt"
+    repo = _code_repo(laptop)
+    logins = ("Accepted keyboard-interactive", "Accepted publickey", "Partial publickey")
+    before = {phrase: laptop.otp.count(phrase) for phrase in (*logins, "Connection from")}
+    assert before["Accepted keyboard-interactive"] >= 1
+
+    calls: list[tuple[list[str], float, subprocess.CompletedProcess[str]]] = []
+
+    def call(*args: str) -> subprocess.CompletedProcess[str]:
+        started = time.monotonic()
+        proc = laptop.cli(*args)
+        calls.append((list(args), time.monotonic() - started, proc))
+        assert proc.returncode == 0, f"hpcops {' '.join(args)}: {proc.stderr}"
+        return proc
+
+    report = json.loads(call("remote", "check", "--json").stdout)
+    assert report["transport"] == "openssh" and report["master"]["open"] is True
+    assert report["api"]["ok"] and report["api"]["caller"] == MEMBER
+    submitted = json.loads(call("submit", "--json", str(repo / "spec.yaml")).stdout)
+    assert submitted["code"]["bundle_bytes"] > 0, "the code bundle shipped"
+    run = str(submitted["id"])
+    follow = call("logs", run, "--follow")
+    head = run_as("git", "-C", str(repo), "rev-parse", "HEAD", user=LAPTOP).stdout.strip()
+    assert follow.stdout.splitlines() == [head, "shipped over the master"], follow
+    assert json.loads(call("show", run, "--json").stdout)["state"] == "COMPLETED"
+    long_spec = _spec(laptop, "long", "sleep 300")
+    long_run = str(json.loads(call("submit", "--json", long_spec).stdout)["id"])
+    call("cancel", long_run)
+    while len(calls) < 20:
+        call(*(("ls", "--all", "--json") if len(calls) % 2 else ("show", long_run, "--json")))
+    deadline = time.monotonic() + 60
+    while json.loads(laptop.cli("show", long_run, "--json").stdout)["state"] != "CANCELLED":
+        assert time.monotonic() < deadline, "the cancelled run did not end CANCELLED"
+        time.sleep(0.5)
+
+    _print_latency(laptop)
+    after = {phrase: laptop.otp.count(phrase) for phrase in before}
+    assert after == before, f"logins or connections during the 20 calls: {before} -> {after}"
+    assert laptop.askpass_calls() == 1, "no call prompted"
+    timings = sorted(elapsed for _, elapsed, _ in calls)
+    print(
+        f"\n20 calls over one master: median {timings[len(timings) // 2] * 1000:.0f} ms, "
+        f"max {timings[-1] * 1000:.0f} ms; sshd logins before/after: {before} / {after}"
+    )
+
+
+def test_the_master_closing_during_follow_is_said_clearly(laptop: Laptop) -> None:
+    """The laptop sleeps, the VPN drops, or the user runs `ssh -O exit`: a `logs --follow`
+    riding on the master ends with a clear message (exit 3), not a hang or a traceback."""
+    if laptop.ssh("-O", "check", "lab-otp").returncode != 0:
+        _open_master(laptop)
+    ticks = "for i in $(seq 1 120); do echo tick $i; sleep 1; done"
+    run = str(
+        json.loads(laptop.cli("submit", "--json", _spec(laptop, "ticks", ticks)).stdout)["id"]
+    )
+    follow = start_follow(LAPTOP, run)
+    try:
+        assert laptop.ssh("-O", "exit", "lab-otp").returncode == 0
+        _, stderr = follow.communicate(timeout=30)
+        assert follow.returncode == 3, stderr
+        assert "lost the SSH connection to remote 'otp'" in stderr, stderr
+        assert "Traceback" not in stderr
+    finally:
+        if follow.poll() is None:
+            follow.kill()  # our own child, by its pid
+            follow.wait()
+        laptop.lab.ok(SERVICE, "cancel", run)
+
+
+def _median_s(argv: list[str], times: int = 7) -> float:
+    elapsed = []
+    for _ in range(times):
+        started = time.monotonic()
+        run_as(*argv, user=LAPTOP, timeout=60).check_returncode()
+        elapsed.append(time.monotonic() - started)
+    return sorted(elapsed)[times // 2]
+
+
+def _print_latency(laptop: Laptop) -> None:
+    """Where a call's time goes over an open master (printed, not asserted: a shared machine)."""
+    python = [sys.executable, "-m", "hpcops"]
+    figures = {
+        "ssh lab-otp true (the floor: a mux session)": _median_s(["ssh", "lab-otp", "true"]),
+        "hpcops --version (Python and click)": _median_s([*python, "--version"]),
+        "hpcops ls --json over the master": _median_s([*python, "ls", "--json"]),
+    }
+    print("\nmedians of 7, as the laptop user:")
+    for what, seconds in figures.items():
+        print(f"  {seconds * 1000:6.0f} ms  {what}")
+
+
+@pytest.mark.parametrize(
+    "remote", ["jump-openssh", "jump-paramiko", "inline-jump-openssh", "inline-jump-paramiko"]
+)
+def test_proxyjump_works_with_both_transports(laptop: Laptop, remote: str) -> None:
+    """`ProxyJump jump` (an alias) and `ProxyJump user@host:port`, each through the jump sshd:
+    its log counts one login per call."""
+    hops = laptop.jump.count("Accepted publickey")
+    proc = laptop.cli("--remote", remote, "ls", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert isinstance(json.loads(proc.stdout), list)
+    assert laptop.jump.count("Accepted publickey") == hops + 1, "one login on the jump host"
+    check = laptop.cli("remote", "check", remote, "--json")
+    assert check.returncode == 0, check.stderr
+    report = json.loads(check.stdout)
+    assert report["transport"] == remote.rsplit("-", 1)[1]
+    # ssh -G writes the inline hop back as user@[host]:port; paramiko keeps it as written.
+    shown = (
+        "jump",
+        f"{MEMBER}@127.0.0.1:{laptop.jump.port}",
+        f"{MEMBER}@[127.0.0.1]:{laptop.jump.port}",
+    )
+    assert report["target"]["proxyjump"] in shown
+    assert report["target"]["port"] == SHARED_PORT
+
+
+def test_auto_is_paramiko_without_a_master_in_the_ssh_config(laptop: Laptop) -> None:
+    check = laptop.cli("remote", "check", "jump-auto")
+    assert check.returncode == 0, check.stderr
+    assert (
+        "transport : paramiko (auto: `ssh -G lab-via-jump` shows no ControlMaster" in check.stdout
+    )
+    assert "hpcops api: answers in" in check.stdout
+
+
+def test_without_ssh_on_path_auto_falls_back_to_paramiko(laptop: Laptop) -> None:
+    no_ssh = {"PATH": "/usr/sbin:/sbin"}  # runuser is in /usr/sbin; ssh is in /usr/bin
+    proc = laptop.cli("--remote", "jump-auto", "ls", "--json", env=no_ssh)
+    assert proc.returncode == 0, proc.stderr
+    check = laptop.cli("remote", "check", "jump-auto", "--json", env=no_ssh)
+    report = json.loads(check.stdout)
+    assert report["transport"] == "paramiko" and "no `ssh` binary on PATH" in report["reason"]
+    refused = laptop.cli("--remote", "jump-openssh", "ls", env=no_ssh)
+    assert refused.returncode == 2 and "no `ssh` binary is on PATH" in refused.stderr
+
+
+@pytest.mark.parametrize("case", [name for name, _, _ in FAILURES])
+def test_openssh_failures_are_distinct_and_clear(laptop: Laptop, case: str) -> None:
+    remote = f"ossh-{case}"
+    proc = laptop.cli("--remote", remote, "ls", timeout=30)
+    assert_fails_clearly(proc, remote, case)
+    if case == "wrongkey":
+        assert "(Permission denied (publickey))" in proc.stderr, "ssh's own words, not a guess"
+    if case == "closed":
+        assert "Connection refused" in proc.stderr
+
+
+def test_unknown_host_key_is_refused_and_nothing_is_added(laptop: Laptop) -> None:
+    known = laptop.home / ".ssh" / "known_hosts"
+    saved = known.read_text()
+    try:
+        write_owned(known, "", LAPTOP)
+        proc = laptop.cli("--remote", "jump-openssh", "ls", timeout=30)
+        assert proc.returncode == 5, proc.stderr
+        assert "is not in your known_hosts" in proc.stderr, proc.stderr
+        assert known.read_text() == "", "no key is ever added silently"
+    finally:
+        write_owned(known, saved, LAPTOP)

@@ -1,3 +1,3 @@
-from hpcops.cli.main import main
+from hpcops.cli.fast import main
 
 main()

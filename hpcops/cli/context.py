@@ -52,24 +52,9 @@ class Context:
         default_remote; OpenSSH or paramiko, see client/reach.py), else the local socket.
         Either way one connection serves the call."""
         if self._client is None:
-            from hpcops.client.config_path import client_config_path
+            from hpcops.client.connect import open_client
 
-            chosen = None
-            # No remote named and no client config to name one: the local socket, without
-            # reading a config (whose model costs every call 0.3 s of importing pydantic).
-            if self.remote_name is not None or client_config_path().exists():
-                from hpcops.client.config import load_client_config
-
-                chosen = load_client_config().remote(self.remote_name)
-            if chosen is not None and self.explicit_home is None:
-                from hpcops.client.reach import open_remote
-
-                self._client = open_remote(*chosen)
-            else:
-                from hpcops.client.client import Client
-                from hpcops.home import HomePaths
-
-                self._client = Client(HomePaths(self.home).socket)
+            self._client = open_client(self.explicit_home, self.remote_name)
         return self._client
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import click
 
 from hpcops.cli.context import Context, json_option, pass_ctx
 from hpcops.cli.parsing import command
+from hpcops.cli.queued import per_spec, queued_lines, sweep_queued
 
 if TYPE_CHECKING:
     from hpcops.config import Config
@@ -356,17 +357,8 @@ def _quick_submit(obj: Context, specs: tuple[Path, ...]) -> list[dict[str, Any]]
 
 
 def _print_queued(queued: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        from hpcops.cli.output import print_json
-
-        print_json(queued[0] if len(queued) == 1 else queued)
-        return
-    for entry in queued:
-        if entry["type"] == "sweep":
-            text = sweep_queued(entry)
-            click.echo(f"queued {text}" if len(queued) == 1 else f"{entry['id']}\t{text}")
-        else:
-            click.echo(entry["id"] if len(queued) == 1 else f"{entry['id']}\t{entry['name']}")
+    for line in queued_lines(queued, as_json):
+        click.echo(line)
 
 
 def _submit_pipeline(obj: Context, path: Path, allow_dirty: bool, as_json: bool) -> None:
@@ -419,26 +411,6 @@ def pipeline_queued(result: dict[str, Any]) -> str:
     head = f"queued pipeline {result['id']}: {result['name']}, {len(rows)} steps"
     lines = table(["", "", ""], rows).splitlines()[1:]  # no header: the lines say it
     return "\n".join([head, *lines])
-
-
-def per_spec(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """submit's answer, one entry per spec in order: a run, or a sweep with its points' runs."""
-    sweeps = {s["id"]: s for s in result.get("sweeps") or []}
-    entries: list[dict[str, Any]] = []
-    for run in result["runs"]:
-        ref = run.get("sweep")
-        if ref is None:
-            entries.append({"type": "run", **run})
-        elif ref in sweeps:
-            entries.append({"type": "sweep", "state": run["state"], **sweeps.pop(ref)})
-    return entries
-
-
-def sweep_queued(sweep: dict[str, Any]) -> str:
-    """`sweep s7: 9 points (runs 12-20)`."""
-    from hpcops.api.sweeps import id_ranges
-
-    return f"sweep {sweep['id']}: {sweep['n_points']} points (runs {id_ranges(sweep['runs'])})"
 
 
 @command()

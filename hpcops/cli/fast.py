@@ -1,0 +1,126 @@
+"""`hpcops`'s entry point: the two calls a lab makes by the thousand answered without click,
+every other call by the click CLI (`cli/main.py`).
+
+    hpcops [--home DIR] api                          every laptop call over SSH runs this on
+                                                     the login node
+    hpcops [--home DIR] [--remote NAME] submit [--json] SPEC...
+                                                     a script queueing a hundred runs; a
+                                                     laptop's submit
+
+Each pays its start-up on every call, and importing click and every command's module was most
+of it (issue 16: `hpcops api` took 0.25 s to start over an open master connection, a plain
+submit on the login node 0.1 s of CPU). `main` answers here only the forms it reads completely:
+those words, in that order, with specs the daemon can take as they are (`specfile.quick_spec_text`:
+no code to ship, no schedule: block to mention, no pipeline). Anything else -- another command
+or option, --debug, --help, a spec the daemon refuses -- goes to the click CLI untouched, which
+then says what it always says. What is sent, printed and exited is the click command's: the
+same client (`client.connect`), the same words (`cli.queued`), the same exit codes
+(`errors.HpcopsError.exit_code`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FastCall:
+    command: str  # "api" | "submit"
+    home: Path | None
+    remote: str | None
+    specs: tuple[Path, ...] = ()
+    as_json: bool = False
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None  # as click reads an envvar: empty is unset
+
+
+def read_fast_call(argv: list[str]) -> FastCall | None:
+    """The call, when `argv` is one of the forms above and nothing else; None otherwise."""
+    home, remote = _env("HPCOPS_HOME"), _env("HPCOPS_REMOTE")
+    words = list(argv)
+    while words and words[0].startswith("--"):
+        option, eq, value = words[0].partition("=")
+        if option not in ("--home", "--remote"):
+            return None
+        if not eq:
+            if len(words) < 2:
+                return None
+            value = words[1]
+            words = words[1:]
+        words = words[1:]
+        if not value:
+            return None  # click would refuse it, in its words
+        if option == "--home":
+            home = value
+        else:
+            remote = value
+    if not words:
+        return None
+    command, rest = words[0], words[1:]
+    home_path = Path(home) if home is not None else None
+    if command == "api" and not rest:
+        return FastCall("api", home_path, remote)
+    if command != "submit":
+        return None
+    as_json = "--json" in rest
+    specs = [word for word in rest if word != "--json"]
+    if not specs or any(word.startswith("-") or not word for word in specs):
+        return None
+    return FastCall("submit", home_path, remote, tuple(Path(s) for s in specs), as_json)
+
+
+def _api(call: FastCall) -> int:
+    from hpcops.client.relay import relay
+    from hpcops.home import HomePaths, default_home
+
+    relay(HomePaths(call.home or default_home()).socket, sys.stdin.buffer, sys.stdout.buffer)
+    return 0
+
+
+def _submit(call: FastCall) -> int | None:
+    from hpcops.cli.queued import per_spec, queued_lines
+    from hpcops.client.connect import open_client
+    from hpcops.errors import HpcopsError, InvalidInput
+    from hpcops.specfile import quick_spec_text
+
+    texts = [quick_spec_text(path) for path in call.specs]
+    if None in texts:
+        return None
+    items = [{"yaml": t, "source": str(p)} for t, p in zip(texts, call.specs, strict=True)]
+    try:
+        client = open_client(call.home, call.remote)
+        try:
+            queued = per_spec(client.call("submit", specs=items))
+        finally:
+            client.close()
+    except InvalidInput:
+        return None  # the click command reads each spec and names what is wrong with it
+    except HpcopsError as exc:
+        print(f"hpcops: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print("\n".join(queued_lines(queued, call.as_json)))
+    return 0
+
+
+def answer(argv: list[str]) -> int | None:
+    """The exit code of a call answered here; None: the click CLI answers it."""
+    call = read_fast_call(argv)
+    if call is None:
+        return None
+    if call.command == "api":
+        return _api(call)
+    return _submit(call)
+
+
+def main() -> None:
+    code = answer(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    from hpcops.cli.main import main as click_main
+
+    click_main()

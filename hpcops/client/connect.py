@@ -1,0 +1,37 @@
+"""Which daemon a CLI call talks to, and the one connection it uses: shared by the click CLI
+(`cli/context.py`) and the fast entry (`cli/fast.py`), so both reach the same daemon the same way.
+
+    --remote NAME (or $HPCOPS_REMOTE)        that remote of the client config, over SSH
+    no remote named, a client config         its default_remote, if it names one
+    --home DIR (or $HPCOPS_HOME)             the local socket under DIR, whatever the config says
+    otherwise                                the local socket under ~/.hpcops
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hpcops.api.protocol import LineClient
+
+
+def open_client(explicit_home: Path | None, remote_name: str | None) -> LineClient:
+    """A client for the daemon this call means; no connection is made until its first call."""
+    from hpcops.client.config_path import client_config_path
+
+    chosen = None
+    # No remote named and no client config to name one: the local socket, without reading a
+    # config (every import here is paid by every CLI call on the login node).
+    if remote_name is not None or client_config_path().exists():
+        from hpcops.client.config import load_client_config
+
+        chosen = load_client_config().remote(remote_name)
+    if chosen is not None and explicit_home is None:
+        from hpcops.client.reach import open_remote
+
+        return open_remote(*chosen)
+    from hpcops.client.client import Client
+    from hpcops.home import HomePaths, default_home
+
+    return Client(HomePaths(explicit_home or default_home()).socket)

@@ -1,0 +1,263 @@
+"""The fast entry (`hpcops.cli.fast`): which calls it answers, and that for those it sends,
+prints and exits exactly as the click command does, without importing click."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import socketserver
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcops.api import protocol
+from hpcops.cli.fast import FastCall, read_fast_call
+from hpcops.errors import InvalidInput
+
+SPEC = "name: quick\nexperiment: e\ncommand: python train.py\n"
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HPCOPS_HOME", raising=False)
+    monkeypatch.delenv("HPCOPS_REMOTE", raising=False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["api"], FastCall("api", None, None)),
+        (["--home", "/h", "api"], FastCall("api", Path("/h"), None)),
+        (["--home=/h", "api"], FastCall("api", Path("/h"), None)),
+        (["submit", "a.yaml"], FastCall("submit", None, None, (Path("a.yaml"),))),
+        (
+            ["--remote", "lab", "submit", "a.yaml", "--json", "b.yaml"],
+            FastCall("submit", None, "lab", (Path("a.yaml"), Path("b.yaml")), True),
+        ),
+        (
+            ["--remote=lab", "--home", "/h", "submit", "--json", "a.yaml"],
+            FastCall("submit", Path("/h"), "lab", (Path("a.yaml"),), True),
+        ),
+    ],
+)
+def test_the_forms_it_answers(argv: list[str], expected: FastCall) -> None:
+    assert read_fast_call(argv) == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--help"],
+        ["--debug", "submit", "a.yaml"],
+        ["--version"],
+        ["ls"],
+        ["api", "extra"],
+        ["submit"],
+        ["submit", "--json"],
+        ["submit", "--allow-dirty", "a.yaml"],
+        ["submit", "-h", "a.yaml"],
+        ["submit", "a.yaml", "--"],
+        ["submit", ""],
+        ["--home"],
+        ["--home", "", "api"],
+        ["--remote=", "submit", "a.yaml"],
+        ["-v", "submit", "a.yaml"],
+    ],
+)
+def test_everything_else_goes_to_the_click_cli(argv: list[str]) -> None:
+    assert read_fast_call(argv) is None
+
+
+def test_the_environment_names_home_and_remote_as_for_click(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HPCOPS_HOME", "/env-home")
+    monkeypatch.setenv("HPCOPS_REMOTE", "")  # empty is unset, as click reads it
+    assert read_fast_call(["api"]) == FastCall("api", Path("/env-home"), None)
+    assert read_fast_call(["--home", "/h", "api"]) == FastCall("api", Path("/h"), None)
+
+
+# Daemon answers for submit, by what the test asks for.
+ONE_RUN = {"runs": [{"id": 12, "name": "quick", "state": "QUEUED"}]}
+TWO_RUNS = {
+    "runs": [
+        {"id": 12, "name": "quick", "state": "QUEUED"},
+        {"id": 13, "name": "other", "state": "QUEUED"},
+    ]
+}
+SWEEP = {
+    "runs": [{"id": 14, "name": "grid", "state": "QUEUED", "sweep": "s2"}],
+    "sweeps": [{"id": "s2", "sweep_id": 2, "n_points": 3, "runs": [14, 15, 16]}],
+}
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[Path, list[dict[str, Any]], dict[str, Any]]]:
+    """A Unix socket that answers like the daemon: `answers["submit"]` (an InvalidInput when it
+    is one), `ping` with "pong"; every request it got lands in `calls`."""
+    home = tmp_path / "home"
+    home.mkdir()
+    calls: list[dict[str, Any]] = []
+    answers: dict[str, Any] = {"ping": "pong"}
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            for line in self.rfile:
+                message = json.loads(line)
+                calls.append(message)
+                result = answers[message["method"]]
+                if isinstance(result, InvalidInput):
+                    reply = protocol.failure(message["id"], result)
+                else:
+                    reply = protocol.ok(message["id"], result)
+                self.wfile.write(protocol.encode(reply))
+
+    server = socketserver.ThreadingUnixStreamServer(str(home / "hpcops.sock"), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield home, calls, answers
+    server.shutdown()
+    server.server_close()
+
+
+# Runs one entry point in a fresh interpreter and prints what it imported, as the installed
+# `hpcops` script would run it.
+PROBE = """
+import sys
+sys.argv = ["hpcops", *{argv!r}]
+from {module} import main
+code = 0
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code or 0
+print({{"click": "click" in sys.modules, "pydantic": "pydantic" in sys.modules, "code": code}})
+"""
+
+
+def _run(entry: str, argv: list[str], tmp_path: Path, stdin: str = "") -> tuple[str, str, dict]:
+    module = {"fast": "hpcops.cli.fast", "click": "hpcops.cli.main"}[entry]
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "no-config")}
+    for name in ("HPCOPS_CONFIG", "HPCOPS_REMOTE", "HPCOPS_HOME"):
+        env.pop(name, None)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(argv=argv, module=module)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=True,
+    )
+    *out, shape = proc.stdout.splitlines()
+    return "\n".join(out), proc.stderr, ast.literal_eval(shape)
+
+
+@pytest.mark.parametrize(
+    ("answer", "n_specs", "as_json"),
+    [
+        (ONE_RUN, 1, False),
+        (ONE_RUN, 1, True),
+        (TWO_RUNS, 2, False),
+        (TWO_RUNS, 2, True),
+        (SWEEP, 1, False),
+        (SWEEP, 1, True),
+    ],
+    ids=["run", "run-json", "two", "two-json", "sweep", "sweep-json"],
+)
+def test_submit_sends_and_prints_what_the_click_command_does(
+    tmp_path: Path,
+    daemon: tuple[Path, list[dict[str, Any]], dict[str, Any]],
+    answer: dict[str, Any],
+    n_specs: int,
+    as_json: bool,
+) -> None:
+    home, calls, answers = daemon
+    answers["submit"] = answer
+    specs = []
+    for i in range(n_specs):
+        (tmp_path / f"s{i}.yaml").write_text(SPEC + "workdir: sub\n")
+        specs.append(f"s{i}.yaml")
+    argv = ["--home", str(home), "submit", *specs, *(["--json"] if as_json else [])]
+    fast_out, fast_err, fast = _run("fast", argv, tmp_path)
+    fast_calls = [c["params"] for c in calls]
+    calls.clear()
+    click_out, click_err, slow = _run("click", argv, tmp_path)
+    assert (
+        (fast_out, fast_err, fast["code"])
+        == (click_out, click_err, slow["code"])
+        == (
+            fast_out,
+            "",
+            0,
+        )
+    )
+    assert fast_calls == [c["params"] for c in calls]
+    [params] = fast_calls
+    assert [item["source"] for item in params["specs"]] == specs
+    assert f"workdir: {tmp_path / 'sub'}" in params["specs"][0]["yaml"]
+    assert fast["click"] is False and fast["pydantic"] is False
+    assert slow["click"] is True
+    if not as_json:
+        assert fast_out in ("12", "12\tquick\n13\tother", "queued sweep s2: 3 points (runs 14-16)")
+    else:
+        assert json.loads(fast_out) == json.loads(click_out)
+
+
+def test_no_daemon_is_the_same_error_and_exit_code(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text(SPEC)
+    argv = ["--home", str(tmp_path / "nobody"), "submit", "s.yaml"]
+    fast_out, fast_err, fast = _run("fast", argv, tmp_path)
+    click_out, click_err, slow = _run("click", argv, tmp_path)
+    assert (fast_out, fast_err, fast["code"]) == (click_out, click_err, slow["code"])
+    assert fast["code"] == 3 and "no hpcops daemon answers" in fast_err
+    assert fast["click"] is False
+
+
+def test_a_spec_the_daemon_refuses_is_explained_by_the_click_command(
+    tmp_path: Path, daemon: tuple[Path, list[dict[str, Any]], dict[str, Any]]
+) -> None:
+    home, calls, answers = daemon
+    answers["submit"] = InvalidInput("s.yaml: invalid spec\n  resources.gpus: must be >= 0")
+    (tmp_path / "s.yaml").write_text(SPEC)
+    _, err, shape = _run("fast", ["--home", str(home), "submit", "s.yaml"], tmp_path)
+    assert shape["code"] == 2 and "resources.gpus: must be >= 0" in err
+    assert shape["click"] is True  # the refusal was handed on, not printed here
+    assert all(c["method"] == "submit" for c in calls)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SPEC + "code: {repo: ., commit: HEAD}\n",
+        SPEC + "schedule: {cron: '0 3 * * *'}\n",
+        "name: p\nsteps: {a: {spec: a.yaml}}\n",
+        "not: [valid",
+    ],
+    ids=["code", "schedule", "pipeline", "unreadable"],
+)
+def test_specs_the_daemon_cannot_take_as_they_are_go_to_the_click_command(
+    tmp_path: Path, spec: str
+) -> None:
+    (tmp_path / "s.yaml").write_text(spec)
+    # Nothing listens: the click command is what prints, whatever it says.
+    _, _, shape = _run("fast", ["--home", str(tmp_path / "none"), "submit", "s.yaml"], tmp_path)
+    assert shape["click"] is True
+    assert shape["code"] != 0
+
+
+def test_api_relays_to_the_socket_without_click(
+    tmp_path: Path, daemon: tuple[Path, list[dict[str, Any]], dict[str, Any]]
+) -> None:
+    home, calls, _ = daemon
+    request = protocol.encode(protocol.request(1, "ping", {})).decode()
+    out, err, shape = _run("fast", ["--home", str(home), "api"], tmp_path, stdin=request)
+    assert json.loads(out) == protocol.ok(1, "pong")
+    assert [c["method"] for c in calls] == ["ping"]
+    assert shape == {"click": False, "pydantic": False, "code": 0}, err

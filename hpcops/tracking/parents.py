@@ -141,8 +141,14 @@ def parent_status(states: Iterable[str]) -> str:
     return records.KILLED
 
 
-def best_batch(sweep: Sweep, best: BestPoint, *, ended: int, now_ms: int) -> Batch:
-    """The best point so far, on the parent: its value at step = the points ended by then."""
+def best_batch(
+    sweep: Sweep, best: BestPoint, *, ended_before: int, ended_now: int, now_ms: int
+) -> Batch:
+    """The best point so far, on the parent: its value at step = the points ended by the time
+    the point asked about ended and, when more have ended since (its objective was read after
+    theirs), at step = the points ended now too. MLflow shows a metric's value at its highest
+    step: without the second point, a best that arrived late would be hidden behind the value
+    logged for a later-ended, worse point (seen in the 3x3 grid test: best_score 3.3, not 4.0)."""
     assert sweep.objective_metric is not None
     try:
         point = json.loads(sweep.points_json)[best.index]
@@ -154,8 +160,10 @@ def best_batch(sweep: Sweep, best: BestPoint, *, ended: int, now_ms: int) -> Bat
     }
     if best.mlflow_run_id:
         tags[BEST_MLFLOW_TAG] = best.mlflow_run_id
-    metric = MetricPoint(f"best_{sweep.objective_metric}", best.objective, now_ms, ended)
-    return Batch(metrics=[metric], tags=tags)
+    name = f"best_{sweep.objective_metric}"
+    steps = sorted({ended_before, max(ended_before, ended_now)})
+    metrics = [MetricPoint(name, best.objective, now_ms, step) for step in steps]
+    return Batch(metrics=metrics, tags=tags)
 
 
 # --- the parent on the server ------------------------------------------------------------------
@@ -273,8 +281,11 @@ class SweepParents:
                 self.store.update_sweep(sweep.id, best_run_id=None, best_value=None)
             return
         now_ms = int(self.clock() * 1000)
-        step = standing.ended_before or standing.ended
-        server.log_batch(parent, best_batch(sweep, best, ended=step, now_ms=now_ms))
+        before = standing.ended_before or standing.ended
+        batch = best_batch(
+            sweep, best, ended_before=before, ended_now=standing.ended, now_ms=now_ms
+        )
+        server.log_batch(parent, batch)
         if (sweep.best_run_id, sweep.best_value) != (best.run_id, best.objective):
             self.store.update_sweep(sweep.id, best_run_id=best.run_id, best_value=best.objective)
 

@@ -14,7 +14,7 @@ from tracking_harness import POINTS, Clock, Faulty, Lab, sqlite_mlflow
 
 from hpcops.states import RunState
 from hpcops.store import Run, Sweep
-from hpcops.store.tracking import SWEEP_OP, tracking_ops_for
+from hpcops.store.tracking import SWEEP_OP, BestPoint, tracking_ops_for
 from hpcops.tracking import parents, records
 
 # MLflow's own sqlite store, on the SQLAlchemy it pins (not hpcops' concern).
@@ -147,7 +147,8 @@ def test_best_point_ranked_as_points_end_and_the_parent_ends(lab: Lab) -> None:
     assert json.loads(parent.data.tags["hpcops.best_point"]) == POINTS[0]
     assert parent.data.tags["hpcops.best_mlflow_run"] == lab.store.get(a).mlflow_run_id
     history = client.get_metric_history(stored.mlflow_run_id, "best_val_accuracy")
-    assert sorted((m.step, m.value) for m in history) == [(1, 0.9), (2, 0.9), (3, 0.9)]
+    # b ended 2nd and was ranked after c ended: its best goes in at step 2 and at step 3 (now).
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.9), (2, 0.9), (3, 0.9), (3, 0.9)]
     # Each child closed as a single run is, the failed one FAILED.
     assert client.get_run(lab.store.get(c).mlflow_run_id).info.status == "FAILED"
     assert lab.store.tracking_backlog() == 0
@@ -388,3 +389,16 @@ def test_parent_params_without_a_seed_or_limit() -> None:
         "sweep.kind": "grid",
         "sweep.points": "4",
     }
+
+
+def test_a_best_read_late_is_also_the_parents_latest_value() -> None:
+    # The best point ended 8th, but its objective was read after the 9th point (worse) had
+    # logged the best-so-far at step 9: the late best goes in at step 8 and at step 9, so
+    # MLflow's latest value (the highest step's) is the best, not the worse point's.
+    sweep = Sweep(id=1, name="grid", points_json=json.dumps(POINTS), objective_metric="score")
+    best = BestPoint(run_id=8, index=0, objective=4.0, mlflow_run_id="m8")
+    late = parents.best_batch(sweep, best, ended_before=8, ended_now=9, now_ms=5)
+    assert [(m.step, m.value) for m in late.metrics] == [(8, 4.0), (9, 4.0)]
+    on_time = parents.best_batch(sweep, best, ended_before=9, ended_now=9, now_ms=5)
+    assert [(m.step, m.value) for m in on_time.metrics] == [(9, 4.0)]
+    assert on_time.tags[parents.BEST_RUN_TAG] == "8"

@@ -330,9 +330,36 @@ class CodeParams(Params):
         return Shipment(bundle=self.bundle, checkout=self.checkout, dirty=self.dirty)
 
 
+# A spec file's folder on the caller's machine: absolute, no control characters. It only
+# anchors the spec's relative paths, which the spec's own checks then judge like any other.
+BASE_DIR_RE = re.compile(r"/(?:[^\x00-\x1f\x7f/]+/?)*")
+MAX_BASE_DIR = 4096
+
+
+def _base_dir(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) > MAX_BASE_DIR or not BASE_DIR_RE.fullmatch(value):
+        raise _refused(
+            f"params.specs[].base_dir must be an absolute folder (at most {MAX_BASE_DIR} "
+            "characters, no control characters)"
+        )
+    return value
+
+
 class SpecItem(Params):
+    """One spec: `yaml` is its text. With `base_dir`, the text is the file as it is (the fast
+    entry's submit, `cli/fast.py`): relative paths are anchored here, against `base_dir`, and a
+    spec with code: or schedule: is refused, for the CLI's full path to pin, ship or mention it.
+    Without, the client anchored them (`specfile.quick_spec_text`, or the full path)."""
+
     yaml: Text
     source: Text
+    base_dir: Annotated[
+        str | None,
+        PlainValidator(_base_dir),
+        Says("params.specs[].base_dir must be an absolute folder"),
+    ] = None
     code: Annotated[
         CodeParams | None,
         Says("params.specs[].code must be an object with bundle, checkout, dirty"),

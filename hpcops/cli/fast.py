@@ -9,13 +9,14 @@ every other call by the click CLI (`cli/main.py`).
 
 Each pays its start-up on every call, and importing click and every command's module was most
 of it (issue 16: `hpcops api` took 0.25 s to start over an open master connection, a plain
-submit on the login node 0.1 s of CPU). `main` answers here only the forms it reads completely:
-those words, in that order, with specs the daemon can take as they are (`specfile.quick_spec_text`:
-no code to ship, no schedule: block to mention, no pipeline). Anything else -- another command
-or option, --debug, --help, a spec the daemon refuses -- goes to the click CLI untouched, which
-then says what it always says. What is sent, printed and exited is the click command's: the
-same client (`client.connect`), the same words (`cli.queued`), the same exit codes
-(`errors.HpcopsError.exit_code`).
+submit on the login node 0.3 s of CPU). `main` answers here only the forms it reads completely:
+those words, in that order, with specs the daemon can take as they are (no code to ship, no
+schedule: block to mention, no pipeline). Their text goes as it is, with the file's folder, and
+the daemon reads and anchors it (`api.handlers.queue.parse_file_text`): this process imports no
+YAML parser and no spec model. Anything else -- another command or option, --debug, --help, a
+spec the daemon refuses -- goes to the click CLI untouched, which then says what it always says.
+What is printed and exited is the click command's: the same client (`client.connect`), the same
+words (`cli.queued`), the same exit codes (`errors.HpcopsError.exit_code`).
 """
 
 from __future__ import annotations
@@ -82,16 +83,45 @@ def _api(call: FastCall) -> int:
     return 0
 
 
+# yamlio.MAX_YAML_BYTES, spelled here so that this module need not import the YAML parser (a
+# unit test keeps the two equal): a bigger file goes to the click command, which says so.
+MAX_SPEC_BYTES = 1024 * 1024
+# Top-level keys only the click command handles (code to pin and ship, a schedule: to mention,
+# a pipeline's steps:). A spec that spells them otherwise (JSON, quotes) is refused by the
+# daemon for the same reason, and handed on then.
+_FULL_PATH_KEYS = frozenset({b"code", b"schedule", b"steps"})
+
+
+def file_item(path: Path) -> dict[str, str] | None:
+    """The spec file as the daemon takes it from here: its text as it is, and its folder, for
+    the daemon to anchor relative paths against (as `load_spec_file` does). None when the click
+    command must read it: unreadable, too big, not UTF-8, or a key only it handles."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_SPEC_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_SPEC_BYTES:
+        return None
+    for line in data.splitlines():
+        top_level = line[:1] not in (b" ", b"\t", b"#", b"-")
+        if top_level and line.partition(b":")[0].strip() in _FULL_PATH_KEYS:
+            return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return {"yaml": text, "source": str(path), "base_dir": str(path.absolute().parent)}
+
+
 def _submit(call: FastCall) -> int | None:
     from hpcops.cli.queued import per_spec, queued_lines
     from hpcops.client.connect import open_client
     from hpcops.errors import HpcopsError, InvalidInput
-    from hpcops.specfile import quick_spec_text
 
-    texts = [quick_spec_text(path) for path in call.specs]
-    if None in texts:
+    items = [file_item(path) for path in call.specs]
+    if None in items:
         return None
-    items = [{"yaml": t, "source": str(p)} for t, p in zip(texts, call.specs, strict=True)]
     try:
         client = open_client(call.home, call.remote)
         try:

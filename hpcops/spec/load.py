@@ -63,15 +63,15 @@ def _parse(data: bytes | str, source: str, base_dir: Path | None) -> Spec:
     return spec
 
 
-def parse_spec(data: bytes | str, source: str) -> Spec:
+def parse_spec(data: bytes | str, source: str, *, base_dir: Path | None = None) -> Spec:
     """A validated Spec from YAML text or bytes; `source` names it in messages (a path, "-").
 
-    Raises SpecError, and nothing else, for any input. A relative workdir is refused here: only
-    load_spec_file knows what it is relative to. A sweep's every point is checked too
-    (check_sweep_points).
+    Raises SpecError, and nothing else, for any input. A relative workdir is refused unless
+    `base_dir` says what it is relative to (the spec file's folder, as load_spec_file has it).
+    A sweep's every point is checked too (check_sweep_points).
     """
     try:
-        return _parse(data, source, None)
+        return _parse(data, source, base_dir)
     except SpecError:
         raise
     except Exception as exc:  # a bug of ours must still come out as the promised error

@@ -120,7 +120,7 @@ SPEC = {"yaml": "name: x\nexperiment: e\ncommand: 'true'\n", "source": "x.yaml"}
         (
             p.SubmitParams,
             {"specs": [{**SPEC, "priority": 5}]},
-            "params.specs[0]: unknown key 'priority'; known: yaml, source, code",
+            "params.specs[0]: unknown key 'priority'; known: yaml, source, base_dir, code",
         ),
         (
             p.SubmitParams,

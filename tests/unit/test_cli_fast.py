@@ -17,8 +17,12 @@ from typing import Any
 import pytest
 
 from hpcops.api import protocol
-from hpcops.cli.fast import FastCall, read_fast_call
+from hpcops.api.handlers.queue import parse_file_text
+from hpcops.api.params import SubmitParams
+from hpcops.cli.fast import MAX_SPEC_BYTES, FastCall, file_item, read_fast_call
 from hpcops.errors import InvalidInput
+from hpcops.spec import load_spec_file
+from hpcops.yamlio import MAX_YAML_BYTES
 
 SPEC = "name: quick\nexperiment: e\ncommand: python train.py\n"
 
@@ -137,7 +141,7 @@ try:
     main()
 except SystemExit as exc:
     code = exc.code or 0
-print({{"click": "click" in sys.modules, "pydantic": "pydantic" in sys.modules, "code": code}})
+print({{name: name in sys.modules for name in ("click", "pydantic", "yaml")}} | {{"code": code}})
 """
 
 
@@ -186,7 +190,7 @@ def test_submit_sends_and_prints_what_the_click_command_does(
         specs.append(f"s{i}.yaml")
     argv = ["--home", str(home), "submit", *specs, *(["--json"] if as_json else [])]
     fast_out, fast_err, fast = _run("fast", argv, tmp_path)
-    fast_calls = [c["params"] for c in calls]
+    [fast_call] = [c["params"] for c in calls]
     calls.clear()
     click_out, click_err, slow = _run("click", argv, tmp_path)
     assert (
@@ -198,11 +202,13 @@ def test_submit_sends_and_prints_what_the_click_command_does(
             0,
         )
     )
-    assert fast_calls == [c["params"] for c in calls]
-    [params] = fast_calls
-    assert [item["source"] for item in params["specs"]] == specs
-    assert f"workdir: {tmp_path / 'sub'}" in params["specs"][0]["yaml"]
-    assert fast["click"] is False and fast["pydantic"] is False
+    assert len(calls) == 1  # the click command's quick path: one request too
+    # The file as it is, and its folder: the daemon anchors `workdir: sub` there.
+    assert fast_call["specs"] == [
+        {"yaml": SPEC + "workdir: sub\n", "source": name, "base_dir": str(tmp_path)}
+        for name in specs
+    ]
+    assert fast == {"click": False, "pydantic": False, "yaml": False, "code": 0}
     assert slow["click"] is True
     if not as_json:
         assert fast_out in ("12", "12\tquick\n13\tother", "queued sweep s2: 3 points (runs 14-16)")
@@ -238,9 +244,8 @@ def test_a_spec_the_daemon_refuses_is_explained_by_the_click_command(
         SPEC + "code: {repo: ., commit: HEAD}\n",
         SPEC + "schedule: {cron: '0 3 * * *'}\n",
         "name: p\nsteps: {a: {spec: a.yaml}}\n",
-        "not: [valid",
     ],
-    ids=["code", "schedule", "pipeline", "unreadable"],
+    ids=["code", "schedule", "pipeline"],
 )
 def test_specs_the_daemon_cannot_take_as_they_are_go_to_the_click_command(
     tmp_path: Path, spec: str
@@ -260,4 +265,69 @@ def test_api_relays_to_the_socket_without_click(
     out, err, shape = _run("fast", ["--home", str(home), "api"], tmp_path, stdin=request)
     assert json.loads(out) == protocol.ok(1, "pong")
     assert [c["method"] for c in calls] == ["ping"]
-    assert shape == {"click": False, "pydantic": False, "code": 0}, err
+    assert shape == {"click": False, "pydantic": False, "yaml": False, "code": 0}, err
+
+
+def test_its_size_limit_is_the_yaml_readers() -> None:
+    assert MAX_SPEC_BYTES == MAX_YAML_BYTES
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        SPEC + "workdir: sub\n",  # relative: the file's folder
+        SPEC,  # none: the file's folder itself
+        SPEC + "workdir: /abs/where\n",
+        '{"name": "j", "experiment": "e", "command": "true", "workdir": "w"}',
+    ],
+    ids=["relative", "none", "absolute", "json"],
+)
+def test_the_daemon_reads_a_files_text_as_the_cli_reads_the_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    item = file_item(path)
+    assert item is not None
+    params = SubmitParams.parse({"specs": [item]})
+    assert parse_file_text(params.specs[0]) == load_spec_file(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('{"name": "j", "experiment": "e", "command": "true", "code": {"repo": "."}}', "code"),
+        (SPEC + '"schedule": {cron: "0 3 * * *"}\n', "schedule"),
+    ],
+)
+def test_the_daemon_hands_code_and_schedules_back_to_the_full_path(
+    tmp_path: Path, text: str, field: str
+) -> None:
+    item = SubmitParams.parse(
+        {"specs": [{"yaml": text, "source": "s.yaml", "base_dir": str(tmp_path)}]}
+    ).specs[0]
+    with pytest.raises(InvalidInput, match="code: or schedule:"):
+        parse_file_text(item)
+
+
+@pytest.mark.parametrize("base_dir", ["relative/dir", "/a\nb", "", "/" + "a" * 5000])
+def test_a_base_dir_must_be_an_absolute_folder(base_dir: str) -> None:
+    with pytest.raises(InvalidInput, match="base_dir"):
+        SubmitParams.parse({"specs": [{"yaml": SPEC, "source": "s", "base_dir": base_dir}]})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        SPEC + "code: {repo: ., commit: HEAD}\n",
+        SPEC + "schedule :\n  cron: '0 3 * * *'\n",
+        "name: p\nsteps: {a: {spec: a.yaml}}\n",
+        "x" * (1024 * 1024 + 1),
+    ],
+    ids=["code", "schedule", "steps", "too-big"],
+)
+def test_files_only_the_click_command_reads(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    assert file_item(path) is None
+    assert file_item(tmp_path / "missing.yaml") is None
+    path.write_bytes(b"name: \xff\n")
+    assert file_item(path) is None

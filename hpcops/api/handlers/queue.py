@@ -9,7 +9,8 @@ makes sense, and on a pipeline (`"run": "p3"`) on each of its steps' runs
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hpcops.access import authorize, check_priority
 from hpcops.api.handlers.base import Daemon, Handler, Request, lead_decision_guard, run_id
@@ -18,6 +19,7 @@ from hpcops.api.params import (
     PipelineId,
     PriorityParams,
     RerunParams,
+    SpecItem,
     SubmitParams,
     SweepId,
     TargetParams,
@@ -30,6 +32,9 @@ from hpcops.retries import attempt_number
 from hpcops.states import RunState, why_not_retryable
 from hpcops.store import Run, Sweep
 from hpcops.yamlio import read_yaml
+
+if TYPE_CHECKING:
+    from hpcops.spec import Spec
 
 
 class QueueHandlers:
@@ -56,11 +61,9 @@ class QueueHandlers:
     def submit(self, req: Request) -> dict[str, Any]:
         """Queue every spec, or none. Each spec is parsed here, once; the engine takes the
         parsed Spec (and the shipment of its code) from here on."""
-        from hpcops.spec import parse_spec
-
         authorize("submit", req.caller, req.role)
         items = SubmitParams.parse(req.params).specs
-        specs = [(parse_spec(item.yaml, item.source), item.source) for item in items]
+        specs = [(parse_file_text(item), item.source) for item in items]
         for spec, _source in specs:
             check_priority(spec.priority, req.role, self.access)
         shipments = [item.code.shipment() if item.code else None for item in items]
@@ -355,6 +358,22 @@ class QueueHandlers:
             req.caller, req.role, action, f"run {run.id}", allowed=True, before=before, after=after
         )
         return {"id": run.id, field: after, "message": message(run, updated)}
+
+
+def parse_file_text(item: SpecItem) -> Spec:
+    """The spec an item carries. A file's own text (`base_dir` set, the fast entry's submit)
+    must not need what only the CLI's full path does: pinning and shipping code, mentioning a
+    schedule: block. Refused as invalid input, the fast entry hands the call to that path."""
+    from hpcops.spec import parse_spec
+
+    base_dir = Path(item.base_dir) if item.base_dir is not None else None
+    spec = parse_spec(item.yaml, item.source, base_dir=base_dir)
+    if base_dir is not None and (spec.code is not None or spec.schedule is not None):
+        raise InvalidInput(
+            f"{item.source}: a spec with code: or schedule: goes through the CLI's full path "
+            "(hpcops submit pins and ships its code, and names its schedule); nothing was queued"
+        )
+    return spec
 
 
 def _stored_priority(sweep: Sweep) -> int:

@@ -330,6 +330,12 @@ def connect_forwarded(
         # ssh sends the config's LocalForward lines too; one of them failing makes it exit
         # non-zero after ours was added, so the connect decides, not the exit status.
         sock, error = _connect(fwd.local)
+        if sock is None and refused is None:
+            # The master answers "ok" to a forward it already has, without binding again: its
+            # file was removed (a concurrent call took it for stale). Cancel, then add it anew.
+            cancel(remote, ssh_argv, fwd)
+            refused = _control(forward_argv(remote, ssh_argv, fwd, "forward"))
+            sock, error = _connect(fwd.local)
         if sock is None:
             attempt.detail = refused or f"the forward did not appear: {os.strerror(error or 0)}"
             return attempt

@@ -496,6 +496,20 @@ def test_a_stale_local_socket_from_a_dead_master_recovers(laptop: Laptop) -> Non
     assert _forwarded_check(laptop)["up"] is True
 
 
+def test_a_live_forward_whose_file_went_is_added_anew(laptop: Laptop) -> None:
+    """A concurrent call took the file for stale and removed it: the master still has the
+    forward (and answers `-O forward` with ok, binding nothing), so it is cancelled and added."""
+    if laptop.ssh("-O", "check", "lab-otp").returncode != 0:
+        _open_master(laptop)
+    local = Path(_forwarded_check(laptop)["local"])
+    local.unlink()
+    sessions = laptop.otp.count(SESSION)
+    proc = laptop.cli("ls", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert laptop.otp.count(SESSION) == sessions, "over the forward, added again"
+    assert local.is_socket()
+
+
 def test_a_wrong_cached_socket_falls_back_and_submits_once(laptop: Laptop) -> None:
     if laptop.ssh("-O", "check", "lab-otp").returncode != 0:
         _open_master(laptop)

@@ -273,3 +273,22 @@ def test_client_config_socket_field() -> None:
     for bad in ("relative.sock", "/a:/b", "/a/../b", "/" + "a" * 107, 7):
         with pytest.raises(ConfigError, match=r"remotes\.lab\.socket: must be the absolute"):
             parse_client_config({"remotes": {"lab": {"host": "h", "socket": bad}}})
+
+
+def test_remote_check_prints_the_forward() -> None:
+    from hpcops.cli.remotes import _text
+
+    report = {
+        "remote": "lab",
+        "transport": "openssh",
+        "reason": "the remote says transport: openssh",
+        "target": {"user": "ana", "host": "h", "port": 22, "source": "ssh -G h"},
+        "master": {"open": True, "detail": "Master running (pid=1)"},
+        "api": {"ok": True, "round_trip_ms": 60.0, "version": "0", "lab": "l", "caller": "ana"},
+        "forward": {"up": True, "local": "/run/f.sock", "remote": SOCK, "round_trip_ms": 1.5},
+    }
+    assert f"  forward   : up, /run/f.sock -> {SOCK}, answers in 1.5 ms" in _text(report)
+    report["forward"] = {"up": False, "detail": "no master connection is open"}
+    assert "  forward   : not used (no master connection is open)" in _text(report)
+    del report["forward"]
+    assert "forward" not in _text(report)

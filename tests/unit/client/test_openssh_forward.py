@@ -7,14 +7,20 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hpcops.client import forward
 from hpcops.client.config import Remote, parse_client_config
-from hpcops.errors import ConfigError
+from hpcops.client.openssh import OpenSshClient
+from hpcops.errors import ConfigError, RemoteUnreachable
 
 REMOTE = Remote(host="lab-otp", command=["/opt/lab/bin/hpcops"], home="/scratch/lab/.hpcops")
 SOCK = "/scratch/lab/.hpcops/hpcops.sock"
@@ -292,3 +298,136 @@ def test_remote_check_prints_the_forward() -> None:
     assert "  forward   : not used (no master connection is open)" in _text(report)
     del report["forward"]
     assert "forward" not in _text(report)
+
+
+# A stand-in for `ssh`: `-O ...` answers as with no master open; a session plays `hpcops api`,
+# answering every request (a ping with the daemon's socket) and logging each line it got.
+FAKE_SSH = """#!{python}
+import json, sys
+log = open({log!r}, "a")
+if "-O" in sys.argv:
+    log.write("control " + sys.argv[sys.argv.index("-O") + 1] + "\\n")
+    sys.stderr.write("Control socket connect(/nowhere/cm): No such file or directory\\n")
+    sys.exit(255)
+for line in sys.stdin:
+    log.write("exec " + line)
+    log.flush()
+    request = json.loads(line)
+    result = {{"socket": {sock!r}, "via": "exec"}}
+    answer = {{"v": 1, "id": request["id"], "ok": True, "result": result}}
+    sys.stdout.write(json.dumps(answer) + "\\n")
+    sys.stdout.flush()
+"""
+
+
+class FakeDaemon:
+    """The far end of a forward, listening where the master would: answers `answers`
+    requests, then closes the connection."""
+
+    def __init__(self, path: Path, answers: int) -> None:
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(1)
+        self.got: list[dict[str, object]] = []
+        self.answers = answers
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn, conn.makefile("rb") as reader:
+            for line in reader:
+                request = json.loads(line)
+                self.got.append(request)
+                if len(self.got) > self.answers:
+                    return  # closes: EOF after the request was written
+                answer = {"v": 1, "id": request["id"], "ok": True, "result": {"via": "fwd"}}
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+
+    def close(self) -> None:
+        self.thread.join(timeout=5)
+        self.server.close()
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    runtime = Path(tempfile.mkdtemp(prefix="fwd-", dir="/tmp"))  # short: a socket path
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    log = tmp_path / "ssh.log"
+    ssh = tmp_path / "ssh"
+    ssh.write_text(FAKE_SSH.format(python=sys.executable, log=str(log), sock=SOCK))
+    ssh.chmod(0o755)
+    yield str(ssh), log
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+OPTIONS = {"controlpath": "/home/ana/.ssh/cm-1"}
+
+
+def _lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_the_first_call_learns_the_socket_over_hpcops_api(fake: tuple[str, Path]) -> None:
+    ssh, log = fake
+    with OpenSshClient("lab", REMOTE, ssh, OPTIONS) as client:
+        assert client.call("ls") == {"socket": SOCK, "via": "exec"}
+        assert not client.forwarded
+    assert [json.loads(line[5:])["method"] for line in _lines(log)] == ["ping", "ls"]
+    assert forward.read_cached_socket(forward.cache_file(REMOTE), REMOTE) == SOCK
+    # No ControlPath: no forward to try, nothing to learn.
+    log.unlink()
+    with OpenSshClient("lab", REMOTE, ssh, {"controlpath": "none"}) as client:
+        client.call("ls")
+    assert [json.loads(line[5:])["method"] for line in _lines(log)] == ["ls"]
+
+
+def test_a_live_forward_carries_every_call_and_no_session(fake: tuple[str, Path]) -> None:
+    ssh, log = fake
+    forward.write_cached_socket(forward.cache_file(REMOTE), REMOTE, SOCK)
+    fwd = forward.plan(REMOTE, OPTIONS)
+    assert fwd is not None
+    daemon = FakeDaemon(fwd.local, answers=2)
+    try:
+        with OpenSshClient("lab", REMOTE, ssh, OPTIONS) as client:
+            assert client.call("submit", spec={}) == {"via": "fwd"}
+            assert client.call("show", run=1) == {"via": "fwd"}
+            assert client.forwarded
+    finally:
+        daemon.close()
+    assert [r["method"] for r in daemon.got] == ["submit", "show"]
+    assert _lines(log) == [], "no ssh at all"
+
+
+def test_eof_after_a_request_is_an_error_never_a_second_send(fake: tuple[str, Path]) -> None:
+    ssh, log = fake
+    cache = forward.cache_file(REMOTE)
+    forward.write_cached_socket(cache, REMOTE, SOCK)
+    fwd = forward.plan(REMOTE, OPTIONS)
+    assert fwd is not None
+    daemon = FakeDaemon(fwd.local, answers=0)
+    try:
+        with (
+            OpenSshClient("lab", REMOTE, ssh, OPTIONS) as client,
+            pytest.raises(RemoteUnreachable, match="lost the SSH connection to remote 'lab'"),
+        ):
+            client.call("submit", spec={})
+    finally:
+        daemon.close()
+    assert [r["method"] for r in daemon.got] == ["submit"]
+    assert not any(line.startswith("exec") for line in _lines(log)), "not sent again"
+    assert _lines(log) == ["control check"], "only asked whether the master is open"
+    assert not cache.exists(), "the next call learns the socket again"
+
+
+def test_no_forward_and_no_master_take_the_exec_path_once(fake: tuple[str, Path]) -> None:
+    ssh, log = fake
+    forward.write_cached_socket(forward.cache_file(REMOTE), REMOTE, SOCK)
+    with OpenSshClient("lab", REMOTE, ssh, OPTIONS) as client:
+        assert client.call("submit", spec={}) == {"socket": SOCK, "via": "exec"}
+        assert client.attempt is not None
+        assert client.attempt.detail == "no master connection is open"
+    lines = _lines(log)
+    assert lines[0] == "control forward"
+    assert [json.loads(line[5:])["method"] for line in lines[1:]] == ["submit"]

@@ -343,10 +343,13 @@ def connect_forwarded(
         if not verify(sock, timeout_s):
             sock.close()
             cancel(remote, ssh_argv, fwd)
+            attempt.detail = f"nothing answered at {fwd.remote} on the remote"
             if fwd.cache is not None:
                 drop_cached_socket(fwd.cache)
                 attempt.learn = True
-            attempt.detail = f"nothing answered at {fwd.remote} on the remote; forgot that path"
+                attempt.detail += "; forgot that path, the daemon will be asked again"
+            else:
+                attempt.detail += "; check `socket:` of this remote in the client config"
             return attempt
     elif step == "exec":
         attempt.detail = f"cannot connect to {fwd.local}: {os.strerror(error or 0)}"

@@ -28,6 +28,8 @@ def remote_check(obj: Context, name: str | None, as_json: bool) -> None:
     whether an OpenSSH master connection is open (`ssh -O check`); and one round trip to
     `hpcops api` there. Exit 0 when it answers; else the error's code (3 unreachable, 5 the
     login was refused: keys, host key, or a second factor without a master connection).
+    Over OpenSSH, also the master's forward of a local socket to the daemon's (the fast path
+    with a master open): its two ends, whether it is up, and one round trip on it.
     """
     from hpcops.client.config import load_client_config
     from hpcops.client.reach import check
@@ -73,4 +75,11 @@ def _text(report: dict[str, Any]) -> str:
         f"  master    : {opened} ({master.get('detail', '-')})",
         f"  hpcops api: {answer}",
     ]
+    fwd = report.get("forward")
+    if fwd is not None:
+        if fwd.get("up"):
+            state = f"up, {fwd['local']} -> {fwd['remote']}, answers in {fwd['round_trip_ms']} ms"
+        else:
+            state = f"not used ({fwd.get('detail', '-')})"
+        lines.append(f"  forward   : {state}")
     return "\n".join(lines)

@@ -9,6 +9,8 @@
         command: hpcops                   # how to run hpcops on the login node
         home: /scratch/lab/.hpcops        # the daemon's HPCOPS_HOME there (default: its own)
         transport: auto                   # openssh | paramiko | auto (see client/transport.py)
+        socket: /scratch/lab/.hpcops/hpcops.sock  # the daemon's socket there, for the forward
+                                          # over an OpenSSH master (default: learnt from it)
 
 Identity on the cluster is the SSH user, as the login node's operating system knows it: no
 passwords or tokens of hpcops' own.
@@ -54,6 +56,8 @@ class Remote:
     home: str | None = None  # the daemon's HPCOPS_HOME on the host
     connect_timeout_s: float = 15.0
     transport: Transport = "auto"
+    # The daemon's socket on the host, for client/forward.py; None: learnt from its `ping`.
+    socket: str | None = None
 
 
 class _Problems:
@@ -112,6 +116,26 @@ def _identity(value: object) -> object:
     return Path(value)
 
 
+def valid_socket_path(value: object) -> bool:
+    """An absolute path of plain characters (it goes into `ssh -L LOCAL:REMOTE`, where a ':'
+    would split it), no '..', short enough for a Unix socket (107 bytes and a NUL)."""
+    return (
+        isinstance(value, str)
+        and _HOME.fullmatch(value) is not None
+        and len(value.encode()) <= 107
+        and ".." not in value.split("/")
+    )
+
+
+def _socket(value: object) -> object:
+    if not valid_socket_path(value):
+        raise ValueError(
+            "must be the absolute path of the daemon's socket, plain characters, no '..', at "
+            "most 107 bytes, e.g. /scratch/lab/.hpcops/hpcops.sock"
+        )
+    return value
+
+
 _REMOTE_FIELDS: dict[str, Callable[[object], object]] = {
     "host": _text(_HOST, "must be a host name or an ~/.ssh/config alias"),
     "user": _text(re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"), "must be a user name"),
@@ -121,6 +145,7 @@ _REMOTE_FIELDS: dict[str, Callable[[object], object]] = {
     "home": _text(_HOME, "must be an absolute path of plain characters"),
     "connect_timeout_s": _timeout,
     "transport": _transport,
+    "socket": _socket,
 }
 
 

@@ -23,14 +23,20 @@ Options on the command line win over ~/.ssh/config (ssh_config(5): first value o
 Code bundles travel over a second session of the same master (`sh -c 'cat > FILE'`), so
 shipping costs no new login either.
 
+With a master open, a call skips both the session and `hpcops api`: the master forwards a local
+Unix socket to the daemon's (client/forward.py), and the call speaks the protocol on it. The
+`hpcops api` path stays for everything else, and teaches the laptop where the daemon's socket is.
+
 Pure parts (`parse_ssh_g`, `master_state`, `failure`) are unit-tested on captured output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shlex
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -38,12 +44,14 @@ from pathlib import Path
 from typing import IO
 
 from hpcops.api import protocol
-from hpcops.client.config import Remote, client_config_path
+from hpcops.client import forward
+from hpcops.client.config import Remote, client_config_path, valid_socket_path
 from hpcops.client.reach import api_exit_error
 from hpcops.errors import (
     AuthenticationFailed,
     HostKeyRejected,
     HpcopsError,
+    NotRunning,
     PermissionDenied,
     ProtocolError,
     RemoteUnreachable,
@@ -218,17 +226,41 @@ def _tail(file: IO[bytes], limit: int = 8192) -> str:
 
 
 class OpenSshClient(protocol.LineClient):
-    """The same `call` as the local Client, carried by `ssh host -- hpcops api`."""
+    """The same `call` as the local Client, carried by the master's forward when it can be,
+    else by `ssh host -- hpcops api`. `options` is `ssh -G`'s answer when the caller has it."""
 
-    def __init__(self, name: str, remote: Remote, ssh: str) -> None:
+    def __init__(
+        self, name: str, remote: Remote, ssh: str, options: dict[str, str] | None = None
+    ) -> None:
         super().__init__()
         self.name = name
         self.remote = remote
         self.ssh = ssh
+        self.options = options
+        self.attempt: forward.Attempt | None = None
+        self._sock: socket.socket | None = None
+        self._reader: IO[bytes] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         # A file, not a pipe: nobody has to drain it while we wait for answers.
         self._stderr: IO[bytes] | None = None
         self._answered = 0
+
+    @property
+    def forwarded(self) -> bool:
+        return self._sock is not None
+
+    def _route(self) -> None:
+        """Once per client, before its first request: the forward if it is (or can be made) up."""
+        if self.options is not None and forward.no_master_possible(self.options):
+            self.attempt = forward.Attempt(None, detail="no ControlPath: no master to forward")
+            return
+        fwd = forward.plan(self.remote, self.options)
+        self.attempt = forward.connect_forwarded(
+            self.remote, ssh_argv(self.remote, self.ssh), fwd, self.remote.connect_timeout_s
+        )
+        self._sock = self.attempt.sock
+        if self._sock is not None:
+            self._reader = self._sock.makefile("rb")
 
     def _open(self) -> subprocess.Popen[bytes]:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in close()
@@ -239,10 +271,22 @@ class OpenSshClient(protocol.LineClient):
             )
         except OSError as exc:
             raise RemoteUnreachable(f"cannot run {self.ssh}: {exc}") from None
+        if self.attempt is not None and self.attempt.learn:
+            self._learn(self._proc)
         return self._proc
 
-    def _exchange(self, method: str, line: bytes) -> bytes:
-        proc = self._proc or self._open()
+    def _learn(self, proc: subprocess.Popen[bytes]) -> None:
+        """Ask the daemon where its socket is (its `ping`), for the next call's forward. Any
+        failure is left to the real request, which meets it too."""
+        answer = self._relay(proc, protocol.encode(protocol.request(0, "ping", {})))
+        with contextlib.suppress(ValueError, RecursionError):
+            result = json.loads(answer).get("result") if answer else None
+            if isinstance(result, dict) and valid_socket_path(result.get("socket")):
+                forward.write_cached_socket(
+                    forward.cache_file(self.remote), self.remote, result["socket"]
+                )
+
+    def _relay(self, proc: subprocess.Popen[bytes], line: bytes) -> bytes:
         assert proc.stdin is not None and proc.stdout is not None
         try:
             proc.stdin.write(line)
@@ -254,7 +298,21 @@ class OpenSshClient(protocol.LineClient):
             self._answered += 1
         return answer
 
+    def _exchange(self, method: str, line: bytes) -> bytes:
+        if self.attempt is None:
+            self._route()
+        if self._sock is not None:
+            assert self._reader is not None
+            try:
+                self._sock.sendall(line)
+                return self._reader.readline()
+            except OSError:
+                return b""  # the master or the daemon let go: _closed() says which
+        return self._relay(self._proc or self._open(), line)
+
     def _closed(self) -> HpcopsError:
+        if self._sock is not None:
+            return self._forward_closed()
         assert self._proc is not None and self._stderr is not None
         try:
             status: int | None = self._proc.wait(timeout=10)
@@ -262,6 +320,25 @@ class OpenSshClient(protocol.LineClient):
             status = None
         return failure(
             self.name, self.remote, status, _tail(self._stderr), answered=self._answered > 0
+        )
+
+    def _forward_closed(self) -> HpcopsError:
+        """EOF after a request was written: an error, never a second send. The cached socket
+        path is forgotten so the next call learns it again."""
+        assert self.attempt is not None and self.attempt.forward is not None
+        fwd = self.attempt.forward
+        if fwd.cache is not None:
+            forward.drop_cached_socket(fwd.cache)
+        where = f"remote {self.name!r} ({self.remote.host})"
+        if check_master(self.remote, self.ssh).open:
+            return NotRunning(
+                f"the hpcops daemon on {where} closed the connection forwarded from "
+                f"{fwd.local} to {fwd.remote} (it may be stopping); `hpcops remote check "
+                f"{self.name}` says more"
+            )
+        return RemoteUnreachable(
+            f"lost the SSH connection to {where}: the master connection that forwarded "
+            f"{fwd.local} ended"
         )
 
     def upload(self, local: Path, remote_dir: str, name: str) -> None:
@@ -291,6 +368,11 @@ class OpenSshClient(protocol.LineClient):
         raise failure(self.name, self.remote, status, stderr, answered=True)
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = self._reader = None
         proc, self._proc = self._proc, None
         if proc is not None:
             assert proc.stdin is not None and proc.stdout is not None

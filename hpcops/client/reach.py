@@ -110,16 +110,18 @@ def _decide(name: str, remote: Remote) -> tuple[Choice, str | None, dict[str, st
 
 def open_remote(name: str, remote: Remote) -> LineClient:
     """A client for `remote`; no connection is made until its first call."""
-    choice, ssh, _ = _decide(name, remote)
-    return _client(name, remote, choice, ssh)
+    choice, ssh, options = _decide(name, remote)
+    return _client(name, remote, choice, ssh, options)
 
 
-def _client(name: str, remote: Remote, choice: Choice, ssh: str | None) -> LineClient:
+def _client(
+    name: str, remote: Remote, choice: Choice, ssh: str | None, options: dict[str, str] | None
+) -> LineClient:
     if choice.transport == "openssh":
         from hpcops.client.openssh import OpenSshClient
 
         assert ssh is not None
-        return OpenSshClient(name, remote, ssh)
+        return OpenSshClient(name, remote, ssh, options)
     from hpcops.transport.lean_paramiko import skip_invoke_unless_needed
 
     skip_invoke_unless_needed()  # before paramiko is imported: every call pays it
@@ -171,7 +173,7 @@ def check(name: str, remote: Remote) -> tuple[dict[str, Any], int]:
         }
         report["master"] = {"open": None, "detail": "paramiko cannot use a master connection"}
     started = time.perf_counter()
-    client = _client(name, remote, choice, ssh)
+    client = _client(name, remote, choice, ssh, options)
     try:
         pong = client.call("ping")
     except HpcopsError as exc:
@@ -186,4 +188,37 @@ def check(name: str, remote: Remote) -> tuple[dict[str, Any], int]:
         "caller": pong.get("caller"),
         "lab": pong.get("lab"),
     }
+    if choice.transport == "openssh":
+        assert ssh is not None
+        report["forward"] = _forward_report(name, remote, ssh, options)
     return report, 0
+
+
+def _forward_report(
+    name: str, remote: Remote, ssh: str, options: dict[str, str] | None
+) -> dict[str, Any]:
+    """The master's forward to the daemon's socket (client/forward.py): added if it can be
+    (the `ping` above taught the laptop where the socket is), then one timed round trip on it."""
+    from hpcops.client.openssh import OpenSshClient
+
+    client = OpenSshClient(name, remote, ssh, options)
+    try:
+        client.call("ping")
+        attempt = client.attempt
+        assert attempt is not None
+        fwd = attempt.forward
+        report: dict[str, Any] = {
+            "local": str(fwd.local) if fwd else None,
+            "remote": fwd.remote if fwd else None,
+            "up": client.forwarded,
+            "detail": attempt.detail,
+        }
+        if client.forwarded:
+            started = time.perf_counter()
+            client.call("ping")
+            report["round_trip_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    except HpcopsError as exc:
+        return {"up": False, "detail": exc.message}
+    finally:
+        client.close()
+    return report

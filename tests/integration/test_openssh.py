@@ -44,6 +44,9 @@ from laptop import (
 )
 from mlflow_server import free_port
 
+from hpcops.client import forward
+from hpcops.client.config import Remote
+
 LAPTOP = "hpcops-laptop-ossh"
 MEMBER = MEMBERS[0]
 SHARED_PORT = int(os.environ.get("HPCOPS_DEV_SSHD_PORT", "2222"))
@@ -258,7 +261,18 @@ def test_without_a_master_the_second_factor_is_said_clearly(laptop: Laptop) -> N
 
 
 def _open_master(laptop: Laptop) -> None:
-    """The user's one login of the day: `ssh -fN host`, answering the TOTP prompt."""
+    """The user's one login of the day: `ssh -fN host`, answering the TOTP prompt. pam_oath
+    refuses a code twice: a second login within the same 30 s window waits for the next one."""
+    for _ in range(2):
+        if _try_master(laptop):
+            break
+        time.sleep(30 - time.time() % 30 + 1)
+    else:
+        raise AssertionError((laptop.home / "master.log").read_text())
+    assert laptop.ssh("-O", "check", "lab-otp").returncode == 0
+
+
+def _try_master(laptop: Laptop) -> bool:
     log = laptop.home / "master.log"
     with log.open("w") as out:
         proc = subprocess.run(
@@ -276,8 +290,7 @@ def _open_master(laptop: Laptop) -> None:
             cwd="/tmp",
             timeout=30,
         )
-    assert proc.returncode == 0, log.read_text()
-    assert laptop.ssh("-O", "check", "lab-otp").returncode == 0
+    return proc.returncode == 0
 
 
 def _code_repo(laptop: Laptop) -> Path:
@@ -402,6 +415,118 @@ def _print_latency(laptop: Laptop) -> None:
     print("\nmedians of 7, as the laptop user:")
     for what, seconds in figures.items():
         print(f"  {seconds * 1000:6.0f} ms  {what}")
+
+
+# sshd logs every session (exec, shell, subsystem) at LogLevel VERBOSE; a connection forwarded
+# to a Unix socket (direct-streamlocal) only at DEBUG: a call over the forward leaves no line.
+SESSION = "Starting session:"
+
+
+def _forward_cache(laptop: Laptop) -> Path:
+    remote = Remote(host="lab-otp", command=[REMOTE_HPCOPS], home=str(laptop.lab.home))
+    return forward.cache_file(remote, {"XDG_CACHE_HOME": str(laptop.home / ".cache")})
+
+
+def _forwarded_check(laptop: Laptop) -> dict[str, Any]:
+    proc = laptop.cli("remote", "check", "otp", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report: dict[str, Any] = json.loads(proc.stdout)["forward"]
+    return report
+
+
+def _names_in_ls(laptop: Laptop, name: str) -> int:
+    proc = laptop.cli("ls", "--all", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return sum(run.get("name") == name for run in json.loads(proc.stdout))
+
+
+def test_with_a_master_calls_after_the_first_take_the_forward(laptop: Laptop) -> None:
+    if laptop.ssh("-O", "check", "lab-otp").returncode != 0:
+        _open_master(laptop)
+    shutil.rmtree(laptop.home / ".cache" / "hpcops", ignore_errors=True)
+    sessions = laptop.otp.count(SESSION)
+    assert laptop.cli("ls", "--json").returncode == 0
+    assert laptop.otp.count(SESSION) == sessions + 1, "the first call: `hpcops api`"
+    cache = _forward_cache(laptop)
+    assert json.loads(cache.read_text())["socket"] == str(laptop.lab.home / "hpcops.sock")
+    assert cache.stat().st_mode & 0o777 == 0o600 and cache.parent.stat().st_mode & 0o777 == 0o700
+
+    report = _forwarded_check(laptop)
+    assert report["up"] is True, report
+    assert report["remote"] == str(laptop.lab.home / "hpcops.sock")
+    assert Path(report["local"]).parent == cache.parent and report["round_trip_ms"] > 0
+
+    sessions = laptop.otp.count(SESSION)
+    listed = laptop.cli("ls", "--all", "--json")
+    assert listed.returncode == 0, listed.stderr
+    submitted = laptop.cli("submit", "--json", _spec(laptop, "fwd", "sleep 300"))
+    assert submitted.returncode == 0, submitted.stderr
+    run = str(json.loads(submitted.stdout)["id"])
+    shown = laptop.cli("show", run, "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == int(run), shown.stderr
+    cancelled = laptop.cli("cancel", run)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert laptop.otp.count(SESSION) == sessions, "ls, submit, show, cancel: no new session"
+    name = json.loads(shown.stdout)["name"]
+    assert _names_in_ls(laptop, name) == 1
+    assert laptop.otp.count(SESSION) == sessions
+
+
+def test_a_stale_local_socket_from_a_dead_master_recovers(laptop: Laptop) -> None:
+    if laptop.ssh("-O", "check", "lab-otp").returncode != 0:
+        _open_master(laptop)
+    local = Path(_forwarded_check(laptop)["local"])
+    assert local.is_socket()
+    _no_master(laptop)
+    if not local.exists():
+        # OpenSSH 9.2p1 leaves it (seen here); another version might unlink it on exit: then
+        # leave a dead socket there as a master killed by SIGKILL would.
+        run_as(
+            sys.executable,
+            "-c",
+            f"import socket; socket.socket(socket.AF_UNIX).bind({str(local)!r})",
+            user=LAPTOP,
+        ).check_returncode()
+    assert local.is_socket()
+    _open_master(laptop)
+    sessions = laptop.otp.count(SESSION)
+    proc = laptop.cli("ls", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert laptop.otp.count(SESSION) == sessions, "re-forwarded on the new master, no session"
+    assert _forwarded_check(laptop)["up"] is True
+
+
+def test_a_live_forward_whose_file_went_is_added_anew(laptop: Laptop) -> None:
+    """A concurrent call took the file for stale and removed it: the master still has the
+    forward (and answers `-O forward` with ok, binding nothing), so it is cancelled and added."""
+    if laptop.ssh("-O", "check", "lab-otp").returncode != 0:
+        _open_master(laptop)
+    local = Path(_forwarded_check(laptop)["local"])
+    local.unlink()
+    sessions = laptop.otp.count(SESSION)
+    proc = laptop.cli("ls", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert laptop.otp.count(SESSION) == sessions, "over the forward, added again"
+    assert local.is_socket()
+
+
+def test_a_wrong_cached_socket_falls_back_and_submits_once(laptop: Laptop) -> None:
+    if laptop.ssh("-O", "check", "lab-otp").returncode != 0:
+        _open_master(laptop)
+    cache = _forward_cache(laptop)
+    right = str(laptop.lab.home / "hpcops.sock")
+    wrong = json.loads(cache.read_text())
+    wrong["socket"] = "/tmp/no-hpcops-daemon-here.sock"
+    write_owned(cache, json.dumps(wrong), LAPTOP)
+    spec = _spec(laptop, "once", "true")
+    name = json.loads(Path(spec).read_text())["name"]
+    sessions = laptop.otp.count(SESSION)
+    proc = laptop.cli("submit", "--json", spec)
+    assert proc.returncode == 0, proc.stderr
+    assert laptop.otp.count(SESSION) == sessions + 1, "the verifying ping failed: `hpcops api`"
+    assert json.loads(cache.read_text())["socket"] == right, "learnt again"
+    assert _names_in_ls(laptop, name) == 1, "queued exactly once"
+    assert _forwarded_check(laptop)["up"] is True
 
 
 @pytest.mark.parametrize(

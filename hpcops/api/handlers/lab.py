@@ -12,6 +12,7 @@ from hpcops.api import protocol
 from hpcops.api.handlers.base import Daemon, Handler, Request
 from hpcops.api.params import AuditParams, NoParams, QuotaSetParams
 from hpcops.api.views import audit_view, iso, quota_view
+from hpcops.home import HomePaths
 from hpcops.store import QuotaOverride
 
 
@@ -42,6 +43,8 @@ class LabHandlers:
             "role": req.role.value,
             "lab": daemon.config.lab,
             "home": str(daemon.home),
+            # Where a laptop's OpenSSH master forwards to (client/forward.py).
+            "socket": str(HomePaths(daemon.home).socket.absolute()),
             "runs": daemon.store.counts_by_state() if req.role is not Role.OUTSIDER else {},
             "slurm": {
                 "reachable": health.reachable,

@@ -72,8 +72,9 @@ class Engine:
     def run_forever(self, stop: threading.Event) -> None:
         loop.run_forever(self._parts, self._state, stop)
 
-    def tick(self) -> None:
-        loop.tick(self._parts, self._state)
+    def tick(self, *, woken: bool = False) -> None:
+        """One pass of the loop (`woken`: a request asked for it, see loop.tick)."""
+        loop.tick(self._parts, self._state, woken=woken)
 
     def wake(self) -> None:
         """End the loop's wait now: a tick runs at once."""

@@ -35,16 +35,18 @@ _WOKEN_TICK_GAP_S = 0.2
 
 
 def run_forever(p: Parts, s: LoopState, stop: threading.Event) -> None:
+    woken = False
     while not stop.is_set():
         started = time.monotonic()
         try:
-            tick(p, s)
+            tick(p, s, woken=woken)
         except Exception:
             # One bad tick must not end the daemon that every lab member depends on.
             log.exception("tick failed; the next one tries again")
         s.ticked.set()
         elapsed = time.monotonic() - started
-        if s.wake.wait(max(0.0, p.config.daemon.tick_interval_s - elapsed)):
+        woken = s.wake.wait(max(0.0, p.config.daemon.tick_interval_s - elapsed))
+        if woken:
             # Woken by a request: tick soon, but not once per request. A burst of submits
             # (issue 16: 4 users, 25 a second) then costs a few ticks a second, each
             # releasing what arrived meanwhile, instead of one full tick per submit.
@@ -58,21 +60,32 @@ def _release_whole_changes(p: Parts, s: LoopState) -> None:
         release(p, s)
 
 
-def tick(p: Parts, s: LoopState) -> None:
+def tick(p: Parts, s: LoopState, *, woken: bool = False) -> None:
     """One pass of the loop; a step that fails is logged and the others still run, except that
-    Slurm out of reach ends the tick (back-off: `slurm_callable` says when to try again)."""
+    Slurm out of reach ends the tick (back-off: `slurm_callable` says when to try again).
+
+    A tick a request woke (a submit, a cancel) reads the markers only if the last read is a
+    tick_interval_s old: what the request wants is the release or the cancellation, and over
+    SSH the markers' read is a command of its own, which a burst of submits would otherwise
+    repeat every 0.2 s (and a laptop's submit waited for, before its sbatch)."""
     now = p.clock()
-    try:
-        read_markers(p, s, p.store.in_slurm())
-    except TransportError as exc:
-        # Off the cluster the markers come over the same connection as Slurm's commands:
-        # the cluster is out of reach, and the back-off below says when to try again.
-        if slurm_callable(p, s):
-            slurm_failed(p, s, SlurmUnreachable(str(exc)))
-        return
-    except Exception:
-        # Whatever a job wrote must not stop the loop that follows everyone's jobs.
-        log.exception("tick step 'markers' failed; the other steps go on")
+    if not woken or now - s.markers_read_at >= p.config.daemon.tick_interval_s:
+        s.markers_read_at = now
+        try:
+            read_markers(p, s, p.store.in_slurm())
+        except TransportError as exc:
+            # Off the cluster the markers come over the same connection as Slurm's commands:
+            # the cluster is out of reach, and the back-off below says when to try again.
+            if slurm_callable(p, s):
+                slurm_failed(p, s, SlurmUnreachable(str(exc)))
+            return
+        except Exception:
+            # Whatever a job wrote must not stop the loop that follows everyone's jobs.
+            log.exception("tick step 'markers' failed; the other steps go on")
+    _steps_after_markers(p, s, now)
+
+
+def _steps_after_markers(p: Parts, s: LoopState, now: float) -> None:
     if not slurm_callable(p, s):
         return
     s.ctld_answered = False

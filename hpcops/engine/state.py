@@ -83,6 +83,7 @@ class LoopState:
     last_queue: list[QueueEntry] = field(default_factory=list)
     last_queue_at: float | None = None
     next_squeue_at: float = 0.0  # 0: the first tick polls, which is the start-up reconciliation
+    markers_read_at: float = float("-inf")  # when a tick last read the runs' markers
     # Whether slurmctld itself answered this tick (squeue or sbatch): only that proves it is
     # reachable again; sacct goes to slurmdbd, which may answer while slurmctld is down.
     ctld_answered: bool = False

@@ -88,3 +88,27 @@ def test_only_a_queued_run_can_be_held(make_engine: EngineFactory) -> None:
     with pytest.raises(InvalidInput, match="only a run still in hpcops' queue can be held"):
         h.hold(run_id)
     assert h.state(run_id) == "PENDING"
+
+
+def test_a_tick_a_request_woke_releases_and_leaves_the_markers_to_their_interval(
+    make_engine: EngineFactory,
+) -> None:
+    # Over SSH the markers' read is a command of its own: a burst of submits waking the loop
+    # every 0.2 s must not repeat it, and a laptop's submit must not wait for it.
+    h = make_engine()
+    first = h.submit()
+    h.tick()
+    rundir = RunDir(Path(h.run(first).run_dir))
+    h.slurm.write(rundir.started_marker, f"1795400001 vm {h.job_of(first)}\n")
+    second = h.submit()
+    h.engine.tick(woken=True)  # the last read was 0 s ago
+    assert h.state(second) == "PENDING"  # released all the same
+    assert h.state(first) == "PENDING"  # its marker waits for the next read
+    h.clock.advance(h.config.daemon.tick_interval_s)
+    h.engine.tick(woken=True)  # a tick_interval_s later: read
+    assert h.state(first) == "RUNNING"
+    third = h.submit()
+    marker = f"1795400002 vm {h.job_of(second)}\n"
+    h.slurm.write(RunDir(Path(h.run(second).run_dir)).started_marker, marker)
+    h.tick()  # a tick the interval started reads them whenever it runs
+    assert h.state(second) == "RUNNING" and h.state(third) == "PENDING"

@@ -32,8 +32,9 @@ without: connect and key login), `ssh HOST hpcops --version`, `ssh HOST hpcops a
 `hpcops api </dev/null` and `sbatch --parsable SCRIPT` on the login node without ssh, and on the
 laptop `python -c pass`, `python -m hpcops --version` and `python -c "import <what submit
 imports>"`. From those, each way's "where the time goes", and with a master the floor: what a
-Python client relaying to a Python `hpcops api` would cost with no imports at all and a daemon
-adding nothing to sbatch. After the rounds, one submit of each OpenSSH way under
+Python client with no imports would cost over the master's socket forward (after the first
+call, no session and no `hpcops api`: client/forward.py) with a daemon adding nothing to its
+own ssh sbatch. After the rounds, one submit of each OpenSSH way under
 `python -X importtime`, and `hpcops api` on the login node under PYTHONPROFILEIMPORTTIME, say
 what the imports cost.
 
@@ -81,8 +82,10 @@ HPCOPS_REMOTE = str(REPO / ".venv" / "bin" / "hpcops")  # `command:` on the logi
 # Packages issue 16 says a client must not import when it does not need them, and the other big
 # ones worth naming when they show up in an import profile.
 SUBMIT_IMPORTS = (
-    "import hpcops.cli.main, hpcops.client.ship, hpcops.pipeline, hpcops.spec, "
-    "hpcops.client.openssh, hpcops.client.reach"
+    # What `hpcops submit` of a plain spec imports through the fast entry (hpcops/cli/fast.py)
+    # on the OpenSSH path with a forward (client/forward.py).
+    "import hpcops.cli.fast, hpcops.cli.queued, hpcops.client.connect, hpcops.client.config, "
+    "hpcops.client.reach, hpcops.client.openssh, hpcops.client.forward"
 )
 HEAVY = (
     "pydantic",
@@ -435,12 +438,13 @@ def main() -> None:
     a_backend = a["daemon_queued_to_sbatch_returned_over_ssh_s_median"]
     b_backend = b["daemon_queued_to_sbatch_returned_over_ssh_s_median"]
     laptop_s = part["laptop_python_submit_imports_s"]
-    a_explained = laptop_s + part["master_ssh_hpcops_api_start_s"] + a_backend
+    a_explained = laptop_s + a_backend  # over the forward: no session, no `hpcops api`
     b_explained = laptop_s + part["direct_ssh_hpcops_api_start_s"] + b_backend
-    # The least any laptop Python client relaying to a Python `hpcops api` over the master could
-    # cost with no imports and a daemon that added nothing to sbatch: two bare interpreters, the
-    # master session and sbatch on the login node.
-    floor_s = part["laptop_python_bare_s"] + part["master_ssh_python_bare_s"]
+    # The least a laptop Python client could cost over the master's socket forward (no session,
+    # no `hpcops api`) with no imports, and a daemon that added nothing to its own SSH sbatch
+    # (a session on the connection it keeps, priced as one on the master): a bare interpreter,
+    # one session and sbatch on the login node.
+    floor_s = part["laptop_python_bare_s"] + part["master_ssh_true_s"]
     floor_s += part["login_node_sbatch_s"]
     write_result(
         "ssh_submit",
@@ -456,11 +460,11 @@ def main() -> None:
                 "new_sshd_logins_for_an_hpcops_call_and_ssh_true": logins_on_master,
                 "where_the_time_goes_s_median": {
                     "laptop_python_and_submit_imports": laptop_s,
-                    "master_session_plus_hpcops_api_start_on_login_node": part[
+                    # Calls after the first ride the master's socket forward: neither of
+                    # these is paid (the first call pays both, to learn the daemon's socket).
+                    "not_paid_master_session_plus_hpcops_api_start": part[
                         "master_ssh_hpcops_api_start_s"
                     ],
-                    "of_which_master_session_alone": part["master_ssh_true_s"],
-                    "of_which_master_session_and_bare_python": part["master_ssh_python_bare_s"],
                     "daemon_queued_to_sbatch_returned": a_backend,
                     "of_which_sbatch_on_login_node_alone": part["login_node_sbatch_s"],
                     "rest_spec_check_request_round_trips": round(
@@ -469,9 +473,9 @@ def main() -> None:
                 },
                 "floor_s": round(floor_s, 3),
                 "floor_ratio": round(floor_s / a["raw_ssh_sbatch_s_median"], 2),
-                "floor_is": "laptop python -c pass + ssh over the master of python -c pass + "
-                "sbatch on the login node: a Python client and relay with no imports and a "
-                "daemon that adds nothing to sbatch",
+                "floor_is": "laptop python -c pass + one ssh session over the master + sbatch "
+                "on the login node: a Python client with no imports over the master's socket "
+                "forward, and a daemon that adds nothing to its own ssh sbatch",
             },
             "without_master": {
                 **b,

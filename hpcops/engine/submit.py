@@ -4,9 +4,10 @@ and sort Slurm's answers.
 
 Submission is idempotent (DESIGN.md, decision 3): the claims are committed before any sbatch,
 and each token rides in its job's --comment, so a crash at any point is settled by token
-(follow.py). For a release step of many runs (submit_runs) the claims are one transaction, the
-sbatch calls run a few at a time and the job ids are one transaction: the fault points
-before_sbatch and after_sbatch stand before the step's first sbatch and after its last.
+(follow.py). For a release step of many runs (submit_runs) the claims are one transaction per
+chunk of runs, the sbatch calls run a few at a time while the next chunk is prepared, and each
+chunk's job ids are one transaction: the fault point before_sbatch stands before the step's
+first sbatch, after_sbatch after a chunk's last (and before its job ids are recorded).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -80,43 +81,107 @@ class _Sent:
     error: Exception | None = None
 
 
+# Runs claimed per transaction in a release step. While one chunk's sbatch calls run on the
+# pool, the next chunk is rendered, claimed and written: rendering (a relay store is an MLflow
+# file store, ~19 ms a run) then overlaps Slurm's answers instead of preceding all of them
+# (issue 16: 200 runs spent 3.45 s rendering, then 1.93 s in sbatch).
+CLAIM_CHUNK = 32
+
+
 def submit_runs(p: Parts, s: LoopState, runs: Sequence[Run]) -> bool:
     """Submit single runs (one release step's, in release order); False when releasing should
     stop for this tick.
 
-    Each run is rendered, then ALL are claimed (SUBMITTING, each with its own token) in one
-    transaction before any sbatch starts: the crash-safety invariant (module docstring) holds
-    for every run, at the cost of one commit for the step instead of one per run. The sbatch
-    calls then run `slurm.sbatch_workers` at a time (slurmctld answers several at once; one
-    after another, 200 runs cost 200 round trips), and the job ids are recorded in one
-    transaction. The first sbatch goes alone: a full limit or an unreachable slurmctld then
-    costs one call, not a pool's worth, and the runs not tried go back to the queue.
+    The runs go in chunks of CLAIM_CHUNK. Each chunk's runs are rendered, then ALL claimed
+    (SUBMITTING, each with its own token) in one transaction before any of their sbatch calls
+    starts: the crash-safety invariant (module docstring) holds for every run, at the cost of
+    one commit per chunk instead of one per run. The sbatch calls run `slurm.sbatch_workers`
+    at a time (slurmctld answers several at once; one after another, 200 runs cost 200 round
+    trips) while the next chunk is prepared, and each chunk's job ids are recorded in one
+    transaction. The step's first sbatch goes alone: a full limit or an unreachable slurmctld
+    then costs one call, not a pool's worth; the runs of its chunk not tried go back to the
+    queue, and the later chunks are never claimed.
     """
     started = time.monotonic()
+    stop = threading.Event()
+    timing = {"prepare": 0.0, "sbatch_wait": 0.0, "record": 0.0}
+    go_on, failure, n_claimed = True, None, 0
+    in_flight: list[tuple[list[tuple[Run, _Ready]], list[Future[_Sent]]]] = []
+    workers = max(1, p.config.slurm.sbatch_workers)
+    with ThreadPoolExecutor(workers, thread_name_prefix="sbatch") as pool:
+        for at in range(0, len(runs), CLAIM_CHUNK):
+            if stop.is_set() or not go_on:
+                break  # the later runs were never claimed: still QUEUED, as they were
+            prepared_at = time.monotonic()
+            claimed = _prepare_chunk(p, s, runs[at : at + CLAIM_CHUNK])
+            timing["prepare"] += time.monotonic() - prepared_at
+            if not claimed:
+                continue
+            futures: list[Future[_Sent]] = []
+            if n_claimed == 0:
+                fault_point(p, "before_sbatch")
+                first: Future[_Sent] = Future()
+                first.set_result(_sbatch(p, s, *claimed[0], stop))
+                futures.append(first)
+                claimed_rest = claimed[1:]
+            else:
+                claimed_rest = claimed
+            n_claimed += len(claimed)
+            futures += [pool.submit(_sbatch, p, s, run, r, stop) for run, r in claimed_rest]
+            if in_flight:
+                go_on, failure = _finish_chunk(p, s, in_flight.pop(), timing, go_on, failure)
+            in_flight.append((claimed, futures))
+        while in_flight:
+            go_on, failure = _finish_chunk(p, s, in_flight.pop(), timing, go_on, failure)
+    if n_claimed > 1:
+        # Where a release step's time goes: the daemon's own share against Slurm's.
+        log.info(
+            "released %d runs in %.2f s: render+claim+write %.2f s, waiting for sbatch "
+            "%.2f s, record %.2f s",
+            n_claimed,
+            time.monotonic() - started,
+            timing["prepare"],
+            timing["sbatch_wait"],
+            timing["record"],
+        )
+    if failure is not None:
+        raise failure
+    return go_on
+
+
+def _prepare_chunk(p: Parts, s: LoopState, runs: Sequence[Run]) -> list[tuple[Run, _Ready]]:
+    """Render, claim (one transaction) and write the run directories of one chunk."""
     ready = [r for r in (_render(p, s, run) for run in runs) if r is not None]
     claimed = _claim(p, s, ready)
-    if not claimed:
-        return True
     for run, r in claimed:
         _write_run_dir(p, run, r)
-    fault_point(p, "before_sbatch")
-    sbatch_at = time.monotonic()
-    sent = _sbatch_all(p, s, claimed)
+    return claimed
+
+
+def _finish_chunk(
+    p: Parts,
+    s: LoopState,
+    chunk: tuple[list[tuple[Run, _Ready]], list[Future[_Sent]]],
+    timing: dict[str, float],
+    go_on: bool,
+    failure: BaseException | None,
+) -> tuple[bool, BaseException | None]:
+    """Wait for one chunk's sbatch calls and record them. A failure that leaves a run
+    SUBMITTING is kept, not raised, until every chunk in flight is recorded."""
+    _, futures = chunk
+    waited_at = time.monotonic()
+    sent = [f.result() for f in futures]
+    timing["sbatch_wait"] += time.monotonic() - waited_at
     if any(x.job_id is not None for x in sent):
         fault_point(p, "after_sbatch")
-    record_at = time.monotonic()
+    recorded_at = time.monotonic()
     try:
-        return _record_sent(p, s, sent)
+        go_on = _record_sent(p, s, sent) and go_on
+    except Exception as exc:
+        failure = failure or exc
     finally:
-        if len(claimed) > 1:
-            # Where a release step's time goes: the daemon's own share against Slurm's.
-            log.info(
-                "released %d runs: render+claim+write %.2f s, sbatch %.2f s, record %.2f s",
-                len(claimed),
-                sbatch_at - started,
-                record_at - sbatch_at,
-                time.monotonic() - record_at,
-            )
+        timing["record"] += time.monotonic() - recorded_at
+    return go_on, failure
 
 
 def _render(p: Parts, s: LoopState, run: Run) -> _Ready | None:
@@ -207,23 +272,6 @@ def _write_run_dir(p: Parts, run: Run, r: _Ready) -> None:
     if run.data_json:
         write_staging_plan(p, run, r.ctx)
     p.files.write_file(rundir.script, r.script)
-
-
-def _sbatch_all(p: Parts, s: LoopState, claimed: Sequence[tuple[Run, _Ready]]) -> list[_Sent]:
-    """Every claimed run's sbatch, in release order: the first alone, the rest on a small pool
-    of threads (each sbatch is a process waiting on slurmctld, not on this one)."""
-    stop = threading.Event()
-
-    def one(pair: tuple[Run, _Ready]) -> _Sent:
-        return _sbatch(p, s, pair[0], pair[1], stop)
-
-    first, rest = claimed[0], claimed[1:]
-    sent = [one(first)]
-    workers = min(p.config.slurm.sbatch_workers, len(rest))
-    if workers <= 1 or stop.is_set():
-        return sent + [one(pair) for pair in rest]
-    with ThreadPoolExecutor(workers, thread_name_prefix="sbatch") as pool:
-        return sent + list(pool.map(one, rest))
 
 
 def _sbatch(p: Parts, s: LoopState, run: Run, r: _Ready, stop: threading.Event) -> _Sent:

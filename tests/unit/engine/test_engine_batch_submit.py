@@ -1,9 +1,12 @@
 """A release step of many single runs (issue 16, part 3): every run claimed with its own token
-before the step's first sbatch, the sbatch calls side by side, the job ids recorded together;
+before its sbatch (a chunk of runs per claim), the sbatch calls side by side, the job ids
+recorded a chunk at a time;
 a crash at either fault point repaired run by run, and a refusal or an outage costing only the
 run it hit (the runs not tried go back to the queue as they were)."""
 
 from __future__ import annotations
+
+from hpcops.engine.submit import CLAIM_CHUNK
 
 from .engine_harness import EngineFactory, EngineHarness
 from .fakeslurm import LIMIT_STDERR
@@ -138,3 +141,43 @@ def test_slurmctld_lost_in_a_step_leaves_that_run_submitting_and_requeues_the_re
     h.run_for(90, every_s=5)
     assert {h.state(i) for i in (a, b, c, d, e, f)} == {"PENDING"}
     assert len(h.slurm.jobs) == 6, "nothing submitted twice"
+
+
+def _many(h: EngineHarness, n: int) -> list[int]:
+    return [h.submit(f"r{i}") for i in range(n)]  # one priority: released in submission order
+
+
+def test_a_big_step_claims_a_chunk_at_a_time_each_before_its_sbatch(
+    make_engine: EngineFactory,
+) -> None:
+    # The next chunk is rendered and claimed while the last one's sbatch calls run; each run is
+    # still SUBMITTING with its own token before its own sbatch starts.
+    n = 2 * CLAIM_CHUNK + 5
+    h = make_engine({"max_active": n, "pending_window": n})
+    ids = _many(h, n)
+    at_first: list[str] = []
+    h.slurm.before_next_sbatch(lambda: at_first.extend(h.state(i) for i in ids))
+    h.tick()
+    assert at_first == ["SUBMITTING"] * CLAIM_CHUNK + ["QUEUED"] * (n - CLAIM_CHUNK)
+    assert h.slurm.calls["sbatch"] == n, "all in one tick"
+    tokens = _pending_each_with_its_job(h, ids, attempt=1)
+    assert len(set(tokens)) == n
+
+
+def test_a_limit_at_a_big_steps_first_sbatch_claims_no_later_chunk(
+    make_engine: EngineFactory,
+) -> None:
+    n = CLAIM_CHUNK + 3
+    h = make_engine({"max_active": n, "pending_window": n})
+    ids = _many(h, n)
+    h.slurm.refuse_sbatch("limit", name="r0")
+    h.tick()
+    assert h.slurm.calls["sbatch"] == 1, "the first sbatch goes alone"
+    for run_id in ids[1:]:
+        run = h.run(run_id)
+        assert (run.state, run.token, run.attempt) == ("QUEUED", None, 0)
+    # The first chunk's other runs were claimed, then sent back; the later chunk never left.
+    assert h.notes(ids[1])[-1].startswith("not submitted this tick")
+    assert not any(note.startswith("not submitted") for note in h.notes(ids[-1]))
+    h.tick()  # r0 waits out its back-off; every other run goes
+    assert [h.state(i) for i in ids].count("PENDING") == n - 1

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 
+from hpcops.tracking import relay_template
 from hpcops.tracking.records import PARENT_TAG, TAG_PREFIX, Batch, MetricPoint
 from hpcops.transport.beneath import UnsafeFile, list_beneath, open_beneath, read_beneath
 
@@ -53,7 +54,8 @@ class RelayStore:
 
 def prepare(root: Path, *, run_name: str, user: str) -> RelayStore:
     """The file store at `root` with its one run, created if missing (idempotent: a store made
-    by an attempt that crashed before it was recorded is found again, not made twice)."""
+    by an attempt that crashed before it was recorded is found again, not made twice). A new
+    one is stamped from the template FileStore's own first store taught (relay_template.py)."""
     from mlflow.entities import ViewType
     from mlflow.store.tracking.file_store import FileStore
 
@@ -62,6 +64,11 @@ def prepare(root: Path, *, run_name: str, user: str) -> RelayStore:
         # (FileStore makes its default experiment only when the root does not exist yet.)
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    if not root.exists():
+        learnt = relay_template.template()
+        if learnt is not None:
+            now_ms = int(time.time() * 1000)
+            return RelayStore(root, learnt.stamp(root, run_name=run_name, user=user, now_ms=now_ms))
     store = FileStore(str(root))
     found = store.search_runs([EXPERIMENT_ID], None, ViewType.ALL, max_results=1)
     if found:

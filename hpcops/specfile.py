@@ -1,9 +1,11 @@
-"""A spec file as plain data, anchored to its folder, without the Spec model (pydantic).
+"""A spec file as the daemon takes it from the CLI, without the Spec model (pydantic) or a YAML
+parser on the CLI's side.
 
 What a relative path in a spec is relative to is the one thing only the machine that holds the
-file knows; everything else the daemon checks itself. So the CLI's quick path sends the file's
-plain data with its paths anchored (`quick_spec_text`) and lets the daemon validate it, and
-`hpcops.spec.load` anchors by the same rule (`anchor_paths`) before it validates.
+file knows; everything else the daemon checks itself. So the CLI's quick path (`submit` and
+`validate`, through the fast entry or click) sends the file's text as it is with its folder
+(`spec_file_item`), and the daemon anchors the paths (`anchor_paths`, which `hpcops.spec.load`
+applies to a file it reads too) before it validates.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from pathlib import Path
 from typing import Final
 
 from hpcops.describe import CONTROL_RE
-from hpcops.yamlio import SPEC, YamlProblems, dump_yaml, read_bounded, read_yaml
 
 _URL_SCHEMES: Final = ("https://", "http://", "ssh://", "git://", "file://")
 _SCP_LIKE_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:")
+# yamlio.MAX_YAML_BYTES, spelled here so that the CLI need not import the YAML parser (a unit
+# test keeps the two equal): a bigger file goes the full path, which says so.
+MAX_SPEC_BYTES: Final = 1024 * 1024
 # Top-level keys that only the CLI's full path handles: code to pin and ship, a schedule: block
-# it mentions, a pipeline's steps: (hpcops.pipeline reads such a file as a pipeline).
-_FULL_PATH_KEYS: Final = frozenset({"code", "schedule", "steps"})
+# it mentions, a pipeline's steps: (hpcops.pipeline reads such a file as a pipeline). A spec that
+# spells them otherwise (JSON, quotes) is refused by the daemon's submit for the same reason.
+_FULL_PATH_KEYS: Final = frozenset({b"code", b"schedule", b"steps"})
 
 
 def is_repo_url(value: str) -> bool:
@@ -57,15 +62,23 @@ def anchor_paths(plain: dict[str, object], base_dir: Path) -> None:
         plain["workdir"] = str(base_dir / str(workdir))
 
 
-def quick_spec_text(path: Path) -> str | None:
-    """The spec file's text for the daemon to validate, its paths anchored; None when the CLI's
-    full path must read it (code to pin and ship, a schedule: block to mention, a pipeline's
-    steps:, or anything unreadable: the full path says what is wrong in its usual words)."""
+def spec_file_item(path: Path) -> dict[str, str] | None:
+    """The spec file as the daemon takes it from here: its text as it is, and its folder, for
+    the daemon to anchor relative paths against (as `load_spec_file` does). None when the CLI's
+    full path must read it: unreadable, too big, not UTF-8, or a key only that path handles."""
     try:
-        plain = read_yaml(read_bounded(path, SPEC), SPEC)
-    except (OSError, YamlProblems):
+        with Path(path).open("rb") as file:
+            data = file.read(MAX_SPEC_BYTES + 1)
+    except OSError:
         return None
-    if not isinstance(plain, dict) or not _FULL_PATH_KEYS.isdisjoint(plain):
+    if len(data) > MAX_SPEC_BYTES:
         return None
-    anchor_paths(plain, Path(path).absolute().parent)
-    return dump_yaml(plain)
+    for line in data.splitlines():
+        top_level = line[:1] not in (b" ", b"\t", b"#", b"-")
+        if top_level and line.partition(b":")[0].strip() in _FULL_PATH_KEYS:
+            return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return {"yaml": text, "source": str(path), "base_dir": str(Path(path).absolute().parent)}

@@ -341,25 +341,28 @@ def _base_dir(value: str | None) -> str | None:
         return None
     if len(value) > MAX_BASE_DIR or not BASE_DIR_RE.fullmatch(value):
         raise _refused(
-            f"params.specs[].base_dir must be an absolute folder (at most {MAX_BASE_DIR} "
-            "characters, no control characters)"
+            f"base_dir must be an absolute folder (at most {MAX_BASE_DIR} characters, no "
+            "control characters)"
         )
     return value
+
+
+BaseDir = Annotated[
+    str | None,
+    PlainValidator(_base_dir),
+    Says("params.{path} must be an absolute folder"),
+]
 
 
 class SpecItem(Params):
     """One spec: `yaml` is its text. With `base_dir`, the text is the file as it is (the fast
     entry's submit, `cli/fast.py`): relative paths are anchored here, against `base_dir`, and a
     spec with code: or schedule: is refused, for the CLI's full path to pin, ship or mention it.
-    Without, the client anchored them (`specfile.quick_spec_text`, or the full path)."""
+    Without, the client's full path sent the spec it read (anchored, canonical YAML)."""
 
     yaml: Text
     source: Text
-    base_dir: Annotated[
-        str | None,
-        PlainValidator(_base_dir),
-        Says("params.specs[].base_dir must be an absolute folder"),
-    ] = None
+    base_dir: BaseDir = None
     code: Annotated[
         CodeParams | None,
         Says("params.specs[].code must be an object with bundle, checkout, dirty"),
@@ -376,8 +379,12 @@ class SubmitParams(Params):
 
 
 class ValidateParams(Params):
+    """A spec to check: as SpecItem's `yaml`, `source` and `base_dir` (nothing is refused for
+    needing the full path: validating it is all the same)."""
+
     yaml: Text
     source: Text
+    base_dir: BaseDir = None
 
 
 class SubmitPipelineParams(Params):

@@ -83,43 +83,13 @@ def _api(call: FastCall) -> int:
     return 0
 
 
-# yamlio.MAX_YAML_BYTES, spelled here so that this module need not import the YAML parser (a
-# unit test keeps the two equal): a bigger file goes to the click command, which says so.
-MAX_SPEC_BYTES = 1024 * 1024
-# Top-level keys only the click command handles (code to pin and ship, a schedule: to mention,
-# a pipeline's steps:). A spec that spells them otherwise (JSON, quotes) is refused by the
-# daemon for the same reason, and handed on then.
-_FULL_PATH_KEYS = frozenset({b"code", b"schedule", b"steps"})
-
-
-def file_item(path: Path) -> dict[str, str] | None:
-    """The spec file as the daemon takes it from here: its text as it is, and its folder, for
-    the daemon to anchor relative paths against (as `load_spec_file` does). None when the click
-    command must read it: unreadable, too big, not UTF-8, or a key only it handles."""
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_SPEC_BYTES + 1)
-    except OSError:
-        return None
-    if len(data) > MAX_SPEC_BYTES:
-        return None
-    for line in data.splitlines():
-        top_level = line[:1] not in (b" ", b"\t", b"#", b"-")
-        if top_level and line.partition(b":")[0].strip() in _FULL_PATH_KEYS:
-            return None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return {"yaml": text, "source": str(path), "base_dir": str(path.absolute().parent)}
-
-
 def _submit(call: FastCall) -> int | None:
     from hpcops.cli.queued import per_spec, queued_lines
     from hpcops.client.connect import open_client
     from hpcops.errors import HpcopsError, InvalidInput
+    from hpcops.specfile import spec_file_item
 
-    items = [file_item(path) for path in call.specs]
+    items = [spec_file_item(path) for path in call.specs]
     if None in items:
         return None
     try:

@@ -44,7 +44,7 @@ def validate(obj: Context, specs: tuple[Path, ...], offline: bool, as_json: bool
     "kind", "spec", "after", "inputs", "n_points"}]}.
     """
     from hpcops.errors import InvalidInput, NotRunning
-    from hpcops.specfile import quick_spec_text
+    from hpcops.specfile import spec_file_item
 
     failed = False
     cluster_checked = not offline
@@ -64,15 +64,15 @@ def validate(obj: Context, specs: tuple[Path, ...], offline: bool, as_json: bool
     for path in specs:
         is_pipeline = False
         # The daemon validates a plain spec's text itself: no pydantic here (issue 16).
-        text = None if offline or not cluster_checked else quick_spec_text(path)
+        item = None if offline or not cluster_checked else spec_file_item(path)
         try:
-            if text is not None:
+            if item is not None:
                 try:
-                    answer = obj.call("validate", yaml=text, source=str(path))
+                    answer = obj.call("validate", **item)
                     name, sweep = answer["name"], answer["sweep"]
                 except NotRunning:
-                    cluster_checked, text = False, None
-            if text is None:
+                    cluster_checked, item = False, None
+            if item is None:
                 from hpcops.api.sweeps import sweep_preview
                 from hpcops.pipeline import is_pipeline_file, load_pipeline_file
                 from hpcops.spec import load_spec_file
@@ -344,11 +344,10 @@ def _quick_submit(obj: Context, specs: tuple[Path, ...]) -> list[dict[str, Any]]
     path must run: a spec needs it, or the daemon found one invalid (the full path then says
     what is wrong with each spec, in the words it always used)."""
     from hpcops.errors import InvalidInput
-    from hpcops.specfile import quick_spec_text
+    from hpcops.specfile import spec_file_item
 
-    texts = [quick_spec_text(path) for path in specs]
-    items = [{"yaml": text, "source": str(path)} for text, path in zip(texts, specs, strict=True)]
-    if None in texts:
+    items = [spec_file_item(path) for path in specs]
+    if None in items:
         return None
     try:
         return per_spec(obj.call("submit", specs=items))

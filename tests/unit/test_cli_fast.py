@@ -19,9 +19,10 @@ import pytest
 from hpcops.api import protocol
 from hpcops.api.handlers.queue import parse_file_text
 from hpcops.api.params import SubmitParams
-from hpcops.cli.fast import MAX_SPEC_BYTES, FastCall, file_item, read_fast_call
+from hpcops.cli.fast import FastCall, read_fast_call
 from hpcops.errors import InvalidInput
 from hpcops.spec import load_spec_file
+from hpcops.specfile import MAX_SPEC_BYTES, spec_file_item
 from hpcops.yamlio import MAX_YAML_BYTES
 
 SPEC = "name: quick\nexperiment: e\ncommand: python train.py\n"
@@ -202,7 +203,7 @@ def test_submit_sends_and_prints_what_the_click_command_does(
             0,
         )
     )
-    assert len(calls) == 1  # the click command's quick path: one request too
+    assert [c["params"] for c in calls] == [fast_call], "the click command's quick path too"
     # The file as it is, and its folder: the daemon anchors `workdir: sub` there.
     assert fast_call["specs"] == [
         {"yaml": SPEC + "workdir: sub\n", "source": name, "base_dir": str(tmp_path)}
@@ -285,7 +286,7 @@ def test_its_size_limit_is_the_yaml_readers() -> None:
 def test_the_daemon_reads_a_files_text_as_the_cli_reads_the_file(tmp_path: Path, text: str) -> None:
     path = tmp_path / "spec.yaml"
     path.write_text(text)
-    item = file_item(path)
+    item = spec_file_item(path)
     assert item is not None
     params = SubmitParams.parse({"specs": [item]})
     assert parse_file_text(params.specs[0]) == load_spec_file(path)
@@ -327,7 +328,7 @@ def test_a_base_dir_must_be_an_absolute_folder(base_dir: str) -> None:
 def test_files_only_the_click_command_reads(tmp_path: Path, text: str) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(text)
-    assert file_item(path) is None
-    assert file_item(tmp_path / "missing.yaml") is None
+    assert spec_file_item(path) is None
+    assert spec_file_item(tmp_path / "missing.yaml") is None
     path.write_bytes(b"name: \xff\n")
-    assert file_item(path) is None
+    assert spec_file_item(path) is None

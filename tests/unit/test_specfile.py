@@ -1,6 +1,6 @@
-"""The CLI's quick path for a spec (issue 16): the file's plain data, its paths anchored, sent
-for the daemon to validate. What the daemon reads from it must be what the full path reads from
-the file, and a spec the quick path cannot take goes the full path, with its messages."""
+"""The CLI's quick path for a spec (issue 16): the file's text and its folder, sent for the
+daemon to anchor and validate. What the daemon reads from it must be what the full path reads
+from the file, and a spec the quick path cannot take goes the full path, with its messages."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from cli_fakes import fake_daemon, run_cli
 
 from hpcops.errors import InvalidInput
 from hpcops.spec import load_spec_file, parse_spec
-from hpcops.specfile import quick_spec_text
+from hpcops.specfile import spec_file_item
 
 BAD_SPECS = Path(__file__).parents[1] / "fixtures" / "bad_specs"
 
@@ -32,9 +32,12 @@ def test_the_daemon_reads_what_the_full_path_reads(tmp_path: Path, name: str) ->
     path = tmp_path / "specs" / f"{name}.yaml"
     path.parent.mkdir()
     path.write_text(SPECS[name])
-    text = quick_spec_text(path)
-    assert text is not None
-    assert parse_spec(text, str(path)) == load_spec_file(path)
+    item = spec_file_item(path)
+    assert item is not None and item["base_dir"] == str(path.parent)
+    assert item["yaml"] == SPECS[name], "the text as it is"
+    assert parse_spec(item["yaml"], str(path), base_dir=Path(item["base_dir"])) == load_spec_file(
+        path
+    )
 
 
 @pytest.mark.parametrize(
@@ -43,16 +46,16 @@ def test_the_daemon_reads_what_the_full_path_reads(tmp_path: Path, name: str) ->
         "name: a\nexperiment: e\ncommand: x\ncode: {repo: ., commit: HEAD}\n",  # code to ship
         "name: a\nexperiment: e\ncommand: x\nschedule: {cron: '0 3 * * 1'}\n",  # a note
         "name: p\nsteps: {train: {spec: train.yaml}}\n",  # a pipeline
-        "name: [unclosed\n",  # not YAML: the full path says where
-        "- a list\n",  # not a mapping
-        "",  # empty
+        "name: a\n" + "#" * (1024 * 1024) + "\n",  # too big
     ],
 )
 def test_what_the_quick_path_leaves_to_the_full_one(tmp_path: Path, content: str) -> None:
     path = tmp_path / "spec.yaml"
     path.write_text(content)
-    assert quick_spec_text(path) is None
-    assert quick_spec_text(tmp_path / "missing.yaml") is None
+    assert spec_file_item(path) is None
+    assert spec_file_item(tmp_path / "missing.yaml") is None
+    path.write_bytes(b"name: \xff\n")  # not UTF-8
+    assert spec_file_item(path) is None
 
 
 def test_a_spec_the_daemon_refuses_gets_the_full_paths_message(

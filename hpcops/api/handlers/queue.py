@@ -125,7 +125,8 @@ class QueueHandlers:
 
         authorize("submit", req.caller, req.role)
         params = ValidateParams.parse(req.params)
-        spec = parse_spec(params.yaml, params.source)
+        base_dir = Path(params.base_dir) if params.base_dir is not None else None
+        spec = parse_spec(params.yaml, params.source, base_dir=base_dir)
         self.daemon.engine.check_spec(spec, params.source)
         check_priority(spec.priority, req.role, self.access)
         return {

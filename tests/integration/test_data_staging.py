@@ -115,9 +115,12 @@ class DataRepo:
         if self.user is not None:
             subprocess.run(["chown", "-R", self.user, str(self.path)], check=True)
         self.dvc("add", "--quiet", "data/ds")
+        # The data reaches the remote before a commit names it, as a lab pushes: an on-data-change
+        # schedule that sees the commit first would stage a version not there yet (CI saw its
+        # staging fail: "DVC could not fetch its manifest of data/ds").
+        self.dvc("push", "--quiet")
         self.git("add", ".")
         self.git("commit", "--quiet", "-m", message)
-        self.dvc("push", "--quiet")
 
     @property
     def spec(self) -> Path:

@@ -7,9 +7,15 @@ that a message says the same thing about the same value wherever it was caught.
 from __future__ import annotations
 
 import re
-from typing import Final
 
-__all__ = ["CONTROL_RE", "describe_char", "describe_value", "show"]
+# The CLI's fast entry imports this module (through hpcops.specfile): typing is for mypy only
+# (see hpcops/home.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Final
+
+__all__ = ["CONTROL_RE", "describe_char", "describe_value", "id_ranges", "show"]
 
 _CHAR_NAMES: Final = {
     "\n": "a newline",
@@ -68,3 +74,18 @@ def describe_value(value: object) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return f"a {type(value).__name__}"
+
+
+def id_ranges(ids: Iterable[int]) -> str:
+    """`12-20,23`: run ids as ranges, in order (what `hpcops submit` prints of a sweep's runs)."""
+    numbers = sorted(set(ids))
+    parts: list[str] = []
+    start = prev = None
+    for n in [*numbers, None]:
+        if start is not None and prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = n
+    return ",".join(parts)

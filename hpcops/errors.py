@@ -46,8 +46,11 @@ they are caught, so the CLI catches one root and prints one clear message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+# Every CLI call imports this module (exit codes, the error kinds on the wire), so it imports
+# nothing at run time: typing's names are for mypy only (see hpcops/home.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class HpcopsError(Exception):
@@ -69,12 +72,27 @@ class InvalidInput(HpcopsError):
     kind = "invalid_input"
 
 
-@dataclass(frozen=True)
 class FieldProblem:
-    """One thing wrong with one field: `location` is a dotted path such as `resources.mem`."""
+    """One thing wrong with one field: `location` is a dotted path such as `resources.mem`.
+    A value: equal, and hashed, by its two fields."""
 
-    location: str
-    message: str
+    __slots__ = ("location", "message")
+
+    def __init__(self, location: str, message: str) -> None:
+        self.location = location
+        self.message = message
+
+    def _key(self) -> tuple[str, str]:
+        return (self.location, self.message)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FieldProblem) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"FieldProblem(location={self.location!r}, message={self.message!r})"
 
     def __str__(self) -> str:
         return f"{self.location}: {self.message}" if self.location else self.message

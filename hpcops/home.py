@@ -1,28 +1,57 @@
-"""Where a daemon's files live in its home. Light on purpose: the CLI imports it to find the
-socket without importing the daemon."""
+"""Where a daemon's files live in its home.
+
+Light on purpose: every CLI call imports it to find the socket, and `hpcops submit` on the login
+node runs by the thousand (issue 16). At import it loads only `os` and `re`, which the interpreter
+and json have loaded anyway; pathlib, dataclasses and typing each cost a fresh process several
+milliseconds of CPU. `TYPE_CHECKING = False` (a constant mypy honours like typing's) keeps the
+annotations' names for mypy without importing typing.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+
+SOCKET_NAME = "hpcops.sock"
+
+
+def default_home_text() -> str:
+    """$HPCOPS_HOME, else ~/.hpcops, as text: what the CLI's hot calls use, without pathlib."""
+    env = os.environ.get("HPCOPS_HOME")
+    return os.path.expanduser(env) if env else os.path.join(os.path.expanduser("~"), ".hpcops")
 
 
 def default_home() -> Path:
     """$HPCOPS_HOME, else ~/.hpcops. Here, not in config.py: `hpcops api` (run over SSH for every
     laptop call) needs the home and nothing of pydantic."""
-    env = os.environ.get("HPCOPS_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".hpcops"
+    from pathlib import Path
+
+    return Path(default_home_text())
 
 
-@dataclass(frozen=True)
+def socket_in(home: str | os.PathLike[str]) -> str:
+    """The daemon's socket in `home`, as text."""
+    return os.path.join(home, SOCKET_NAME)
+
+
 class HomePaths:
-    home: Path
+    """A daemon home's files by role."""
+
+    __slots__ = ("home",)
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def __repr__(self) -> str:
+        return f"HomePaths({self.home!r})"
 
     @property
     def socket(self) -> Path:
-        return self.home / "hpcops.sock"
+        return self.home / SOCKET_NAME
 
     @property
     def lock(self) -> Path:
@@ -75,6 +104,8 @@ NETWORK_FILESYSTEMS = frozenset(
 def filesystem_type(path: Path, mountinfo: str) -> str | None:
     """The filesystem type of the mount that holds `path` (an absolute, resolved path), read
     from the text of /proc/self/mountinfo: the longest mount point that is a prefix wins."""
+    from pathlib import Path
+
     best: tuple[int, str] | None = None
     for line in mountinfo.splitlines():
         fields = line.split()
@@ -97,6 +128,8 @@ def filesystem_type(path: Path, mountinfo: str) -> str | None:
 def network_home(home: Path) -> str | None:
     """The network filesystem the daemon's home is on (say "nfs4"), or None when it is on a
     local disk (or this is not Linux and nobody can tell)."""
+    from pathlib import Path
+
     try:
         mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
-from typing import Final
 
 from hpcops.describe import CONTROL_RE
+
+# The fast entry's submit imports this module: only os and re at run time (see hpcops/home.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Final
 
 _URL_SCHEMES: Final = ("https://", "http://", "ssh://", "git://", "file://")
 _SCP_LIKE_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:")
@@ -62,12 +66,22 @@ def anchor_paths(plain: dict[str, object], base_dir: Path) -> None:
         plain["workdir"] = str(base_dir / str(workdir))
 
 
-def spec_file_item(path: Path) -> dict[str, str] | None:
+def folder_of(path: str) -> str:
+    """The absolute folder of the file `path` names, as `Path(path).absolute().parent` spells
+    it, without pathlib: empty and `.` parts dropped, `..` kept (where it leads is the links'
+    business, as it is when the file is opened)."""
+    full = path if path.startswith("/") else f"{os.getcwd()}/{path}"
+    parts = [part for part in full.split("/") if part and part != "."]
+    return "/" + "/".join(parts[:-1])
+
+
+def spec_file_item(path: str | os.PathLike[str]) -> dict[str, str] | None:
     """The spec file as the daemon takes it from here: its text as it is, and its folder, for
     the daemon to anchor relative paths against (as `load_spec_file` does). None when the CLI's
     full path must read it: unreadable, too big, not UTF-8, or a key only that path handles."""
+    name = os.fspath(path)
     try:
-        with Path(path).open("rb") as file:
+        with open(name, "rb") as file:
             data = file.read(MAX_SPEC_BYTES + 1)
     except OSError:
         return None
@@ -81,4 +95,4 @@ def spec_file_item(path: Path) -> dict[str, str] | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return {"yaml": text, "source": str(path), "base_dir": str(Path(path).absolute().parent)}
+    return {"yaml": text, "source": name, "base_dir": folder_of(name)}

@@ -12,11 +12,15 @@ A request with another "v" is answered with a protocol error that names both ver
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 from hpcops.errors import ERROR_KINDS, HpcopsError, ProtocolError
+
+# Every CLI call imports this module: only json at run time (see hpcops/home.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from types import TracebackType
+    from typing import Any
 
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a spec is at most 1 MiB; JSON escaping can double it

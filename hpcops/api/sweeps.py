@@ -128,21 +128,6 @@ def finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def id_ranges(ids: Iterable[int]) -> str:
-    """`12-20,23`: run ids as ranges, in order."""
-    numbers = sorted(set(ids))
-    parts: list[str] = []
-    start = prev = None
-    for n in [*numbers, None]:
-        if start is not None and prev is not None and n == prev + 1:
-            prev = n
-            continue
-        if start is not None:
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = n
-    return ",".join(parts)
-
-
 def sweep_preview(spec: Spec) -> dict[str, Any] | None:
     """What `validate` says of a sweep spec's points: {"n_points", "points"} in index order;
     None for a spec without a sweep. A random search without a seed draws its seed, and so its

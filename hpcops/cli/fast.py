@@ -23,17 +23,43 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
+
+# What this module and the ones a submit reaches import at run time is os, sys, re, json and
+# socket, all but the last loaded by any Python that reads JSON; tests/unit/test_cli_fast.py
+# keeps it so. Each of pathlib, dataclasses and typing cost a fresh process several ms of CPU,
+# together about half of a submit's (hpcops/home.py says how the annotations do without them).
 
 
-@dataclass(frozen=True)
 class FastCall:
-    command: str  # "api" | "submit"
-    home: Path | None
-    remote: str | None
-    specs: tuple[Path, ...] = ()
-    as_json: bool = False
+    """One call the fast entry answers, as text: the paths go to the daemon as they were typed."""
+
+    __slots__ = ("as_json", "command", "home", "remote", "specs")
+
+    def __init__(
+        self,
+        command: str,  # "api" | "submit"
+        home: str | None,
+        remote: str | None,
+        specs: tuple[str, ...] = (),
+        as_json: bool = False,
+    ) -> None:
+        self.command = command
+        self.home = home
+        self.remote = remote
+        self.specs = specs
+        self.as_json = as_json
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.command, self.home, self.remote, self.specs, self.as_json)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FastCall) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"FastCall{self._key()!r}"
 
 
 def _env(name: str) -> str | None:
@@ -63,23 +89,22 @@ def read_fast_call(argv: list[str]) -> FastCall | None:
     if not words:
         return None
     command, rest = words[0], words[1:]
-    home_path = Path(home) if home is not None else None
     if command == "api" and not rest:
-        return FastCall("api", home_path, remote)
+        return FastCall("api", home, remote)
     if command != "submit":
         return None
     as_json = "--json" in rest
     specs = [word for word in rest if word != "--json"]
     if not specs or any(word.startswith("-") or not word for word in specs):
         return None
-    return FastCall("submit", home_path, remote, tuple(Path(s) for s in specs), as_json)
+    return FastCall("submit", home, remote, tuple(specs), as_json)
 
 
 def _api(call: FastCall) -> int:
     from hpcops.client.relay import relay
-    from hpcops.home import HomePaths, default_home
+    from hpcops.home import default_home_text, socket_in
 
-    relay(HomePaths(call.home or default_home()).socket, sys.stdin.buffer, sys.stdout.buffer)
+    relay(socket_in(call.home or default_home_text()), sys.stdin.buffer, sys.stdout.buffer)
     return 0
 
 

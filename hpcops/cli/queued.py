@@ -4,7 +4,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+
+from hpcops.describe import id_ranges
+
+TYPE_CHECKING = False  # the fast entry imports this: typing is for mypy only (hpcops/home.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def per_spec(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -22,8 +27,6 @@ def per_spec(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def sweep_queued(sweep: dict[str, Any]) -> str:
     """`sweep s7: 9 points (runs 12-20)`."""
-    from hpcops.api.sweeps import id_ranges
-
     return f"sweep {sweep['id']}: {sweep['n_points']} points (runs {id_ranges(sweep['runs'])})"
 
 

@@ -395,8 +395,8 @@ def _submit_pipeline(obj: Context, path: Path, allow_dirty: bool, as_json: bool)
 
 def pipeline_queued(result: dict[str, Any]) -> str:
     """`queued pipeline p3: digits-retrain, 4 steps` and a line per step with its run(s)."""
-    from hpcops.api.sweeps import id_ranges
     from hpcops.cli.output import table
+    from hpcops.describe import id_ranges
 
     rows = []
     for step in result["steps"]:

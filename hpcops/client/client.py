@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-from pathlib import Path
-from typing import Any
 
 from hpcops.api import protocol
 from hpcops.errors import HpcopsError, NotRunning, PermissionDenied, ProtocolError
 
+# A submit on the login node is this client's hot call: only socket at run time (hpcops/home.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
 
 class Client(protocol.LineClient):
-    def __init__(self, socket_path: Path, *, timeout_s: float = 120.0) -> None:
+    def __init__(self, socket_path: str | os.PathLike[str], *, timeout_s: float = 120.0) -> None:
         super().__init__()
         self.socket_path = socket_path
         self.timeout_s = timeout_s
@@ -25,7 +28,7 @@ class Client(protocol.LineClient):
         sock.settimeout(self.timeout_s)
         hint = "start one with `hpcops daemon start` (or check HPCOPS_HOME)"
         try:
-            sock.connect(str(self.socket_path))
+            sock.connect(os.fspath(self.socket_path))
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             raise NotRunning(f"no hpcops daemon answers on {self.socket_path}; {hint}") from None
@@ -60,6 +63,9 @@ class Client(protocol.LineClient):
 
     def upload(self, local: Path, remote_dir: str, name: str) -> None:
         # On the login node the "upload" is a copy into the daemon's incoming folder.
+        import shutil
+        from pathlib import Path
+
         target = Path(remote_dir) / name
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)

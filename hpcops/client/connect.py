@@ -9,21 +9,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+import os
 
+# The fast entry's submit imports this: nothing at run time beyond os (see hpcops/home.py).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hpcops.api.protocol import LineClient
 
 
-def open_client(explicit_home: Path | None, remote_name: str | None) -> LineClient:
+def open_client(
+    explicit_home: str | os.PathLike[str] | None, remote_name: str | None
+) -> LineClient:
     """A client for the daemon this call means; no connection is made until its first call."""
-    from hpcops.client.config_path import client_config_path
+    from hpcops.client.config_path import client_config_text
 
     chosen = None
     # No remote named and no client config to name one: the local socket, without reading a
     # config (every import here is paid by every CLI call on the login node).
-    if remote_name is not None or client_config_path().exists():
+    if remote_name is not None or os.path.exists(client_config_text()):
         from hpcops.client.config import load_client_config
 
         chosen = load_client_config().remote(remote_name)
@@ -32,6 +35,6 @@ def open_client(explicit_home: Path | None, remote_name: str | None) -> LineClie
 
         return open_remote(*chosen)
     from hpcops.client.client import Client
-    from hpcops.home import HomePaths, default_home
+    from hpcops.home import default_home_text, socket_in
 
-    return Client(HomePaths(explicit_home or default_home()).socket)
+    return Client(socket_in(explicit_home or default_home_text()))

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
-from pathlib import Path
-from typing import BinaryIO
 
 from hpcops.api import protocol
 from hpcops.errors import HpcopsError, NotRunning, PermissionDenied
+
+# Every laptop call that does not go through a forward starts this on the login node: only
+# json and socket at run time (see hpcops/home.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 
 def _request_id(line: bytes) -> object:
@@ -23,7 +28,7 @@ def _request_id(line: bytes) -> object:
     return None
 
 
-def relay(socket_path: Path, stdin: BinaryIO, stdout: BinaryIO) -> None:
+def relay(socket_path: str | os.PathLike[str], stdin: BinaryIO, stdout: BinaryIO) -> None:
     host = socket.gethostname()
     conn: socket.socket | None = None
     reader: BinaryIO | None = None
@@ -54,10 +59,10 @@ def relay(socket_path: Path, stdin: BinaryIO, stdout: BinaryIO) -> None:
         conn.close()
 
 
-def _connect(socket_path: Path, host: str) -> socket.socket:
+def _connect(socket_path: str | os.PathLike[str], host: str) -> socket.socket:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        conn.connect(str(socket_path))
+        conn.connect(os.fspath(socket_path))
     except (FileNotFoundError, ConnectionRefusedError):
         conn.close()
         raise NotRunning(

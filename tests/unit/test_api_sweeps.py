@@ -20,7 +20,6 @@ from hpcops.api.sweeps import (
     BUCKETS,
     Scored,
     best,
-    id_ranges,
     progress,
     progress_text,
     ranked,
@@ -28,6 +27,7 @@ from hpcops.api.sweeps import (
 )
 from hpcops.api.views import sweep_view
 from hpcops.code.mirror import Shipment
+from hpcops.describe import id_ranges
 from hpcops.errors import InvalidInput
 from hpcops.spec import Spec
 from hpcops.states import RunState

@@ -22,7 +22,7 @@ from hpcops.api.params import SubmitParams
 from hpcops.cli.fast import FastCall, read_fast_call
 from hpcops.errors import InvalidInput
 from hpcops.spec import load_spec_file
-from hpcops.specfile import MAX_SPEC_BYTES, spec_file_item
+from hpcops.specfile import MAX_SPEC_BYTES, folder_of, spec_file_item
 from hpcops.yamlio import MAX_YAML_BYTES
 
 SPEC = "name: quick\nexperiment: e\ncommand: python train.py\n"
@@ -38,16 +38,16 @@ def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     ("argv", "expected"),
     [
         (["api"], FastCall("api", None, None)),
-        (["--home", "/h", "api"], FastCall("api", Path("/h"), None)),
-        (["--home=/h", "api"], FastCall("api", Path("/h"), None)),
-        (["submit", "a.yaml"], FastCall("submit", None, None, (Path("a.yaml"),))),
+        (["--home", "/h", "api"], FastCall("api", "/h", None)),
+        (["--home=/h", "api"], FastCall("api", "/h", None)),
+        (["submit", "a.yaml"], FastCall("submit", None, None, ("a.yaml",))),
         (
             ["--remote", "lab", "submit", "a.yaml", "--json", "b.yaml"],
-            FastCall("submit", None, "lab", (Path("a.yaml"), Path("b.yaml")), True),
+            FastCall("submit", None, "lab", ("a.yaml", "b.yaml"), True),
         ),
         (
-            ["--remote=lab", "--home", "/h", "submit", "--json", "a.yaml"],
-            FastCall("submit", Path("/h"), "lab", (Path("a.yaml"),), True),
+            ["--remote=lab", "--home", "/h", "submit", "--json", "./a.yaml"],
+            FastCall("submit", "/h", "lab", ("./a.yaml",), True),
         ),
     ],
 )
@@ -85,8 +85,8 @@ def test_the_environment_names_home_and_remote_as_for_click(
 ) -> None:
     monkeypatch.setenv("HPCOPS_HOME", "/env-home")
     monkeypatch.setenv("HPCOPS_REMOTE", "")  # empty is unset, as click reads it
-    assert read_fast_call(["api"]) == FastCall("api", Path("/env-home"), None)
-    assert read_fast_call(["--home", "/h", "api"]) == FastCall("api", Path("/h"), None)
+    assert read_fast_call(["api"]) == FastCall("api", "/env-home", None)
+    assert read_fast_call(["--home", "/h", "api"]) == FastCall("api", "/h", None)
 
 
 # Daemon answers for submit, by what the test asks for.
@@ -131,10 +131,15 @@ def daemon(tmp_path: Path) -> Iterator[tuple[Path, list[dict[str, Any]], dict[st
     server.server_close()
 
 
+# Modules a fresh interpreter does not load to read JSON from a socket, each worth several ms of
+# CPU to a process started by the thousand (issue 16): the fast entry's calls import none.
+HEAVY = ("pathlib", "dataclasses", "typing", "shutil", "inspect", "subprocess")
+
 # Runs one entry point in a fresh interpreter and prints what it imported, as the installed
 # `hpcops` script would run it.
 PROBE = """
 import sys
+preloaded = set(sys.modules)
 sys.argv = ["hpcops", *{argv!r}]
 from {module} import main
 code = 0
@@ -142,7 +147,9 @@ try:
     main()
 except SystemExit as exc:
     code = exc.code or 0
-print({{name: name in sys.modules for name in ("click", "pydantic", "yaml")}} | {{"code": code}})
+shape = {{name: name in sys.modules for name in ("click", "pydantic", "yaml")}}
+heavy = [name for name in {heavy!r} if name in sys.modules and name not in preloaded]
+print(shape | {{"heavy": heavy, "code": code}})
 """
 
 
@@ -152,7 +159,7 @@ def _run(entry: str, argv: list[str], tmp_path: Path, stdin: str = "") -> tuple[
     for name in ("HPCOPS_CONFIG", "HPCOPS_REMOTE", "HPCOPS_HOME"):
         env.pop(name, None)
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE.format(argv=argv, module=module)],
+        [sys.executable, "-c", PROBE.format(argv=argv, module=module, heavy=HEAVY)],
         input=stdin,
         capture_output=True,
         text=True,
@@ -209,7 +216,7 @@ def test_submit_sends_and_prints_what_the_click_command_does(
         {"yaml": SPEC + "workdir: sub\n", "source": name, "base_dir": str(tmp_path)}
         for name in specs
     ]
-    assert fast == {"click": False, "pydantic": False, "yaml": False, "code": 0}
+    assert fast == {"click": False, "pydantic": False, "yaml": False, "heavy": [], "code": 0}
     assert slow["click"] is True
     if not as_json:
         assert fast_out in ("12", "12\tquick\n13\tother", "queued sweep s2: 3 points (runs 14-16)")
@@ -224,7 +231,7 @@ def test_no_daemon_is_the_same_error_and_exit_code(tmp_path: Path) -> None:
     click_out, click_err, slow = _run("click", argv, tmp_path)
     assert (fast_out, fast_err, fast["code"]) == (click_out, click_err, slow["code"])
     assert fast["code"] == 3 and "no hpcops daemon answers" in fast_err
-    assert fast["click"] is False
+    assert fast["click"] is False and fast["heavy"] == []
 
 
 def test_a_spec_the_daemon_refuses_is_explained_by_the_click_command(
@@ -266,7 +273,7 @@ def test_api_relays_to_the_socket_without_click(
     out, err, shape = _run("fast", ["--home", str(home), "api"], tmp_path, stdin=request)
     assert json.loads(out) == protocol.ok(1, "pong")
     assert [c["method"] for c in calls] == ["ping"]
-    assert shape == {"click": False, "pydantic": False, "yaml": False, "code": 0}, err
+    assert shape == {"click": False, "pydantic": False, "yaml": False, "heavy": [], "code": 0}, err
 
 
 def test_its_size_limit_is_the_yaml_readers() -> None:
@@ -332,3 +339,28 @@ def test_files_only_the_click_command_reads(tmp_path: Path, text: str) -> None:
     assert spec_file_item(tmp_path / "missing.yaml") is None
     path.write_bytes(b"name: \xff\n")
     assert spec_file_item(path) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "s.yaml",
+        "./s.yaml",
+        "sub/s.yaml",
+        "sub//s.yaml",
+        "./sub/./s.yaml",
+        "sub/../s.yaml",
+        "../x/s.yaml",
+        "/abs/s.yaml",
+        "//abs/s.yaml/",
+        "/s.yaml",
+    ],
+)
+def test_a_files_folder_is_spelled_as_pathlib_spells_it(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    expected = Path(name).absolute().parent
+    if name.startswith("//"):  # POSIX leaves a leading // to the system; Linux reads it as /
+        expected = Path("/" + str(expected).lstrip("/"))
+    assert folder_of(name) == str(expected)

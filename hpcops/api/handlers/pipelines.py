@@ -12,8 +12,8 @@ from typing import Any
 from hpcops.access import authorize, check_priority
 from hpcops.api.handlers.base import Daemon, Handler, Request, run_id
 from hpcops.api.params import RerunStepParams, SubmitPipelineParams
-from hpcops.api.sweeps import id_ranges
 from hpcops.api.views import pipeline_ref, sweep_ref
+from hpcops.describe import id_ranges
 from hpcops.engine.pipelines import definition_of
 from hpcops.errors import InvalidInput
 from hpcops.pipeline import downstream, pipeline_from_wire

@@ -25,8 +25,9 @@ from hpcops.api.params import (
     TargetParams,
     ValidateParams,
 )
-from hpcops.api.sweeps import id_ranges, sweep_preview
+from hpcops.api.sweeps import sweep_preview
 from hpcops.api.views import sweep_ref
+from hpcops.describe import id_ranges
 from hpcops.errors import InvalidInput
 from hpcops.retries import attempt_number
 from hpcops.states import RunState, why_not_retryable

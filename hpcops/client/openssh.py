@@ -37,11 +37,9 @@ import json
 import re
 import shlex
 import socket
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from hpcops.api import protocol
 from hpcops.client import forward
@@ -56,6 +54,12 @@ from hpcops.errors import (
     ProtocolError,
     RemoteUnreachable,
 )
+
+if TYPE_CHECKING:
+    import subprocess
+
+# subprocess and tempfile (about 15 ms of CPU to import) are imported where ssh is run: a call
+# over an open forward runs none (issue 16: every laptop call pays its imports).
 
 # ssh(1): "ssh exits with the exit status of the remote command or with 255 if an error occurred."
 SSH_FAILED = 255
@@ -120,6 +124,8 @@ def parse_ssh_g(text: str) -> dict[str, str]:
 def effective_config(remote: Remote, ssh: str, timeout_s: float = 10.0) -> dict[str, str]:
     """What `ssh host` would use for this remote (`ssh -G`: evaluates ~/.ssh/config, connects to
     nothing), or RemoteUnreachable with ssh's own complaint (say, a bad line in the config)."""
+    import subprocess
+
     argv = [*ssh_argv(remote, ssh), "-G", "--", remote.host]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -150,6 +156,8 @@ def master_state(returncode: int, stderr: str) -> MasterState:
 
 
 def check_master(remote: Remote, ssh: str, timeout_s: float = 10.0) -> MasterState:
+    import subprocess
+
     argv = [*ssh_argv(remote, ssh), "-O", "check", "--", remote.host]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -263,6 +271,9 @@ class OpenSshClient(protocol.LineClient):
             self._reader = self._sock.makefile("rb")
 
     def _open(self) -> subprocess.Popen[bytes]:
+        import subprocess
+        import tempfile
+
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in close()
         argv = session_argv(self.remote, self.ssh, api_words(self.remote))
         try:
@@ -311,6 +322,8 @@ class OpenSshClient(protocol.LineClient):
         return self._relay(self._proc or self._open(), line)
 
     def _closed(self) -> HpcopsError:
+        import subprocess
+
         if self._sock is not None:
             return self._forward_closed()
         assert self._proc is not None and self._stderr is not None
@@ -342,6 +355,9 @@ class OpenSshClient(protocol.LineClient):
         )
 
     def upload(self, local: Path, remote_dir: str, name: str) -> None:
+        import subprocess
+        import tempfile
+
         target = f"{remote_dir}/{name}"
         if not _PLAIN_PATH.fullmatch(target) or ".." in target.split("/"):
             raise ProtocolError(f"the daemon named an unexpected place for code: {target!r}")
@@ -375,6 +391,8 @@ class OpenSshClient(protocol.LineClient):
         self._sock = self._reader = None
         proc, self._proc = self._proc, None
         if proc is not None:
+            import subprocess
+
             assert proc.stdin is not None and proc.stdout is not None
             with contextlib.suppress(OSError):
                 proc.stdin.close()  # `hpcops api` ends at EOF, then ssh does

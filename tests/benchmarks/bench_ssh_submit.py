@@ -30,7 +30,7 @@ and then the parts, each on its own: `ssh HOST true` (with a master: one session
 without: connect and key login), `ssh HOST hpcops --version`, `ssh HOST hpcops api </dev/null`
 (the API's start and exit on the login node, no request), `ssh MASTER python -c pass`,
 `hpcops api </dev/null` and `sbatch --parsable SCRIPT` on the login node without ssh, and on the
-laptop `python -c pass`, `python -m hpcops --version` and `python -c "import <what submit
+laptop `python -c pass`, `hpcops --version` and `python -c "import <what submit
 imports>"`. From those, each way's "where the time goes", and with a master the floor: what a
 Python client with no imports would cost over the master's socket forward (after the first
 call, no session and no `hpcops api`: client/forward.py) with a daemon adding nothing to its
@@ -195,6 +195,9 @@ def _figures(way: Way) -> dict[str, Any]:
         "raw_ssh_sbatch_s_median": round(median(way.raw), 3),
         "raw_ssh_sbatch_s_max": round(max(way.raw), 3),
         "ratio": round(median(way.to_slurm) / median(way.raw), 2),
+        # What the user waits for: the command's own wall time (the run is queued, durably,
+        # when it returns; the lab's policy decides when it reaches Slurm).
+        "cli_wall_ratio": round(median(way.cli) / median(way.raw), 2),
     }
 
 
@@ -303,7 +306,8 @@ def main() -> None:
     raw_dir.mkdir()
     shutil.chown(raw_dir, SSH_BENCH_USER, SSH_BENCH_USER)
     python = sys.executable
-    hpcops = [python, "-m", "hpcops"]
+    # The installed script, as a user's shell runs it (`python -m hpcops` adds runpy's imports).
+    hpcops = [str(Path(python).parent / "hpcops")]
     api_on_login = [HPCOPS_REMOTE, "--home", str(daemon.home), "api"]
     ways = {
         "with_master": Way("master", MASTER_HOST),

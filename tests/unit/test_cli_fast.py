@@ -125,7 +125,8 @@ def daemon(tmp_path: Path) -> Iterator[tuple[Path, list[dict[str, Any]], dict[st
                 self.wfile.write(protocol.encode(reply))
 
     server = socketserver.ThreadingUnixStreamServer(str(home / "hpcops.sock"), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # A short poll: shutdown() waits for it (the default 0.5 s, per test).
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
     yield home, calls, answers
     server.shutdown()
     server.server_close()

@@ -63,7 +63,8 @@ def _fake_socket(path: Path, calls: list[dict[str, Any]]) -> socketserver.UnixSt
                 self.wfile.write(protocol.encode(answer))
 
     server = socketserver.UnixStreamServer(str(path), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # A short poll: shutdown() waits for it (the default 0.5 s, per test).
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
     return server
 
 

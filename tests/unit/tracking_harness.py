@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,12 +20,24 @@ from hpcops.tracking import parents
 from hpcops.tracking.server import CreatedRun, TrackingServer
 from hpcops.tracking.worker import Tracker
 
+_TEMPLATE: list[Path] = []  # this process's empty store, its tables made once
+
 
 def sqlite_mlflow(directory: Path) -> str:
-    """A fresh MLflow sqlite store in `directory`, its tables made; its URI."""
+    """A fresh MLflow sqlite store in `directory`, its tables made; its URI.
+
+    MLflow makes a store's tables through its migrations, about 1.5 s on this machine; each test
+    module's store is a copy of one made once per process (the offline tier promises to run in
+    well under a minute). An empty store holds nothing of the directory it was made in but its
+    Default experiment's artifact location, which MLflow takes from the working directory
+    either way."""
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    if not _TEMPLATE:
+        made = Path(tempfile.mkdtemp(prefix="hpcops-mlflow-template-")) / "mlflow.db"
+        TrackingServer(f"sqlite:///{made}", artifact_root=made.parent / "artifacts")
+        _TEMPLATE.append(made)
     path = directory / "mlflow.db"
-    TrackingServer(f"sqlite:///{path}", artifact_root=path.parent / "artifacts")
+    shutil.copyfile(_TEMPLATE[0], path)
     return f"sqlite:///{path}"
 
 

@@ -24,6 +24,10 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 # What this module and the ones a submit reaches import at run time is os, sys, re, json and
 # socket, all but the last loaded by any Python that reads JSON; tests/unit/test_cli_fast.py
 # keeps it so. Each of pathlib, dataclasses and typing cost a fresh process several ms of CPU,
@@ -109,25 +113,24 @@ def _api(call: FastCall) -> int:
 
 
 def _submit(call: FastCall) -> int | None:
-    from hpcops.cli.queued import per_spec, queued_lines
+    from hpcops.cli.queued import queued_lines, quick_submit
     from hpcops.client.connect import open_client
-    from hpcops.errors import HpcopsError, InvalidInput
-    from hpcops.specfile import spec_file_item
+    from hpcops.errors import HpcopsError
 
-    items = [spec_file_item(path) for path in call.specs]
-    if None in items:
-        return None
-    try:
+    def send(items: list[dict[str, str]]) -> Any:
         client = open_client(call.home, call.remote)
         try:
-            queued = per_spec(client.call("submit", specs=items))
+            return client.call("submit", specs=items)
         finally:
             client.close()
-    except InvalidInput:
-        return None  # the click command reads each spec and names what is wrong with it
+
+    try:
+        queued = quick_submit(call.specs, send)
     except HpcopsError as exc:
         print(f"hpcops: {exc}", file=sys.stderr)
         return exc.exit_code
+    if queued is None:
+        return None  # the click command reads each spec and names what is wrong with it
     print("\n".join(queued_lines(queued, call.as_json)))
     return 0
 

@@ -9,7 +9,30 @@ from hpcops.describe import id_ranges
 
 TYPE_CHECKING = False  # the fast entry imports this: typing is for mypy only (hpcops/home.py)
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from os import PathLike
     from typing import Any
+
+
+def quick_submit(
+    specs: Sequence[str | PathLike[str]], send: Callable[[list[dict[str, str]]], Any]
+) -> list[dict[str, Any]] | None:
+    """submit's answer per spec, for specs the daemon can take as they are (no code to ship, no
+    schedule: block to mention, no pipeline): `send` gives the daemon their text
+    (`specfile.spec_file_item`), which it validates anyway, and this process imports neither
+    pydantic nor the code-shipping modules. None when the full path must run: a spec needs it,
+    or the daemon found one invalid (the full path then says what is wrong with each spec, in
+    the words it always used). The fast entry and the click command both submit through here."""
+    from hpcops.errors import InvalidInput
+    from hpcops.specfile import spec_file_item
+
+    items = [spec_file_item(path) for path in specs]
+    if None in items:
+        return None
+    try:
+        return per_spec(send([item for item in items if item is not None]))
+    except InvalidInput:
+        return None
 
 
 def per_spec(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import click
 
 from hpcops.cli.context import Context, json_option, pass_ctx
 from hpcops.cli.parsing import command
-from hpcops.cli.queued import per_spec, queued_lines, sweep_queued
+from hpcops.cli.queued import per_spec, queued_lines, quick_submit, sweep_queued
 
 if TYPE_CHECKING:
     from hpcops.config import Config
@@ -294,7 +294,7 @@ def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bo
     A pipeline's is {"type": "pipeline", "id": "p3", "pipeline_id": 3, "name", "state",
     "steps": [{"name", "kind", "run_id", "sweep", "runs"}], "code": {step: {...}}}.
     """
-    queued = _quick_submit(obj, specs)
+    queued = quick_submit(specs, lambda items: obj.call("submit", specs=items))
     if queued is not None:
         _print_queued(queued, as_json)
         return
@@ -335,24 +335,6 @@ def submit(obj: Context, specs: tuple[Path, ...], allow_dirty: bool, as_json: bo
         if item.shipped:
             entry["code"] = item.shipped
     _print_queued(queued, as_json)
-
-
-def _quick_submit(obj: Context, specs: tuple[Path, ...]) -> list[dict[str, Any]] | None:
-    """submit's answer per spec, for specs the daemon can take as they are (no code to ship,
-    no schedule: block to mention): their text goes to the daemon, which validates it anyway,
-    and this process imports neither pydantic nor the code-shipping modules. None when the full
-    path must run: a spec needs it, or the daemon found one invalid (the full path then says
-    what is wrong with each spec, in the words it always used)."""
-    from hpcops.errors import InvalidInput
-    from hpcops.specfile import spec_file_item
-
-    items = [spec_file_item(path) for path in specs]
-    if None in items:
-        return None
-    try:
-        return per_spec(obj.call("submit", specs=items))
-    except InvalidInput:
-        return None
 
 
 def _print_queued(queued: list[dict[str, Any]], as_json: bool) -> None:

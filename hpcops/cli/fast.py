@@ -53,17 +53,9 @@ class FastCall:
         self.specs = specs
         self.as_json = as_json
 
-    def _key(self) -> tuple[object, ...]:
-        return (self.command, self.home, self.remote, self.specs, self.as_json)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, FastCall) and self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
     def __repr__(self) -> str:
-        return f"FastCall{self._key()!r}"
+        fields = (self.command, self.home, self.remote, self.specs, self.as_json)
+        return f"FastCall{fields!r}"
 
 
 def _env(name: str) -> str | None:

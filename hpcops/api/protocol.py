@@ -98,6 +98,12 @@ class LineClient:
         """Put a file where the daemon can read it (a code bundle), mode 0644."""
         raise NotImplementedError
 
+    def route(self) -> tuple[str, str] | None:
+        """The local socket this client's calls reached the daemon through, and the remote's
+        name, when a later call may connect to that socket itself (client/route.py): the
+        local end of an SSH master's forward. None for every other way."""
+        return None
+
     def call(self, method: str, **params: Any) -> Any:
         request_id = self._next_id
         self._next_id += 1

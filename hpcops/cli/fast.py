@@ -106,13 +106,15 @@ def _api(call: FastCall) -> int:
 
 def _submit(call: FastCall) -> int | None:
     from hpcops.cli.queued import queued_lines, quick_submit
-    from hpcops.client.connect import open_client
+    from hpcops.client.connect import open_routed, remember_route
     from hpcops.errors import HpcopsError
 
     def send(items: list[dict[str, str]]) -> Any:
-        client = open_client(call.home, call.remote)
+        client, key = open_routed(call.home, call.remote)
         try:
-            return client.call("submit", specs=items)
+            answer = client.call("submit", specs=items)
+            remember_route(key, client)
+            return answer
         finally:
             client.close()
 

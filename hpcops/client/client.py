@@ -23,7 +23,8 @@ class Client(protocol.LineClient):
         self._sock: socket.socket | None = None
         self._reader: Any = None
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
+        """Connect now (a call connects on its own otherwise): NotRunning or PermissionDenied."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout_s)
         hint = "start one with `hpcops daemon start` (or check HPCOPS_HOME)"
@@ -46,7 +47,7 @@ class Client(protocol.LineClient):
 
     def _exchange(self, method: str, line: bytes) -> bytes:
         if self._sock is None:
-            self._connect()
+            self.connect()
         assert self._sock is not None
         try:
             self._sock.sendall(line)

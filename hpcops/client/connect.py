@@ -15,6 +15,7 @@ import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hpcops.api.protocol import LineClient
+    from hpcops.client.route import RouteKey
 
 
 def open_client(
@@ -38,3 +39,32 @@ def open_client(
     from hpcops.home import default_home_text, socket_in
 
     return Client(socket_in(explicit_home or default_home_text()))
+
+
+def open_routed(
+    explicit_home: str | os.PathLike[str] | None, remote_name: str | None
+) -> tuple[LineClient, RouteKey | None]:
+    """The fast entry's submit: over the forward the last submit used, while it is fresh
+    (client/route.py: no config read, no OpenSSH module imported); else `open_client`, with the
+    key under which `remember_route` keeps the way this call takes."""
+    if explicit_home is not None:
+        return open_client(explicit_home, remote_name), None
+    from hpcops.client import route
+    from hpcops.client.config_path import client_config_text
+
+    key = route.route_key(remote_name, client_config_text())
+    if key is None:
+        return open_client(None, remote_name), None
+    routed = route.open_route(key)
+    if routed is not None:
+        return routed, None
+    return open_client(None, remote_name), key
+
+
+def remember_route(key: RouteKey | None, client: LineClient) -> None:
+    """After a call that answered: keep its way for the next, when it was a forward."""
+    found = client.route() if key is not None else None
+    if key is not None and found is not None:
+        from hpcops.client import route
+
+        route.remember(key, *found)

@@ -40,6 +40,7 @@ from typing import Any
 
 from hpcops.api import protocol
 from hpcops.client.config import Remote, valid_socket_path
+from hpcops.client.route import SUN_PATH_MAX, cache_dir_text, private_dir
 from hpcops.errors import ProtocolError
 
 # subprocess and tempfile are imported where they are used: a call over a forward that is up
@@ -47,7 +48,6 @@ from hpcops.errors import ProtocolError
 
 CACHE_VERSION = 1
 MAX_CACHE_BYTES = 4096
-SUN_PATH_MAX = 107  # sizeof(sun_path) - 1 on Linux: the path and its NUL
 # Connecting to a socket file nobody listens on: no forward yet, or a dead master's leftover.
 ABSENT = frozenset({errno.ENOENT, errno.ECONNREFUSED})
 
@@ -72,9 +72,7 @@ def key_digest(remote: Remote) -> str:
 
 
 def cache_dir(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
-    base = env.get("XDG_CACHE_HOME", "")
-    root = Path(base) if base.startswith("/") else Path.home() / ".cache"
-    return root / "hpcops"
+    return Path(cache_dir_text(env))
 
 
 def cache_file(remote: Remote, env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
@@ -85,28 +83,6 @@ def local_socket_path(directory: Path, anchor: str, remote_socket: str) -> Path 
     """The forward's local end, or None when it would be too long for a Unix socket."""
     path = directory / f"f-{_digest(anchor, remote_socket, size=12)}.sock"
     return path if len(os.fsencode(path)) <= SUN_PATH_MAX else None
-
-
-def private_dir(path: Path, *, create: bool) -> bool:
-    """Whether `path` is a real directory (not a symlink) that we own and nobody else may enter;
-    created 0700 first when asked."""
-    if create:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
-        except OSError:
-            return False
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return (
-        stat.S_ISDIR(st.st_mode)
-        and st.st_uid == os.getuid()
-        and stat.S_IMODE(st.st_mode) & 0o077 == 0
-    )
 
 
 def parse_cache(text: bytes, remote: Remote) -> str | None:

@@ -257,6 +257,10 @@ class OpenSshClient(protocol.LineClient):
     def forwarded(self) -> bool:
         return self._sock is not None
 
+    def route(self) -> tuple[str, str] | None:
+        fwd = self.attempt.forward if self.attempt is not None else None
+        return (str(fwd.local), self.name) if self.forwarded and fwd is not None else None
+
     def _route(self) -> None:
         """Once per client, before its first request: the forward if it is (or can be made) up."""
         if self.options is not None and forward.no_master_possible(self.options):

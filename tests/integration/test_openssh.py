@@ -510,9 +510,48 @@ def test_a_live_forward_whose_file_went_is_added_anew(laptop: Laptop) -> None:
     assert local.is_socket()
 
 
+def _routes(laptop: Laptop) -> list[Path]:
+    return sorted((laptop.home / ".cache" / "hpcops").glob("route*.json"))
+
+
+def test_a_submit_after_a_forwarded_one_takes_its_route(laptop: Laptop) -> None:
+    """client/route.py on the real master: the route the first submit leaves is the forward's
+    local end; the next submit takes it without reading the client config or importing the
+    OpenSSH modules, opens no session, and queues once; an edited config is read again."""
+    if laptop.ssh("-O", "check", "lab-otp").returncode != 0:
+        _open_master(laptop)
+    for old in _routes(laptop):
+        old.unlink()
+    first = laptop.cli("submit", "--json", _spec(laptop, "route-first", "true"))
+    assert first.returncode == 0, first.stderr
+    [kept] = _routes(laptop)
+    assert kept.name == "route.json" and kept.stat().st_mode & 0o777 == 0o600
+    assert json.loads(kept.read_text())["socket"] == _forwarded_check(laptop)["local"]
+
+    spec = _spec(laptop, "route-second", "true")
+    sessions = laptop.otp.count(SESSION)
+    imports = {"PYTHONPROFILEIMPORTTIME": "1"}
+    second = laptop.cli("submit", "--json", spec, env=imports)
+    assert second.returncode == 0, second.stderr
+    for module in ("hpcops.client.config", "hpcops.client.openssh", "yaml", "subprocess"):
+        assert f" {module}\n" not in second.stderr, f"{module} imported by a routed submit"
+    assert laptop.otp.count(SESSION) == sessions, "no new session"
+    assert _names_in_ls(laptop, json.loads(Path(spec).read_text())["name"]) == 1
+
+    config = laptop.home / ".config" / "hpcops" / "config.yaml"
+    st = config.stat()
+    os.utime(config, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000))
+    third = laptop.cli("submit", "--json", _spec(laptop, "route-third", "true"), env=imports)
+    assert third.returncode == 0, third.stderr
+    assert " hpcops.client.config\n" in third.stderr, "an edited config is read again"
+    assert json.loads(kept.read_text())["stat"][3] == config.stat().st_mtime_ns, "and routed anew"
+
+
 def test_a_wrong_cached_socket_falls_back_and_submits_once(laptop: Laptop) -> None:
     if laptop.ssh("-O", "check", "lab-otp").returncode != 0:
         _open_master(laptop)
+    for route in _routes(laptop):  # else the submit takes the route to the forward that works
+        route.unlink()
     cache = _forward_cache(laptop)
     right = str(laptop.lab.home / "hpcops.sock")
     wrong = json.loads(cache.read_text())

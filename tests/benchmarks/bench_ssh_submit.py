@@ -83,9 +83,10 @@ HPCOPS_REMOTE = str(REPO / ".venv" / "bin" / "hpcops")  # `command:` on the logi
 # ones worth naming when they show up in an import profile.
 SUBMIT_IMPORTS = (
     # What `hpcops submit` of a plain spec imports through the fast entry (hpcops/cli/fast.py)
-    # on the OpenSSH path with a forward (client/forward.py).
-    "import hpcops.cli.fast, hpcops.cli.queued, hpcops.client.connect, hpcops.client.config, "
-    "hpcops.client.reach, hpcops.client.openssh, hpcops.client.forward"
+    # over the route the last forwarded submit left (client/route.py): after the first call,
+    # no client config and no OpenSSH module (the first call imports those too).
+    "import hpcops.cli.fast, hpcops.cli.queued, hpcops.client.connect, hpcops.client.route, "
+    "hpcops.specfile"
 )
 HEAVY = (
     "pydantic",

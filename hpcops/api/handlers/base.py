@@ -40,6 +40,32 @@ _AUDIT_TARGET_CHARS = 200
 _AUDIT_VALUE_CHARS = 2000
 
 
+def audit_entry(
+    caller: Caller,
+    role: Role,
+    action: str,
+    target: str,
+    *,
+    allowed: bool,
+    before: Any = None,
+    after: Any = None,
+    detail: str = "",
+) -> Audit:
+    """One audit row. Every value here may come from a request (a refused one too, with a scope
+    of megabytes): each is cut to a bound, so the log grows by a bounded row per request."""
+    return Audit(
+        at=time.time(),
+        actor=clip(caller.name, _AUDIT_NAME_CHARS),
+        role=role.value,
+        action=clip(action, _AUDIT_NAME_CHARS),
+        target=clip(target, _AUDIT_TARGET_CHARS),
+        before=None if before is None else clip(str(before), _AUDIT_VALUE_CHARS),
+        after=None if after is None else clip(str(after), _AUDIT_VALUE_CHARS),
+        allowed=allowed,
+        detail=clip(detail, _AUDIT_VALUE_CHARS),
+    )
+
+
 @dataclass(frozen=True)
 class Request:
     caller: Caller
@@ -124,19 +150,17 @@ class Daemon:
         after: Any = None,
         detail: str = "",
     ) -> None:
-        # Every value here may come from a request (a refused one too, with a scope of
-        # megabytes): each is cut to a bound, so the audit log grows by a bounded row per request.
+        """Log one request's decision (`audit_entry`), in a transaction of its own."""
         self.store.audit(
-            Audit(
-                at=time.time(),
-                actor=clip(caller.name, _AUDIT_NAME_CHARS),
-                role=role.value,
-                action=clip(action, _AUDIT_NAME_CHARS),
-                target=clip(target, _AUDIT_TARGET_CHARS),
-                before=None if before is None else clip(str(before), _AUDIT_VALUE_CHARS),
-                after=None if after is None else clip(str(after), _AUDIT_VALUE_CHARS),
+            audit_entry(
+                caller,
+                role,
+                action,
+                target,
                 allowed=allowed,
-                detail=clip(detail, _AUDIT_VALUE_CHARS),
+                before=before,
+                after=after,
+                detail=detail,
             )
         )
 

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcops.access import authorize, check_priority
-from hpcops.api.handlers.base import Daemon, Handler, Request, lead_decision_guard, run_id
+from hpcops.api.handlers.base import (
+    Daemon,
+    Handler,
+    Request,
+    audit_entry,
+    lead_decision_guard,
+    run_id,
+)
 from hpcops.api.handlers.sweep_requests import SweepRequests
 from hpcops.api.params import (
     PipelineId,
@@ -70,31 +77,36 @@ class QueueHandlers:
         shipments = [item.code.shipment() if item.code else None for item in items]
         runs = self.daemon.engine.enqueue(specs, req.caller, shipments)
         points: dict[int, list[Run]] = {}
+        entries = []  # the audit rows, written in one transaction (200 specs: one commit)
         for run in runs:
             if run.sweep_id is not None:
                 points.setdefault(run.sweep_id, []).append(run)
                 continue
-            self.daemon.audit(
-                req.caller,
-                req.role,
-                "submit",
-                f"run {run.id}",
-                allowed=True,
-                after=f"{run.state} priority {run.priority}",
+            entries.append(
+                audit_entry(
+                    req.caller,
+                    req.role,
+                    "submit",
+                    f"run {run.id}",
+                    allowed=True,
+                    after=f"{run.state} priority {run.priority}",
+                )
             )
         sweeps = []
         rows = self.daemon.store.sweeps_by_ids(points)
         for number, its_runs in points.items():
             # One audit row per sweep: a 1,000-point sweep is one decision, not 1,000.
             first = its_runs[0]
-            self.daemon.audit(
-                req.caller,
-                req.role,
-                "submit",
-                f"sweep s{number}",
-                allowed=True,
-                after=f"{len(its_runs)} points {first.state} priority {first.priority} "
-                f"(runs {id_ranges(run_id(r) for r in its_runs)})",
+            entries.append(
+                audit_entry(
+                    req.caller,
+                    req.role,
+                    "submit",
+                    f"sweep s{number}",
+                    allowed=True,
+                    after=f"{len(its_runs)} points {first.state} priority {first.priority} "
+                    f"(runs {id_ranges(run_id(r) for r in its_runs)})",
+                )
             )
             sweeps.append(
                 {
@@ -105,6 +117,7 @@ class QueueHandlers:
                     "runs": [r.id for r in its_runs],
                 }
             )
+        self.daemon.store.audit(*entries)
         return {
             "runs": [
                 {

@@ -4,6 +4,7 @@ the quotas, fair-share usage), ask the pure policy for a plan, submit what it re
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -42,14 +43,16 @@ def release(p: Parts, s: LoopState) -> None:
             continue
         ready.append(run)
     limits = quotas(p)
-    for batch in submit_steps(release_batches(ready)):
-        submitted = True
-        if goes_in_an_array(batch[0]):
-            go_on = submit_points(p, s, batch, limits)
-        else:
-            go_on = submit_runs(p, s, batch)
-        if not go_on:
-            break
+    # The tracking thread's records wait while the jobs go in (Tracker.releasing).
+    with p.tracker.releasing() if p.tracker is not None and ready else nullcontext():
+        for batch in submit_steps(release_batches(ready)):
+            submitted = True
+            if goes_in_an_array(batch[0]):
+                go_on = submit_points(p, s, batch, limits)
+            else:
+                go_on = submit_runs(p, s, batch)
+            if not go_on:
+                break
     # What was just released changes what the queue waits for: plan again next tick.
     s.dirty = s.dirty or submitted
 

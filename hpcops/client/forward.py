@@ -40,7 +40,7 @@ from typing import Any
 
 from hpcops.api import protocol
 from hpcops.client.config import Remote, valid_socket_path
-from hpcops.client.route import SUN_PATH_MAX, cache_dir_text, private_dir
+from hpcops.client.route import SUN_PATH_MAX, cache_dir_text, private_dir, read_private_file
 from hpcops.errors import ProtocolError
 
 # subprocess and tempfile are imported where they are used: a call over a forward that is up
@@ -100,23 +100,8 @@ def parse_cache(text: bytes, remote: Remote) -> str | None:
 
 
 def read_cached_socket(path: Path, remote: Remote) -> str | None:
-    if not private_dir(path.parent, create=False):
-        return None
-    try:
-        # O_NONBLOCK: a FIFO planted there does not hang the call; fstat then refuses it.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
-            return None
-        text = os.read(fd, MAX_CACHE_BYTES + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return parse_cache(text, remote) if len(text) <= MAX_CACHE_BYTES else None
+    text = read_private_file(os.fspath(path), MAX_CACHE_BYTES)
+    return parse_cache(text, remote) if text is not None else None
 
 
 def write_cached_socket(path: Path, remote: Remote, remote_socket: str) -> bool:

@@ -120,9 +120,10 @@ def parse_route(text: bytes, key: RouteKey) -> tuple[str, str] | None:
     return sock, name
 
 
-def _read_private_file(path: str) -> bytes | None:
-    """The file's first MAX_ROUTE_BYTES + 1 bytes, if it is a regular file of ours in a private
-    directory (no link followed, a FIFO does not hang the call)."""
+def read_private_file(path: str, limit: int) -> bytes | None:
+    """A small file of ours, in a private directory, read without following a link (and a FIFO
+    planted there does not hang the call); None for anything else, or past `limit` bytes. The
+    one reader of the laptop's cache files: routes here, the forward's remote socket too."""
     if not private_dir(os.path.dirname(path), create=False):
         return None
     try:
@@ -133,11 +134,12 @@ def _read_private_file(path: str) -> bytes | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
             return None
-        return os.read(fd, MAX_ROUTE_BYTES + 1)
+        text = os.read(fd, limit + 1)
     except OSError:
         return None
     finally:
         os.close(fd)
+    return text if len(text) <= limit else None
 
 
 class RoutedClient(Client):
@@ -161,8 +163,8 @@ class RoutedClient(Client):
 
 def open_route(key: RouteKey) -> RoutedClient | None:
     """A client connected over the remembered forward, or None (nothing was sent)."""
-    text = _read_private_file(key[0])
-    if text is None or len(text) > MAX_ROUTE_BYTES:
+    text = read_private_file(key[0], MAX_ROUTE_BYTES)
+    if text is None:
         return None
     found = parse_route(text, key)
     if found is None:

@@ -13,14 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcops.access import authorize, check_priority
-from hpcops.api.handlers.base import (
-    Daemon,
-    Handler,
-    Request,
-    audit_entry,
-    lead_decision_guard,
-    run_id,
-)
+from hpcops.api.handlers.base import Daemon, Handler, Request, lead_decision_guard, run_id
 from hpcops.api.handlers.sweep_requests import SweepRequests
 from hpcops.api.params import (
     PipelineId,
@@ -38,7 +31,7 @@ from hpcops.describe import id_ranges
 from hpcops.errors import InvalidInput
 from hpcops.retries import attempt_number
 from hpcops.states import RunState, why_not_retryable
-from hpcops.store import Run, Sweep
+from hpcops.store import Audit, Run, Sweep
 from hpcops.yamlio import read_yaml
 
 if TYPE_CHECKING:
@@ -77,36 +70,34 @@ class QueueHandlers:
         shipments = [item.code.shipment() if item.code else None for item in items]
         runs = self.daemon.engine.enqueue(specs, req.caller, shipments)
         points: dict[int, list[Run]] = {}
-        entries = []  # the audit rows, written in one transaction (200 specs: one commit)
+        entries: list[Audit] = []  # written in one transaction (200 specs: one commit)
         for run in runs:
             if run.sweep_id is not None:
                 points.setdefault(run.sweep_id, []).append(run)
                 continue
-            entries.append(
-                audit_entry(
-                    req.caller,
-                    req.role,
-                    "submit",
-                    f"run {run.id}",
-                    allowed=True,
-                    after=f"{run.state} priority {run.priority}",
-                )
+            self.daemon.audit(
+                req.caller,
+                req.role,
+                "submit",
+                f"run {run.id}",
+                allowed=True,
+                after=f"{run.state} priority {run.priority}",
+                later=entries,
             )
         sweeps = []
         rows = self.daemon.store.sweeps_by_ids(points)
         for number, its_runs in points.items():
             # One audit row per sweep: a 1,000-point sweep is one decision, not 1,000.
             first = its_runs[0]
-            entries.append(
-                audit_entry(
-                    req.caller,
-                    req.role,
-                    "submit",
-                    f"sweep s{number}",
-                    allowed=True,
-                    after=f"{len(its_runs)} points {first.state} priority {first.priority} "
-                    f"(runs {id_ranges(run_id(r) for r in its_runs)})",
-                )
+            self.daemon.audit(
+                req.caller,
+                req.role,
+                "submit",
+                f"sweep s{number}",
+                allowed=True,
+                after=f"{len(its_runs)} points {first.state} priority {first.priority} "
+                f"(runs {id_ranges(run_id(r) for r in its_runs)})",
+                later=entries,
             )
             sweeps.append(
                 {

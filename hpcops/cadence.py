@@ -34,7 +34,7 @@ CATCH_UP_HELP: Final = (
     "none: missed firings are only recorded; all: a run for every missed firing within the grace"
 )
 # A firing this late is still on time: the scheduler's thread may be busy with another firing
-# for a moment. Later than this, it was missed (the daemon was down or stopped).
+# for a moment. Later than this, it was missed (the daemon was down, stopped or suspended).
 ON_TIME_S: Final = 60.0
 MAX_EVERY_S: Final = 31 * 86400
 CRON_EXAMPLE: Final = "'0 3 * * 1' (Mondays at 03:00)"
@@ -256,22 +256,38 @@ def _iso(epoch: float) -> str:
 
 
 def plan_firings(
-    run_times: Sequence[float], now: float, *, catch_up: str, grace_s: float
+    run_times: Sequence[float],
+    now: float,
+    *,
+    catch_up: str,
+    grace_s: float,
+    up_since: float | None = None,
 ) -> list[Planned]:
     """What to do with the times APScheduler says were due (all of them: its own coalescing and
     misfire handling are off, so the decision and its reason are ours).
 
-    One time, at most ON_TIME_S late: an ordinary firing. More, or later: the daemon was down.
-    Then `one` fires once for the latest (within the grace), `all` fires for each within the
-    grace, `none` records the latest as missed. Older missed times are counted in the reason,
-    not recorded one by one (a week's downtime of a 5-second schedule is 120,000 of them).
+    One time, at most ON_TIME_S late: an ordinary firing. Several times, all due since
+    `up_since` (when this daemon began firing) and the latest at most ON_TIME_S late: the
+    daemon was running but busy (a loaded login node delays the scheduler's thread past a short
+    interval), so it is one ordinary firing for the latest, and the reason counts the others.
+    Anything else: the daemon was down. Then `one` fires once for the latest (within the
+    grace), `all` fires for each within the grace, `none` records the latest as missed. Older
+    missed times are counted in the reason, not recorded one by one (a week's downtime of a
+    5-second schedule is 120,000 of them).
     """
     if not run_times:
         return []
     times = sorted(run_times)
     latest = times[-1]
-    if len(times) == 1 and now - latest <= ON_TIME_S:
-        return [Planned(latest, True, "scheduled", "")]
+    if now - latest <= ON_TIME_S:
+        if len(times) == 1:
+            return [Planned(latest, True, "scheduled", "")]
+        if up_since is not None and times[0] >= up_since:
+            busy = (
+                f"{len(times) - 1} earlier due time(s) since {_iso(times[0])} were delivered late "
+                "while the daemon was busy; fired once, for the latest"
+            )
+            return [Planned(latest, True, "scheduled", busy)]
     missed = f"{len(times)} firing(s) missed since {_iso(times[0])} (the daemon was not running)"
     within = [t for t in times if now - t <= grace_s]
     if catch_up == "none":

@@ -162,6 +162,9 @@ class ScheduleService:
         # started again beside itself.
         self._checking: set[int] = set()
         self._checking_lock = threading.Lock()
+        # When this daemon began firing: a due time from then on was due while it ran, so a
+        # late one is the daemon being busy, not down (cadence.plan_firings).
+        self._firing_since: float | None = None
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -202,6 +205,7 @@ class ScheduleService:
             # Firings a stopped daemon claimed but did not complete: complete them now.
             for claimed in self.store.pending_firings():
                 self._firer.fire_later(claimed)
+            self._firing_since = self.clock()
             self._scheduler.resume()
 
     def shutdown(self) -> None:
@@ -468,6 +472,7 @@ class ScheduleService:
             now,
             catch_up=schedule.catch_up,
             grace_s=schedule.catch_up_grace_s,
+            up_since=self._firing_since,
         )
         for plan in plans:
             if not plan.fire:  # a skip is a record only: nothing slow to wait for

@@ -134,6 +134,31 @@ def test_a_single_late_firing_is_a_catch_up_too() -> None:
     assert [(p.fire, p.kind) for p in plans] == [(True, "catch-up")]
 
 
+def test_several_late_times_while_the_daemon_ran_are_one_ordinary_firing() -> None:
+    # A busy scheduler thread delivered two due times of a 2-second schedule at once: the
+    # daemon was up all along, so this is no catch-up and its reason must not say it was down.
+    times = [NOW - 3.5, NOW - 1.5]
+    plans = timing.plan_firings(times, NOW, catch_up="one", grace_s=3600, up_since=NOW - 60)
+    assert [(p.scheduled_for, p.fire, p.kind) for p in plans] == [(NOW - 1.5, True, "scheduled")]
+    assert "1 earlier due time(s)" in plans[0].reason
+    assert "not running" not in plans[0].reason
+    # "all" does not fire each of them either: they were not missed.
+    every = timing.plan_firings(times, NOW, catch_up="all", grace_s=3600, up_since=NOW - 60)
+    assert [(p.scheduled_for, p.kind) for p in every] == [(NOW - 1.5, "scheduled")]
+
+
+def test_times_from_before_the_daemon_began_firing_are_a_catch_up() -> None:
+    # Down until NOW - 2: the first two times fell while it was down, the last while it started.
+    times = [NOW - 6, NOW - 4, NOW - 1]
+    plans = timing.plan_firings(times, NOW, catch_up="one", grace_s=3600, up_since=NOW - 2)
+    assert [(p.scheduled_for, p.kind) for p in plans] == [(NOW - 1, "catch-up")]
+    assert "3 firing(s) missed" in plans[0].reason
+    # Nor is a time due while running but later than ON_TIME_S on time (a suspended daemon).
+    late = NOW - timing.ON_TIME_S - 5
+    stale = timing.plan_firings([late - 2, late], NOW, catch_up="one", grace_s=3600, up_since=0)
+    assert [(p.scheduled_for, p.kind) for p in stale] == [(late, "catch-up")]
+
+
 def test_beyond_the_grace_nothing_runs_and_the_reason_says_so() -> None:
     plans = timing.plan_firings([NOW - 9000, NOW - 5000], NOW, catch_up="one", grace_s=3600)
     assert [(p.scheduled_for, p.fire) for p in plans] == [(NOW - 5000, False)]

@@ -7,7 +7,8 @@
   3. ONE sacct for the jobs that ended, for their final state and accounting (slurmdbd, not ctld);
   4. scancel what users asked to cancel.
 
-Each step gathers its inputs, asks hpcops.lifecycle what they mean, and records the outcome.
+Each step gathers its inputs, asks hpcops.lifecycle (hpcops.settling for sacct's records) what
+they mean, and records the outcome.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path, PurePath
 
-from hpcops import lifecycle, retries
+from hpcops import lifecycle, retries, settling
 from hpcops.engine.record import record
 from hpcops.engine.state import LoopState, Parts
 from hpcops.engine.submit import fault_point
 from hpcops.errors import InvalidInput
-from hpcops.lifecycle import NOT_STARTED, MarkerTexts, Settle
+from hpcops.lifecycle import NOT_STARTED, MarkerTexts
 from hpcops.render import STAGING_LOG
 from hpcops.retries import RetryRules
 from hpcops.rundir import (
@@ -34,6 +35,7 @@ from hpcops.rundir import (
     last_lines,
     parse_start_marker,
 )
+from hpcops.settling import Settle
 from hpcops.slurm.parse import AccountingRecord, QueueEntry
 from hpcops.spec import parse_spec
 from hpcops.states import RunState
@@ -197,8 +199,8 @@ def finalize_ended(p: Parts, s: LoopState) -> None:
     for run in due:
         assert run.id is not None and run.slurm_job_id is not None
         found = records.get(run.slurm_job_id)
-        gone = lifecycle.gone_from_squeue(run, now, s.last_queue, s.last_queue_at)
-        verdict = lifecycle.settle(run, found, now, gone=gone)
+        gone = settling.gone_from_squeue(run, now, s.last_queue, s.last_queue_at)
+        verdict = settling.settle(run, found, now, gone=gone)
         if verdict is Settle.FINISH:
             assert found is not None
             _finish(p, s, run, found, now)
@@ -208,19 +210,19 @@ def finalize_ended(p: Parts, s: LoopState) -> None:
         elif verdict is Settle.FROM_MARKER:
             code = run.marker_exit_code
             tail = _tail(p, RunDir(Path(run.run_dir)).stderr) if code != 0 else None
-            end_attempt(p, s, run, lifecycle.finish_from_marker(run, tail))
+            end_attempt(p, s, run, settling.finish_from_marker(run, tail))
         elif verdict is Settle.VANISHED:
-            end_attempt(p, s, run, lifecycle.vanished(run, now))
+            end_attempt(p, s, run, settling.vanished(run, now))
         elif verdict is Settle.CANCELLED_PENDING:
-            record(p, s, run, lifecycle.cancelled_pending(run, now))
+            record(p, s, run, settling.cancelled_pending(run, now))
         else:
             misses = s.sacct_misses.get(run.id, 0) + 1
             s.sacct_misses[run.id] = misses
-            s.next_sacct_at[run.id] = now + lifecycle.sacct_retry_s(misses)
+            s.next_sacct_at[run.id] = now + settling.sacct_retry_s(misses)
 
 
 def _finish(p: Parts, s: LoopState, run: Run, final: AccountingRecord, now: float) -> None:
-    if lifecycle.may_be_requeued(final):
+    if settling.may_be_requeued(final):
         # Costs one squeue, only for a PREEMPTED or NODE_FAIL record.
         entry = lifecycle.live_entry(p.slurm.queue(), run.slurm_job_id)
         if entry is not None:
@@ -228,15 +230,15 @@ def _finish(p: Parts, s: LoopState, run: Run, final: AccountingRecord, now: floa
             return
     rundir = RunDir(Path(run.run_dir))
     staging_error = None
-    if lifecycle.staging_may_have_failed(run, final):
-        staging_error = lifecycle.staging_failure(run, _progress_text(p, rundir))
-    wanted = lifecycle.finish_log(final, staging_error)
+    if settling.staging_may_have_failed(run, final):
+        staging_error = settling.staging_failure(run, _progress_text(p, rundir))
+    wanted = settling.finish_log(final, staging_error)
     tail = None
     if wanted == "staging":
         tail = _tail(p, rundir.path / STAGING_LOG)
     elif wanted == "stderr":
         tail = _tail(p, rundir.stderr)
-    outcome = lifecycle.finish(run, final, now, staging_error=staging_error, log_tail=tail)
+    outcome = settling.finish(run, final, now, staging_error=staging_error, log_tail=tail)
     outcome = end_attempt(p, s, run, outcome)
     log.info("run %s: job %s ended %s", run.id, run.slurm_job_id, outcome.to)
 
@@ -329,5 +331,5 @@ def send_cancels(p: Parts, s: LoopState) -> None:
         s.next_sacct_at[run.id] = p.clock() + 0.5
     if any(r.array_task is not None and r.started_at is None for r in wanted):
         # A pending array task leaves no accounting record when cancelled: only squeue can
-        # say it is gone (lifecycle.Settle.CANCELLED_PENDING). Look soon, not in 30 s.
+        # say it is gone (settling.Settle.CANCELLED_PENDING). Look soon, not in 30 s.
         s.next_squeue_at = min(s.next_squeue_at, p.clock() + 1.0)

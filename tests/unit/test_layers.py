@@ -70,6 +70,7 @@ LAYER_OF: dict[str, str] = {
     "engine": "engine",
     "jobcontext": "jobcontext",
     "lifecycle": "lifecycle",
+    "settling": "lifecycle",  # sacct's record of an ended job: the run's final state
     "retries": "retries",
     "policy": "policy",
     "tracking": "tracking",

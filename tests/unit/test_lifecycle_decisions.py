@@ -1,5 +1,6 @@
-"""A run's life decided on plain data (hpcops.lifecycle): markers, squeue rows, sacct records and
-sbatch errors in, outcomes out. No Slurm, no files, no database."""
+"""A run's life decided on plain data (hpcops.lifecycle, and hpcops.settling for sacct's records):
+markers, squeue rows, sacct records and sbatch errors in, outcomes out. No Slurm, no files, no
+database."""
 
 from __future__ import annotations
 
@@ -10,17 +11,11 @@ from typing import Any
 import pytest
 from lifecycle_data import NOW, TOKEN, a_record, a_run
 
-from hpcops import lifecycle
+from hpcops import lifecycle, settling
 from hpcops.errors import SlurmRejected, SlurmUnreachable
-from hpcops.lifecycle import (
-    ACCOUNTING_PATIENCE_S,
-    LIMIT_RETRY_S,
-    OOM_TEXT,
-    VANISHED_PATIENCE_S,
-    MarkerTexts,
-    Settle,
-)
+from hpcops.lifecycle import LIMIT_RETRY_S, MarkerTexts
 from hpcops.rundir import StartMarker
+from hpcops.settling import ACCOUNTING_PATIENCE_S, OOM_TEXT, VANISHED_PATIENCE_S, Settle
 from hpcops.slurm.backend import SlurmLimited
 from hpcops.slurm.parse import FinishedJob, QueueEntry
 from hpcops.states import RunState
@@ -217,22 +212,22 @@ def test_an_orphan_past_the_grace_that_was_cancelled_is_cancelled() -> None:
 def test_the_first_second_placeholder_is_not_a_final_record() -> None:
     placeholder = a_record(RunState.COMPLETED, name="allocation", comment="")
     run = a_run(RunState.RUNNING, end_seen_at=NOW - 1, marker_exit_code=0)
-    assert lifecycle.settle(run, placeholder, NOW, gone=False) is Settle.WAIT
+    assert settling.settle(run, placeholder, NOW, gone=False) is Settle.WAIT
     late = a_run(RunState.RUNNING, end_seen_at=NOW - ACCOUNTING_PATIENCE_S - 1, marker_exit_code=0)
-    assert lifecycle.settle(late, placeholder, NOW, gone=False) is Settle.FROM_MARKER
+    assert settling.settle(late, placeholder, NOW, gone=False) is Settle.FROM_MARKER
 
 
 def test_a_final_record_finishes_the_run() -> None:
     run = a_run(RunState.RUNNING, end_seen_at=NOW - 1)
-    assert lifecycle.settle(run, a_record(RunState.COMPLETED), NOW, gone=False) is Settle.FINISH
-    assert lifecycle.settle(run, a_record(RunState.RUNNING), NOW, gone=False) is Settle.WAIT
-    assert lifecycle.settle(run, None, NOW, gone=False) is Settle.WAIT
+    assert settling.settle(run, a_record(RunState.COMPLETED), NOW, gone=False) is Settle.FINISH
+    assert settling.settle(run, a_record(RunState.RUNNING), NOW, gone=False) is Settle.WAIT
+    assert settling.settle(run, None, NOW, gone=False) is Settle.WAIT
 
 
 def test_a_running_run_whose_record_is_pending_again_was_requeued() -> None:
     run = a_run(RunState.RUNNING, end_seen_at=NOW - 1, marker_exit_code=0)
     record = a_record(RunState.PENDING, "PENDING", reason="BeginTime")
-    assert lifecycle.settle(run, record, NOW, gone=False) is Settle.REQUEUED
+    assert settling.settle(run, record, NOW, gone=False) is Settle.REQUEUED
     outcome = lifecycle.back_to_pending(run, record.slurm_state, record.reason)
     assert outcome.to is RunState.PENDING and outcome.expect == (RunState.RUNNING,)
     assert outcome.fields == {
@@ -248,13 +243,13 @@ def test_a_running_run_whose_record_is_pending_again_was_requeued() -> None:
 @pytest.mark.parametrize("state", [RunState.PREEMPTED, RunState.NODE_FAIL])
 def test_preemption_or_node_failure_is_checked_against_squeue(state: RunState) -> None:
     record = a_record(state, exit_code=0, signal=0)
-    assert lifecycle.may_be_requeued(record)
-    assert not lifecycle.may_be_requeued(a_record(RunState.FAILED))
+    assert settling.may_be_requeued(record)
+    assert not settling.may_be_requeued(a_record(RunState.FAILED))
     live = an_entry(RunState.PENDING, reason="BeginTime")
     assert lifecycle.live_entry([an_entry(RunState.RUNNING, job_id="9"), live], "42") == live
     assert lifecycle.live_entry([an_entry(RunState.COMPLETED)], "42") is None
     # Not requeued: it ends in that state, with Slurm's words.
-    outcome = lifecycle.finish(a_run(RunState.RUNNING), record, NOW, log_tail="")
+    outcome = settling.finish(a_run(RunState.RUNNING), record, NOW, log_tail="")
     assert outcome.to is state and outcome.reason == f"{state.value}, exit 0:0"
 
 
@@ -262,38 +257,38 @@ def test_a_runaway_record_is_judged_as_if_absent() -> None:
     ended = NOW - ACCOUNTING_PATIENCE_S - 1
     run = a_run(RunState.RUNNING, end_seen_at=ended, marker_exit_code=3)
     runaway = a_record(RunState.RUNNING, "RUNNING")
-    assert lifecycle.settle(run, runaway, NOW, gone=True) is Settle.FROM_MARKER
-    assert lifecycle.settle(run, runaway, NOW, gone=False) is Settle.WAIT
-    assert lifecycle.gone_from_squeue(run, NOW, [], NOW - 1)
-    assert not lifecycle.gone_from_squeue(run, NOW, [an_entry(RunState.RUNNING)], NOW - 1)
-    assert not lifecycle.gone_from_squeue(run, NOW, [], ended - 1), "no poll since its end"
+    assert settling.settle(run, runaway, NOW, gone=True) is Settle.FROM_MARKER
+    assert settling.settle(run, runaway, NOW, gone=False) is Settle.WAIT
+    assert settling.gone_from_squeue(run, NOW, [], NOW - 1)
+    assert not settling.gone_from_squeue(run, NOW, [an_entry(RunState.RUNNING)], NOW - 1)
+    assert not settling.gone_from_squeue(run, NOW, [], ended - 1), "no poll since its end"
     recent = a_run(RunState.RUNNING, end_seen_at=NOW - 1)
-    assert not lifecycle.gone_from_squeue(recent, NOW, [], NOW)
+    assert not settling.gone_from_squeue(recent, NOW, [], NOW)
 
 
 def test_a_job_that_vanished_without_marker_or_record_is_unknown() -> None:
     run = a_run(RunState.RUNNING, end_seen_at=NOW - VANISHED_PATIENCE_S - 1)
-    assert lifecycle.settle(run, None, NOW, gone=True) is Settle.VANISHED
+    assert settling.settle(run, None, NOW, gone=True) is Settle.VANISHED
     soon = a_run(RunState.RUNNING, end_seen_at=NOW - VANISHED_PATIENCE_S + 1)
-    assert lifecycle.settle(soon, None, NOW, gone=True) is Settle.WAIT
-    outcome = lifecycle.vanished(run, NOW)
+    assert settling.settle(soon, None, NOW, gone=True) is Settle.WAIT
+    outcome = settling.vanished(run, NOW)
     assert outcome.to is RunState.UNKNOWN and outcome.expect == (RunState.RUNNING,)
     assert outcome.reason == "vanished: no exit marker and no accounting record"
     assert outcome.fields["ended_at"] == NOW and outcome.forget
 
 
 def test_sacct_is_asked_again_backing_off() -> None:
-    delays = [lifecycle.sacct_retry_s(n) for n in range(1, 10)]
+    delays = [settling.sacct_retry_s(n) for n in range(1, 10)]
     assert delays[0] == 1.0 and delays == sorted(delays) and delays[-1] == 30.0
 
 
 def test_the_marker_state_when_sacct_never_answers() -> None:
     run = a_run(RunState.RUNNING, end_seen_at=NOW - 200, marker_exit_code=0)
-    ok = lifecycle.finish_from_marker(run, None)
+    ok = settling.finish_from_marker(run, None)
     assert ok.to is RunState.COMPLETED and ok.fields["exit_code"] == 0
     assert ok.fields["ended_at"] == NOW - 200 and ok.fields["stderr_tail"] is None
     run = a_run(RunState.RUNNING, end_seen_at=NOW - 200, marker_exit_code=2)
-    failed = lifecycle.finish_from_marker(run, "boom")
+    failed = settling.finish_from_marker(run, "boom")
     assert failed.to is RunState.FAILED and failed.fields["stderr_tail"] == "boom"
     assert failed.reason == "state from the job's exit marker (no sacct record)"
 
@@ -304,35 +299,35 @@ def test_the_marker_state_when_sacct_never_answers() -> None:
 def test_the_marker_has_the_exit_code_sacct_reduced() -> None:
     run = a_run(RunState.RUNNING, marker_exit_code=143)
     record = a_record(RunState.FAILED, "FAILED", exit_code=15)
-    outcome = lifecycle.finish(run, record, NOW, log_tail="")
+    outcome = settling.finish(run, record, NOW, log_tail="")
     assert outcome.to is RunState.FAILED and outcome.fields["exit_code"] == 143
     assert outcome.reason == "FAILED, exit 15:0"
     disagree = a_run(RunState.RUNNING, marker_exit_code=7)
-    assert lifecycle.finish(disagree, record, NOW, log_tail="").fields["exit_code"] == 15
+    assert settling.finish(disagree, record, NOW, log_tail="").fields["exit_code"] == 15
     signalled = a_record(RunState.FAILED, exit_code=0, signal=9)
-    assert lifecycle.finish(run, signalled, NOW, log_tail="").fields["exit_code"] == 0
+    assert settling.finish(run, signalled, NOW, log_tail="").fields["exit_code"] == 0
 
 
 def test_a_completed_run_records_accounting_and_no_reason() -> None:
-    outcome = lifecycle.finish(a_run(RunState.RUNNING), a_record(RunState.COMPLETED), NOW)
+    outcome = settling.finish(a_run(RunState.RUNNING), a_record(RunState.COMPLETED), NOW)
     assert outcome.to is RunState.COMPLETED and outcome.expect == (RunState.RUNNING,)
     assert outcome.reason is None and "reason" in outcome.fields, "clears a pending reason"
     fields = outcome.fields
     assert fields["elapsed_s"] == 490 and fields["max_rss_bytes"] == 1 << 20
     assert fields["alloc_cpus"] == 2 and fields["alloc_gpus"] == 1
     assert "stderr_tail" not in fields and outcome.forget
-    assert lifecycle.finish_log(a_record(RunState.COMPLETED), None) is None
+    assert settling.finish_log(a_record(RunState.COMPLETED), None) is None
 
 
 def test_out_of_memory_is_read_from_stderr() -> None:
     record = a_record(RunState.FAILED, "FAILED", exit_code=0, signal=9)
-    assert lifecycle.finish_log(record, None) == "stderr"
+    assert settling.finish_log(record, None) == "stderr"
     tail = f"slurmstepd: error: {OOM_TEXT}\n"
-    oom = lifecycle.finish(a_run(RunState.RUNNING), record, NOW, log_tail=tail)
+    oom = settling.finish(a_run(RunState.RUNNING), record, NOW, log_tail=tail)
     assert oom.to is RunState.OUT_OF_MEMORY and oom.fields["stderr_tail"] == tail
-    plain = lifecycle.finish(a_run(RunState.RUNNING), record, NOW, log_tail="Traceback")
+    plain = settling.finish(a_run(RunState.RUNNING), record, NOW, log_tail="Traceback")
     assert plain.to is RunState.FAILED
-    timeout = lifecycle.finish(
+    timeout = settling.finish(
         a_run(RunState.RUNNING), a_record(RunState.TIMEOUT), NOW, log_tail=tail
     )
     assert timeout.to is RunState.TIMEOUT, "only a FAILED job is taken for out of memory"
@@ -341,24 +336,24 @@ def test_out_of_memory_is_read_from_stderr() -> None:
 def test_an_unknown_slurm_state_ends_the_run_unknown() -> None:
     record = a_record(RunState.UNKNOWN, "BOOT_FAIL_NEW", exit_code=1)
     run = a_run(RunState.RUNNING, end_seen_at=NOW - 1)
-    assert lifecycle.settle(run, record, NOW, gone=False) is Settle.FINISH
-    outcome = lifecycle.finish(run, record, NOW, log_tail="")
+    assert settling.settle(run, record, NOW, gone=False) is Settle.FINISH
+    outcome = settling.finish(run, record, NOW, log_tail="")
     assert outcome.to is RunState.UNKNOWN and outcome.reason == "BOOT_FAIL_NEW, exit 1:0"
 
 
 def test_a_failed_staging_fails_the_run_with_the_stagers_words() -> None:
     run = a_run(RunState.STAGING, staging_job_id="41")
     cancelled = a_record(RunState.CANCELLED, "CANCELLED", reason="DependencyNeverSatisfied")
-    assert lifecycle.staging_may_have_failed(run, cancelled)
-    assert not lifecycle.staging_may_have_failed(
+    assert settling.staging_may_have_failed(run, cancelled)
+    assert not settling.staging_may_have_failed(
         a_run(RunState.STAGING, staging_job_id="41", cancel_requested_by="ada"), cancelled
     )
-    assert not lifecycle.staging_may_have_failed(a_run(), cancelled)
+    assert not settling.staging_may_have_failed(a_run(), cancelled)
     progress = json.dumps({"token": TOKEN, "error": "dvc: md5 mismatch"})
-    error = lifecycle.staging_failure(run, progress)
+    error = settling.staging_failure(run, progress)
     assert error == "dvc: md5 mismatch"
-    assert lifecycle.finish_log(cancelled, error) == "staging"
-    outcome = lifecycle.finish(run, cancelled, NOW, staging_error=error, log_tail="stager log")
+    assert settling.finish_log(cancelled, error) == "staging"
+    outcome = settling.finish(run, cancelled, NOW, staging_error=error, log_tail="stager log")
     assert outcome.to is RunState.FAILED
     assert outcome.reason == "data staging failed: dvc: md5 mismatch"
     assert outcome.fields["stderr_tail"] == "stager log"
@@ -367,13 +362,13 @@ def test_a_failed_staging_fails_the_run_with_the_stagers_words() -> None:
 def test_what_the_stagers_progress_says() -> None:
     run = a_run(RunState.STAGING, staging_job_id="41")
     never = "the staging job ended before it staged the data (hpcops logs --staging)"
-    assert lifecycle.staging_failure(run, None) == never
-    assert lifecycle.staging_failure(run, "{not json") == never
-    assert lifecycle.staging_failure(run, json.dumps({"token": "other"})) == never
+    assert settling.staging_failure(run, None) == never
+    assert settling.staging_failure(run, "{not json") == never
+    assert settling.staging_failure(run, json.dumps({"token": "other"})) == never
     done = {"token": TOKEN, "targets": {"a": {"phase": "done"}, "b": {"phase": "done"}}}
-    assert lifecycle.staging_failure(run, json.dumps(done)) is None
+    assert settling.staging_failure(run, json.dumps(done)) is None
     half = {"token": TOKEN, "targets": {"a": {"phase": "done"}, "b": {"phase": "fetching"}}}
-    assert lifecycle.staging_failure(run, json.dumps(half)) == (
+    assert settling.staging_failure(run, json.dumps(half)) == (
         "the staging job ended before it staged the data"
     )
 

@@ -9,7 +9,7 @@ import lifecycle_data
 import pytest
 from lifecycle_data import NOW
 
-from hpcops import lifecycle, retries
+from hpcops import lifecycle, retries, settling
 from hpcops.retries import RetryRules, retry_or_end
 from hpcops.slurm.parse import AccountingRecord
 from hpcops.spec import parse_spec
@@ -48,7 +48,7 @@ def a_record(state: RunState, *, ran_s: float = 3600, slurm: str | None = None) 
 
 def ended(run: Run, state: RunState, *, ran_s: float = 3600, slurm: str | None = None) -> Any:
     """`finish`'s outcome for the run's job ending in `state` after `ran_s` seconds."""
-    return lifecycle.finish(run, a_record(state, ran_s=ran_s, slurm=slurm), NOW)
+    return settling.finish(run, a_record(state, ran_s=ran_s, slurm=slurm), NOW)
 
 
 def earlier(state: RunState, *, ran_s: float, number: int = 1) -> Attempt:
@@ -217,7 +217,7 @@ def test_retry_rules_are_read_from_the_spec_s_retry_block_in_one_place() -> None
 
 def test_attempt_end_takes_the_outcome_s_figures_over_the_run_s() -> None:
     run = a_run(slurm_state=None, alloc_cpus=None)
-    out = lifecycle.vanished(run, NOW)
+    out = settling.vanished(run, NOW)
     end = retries.attempt_end(run, out)
     assert end["state"] is RunState.UNKNOWN
     assert end["ended_at"] == NOW and end["started_at"] == run.started_at

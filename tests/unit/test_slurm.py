@@ -209,7 +209,7 @@ def test_sacct_finished_has_both_ends_of_the_window() -> None:
 
 
 def test_the_first_second_placeholder_is_not_taken_for_the_final_record() -> None:
-    from hpcops.lifecycle import is_placeholder as _is_placeholder
+    from hpcops.settling import is_placeholder as _is_placeholder
 
     placeholder = parse.parse_sacct(fixture("sacct_first_second.txt"))
     assert placeholder and all(_is_placeholder(r) for r in placeholder.values())
@@ -220,7 +220,7 @@ def test_the_first_second_placeholder_is_not_taken_for_the_final_record() -> Non
 def test_exit_code_prefers_the_marker_where_sacct_reduced_it() -> None:
     from dataclasses import replace
 
-    from hpcops.lifecycle import exit_code as _exit_code
+    from hpcops.settling import exit_code as _exit_code
 
     failed = parse.parse_sacct(fixture("sacct_mixed.txt"))["11"]  # FAILED 3:0
     assert _exit_code(failed, 3) == 3

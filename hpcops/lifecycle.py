@@ -7,7 +7,7 @@ the markers, runs squeue, sacct and sbatch, passes what it got here, and records
 with `store.transition`; so each decision is tested on plain data
 (tests/unit/test_lifecycle_decisions.py).
 
-Submission is idempotent (DESIGN.md, decision 3): a run is claimed as SUBMITTING with a fresh
+Submission is idempotent (docs/design.md, decision 3): a run is claimed as SUBMITTING with a fresh
 token before sbatch, and the token rides in the job's --comment. After a crash a SUBMITTING run
 is found again by its token in squeue or sacct and adopted (`adopt`, `settle_orphan`); one that
 Slurm never saw is queued again only after `submit_grace_s`, by which time an sbatch orphaned by
@@ -352,7 +352,7 @@ def sbatch_failed(
                 cancel_unsubmitted(run, "after Slurm refused it", now),
                 drop_staging_job=staging_job,
             )
-        # A limit means wait, not fail (DESIGN.md, decision 5): this run waits, doubling, while
+        # A limit means wait, not fail (docs/design.md, decision 5): this run waits, doubling, while
         # the others may still go.
         return Outcome(
             RunState.QUEUED,

@@ -1,7 +1,7 @@
 """A run's directory on shared storage: the contract between the job script and the daemon.
 
 The job writes its own start and end markers here, so the daemon learns that a job started or
-ended by reading the filesystem instead of asking slurmctld (DESIGN.md, decision 4). The files
+ended by reading the filesystem instead of asking slurmctld (docs/design.md, decision 4). The files
 are reached through the daemon's transport (hpcops/transport): on this machine, or over SSH for a
 daemon off the cluster; this module only names them and parses them.
 

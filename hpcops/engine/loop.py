@@ -10,7 +10,8 @@ One tick, in order (follow.py, then release.py):
   6. move pipelines on: open the steps whose parents completed, end those that never can;
   7. release queued runs into Slurm up to `max_active`.
 
-Slurm unreachable means back off and retry; it never marks a run failed (DESIGN.md, decision 4).
+Slurm unreachable means back off and retry; it never marks a run failed (docs/design.md,
+decision 4).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 each, write their run directories, sbatch them (each after its staging job, when it stages data),
 and sort Slurm's answers.
 
-Submission is idempotent (DESIGN.md, decision 3): the claims are committed before any sbatch,
+Submission is idempotent (docs/design.md, decision 3): the claims are committed before any sbatch,
 and each token rides in its job's --comment, so a crash at any point is settled by token
 (follow.py). For a release step of many runs (submit_runs) the claims are one transaction per
 chunk of runs, the sbatch calls run a few at a time while the next chunk is prepared, and each

@@ -179,8 +179,9 @@ class ScheduleService:
             job_defaults={"coalesce": False, "misfire_grace_time": None, "max_instances": 1},
             timezone=UTC,
         )
-        # Paused while APScheduler's jobs are made to agree with our table (NOTES-STACK: stored
-        # jobs are visible only once started), and until resume_after says the runs are known.
+        # Paused while APScheduler's jobs are made to agree with our table (docs/notes-stack.md:
+        # stored jobs are visible only once started), and until resume_after says the runs are
+        # known.
         scheduler.start(paused=True)
         self._scheduler = scheduler
         self._checks = ThreadPoolExecutor(_CHECK_THREADS, thread_name_prefix="hpcops-data-check")

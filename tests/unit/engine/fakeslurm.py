@@ -8,7 +8,7 @@ the captured stderr itself. It also holds the run directories' files in memory: 
 daemon writes, the markers the "job" writes.
 
 Tests drive the jobs through a small API (`start`, `finish`, `die`, `preempt`, `vanish`, ...)
-that does what Slurm and the job script would do, including their quirks (NOTES-SLURM,
+that does what Slurm and the job script would do, including their quirks (docs/notes-slurm.md,
 tests/fixtures/slurm/README.md): sacct shows a job's comment only once it ended, reduces exit
 codes modulo 128, lags a job's start and end, and may show a placeholder `allocation` row.
 
@@ -82,8 +82,8 @@ REFUSALS: dict[str, tuple[int, str]] = {
     "unreachable": (1, fixture("sbatch_unreachable.stderr")),
 }
 
-# Job states squeue lists by default; a finished job leaves it at once (NOTES-SLURM). A state word
-# nobody knows is listed too: a newer Slurm's live state would be.
+# Job states squeue lists by default; a finished job leaves it at once (docs/notes-slurm.md). A
+# state word nobody knows is listed too: a newer Slurm's live state would be.
 _FINISHED = {
     "COMPLETED",
     "FAILED",
@@ -644,7 +644,7 @@ class FakeSlurm:
         ids = argv[1:]
         if self.ctld_down:
             return 8, "", fixture("scancel_unreachable.stderr").replace("30", ids[0], 1)
-        for job_id in ids:  # exit 0 even for unknown or finished ids (NOTES-SLURM)
+        for job_id in ids:  # exit 0 even for unknown or finished ids (docs/notes-slurm.md)
             job = self.jobs.get(job_id)
             if job is not None:
                 if job.in_squeue:

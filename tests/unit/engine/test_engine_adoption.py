@@ -1,5 +1,5 @@
 """A crash at each fault point (HPCOPS_FAULT) and the next daemon's repair: nothing lost, nothing
-submitted twice (DESIGN.md, decision 3)."""
+submitted twice (docs/design.md, decision 3)."""
 
 from __future__ import annotations
 

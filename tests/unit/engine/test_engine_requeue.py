@@ -66,8 +66,8 @@ def test_a_preempted_job_is_followed_back_to_pending_and_to_its_end(
 def test_a_node_failure_the_script_saw_is_followed_back_to_pending(
     make_engine: EngineFactory,
 ) -> None:
-    # `scontrol update nodename=... state=down` (NOTES-SLURM): the job is killed with TERM, its trap
-    # writes 143, and Slurm requeues it; sacct shows NODE_FAIL for the attempt.
+    # `scontrol update nodename=... state=down` (docs/notes-slurm.md): the job is killed with TERM,
+    # its trap writes 143, and Slurm requeues it; sacct shows NODE_FAIL for the attempt.
     h = make_engine()
     run_id, job_id = _running(h)
     h.slurm.node_fail(job_id, requeue=True, sacct_shows="NODE_FAIL")

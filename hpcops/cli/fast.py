@@ -106,7 +106,7 @@ def _api(call: FastCall) -> int:
 
 def _submit(call: FastCall) -> int | None:
     from hpcops.cli.queued import queued_lines, quick_submit
-    from hpcops.client.connect import open_routed, remember_route
+    from hpcops.client.connect import drop_route, open_routed, remember_route
     from hpcops.errors import HpcopsError
 
     def send(items: list[dict[str, str]]) -> Any:
@@ -115,6 +115,9 @@ def _submit(call: FastCall) -> int | None:
             answer = client.call("submit", specs=items)
             remember_route(key, client)
             return answer
+        except HpcopsError as exc:
+            drop_route(key, client, exc)
+            raise
         finally:
             client.close()
 
@@ -124,7 +127,7 @@ def _submit(call: FastCall) -> int | None:
         print(f"hpcops: {exc}", file=sys.stderr)
         return exc.exit_code
     if queued is None:
-        return None  # the click command reads each spec and names what is wrong with it
+        return None  # a spec needs the full path: the click command takes it, asking nothing twice
     print("\n".join(queued_lines(queued, call.as_json)))
     return 0
 

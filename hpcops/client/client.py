@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 
 class Client(protocol.LineClient):
-    def __init__(self, socket_path: str | os.PathLike[str], *, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, socket_path: str | os.PathLike[str], *, timeout_s: float | None = 120.0
+    ) -> None:
         super().__init__()
         self.socket_path = socket_path
         self.timeout_s = timeout_s
@@ -56,7 +58,7 @@ class Client(protocol.LineClient):
             answer: bytes = self._reader.readline()
         except TimeoutError:
             raise ProtocolError(
-                f"the daemon did not answer {method} within {self.timeout_s:.0f} s"
+                f"the daemon did not answer {method} within {self.timeout_s or 0:.0f} s"
             ) from None
         except OSError as exc:
             raise NotRunning(f"lost the connection to the daemon: {exc}") from None

@@ -16,6 +16,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hpcops.api.protocol import LineClient
     from hpcops.client.route import RouteKey
+    from hpcops.errors import HpcopsError
 
 
 def open_client(
@@ -57,7 +58,7 @@ def open_routed(
         return open_client(None, remote_name), None
     routed = route.open_route(key)
     if routed is not None:
-        return routed, None
+        return routed, key
     return open_client(None, remote_name), key
 
 
@@ -68,3 +69,18 @@ def remember_route(key: RouteKey | None, client: LineClient) -> None:
         from hpcops.client import route
 
         route.remember(key, *found)
+
+
+def drop_route(key: RouteKey | None, client: LineClient, error: HpcopsError) -> None:
+    """After a call over a remembered route that the far end did not answer (the daemon moved
+    or stopped while the master lived on): forget the route, so that the next call goes the
+    full way, which finds where the daemon listens now. Not retried here: the request may have
+    reached the daemon."""
+    from hpcops.errors import NotRunning, ProtocolError
+
+    if key is None or not isinstance(error, NotRunning | ProtocolError):
+        return
+    from hpcops.client import route
+
+    if isinstance(client, route.RoutedClient):
+        route.forget(key)

@@ -147,7 +147,10 @@ class RoutedClient(Client):
     go names the remote, and it never uploads (the fast entry's submit ships no code)."""
 
     def __init__(self, socket_path: str, remote_name: str) -> None:
-        super().__init__(socket_path)
+        # No time limit on an answer, as on the forward's own socket (client/forward.py): a
+        # submit given up on here may still be queued, and a script that retries would queue
+        # it twice.
+        super().__init__(socket_path, timeout_s=None)
         self.remote_name = remote_name
 
     def _closed(self) -> HpcopsError:

@@ -6,6 +6,7 @@ config and imports none of the OpenSSH modules."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import socket
@@ -22,8 +23,8 @@ import pytest
 from hpcops.api import protocol
 from hpcops.api.protocol import LineClient
 from hpcops.client import route
-from hpcops.client.connect import remember_route
-from hpcops.errors import NotRunning
+from hpcops.client.connect import drop_route, remember_route
+from hpcops.errors import InvalidInput, NotRunning, ProtocolError
 
 
 @pytest.fixture
@@ -220,6 +221,31 @@ def test_a_routed_client_that_loses_the_far_end_names_the_remote(lab: dict[str, 
     assert "hpcops remote check lab" in str(error)
 
 
+def test_a_routed_client_waits_for_its_answer_as_long_as_it_takes(lab: dict[str, Any]) -> None:
+    # As on the forward's own socket: a submit given up on might still be queued.
+    client = route.RoutedClient(str(lab["sock"]), "lab")
+    try:
+        client.connect()
+        assert client._sock is not None and client._sock.gettimeout() is None
+    finally:
+        client.close()
+
+
+def test_only_a_route_that_did_not_answer_is_dropped(lab: dict[str, Any]) -> None:
+    key = _key(lab)
+    routed = route.RoutedClient(str(lab["sock"]), "lab")
+    route.remember(key, str(lab["sock"]), "lab")
+    drop_route(key, routed, InvalidInput("s.yaml: invalid spec"))
+    drop_route(key, LineClient(), NotRunning("the full path's own client"))
+    drop_route(None, routed, NotRunning("a call that came without a key"))
+    assert Path(key[0]).exists(), "the daemon answered, or the route was not taken"
+    drop_route(key, routed, ProtocolError("garbage from the far end"))
+    assert not Path(key[0]).exists()
+    route.remember(key, str(lab["sock"]), "lab")
+    drop_route(key, routed, NotRunning("the far end let go"))
+    assert not Path(key[0]).exists()
+
+
 PROBE = """
 import sys
 sys.argv = ["hpcops", *{argv!r}]
@@ -255,3 +281,44 @@ def test_a_submit_over_a_route_reads_no_config(lab: dict[str, Any]) -> None:
     assert ast.literal_eval(shape) == {"imported": [], "code": 0}
     [call] = lab["calls"]
     assert call["method"] == "submit" and call["params"]["specs"][0]["source"] == str(spec)
+
+
+def test_a_route_whose_far_end_lets_go_is_forgotten_by_the_submit(lab: dict[str, Any]) -> None:
+    """The master lives on but nothing answers at the forward's far end (the daemon moved): the
+    forward's local end accepts and closes. The submit fails as not running, once, and forgets
+    the route, so that the next submit goes the full way and finds the daemon again."""
+    runtime = lab["tmp"] / "run2"
+    runtime.mkdir(mode=0o700)
+    dead = runtime / "f-dead.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(dead))
+    listener.listen(4)
+
+    def accept_and_close() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                conn.recv(65536)
+                conn.close()
+
+    threading.Thread(target=accept_and_close, daemon=True).start()
+    key = _key(lab, "lab")
+    route.remember(key, str(dead), "lab")
+    spec = lab["tmp"] / "s.yaml"
+    spec.write_text("name: r\nexperiment: e\ncommand: 'true'\n")
+    env = {**os.environ, **lab["env"], "HPCOPS_CONFIG": str(lab["config"])}
+    env.pop("HPCOPS_HOME", None)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", PROBE.format(argv=["--remote", "lab", "submit", str(spec)])],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+    finally:
+        listener.close()
+    *out, shape = proc.stdout.splitlines()
+    assert out == [] and ast.literal_eval(shape)["code"] == 3
+    assert "remote 'lab'" in proc.stderr
+    assert not Path(key[0]).exists(), "the route is forgotten"

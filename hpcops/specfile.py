@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 
 from hpcops.describe import CONTROL_RE
 
@@ -78,10 +79,13 @@ def folder_of(path: str) -> str:
 def spec_file_item(path: str | os.PathLike[str]) -> dict[str, str] | None:
     """The spec file as the daemon takes it from here: its text as it is, and its folder, for
     the daemon to anchor relative paths against (as `load_spec_file` does). None when the CLI's
-    full path must read it: unreadable, too big, not UTF-8, or a key only that path handles."""
+    full path must read it: unreadable, too big, not UTF-8, a key only that path handles, or
+    not a regular file (a pipe, `<(envsubst < t.yaml)`, is left unread for that path to read)."""
     name = os.fspath(path)
     try:
         with open(name, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                return None
             data = file.read(MAX_SPEC_BYTES + 1)
     except OSError:
         return None

@@ -4,6 +4,8 @@
     ├── InvalidInput               exit 2: the caller's spec, config, argument or request is wrong
     │   ├── SpecError                  a spec file: each problem names its field and what is allowed
     │   ├── ConfigError                a config file
+    │   ├── NeedsFullPath              a spec the fast submit sent as it is needs the CLI's full
+    │   │                              path (code to ship, a schedule: block); nothing was queued
     │   ├── _Refused                   private to the YAML reader: a feature the input may not use
     │   └── YamlProblems               a YAML document was refused: its problems, by location
     ├── NotRunning                 exit 3: no daemon answers on the socket
@@ -112,6 +114,13 @@ class ConfigError(InvalidInput):
     kind = "invalid_config"
 
 
+class NeedsFullPath(InvalidInput):
+    """The daemon's answer to a spec file sent as it is (the fast submit, `cli/queued.py`) that
+    only the CLI's full path can queue: the client then takes that path, without asking again."""
+
+    kind = "needs_full_path"
+
+
 class NotRunning(HpcopsError):
     exit_code = 3
     kind = "not_running"
@@ -209,6 +218,7 @@ ERROR_KINDS: dict[str, type[HpcopsError]] = {
         HpcopsError,
         InvalidInput,
         ConfigError,
+        NeedsFullPath,
         NotRunning,
         RemoteUnreachable,
         AuthenticationFailed,

@@ -14,6 +14,14 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+class _Asked:
+    """Whether this process has asked the daemon already, and been sent to the full path: the
+    fast entry hands such a call to the click command, which must not ask the same again (on a
+    cluster without a master connection every request is an SSH login, perhaps a second factor)."""
+
+    full_path_only = False
+
+
 def quick_submit(
     specs: Sequence[str | PathLike[str]], send: Callable[[list[dict[str, str]]], Any]
 ) -> list[dict[str, Any]] | None:
@@ -21,17 +29,21 @@ def quick_submit(
     schedule: block to mention, no pipeline): `send` gives the daemon their text
     (`specfile.spec_file_item`), which it validates anyway, and this process imports neither
     pydantic nor the code-shipping modules. None when the full path must run: a spec needs it,
-    or the daemon found one invalid (the full path then says what is wrong with each spec, in
-    the words it always used). The fast entry and the click command both submit through here."""
-    from hpcops.errors import InvalidInput
+    as read here or as the daemon found (NeedsFullPath). A spec the daemon finds invalid is
+    InvalidInput, every spec's problems in one message, as the full path words them: the call
+    ends there, sent once. The fast entry and the click command both submit through here."""
+    from hpcops.errors import NeedsFullPath
     from hpcops.specfile import spec_file_item
 
+    if _Asked.full_path_only:
+        return None
     items = [spec_file_item(path) for path in specs]
     if None in items:
         return None
     try:
         return per_spec(send([item for item in items if item is not None]))
-    except InvalidInput:
+    except NeedsFullPath:
+        _Asked.full_path_only = True
         return None
 
 

@@ -126,6 +126,51 @@ def test_submit_parses_each_spec_once_and_hands_the_engine_specs(
     assert [(a.actor, a.action, a.allowed) for a in audit] == [("ana", "submit", True)] * 2
 
 
+def test_every_invalid_spec_of_a_submit_is_named_at_once_and_nothing_is_queued(
+    api: tuple[Api, DispatchEngine, Store], tmp_path: Path
+) -> None:
+    server, engine, store = api
+    bad_gpus = SPEC + "resources: {gpus: -1}\n"
+    answer = call(
+        server,
+        ANA,
+        "submit",
+        specs=[
+            {"yaml": bad_gpus, "source": "a.yaml", "base_dir": str(tmp_path)},
+            {"yaml": SPEC, "source": "b.yaml", "base_dir": str(tmp_path)},
+            {"yaml": "name: [", "source": "c.yaml", "base_dir": str(tmp_path)},
+        ],
+    )
+    error = answer["error"]
+    assert error["kind"] == "invalid_input", error
+    lines = error["message"].splitlines()
+    assert lines[0] == "a.yaml: invalid spec" and "resources.gpus" in lines[1]
+    assert any(line.startswith("c.yaml") for line in lines), lines
+    assert not any(line.startswith("b.yaml") for line in lines), lines
+    assert lines[-1] == "nothing was queued"
+    assert engine.enqueued == [] and store.audit_log() == []
+
+
+def test_a_spec_that_needs_the_full_path_is_said_so_before_any_other_problem(
+    api: tuple[Api, DispatchEngine, Store], tmp_path: Path
+) -> None:
+    # The client's full path reads every spec itself and names each problem: the daemon says
+    # only that the full path must run, whatever else it found.
+    server, engine, _ = api
+    answer = call(
+        server,
+        ANA,
+        "submit",
+        specs=[
+            {"yaml": "name: [", "source": "c.yaml", "base_dir": str(tmp_path)},
+            {"yaml": SPEC + '"code": {repo: .}\n', "source": "d.yaml", "base_dir": str(tmp_path)},
+        ],
+    )
+    assert answer["error"]["kind"] == "needs_full_path", answer
+    assert answer["error"]["message"].startswith("d.yaml: a spec with code: or schedule:")
+    assert engine.enqueued == []
+
+
 def test_a_member_priority_outside_their_range_queues_nothing(
     api: tuple[Api, DispatchEngine, Store],
 ) -> None:

@@ -20,7 +20,7 @@ from hpcops.api import protocol
 from hpcops.api.handlers.queue import parse_file_text
 from hpcops.api.params import SubmitParams
 from hpcops.cli.fast import FastCall, read_fast_call
-from hpcops.errors import InvalidInput
+from hpcops.errors import InvalidInput, NeedsFullPath
 from hpcops.spec import load_spec_file
 from hpcops.specfile import MAX_SPEC_BYTES, folder_of, spec_file_item
 from hpcops.yamlio import MAX_YAML_BYTES
@@ -110,7 +110,8 @@ SWEEP = {
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[tuple[Path, list[dict[str, Any]], dict[str, Any]]]:
     """A Unix socket that answers like the daemon: `answers["submit"]` (an InvalidInput when it
-    is one), `ping` with "pong"; every request it got lands in `calls`."""
+    is one; a function of the params gives either), `ping` with "pong"; every request it got
+    lands in `calls`."""
     home = tmp_path / "home"
     home.mkdir()
     calls: list[dict[str, Any]] = []
@@ -122,6 +123,8 @@ def daemon(tmp_path: Path) -> Iterator[tuple[Path, list[dict[str, Any]], dict[st
                 message = json.loads(line)
                 calls.append(message)
                 result = answers[message["method"]]
+                if callable(result):
+                    result = result(message["params"])
                 if isinstance(result, InvalidInput):
                     reply = protocol.failure(message["id"], result)
                 else:
@@ -239,16 +242,43 @@ def test_no_daemon_is_the_same_error_and_exit_code(tmp_path: Path) -> None:
     assert fast["click"] is False and fast["heavy"] == []
 
 
-def test_a_spec_the_daemon_refuses_is_explained_by_the_click_command(
+def test_a_spec_the_daemon_refuses_is_printed_as_the_click_command_prints_it_and_sent_once(
     tmp_path: Path, daemon: tuple[Path, list[dict[str, Any]], dict[str, Any]]
 ) -> None:
     home, calls, answers = daemon
-    answers["submit"] = InvalidInput("s.yaml: invalid spec\n  resources.gpus: must be >= 0")
+    refusal = "s.yaml: invalid spec\n  resources.gpus: must be >= 0\nnothing was queued"
+    answers["submit"] = InvalidInput(refusal)
     (tmp_path / "s.yaml").write_text(SPEC)
-    _, err, shape = _run("fast", ["--home", str(home), "submit", "s.yaml"], tmp_path)
-    assert shape["code"] == 2 and "resources.gpus: must be >= 0" in err
-    assert shape["click"] is True  # the refusal was handed on, not printed here
-    assert all(c["method"] == "submit" for c in calls)
+    argv = ["--home", str(home), "submit", "s.yaml"]
+    fast_out, fast_err, fast = _run("fast", argv, tmp_path)
+    assert len(calls) == 1, "asked once: a refusal is the answer, not a reason to ask again"
+    calls.clear()
+    click_out, click_err, slow = _run("click", argv, tmp_path)
+    assert len(calls) == 1
+    assert (fast_out, fast_err, fast["code"]) == (click_out, click_err, slow["code"])
+    assert (fast_err, fast["code"]) == (f"hpcops: {refusal}\n", 2)
+    assert fast["click"] is False and fast["heavy"] == []
+
+
+def test_a_spec_the_daemon_hands_back_goes_the_full_path_without_asking_again(
+    tmp_path: Path, daemon: tuple[Path, list[dict[str, Any]], dict[str, Any]]
+) -> None:
+    # The daemon sends a file it was given as it is to the full path (here, a quoted "code" key
+    # the fast entry's line scan does not see): the click command then reads the spec and
+    # sends it as the full path does, and never repeats the quick request.
+    home, calls, answers = daemon
+
+    def submit(params: dict[str, Any]) -> Any:
+        if any("base_dir" in item for item in params["specs"]):
+            return NeedsFullPath("s.yaml: a spec with code: or schedule: goes through ...")
+        return ONE_RUN
+
+    answers["submit"] = submit
+    (tmp_path / "s.yaml").write_text(SPEC)
+    out, err, shape = _run("fast", ["--home", str(home), "submit", "s.yaml"], tmp_path)
+    assert (out, err, shape["code"], shape["click"]) == ("12", "", 0, True)
+    quick, full = [c["params"]["specs"] for c in calls]
+    assert "base_dir" in quick[0] and "base_dir" not in full[0]
 
 
 @pytest.mark.parametrize(
@@ -344,6 +374,19 @@ def test_files_only_the_click_command_reads(tmp_path: Path, text: str) -> None:
     assert spec_file_item(tmp_path / "missing.yaml") is None
     path.write_bytes(b"name: \xff\n")
     assert spec_file_item(path) is None
+
+
+def test_a_spec_from_a_pipe_is_left_unread_for_the_click_command() -> None:
+    # `hpcops submit <(envsubst < t.yaml)`: a pipe can be read once, so the path that reads it
+    # must be the only one that does.
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, SPEC.encode())
+        os.close(write_end)
+        assert spec_file_item(f"/dev/fd/{read_end}") is None
+        assert os.read(read_end, 4096) == SPEC.encode(), "nothing was taken from the pipe"
+    finally:
+        os.close(read_end)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """The CLI's quick path for a spec (issue 16): the file's text and its folder, sent for the
 daemon to anchor and validate. What the daemon reads from it must be what the full path reads
-from the file, and a spec the quick path cannot take goes the full path, with its messages."""
+from the file, a spec the quick path cannot take goes the full path, with its messages, and a spec
+the daemon refuses is named in the full path's words."""
 
 from __future__ import annotations
 
@@ -58,17 +59,41 @@ def test_what_the_quick_path_leaves_to_the_full_one(tmp_path: Path, content: str
     assert spec_file_item(path) is None
 
 
-def test_a_spec_the_daemon_refuses_gets_the_full_paths_message(
+def test_the_daemon_names_every_bad_spec_in_the_full_paths_words() -> None:
+    """The quick path prints the daemon's refusal as it is (asked once), so for every malformed
+    spec the project keeps, what the daemon says of the file's text is what the full path says
+    of the file."""
+    from hpcops.api.handlers.queue import parse_file_text
+    from hpcops.api.params import SubmitParams
+    from hpcops.errors import NeedsFullPath
+
+    compared = []
+    for path in sorted(BAD_SPECS.iterdir()):
+        item = spec_file_item(path)
+        if item is None:
+            continue  # the full path reads it: nothing to compare
+        with pytest.raises(InvalidInput) as local:
+            load_spec_file(path)
+        with pytest.raises(InvalidInput) as daemon:
+            parse_file_text(SubmitParams.parse({"specs": [item]}).specs[0])
+        if isinstance(daemon.value, NeedsFullPath):
+            continue
+        assert daemon.value.message == local.value.message, path.name
+        compared.append(path.name)
+    assert len(compared) > 50, compared
+
+
+def test_a_spec_the_daemon_refuses_is_printed_as_it_says_and_asked_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     daemon = fake_daemon(monkeypatch)
-    daemon.answers["submit"] = InvalidInput("the daemon's words")
     path = BAD_SPECS / "unknown_key.yaml"
+    words = f"{path}: invalid spec\n  the daemon's words\nnothing was queued"
+    daemon.answers["submit"] = InvalidInput(words)
     result = run_cli("submit", str(path))
     assert result.exit_code == 2
-    assert "nothing was queued" in result.output
-    assert str(path) in result.output
-    assert [m for m, _ in daemon.calls] == ["submit"], "the full path refused it before sending"
+    assert result.output == f"hpcops: {words}\n"
+    assert [m for m, _ in daemon.calls] == ["submit"], "a refusal is not asked again"
 
 
 def test_a_quick_submit_prints_as_the_full_path_did(

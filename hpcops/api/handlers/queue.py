@@ -28,7 +28,7 @@ from hpcops.api.params import (
 from hpcops.api.sweeps import sweep_preview
 from hpcops.api.views import sweep_ref
 from hpcops.describe import id_ranges
-from hpcops.errors import InvalidInput
+from hpcops.errors import InvalidInput, NeedsFullPath
 from hpcops.retries import attempt_number
 from hpcops.states import RunState, why_not_retryable
 from hpcops.store import Audit, Run, Sweep
@@ -64,7 +64,17 @@ class QueueHandlers:
         parsed Spec (and the shipment of its code) from here on."""
         authorize("submit", req.caller, req.role)
         items = SubmitParams.parse(req.params).specs
-        specs = [(parse_file_text(item), item.source) for item in items]
+        specs, problems = [], []
+        for item in items:
+            try:
+                specs.append((parse_file_text(item), item.source))
+            except NeedsFullPath:
+                raise  # the client's full path reads every spec again and names any problem
+            except InvalidInput as exc:
+                problems.append(exc.message)
+        if problems:
+            # Every spec's problems at once, in the words the CLI's full path uses.
+            raise InvalidInput("\n".join(problems) + "\nnothing was queued")
         for spec, _source in specs:
             check_priority(spec.priority, req.role, self.access)
         shipments = [item.code.shipment() if item.code else None for item in items]
@@ -369,13 +379,13 @@ class QueueHandlers:
 def parse_file_text(item: SpecItem) -> Spec:
     """The spec an item carries. A file's own text (`base_dir` set, the fast entry's submit)
     must not need what only the CLI's full path does: pinning and shipping code, mentioning a
-    schedule: block. Refused as invalid input, the fast entry hands the call to that path."""
+    schedule: block. Refused as NeedsFullPath, the client hands the call to that path."""
     from hpcops.spec import parse_spec
 
     base_dir = Path(item.base_dir) if item.base_dir is not None else None
     spec = parse_spec(item.yaml, item.source, base_dir=base_dir)
     if base_dir is not None and (spec.code is not None or spec.schedule is not None):
-        raise InvalidInput(
+        raise NeedsFullPath(
             f"{item.source}: a spec with code: or schedule: goes through the CLI's full path "
             "(hpcops submit pins and ships its code, and names its schedule); nothing was queued"
         )

@@ -192,7 +192,11 @@ class Lab:
             self.tracker.step()
             if not self.store.tracking_due(self.clock()):
                 return
-        raise AssertionError(f"still due: {self.store.tracking_due(self.clock())}")
+        health = self.tracker.health
+        raise AssertionError(
+            f"still due: {self.store.tracking_due(self.clock())}; the tracker's last error: "
+            f"{health.last_error!r}, retrying at {health.retry_at - self.clock():+.1f} s"
+        )
 
     def sweep(self, sweep_id: int) -> Sweep:
         return self.store.get_sweep(sweep_id)

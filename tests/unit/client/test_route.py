@@ -260,11 +260,8 @@ print({{"imported": [n for n in names if n in sys.modules], "code": code}})
 """
 
 
-def test_a_submit_over_a_route_reads_no_config(lab: dict[str, Any]) -> None:
-    """The fast entry's submit, by the route the last forwarded submit left: the daemon gets
-    it, and the process imported neither the config reader nor any OpenSSH module."""
-    key = _key(lab, "lab")
-    route.remember(key, str(lab["sock"]), "lab")
+def _submit_by_the_route(lab: dict[str, Any]) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`hpcops --remote lab submit s.yaml` through the fast entry, in a fresh interpreter."""
     spec = lab["tmp"] / "s.yaml"
     spec.write_text("name: r\nexperiment: e\ncommand: 'true'\n")
     env = {**os.environ, **lab["env"], "HPCOPS_CONFIG": str(lab["config"])}
@@ -276,6 +273,15 @@ def test_a_submit_over_a_route_reads_no_config(lab: dict[str, Any]) -> None:
         env=env,
         check=True,
     )
+    return proc, spec
+
+
+def test_a_submit_over_a_route_reads_no_config(lab: dict[str, Any]) -> None:
+    """The fast entry's submit, by the route the last forwarded submit left: the daemon gets
+    it, and the process imported neither the config reader nor any OpenSSH module."""
+    key = _key(lab, "lab")
+    route.remember(key, str(lab["sock"]), "lab")
+    proc, spec = _submit_by_the_route(lab)
     *out, shape = proc.stdout.splitlines()
     assert out == ["7"], proc.stderr
     assert ast.literal_eval(shape) == {"imported": [], "code": 0}
@@ -304,18 +310,8 @@ def test_a_route_whose_far_end_lets_go_is_forgotten_by_the_submit(lab: dict[str,
     threading.Thread(target=accept_and_close, daemon=True).start()
     key = _key(lab, "lab")
     route.remember(key, str(dead), "lab")
-    spec = lab["tmp"] / "s.yaml"
-    spec.write_text("name: r\nexperiment: e\ncommand: 'true'\n")
-    env = {**os.environ, **lab["env"], "HPCOPS_CONFIG": str(lab["config"])}
-    env.pop("HPCOPS_HOME", None)
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", PROBE.format(argv=["--remote", "lab", "submit", str(spec)])],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-        )
+        proc, _ = _submit_by_the_route(lab)
     finally:
         listener.close()
     *out, shape = proc.stdout.splitlines()

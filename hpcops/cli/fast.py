@@ -14,7 +14,9 @@ those words, in that order, with specs the daemon can take as they are (no code 
 schedule: block to mention, no pipeline). Their text goes as it is, with the file's folder, and
 the daemon reads and anchors it (`api.handlers.queue.parse_file_text`): this process imports no
 YAML parser and no spec model. Anything else -- another command or option, --debug, --help, a
-spec the daemon refuses -- goes to the click CLI untouched, which then says what it always says.
+spec only the full path can queue -- goes to the click CLI untouched, which then says what it
+always says (and does not ask the daemon the same again: `cli.queued`). A spec the daemon
+refuses is printed here, in the words the full path uses, as the daemon gives them.
 What is printed and exited is the click command's: the same client (`client.connect`), the same
 words (`cli.queued`), the same exit codes (`errors.HpcopsError.exit_code`).
 """

@@ -162,6 +162,19 @@ def parse_cron(expr: str) -> CronFields:
     return CronFields(explicit(0), explicit(1), explicit(2), explicit(3), day_of_week)
 
 
+def repeated_wall_time(epoch: float, cron: str | None, timezone: str) -> bool:
+    """A due time of a cron schedule with a fixed hour that is its wall-clock time come round a
+    second time, as the clocks go back at the end of summer time (`30 2 * * *` in Europe/Berlin
+    is due at 02:30 +02:00 and again at 02:30 +01:00, an hour apart). crontab runs such a job
+    once, and so does hpcops: the second is dropped. An hour field of `*` or `*/N` fires in
+    both hours, as crontab does: they are two real hours."""
+    if cron is None or cron.split()[1].startswith("*"):
+        return False
+    from zoneinfo import ZoneInfo
+
+    return datetime.fromtimestamp(epoch, ZoneInfo(timezone)).fold == 1
+
+
 _ZONE_RE = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,3}")
 
 
@@ -267,9 +280,10 @@ def plan_firings(
     misfire handling are off, so the decision and its reason are ours).
 
     One time, at most ON_TIME_S late: an ordinary firing. Several times, all due since
-    `up_since` (when this daemon began firing) and the latest at most ON_TIME_S late: the
-    daemon was running but busy (a loaded login node delays the scheduler's thread past a short
-    interval), so it is one ordinary firing for the latest, and the reason counts the others.
+    `up_since` (when this daemon began firing) and all at most ON_TIME_S late: the daemon was
+    running but busy (a loaded login node delays the scheduler's thread past a short interval),
+    so it is one ordinary firing for the latest, and the reason counts the others. Older ones
+    mean the daemon was suspended (SIGSTOP, a paused VM) or the clock jumped: missed.
     Anything else: the daemon was down. Then `one` fires once for the latest (within the
     grace), `all` fires for each within the grace, `none` records the latest as missed. Older
     missed times are counted in the reason, not recorded one by one (a week's downtime of a
@@ -282,7 +296,7 @@ def plan_firings(
     if now - latest <= ON_TIME_S:
         if len(times) == 1:
             return [Planned(latest, True, "scheduled", "")]
-        if up_since is not None and times[0] >= up_since:
+        if up_since is not None and times[0] >= up_since and now - times[0] <= ON_TIME_S:
             busy = (
                 f"{len(times) - 1} earlier due time(s) since {_iso(times[0])} were delivered late "
                 "while the daemon was busy; fired once, for the latest"

@@ -103,6 +103,7 @@ class Firer:
                     actor=claimed.actor,
                     note=claimed.reason,
                     submit=schedule.removed_at is None,
+                    claim_id=claimed.id,
                 )
         except Exception:  # a bug costs this firing, not the pool or the other schedules
             # The claim stays pending (the store was busy, say): try it again after a back-off
@@ -133,13 +134,16 @@ class Firer:
         note: str = "",
         submit: bool = True,
         data_json: str | None = None,
+        claim_id: int | None = None,
     ) -> tuple[Firing, bool]:
         """One firing: a fresh run of the schedule's spec (or its pipeline, every step) for its
         owner, recorded with it in one transaction. Returns the firing and whether it is new
-        (False: already recorded).
+        (False: already recorded, or claimed by another than `claim_id`, the claim this
+        completes).
         `data_json`: the data versions a check read, kept on a firing that queues no run (its
         run's own versions are kept on one that does)."""
         firing = Firing(
+            id=claim_id,
             schedule_id=id_of(schedule),
             scheduled_for=scheduled_for,
             fired_at=self.clock(),

@@ -34,6 +34,7 @@ schedule. The run and the completed record are written in one transaction, at mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -202,12 +203,18 @@ class ScheduleService:
         while not ready.wait(0.5):
             if stop.is_set():
                 return
-        if self._scheduler is not None and not stop.is_set():
+        scheduler = self._scheduler  # shutdown() may drop it meanwhile, on its own thread
+        if scheduler is not None and not stop.is_set():
             # Firings a stopped daemon claimed but did not complete: complete them now.
             for claimed in self.store.pending_firings():
                 self._firer.fire_later(claimed)
             self._firing_since = self.clock()
-            self._scheduler.resume()
+            from apscheduler.schedulers import SchedulerNotRunningError
+
+            # Stopping between the check and here leaves nothing to resume: the claims stay
+            # pending for the next start.
+            with contextlib.suppress(SchedulerNotRunningError):
+                scheduler.resume()
 
     def shutdown(self) -> None:
         if self._scheduler is not None:
@@ -468,8 +475,15 @@ class ScheduleService:
             # is now, whatever it was in between.
             self._start_check(schedule_id, max(t.timestamp() for t in run_times))
             return
+        due = [
+            round(t.timestamp(), 3)
+            for t in run_times
+            if not cadence.repeated_wall_time(t.timestamp(), schedule.cron, schedule.timezone)
+        ]
+        if not due:
+            return  # 02:30 come round again as the clocks went back: it fired the first time
         plans = cadence.plan_firings(
-            [round(t.timestamp(), 3) for t in run_times],
+            due,
             now,
             catch_up=schedule.catch_up,
             grace_s=schedule.catch_up_grace_s,

@@ -163,7 +163,12 @@ class ScheduleTables(Database):
         now = time.time()
         with self._session() as session:
             existing = _firing_at(session, firing.schedule_id, firing.scheduled_for)
-            if existing is not None and existing.outcome != FIRING_PENDING:
+            if existing is not None and (
+                existing.outcome != FIRING_PENDING or existing.id != firing.id
+            ):
+                # Recorded already; or claimed, and only the claim's own completion (which
+                # carries its id, Firer._fire_claimed) completes it: a skip planned for the same
+                # time after a restart must not overwrite the run the claim is preparing.
                 return existing, False
             if existing is not None:
                 # Claimed before its slow part (claim_firing): complete that very record.

@@ -59,7 +59,9 @@ class SlowForOne:
         return None
 
 
-def _schedule(store: Store, name: str) -> Schedule:
+def _schedule(
+    store: Store, name: str, catch_up: str = "one", cron: str | None = None, zone: str = "UTC"
+) -> Schedule:
     now = time.time()
     return store.add_schedule(
         Schedule(
@@ -68,9 +70,10 @@ def _schedule(store: Store, name: str) -> Schedule:
             owner_uid=0,
             spec_yaml=SPEC,
             spec_name="nightly",
-            every_s=3600,
-            timezone="UTC",
-            catch_up="one",
+            every_s=None if cron else 3600,
+            cron=cron,
+            timezone=zone,
+            catch_up=catch_up,
             catch_up_grace_s=3600,
             created_at=now,
             updated_at=now,
@@ -155,3 +158,52 @@ def test_a_claim_left_by_a_crash_is_completed_at_start_once(tmp_path: Path) -> N
     firings = store.firings(schedule.id or 0)
     assert [(f.outcome, f.id) for f, _ in firings] == [("submitted", claimed.id)]
     assert len(engine.prepared) == 1
+
+
+def test_a_skip_planned_after_a_restart_leaves_the_claim_to_complete(tmp_path: Path) -> None:
+    """Killed after a claim committed and before APScheduler moved the job on: at the next start
+    APScheduler reports that time again, and `catch_up: none` plans a skip for it. The skip must
+    not overwrite the claim, whose run is being prepared: the claim completes, once."""
+    store = Store(tmp_path / "hpcops.db")
+    schedule = _schedule(store, "crashed", catch_up="none")
+    due = float(int(time.time()) - 300)  # the daemon was down for five minutes
+    claimed, _ = store.claim_firing(
+        Firing(
+            schedule_id=schedule.id or 0,
+            scheduled_for=due,
+            fired_at=due,
+            kind="scheduled",
+            actor="daemon",
+            outcome="pending",
+        )
+    )
+    engine = SlowForOne(slow="crashed")  # its preparation waits: the skip comes first
+    service = ScheduleService(store, engine, parse_config("lab: t\n", "c"), daemon_uid=0)  # type: ignore[arg-type]
+    service.start()
+    ready, stop = threading.Event(), threading.Event()
+    ready.set()
+    try:
+        service.resume_after(ready, stop)  # the claim goes to the pool
+        service._on_due(schedule.id or 0, [datetime.fromtimestamp(due, UTC)])  # the skip
+        [(firing, _)] = store.firings(schedule.id or 0)
+        assert (firing.id, firing.outcome) == (claimed.id, "pending")
+        engine.release.set()
+        _wait(lambda: not store.pending_firings(), "the claim was completed")
+    finally:
+        engine.release.set()
+        service.shutdown()
+    [(firing, run)] = store.firings(schedule.id or 0)
+    assert (firing.id, firing.outcome, firing.kind) == (claimed.id, "submitted", "scheduled")
+    assert run is not None and len(engine.prepared) == 1
+
+
+def test_the_repeated_hour_as_the_clocks_go_back_does_not_fire_again(
+    lab: tuple[Store, SlowForOne, ScheduleService],
+) -> None:
+    store, _, service = lab
+    nightly = _schedule(store, "berlin", cron="30 2 * * *", zone="Europe/Berlin")
+    first, again = 1761438600.0, 1761442200.0  # 02:30 +02:00, then 02:30 +01:00 (2025-10-26)
+    service._on_due(nightly.id or 0, [datetime.fromtimestamp(first, UTC)])
+    _wait(lambda: not store.pending_firings(), "the first 02:30 fired")
+    service._on_due(nightly.id or 0, [datetime.fromtimestamp(again, UTC)])
+    assert [f.scheduled_for for f, _ in store.firings(nightly.id or 0)] == [first]

@@ -157,6 +157,11 @@ def test_times_from_before_the_daemon_began_firing_are_a_catch_up() -> None:
     late = NOW - timing.ON_TIME_S - 5
     stale = timing.plan_firings([late - 2, late], NOW, catch_up="one", grace_s=3600, up_since=0)
     assert [(p.scheduled_for, p.kind) for p in stale] == [(late, "catch-up")]
+    # A 30-second schedule of a daemon suspended for six hours: its latest time is always
+    # recent, but the first is hours old. The policy decides, not the busy rule.
+    suspended = [NOW - 6 * 3600 + 30 * i for i in range(720)]
+    every = timing.plan_firings(suspended, NOW, catch_up="all", grace_s=3600, up_since=0)
+    assert len(every) == 120 and {p.kind for p in every} == {"catch-up"}
 
 
 def test_beyond_the_grace_nothing_runs_and_the_reason_says_so() -> None:
@@ -172,6 +177,26 @@ def test_catch_up_none_records_the_miss_and_all_fires_each_within_the_grace() ->
     assert "catch_up is none" in none[0].reason
     every = timing.plan_firings(times, NOW, catch_up="all", grace_s=3600)
     assert [(p.scheduled_for, p.fire) for p in every] == [(NOW - 300, True), (NOW - 200, True)]
+
+
+def test_a_fixed_hour_fires_once_when_the_clocks_go_back() -> None:
+    # Europe/Berlin, 2025-10-26: 02:30 comes at 00:30 UTC (summer time) and again at 01:30 UTC.
+    first, again = 1761438600.0, 1761442200.0
+    trigger = timing.build_trigger(
+        cron="30 2 * * *", every_s=None, timezone="Europe/Berlin", anchor=0
+    )
+    before = datetime(2025, 10, 26, 0, 0, tzinfo=UTC)
+    due = trigger.get_next_fire_time(None, before)
+    assert due is not None and due.timestamp() == first
+    later = trigger.get_next_fire_time(due, due)
+    assert later is not None and later.timestamp() == again, "APScheduler gives both"
+    assert not timing.repeated_wall_time(first, "30 2 * * *", "Europe/Berlin")
+    assert timing.repeated_wall_time(again, "30 2 * * *", "Europe/Berlin")
+    # Every hour (or every other) fires in both real hours, as crontab does; so does UTC.
+    assert not timing.repeated_wall_time(again, "30 * * * *", "Europe/Berlin")
+    assert not timing.repeated_wall_time(again, "30 */2 * * *", "Europe/Berlin")
+    assert not timing.repeated_wall_time(again, "30 1 * * *", "UTC")
+    assert not timing.repeated_wall_time(again, None, "Europe/Berlin")
 
 
 def test_overlap_is_skipped_unless_allowed() -> None:

@@ -163,6 +163,9 @@ class ScheduleService:
         # started again beside itself.
         self._checking: set[int] = set()
         self._checking_lock = threading.Lock()
+        # A schedule's row and APScheduler's job change together: a pause and a resume at once
+        # from two requests would otherwise leave a row that says active over a paused job.
+        self._rows_lock = threading.Lock()
         # When this daemon began firing: a due time from then on was due while it ran, so a
         # late one is the daemon being busy, not down (cadence.plan_firings).
         self._firing_since: float | None = None
@@ -409,15 +412,17 @@ class ScheduleService:
         }
 
     def set_paused(self, schedule: Schedule, paused: bool) -> Schedule:
-        updated = self.store.update_schedule(id_of(schedule), paused=paused)
-        self._sync_job(updated)
+        with self._rows_lock:
+            updated = self.store.update_schedule(id_of(schedule), paused=paused)
+            self._sync_job(updated)
         return updated
 
     def remove(self, schedule: Schedule, caller: Caller) -> Schedule:
-        updated = self.store.update_schedule(
-            id_of(schedule), removed_at=self.clock(), removed_by=caller.name
-        )
-        self._sync_job(updated)
+        with self._rows_lock:
+            updated = self.store.update_schedule(
+                id_of(schedule), removed_at=self.clock(), removed_by=caller.name
+            )
+            self._sync_job(updated)
         return updated
 
     def run_now(self, schedule: Schedule, caller: Caller) -> Firing:

@@ -15,7 +15,7 @@ import pytest
 
 from hpcops.access import Caller
 from hpcops.config import parse_config
-from hpcops.scheduling.service import ScheduleService
+from hpcops.scheduling.service import ScheduleService, _job_id
 from hpcops.spec import Spec, parse_spec
 from hpcops.states import RunState
 from hpcops.store import Firing, Run, Schedule, Store
@@ -207,3 +207,34 @@ def test_the_repeated_hour_as_the_clocks_go_back_does_not_fire_again(
     _wait(lambda: not store.pending_firings(), "the first 02:30 fired")
     service._on_due(nightly.id or 0, [datetime.fromtimestamp(again, UTC)])
     assert [f.scheduled_for for f, _ in store.firings(nightly.id or 0)] == [first]
+
+
+def test_a_resume_during_a_pause_leaves_the_job_as_the_row_says(
+    lab: tuple[Store, SlowForOne, ScheduleService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two leads, one pausing and one resuming a schedule at the same moment. The pause has
+    written its row and not yet paused the job when the resume comes: the resume waits for it,
+    so the job ends as the row says (active and running), not paused under an active row."""
+    store, _, service = lab
+    schedule = _schedule(store, "contested")
+    paused_row_written = threading.Event()
+    real_update = store.update_schedule
+
+    def update_then_linger(schedule_id: int, **fields: Any) -> Schedule:
+        updated = real_update(schedule_id, **fields)
+        if fields.get("paused") is True:
+            paused_row_written.set()
+            time.sleep(0.3)  # the pause's request thread, descheduled before its job change
+        return updated
+
+    monkeypatch.setattr(store, "update_schedule", update_then_linger)
+    pause = threading.Thread(target=service.set_paused, args=(schedule, True))
+    pause.start()
+    assert paused_row_written.wait(5)
+    service.set_paused(schedule, False)
+    pause.join()
+    row = store.get_schedule(schedule.id or 0)
+    assert service._scheduler is not None
+    job = service._scheduler.get_job(_job_id(schedule.id))
+    assert row.paused is False
+    assert job is not None and job.next_run_time is not None, "the job runs, as its row says"

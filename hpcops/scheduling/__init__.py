@@ -5,6 +5,7 @@ when its DVC-tracked data changes.
                    pure: cron and time-zone checks, triggers, catch-up and overlap decisions
     datachange.py  pure: whether an on-data-change check fires, given the data versions now
                    and those of the schedule's earlier firings
+    settings.py    what `schedule add` asks for, checked: the settings a schedule is stored with
     service.py     the daemon's side: APScheduler, the firing path, data checks,
                    pause/resume/remove/run-now
 

@@ -37,13 +37,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -58,8 +56,8 @@ from hpcops.pipeline import Pipeline as LoadedPipeline
 from hpcops.pipeline import pipeline_from_wire, pipeline_to_wire
 from hpcops.scheduling import datachange
 from hpcops.scheduling.firing import Firer, clip, id_of
+from hpcops.scheduling.settings import ScheduleOptions, schedule_settings
 from hpcops.spec import Spec, parse_spec, spec_to_yaml
-from hpcops.spec.blocks import ScheduleBlock
 from hpcops.store import Firing, Schedule, Store
 from hpcops.store.schedules import FIRING_PENDING
 from hpcops.yamlio import dump_yaml
@@ -71,8 +69,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _JOB_PREFIX = "schedule-"
-# The spec's rule for names (spec.py): a schedule's name is typed and shown like a run's.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def due(schedule_id: int) -> None:
@@ -102,41 +98,12 @@ class FiringExecutor(BaseExecutor):  # type: ignore[misc]  # APScheduler has no 
             self._run_job_success(job.id, [])
 
 
-@dataclass(frozen=True)
-class ScheduleOptions:
-    """What `schedule add` says; None: take it from the spec's schedule block, then the config."""
-
-    name: str | None = None
-    cron: str | None = None
-    every_s: int | None = None
-    timezone: str | None = None
-    catch_up: str | None = None
-    catch_up_grace_s: int | None = None
-    allow_overlap: bool | None = None
-    on_data_change: bool | None = None
-    check_every_s: int | None = None
-
-
 # At most this many on-data-change checks at once (each is a git fetch and a few reads).
 _CHECK_THREADS = 2
 
 
 def _job_id(schedule_id: int | None) -> str:
     return f"{_JOB_PREFIX}{schedule_id}"
-
-
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
-
-
-def _local_zone() -> str:
-    """The login node's time zone, as an IANA name, for cron schedules that name none."""
-    import tzlocal  # APScheduler's own dependency
-
-    try:
-        return str(tzlocal.get_localzone_name() or "UTC")
-    except Exception:  # tzlocal raises its own errors for odd /etc/localtime setups
-        return "UTC"
 
 
 class ScheduleService:
@@ -264,8 +231,13 @@ class ScheduleService:
     def add(self, spec: Spec, source: str, options: ScheduleOptions, caller: Caller) -> Schedule:
         """A new schedule of `spec`, owned by the caller; every value is checked first, and a
         bad one changes nothing (InvalidInput naming the option)."""
-        settings = self._settings(
-            options, spec.schedule, spec.name, source, watch=lambda: datachange.watch_problem(spec)
+        settings = schedule_settings(
+            self.config.schedules,
+            options,
+            spec.schedule,
+            spec.name,
+            source,
+            watch=lambda: datachange.watch_problem(spec),
         )
         # The spec must be one that `hpcops submit` would queue today.
         plain = spec.model_copy(update={"schedule": None})
@@ -285,7 +257,9 @@ class ScheduleService:
         firing would queue it (each step's code resolved and its spec checked against the
         cluster), nothing stored; the pipeline is kept unpinned, so each firing takes the
         newest commit of a step's branch."""
-        settings = self._settings(options, None, loaded.name, loaded.source, watch=None)
+        settings = schedule_settings(
+            self.config.schedules, options, None, loaded.name, loaded.source, watch=None
+        )
         self.engine.prepare_pipeline(loaded, caller)  # raises what `submit` would refuse
         return self._store(
             settings,
@@ -310,106 +284,6 @@ class ScheduleService:
         )
         self._sync_job(schedule)
         return schedule
-
-    def _settings(
-        self,
-        options: ScheduleOptions,
-        block: ScheduleBlock | None,
-        default_name: str,
-        source: str,
-        *,
-        watch: Callable[[], str | None] | None,
-    ) -> dict[str, Any]:
-        """A schedule's settings from the options, else the spec's schedule block, else the
-        config; every problem at once (InvalidInput). `watch`: why the spec cannot be watched
-        for data changes (None: a pipeline, which fires only on a cron or an interval)."""
-        defaults = self.config.schedules
-
-        def pick(name: str) -> Any:
-            return _first(getattr(options, name), getattr(block, name, None) if block else None)
-
-        cron, every_s = options.cron, options.every_s
-        on_data = bool(options.on_data_change)
-        if cron is None and every_s is None and not on_data and block is not None:
-            cron, every_s, on_data = block.cron, block.every_s, bool(block.on_data_change)
-        if on_data and watch is None:
-            raise InvalidInput(
-                f"{source}: a pipeline fires on --cron or --every, not --on-data-change: its "
-                "steps' data is read when each step is queued. Schedule the pipeline on a cron, "
-                "or a spec with --on-data-change"
-            )
-        if on_data and (cron is not None or every_s is not None):
-            raise InvalidInput(
-                "on-data-change: a schedule fires on one trigger; --on-data-change "
-                "(on_data_change) cannot be combined with --cron or --every (cron, every_s)"
-            )
-        if (cron is None) == (every_s is None) and not on_data:
-            raise InvalidInput(
-                "a schedule needs exactly one of --cron EXPR (e.g. --cron '0 3 * * 1'), "
-                "--every SECONDS and --on-data-change, or a schedule: block in the spec"
-                if watch is not None
-                else "a pipeline's schedule needs exactly one of --cron EXPR (e.g. --cron "
-                "'0 3 * * 1') and --every SECONDS"
-            )
-        problems = []
-        check_every_s = pick("check_every_s")
-        if on_data and watch is not None:
-            check_every_s = _first(check_every_s, defaults.check_every_s)
-            try:
-                datachange.check_check_every_s(check_every_s, defaults.min_interval_s)
-            except ValueError as exc:
-                problems.append(f"check-every: {exc}")
-            watched = watch()
-            if watched is not None:
-                problems.append(f"data: {watched}")
-        elif check_every_s is not None:
-            problems.append(
-                "check-every: is how often an on-data-change schedule looks at its data; it "
-                "needs --on-data-change (on_data_change: true)"
-            )
-        if cron is not None:
-            try:
-                cadence.parse_cron(cron)
-                cron = " ".join(cron.split())
-            except ValueError as exc:
-                problems.append(f"cron {cron!r}: {exc}")
-        if every_s is not None:
-            try:
-                cadence.check_every_s(every_s, defaults.min_interval_s)
-            except ValueError as exc:
-                problems.append(f"every: {exc}")
-        zone = _first(pick("timezone"), defaults.timezone) or _local_zone()
-        try:
-            zone = cadence.check_timezone(zone)
-        except ValueError as exc:
-            problems.append(f"timezone: {exc}")
-        catch_up = _first(pick("catch_up"), defaults.catch_up)
-        try:
-            cadence.check_catch_up(catch_up)
-        except ValueError as exc:
-            problems.append(f"catch-up: {exc}")
-        grace = _first(pick("catch_up_grace_s"), defaults.catch_up_grace_s)
-        if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= 31 * 86400:
-            problems.append(f"catch-up grace: {grace!r} is not a whole number of seconds 0-2678400")
-        name = _first(options.name, block.name if block else None, default_name)
-        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-            problems.append(
-                f"name: {name!r} must be letters, digits and . _ - (starting with a letter or "
-                "digit), at most 64 characters"
-            )
-        if problems:
-            raise InvalidInput(f"{source}: cannot schedule it:\n  " + "\n  ".join(problems))
-        return {
-            "name": name,
-            "cron": cron,
-            "every_s": every_s,
-            "timezone": zone,
-            "catch_up": catch_up,
-            "catch_up_grace_s": grace,
-            "allow_overlap": bool(pick("allow_overlap")),
-            "on_data_change": on_data,
-            "check_every_s": check_every_s if on_data else None,
-        }
 
     def set_paused(self, schedule: Schedule, paused: bool) -> Schedule:
         with self._rows_lock:

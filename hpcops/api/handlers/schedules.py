@@ -36,7 +36,7 @@ class ScheduleHandlers:
 
     def schedule_add(self, req: Request) -> dict[str, Any]:
         from hpcops.pipeline import pipeline_from_wire
-        from hpcops.scheduling.service import ScheduleOptions
+        from hpcops.scheduling.settings import ScheduleOptions
         from hpcops.spec import parse_spec
 
         authorize("submit", req.caller, req.role)

@@ -22,7 +22,8 @@ from hpcops.data.cache import ContentCache
 from hpcops.errors import InvalidInput
 from hpcops.pipeline import Pipeline as LoadedPipeline
 from hpcops.pipeline import load_pipeline_file, pipeline_from_wire, pipeline_to_wire
-from hpcops.scheduling.service import ScheduleOptions, ScheduleService
+from hpcops.scheduling.service import ScheduleService
+from hpcops.scheduling.settings import ScheduleOptions
 from hpcops.store import Firing, Schedule, Store
 
 from .engine_harness import ALICE, EngineFactory, EngineHarness

@@ -49,6 +49,7 @@ from apscheduler.executors.base import BaseExecutor
 
 from hpcops import cadence
 from hpcops.access import Caller
+from hpcops.backoff import backoff_s
 from hpcops.config import Config
 from hpcops.engine import DAEMON, Engine
 from hpcops.errors import HpcopsError, InvalidInput, SpecError
@@ -67,6 +68,10 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
 log = logging.getLogger(__name__)
+
+# Due times that could not be recorded are tried again this much later, doubling up to the max.
+_DUE_RETRY_S = 5.0
+_DUE_RETRY_MAX_S = 300.0
 
 _JOB_PREFIX = "schedule-"
 
@@ -343,8 +348,26 @@ class ScheduleService:
 
     # --- firing -----------------------------------------------------------------------------
 
-    def _on_due(self, schedule_id: int, run_times: list[datetime]) -> None:
-        """APScheduler says these times of this schedule are due (FiringExecutor)."""
+    def _on_due(self, schedule_id: int, run_times: list[datetime], attempt: int = 0) -> None:
+        """APScheduler says these times of this schedule are due (FiringExecutor). APScheduler
+        moves the job on whatever happens here, so times that could not be recorded (the store
+        busy past its timeout, say) are tried again later, backing off, rather than lost: the
+        claims are idempotent, and a retry decides with the clock of its own time."""
+        try:
+            self._plan_due(schedule_id, run_times)
+        except Exception:
+            attempt += 1
+            delay = backoff_s(attempt, first_s=_DUE_RETRY_S, max_s=_DUE_RETRY_MAX_S)
+            log.exception(
+                "schedule %s: could not record its due time(s); trying again in %.0f s",
+                schedule_id,
+                delay,
+            )
+            retry = threading.Timer(delay, self._on_due, args=(schedule_id, run_times, attempt))
+            retry.daemon = True
+            retry.start()
+
+    def _plan_due(self, schedule_id: int, run_times: list[datetime]) -> None:
         now = self.clock()
         schedule = self.store.get_schedule(schedule_id)
         if schedule.removed_at is not None or schedule.paused:

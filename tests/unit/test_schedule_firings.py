@@ -15,6 +15,7 @@ import pytest
 
 from hpcops.access import Caller
 from hpcops.config import parse_config
+from hpcops.errors import StoreError
 from hpcops.scheduling.service import ScheduleService, _job_id
 from hpcops.spec import Spec, parse_spec
 from hpcops.states import RunState
@@ -238,3 +239,30 @@ def test_a_resume_during_a_pause_leaves_the_job_as_the_row_says(
     job = service._scheduler.get_job(_job_id(schedule.id))
     assert row.paused is False
     assert job is not None and job.next_run_time is not None, "the job runs, as its row says"
+
+
+def test_a_due_time_the_store_could_not_take_is_recorded_later(
+    lab: tuple[Store, SlowForOne, ScheduleService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """APScheduler moves a job on whatever its executor did: a claim the store refused (busy
+    past its timeout) is tried again after a back-off, not lost."""
+    store, engine, service = lab
+    schedule = _schedule(store, "busy-store")
+    real_claim = store.claim_firing
+    refusals = [StoreError("database is locked (for the test)")]
+
+    def claim_once_refused(firing: Firing) -> tuple[Firing, bool]:
+        if refusals:
+            raise refusals.pop()
+        return real_claim(firing)
+
+    monkeypatch.setattr(store, "claim_firing", claim_once_refused)
+    monkeypatch.setattr("hpcops.scheduling.service._DUE_RETRY_S", 0.05)
+    due = float(int(time.time()))
+    service._on_due(schedule.id or 0, [datetime.fromtimestamp(due, UTC)])  # returns quietly
+    assert refusals == [], "the first claim was refused"
+    _wait(lambda: engine.prepared, "the retry claimed and fired it")
+    _wait(lambda: not store.pending_firings(), "the firing completed")
+    [(firing, run)] = store.firings(schedule.id or 0)
+    assert (firing.scheduled_for, firing.outcome, firing.kind) == (due, "submitted", "scheduled")
+    assert run is not None

@@ -335,19 +335,22 @@ def test_the_daemon_reads_a_files_text_as_the_cli_reads_the_file(tmp_path: Path,
 
 
 @pytest.mark.parametrize(
-    ("text", "field"),
+    ("text", "says"),
     [
-        ('{"name": "j", "experiment": "e", "command": "true", "code": {"repo": "."}}', "code"),
-        (SPEC + '"schedule": {cron: "0 3 * * *"}\n', "schedule"),
+        ('{"name": "j", "experiment": "e", "command": "true", "code": {"repo": "."}}', "code:"),
+        (SPEC + '"schedule": {cron: "0 3 * * *"}\n', "schedule:"),
+        # A pipeline written by json.dumps: one line, which the client's line scan cannot read.
+        ('{"name": "chain", "steps": {"a": {"spec": "a.yaml"}}}', "a pipeline"),
     ],
+    ids=["code", "schedule", "pipeline"],
 )
-def test_the_daemon_hands_code_and_schedules_back_to_the_full_path(
-    tmp_path: Path, text: str, field: str
+def test_the_daemon_hands_code_schedules_and_pipelines_back_to_the_full_path(
+    tmp_path: Path, text: str, says: str
 ) -> None:
     item = SubmitParams.parse(
         {"specs": [{"yaml": text, "source": "s.yaml", "base_dir": str(tmp_path)}]}
     ).specs[0]
-    with pytest.raises(InvalidInput, match="code: or schedule:"):
+    with pytest.raises(NeedsFullPath, match=says):
         parse_file_text(item)
 
 

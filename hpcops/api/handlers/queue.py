@@ -379,11 +379,23 @@ class QueueHandlers:
 def parse_file_text(item: SpecItem) -> Spec:
     """The spec an item carries. A file's own text (`base_dir` set, the fast entry's submit)
     must not need what only the CLI's full path does: pinning and shipping code, mentioning a
-    schedule: block. Refused as NeedsFullPath, the client hands the call to that path."""
+    schedule: block, reading a pipeline's steps. Refused as NeedsFullPath, the client hands the
+    call to that path."""
     from hpcops.spec import parse_spec
 
     base_dir = Path(item.base_dir) if item.base_dir is not None else None
-    spec = parse_spec(item.yaml, item.source, base_dir=base_dir)
+    try:
+        spec = parse_spec(item.yaml, item.source, base_dir=base_dir)
+    except InvalidInput:
+        from hpcops.pipeline import is_pipeline_text
+
+        if base_dir is not None and is_pipeline_text(item.yaml):
+            # A pipeline whose steps: the client's line scan missed (JSON, quoted keys).
+            raise NeedsFullPath(
+                f"{item.source}: a pipeline goes through the CLI's full path (hpcops submit "
+                "reads its steps' specs); nothing was queued"
+            ) from None
+        raise
     if base_dir is not None and (spec.code is not None or spec.schedule is not None):
         raise NeedsFullPath(
             f"{item.source}: a spec with code: or schedule: goes through the CLI's full path "

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from mlflow_server import MlflowServer, free_port
+from scratch import remove_all, scratch_dir
 
 REPO = Path(__file__).resolve().parents[2]
 DEV_CLUSTER = REPO / "scripts" / "dev-cluster"
@@ -187,12 +188,10 @@ class Daemon:
 def running_daemon(
     prefix: str = "hpcops-test", env: dict[str, str] | None = None, **config: Any
 ) -> Iterator[Daemon]:
-    """A root daemon in a fresh home under /tmp, with `config` over the test defaults; its runs
-    still in Slurm are cancelled afterwards (by job id: never other tests' jobs)."""
-    # Not under pytest's tmp_path: run directories land on #SBATCH lines, which take only plain
-    # path characters, and pytest's names can hold brackets.
-    home = Path("/tmp") / f"{prefix}-{uuid.uuid4().hex[:10]}"
-    home.mkdir(mode=0o700)
+    """A root daemon in a fresh home under /tmp (scratch.py), with `config` over the test
+    defaults; its runs still in Slurm are cancelled afterwards (by job id: never other tests'
+    jobs)."""
+    home = scratch_dir(prefix)
     base: dict[str, Any] = {
         "lab": "testlab",
         "max_active": 20,
@@ -251,3 +250,9 @@ def write_spec(directory: Path, name: str, command: str, **extra: Any) -> Path:
     path = directory / f"{unique}.yaml"
     path.write_text(json.dumps(spec))  # JSON is YAML
     return path
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """This worker's folders under /tmp go when none of its tests failed (scratch.py)."""
+    if session.testsfailed == 0:
+        remove_all()

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scratch import made_here, scratch_dir
+
 REPO = Path(__file__).resolve().parents[2]
 GROUP = "hpcopslab"
 SERVICE = "hpcops-svc"
@@ -113,7 +115,9 @@ class Lab:
         unique = f"{name}-{uuid.uuid4().hex[:6]}"
         spec = {"name": unique, "experiment": "lab", "command": command, "workdir": "/tmp", **extra}
         directory = self.home.parent / f"{self.home.name}-specs"
-        directory.mkdir(exist_ok=True, mode=0o755)
+        if not directory.exists():
+            directory.mkdir(mode=0o755)
+            made_here(directory)
         path = directory / f"{unique}.yaml"
         path.write_text(json.dumps(spec))
         shutil.chown(path, owner, owner)
@@ -134,8 +138,7 @@ def new_lab(config: dict[str, Any], daemon_env: dict[str, str] | None = None) ->
     """A started lab daemon with `config` over the defaults; `daemon_env` goes into the
     daemon's environment only, never the CLI's."""
     ensure_lab_users()
-    home = Path("/tmp") / f"hpcops-lab-{uuid.uuid4().hex[:8]}"
-    home.mkdir(mode=0o700)
+    home = scratch_dir("hpcops-lab")
     shutil.chown(home, SERVICE, SERVICE)
     base: dict[str, Any] = {
         "lab": "testlab",

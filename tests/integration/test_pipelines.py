@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from conftest import ACTIVE, Daemon, running_daemon, sacct_jobs_named, slurm, wait_for
 from mlflow_server import MlflowServer
+from scratch import scratch_dir
 
 from hpcops.store import Store
 
@@ -50,8 +51,7 @@ def _write_pipeline(
 ) -> tuple[Path, dict[str, str]]:
     """A pipeline file and its specs in a fresh folder; each spec's job name is unique (sacct
     is searched by name). Returns the file and each step's job name."""
-    folder = Path("/tmp") / f"hpcops-pipe-{uuid.uuid4().hex[:8]}"
-    folder.mkdir()
+    folder = scratch_dir("hpcops-pipe", mode=0o755)
     names: dict[str, str] = {}
     for step, spec in specs.items():
         names[step] = f"{spec['name']}-{uuid.uuid4().hex[:6]}"

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import ACTIVE, Daemon, running_daemon, sacct_jobs_named, wait_for, write_spec
 from lab import LEAD, MEMBERS, Lab, new_lab
+from scratch import made_here
 
 M1 = MEMBERS[0]
 
@@ -527,7 +528,7 @@ def test_a_schedule_of_a_members_own_repository_fires(lab: Lab) -> None:
     """Issue 12: a member's schedule whose code is their own repository on the login node. The
     daemon's account fetches from a repository it does not own; git calls that "dubious
     ownership" and refused every firing, with its own words lost from the error."""
-    repo = Path("/tmp") / f"hpcops-m1-repo-{time.time_ns()}"
+    repo = made_here(Path("/tmp") / f"hpcops-m1-repo-{time.time_ns()}")
     member = MEMBERS[0]
 
     def as_member(*argv: str) -> str:

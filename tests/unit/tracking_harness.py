@@ -4,6 +4,7 @@ test_tracking_sweeps.py, test_tracking_attempts.py and test_tracking_pipelines.p
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ def sqlite_mlflow(directory: Path) -> str:
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     if not _TEMPLATE:
         made = Path(tempfile.mkdtemp(prefix="hpcops-mlflow-template-")) / "mlflow.db"
+        atexit.register(shutil.rmtree, made.parent, True)  # the process's own: gone with it
         TrackingServer(f"sqlite:///{made}", artifact_root=made.parent / "artifacts")
         _TEMPLATE.append(made)
     path = directory / "mlflow.db"

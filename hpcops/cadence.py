@@ -280,9 +280,10 @@ def plan_firings(
     misfire handling are off, so the decision and its reason are ours).
 
     One time, at most ON_TIME_S late: an ordinary firing. Several times, all due since
-    `up_since` (when this daemon began firing) and all at most ON_TIME_S late: the daemon was
-    running but busy (a loaded login node delays the scheduler's thread past a short interval),
-    so it is one ordinary firing for the latest, and the reason counts the others. Older ones
+    `up_since` (when this daemon started) and all at most ON_TIME_S late: the daemon was
+    running but starting up or busy (a loaded login node delays the first tick, or the
+    scheduler's thread, past a short interval), so it is one ordinary firing for the latest,
+    and the reason counts the others. Older ones
     mean the daemon was suspended (SIGSTOP, a paused VM) or the clock jumped: missed.
     Anything else: the daemon was down. Then `one` fires once for the latest (within the
     grace), `all` fires for each within the grace, `none` records the latest as missed. Older
@@ -299,7 +300,7 @@ def plan_firings(
         if up_since is not None and times[0] >= up_since and now - times[0] <= ON_TIME_S:
             busy = (
                 f"{len(times) - 1} earlier due time(s) since {_iso(times[0])} were delivered late "
-                "while the daemon was busy; fired once, for the latest"
+                "while the daemon was starting up or busy; fired once, for the latest"
             )
             return [Planned(latest, True, "scheduled", busy)]
     missed = f"{len(times)} firing(s) missed since {_iso(times[0])} (the daemon was not running)"

@@ -138,9 +138,11 @@ class ScheduleService:
         # A schedule's row and APScheduler's job change together: a pause and a resume at once
         # from two requests would otherwise leave a row that says active over a paused job.
         self._rows_lock = threading.Lock()
-        # When this daemon began firing: a due time from then on was due while it ran, so a
-        # late one is the daemon being busy, not down (cadence.plan_firings).
-        self._firing_since: float | None = None
+        # When this daemon started: a due time from then on was due while it ran (starting up,
+        # or busy), so a late one is not a missed one (cadence.plan_firings). Not when firing
+        # resumed: a first tick slowed by a loaded node holds back times that were due while
+        # the daemon was running, and calling them missed would fire a false catch-up.
+        self._up_since: float | None = None
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -148,6 +150,7 @@ class ScheduleService:
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
 
+        self._up_since = self.clock()
         scheduler = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=self.store.engine)},
             executors={"default": FiringExecutor(self._on_due)},
@@ -183,7 +186,6 @@ class ScheduleService:
             # Firings a stopped daemon claimed but did not complete: complete them now.
             for claimed in self.store.pending_firings():
                 self._firer.fire_later(claimed)
-            self._firing_since = self.clock()
             from apscheduler.schedulers import SchedulerNotRunningError
 
             # Stopping between the check and here leaves nothing to resume: the claims stay
@@ -389,7 +391,7 @@ class ScheduleService:
             now,
             catch_up=schedule.catch_up,
             grace_s=schedule.catch_up_grace_s,
-            up_since=self._firing_since,
+            up_since=self._up_since,
         )
         for plan in plans:
             if not plan.fire:  # a skip is a record only: nothing slow to wait for

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 _MAX_REASON_CHARS = 2000
 # At most this many firings prepared at once (each may fetch its schedule's branch).
 _FIRING_THREADS = 4
+_REMOVED_BEFORE_IT_RAN = "the schedule was removed after this firing was claimed; no run queued"
 
 
 def clip(text: str) -> str:
@@ -70,7 +71,9 @@ class Firer:
         self._pool: ThreadPoolExecutor | None = None
         self._locks: dict[int, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        self._failures: dict[float, int] = {}  # a claim's failed attempts, by its time
+        # A claim's failed attempts, by its schedule and time: two schedules due at the same
+        # instant back off each on its own count.
+        self._failures: dict[tuple[int, float], int] = {}
 
     def start(self) -> None:
         self._pool = ThreadPoolExecutor(_FIRING_THREADS, thread_name_prefix="hpcops-firing")
@@ -96,20 +99,24 @@ class Firer:
         try:
             with lock:  # one schedule's firings in order, each after the one before
                 schedule = self.store.get_schedule(claimed.schedule_id)
+                removed = schedule.removed_at is not None
+                note = claimed.reason
+                if removed:  # between the claim and now: the firing is recorded, as skipped
+                    note = "; ".join(filter(None, [note, _REMOVED_BEFORE_IT_RAN]))
                 self.fire(
                     schedule,
                     claimed.scheduled_for,
                     kind=claimed.kind,
                     actor=claimed.actor,
-                    note=claimed.reason,
-                    submit=schedule.removed_at is None,
+                    note=note,
+                    submit=not removed,
                     claim_id=claimed.id,
                 )
         except Exception:  # a bug costs this firing, not the pool or the other schedules
             # The claim stays pending (the store was busy, say): try it again after a back-off
             # rather than only at the daemon's next start.
-            failures = self._failures.get(claimed.scheduled_for, 0) + 1
-            self._failures[claimed.scheduled_for] = failures
+            key = (claimed.schedule_id, claimed.scheduled_for)
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
             delay = backoff_s(failures, first_s=30.0, max_s=600.0)
             log.exception(
                 "schedule %s: firing failed; trying again in %.0f s", claimed.schedule_id, delay
@@ -118,7 +125,7 @@ class Firer:
             retry.daemon = True
             retry.start()
         else:
-            self._failures.pop(claimed.scheduled_for, None)
+            self._failures.pop((claimed.schedule_id, claimed.scheduled_for), None)
 
     def _lock_of(self, schedule_id: int) -> threading.Lock:
         with self._locks_lock:

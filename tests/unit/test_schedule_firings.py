@@ -307,3 +307,80 @@ def test_due_times_held_back_by_a_slow_first_tick_are_not_a_catch_up(tmp_path: P
     assert "2 earlier due time(s)" in fired.reason and "starting up or busy" in fired.reason
     # (Skipped for overlap: the first firing's run is still queued.)
     assert by_time[started - 1].kind == "catch-up"
+
+
+def test_a_claim_whose_schedule_was_removed_says_so(tmp_path: Path) -> None:
+    """Killed with a claim pending; the schedule was removed before the next start (from the
+    database of a stopped daemon, or in the instant between claim and completion). The claim
+    completes as skipped, and its reason says why, not an empty line."""
+    store = Store(tmp_path / "hpcops.db")
+    schedule = _schedule(store, "gone")
+    due = float(int(time.time()) - 60)
+    claimed, _ = store.claim_firing(
+        Firing(
+            schedule_id=schedule.id or 0,
+            scheduled_for=due,
+            fired_at=due,
+            kind="scheduled",
+            actor="daemon",
+            outcome="pending",
+        )
+    )
+    store.update_schedule(schedule.id or 0, removed_at=time.time(), removed_by="lead")
+    engine = SlowForOne(slow="nothing is slow")
+    service = ScheduleService(store, engine, parse_config("lab: t\n", "c"), daemon_uid=0)  # type: ignore[arg-type]
+    service.start()
+    ready, stop = threading.Event(), threading.Event()
+    ready.set()
+    try:
+        service.resume_after(ready, stop)
+        _wait(lambda: not store.pending_firings(), "the claim was completed")
+    finally:
+        service.shutdown()
+    [(firing, run)] = store.firings(schedule.id or 0)
+    assert (firing.id, firing.outcome, run) == (claimed.id, "skipped", None)
+    assert "removed" in firing.reason
+    assert engine.prepared == []
+
+
+def test_claims_of_two_schedules_due_at_once_back_off_each_on_its_own_count(
+    lab: tuple[Store, SlowForOne, ScheduleService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _, service = lab
+    first, second = _schedule(store, "first"), _schedule(store, "second")
+    monkeypatch.setattr(store, "get_schedule", _refuse)  # every completion fails
+    delays: list[float] = []
+    monkeypatch.setattr("hpcops.scheduling.firing.threading.Timer", _NoTimer.recording(delays))
+    due = float(int(time.time()))
+    for schedule in (first, second):
+        claimed = Firing(
+            schedule_id=schedule.id or 0,
+            scheduled_for=due,
+            fired_at=due,
+            kind="scheduled",
+            actor="daemon",
+            outcome="pending",
+        )
+        service._firer._fire_claimed(claimed)
+    # Each claim's first failure waits the first back-off: the second schedule's is not
+    # counted as the first one's second failure.
+    assert len(delays) == 2 and delays[0] == delays[1], delays
+
+
+def _refuse(schedule_id: int) -> Schedule:
+    raise StoreError("database is locked (for the test)")
+
+
+class _NoTimer:
+    """threading.Timer that records its delay and never runs."""
+
+    def __init__(self, delays: list[float], delay: float) -> None:
+        delays.append(delay)
+        self.daemon = False
+
+    @classmethod
+    def recording(cls, delays: list[float]) -> Any:
+        return lambda delay, *args, **kwargs: cls(delays, delay)
+
+    def start(self) -> None:
+        return None

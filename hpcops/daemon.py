@@ -30,7 +30,7 @@ from hpcops.access import group_gid
 from hpcops.api.server import Api, ApiServer
 from hpcops.client.client import Client
 from hpcops.code.git import GitError
-from hpcops.code.mirror import CodeMirror
+from hpcops.code.mirror import CodeMirror, MirrorError
 from hpcops.config import Config, load_config
 from hpcops.data.cache import ContentCache
 from hpcops.engine import Engine
@@ -151,6 +151,7 @@ def build_engine(store: Store, config: Config, home: Path) -> Collaborators:
     )
     code_mirror = CodeMirror(
         config.code_root_in(home),
+        state=HomePaths(home).mirror_state,
         group=config.access.socket_group,
         fetch_timeout_s=config.code.fetch_timeout_s,
     )
@@ -213,7 +214,7 @@ def run_daemon(
     try:
         built.data_cache.ensure()
         built.code_mirror.ensure()
-    except (OSError, GitError, KeyError) as exc:
+    except (OSError, GitError, MirrorError, KeyError) as exc:
         # Runs without code: need no mirror; a spec with code: gets this error at submit.
         log.warning("the code mirror in %s is not usable: %s", built.code_mirror.root, exc)
     schedules = ScheduleService(

@@ -74,6 +74,12 @@ class HomePaths:
     def database(self) -> Path:
         return self.home / "hpcops.db"
 
+    @property
+    def mirror_state(self) -> Path:
+        """The code mirror's git directory (config, refs) and its bundle work: the daemon's own,
+        off scratch, because git runs what a repository's config tells it to."""
+        return self.home / "code-mirror"
+
 
 # Filesystems that compute nodes typically share with the login node, where a member's job could
 # write the daemon's database, config or socket, and where SQLite's locking is not safe.

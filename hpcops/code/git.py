@@ -9,13 +9,16 @@ from pathlib import Path
 
 from hpcops.errors import HpcopsError
 
-# The code mirror sits on scratch, where every job can write, and its config and hooks with it:
-# a job could plant hooks/reference-transaction or set credential.helper=!cmd there, and the
-# daemon would run it on the login node with its own secrets at the next fetch. Command-line
-# config outranks the repository's, so every git that hpcops runs starts with these: no hooks,
-# no fsmonitor, no credential helper, no proxy command, no ext:: transport, plain ssh (a lab that
-# needs another ssh command sets GIT_SSH_COMMAND, which outranks all config).
+# The daemon's git never reads a config a job can write (its git directory is in its home, see
+# mirror.py), but the repositories it reads from are other people's: a member's repository, or
+# an alternate that a job lists in the shared objects. Command-line config outranks theirs, and
+# reaches the gits that git itself starts, so every git that hpcops runs starts with these: no
+# hooks, no fsmonitor, no credential helper, no proxy command, no ext:: transport, plain ssh (a
+# lab that needs another ssh command sets GIT_SSH_COMMAND, which outranks all config), and no
+# git run inside an alternate to list its refs (its config could name a promisor to fetch
+# from; its refs are only a hint for negotiation).
 _NOTHING_RUNS: tuple[str, ...] = (
+    "-c", "core.alternateRefsCommand=true",
     "-c", "core.hooksPath=/dev/null",
     "-c", "core.fsmonitor=false",
     "-c", "credential.helper=",

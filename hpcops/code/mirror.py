@@ -1,12 +1,23 @@
-"""The daemon's side: one bare mirror of every commit the lab's runs use, on the cluster's disk.
+"""The daemon's side: one mirror of every commit the lab's runs use.
 
-    <root>/mirror.git   bare repository; refs/hpcops/c/<sha> keeps each run's commit alive
-    <root>/incoming/    where submitters drop bundles (sticky, group-writable, not listable)
+    <code root>/mirror.git      on the cluster's disk: a bare repository whose objects/ hold
+                                every commit; jobs check out from them (an alternate)
+    <code root>/incoming/       where submitters drop bundles (sticky, group-writable, not
+                                listable)
+    <home>/code-mirror/git      the git directory the daemon runs git in: its config and refs
+                                (refs/hpcops/c/<sha> keeps each run's commit alive), with
+                                objects/ a link to the shared ones
+    <home>/code-mirror/work     bundles being taken in
 
-Only the daemon writes the mirror, and git checks every object it takes in (transfer.fsckObjects,
-on a fetch from a scratch repository: see receive_bundle), so a member's bundle can add commits
-but never change another run's. Jobs run as the daemon's
-account and check out straight from the mirror's objects (an alternate), without copying them.
+Jobs run as the daemon's account and can write everything on the cluster's disk, the shared
+repository's config included. git runs commands that a repository's config names (hooks,
+core.alternateRefsCommand, a remote's uploadpack, a promisor remote's fetch), so the daemon never
+runs git with a config a job can write: its git directory is in its home, on the login node's
+own disk, and it reads no global config either (~/.gitconfig is on storage the jobs share). The
+shared objects stay what jobs can spoil (a run's own checkout), never a way onto the login node.
+git checks every object it takes in (transfer.fsckObjects, on a fetch from a scratch
+repository: see receive_bundle), so a member's bundle can add commits but never change
+another run's.
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ from hpcops.names import FULL_COMMIT_RE as FULL_SHA_RE
 log = logging.getLogger(__name__)
 
 BUNDLE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.bundle")
+_RECEIVING_RE = re.compile(r"\.receiving-[0-9a-f]{16}\.bundle")
+MAX_PACKED_REFS_BYTES = 64 * 1024 * 1024
 STALE_UPLOAD_S = 24 * 3600  # a bundle left behind by a submit that failed after uploading
 MAX_HAVE_QUERY = 512
 SHIP_REF = "refs/hpcops/ship"  # the one ref of every bundle hpcops makes
@@ -58,15 +71,25 @@ class Received:
 
 
 def mirror_path(root: Path) -> Path:
-    """The bare repository under the lab's code root (config code.mirror_root)."""
+    """The shared bare repository under the lab's code root (config code.mirror_root)."""
     return root / "mirror.git"
 
 
 class CodeMirror:
-    def __init__(self, root: Path, *, group: str | None = None, fetch_timeout_s: float = 300.0):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        state: Path,
+        group: str | None = None,
+        fetch_timeout_s: float = 300.0,
+    ):
         self.root = root
-        self.path = mirror_path(root)
+        self.shared = mirror_path(root)  # the objects jobs check out from
         self.incoming = root / "incoming"
+        self.state = state  # the daemon's own (HomePaths.mirror_state)
+        self.git_dir = state / "git"  # where the daemon's git runs: its config, its refs
+        self._work = state / "work"
         self.group = group
         self.fetch_timeout_s = fetch_timeout_s
         # Ref updates are quick and local: one at a time, so two takes of the same commit never
@@ -75,18 +98,31 @@ class CodeMirror:
         self._lock = threading.Lock()
         self._repo_locks: dict[str, threading.Lock] = {}
 
+    def _git(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        timeout_s: float = 120.0,
+        stdin: str | None = None,
+    ) -> str:
+        """git in the daemon's git directory (see the module's doc)."""
+        return _git_in(self.git_dir, args, env=env, timeout_s=timeout_s, stdin=stdin)
+
     # --- set-up ---------------------------------------------------------------------------
 
     def ensure(self) -> None:
-        """Create the mirror and the incoming folder if needed, and drop stale uploads."""
+        """Create the shared repository, the incoming folder and the daemon's git directory if
+        needed, and drop stale uploads."""
         self.root.mkdir(parents=True, exist_ok=True)
-        if not (self.path / "HEAD").exists():
-            git(["init", "--quiet", "--bare", str(self.path)])
-            git(["-C", str(self.path), "config", "transfer.fsckObjects", "true"])
-            # Unreachable objects of a failed fetch may go, never a commit a run needs: each
-            # has a ref. Automatic gc would run inside a submit request; gc is the admin's.
-            git(["-C", str(self.path), "config", "gc.auto", "0"])
+        if not (self.shared / "HEAD").exists():
+            git(["init", "--quiet", "--bare", str(self.shared)])
         self.incoming.mkdir(exist_ok=True)
+        for path in (self.root, self.incoming, self.shared):
+            # chmod, chown and the stale sweep below act on these: a job must not point them
+            # at the daemon's home.
+            if not _real_dir(path):
+                raise MirrorError(f"{path} is not a directory (a symbolic link?): refusing it")
         if self.group is not None:
             gid = grp.getgrnam(self.group).gr_gid
             os.chown(self.root, -1, gid)
@@ -96,39 +132,60 @@ class CodeMirror:
             self.incoming.chmod(0o1730)
         else:
             self.incoming.chmod(0o700)
+        self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._work.mkdir(mode=0o700, exist_ok=True)
+        if not (self.git_dir / "HEAD").exists():
+            self._make_git_dir()
         self._drop_stale_uploads()
+
+    def _make_git_dir(self) -> None:
+        """The daemon's git directory, made aside and renamed into place (a crash leaves none
+        or a whole one), with the refs a mirror of an older hpcops kept in the shared
+        repository taken over: they keep runs' commits alive through an admin's gc."""
+        building = Path(tempfile.mkdtemp(prefix="git-", dir=self._work))
+        git(["init", "--quiet", "--bare", str(building)])
+        for key, value in (
+            ("transfer.fsckObjects", "true"),
+            # Unreachable objects of a failed fetch may go, never a commit a run needs: each
+            # has a ref. Automatic gc would run inside a submit request; gc is the admin's.
+            ("gc.auto", "0"),
+        ):
+            git(["-C", str(building), "config", key, value])
+        shutil.rmtree(building / "objects")
+        (building / "objects").symlink_to(self.shared / "objects")
+        adopted = _shared_ref_commits(self.shared)
+        if adopted:
+            held = _commits_held(building, adopted)
+            lines = "".join(f"update refs/hpcops/c/{c} {c}\n" for c in sorted(held))
+            git(["-C", str(building), "update-ref", "--stdin"], stdin=lines)
+            log.info("code mirror: took over %d commit ref(s) from %s", len(held), self.shared)
+        building.rename(self.git_dir)
 
     def _drop_stale_uploads(self) -> None:
         cutoff = time.time() - STALE_UPLOAD_S
-        # Uploads never taken in, and copies a daemon killed mid-receive left in the root.
-        for entry in [*self.incoming.iterdir(), *self.root.glob(".receiving-*.bundle")]:
-            try:
-                if entry.lstat().st_mtime < cutoff:
-                    entry.unlink()
-            except OSError as exc:
-                log.warning("cannot remove stale upload %s: %s", entry, exc)
+        # Uploads never taken in; copies a daemon killed mid-receive left in its work folder
+        # (or, before the git directory moved home, in the shared root).
+        for folder, pattern in (
+            (self.incoming, BUNDLE_NAME_RE),
+            (self.root, _RECEIVING_RE),
+            (self._work, _RECEIVING_RE),
+        ):
+            _unlink_old(folder, pattern, cutoff)
+        for entry in self._work.glob("git-*"):
+            shutil.rmtree(entry, ignore_errors=True)  # a git directory a crash left half-made
+        for entry in self._work.glob("take-*"):
+            if entry.lstat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
 
     # --- questions ------------------------------------------------------------------------
 
     def have(self, commits: Iterable[str]) -> set[str]:
         """Which of these full commit ids the mirror holds."""
-        wanted = [c for c in commits if FULL_SHA_RE.fullmatch(c)]
-        if not wanted:
-            return set()
-        out = git(
-            ["-C", str(self.path), "cat-file", "--batch-check=%(objectname) %(objecttype)"],
-            stdin="".join(f"{c}\n" for c in wanted),
-        )
-        held = set()
-        for line in out.splitlines():
-            name, _, kind = line.partition(" ")
-            if kind == "commit":
-                held.add(name)
-        return held
+        return _commits_held(self.git_dir, commits)
 
     def parent_of(self, commit: str) -> str | None:
         try:
-            return git(["-C", str(self.path), "rev-parse", "--verify", f"{commit}^1"]).strip()
+            return self._git(["rev-parse", "--verify", f"{commit}^1"]).strip()
         except GitError:
             return None
 
@@ -158,33 +215,33 @@ class CodeMirror:
                 raise MirrorError(f"{path} is not a bundle uploaded by you")  # it stays theirs
             # git reads a path, and the uploader could swap what the path names: copy what was
             # opened and checked into a file of the daemon's own, and fetch from that.
-            private = self.root / f".receiving-{secrets.token_hex(8)}.bundle"
+            private = self._work / f".receiving-{secrets.token_hex(8)}.bundle"
             with private.open("xb") as copy:
                 shutil.copyfileobj(upload, copy, 1024 * 1024)
         path.unlink(missing_ok=True)
         try:
-            with self._lock, tempfile.TemporaryDirectory(dir=self.root) as tmp:
-                heads = git(["-C", str(self.path), "bundle", "list-heads", str(private)])
+            with self._lock, tempfile.TemporaryDirectory(prefix="take-", dir=self._work) as tmp:
+                heads = self._git(["bundle", "list-heads", str(private)])
                 commit, ref = _single_head(heads)
                 if expected is not None and commit != expected:
                     raise MirrorError(f"the bundle holds commit {commit}, not {expected}")
                 # git checks objects fetched from a repository (index-pack --strict with
                 # transfer.fsckObjects) but not those fetched from a bundle file: unbundle
                 # into a scratch repository that borrows the mirror's objects, then fetch
-                # from it, so every new object is checked before the mirror takes it.
+                # from it, so every new object is checked before the mirror takes it. Both are
+                # the daemon's own: no job can plant config in them.
                 scratch = Path(tmp) / "unbundle.git"
                 git(["init", "--quiet", "--bare", str(scratch)])
                 (scratch / "objects" / "info" / "alternates").write_text(
-                    f"{self.path / 'objects'}\n"
+                    f"{self.shared / 'objects'}\n"
                 )
-                git(
-                    ["-C", str(scratch), "fetch", "--quiet", str(private), f"{ref}:{ref}"],
+                _git_in(
+                    scratch,
+                    ["fetch", "--quiet", str(private), f"{ref}:{ref}"],
                     timeout_s=self.fetch_timeout_s,
                 )
-                git(
+                self._git(
                     [
-                        "-C",
-                        str(self.path),
                         "fetch",
                         "--quiet",
                         "--no-tags",
@@ -211,10 +268,8 @@ class CodeMirror:
             try:
                 # Into a ref of its own, not FETCH_HEAD: fetches of other repositories run at
                 # the same time and would overwrite each other's FETCH_HEAD.
-                git(
+                self._git(
                     [
-                        "-C",
-                        str(self.path),
                         "fetch",
                         "--quiet",
                         "--no-tags",
@@ -225,16 +280,14 @@ class CodeMirror:
                     timeout_s=self.fetch_timeout_s,
                     env=env,
                 )
-                commit = git(
-                    ["-C", str(self.path), "rev-parse", "--verify", f"{scratch_ref}^{{commit}}"]
-                ).strip()
+                commit = self._git(["rev-parse", "--verify", f"{scratch_ref}^{{commit}}"]).strip()
                 with self._lock:
-                    git(["-C", str(self.path), "update-ref", f"refs/hpcops/c/{commit}", commit])
+                    self._git(["update-ref", f"refs/hpcops/c/{commit}", commit])
             except GitError as exc:
                 raise MirrorError(f"cannot fetch {rev!r} from {url}: {exc}") from None
             finally:
                 with contextlib.suppress(GitError):
-                    git(["-C", str(self.path), "update-ref", "-d", scratch_ref])
+                    self._git(["update-ref", "-d", scratch_ref])
         return commit
 
     def _repo_lock(self, url: str) -> threading.Lock:
@@ -244,7 +297,7 @@ class CodeMirror:
     def keep(self, commit: str) -> None:
         """Make sure a commit the mirror holds (sent earlier) has its own ref."""
         with self._lock:
-            git(["-C", str(self.path), "update-ref", f"refs/hpcops/c/{commit}", commit])
+            self._git(["update-ref", f"refs/hpcops/c/{commit}", commit])
 
 
 @contextlib.contextmanager
@@ -280,3 +333,87 @@ def _single_head(heads: str) -> tuple[str, str]:
     ):
         raise MirrorError("a bundle from hpcops holds exactly one commit; this one does not")
     return rows[0][0], rows[0][1]
+
+
+def _git_in(
+    git_dir: Path,
+    args: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120.0,
+    stdin: str | None = None,
+) -> str:
+    """git in one of the daemon's own git directories, reading no global config: the daemon's
+    ~/.gitconfig is usually on storage every job can write. (A fetch of a member's repository
+    names its one safe.directory in a global config of its own: _fetch_source.)"""
+    return git(
+        ["-C", str(git_dir), *args],
+        env={"GIT_CONFIG_GLOBAL": os.devnull, **(env or {})},
+        timeout_s=timeout_s,
+        stdin=stdin,
+    )
+
+
+def _commits_held(git_dir: Path, commits: Iterable[str]) -> set[str]:
+    wanted = [c for c in commits if FULL_SHA_RE.fullmatch(c)]
+    if not wanted:
+        return set()
+    out = _git_in(
+        git_dir,
+        ["cat-file", "--batch-check=%(objectname) %(objecttype)"],
+        stdin="".join(f"{c}\n" for c in wanted),
+    )
+    held = set()
+    for line in out.splitlines():
+        name, _, kind = line.partition(" ")
+        if kind == "commit":
+            held.add(name)
+    return held
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _unlink_old(folder: Path, name_re: re.Pattern[str], cutoff: float) -> None:
+    """Remove the files in `folder` named by `name_re` last changed before `cutoff`, through
+    the folder's own handle: a link a job put in its place is not followed."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        log.warning("cannot look for stale uploads in %s: %s", folder, exc)
+        return
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                if not name_re.fullmatch(entry.name):
+                    continue
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.name, dir_fd=fd)
+                except OSError as exc:
+                    log.warning("cannot remove stale upload %s/%s: %s", folder, entry.name, exc)
+    finally:
+        os.close(fd)
+
+
+def _shared_ref_commits(shared: Path) -> set[str]:
+    """The commits an older hpcops kept refs/hpcops/c/<sha> refs for in the shared repository:
+    such a ref's name is its commit. Only names are read (a job may have written there)."""
+    found: set[str] = set()
+    with contextlib.suppress(OSError):
+        found.update(path.name for path in (shared / "refs" / "hpcops" / "c").iterdir())
+    try:
+        fd = os.open(shared / "packed-refs", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        with os.fdopen(fd, "rb") as packed:
+            if stat.S_ISREG(os.fstat(packed.fileno()).st_mode):
+                for line in packed.read(MAX_PACKED_REFS_BYTES).decode("ascii", "replace").split():
+                    if line.startswith("refs/hpcops/c/"):
+                        found.add(line.removeprefix("refs/hpcops/c/"))
+    return {name for name in found if FULL_SHA_RE.fullmatch(name)}

@@ -363,7 +363,7 @@ def _pin_data(
                 target = target.model_copy(update={"rev": commit})
             else:
                 commit = code["code_checkout"]
-            md5, size, nfiles = read_version(str(p.code_mirror.path), commit, target.path)
+            md5, size, nfiles = read_version(str(p.code_mirror.git_dir), commit, target.path)
         except (MirrorError, DataVersionError, GitError) as exc:
             raise _problem(source, f"data[{i}]", str(exc)) from None
         versions.append(

@@ -370,7 +370,7 @@ def write_staging_plan(p: Parts, run: Run, ctx: JobContext) -> None:
         targets.append(item)
     plan = {
         "cache": str(p.data_cache.root),
-        "mirror": str(p.code_mirror.path),
+        "mirror": str(p.code_mirror.shared),  # the stager reads it on a compute node
         "progress": str(ctx.run_dir.staging_progress),
         "marker": str(ctx.run_dir.staged_marker),
         # The attempt's token: a stray stager of an earlier attempt (a crash between the two

@@ -221,7 +221,7 @@ def make_api(
         config=config,
         home=tmp_path,
         files=LocalTransport(),
-        code_mirror=CodeMirror(tmp_path / "code"),
+        code_mirror=CodeMirror(tmp_path / "code", state=tmp_path / "code-mirror"),
         data_cache=ContentCache(tmp_path / "cache"),
         tracker=None,
         started_at=time.time(),

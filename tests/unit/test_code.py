@@ -48,7 +48,7 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def mirror(tmp_path: Path) -> CodeMirror:
-    m = CodeMirror(tmp_path / "code")
+    m = CodeMirror(tmp_path / "code", state=tmp_path / "home" / "code-mirror")
     m.ensure()
     return m
 
@@ -135,7 +135,7 @@ def test_a_dirty_snapshot_ships_and_sits_on_its_commit(
     assert bundle is not None
     mirror.receive_bundle("dirty.bundle", os.getuid())
     assert mirror.parent_of(pinned.checkout) == head
-    shown = git(mirror.path, "show", f"{pinned.checkout}:train.py")
+    shown = git(mirror.shared, "show", f"{pinned.checkout}:train.py")
     assert shown == "print('edited')"
 
 
@@ -176,7 +176,7 @@ def test_the_job_script_checks_out_the_commit_from_the_mirror(
         f"code: {{repo: {repo}, commit: '{first}'}}\n",
         "spec.yaml",
     )
-    objects = str(mirror.path / "objects")
+    objects = str(mirror.shared / "objects")
     ctx = make_context(tmp_path / "run", code=CodeCheckout(objects, first))
     ctx.run_dir.path.mkdir(parents=True)
     script = render_script(spec, ctx)

@@ -22,6 +22,10 @@ def _repo(path: Path) -> str:
          "--allow-empty", "-m", "first"],
         check=True,
     )  # fmt: skip
+    return _head(path)
+
+
+def _head(path: Path) -> str:
     out = subprocess.run(
         ["git", "-C", str(path), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
     )
@@ -30,7 +34,7 @@ def _repo(path: Path) -> str:
 
 @pytest.fixture
 def mirror(tmp_path: Path) -> CodeMirror:
-    m = CodeMirror(tmp_path / "code")
+    m = CodeMirror(tmp_path / "code", state=tmp_path / "home" / "code-mirror")
     m.ensure()
     return m
 
@@ -103,24 +107,126 @@ def test_a_slow_repository_holds_up_no_other(
 
 
 def test_hooks_and_config_a_job_plants_in_the_mirror_never_run(
-    mirror: CodeMirror, tmp_path: Path
+    mirror: CodeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The mirror is on scratch: a job can write its hooks and config. The daemon's next fetch
-    # must run none of it (it would run on the login node with the daemon's secrets).
+    """The shared repository is on scratch, and so, often, is the account's ~/.gitconfig: a job
+    can write both. Nothing it writes there may run on the login node, where the daemon's git
+    would run it with the daemon's secrets. Each planted command appends to `ran`."""
     commit = _repo(tmp_path / "proj")
     ran = tmp_path / "ran"
     hook = f'#!/bin/sh\necho "$0" >> {ran}\n'
+    shared = mirror.shared
     for name in ("reference-transaction", "post-checkout", "pre-auto-gc", "post-update"):
-        path = mirror.path / "hooks" / name
+        path = shared / "hooks" / name
         path.write_text(hook)
         path.chmod(0o755)
-    with (mirror.path / "config").open("a") as config:
-        config.write(
-            f"[credential]\n\thelper = \"!sh -c 'echo helper >> {ran}'\"\n"
-            f"[core]\n\tsshCommand = sh -c 'echo ssh >> {ran}'\n\tfsmonitor = {hook!r}\n"
-            '[protocol "ext"]\n\tallow = always\n'
-        )
+    # An alternate makes git ask for the alternate's refs, with the command config names.
+    decoy = tmp_path / "decoy.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(decoy)], check=True)
+    (shared / "objects" / "info" / "alternates").write_text(f"{decoy / 'objects'}\n")
+    proj_url = (tmp_path / "proj").as_uri()
+    planted = (
+        f"[credential]\n\thelper = \"!sh -c 'echo helper >> {ran}'\"\n"
+        f"[core]\n\tsshCommand = sh -c 'echo ssh >> {ran}'\n\tfsmonitor = {hook!r}\n"
+        f"\talternateRefsCommand = sh -c 'echo alternate-refs >> {ran}'\n"
+        f"\trepositoryformatversion = 1\n"
+        '[protocol "ext"]\n\tallow = always\n'
+        # A fetch of this URL (or any URL rewritten to it) runs the named upload-pack.
+        f"[remote \"{proj_url}\"]\n\tuploadpack = sh -c 'echo uploadpack >> {ran}'\n"
+        f'[url "{proj_url}"]\n\tinsteadOf = https://example.invalid/proj\n'
+        # A partial clone fetches a missing object from its promisor when anything reads it.
+        "[extensions]\n\tpartialClone = evil\n"
+        f'[remote "evil"]\n\turl = {proj_url}\n\tpromisor = true\n'
+        f"\tuploadpack = sh -c 'echo promisor >> {ran}'\n"
+    )
+    for repo in (shared, decoy):
+        with (repo / "config").open("a") as config:
+            config.write(planted)
+    # The alternate's ref names an object it lacks: reading the ref asks its promisor.
+    (decoy / "refs" / "heads" / "x").write_text("0" * 39 + "1\n")
+    home = tmp_path / "account-home"  # the daemon account's home, shared with the jobs
+    home.mkdir()
+    (home / ".gitconfig").write_text(planted)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+
     assert mirror.fetch_url(str(tmp_path / "proj"), "main") == commit
+    assert mirror.fetch_url(proj_url, "main") == commit
+    with pytest.raises(MirrorError):
+        mirror.fetch_url("https://example.invalid/proj", "main")  # not rewritten: unreachable
     with pytest.raises(MirrorError):
         mirror.fetch_url("ssh://unreachable.invalid/lab/proj.git", "main")
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    assert mirror.have([missing, commit]) == {commit}  # no promisor asked for the missing one
+    assert mirror.parent_of(missing) is None
     assert not ran.exists(), ran.read_text()
+    # The shared repository still serves jobs their checkouts: its objects are the mirror's.
+    subprocess.run(["git", "-C", str(shared), "cat-file", "-e", commit], check=True)
+
+
+def test_a_linked_incoming_folder_is_refused_and_what_it_points_at_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    """A job replaced incoming/ with a link to the daemon's home: the daemon must not open it
+    to the lab's group, nor sweep its old files (daemon.lock among them) as stale uploads."""
+    first = CodeMirror(tmp_path / "code", state=tmp_path / "home" / "code-mirror")
+    first.ensure()
+    target = tmp_path / "daemon-home"
+    target.mkdir(mode=0o700)
+    old = target / "old.bundle"
+    old.write_text("not an upload")
+    os.utime(old, (0, 0))
+    first.incoming.rmdir()
+    first.incoming.symlink_to(target)
+    with pytest.raises(MirrorError, match="symbolic link"):
+        CodeMirror(tmp_path / "code", state=tmp_path / "home" / "code-mirror").ensure()
+    assert old.exists() and (target.stat().st_mode & 0o777) == 0o700
+
+
+def test_stale_uploads_go_and_fresh_ones_and_other_files_stay(mirror: CodeMirror) -> None:
+    stale, fresh, other = (mirror.incoming / n for n in ("a.bundle", "b.bundle", "notes.txt"))
+    for path in (stale, fresh, other):
+        path.write_text("x")
+    os.utime(stale, (0, 0))
+    os.utime(other, (0, 0))
+    mirror.ensure()
+    assert sorted(p.name for p in mirror.incoming.iterdir()) == ["b.bundle", "notes.txt"]
+
+
+def test_refs_an_older_mirror_kept_in_the_shared_repository_are_taken_over(
+    tmp_path: Path,
+) -> None:
+    """Before its git directory moved to the daemon's home, the mirror kept each run's commit
+    alive with a ref in the shared repository: the first start after the move takes them over,
+    loose or packed, so an admin's gc in the new git directory keeps those commits."""
+    root = tmp_path / "code"
+    shared = root / "mirror.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(shared)], check=True)
+    proj = tmp_path / "proj"
+    commits = [_repo(proj)]
+    subprocess.run(
+        ["git", "-C", str(shared), "fetch", "-q", str(proj), f"main:refs/hpcops/c/{commits[0]}"],
+        check=True,
+    )
+    subprocess.run(["git", "-C", str(shared), "pack-refs", "--all"], check=True)  # one packed
+    subprocess.run(
+        ["git", "-C", str(proj), "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q",
+         "--allow-empty", "-m", "second"],
+        check=True,
+    )  # fmt: skip
+    commits.append(_head(proj))
+    subprocess.run(
+        ["git", "-C", str(shared), "fetch", "-q", str(proj), f"main:refs/hpcops/c/{commits[1]}"],
+        check=True,
+    )  # and one loose
+    (shared / "refs" / "hpcops" / "c" / ("f" * 40)).write_text(f"{commits[0]}\n")  # a forgery
+    mirror = CodeMirror(root, state=tmp_path / "home" / "code-mirror")
+    mirror.ensure()
+    out = subprocess.run(
+        ["git", "-C", str(mirror.git_dir), "for-each-ref", "--format=%(refname)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert sorted(out) == sorted(f"refs/hpcops/c/{c}" for c in commits)
+    assert mirror.have(commits) == set(commits)

@@ -28,6 +28,7 @@ from hpcops.code.mirror import CodeMirror
 from hpcops.config import Config
 from hpcops.data.cache import ContentCache
 from hpcops.engine import Engine
+from hpcops.home import HomePaths
 from hpcops.pipeline import pipeline_from_wire
 from hpcops.slurm.backend import CommandBackend
 from hpcops.spec import parse_spec
@@ -113,7 +114,9 @@ class EngineHarness:
             self.slurm,
             self.config,
             self.home,
-            code_mirror=CodeMirror(self.config.code_root_in(self.home)),
+            code_mirror=CodeMirror(
+                self.config.code_root_in(self.home), state=HomePaths(self.home).mirror_state
+            ),
             data_cache=ContentCache(self.config.data_cache_in(self.home)),
             clock=self.clock,
             fault=fault,

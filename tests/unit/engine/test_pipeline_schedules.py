@@ -20,6 +20,7 @@ from hpcops.api.server import Api
 from hpcops.code.mirror import CodeMirror
 from hpcops.data.cache import ContentCache
 from hpcops.errors import InvalidInput
+from hpcops.home import HomePaths
 from hpcops.pipeline import Pipeline as LoadedPipeline
 from hpcops.pipeline import load_pipeline_file, pipeline_from_wire, pipeline_to_wire
 from hpcops.scheduling.service import ScheduleService
@@ -348,7 +349,7 @@ def _api(h: EngineHarness, service: ScheduleService) -> Api:
         config=h.config,
         home=h.home,
         files=h.slurm,
-        code_mirror=CodeMirror(h.config.code_root_in(h.home)),
+        code_mirror=CodeMirror(h.config.code_root_in(h.home), state=HomePaths(h.home).mirror_state),
         data_cache=ContentCache(h.config.data_cache_in(h.home)),
         tracker=None,
         started_at=h.clock(),

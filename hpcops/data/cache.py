@@ -76,7 +76,10 @@ class ContentCache:
             items = json.loads(chunk.data)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, UnsafeFile) as exc:
+        # RecursionError: "[" * 100000 nests past json's limit. It is no ValueError, so it would
+        # pass every `except CacheError` and fail gc and `cache ls` for the whole lab. Caught as
+        # protocol.decode does: rundir._nesting's pre-scan costs seconds on a 64 MiB manifest.
+        except (OSError, ValueError, RecursionError, UnsafeFile) as exc:
             raise CacheError(f"the manifest {md5} in the cache is unreadable: {exc}") from None
         if not isinstance(items, list):
             raise CacheError(f"the manifest {md5} is not a list of files")

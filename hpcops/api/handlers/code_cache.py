@@ -10,7 +10,7 @@ from hpcops.api.handlers.base import Daemon, Handler, Request
 from hpcops.api.params import CacheGcParams, CodeHaveParams, NoParams
 from hpcops.api.views import version_view
 from hpcops.code.git import GitError
-from hpcops.data.cache import CacheError
+from hpcops.data.cache import CacheError, ContentCache
 from hpcops.data.gc import collect_garbage
 from hpcops.data.usage import VersionUse, version_uses
 from hpcops.errors import HpcopsError, InvalidInput
@@ -44,10 +44,7 @@ class CodeCacheHandlers:
         NoParams.parse(req.params)
         cache = self.daemon.data_cache
         uses = self._uses()
-        return [
-            version_view(use, cache.missing(use.md5))
-            for use in sorted(uses.values(), key=lambda u: -u.last_used)
-        ]
+        return [_listed(cache, use) for use in sorted(uses.values(), key=lambda u: -u.last_used)]
 
     def cache_gc(self, req: Request) -> dict[str, Any]:
         """Remove versions no queued or active run needs: unused for long, or over a size."""
@@ -89,3 +86,12 @@ class CodeCacheHandlers:
     def _uses(self) -> dict[str, VersionUse]:
         """Every data version the lab's runs used, read from the database now."""
         return version_uses(self.daemon.store.data_versions())
+
+
+def _listed(cache: ContentCache, use: VersionUse) -> dict[str, Any]:
+    """One version of `cache ls`. A manifest on scratch is a job's to spoil: the version it
+    spoils is listed as bad, with why ("problem"), and the others as they are."""
+    try:
+        return version_view(use, cache.missing(use.md5))
+    except CacheError as exc:
+        return {**version_view(use, None), "in_cache": "bad", "problem": str(exc)}

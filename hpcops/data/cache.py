@@ -20,16 +20,17 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from hpcops.data.versions import FILE_MD5_RE, MD5_RE
 from hpcops.errors import HpcopsError
-from hpcops.transport.beneath import UnsafeFile, read_beneath
+from hpcops.transport.beneath import UnsafeFile, open_beneath, read_beneath
 
 # A manifest lists every file of a version (about 100 bytes each): 64 MiB is ~600,000 files.
 MANIFEST_MAX_BYTES = 64 * 1024 * 1024
 _FICLONE = 0x40049409  # ioctl: share the blocks (btrfs, XFS); ext4 says EOPNOTSUPP
 _CHUNK = 1024 * 1024
+_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class CacheError(HpcopsError):
@@ -219,11 +220,7 @@ class ContentCache:
     # --- housekeeping -----------------------------------------------------------------------
 
     def total_size(self) -> int:
-        total = 0
-        for path in self.objects.glob("*/*"):
-            with contextlib.suppress(FileNotFoundError):
-                total += path.lstat().st_size
-        return total
+        return sum(info.st_size for _, _, info in self._object_files())
 
     def remove_except(self, keep: set[str], *, min_age_s: float = 3600.0) -> tuple[int, int]:
         """Delete every object not in `keep` (manifests included); (files, bytes) freed.
@@ -232,23 +229,72 @@ class ContentCache:
         manifest yet, so nothing else says that they are needed."""
         files = freed = 0
         cutoff = time.time() - min_age_s
-        for path in self.objects.glob("*/*"):
-            md5 = path.parent.name + path.name
-            if md5 in keep or path.name.startswith(".") or not MD5_RE.fullmatch(md5):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                info = path.lstat()
+        verified = self._open_dir("verified")
+        try:
+            for shard_fd, md5, info in self._object_files():
+                name = md5[2:]
+                if md5 in keep or name.startswith(".") or not MD5_RE.fullmatch(md5):
+                    continue
                 if info.st_mtime > cutoff:
                     continue
-                size = info.st_size
-                (self.root / "verified" / md5).unlink(missing_ok=True)
-                path.unlink()
-                files += 1
-                freed += size
+                with contextlib.suppress(FileNotFoundError):
+                    if verified is not None:
+                        os.unlink(md5, dir_fd=verified)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=shard_fd)
+                    files += 1
+                    freed += info.st_size
+        finally:
+            if verified is not None:
+                os.close(verified)
         return files, freed
 
     def all_objects(self) -> set[str]:
-        return {p.parent.name + p.name for p in self.objects.glob("*/*")}
+        return {md5 for _, md5, _ in self._object_files()}
+
+    def _open_dir(self, relative: str) -> int | None:
+        """A handle on a directory of the cache reached without links; None if there is none."""
+        try:
+            return open_beneath(self.root, PurePath(relative), directory=True)
+        except (FileNotFoundError, NotADirectoryError, UnsafeFile):
+            return None
+
+    def _object_files(self) -> Iterator[tuple[int, str, os.stat_result]]:
+        """(its shard directory's handle, name, lstat) of every object file, found without
+        following a link: a job can make files/md5/ab a link to any directory, and gc deletes
+        what it finds here. The handle is for unlinking: a shard swapped for a link after the
+        listing is never the directory a file is removed from. `list_beneath` does not fit:
+        it stops at a bound (a cache holds millions of objects) and gives paths, not handles."""
+        top = self._open_dir("files/md5")
+        if top is None:
+            return
+        try:
+            with os.scandir(top) as shards:
+                for shard in shards:
+                    # DVC's shards are two characters: then an object's name is md5[2:]
+                    if len(shard.name) != 2 or not shard.is_dir(follow_symlinks=False):
+                        continue
+                    try:
+                        shard_fd = os.open(shard.name, _DIR_NOFOLLOW, dir_fd=top)
+                    except OSError:
+                        continue  # swapped for a link, or removed, since the listing
+                    try:
+                        yield from self._files_in(shard_fd, shard.name)
+                    finally:
+                        os.close(shard_fd)
+        finally:
+            os.close(top)
+
+    @staticmethod
+    def _files_in(shard_fd: int, shard: str) -> Iterator[tuple[int, str, os.stat_result]]:
+        with os.scandir(shard_fd) as entries:
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed since the listing
+                if stat.S_ISREG(info.st_mode):
+                    yield shard_fd, shard + entry.name, info
 
     def objects_of(self, md5: str) -> set[str]:
         """Every object a version uses (its manifest too), as far as the cache knows it. A bad

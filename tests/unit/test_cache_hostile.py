@@ -174,3 +174,44 @@ def test_cache_ls_lists_a_version_with_a_bad_manifest_as_bad_and_the_others_as_t
     ]
     assert DIR_MD5 in listed[0]["problem"] and "unreadable" in listed[0]["problem"]
     assert "problem" not in listed[1]
+
+
+def test_gc_never_follows_a_shard_that_is_a_link(cache: ContentCache, tmp_path: Path) -> None:
+    # A job makes files/md5/ab a link to a directory of its choosing, holding an old file named
+    # like an object: gc must not delete there (nor count it, nor list it).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    victim = elsewhere / ("cd" * 15)
+    victim.write_text("not the cache's\n")
+    old = time.time() - 10 * 86400
+    os.utime(victim, (old, old))
+    (cache.objects / "ab").symlink_to(elsewhere)
+    assert cache.remove_except(set(), min_age_s=0) == (0, 0)
+    assert victim.exists()
+    assert cache.all_objects() == set() and cache.total_size() == 0
+
+
+def test_gc_still_removes_real_objects_and_their_verified_marks(cache: ContentCache) -> None:
+    _manifest(cache, [{"relpath": "a", "md5": FILE_MD5}])
+    path = cache.object_path(DIR_MD5)
+    old = time.time() - 10 * 86400
+    os.utime(path, (old, old))
+    cache.mark_verified(DIR_MD5)
+    assert cache.all_objects() == {DIR_MD5}
+    files, freed = cache.remove_except(set(), min_age_s=3600)
+    assert (files, freed > 0) == (1, True)
+    assert not path.exists() and not cache.is_verified(DIR_MD5)
+
+
+def test_gc_never_follows_a_verified_directory_that_is_a_link(
+    cache: ContentCache, tmp_path: Path
+) -> None:
+    _manifest(cache, [{"relpath": "a", "md5": FILE_MD5}])
+    old = time.time() - 10 * 86400
+    os.utime(cache.object_path(DIR_MD5), (old, old))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / DIR_MD5).write_text("not the cache's\n")
+    (cache.root / "verified").symlink_to(elsewhere)
+    assert cache.remove_except(set(), min_age_s=3600)[0] == 1
+    assert (elsewhere / DIR_MD5).exists()

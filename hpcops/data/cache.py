@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import time
@@ -191,9 +192,24 @@ class ContentCache:
         entries = self.entries(md5)
         if entries is None or self.missing(md5):
             raise CacheError(f"version {md5} is not complete in the cache")
-        tmp = dest.with_name(f".{dest.name}.staging-{os.getpid()}")
-        _remove_tree(tmp)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        # One stager per view at a time (Slurm may run a requeued job twice): then every
+        # staging copy beside it is a killed stager's, and would stay there, up to a whole
+        # dataset each, if the name were the pid's and no one removed it.
+        with self._flock(dest.with_name(f".{dest.name}.staging.lock"), fcntl.LOCK_EX):
+            for stale in _staging_copies(dest):
+                _remove_tree(stale)
+            return self._copy_view(md5, entries, dest, progress)
+
+    def _copy_view(
+        self,
+        md5: str,
+        entries: list[Entry],
+        dest: Path,
+        progress: Callable[[int, int], None] | None,
+    ) -> int:
+        """Built beside `dest`, then renamed into place: the job never sees half a view."""
+        tmp = dest.with_name(f".{dest.name}.staging")
         if not md5.endswith(".dir"):
             _clone(self.object_path(md5), tmp)
             tmp.chmod(0o444)
@@ -338,6 +354,14 @@ def _clone(source: Path, target: Path) -> None:
                 _reflinks_work = False
         target.unlink()
     shutil.copyfile(source, target)
+
+
+def _staging_copies(dest: Path) -> list[Path]:
+    """The staging copies of `dest` beside it: `.{name}.staging`, and `.{name}.staging-{pid}` as
+    stagers before this one named them. Found by name, without following links."""
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.staging(?:-[0-9]+)?")
+    with os.scandir(dest.parent) as entries:
+        return [dest.parent / e.name for e in entries if pattern.fullmatch(e.name)]
 
 
 def _remove_tree(path: Path) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,59 @@ def test_gc_never_removes_what_a_queued_or_active_run_needs() -> None:
     assert sorted(plan.remove) == ["old", "recent"], "over the size: LRU, needed ones stay"
     plan = plan_gc(uses, now=10 * day, older_than_s=None, max_bytes=300)
     assert plan.remove == ["old"], "the rest fits after the least recently used goes"
+
+
+def _partial_copy(path: Path) -> None:
+    """What a stager killed in the middle of a view leaves: part of it, read-only."""
+    (path / "sub").mkdir(parents=True)
+    (path / "sub" / "a.txt").write_bytes(b"a\n")
+    (path / "sub" / "a.txt").chmod(0o444)
+    (path / "sub").chmod(0o555)
+
+
+def test_a_killed_stagers_partial_copy_goes_with_the_next_staging(
+    cache: ContentCache, tmp_path: Path
+) -> None:
+    md5 = _version(cache, {"a.txt": b"a\n"})
+    run = tmp_path / "run"
+    dest = run / "data" / "ds"
+    killed = [run / "data" / ".ds.staging-4242", run / "data" / ".ds.staging"]
+    for path in killed:
+        _partial_copy(path)
+    # Not staging copies of this view: another view's, a name that only looks like one, and a
+    # link (removed as a link, never followed).
+    others = [run / "data" / ".other.staging-1", run / "data" / ".ds.staging-x"]
+    for path in others:
+        path.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("not the run's\n")
+    (run / "data" / ".ds.staging-99").symlink_to(elsewhere)
+    assert cache.make_view(md5, dest) == 1
+    assert (dest / "a.txt").read_bytes() == b"a\n"
+    left = sorted(p.name for p in (run / "data").iterdir())
+    assert left == [".ds.staging-x", ".ds.staging.lock", ".other.staging-1", "ds"]
+    assert (elsewhere / "keep.txt").exists()
+
+
+def test_a_second_stager_of_the_same_view_waits_for_the_first(
+    cache: ContentCache, tmp_path: Path
+) -> None:
+    # Slurm may run a requeued job twice: the second stager must not take the first's copy
+    # for a killed one's and remove it under it.
+    md5 = _version(cache, {"a.txt": b"a\n"})
+    dest = tmp_path / "run" / "data" / "ds"
+    dest.parent.mkdir(parents=True)
+    done = threading.Event()
+
+    def stage_again() -> None:
+        cache.make_view(md5, dest)
+        done.set()
+
+    with (dest.parent / ".ds.staging.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the first stager, copying
+        second = threading.Thread(target=stage_again)
+        second.start()
+        assert not done.wait(0.3) and not dest.exists()
+    second.join(timeout=10)
+    assert done.is_set() and (dest / "a.txt").read_bytes() == b"a\n"

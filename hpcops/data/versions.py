@@ -77,6 +77,14 @@ def parse_dvc_file(text: str, where: str) -> tuple[str, int | None, int | None]:
         md5 = f"{md5:032d}"  # DVC writes md5s unquoted: one of decimal digits reads as a number
     if not isinstance(md5, str) or not MD5_RE.fullmatch(md5):
         raise DataVersionError(f"{where} has no md5 for its output (was it `dvc add`ed?)")
+    if out.get("hash") != "md5":
+        # DVC 2.x's output (no `hash: md5`): its objects live at the cache's root (ab/cdef), not
+        # in files/md5 where the lab's cache is, so its staging could only fail, and misleadingly.
+        raise DataVersionError(
+            f"{where} was written by DVC 2.x (its output has no `hash: md5`); hpcops stages "
+            "DVC 3 data only: run `dvc cache migrate --dvc-files` (DVC >= 3.26), then "
+            "`dvc push` and commit the .dvc file"
+        )
     size, nfiles = out.get("size"), out.get("nfiles")
     return (
         md5,

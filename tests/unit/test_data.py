@@ -58,6 +58,15 @@ def test_a_bad_dvc_file_is_named(text: str, message: str) -> None:
         parse_dvc_file(text, "ds.dvc")
 
 
+def test_a_dvc_2_file_is_refused_with_the_way_to_migrate_it() -> None:
+    # DVC 2.x wrote no `hash: md5`; its objects are at the cache's root, not in files/md5, so
+    # staging one could only fail ("DVC could not fetch 51 file(s)").
+    dvc2 = DIR_DVC.replace("  hash: md5\n", "")
+    with pytest.raises(DataVersionError, match=r"ds\.dvc at 0123abcd was written by DVC 2") as e:
+        parse_dvc_file(dvc2, "ds.dvc at 0123abcd")
+    assert "dvc cache migrate --dvc-files" in str(e.value)
+
+
 def _md5(data: bytes) -> hashlib._Hash:
     return hashlib.md5(data, usedforsecurity=False)  # DVC's content address, not a secret
 

@@ -58,7 +58,9 @@ def test_a_hostile_dvc_file_is_a_data_version_error(text: str, phrase: str) -> N
 def test_an_all_digit_md5_survives_yaml_12_scalars() -> None:
     # DVC writes md5s unquoted; one made of decimal digits only reads as an integer.
     digits = "01234567890123456789012345678901"
-    md5, size, nfiles = parse_dvc_file(f"outs:\n- md5: {digits}\n  size: 3\n  path: f\n", "f.dvc")
+    md5, size, nfiles = parse_dvc_file(
+        f"outs:\n- md5: {digits}\n  size: 3\n  hash: md5\n  path: f\n", "f.dvc"
+    )
     assert (md5, size, nfiles) == (digits, 3, 1)
 
 

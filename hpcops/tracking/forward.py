@@ -67,7 +67,11 @@ class RelayForwarder:
                 except (UnsafeFile, OSError) as exc:
                     log.warning("run %s: relayed artifact %s skipped: %s", run.id, path.name, exc)
                     continue
-                server.upload(run.mlflow_artifact_uri, copy, artifact_dir)
+                try:
+                    server.upload(run.mlflow_artifact_uri, copy, artifact_dir)
+                except TrackingRejected as exc:
+                    # This file, not the server: the rest of the run's record goes on.
+                    log.warning("run %s: relayed artifact %s refused: %s", run.id, path.name, exc)
         if (
             not final
             and run.state == RunState.RUNNING.value

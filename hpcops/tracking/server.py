@@ -95,6 +95,19 @@ def load_mlflow() -> None:
     import mlflow.utils.file_utils  # noqa: F401
 
 
+# HTTP answers that wait rather than refuse: a timeout, a rate limit, and the daemon's own access
+# (its credentials are the same for every request: refusing would drop the whole lab's files).
+_WAIT_STATUSES = {401, 403, 407, 408, 429}
+
+
+def _refused_by_answer(exc: BaseException) -> bool:
+    """Whether the server (or a proxy before it) answered this request with a 4xx about the
+    request itself: a path MLflow will not take (400), a body too large (413). Sent again it is
+    refused again, and as an outage it held the outbox, every run's record behind it, for ever."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in _WAIT_STATUSES
+
+
 @contextmanager
 def _translated(what: str) -> Iterator[None]:
     from mlflow.exceptions import MlflowException
@@ -108,6 +121,9 @@ def _translated(what: str) -> Iterator[None]:
             raise TrackingRejected(message) from exc
         raise TrackingUnreachable(message) from exc
     except (OSError, ConnectionError, TimeoutError) as exc:
+        # requests' HTTPError is an OSError: an answer, not always an outage.
+        if _refused_by_answer(exc):
+            raise TrackingRejected(f"{what}: {str(exc)[:500]}") from exc
         raise TrackingUnreachable(f"{what}: {exc}") from exc
     except (ValueError, TypeError, UnicodeError) as exc:
         # The client refused a value before sending it (out of range, not text): this request

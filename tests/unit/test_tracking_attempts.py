@@ -411,6 +411,42 @@ def test_an_unreadable_relay_store_costs_no_other_run_and_not_its_own_record(
     assert lab.store.tracking_backlog() == 0
 
 
+def test_an_artifact_the_server_refuses_costs_only_itself(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow answers 400 to an artifact path it will not take (`a%23b`), a proxy 413 to a
+    body too large: that file is left out with a warning, and neither its run's record nor any
+    other run's waits behind it (it held the outbox's oldest operation for ever)."""
+    import requests
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    bad, good = lab.add(), lab.add()
+    lab.drain()
+    env = lab.start(bad, "41")
+    lab.start(good, "42")
+    artifacts = Path(env["MLFLOW_TRACKING_URI"][len("file://") :]) / "0" / env["MLFLOW_RUN_ID"]
+    (artifacts / "artifacts").mkdir(parents=True, exist_ok=True)
+    (artifacts / "artifacts" / "a%23b").write_text("refused")
+    (artifacts / "artifacts" / "ok.txt").write_text("kept")
+    upload = LocalArtifactRepository.log_artifact
+
+    def refusing(repo: Any, local_file: str, artifact_path: str | None = None) -> None:
+        if local_file.endswith("%23b"):
+            answer = requests.Response()
+            answer.status_code = 400
+            raise requests.HTTPError("400 Client Error: BAD REQUEST", response=answer)
+        upload(repo, local_file, artifact_path)
+
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifact", refusing)
+    lab.end(bad, RunState.COMPLETED, retried=False, exit_code=0)  # its "close" comes first
+    lab.end(good, RunState.COMPLETED, retried=False, exit_code=0)
+    lab.drain()
+    assert lab.record(good).info.status == "FINISHED"
+    assert lab.record(bad).info.status == "FINISHED"
+    assert lab.artifacts(bad, "") == ["hpcops", "ok.txt"]
+    assert lab.store.tracking_backlog() == 0
+
+
 def test_a_later_attempt_takes_its_relay_store_as_the_earlier_job_left_it(lab: Lab) -> None:
     run_id = lab.add()
     lab.drain()

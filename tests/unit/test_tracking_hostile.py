@@ -159,3 +159,26 @@ def test_a_value_the_client_refuses_is_a_refusal_not_an_outage() -> None:
 
     with pytest.raises(Rejected), _translated("log batch"):
         raise ValueError("Value out of range: 100000000000000000000")
+
+
+@pytest.mark.parametrize(
+    ("status", "refused"),
+    [(400, True), (404, True), (413, True), (408, False), (429, False), (401, False),
+     (403, False), (500, False), (503, False)],
+)  # fmt: skip
+def test_an_http_answer_about_the_request_is_a_refusal_and_only_an_outage_waits(
+    status: int, refused: bool
+) -> None:
+    import requests
+
+    from hpcops.errors import TrackingRejected as Rejected
+    from hpcops.errors import TrackingUnreachable
+    from hpcops.tracking.server import _translated
+
+    answer = requests.Response()
+    answer.status_code = status
+    expected = Rejected if refused else TrackingUnreachable
+    with pytest.raises(expected), _translated("upload a%23b"):
+        raise requests.HTTPError(f"{status} for the test", response=answer)
+    with pytest.raises(TrackingUnreachable), _translated("upload a"):
+        raise requests.ConnectionError("connection refused")

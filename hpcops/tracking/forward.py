@@ -59,19 +59,9 @@ class RelayForwarder:
             return
         if delta.batch:
             self.log(server, run, delta.batch)
-        for path, artifact_dir in delta.artifacts:
-            with tempfile.TemporaryDirectory(prefix="hpcops-relay-") as tmp:
-                copy = Path(tmp) / path.name
-                try:
-                    copy_beneath(root, path, copy, max_bytes=_ARTIFACT_MAX_BYTES, whole=True)
-                except (UnsafeFile, OSError) as exc:
-                    log.warning("run %s: relayed artifact %s skipped: %s", run.id, path.name, exc)
-                    continue
-                try:
-                    server.upload(run.mlflow_artifact_uri, copy, artifact_dir)
-                except TrackingRejected as exc:
-                    # This file, not the server: the rest of the run's record goes on.
-                    log.warning("run %s: relayed artifact %s refused: %s", run.id, path.name, exc)
+        for artifact in delta.artifacts:
+            if self._upload(server, run, root, artifact):
+                self.store.save_relay_cursors(run.id, {artifact.cursor: artifact.signature})
         if (
             not final
             and run.state == RunState.RUNNING.value
@@ -81,6 +71,28 @@ class RelayForwarder:
             delta.cursors["status"] = records.RUNNING
         if delta.cursors:
             self.store.save_relay_cursors(run.id, delta.cursors)
+
+    def _upload(self, server: TrackingServer, run: Run, root: Path, item: relay.Artifact) -> bool:
+        """One relayed file onto the record; whether it is done with (uploaded, or left out for
+        good), or to be tried again by the next pass (a copy that failed)."""
+        assert run.mlflow_artifact_uri is not None
+        name = item.path.name
+        with tempfile.TemporaryDirectory(prefix="hpcops-relay-") as tmp:
+            copy = Path(tmp) / name
+            try:
+                copy_beneath(root, item.path, copy, max_bytes=_ARTIFACT_MAX_BYTES, whole=True)
+            except UnsafeFile as exc:  # a link or too large: until it changes, left out
+                log.warning("run %s: relayed artifact %s skipped: %s", run.id, name, exc)
+                return True
+            except OSError as exc:  # unreadable or gone for now (NFS): the next pass tries again
+                log.warning("run %s: relayed artifact %s not copied yet: %s", run.id, name, exc)
+                return False
+            try:
+                server.upload(run.mlflow_artifact_uri, copy, item.directory)
+            except TrackingRejected as exc:
+                # This file, not the server: the rest of the run's record goes on.
+                log.warning("run %s: relayed artifact %s refused: %s", run.id, name, exc)
+        return True
 
     def log(self, server: TrackingServer, run: Run, batch: Batch) -> None:
         """Log what the job logged. The server may refuse one value (a param the spec already

@@ -118,14 +118,25 @@ def parse_metric_lines(data: bytes) -> tuple[list[tuple[int, float, int]], int]:
     return points, end
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """A file to upload: its path relative to the store's trusted root, its artifact directory,
+    and its cursor (key, size:mtime), kept only once the server took it or refused it for good:
+    a copy that failed once is tried again by the next pass."""
+
+    path: PurePath
+    directory: str | None
+    cursor: str
+    signature: str
+
+
 @dataclass
 class Delta:
-    """What is new in a relay store since the cursors: one batch, files to upload (relative to
-    the store's trusted root, with their artifact directory), and the cursors to keep once the
-    server has taken both."""
+    """What is new in a relay store since the cursors: one batch, files to upload, and the
+    cursors to keep once the server has taken the batch."""
 
     batch: Batch = field(default_factory=Batch)
-    artifacts: list[tuple[PurePath, str | None]] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
     cursors: dict[str, str] = field(default_factory=dict)
 
 
@@ -207,6 +218,6 @@ def collect(root: Path, run_dir: PurePath, cursors: dict[str, str], *, final: bo
         signature = f"{st.st_size}:{st.st_mtime_ns}"
         if cursors.get(f"artifact:{rel}") != signature:
             parent = PurePosixPath(rel).parent.as_posix()
-            delta.artifacts.append((path, None if parent == "." else parent))
-            delta.cursors[f"artifact:{rel}"] = signature
+            directory = None if parent == "." else parent
+            delta.artifacts.append(Artifact(path, directory, f"artifact:{rel}", signature))
     return delta

@@ -268,10 +268,11 @@ def test_relay_reads_what_a_real_job_logs_into_a_file_store(tmp_path: Path) -> N
     }
     assert first.batch.params == {"lr": "0.1"}
     assert first.batch.tags == {"note": "first"}
-    assert [(p.name, d) for p, d in first.artifacts] == [("model.txt", "model")]
+    assert [(a.path.name, a.directory) for a in first.artifacts] == [("model.txt", "model")]
 
     client.log_metric(env["MLFLOW_RUN_ID"], "loss", 0.25, timestamp=2000, step=2)
-    second = relay.collect(root, run_dir, first.cursors, final=False)
+    uploaded = {a.cursor: a.signature for a in first.artifacts}  # kept once the server took it
+    second = relay.collect(root, run_dir, {**first.cursors, **uploaded}, final=False)
     assert [(m.key, m.value, m.step) for m in second.batch.metrics] == [("loss", 0.25, 2)]
     assert not second.batch.params and not second.batch.tags and not second.artifacts
 

@@ -5,6 +5,7 @@ what a real server refuses (a param logged twice with another value)."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path, PurePath
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from hpcops.config import parse_config
 from hpcops.errors import TrackingRejected
 from hpcops.store import Run, Store
-from hpcops.tracking import relay
+from hpcops.tracking import forward, relay
 from hpcops.tracking.records import Batch, MetricPoint
 from hpcops.tracking.worker import Tracker
 
@@ -95,6 +96,23 @@ def _store(tmp: Path) -> tuple[Path, PurePath]:
     for sub in ("metrics", "params", "tags", "artifacts"):
         (tmp / "relay" / run_dir / sub).mkdir(parents=True)
     return tmp / "relay", run_dir
+
+
+def _relaying(tracker: Tracker, tmp: Path) -> tuple[Run, Path]:
+    """A stored run whose job relays into `_store`'s run; that run's directory."""
+    root, run_dir = _store(tmp)
+    queued = _run(tmp / "runs" / "run-000007")
+    queued.state = "QUEUED"
+    run = tracker.store.add_run(queued, actor="ana")
+    assert run.id is not None
+    tracker.store.set_tracking_fields(
+        run.id,
+        mlflow_run_id="m",
+        mlflow_artifact_uri="file:///a",
+        mlflow_relay_dir=str(root / run_dir.parent.parent),
+        mlflow_relay_run_id=run_dir.name,
+    )
+    return tracker.store.get(run.id), root / run_dir
 
 
 def test_links_in_a_relay_store_are_not_followed(tmp_path: Path) -> None:
@@ -182,3 +200,25 @@ def test_an_http_answer_about_the_request_is_a_refusal_and_only_an_outage_waits(
         raise requests.HTTPError(f"{status} for the test", response=answer)
     with pytest.raises(TrackingUnreachable), _translated("upload a"):
         raise requests.ConnectionError("connection refused")
+
+
+def test_an_artifact_that_could_not_be_copied_is_uploaded_by_the_next_pass(
+    lab: tuple[Tracker, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker, tmp = lab
+    run, files = _relaying(tracker, tmp)
+    (files / "artifacts" / "model.pt").write_bytes(b"weights")
+    copy, failed = forward.copy_beneath, []
+
+    def copy_once_failing(*args: Any, **kwargs: Any) -> int:
+        if not failed:
+            failed.append(True)
+            raise OSError(errno.EIO, "Input/output error")  # NFS, for a moment
+        return copy(*args, **kwargs)
+
+    monkeypatch.setattr(forward, "copy_beneath", copy_once_failing)
+    server = RecordingServer()
+    tracker.forwarder.forward(server, run, final=False)  # type: ignore[arg-type]
+    assert failed and server.uploads == {}
+    tracker.forwarder.forward(server, run, final=False)  # type: ignore[arg-type]
+    assert server.uploads == {"None/model.pt": b"weights"}

@@ -93,29 +93,41 @@ def job_env(relay: RelayStore) -> tuple[tuple[str, str], ...]:
     )
 
 
-def parse_metric_lines(data: bytes) -> tuple[list[tuple[int, float, int]], int]:
-    """Points in a chunk of a FileStore metric file, and how many bytes of it they used.
+def parse_metric_lines(
+    data: bytes, max_points: int | None = None
+) -> tuple[list[tuple[int, float, int]], int]:
+    """Points in a chunk of a FileStore metric file (at most `max_points`), and how many bytes
+    of it they used: the lines after the last point taken are left for next time.
 
     Only whole lines count: a line still being written (no newline yet) is left for next time.
     A line that does not parse is skipped, not fatal: the user's job owns this file."""
     end = data.rfind(b"\n") + 1
     points: list[tuple[int, float, int]] = []
-    for line in data[:end].splitlines():
-        parts = line.split()
-        if len(parts) < 2:
-            continue
-        try:
-            timestamp = int(parts[0])
-            value = float(parts[1])
-            step = int(parts[2]) if len(parts) > 2 else 0
-        except ValueError:
-            continue
-        # MLflow's protobuf holds int64: a larger number raised in the client, which once
-        # looked like "server unreachable" for the whole lab. Out of range: not a point.
-        if not (0 <= timestamp <= _INT64_MAX and -_INT64_MAX <= step <= _INT64_MAX):
-            continue
-        points.append((timestamp, value, step))
-    return points, end
+    used = 0
+    while used < end and (max_points is None or len(points) < max_points):
+        stop = data.index(b"\n", used) + 1
+        point = _metric_point(data[used:stop])
+        used = stop
+        if point is not None:
+            points.append(point)
+    return points, used
+
+
+def _metric_point(line: bytes) -> tuple[int, float, int] | None:
+    parts = line.split()
+    if len(parts) < 2:
+        return None
+    try:
+        timestamp = int(parts[0])
+        value = float(parts[1])
+        step = int(parts[2]) if len(parts) > 2 else 0
+    except ValueError:
+        return None
+    # MLflow's protobuf holds int64: a larger number raised in the client, which once looked
+    # like "server unreachable" for the whole lab. Out of range: not a point.
+    if not (0 <= timestamp <= _INT64_MAX and -_INT64_MAX <= step <= _INT64_MAX):
+        return None
+    return timestamp, value, step
 
 
 @dataclass(frozen=True)
@@ -143,6 +155,8 @@ class Delta:
 # The job writes the store: bound what one pass reads, and what one value may be.
 _INT64_MAX = 2**63 - 1
 _PASS_MAX_BYTES = 64 * 1024 * 1024
+# And in points: `0 0` lines are 4 bytes, and a point held in memory about 550 (measured).
+_PASS_MAX_POINTS = 100_000
 # MLflow's own rule for metric, param and tag keys; a file name outside it is not a key (a
 # non-UTF-8 name failed in the client and the store).
 _KEY_RE = re.compile(r"[A-Za-z0-9_\-. /:]{1,250}")
@@ -173,9 +187,10 @@ def collect(root: Path, run_dir: PurePath, cursors: dict[str, str], *, final: bo
     delta = Delta()
     batch = delta.batch
     budget = _PASS_MAX_BYTES  # what one pass reads in all; the rest waits for the next pass
+    points_left = _PASS_MAX_POINTS
     for key in _keys(list_beneath(root, run_dir / "metrics")):
         cursor = f"metric:{key}"
-        if budget <= 0:
+        if budget <= 0 or points_left <= 0:
             break
         try:
             offset = max(0, int(cursors.get(cursor, "0")))
@@ -184,7 +199,8 @@ def collect(root: Path, run_dir: PurePath, cursors: dict[str, str], *, final: bo
         except (UnsafeFile, OSError, ValueError):
             continue
         budget -= len(chunk.data)
-        points, used = parse_metric_lines(chunk.data)
+        points, used = parse_metric_lines(chunk.data, points_left)
+        points_left -= len(points)
         batch.metrics.extend(MetricPoint(key, v, ts, step) for ts, v, step in points)
         if used:
             delta.cursors[cursor] = str(offset + used)

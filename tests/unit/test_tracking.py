@@ -3,11 +3,12 @@ real MLflow file store, rerun's overrides, the job's MLflow environment in the s
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import pytest
@@ -211,6 +212,15 @@ def test_batches_are_cut_to_mlflows_limits() -> None:
     assert split_batch(Batch()) == []
 
 
+def test_a_million_points_are_cut_in_order() -> None:
+    """A relay pass may hold many points: each batch is sliced out, not the rest copied."""
+    metrics = [MetricPoint("m", 0.0, i, i) for i in range(997)] * 1003  # 1M, cheap to make
+    parts = split_batch(Batch(metrics=metrics, params={f"p{i}": "v" for i in range(150)}))
+    assert [len(m) + len(p) for m, p, _ in parts[:3]] == [1000, 1000, 1000]
+    sent = [point for m, _, _ in parts for point in m]
+    assert len(sent) == len(metrics) and all(map(operator.is_, sent, metrics))
+
+
 def test_ui_url_only_for_a_server() -> None:
     assert (
         records.ui_url("http://mlflow:5000/", "3", "ab")
@@ -235,6 +245,25 @@ def test_metric_lines_only_whole_ones() -> None:
     assert [(ts, step) for ts, _, step in points] == [(1000, 0), (1001, 1), (1002, 2)]
     assert points[0][1] == 0.5 and points[2][1] == 0.75
     assert used == data.rfind(b"\n") + 1
+
+
+def test_a_pass_takes_at_most_its_points_and_the_next_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`0 0` lines are 4 bytes each: a pass bounded only in bytes held millions of points."""
+    monkeypatch.setattr(relay, "_PASS_MAX_POINTS", 1000)
+    run_dir = PurePath("0/abc")
+    (tmp_path / run_dir / "metrics").mkdir(parents=True)
+    (tmp_path / run_dir / "metrics" / "a").write_bytes(b"0 0\n" * 700)
+    (tmp_path / run_dir / "metrics" / "b").write_bytes(b"0 1\n" * 700)
+    first = relay.collect(tmp_path, run_dir, {}, final=False)
+    assert len(first.batch.metrics) == 1000
+    second = relay.collect(tmp_path, run_dir, first.cursors, final=False)
+    assert len(second.batch.metrics) == 400
+    assert (
+        sorted(m.value for m in first.batch.metrics + second.batch.metrics)
+        == [0.0] * 700 + [1.0] * 700
+    )
 
 
 def test_relay_reads_what_a_real_job_logs_into_a_file_store(tmp_path: Path) -> None:

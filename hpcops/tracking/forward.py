@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # A relayed artifact is copied before upload (from a link-free handle); one larger than this is
 # left out with a warning rather than filling the daemon's disk.
 _ARTIFACT_MAX_BYTES = 4 * 1024**3
+# A last read of a store that still grows as it is read (a later attempt's job already writing
+# it) ends here, with an error; 1000 passes are 100M points.
+_FINAL_MAX_PASSES = 1000
 
 
 class RelayForwarder:
@@ -39,7 +42,23 @@ class RelayForwarder:
                 log.warning("run %s: relay refused by the server: %s", run.id, exc)
 
     def forward(self, server: TrackingServer, run: Run, *, final: bool) -> None:
-        """What is new in the run's relay store (`final`: the job has ended, read it all)."""
+        """What is new in the run's relay store. `final`: the job has ended, and no pass comes
+        after this one (an ended run is not relayed again): passes, each bounded as one while
+        the job runs is, until the store is read to its end."""
+        assert run.id is not None
+        passes = _FINAL_MAX_PASSES if final else 1
+        for _ in range(passes):
+            if not self._pass(server, run, final=final):
+                return
+        if final:
+            log.error(
+                "run %s: its relay store holds more after %d passes; the rest is not forwarded",
+                run.id,
+                passes,
+            )
+
+    def _pass(self, server: TrackingServer, run: Run, *, final: bool) -> bool:
+        """One pass; whether it left more for another (and moved on: never the same again)."""
         assert run.id is not None and run.mlflow_run_id is not None
         assert run.mlflow_relay_dir is not None and run.mlflow_relay_run_id is not None
         assert run.mlflow_artifact_uri is not None
@@ -56,12 +75,14 @@ class RelayForwarder:
             # "attempt" or "close" logs after this) nor another run's: raised, it held the
             # outbox's oldest operation, and every run's record behind it, for ever.
             log.warning("run %s: cannot read its relay store: %s", run.id, exc)
-            return
+            return False
         if delta.batch:
             self.log(server, run, delta.batch)
+        moved = bool(delta.cursors)
         for artifact in delta.artifacts:
             if self._upload(server, run, root, artifact):
                 self.store.save_relay_cursors(run.id, {artifact.cursor: artifact.signature})
+                moved = True
         if (
             not final
             and run.state == RunState.RUNNING.value
@@ -71,6 +92,7 @@ class RelayForwarder:
             delta.cursors["status"] = records.RUNNING
         if delta.cursors:
             self.store.save_relay_cursors(run.id, delta.cursors)
+        return delta.more and moved
 
     def _upload(self, server: TrackingServer, run: Run, root: Path, item: relay.Artifact) -> bool:
         """One relayed file onto the record; whether it is done with (uploaded, or left out for

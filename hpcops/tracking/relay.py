@@ -145,11 +145,13 @@ class Artifact:
 @dataclass
 class Delta:
     """What is new in a relay store since the cursors: one batch, files to upload, and the
-    cursors to keep once the server has taken the batch."""
+    cursors to keep once the server has taken the batch; `more`: one pass did not hold it all,
+    the rest is for the next."""
 
     batch: Batch = field(default_factory=Batch)
     artifacts: list[Artifact] = field(default_factory=list)
     cursors: dict[str, str] = field(default_factory=dict)
+    more: bool = False
 
 
 # The job writes the store: bound what one pass reads, and what one value may be.
@@ -181,17 +183,25 @@ def _keys(names: list[str]) -> list[str]:
 
 
 def collect(root: Path, run_dir: PurePath, cursors: dict[str, str], *, final: bool) -> Delta:
-    """Everything in the file-store run at `root/run_dir` that the cursors say was not sent
-    yet. The store is the job's: every file is reached from `root` without following links
-    (hpcops/transport/beneath.py), and a file that cannot be read so is skipped, not fatal."""
+    """What in the file-store run at `root/run_dir` the cursors say was not sent yet, as much
+    as one pass holds (`Delta.more`: the rest waits for the next). The store is the job's:
+    every file is reached from `root` without following links (hpcops/transport/beneath.py),
+    and a file that cannot be read so is skipped, not fatal."""
     delta = Delta()
-    batch = delta.batch
-    budget = _PASS_MAX_BYTES  # what one pass reads in all; the rest waits for the next pass
+    _collect_metrics(root, run_dir, cursors, delta)
+    _collect_values(root, run_dir, cursors, delta, final=final)
+    _collect_artifacts(root, run_dir, cursors, delta)
+    return delta
+
+
+def _collect_metrics(root: Path, run_dir: PurePath, cursors: dict[str, str], delta: Delta) -> None:
+    budget = _PASS_MAX_BYTES  # what one pass reads in all
     points_left = _PASS_MAX_POINTS
     for key in _keys(list_beneath(root, run_dir / "metrics")):
         cursor = f"metric:{key}"
         if budget <= 0 or points_left <= 0:
-            break
+            delta.more = True
+            return
         try:
             offset = max(0, int(cursors.get(cursor, "0")))
             want = min(_METRIC_CHUNK_BYTES, budget)
@@ -201,17 +211,31 @@ def collect(root: Path, run_dir: PurePath, cursors: dict[str, str], *, final: bo
         budget -= len(chunk.data)
         points, used = parse_metric_lines(chunk.data, points_left)
         points_left -= len(points)
-        batch.metrics.extend(MetricPoint(key, v, ts, step) for ts, v, step in points)
+        unread = chunk.start + len(chunk.data) < chunk.size
+        if not used and unread and want == _METRIC_CHUNK_BYTES:
+            used = len(chunk.data)  # a "line" longer than a chunk is no point: passed over
+        # Whole lines left after what was taken (a last line still being written is not).
+        delta.more |= unread or used < chunk.data.rfind(b"\n") + 1
+        delta.batch.metrics.extend(MetricPoint(key, v, ts, step) for ts, v, step in points)
         if used:
             delta.cursors[cursor] = str(offset + used)
-    for kind, target in (("param", batch.params), ("tag", batch.tags)):
+
+
+def _collect_values(
+    root: Path, run_dir: PurePath, cursors: dict[str, str], delta: Delta, *, final: bool
+) -> None:
+    """Params and tags that changed, in a budget of their own: metrics never crowd them out."""
+    budget = _PASS_MAX_BYTES  # what one pass holds; an unchanged value costs none
+    for kind, target in (("param", delta.batch.params), ("tag", delta.batch.tags)):
         for key in _keys(list_beneath(root, run_dir / f"{kind}s")):
             if kind == "tag" and (key in _SKIPPED_TAGS or key.startswith(TAG_PREFIX)):
                 continue
+            if budget <= 0:
+                delta.more = True
+                return
             value = _read_text(root, run_dir / f"{kind}s" / key)
-            if value is None or budget <= 0:
+            if value is None:
                 continue
-            budget -= len(value)
             # A param file is written in place: empty may mean "being written". Params cannot
             # change once logged, so wait for the value, except on the last pass.
             if kind == "param" and not value and not final:
@@ -221,6 +245,12 @@ def collect(root: Path, run_dir: PurePath, cursors: dict[str, str], *, final: bo
             if cursors.get(f"{kind}:{key}") != seen:
                 target[key] = value
                 delta.cursors[f"{kind}:{key}"] = seen
+                budget -= len(value)
+
+
+def _collect_artifacts(
+    root: Path, run_dir: PurePath, cursors: dict[str, str], delta: Delta
+) -> None:
     for rel in list_beneath(root, run_dir / "artifacts"):
         path = run_dir / "artifacts" / rel
         try:
@@ -236,4 +266,3 @@ def collect(root: Path, run_dir: PurePath, cursors: dict[str, str], *, final: bo
             parent = PurePosixPath(rel).parent.as_posix()
             directory = None if parent == "." else parent
             delta.artifacts.append(Artifact(path, directory, f"artifact:{rel}", signature))
-    return delta

@@ -222,3 +222,33 @@ def test_an_artifact_that_could_not_be_copied_is_uploaded_by_the_next_pass(
     assert failed and server.uploads == {}
     tracker.forwarder.forward(server, run, final=False)  # type: ignore[arg-type]
     assert server.uploads == {"None/model.pt": b"weights"}
+
+
+def test_the_last_pass_forwards_everything_a_pass_at_a_time(
+    lab: tuple[Tracker, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At an attempt's or the run's end the store is read for the last time: a metric file
+    larger than a pass reads, and a param after a pass's budget is spent, are all forwarded."""
+    tracker, tmp = lab
+    monkeypatch.setattr(relay, "_PASS_MAX_BYTES", 8 * 1024 * 1024)
+    run, files = _relaying(tracker, tmp)
+    line = b"1700000000000 0.5 %d " + b"x" * 1000 + b"\n"  # what follows the step is ignored
+    (files / "metrics" / "loss").write_bytes(b"".join(line % step for step in range(9000)))
+    (files / "params" / "lr").write_text("0.1")
+    server = RecordingServer()
+    tracker.forwarder.forward(server, run, final=True)  # type: ignore[arg-type]
+    steps = sorted(m.step for b in server.batches for m in b.metrics)
+    assert steps == list(range(9000))
+    assert [b.params for b in server.batches if b.params] == [{"lr": "0.1"}]
+    assert max(len(b.metrics) for b in server.batches) < 9000, "each pass bounded"
+
+
+def test_a_line_longer_than_a_pass_reads_is_passed_over(tmp_path: Path) -> None:
+    """No metric line is 8 MB long: one that is, never ended, held its file still for ever."""
+    root, run_dir = _store(tmp_path)
+    (root / run_dir / "metrics" / "loss").write_bytes(b"x" * (8 * 1024 * 1024 + 9) + b"\n1 2 3\n")
+    first = relay.collect(root, run_dir, {}, final=True)
+    assert first.more and not first.batch.metrics
+    second = relay.collect(root, run_dir, first.cursors, final=True)
+    assert [(m.value, m.step) for m in second.batch.metrics] == [(2.0, 3)]
+    assert not second.more

@@ -24,6 +24,10 @@ RUN_ID_TAG = "hpcops.run_id"
 RERUN_OF_TAG = "hpcops.rerun_of"
 RERUN_BY_TAG = "hpcops.rerun_by"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting: a sweep's point under its parent
+USER_TAG = "mlflow.user"
+RUN_NAME_TAG = "mlflow.runName"
+SOURCE_PREFIX = "mlflow.source."  # where the code came from: its repository and commit
+SLURM_PREFIX = "slurm."  # Slurm's figures of the run's job and of each attempt
 PIPELINE_ID_TAG = "hpcops.pipeline_id"
 PIPELINE_STEP_TAG = "hpcops.pipeline_step"
 SPEC_ARTIFACT = "hpcops/spec.yaml"
@@ -49,6 +53,15 @@ _STATUS_OF: dict[RunState, str] = {
     RunState.NODE_FAIL: FAILED,
     RunState.UNKNOWN: FAILED,
 }
+
+
+def daemon_owned(key: str) -> bool:
+    """Whether the daemon records this metric, param or tag key itself (every one this module
+    makes is): a relayed job's own of the same name is not copied, or it would say what Slurm
+    and the daemon say instead of them (an exit code, a state, the commit, a data version)."""
+    return key in (USER_TAG, RUN_NAME_TAG, PARENT_TAG) or key.startswith(
+        (TAG_PREFIX, SOURCE_PREFIX, SLURM_PREFIX)
+    )
 
 
 def mlflow_status(state: RunState) -> str:
@@ -122,8 +135,8 @@ def creation_tags(
     tags = dict(spec.tags)  # the spec's own tags, under hpcops' (which win)
     tags.update(
         {
-            "mlflow.user": run.owner,
-            "mlflow.runName": run.name,
+            USER_TAG: run.owner,
+            RUN_NAME_TAG: run.name,
             KEY_TAG: key,
             RUN_ID_TAG: str(run.id),
             "hpcops.owner": run.owner,
@@ -134,10 +147,10 @@ def creation_tags(
     )
     if run.code_repo:
         tags["hpcops.git.repo"] = run.code_repo
-        tags["mlflow.source.git.repoURL"] = run.code_repo
+        tags[f"{SOURCE_PREFIX}git.repoURL"] = run.code_repo
     if run.code_commit:
         tags["hpcops.git.commit"] = run.code_commit
-        tags["mlflow.source.git.commit"] = run.code_commit
+        tags[f"{SOURCE_PREFIX}git.commit"] = run.code_commit
         tags["hpcops.git.dirty"] = "true" if run.code_dirty else "false"
         if run.code_dirty and run.code_checkout:
             # The snapshot of the uncommitted changes, in the lab's mirror: what a rerun checks out.
@@ -202,8 +215,8 @@ def _slurm_figures(job: Run | Attempt) -> tuple[dict[str, float], dict[str, str]
 # The run-level tags of the last job's words, named as they were before attempts existed.
 _CLOSING_TAGS = {
     "state": "hpcops.state",
-    "slurm_state": "slurm.state",
-    "exit_code": "slurm.exit_code",
+    "slurm_state": f"{SLURM_PREFIX}state",
+    "exit_code": f"{SLURM_PREFIX}exit_code",
     "reason": "hpcops.reason",
     "job_id": "hpcops.slurm_job_id",
 }
@@ -213,14 +226,14 @@ def closing_batch(run: Run, *, end_ms: int) -> Batch:
     """Slurm's accounting of the ended job: numbers as metrics, words as tags; one batch
     whatever the number of figures (MLflow's log_batch takes up to 1000 metrics and 100 tags)."""
     numbers, words = _slurm_figures(run)
-    metrics = [MetricPoint(f"slurm.{key}", value, end_ms, 0) for key, value in numbers.items()]
+    metrics = [MetricPoint(SLURM_PREFIX + key, value, end_ms, 0) for key, value in numbers.items()]
     tags = {_CLOSING_TAGS[key]: value for key, value in words.items()}
     return Batch(metrics=metrics, tags=tags)
 
 
 def attempt_prefix(number: int) -> str:
     """Where one attempt's figures live in the record: `slurm.attempt.<n>.<figure>`."""
-    return f"slurm.attempt.{number}."
+    return f"{SLURM_PREFIX}attempt.{number}."
 
 
 def attempt_artifact_dir(number: int) -> str:

@@ -29,13 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 
 from hpcops.tracking import relay_template
-from hpcops.tracking.records import PARENT_TAG, TAG_PREFIX, Batch, MetricPoint
+from hpcops.tracking.records import Batch, MetricPoint, daemon_owned
 from hpcops.transport.beneath import UnsafeFile, list_beneath, open_beneath, read_beneath
 
 EXPERIMENT_ID = "0"  # FileStore's default experiment; the relay store holds one run
-# Tags the file store writes itself, or that hpcops owns on the server: not copied. (A job does
-# not move its record out of its sweep's parent either.)
-_SKIPPED_TAGS = {"mlflow.runName", "mlflow.user", PARENT_TAG}
 
 
 @dataclass(frozen=True)
@@ -179,7 +176,10 @@ def _digest(value: str) -> str:
 
 
 def _keys(names: list[str]) -> list[str]:
-    return [name for name in names if _KEY_RE.fullmatch(name)]
+    """The job's keys that are copied: MLflow's, and not one the daemon records itself (the
+    file store's own run name and user, Slurm's figures, the code's commit, the data's version;
+    nor does a job move its record out of its sweep's parent)."""
+    return [name for name in names if _KEY_RE.fullmatch(name) and not daemon_owned(name)]
 
 
 def collect(root: Path, run_dir: PurePath, cursors: dict[str, str], *, final: bool) -> Delta:
@@ -228,8 +228,6 @@ def _collect_values(
     budget = _PASS_MAX_BYTES  # what one pass holds; an unchanged value costs none
     for kind, target in (("param", delta.batch.params), ("tag", delta.batch.tags)):
         for key in _keys(list_beneath(root, run_dir / f"{kind}s")):
-            if kind == "tag" and (key in _SKIPPED_TAGS or key.startswith(TAG_PREFIX)):
-                continue
             if budget <= 0:
                 delta.more = True
                 return

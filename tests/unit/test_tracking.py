@@ -160,6 +160,36 @@ def test_creation_tags() -> None:
     assert "hpcops.rerun_of" not in tags
 
 
+def test_every_key_the_daemon_records_is_its_own() -> None:
+    """A relayed job's key of one of these names is not copied (relay.collect): the set is
+    records.daemon_owned, and nothing the daemon logs on a run's record may fall outside it."""
+    from hpcops.store import Attempt
+
+    spec = parse_spec(SPEC, "s")
+    run = _run(
+        code_repo="git@host:lab/x.git", code_commit="f" * 40, code_dirty=True,
+        code_checkout="snap", rerun_of_mlflow="a" * 32, rerun_of_run=3, sweep_id=1,
+        sweep_index=0, pipeline_id=2, pipeline_step="train", slurm_job_id="99",
+        partition="gpu", exit_code=3, signal=0, elapsed_s=42, total_cpu_s=40.5,
+        max_rss_bytes=1, alloc_cpus=2, alloc_gpus=1, slurm_state="FAILED", reason="x",
+    )  # fmt: skip
+    attempt = Attempt(
+        run_id=12, number=1, slurm_job_id="98", state=RunState.TIMEOUT, started_at=1.0,
+        ended_at=2.0, exit_code=0, elapsed_s=1, reason="TIMEOUT",
+    )  # fmt: skip
+    created = records.creation_tags(
+        run, spec, key="k", version="0.1", data_versions={"mnist": "md5"}, parent_run_id="p"
+    )
+    closing, attempted = records.closing_batch(run, end_ms=1), records.attempt_batch(attempt)
+    keys = {k for k in created if k not in spec.tags}
+    keys |= set(records.submission_tags(run, cluster="hpc", mode="relay"))
+    keys |= {m.key for m in closing.metrics + attempted.metrics}
+    keys |= set(closing.tags) | set(attempted.tags)
+    assert {"slurm.exit_code", "slurm.state", "mlflow.source.git.commit"} <= keys
+    assert [k for k in sorted(keys) if not records.daemon_owned(k)] == []
+    assert not any(records.daemon_owned(k) for k in ("loss", "note", "mlflow.note.content"))
+
+
 def test_instance_key_differs_per_home(tmp_path: Path) -> None:
     a = records.instance_key("lab", tmp_path / "a", 1)
     assert a == records.instance_key("lab", tmp_path / "a", 1)

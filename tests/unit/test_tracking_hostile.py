@@ -252,3 +252,22 @@ def test_a_line_longer_than_a_pass_reads_is_passed_over(tmp_path: Path) -> None:
     second = relay.collect(root, run_dir, first.cursors, final=True)
     assert [(m.value, m.step) for m in second.batch.metrics] == [(2.0, 3)]
     assert not second.more
+
+
+def test_a_job_cannot_relay_what_the_daemon_records(tmp_path: Path) -> None:
+    """Slurm's figures, the code's commit and the data's version are the daemon's to say."""
+    root, run_dir = _store(tmp_path)
+    files = root / run_dir
+    (files / "metrics" / "slurm.exit_code").write_text("1000 0 0\n")
+    (files / "metrics" / "slurm.attempt.1.elapsed_s").write_text("1000 1 0\n")
+    (files / "metrics" / "loss").write_text("1000 0.5 0\n")
+    (files / "tags" / "slurm.state").write_text("COMPLETED")
+    (files / "tags" / "mlflow.source.git.commit").write_text("0" * 40)
+    (files / "tags" / "hpcops.data.mnist").write_text("forged")
+    (files / "tags" / "note").write_text("mine")
+    (files / "params" / "slurm.partition").write_text("gpu")
+    (files / "params" / "lr").write_text("0.1")
+    delta = relay.collect(root, run_dir, {}, final=True)
+    assert [m.key for m in delta.batch.metrics] == ["loss"]
+    assert delta.batch.tags == {"note": "mine"}
+    assert delta.batch.params == {"lr": "0.1"}

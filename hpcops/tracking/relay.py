@@ -21,6 +21,7 @@ offset per file and reads only what is new, and only whole lines.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -31,6 +32,8 @@ from pathlib import Path, PurePath, PurePosixPath
 from hpcops.tracking import relay_template
 from hpcops.tracking.records import Batch, MetricPoint, daemon_owned
 from hpcops.transport.beneath import UnsafeFile, list_beneath, open_beneath, read_beneath
+
+log = logging.getLogger(__name__)
 
 EXPERIMENT_ID = "0"  # FileStore's default experiment; the relay store holds one run
 
@@ -175,6 +178,16 @@ def _digest(value: str) -> str:
     return "sha256:" + hashlib.sha256(value.encode("utf-8", errors="replace")).hexdigest()
 
 
+def _listed(root: Path, folder: PurePath) -> list[str]:
+    """The files in one of the store's folders. One the job made unreadable (chmod 000) costs
+    only what it holds, this pass: raised, it cost the run its metrics and params too."""
+    try:
+        return list_beneath(root, folder)
+    except (UnsafeFile, OSError) as exc:
+        log.warning("relay store %s: %s not read: %s", root / folder.parent, folder.name, exc)
+        return []
+
+
 def _keys(names: list[str]) -> list[str]:
     """The job's keys that are copied: MLflow's, and not one the daemon records itself (the
     file store's own run name and user, Slurm's figures, the code's commit, the data's version;
@@ -197,7 +210,7 @@ def collect(root: Path, run_dir: PurePath, cursors: dict[str, str], *, final: bo
 def _collect_metrics(root: Path, run_dir: PurePath, cursors: dict[str, str], delta: Delta) -> None:
     budget = _PASS_MAX_BYTES  # what one pass reads in all
     points_left = _PASS_MAX_POINTS
-    for key in _keys(list_beneath(root, run_dir / "metrics")):
+    for key in _keys(_listed(root, run_dir / "metrics")):
         cursor = f"metric:{key}"
         if budget <= 0 or points_left <= 0:
             delta.more = True
@@ -227,7 +240,7 @@ def _collect_values(
     """Params and tags that changed, in a budget of their own: metrics never crowd them out."""
     budget = _PASS_MAX_BYTES  # what one pass holds; an unchanged value costs none
     for kind, target in (("param", delta.batch.params), ("tag", delta.batch.tags)):
-        for key in _keys(list_beneath(root, run_dir / f"{kind}s")):
+        for key in _keys(_listed(root, run_dir / f"{kind}s")):
             if budget <= 0:
                 delta.more = True
                 return
@@ -249,7 +262,7 @@ def _collect_values(
 def _collect_artifacts(
     root: Path, run_dir: PurePath, cursors: dict[str, str], delta: Delta
 ) -> None:
-    for rel in list_beneath(root, run_dir / "artifacts"):
+    for rel in _listed(root, run_dir / "artifacts"):
         path = run_dir / "artifacts" / rel
         try:
             fd = open_beneath(root, path)

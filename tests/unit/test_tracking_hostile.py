@@ -271,3 +271,23 @@ def test_a_job_cannot_relay_what_the_daemon_records(tmp_path: Path) -> None:
     assert [m.key for m in delta.batch.metrics] == ["loss"]
     assert delta.batch.tags == {"note": "mine"}
     assert delta.batch.params == {"lr": "0.1"}
+
+
+def test_an_unreadable_artifacts_folder_costs_only_the_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, run_dir = _store(tmp_path)
+    (root / run_dir / "metrics" / "loss").write_text("1000 0.5 0\n")
+    (root / run_dir / "params" / "lr").write_text("0.1")
+    listed = relay.list_beneath
+
+    def listing(root: Path, relative_dir: PurePath, **kwargs: Any) -> list[str]:
+        if relative_dir.name == "artifacts":  # chmod 000 by the job (the tests may run as root)
+            raise PermissionError(errno.EACCES, "Permission denied", str(relative_dir))
+        return listed(root, relative_dir, **kwargs)
+
+    monkeypatch.setattr(relay, "list_beneath", listing)
+    delta = relay.collect(root, run_dir, {}, final=False)
+    assert [m.key for m in delta.batch.metrics] == ["loss"]
+    assert delta.batch.params == {"lr": "0.1"}
+    assert delta.artifacts == []

@@ -92,6 +92,8 @@ class RelayForwarder:
             delta.cursors["status"] = records.RUNNING
         if delta.cursors:
             self.store.save_relay_cursors(run.id, delta.cursors)
+        if delta.more and not moved:  # every file it took failed to copy: the next pass tries
+            log.warning("run %s: its relay store holds more, but this pass took none", run.id)
         return delta.more and moved
 
     def _upload(self, server: TrackingServer, run: Run, root: Path, item: relay.Artifact) -> bool:

@@ -163,6 +163,9 @@ _PASS_MAX_POINTS = 100_000
 # non-UTF-8 name failed in the client and the store).
 _KEY_RE = re.compile(r"[A-Za-z0-9_\-. /:]{1,250}")
 _METRIC_CHUNK_BYTES = 8 * 1024 * 1024
+# Artifacts are copied to the daemon's disk, then uploaded: what one pass takes (at least one
+# file; hpcops/tracking/forward.py bounds one file).
+_PASS_MAX_ARTIFACT_BYTES = 1024**3
 _VALUE_MAX_BYTES = 1024 * 1024
 
 
@@ -262,6 +265,7 @@ def _collect_values(
 def _collect_artifacts(
     root: Path, run_dir: PurePath, cursors: dict[str, str], delta: Delta
 ) -> None:
+    budget = _PASS_MAX_ARTIFACT_BYTES
     for rel in _listed(root, run_dir / "artifacts"):
         path = run_dir / "artifacts" / rel
         try:
@@ -274,6 +278,10 @@ def _collect_artifacts(
             os.close(fd)
         signature = f"{st.st_size}:{st.st_mtime_ns}"
         if cursors.get(f"artifact:{rel}") != signature:
+            if delta.artifacts and st.st_size > budget:
+                delta.more = True
+                return
+            budget -= st.st_size
             parent = PurePosixPath(rel).parent.as_posix()
             directory = None if parent == "." else parent
             delta.artifacts.append(Artifact(path, directory, f"artifact:{rel}", signature))

@@ -291,3 +291,20 @@ def test_an_unreadable_artifacts_folder_costs_only_the_artifacts(
     assert [m.key for m in delta.batch.metrics] == ["loss"]
     assert delta.batch.params == {"lr": "0.1"}
     assert delta.artifacts == []
+
+
+def test_artifacts_are_relayed_a_bounded_number_of_bytes_a_pass(
+    lab: tuple[Tracker, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each pass copies them to the daemon's disk and uploads them: a job's 4 GB files (sparse:
+    free to make) went all in one pass; the rest waits for the next, or the last's next one."""
+    tracker, tmp = lab
+    monkeypatch.setattr(relay, "_PASS_MAX_ARTIFACT_BYTES", 1000)
+    run, files = _relaying(tracker, tmp)
+    for name in ("a", "b", "c"):
+        (files / "artifacts" / name).write_bytes(name.encode() * 600)
+    first = relay.collect(tmp / "relay", files.relative_to(tmp / "relay"), {}, final=False)
+    assert [a.path.name for a in first.artifacts] == ["a"] and first.more
+    server = RecordingServer()
+    tracker.forwarder.forward(server, run, final=True)  # type: ignore[arg-type]
+    assert sorted(server.uploads) == ["None/a", "None/b", "None/c"]

@@ -78,6 +78,8 @@ class RelayForwarder:
             return False
         if delta.batch:
             self.log(server, run, delta.batch)
+        if delta.cursors:  # kept now: an upload that fails below does not send the batch again
+            self.store.save_relay_cursors(run.id, delta.cursors)
         moved = bool(delta.cursors)
         for artifact in delta.artifacts:
             if self._upload(server, run, root, artifact):
@@ -89,9 +91,7 @@ class RelayForwarder:
             and cursors.get("status") != records.RUNNING
         ):
             server.set_status(run.mlflow_run_id, records.RUNNING)
-            delta.cursors["status"] = records.RUNNING
-        if delta.cursors:
-            self.store.save_relay_cursors(run.id, delta.cursors)
+            self.store.save_relay_cursors(run.id, {"status": records.RUNNING})
         if delta.more and not moved:  # every file it took failed to copy: the next pass tries
             log.warning("run %s: its relay store holds more, but this pass took none", run.id)
         return delta.more and moved

@@ -308,3 +308,22 @@ def test_artifacts_are_relayed_a_bounded_number_of_bytes_a_pass(
     server = RecordingServer()
     tracker.forwarder.forward(server, run, final=True)  # type: ignore[arg-type]
     assert sorted(server.uploads) == ["None/a", "None/b", "None/c"]
+
+
+def test_a_batch_the_server_took_is_not_sent_again_when_an_upload_fails_after_it(
+    lab: tuple[Tracker, Path],
+) -> None:
+    from hpcops.errors import TrackingUnreachable
+
+    class DownForUploads(RecordingServer):
+        def upload(self, artifact_uri: str, local_path: Path, artifact_dir: str | None) -> None:
+            raise TrackingUnreachable("upload: 503 for the test")
+
+    tracker, tmp = lab
+    run, files = _relaying(tracker, tmp)
+    (files / "metrics" / "loss").write_text("1000 0.5 0\n")
+    (files / "artifacts" / "model.pt").write_bytes(b"weights")
+    with pytest.raises(TrackingUnreachable):
+        tracker.forwarder.forward(DownForUploads(), run, final=False)  # type: ignore[arg-type]
+    assert run.id is not None
+    assert tracker.store.relay_cursors(run.id) == {"metric:loss": "11"}

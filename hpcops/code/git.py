@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,11 +29,28 @@ _NOTHING_RUNS: tuple[str, ...] = (
     "-c", "protocol.ext.allow=never",
     "-c", "uploadpack.packObjectsHook=",
 )  # fmt: skip
+# For git in the daemon's own git directories: no global config. The account's ~/.gitconfig is
+# usually on storage every job can write (hpcops.code.mirror).
+NO_GLOBAL_CONFIG = {"GIT_CONFIG_GLOBAL": os.devnull}
+_NOT_INSTALLED = "git is not installed (not found on PATH)"
+_STDERR_MAX_BYTES = 64 * 1024  # git's own words on a failure: a line or two
 
 
 class GitError(HpcopsError):
     """git failed; the message carries its stderr. An HpcopsError, so that whatever git call a
     command makes, a failure reaches the user as a message (exit 1), never as a traceback."""
+
+
+def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LC_ALL": "C",
+        # Never wait for a password or a passphrase: a daemon has no one to ask.
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "/bin/false",
+        "SSH_ASKPASS": "/bin/false",
+        **(env or {}),
+    }
 
 
 def git(
@@ -44,20 +62,11 @@ def git(
     stdin: str | None = None,
 ) -> str:
     """Run `git ARGS` and return its stdout; GitError with git's own words if it fails."""
-    full_env = {
-        **os.environ,
-        "LC_ALL": "C",
-        # Never wait for a password or a passphrase: a daemon has no one to ask.
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_ASKPASS": "/bin/false",
-        "SSH_ASKPASS": "/bin/false",
-        **(env or {}),
-    }
     try:
         proc = subprocess.run(
             ["git", *_NOTHING_RUNS, *args],
             cwd=cwd,
-            env=full_env,
+            env=_environment(env),
             input=stdin,
             capture_output=True,
             text=True,
@@ -65,12 +74,62 @@ def git(
             check=False,
         )
     except FileNotFoundError:
-        raise GitError("git is not installed (not found on PATH)") from None
+        raise GitError(_NOT_INSTALLED) from None
     except subprocess.TimeoutExpired:
-        raise GitError(f"`git {' '.join(args[:2])}` took more than {timeout_s:.0f} s") from None
+        raise GitError(_took_too_long(args, timeout_s)) from None
     if proc.returncode != 0:
         raise GitError(git_failure(proc.stderr or proc.stdout, proc.returncode))
     return proc.stdout
+
+
+def git_head(
+    args: Sequence[str],
+    max_bytes: int,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 120.0,
+) -> bytes:
+    """The first `max_bytes` of `git ARGS`'s stdout, git stopped there: for what is read from
+    the shared objects, where a job can swap a loose object for a huge one (a size asked first
+    would be the old one's). GitError as git() says it, when git fails before the bound."""
+    try:
+        proc = subprocess.Popen(
+            ["git", *_NOTHING_RUNS, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_environment(env),
+        )
+    except FileNotFoundError:
+        raise GitError(_NOT_INSTALLED) from None
+    killed = threading.Event()
+
+    def kill() -> None:
+        killed.set()
+        proc.kill()
+
+    # A FIFO planted as the object would block git's read for ever: a deadline, as git() has.
+    timer = threading.Timer(timeout_s, kill)
+    timer.start()
+    try:
+        with proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            data = proc.stdout.read(max_bytes)
+            if len(data) >= max_bytes:
+                proc.kill()  # the rest is never read
+                return data
+            errors = proc.stderr.read(_STDERR_MAX_BYTES)
+    finally:
+        timer.cancel()
+    if proc.returncode == 0:
+        return data
+    if killed.is_set():
+        raise GitError(_took_too_long(args, timeout_s))
+    raise GitError(git_failure(errors.decode("utf-8", errors="replace"), proc.returncode))
+
+
+def _took_too_long(args: Sequence[str], timeout_s: float) -> str:
+    return f"`git {' '.join(args[:2])}` took more than {timeout_s:.0f} s"
 
 
 def git_failure(output: str, returncode: int) -> str:

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcops.code.git import GitError, git
+from hpcops.code.git import NO_GLOBAL_CONFIG, GitError, git
 from hpcops.errors import HpcopsError
 from hpcops.names import FULL_COMMIT_RE as FULL_SHA_RE
 
@@ -348,7 +348,7 @@ def _git_in(
     names its one safe.directory in a global config of its own: _fetch_source.)"""
     return git(
         ["-C", str(git_dir), *args],
-        env={"GIT_CONFIG_GLOBAL": os.devnull, **(env or {})},
+        env={**NO_GLOBAL_CONFIG, **(env or {})},
         timeout_s=timeout_s,
         stdin=stdin,
     )

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hpcops.code.git import _NOTHING_RUNS, GitError, git_failure
+from hpcops.code.git import NO_GLOBAL_CONFIG, GitError, git_head
 from hpcops.errors import HpcopsError
 from hpcops.yamlio import Document, YamlProblems, read_yaml
 
@@ -18,7 +15,6 @@ from hpcops.yamlio import Document, YamlProblems, read_yaml
 MD5_RE = re.compile(r"[0-9a-f]{32}(?:\.dir)?")
 FILE_MD5_RE = re.compile(r"[0-9a-f]{32}")
 MAX_DVC_FILE_BYTES = 64 * 1024
-_STDERR_MAX_BYTES = 64 * 1024  # git's own words on a failure: a line or two
 # A .dvc file comes from a member's repository: it is read like a spec, by hpcops' one YAML reader
 # (no anchors, aliases or tags, bounded size and depth), never by yaml.safe_load.
 DVC_FILE = Document(
@@ -97,7 +93,12 @@ def read_version(mirror: str, commit: str, path: str) -> tuple[str, int | None, 
     """The version of `path` at `commit`, from the .dvc file in the lab's code mirror."""
     dvc_file = f"{path}.dvc"
     try:
-        data = _cat_blob(mirror, f"{commit}:{dvc_file}", MAX_DVC_FILE_BYTES)
+        # One bounded read: a size asked first could be a swapped object's.
+        data = git_head(
+            ["-C", mirror, "cat-file", "blob", f"{commit}:{dvc_file}"],
+            MAX_DVC_FILE_BYTES + 1,
+            env=NO_GLOBAL_CONFIG,
+        )
     except GitError:
         raise DataVersionError(
             f"{dvc_file} is not in the repository at {commit[:12]}: is {path} tracked by DVC "
@@ -109,45 +110,3 @@ def read_version(mirror: str, commit: str, path: str) -> tuple[str, int | None, 
         )
     text = data.decode("utf-8", errors="replace")
     return parse_dvc_file(text, f"{dvc_file} at {commit[:12]}")
-
-
-def _cat_blob(mirror: str, name: str, max_bytes: int, timeout_s: float = 120.0) -> bytes:
-    """`git cat-file blob NAME`, of which at most `max_bytes` + 1 bytes are read. One read: the
-    mirror is on scratch, where a job can swap a loose object between a size check and a read,
-    and git() keeps all of git's output. GitError as git() says it. git() with a bound on its
-    output would do (it has none, and hpcops/code/git.py is the code's owner's); its hardening
-    (_NOTHING_RUNS) applies, and of its environment only LC_ALL: cat-file asks no one."""
-    try:
-        proc = subprocess.Popen(
-            ["git", *_NOTHING_RUNS, "-C", mirror, "cat-file", "blob", name],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "LC_ALL": "C"},
-        )
-    except FileNotFoundError:
-        raise GitError("git is not installed (not found on PATH)") from None
-    killed = threading.Event()
-
-    def kill() -> None:
-        killed.set()
-        proc.kill()
-
-    # A FIFO planted as the object would block git's read forever: a deadline, as git() has.
-    timer = threading.Timer(timeout_s, kill)
-    timer.start()
-    try:
-        with proc:
-            assert proc.stdout is not None and proc.stderr is not None
-            data = proc.stdout.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                proc.kill()  # the rest is never read: the caller refuses the file
-                return data
-            errors = proc.stderr.read(_STDERR_MAX_BYTES)
-    finally:
-        timer.cancel()
-    if proc.returncode == 0:
-        return data
-    if killed.is_set():
-        raise GitError(f"`git cat-file blob` took more than {timeout_s:.0f} s")
-    raise GitError(git_failure(errors.decode("utf-8", errors="replace"), proc.returncode))

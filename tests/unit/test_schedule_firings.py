@@ -5,8 +5,10 @@ whose prepare_run blocks for one schedule."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,13 +92,32 @@ def _wait(predicate: Any, what: str) -> None:
         time.sleep(0.02)
 
 
+def _service(store: Store, engine: SlowForOne, clock: Any = time.time) -> ScheduleService:
+    config = parse_config("lab: t\n", "config.yaml")
+    return ScheduleService(store, engine, config, daemon_uid=0, clock=clock)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _firing(service: ScheduleService) -> Iterator[ScheduleService]:
+    """The service started (if it is not yet) and firing, as after the daemon's first tick;
+    shut down after."""
+    if service._scheduler is None:
+        service.start()
+    ready, stop = threading.Event(), threading.Event()
+    ready.set()
+    try:
+        service.resume_after(ready, stop)
+        yield service
+    finally:
+        service.shutdown()
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> tuple[Store, SlowForOne, ScheduleService]:
     parse_spec(SPEC, "check")  # the spec itself is fine
     store = Store(tmp_path / "hpcops.db")
     engine = SlowForOne(slow="(slow)")
-    config = parse_config("lab: t\n", "config.yaml")
-    service = ScheduleService(store, engine, config, daemon_uid=0)  # type: ignore[arg-type]
+    service = _service(store, engine)
     service.start()
     yield store, engine, service
     engine.release.set()
@@ -147,15 +168,8 @@ def test_a_claim_left_by_a_crash_is_completed_at_start_once(tmp_path: Path) -> N
     assert not new_again and again.id == claimed.id
 
     engine = SlowForOne(slow="nothing is slow")
-    service = ScheduleService(store, engine, parse_config("lab: t\n", "c"), daemon_uid=0)  # type: ignore[arg-type]
-    service.start()
-    ready, stop = threading.Event(), threading.Event()
-    ready.set()
-    try:
-        service.resume_after(ready, stop)
+    with _firing(_service(store, engine)):
         _wait(lambda: not store.pending_firings(), "the claim was completed")
-    finally:
-        service.shutdown()
     firings = store.firings(schedule.id or 0)
     assert [(f.outcome, f.id) for f, _ in firings] == [("submitted", claimed.id)]
     assert len(engine.prepared) == 1
@@ -179,20 +193,14 @@ def test_a_skip_planned_after_a_restart_leaves_the_claim_to_complete(tmp_path: P
         )
     )
     engine = SlowForOne(slow="crashed")  # its preparation waits: the skip comes first
-    service = ScheduleService(store, engine, parse_config("lab: t\n", "c"), daemon_uid=0)  # type: ignore[arg-type]
-    service.start()
-    ready, stop = threading.Event(), threading.Event()
-    ready.set()
-    try:
-        service.resume_after(ready, stop)  # the claim goes to the pool
-        service._on_due(schedule.id or 0, [datetime.fromtimestamp(due, UTC)])  # the skip
-        [(firing, _)] = store.firings(schedule.id or 0)
-        assert (firing.id, firing.outcome) == (claimed.id, "pending")
-        engine.release.set()
+    with _firing(_service(store, engine)) as service:  # the claim goes to the pool
+        try:
+            service._on_due(schedule.id or 0, [datetime.fromtimestamp(due, UTC)])  # the skip
+            [(firing, _)] = store.firings(schedule.id or 0)
+            assert (firing.id, firing.outcome) == (claimed.id, "pending")
+        finally:
+            engine.release.set()
         _wait(lambda: not store.pending_firings(), "the claim was completed")
-    finally:
-        engine.release.set()
-        service.shutdown()
     [(firing, run)] = store.firings(schedule.id or 0)
     assert (firing.id, firing.outcome, firing.kind) == (claimed.id, "submitted", "scheduled")
     assert run is not None and len(engine.prepared) == 1
@@ -276,21 +284,11 @@ def test_due_times_held_back_by_a_slow_first_tick_are_not_a_catch_up(tmp_path: P
     store = Store(tmp_path / "hpcops.db")
     started = float(int(time.time()))
     clock = [started]
-    engine = SlowForOne(slow="nothing is slow")
-    service = ScheduleService(
-        store,
-        engine,  # type: ignore[arg-type]
-        parse_config("lab: t\n", "c"),
-        daemon_uid=0,
-        clock=lambda: clock[0],
-    )
+    service = _service(store, SlowForOne(slow="nothing is slow"), clock=lambda: clock[0])
     service.start()
     schedule = _schedule(store, "added-while-starting")
     clock[0] = started + 10  # the first tick has run: firing resumes
-    ready, stop = threading.Event(), threading.Event()
-    ready.set()
-    try:
-        service.resume_after(ready, stop)
+    with _firing(service):
         held_back = [datetime.fromtimestamp(started + s, UTC) for s in (1, 3, 5)]
         service._on_due(schedule.id or 0, held_back)
         _wait(lambda: not store.pending_firings(), "the firing completed")
@@ -298,8 +296,6 @@ def test_due_times_held_back_by_a_slow_first_tick_are_not_a_catch_up(tmp_path: P
         before = [datetime.fromtimestamp(started - s, UTC) for s in (3, 1)]
         service._on_due(schedule.id or 0, before)
         _wait(lambda: not store.pending_firings(), "the catch-up completed")
-    finally:
-        service.shutdown()
     by_time = {f.scheduled_for: f for f, _ in store.firings(schedule.id or 0)}
     assert sorted(by_time) == [started - 1, started + 5]
     fired = by_time[started + 5]
@@ -328,15 +324,8 @@ def test_a_claim_whose_schedule_was_removed_says_so(tmp_path: Path) -> None:
     )
     store.update_schedule(schedule.id or 0, removed_at=time.time(), removed_by="lead")
     engine = SlowForOne(slow="nothing is slow")
-    service = ScheduleService(store, engine, parse_config("lab: t\n", "c"), daemon_uid=0)  # type: ignore[arg-type]
-    service.start()
-    ready, stop = threading.Event(), threading.Event()
-    ready.set()
-    try:
-        service.resume_after(ready, stop)
+    with _firing(_service(store, engine)):
         _wait(lambda: not store.pending_firings(), "the claim was completed")
-    finally:
-        service.shutdown()
     [(firing, run)] = store.firings(schedule.id or 0)
     assert (firing.id, firing.outcome, run) == (claimed.id, "skipped", None)
     assert "removed" in firing.reason

@@ -92,6 +92,21 @@ def _wait(predicate: Any, what: str) -> None:
         time.sleep(0.02)
 
 
+def _claim(store: Store, schedule: Schedule, due: float) -> Firing:
+    """What a daemon killed between a claim's commit and its run's leaves: a pending firing."""
+    firing = Firing(
+        schedule_id=schedule.id or 0,
+        scheduled_for=due,
+        fired_at=due,
+        kind="scheduled",
+        actor="daemon",
+        outcome="pending",
+    )
+    claimed, new = store.claim_firing(firing)
+    assert new
+    return claimed
+
+
 def _service(store: Store, engine: SlowForOne, clock: Any = time.time) -> ScheduleService:
     config = parse_config("lab: t\n", "config.yaml")
     return ScheduleService(store, engine, config, daemon_uid=0, clock=clock)  # type: ignore[arg-type]
@@ -182,16 +197,7 @@ def test_a_skip_planned_after_a_restart_leaves_the_claim_to_complete(tmp_path: P
     store = Store(tmp_path / "hpcops.db")
     schedule = _schedule(store, "crashed", catch_up="none")
     due = float(int(time.time()) - 300)  # the daemon was down for five minutes
-    claimed, _ = store.claim_firing(
-        Firing(
-            schedule_id=schedule.id or 0,
-            scheduled_for=due,
-            fired_at=due,
-            kind="scheduled",
-            actor="daemon",
-            outcome="pending",
-        )
-    )
+    claimed = _claim(store, schedule, due)
     engine = SlowForOne(slow="crashed")  # its preparation waits: the skip comes first
     with _firing(_service(store, engine)) as service:  # the claim goes to the pool
         try:
@@ -312,16 +318,7 @@ def test_a_claim_whose_schedule_was_removed_says_so(tmp_path: Path) -> None:
     store = Store(tmp_path / "hpcops.db")
     schedule = _schedule(store, "gone")
     due = float(int(time.time()) - 60)
-    claimed, _ = store.claim_firing(
-        Firing(
-            schedule_id=schedule.id or 0,
-            scheduled_for=due,
-            fired_at=due,
-            kind="scheduled",
-            actor="daemon",
-            outcome="pending",
-        )
-    )
+    claimed = _claim(store, schedule, due)
     store.update_schedule(schedule.id or 0, removed_at=time.time(), removed_by="lead")
     engine = SlowForOne(slow="nothing is slow")
     with _firing(_service(store, engine)):
@@ -342,15 +339,7 @@ def test_claims_of_two_schedules_due_at_once_back_off_each_on_its_own_count(
     monkeypatch.setattr("hpcops.scheduling.firing.threading.Timer", _NoTimer.recording(delays))
     due = float(int(time.time()))
     for schedule in (first, second):
-        claimed = Firing(
-            schedule_id=schedule.id or 0,
-            scheduled_for=due,
-            fired_at=due,
-            kind="scheduled",
-            actor="daemon",
-            outcome="pending",
-        )
-        service._firer._fire_claimed(claimed)
+        service._firer._fire_claimed(_claim(store, schedule, due))
     # Each claim's first failure waits the first back-off: the second schedule's is not
     # counted as the first one's second failure.
     assert len(delays) == 2 and delays[0] == delays[1], delays

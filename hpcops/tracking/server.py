@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcops.errors import TrackingRejected, TrackingUnreachable
+from hpcops.errors import TrackingError, TrackingRejected, TrackingUnreachable
 from hpcops.tracking.records import Batch, MetricPoint
 
 log = logging.getLogger(__name__)
@@ -266,6 +266,16 @@ class TrackingServer:
             path = Path(tmp) / name
             path.write_text(text, encoding="utf-8")
             self.upload(artifact_uri, path, artifact_dir)
+
+    def answers(self) -> bool:
+        """Whether the server answers a request that changes nothing (one experiment listed):
+        tells an outage from one request it keeps failing."""
+        try:
+            with _translated("list one experiment"):
+                self._store.search_experiments(max_results=1)
+        except TrackingError:
+            return False
+        return True
 
     def get_run(self, run_id: str) -> RunRecord:
         with _translated(f"read run {run_id}"):

@@ -287,11 +287,20 @@ class Tracker:
                 self._refused(op, exc)
                 continue
             except TrackingUnreachable as exc:
-                if op.kind == SWEEP_OP:
-                    # A parent's request that failed costs that parent a retry, not every
-                    # other run's record a wait: a server that is down fails the next one too.
+                # A parent's request that failed costs that parent a retry, not every other
+                # run's record a wait: a server that is down fails the next one too. Likewise
+                # a run's request that fails while the server answers (its artifact store
+                # gives 500 for one file, say): that run's record waits, with a back-off, and
+                # the others go on. Only an outage holds the whole outbox.
+                if op.kind == SWEEP_OP or server.answers():
                     delay = backoff_s(op.attempts + 1, first_s=1.0, max_s=_BACKOFF_MAX_S)
-                    log.warning("run %s: sweep parent not updated: %s", op.run_id, exc)
+                    log.warning(
+                        "run %s: MLflow %s failed (retry in %.0f s): %s",
+                        op.run_id,
+                        op.kind,
+                        delay,
+                        exc,
+                    )
                     self.store.tracking_retry(
                         op.id, not_before=self.clock() + delay, error=exc.message[:2000]
                     )

@@ -447,6 +447,50 @@ def test_an_artifact_the_server_refuses_costs_only_itself(
     assert lab.store.tracking_backlog() == 0
 
 
+def test_a_request_failing_while_the_server_answers_holds_up_only_its_run(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The artifact store gives 503 for one run's file, and the tracking API answers: that
+    run's record waits with a back-off, the others are made, and the server is not taken for
+    down (which would hold every run's record). Once the file goes through, the record is
+    completed."""
+    import requests
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    bad, good = lab.add(), lab.add()
+    lab.drain()
+    env = lab.start(bad, "41")
+    lab.start(good, "42")
+    artifacts = Path(env["MLFLOW_TRACKING_URI"][len("file://") :]) / "0" / env["MLFLOW_RUN_ID"]
+    (artifacts / "artifacts").mkdir(parents=True, exist_ok=True)
+    (artifacts / "artifacts" / "model.pt").write_text("weights")
+    upload = LocalArtifactRepository.log_artifact
+    failing = [True]
+
+    def unavailable(repo: Any, local_file: str, artifact_path: str | None = None) -> None:
+        if failing[0] and local_file.endswith("model.pt"):
+            answer = requests.Response()
+            answer.status_code = 503
+            raise requests.HTTPError("503 Server Error: SERVICE UNAVAILABLE", response=answer)
+        upload(repo, local_file, artifact_path)
+
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifact", unavailable)
+    lab.end(bad, RunState.COMPLETED, retried=False, exit_code=0)  # its "close" comes first
+    lab.end(good, RunState.COMPLETED, retried=False, exit_code=0)
+    lab.drain()
+    assert lab.record(good).info.status == "FINISHED"
+    assert lab.record(bad).info.status != "FINISHED"
+    assert lab.tracker.health.reachable
+    [waiting] = [op for op in lab.store.tracking_ops(bad) if op.done_at is None]
+    assert waiting.kind == "close" and waiting.not_before > lab.clock()
+    failing[0] = False
+    lab.clock.offset += 3600
+    lab.drain()
+    assert lab.record(bad).info.status == "FINISHED"
+    assert lab.artifacts(bad, "") == ["hpcops", "model.pt"]
+    assert lab.store.tracking_backlog() == 0
+
+
 def test_a_later_attempt_takes_its_relay_store_as_the_earlier_job_left_it(lab: Lab) -> None:
     run_id = lab.add()
     lab.drain()

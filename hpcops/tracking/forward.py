@@ -10,7 +10,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from hpcops.errors import TrackingRejected
+from hpcops.errors import TrackingRejected, TrackingUnreachable
 from hpcops.states import RunState
 from hpcops.store import Run, Store
 from hpcops.tracking import records, relay
@@ -40,6 +40,12 @@ class RelayForwarder:
                 self.forward(server, run, final=False)
             except TrackingRejected as exc:
                 log.warning("run %s: relay refused by the server: %s", run.id, exc)
+            except TrackingUnreachable as exc:
+                if not server.answers():
+                    raise  # an outage: the tracker backs off, and every run waits for it
+                # This run's request, not the server (its artifact store failing one file):
+                # its cursors stay where they are, and the next pass tries again.
+                log.warning("run %s: relay failed, the next pass tries again: %s", run.id, exc)
 
     def forward(self, server: TrackingServer, run: Run, *, final: bool) -> None:
         """What is new in the run's relay store. `final`: the job has ended, and no pass comes

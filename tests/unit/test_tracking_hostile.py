@@ -98,11 +98,12 @@ def _store(tmp: Path) -> tuple[Path, PurePath]:
     return tmp / "relay", run_dir
 
 
-def _relaying(tracker: Tracker, tmp: Path) -> tuple[Run, Path]:
+def _relaying(tracker: Tracker, tmp: Path, run_id: int = 7) -> tuple[Run, Path]:
     """A stored run whose job relays into `_store`'s run; that run's directory."""
     root, run_dir = _store(tmp)
     queued = _run(tmp / "runs" / "run-000007")
     queued.state = "QUEUED"
+    queued.id = run_id
     run = tracker.store.add_run(queued, actor="ana")
     assert run.id is not None
     tracker.store.set_tracking_fields(
@@ -327,3 +328,37 @@ def test_a_batch_the_server_took_is_not_sent_again_when_an_upload_fails_after_it
         tracker.forwarder.forward(DownForUploads(), run, final=False)  # type: ignore[arg-type]
     assert run.id is not None
     assert tracker.store.relay_cursors(run.id) == {"metric:loss": "11"}
+
+
+@pytest.mark.parametrize("server_answers", [True, False])
+def test_a_run_whose_relay_fails_while_the_server_answers_holds_up_no_other(
+    lab: tuple[Tracker, Path], server_answers: bool
+) -> None:
+    """One run's upload fails with a 5xx while the server answers: the other runs' stores are
+    still relayed in that pass. A server that does not answer is an outage: the pass stops,
+    and the tracker backs off."""
+    from hpcops.errors import TrackingUnreachable
+    from hpcops.states import RunState
+
+    class FailingOneFile(RecordingServer):
+        def upload(self, artifact_uri: str, local_path: Path, artifact_dir: str | None) -> None:
+            if local_path.name == "model.pt":
+                raise TrackingUnreachable("upload: 503 for the test")
+            super().upload(artifact_uri, local_path, artifact_dir)
+
+        def answers(self) -> bool:
+            return server_answers
+
+    tracker, tmp = lab
+    for run_id, artifact in ((7, "model.pt"), (8, "report.txt")):
+        _, files = _relaying(tracker, tmp / artifact, run_id)
+        (files / "artifacts" / artifact).write_bytes(b"x")
+        for state in (RunState.SUBMITTING, RunState.PENDING):  # a job in Slurm
+            tracker.store.transition(run_id, state, actor="daemon")
+    server = FailingOneFile()
+    if server_answers:
+        tracker.forwarder.forward_all(server)  # type: ignore[arg-type]
+        assert list(server.uploads) == ["None/report.txt"]
+    else:
+        with pytest.raises(TrackingUnreachable):
+            tracker.forwarder.forward_all(server)  # type: ignore[arg-type]

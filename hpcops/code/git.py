@@ -12,12 +12,14 @@ from hpcops.errors import HpcopsError
 
 # The daemon's git never reads a config a job can write (its git directory is in its home, see
 # mirror.py), but the repositories it reads from are other people's: a member's repository, or
-# an alternate that a job lists in the shared objects. Command-line config outranks theirs, and
-# reaches the gits that git itself starts, so every git that hpcops runs starts with these: no
-# hooks, no fsmonitor, no credential helper, no proxy command, no ext:: transport, plain ssh (a
-# lab that needs another ssh command sets GIT_SSH_COMMAND, which outranks all config), and no
-# git run inside an alternate to list its refs (its config could name a promisor to fetch
-# from; its refs are only a hint for negotiation).
+# an alternate that a job lists in the shared objects. Command-line config outranks theirs, so
+# every git that hpcops runs starts with these: no hooks, no fsmonitor, no credential helper, no
+# proxy command, no ext:: transport, plain ssh (a lab that needs another ssh command sets
+# GIT_SSH_COMMAND, which outranks all config), and no git run inside an alternate to list its
+# refs (its config could name a promisor to fetch from; its refs are only a hint). The
+# upload-pack that a fetch from a local path starts does not get these (git clears them from its
+# environment): it runs no hooks, reads uploadpack.packObjectsHook from protected config only,
+# and fetches lazily from no promisor (DAEMON_GIT_ENV, and git >= 2.39.4 of its own accord).
 _NOTHING_RUNS: tuple[str, ...] = (
     "-c", "core.alternateRefsCommand=true",
     "-c", "core.hooksPath=/dev/null",
@@ -29,9 +31,11 @@ _NOTHING_RUNS: tuple[str, ...] = (
     "-c", "protocol.ext.allow=never",
     "-c", "uploadpack.packObjectsHook=",
 )  # fmt: skip
-# For git in the daemon's own git directories: no global config. The account's ~/.gitconfig is
-# usually on storage every job can write (hpcops.code.mirror).
-NO_GLOBAL_CONFIG = {"GIT_CONFIG_GLOBAL": os.devnull}
+# For git in the daemon's own git directories (hpcops.code.mirror): no global config, because the
+# account's ~/.gitconfig is usually on storage every job can write; and never a lazy fetch from a
+# promisor remote, which runs that remote's uploadpack (git >= 2.39.4 honours the variable, and
+# hands it on to an upload-pack it starts).
+DAEMON_GIT_ENV = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_NO_LAZY_FETCH": "1"}
 _NOT_INSTALLED = "git is not installed (not found on PATH)"
 _STDERR_MAX_BYTES = 64 * 1024  # git's own words on a failure: a line or two
 

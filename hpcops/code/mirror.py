@@ -37,14 +37,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcops.code.git import NO_GLOBAL_CONFIG, GitError, git
+from hpcops.code.git import DAEMON_GIT_ENV, GitError, git
 from hpcops.errors import HpcopsError
 from hpcops.names import FULL_COMMIT_RE as FULL_SHA_RE
 
 log = logging.getLogger(__name__)
 
 BUNDLE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.bundle")
-_RECEIVING_RE = re.compile(r"\.receiving-[0-9a-f]{16}\.bundle")
+_RECEIVING = r"\.receiving-[0-9a-f]{16}\.bundle"
+_WORK_LEFTOVER_RE = re.compile(rf"{_RECEIVING}|take-[a-z0-9_]{{8}}")
+# What a daemon killed mid-receive left in the code root before the git directory moved home.
+_OLD_LAYOUT_LEFTOVER_RE = re.compile(rf"{_RECEIVING}|tmp[a-z0-9_]{{8}}")
 MAX_PACKED_REFS_BYTES = 64 * 1024 * 1024
 STALE_UPLOAD_S = 24 * 3600  # a bundle left behind by a submit that failed after uploading
 MAX_HAVE_QUERY = 512
@@ -113,69 +116,79 @@ class CodeMirror:
 
     def ensure(self) -> None:
         """Create the shared repository, the incoming folder and the daemon's git directory if
-        needed, and drop stale uploads."""
+        needed, and drop stale uploads.
+
+        The code root is on scratch, where a job can put a link in place of any folder: each
+        is opened without following one, and changed through that handle (a link to the
+        daemon's home must never get the lab's group, nor the stale sweep)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        root_fd = _open_dir(self.root)
+        try:
+            incoming_fd = _open_dir("incoming", dir_fd=root_fd, create=True)
+            try:
+                if self.group is not None:
+                    gid = grp.getgrnam(self.group).gr_gid
+                    # Members pass through root and drop files into incoming, without seeing
+                    # others'.
+                    for fd, mode in ((root_fd, 0o750), (incoming_fd, 0o1730)):
+                        os.fchown(fd, -1, gid)
+                        os.fchmod(fd, mode)
+                else:
+                    os.fchmod(incoming_fd, 0o700)
+                _remove_old(incoming_fd, BUNDLE_NAME_RE, self.incoming)
+            finally:
+                os.close(incoming_fd)
+            os.close(_open_dir("mirror.git", dir_fd=root_fd, create=True))
+            # Before the git directory moved home: copies and unbundle folders of a daemon
+            # killed mid-receive.
+            _remove_old(root_fd, _OLD_LAYOUT_LEFTOVER_RE, self.root)
+        finally:
+            os.close(root_fd)
         if not (self.shared / "HEAD").exists():
-            git(["init", "--quiet", "--bare", str(self.shared)])
-        self.incoming.mkdir(exist_ok=True)
-        for path in (self.root, self.incoming, self.shared):
-            # chmod, chown and the stale sweep below act on these: a job must not point them
-            # at the daemon's home.
-            if not _real_dir(path):
-                raise MirrorError(f"{path} is not a directory (a symbolic link?): refusing it")
-        if self.group is not None:
-            gid = grp.getgrnam(self.group).gr_gid
-            os.chown(self.root, -1, gid)
-            os.chown(self.incoming, -1, gid)
-            # Members pass through root and drop files into incoming, without seeing others'.
-            self.root.chmod(0o750)
-            self.incoming.chmod(0o1730)
-        else:
-            self.incoming.chmod(0o700)
+            _init_bare(self.shared)
         self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._work.mkdir(mode=0o700, exist_ok=True)
+        for entry in self._work.glob("git-*"):
+            shutil.rmtree(entry, ignore_errors=True)  # a git directory a crash left half-made
+        work_fd = _open_dir(self._work)
+        try:
+            _remove_old(work_fd, _WORK_LEFTOVER_RE, self._work)
+        finally:
+            os.close(work_fd)
         if not (self.git_dir / "HEAD").exists():
             self._make_git_dir()
-        self._drop_stale_uploads()
+        elif not _links_to(self.git_dir / "objects", self.shared / "objects"):
+            self._point_objects(self.git_dir)  # code.mirror_root changed
 
     def _make_git_dir(self) -> None:
-        """The daemon's git directory, made aside and renamed into place (a crash leaves none
-        or a whole one), with the refs a mirror of an older hpcops kept in the shared
-        repository taken over: they keep runs' commits alive through an admin's gc."""
+        """The daemon's git directory, made aside and renamed into place: a crash leaves none
+        or a whole one."""
         building = Path(tempfile.mkdtemp(prefix="git-", dir=self._work))
-        git(["init", "--quiet", "--bare", str(building)])
+        _init_bare(building)
         for key, value in (
             ("transfer.fsckObjects", "true"),
             # Unreachable objects of a failed fetch may go, never a commit a run needs: each
             # has a ref. Automatic gc would run inside a submit request; gc is the admin's.
             ("gc.auto", "0"),
         ):
-            git(["-C", str(building), "config", key, value])
+            _git_in(building, ["config", key, value])
         shutil.rmtree(building / "objects")
-        (building / "objects").symlink_to(self.shared / "objects")
-        adopted = _shared_ref_commits(self.shared)
-        if adopted:
-            held = _commits_held(building, adopted)
-            lines = "".join(f"update refs/hpcops/c/{c} {c}\n" for c in sorted(held))
-            git(["-C", str(building), "update-ref", "--stdin"], stdin=lines)
-            log.info("code mirror: took over %d commit ref(s) from %s", len(held), self.shared)
+        self._point_objects(building)
         building.rename(self.git_dir)
 
-    def _drop_stale_uploads(self) -> None:
-        cutoff = time.time() - STALE_UPLOAD_S
-        # Uploads never taken in; copies a daemon killed mid-receive left in its work folder
-        # (or, before the git directory moved home, in the shared root).
-        for folder, pattern in (
-            (self.incoming, BUNDLE_NAME_RE),
-            (self.root, _RECEIVING_RE),
-            (self._work, _RECEIVING_RE),
-        ):
-            _unlink_old(folder, pattern, cutoff)
-        for entry in self._work.glob("git-*"):
-            shutil.rmtree(entry, ignore_errors=True)  # a git directory a crash left half-made
-        for entry in self._work.glob("take-*"):
-            if entry.lstat().st_mtime < cutoff:
-                shutil.rmtree(entry, ignore_errors=True)
+    def _point_objects(self, git_dir: Path) -> None:
+        """Link `git_dir`'s objects to the shared ones (replacing the link there was), and take
+        over the refs a mirror of an older hpcops kept in the shared repository: they keep
+        runs' commits alive through an admin's gc."""
+        link = git_dir / f"objects.{secrets.token_hex(4)}"
+        link.symlink_to(self.shared / "objects")
+        link.replace(git_dir / "objects")
+        adopted = _shared_ref_commits(self.shared)
+        if adopted:
+            held = _commits_held(git_dir, adopted)
+            lines = "".join(f"update refs/hpcops/c/{c} {c}\n" for c in sorted(held))
+            _git_in(git_dir, ["update-ref", "--stdin"], stdin=lines)
+            log.info("code mirror: took over %d commit ref(s) from %s", len(held), self.shared)
 
     # --- questions ------------------------------------------------------------------------
 
@@ -231,7 +244,7 @@ class CodeMirror:
                 # from it, so every new object is checked before the mirror takes it. Both are
                 # the daemon's own: no job can plant config in them.
                 scratch = Path(tmp) / "unbundle.git"
-                git(["init", "--quiet", "--bare", str(scratch)])
+                _init_bare(scratch)
                 (scratch / "objects" / "info" / "alternates").write_text(
                     f"{self.shared / 'objects'}\n"
                 )
@@ -335,6 +348,12 @@ def _single_head(heads: str) -> tuple[str, str]:
     return rows[0][0], rows[0][1]
 
 
+def _init_bare(path: Path) -> None:
+    """An empty bare repository: no template (a global init.templateDir could hand it a config
+    that names a promisor remote), no global config."""
+    git(["init", "--quiet", "--bare", "--template=", str(path)], env=DAEMON_GIT_ENV)
+
+
 def _git_in(
     git_dir: Path,
     args: list[str],
@@ -343,12 +362,13 @@ def _git_in(
     timeout_s: float = 120.0,
     stdin: str | None = None,
 ) -> str:
-    """git in one of the daemon's own git directories, reading no global config: the daemon's
-    ~/.gitconfig is usually on storage every job can write. (A fetch of a member's repository
-    names its one safe.directory in a global config of its own: _fetch_source.)"""
+    """git in one of the daemon's own git directories, named as such (-C would search the
+    folders above for a repository if the objects link were broken), with DAEMON_GIT_ENV. (A
+    fetch of a member's repository names its one safe.directory in a global config of its own:
+    _fetch_source.)"""
     return git(
-        ["-C", str(git_dir), *args],
-        env={**NO_GLOBAL_CONFIG, **(env or {})},
+        [f"--git-dir={git_dir}", *args],
+        env={**DAEMON_GIT_ENV, **(env or {})},
         timeout_s=timeout_s,
         stdin=stdin,
     )
@@ -371,33 +391,42 @@ def _commits_held(git_dir: Path, commits: Iterable[str]) -> set[str]:
     return held
 
 
-def _real_dir(path: Path) -> bool:
+def _links_to(link: Path, target: Path) -> bool:
     try:
-        return stat.S_ISDIR(path.lstat().st_mode)
+        return link.readlink() == target
     except OSError:
         return False
 
 
-def _unlink_old(folder: Path, name_re: re.Pattern[str], cutoff: float) -> None:
-    """Remove the files in `folder` named by `name_re` last changed before `cutoff`, through
-    the folder's own handle: a link a job put in its place is not followed."""
+def _open_dir(path: Path | str, *, dir_fd: int | None = None, create: bool = False) -> int:
+    """A handle on a real directory (made first if `create`); MirrorError for a link or
+    anything else."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, dir_fd=dir_fd)
     try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
     except OSError as exc:
-        log.warning("cannot look for stale uploads in %s: %s", folder, exc)
-        return
-    try:
-        with os.scandir(fd) as entries:
-            for entry in entries:
-                if not name_re.fullmatch(entry.name):
-                    continue
-                try:
-                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                        os.unlink(entry.name, dir_fd=fd)
-                except OSError as exc:
-                    log.warning("cannot remove stale upload %s/%s: %s", folder, entry.name, exc)
-    finally:
-        os.close(fd)
+        raise MirrorError(f"{path} is not a directory (a symbolic link?): {exc.strerror}") from None
+
+
+def _remove_old(folder_fd: int, name_re: re.Pattern[str], folder: Path) -> None:
+    """Remove what `folder` holds that `name_re` names and that was last changed a day ago or
+    more (STALE_UPLOAD_S), through the folder's handle: nothing is reached through a link."""
+    cutoff = time.time() - STALE_UPLOAD_S
+    with os.scandir(folder_fd) as entries:
+        stale = [e for e in entries if name_re.fullmatch(e.name)]
+    for entry in stale:
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if info.st_mtime >= cutoff:
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(entry.name, dir_fd=folder_fd)
+            else:
+                os.unlink(entry.name, dir_fd=folder_fd)
+        except OSError as exc:
+            log.warning("cannot remove stale %s/%s: %s", folder, entry.name, exc)
 
 
 def _shared_ref_commits(shared: Path) -> set[str]:

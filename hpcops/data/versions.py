@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hpcops.code.git import NO_GLOBAL_CONFIG, GitError, git_head
+from hpcops.code.git import DAEMON_GIT_ENV, GitError, git_head
 from hpcops.errors import HpcopsError
 from hpcops.yamlio import Document, YamlProblems, read_yaml
 
@@ -89,15 +89,16 @@ def parse_dvc_file(text: str, where: str) -> tuple[str, int | None, int | None]:
     )
 
 
-def read_version(mirror: str, commit: str, path: str) -> tuple[str, int | None, int | None]:
-    """The version of `path` at `commit`, from the .dvc file in the lab's code mirror."""
+def read_version(git_dir: str, commit: str, path: str) -> tuple[str, int | None, int | None]:
+    """The version of `path` at `commit`, from the .dvc file in the lab's code mirror (the
+    daemon's git directory of it: CodeMirror.git_dir)."""
     dvc_file = f"{path}.dvc"
     try:
         # One bounded read: a size asked first could be a swapped object's.
         data = git_head(
-            ["-C", mirror, "cat-file", "blob", f"{commit}:{dvc_file}"],
+            [f"--git-dir={git_dir}", "cat-file", "blob", f"{commit}:{dvc_file}"],
             MAX_DVC_FILE_BYTES + 1,
-            env=NO_GLOBAL_CONFIG,
+            env=DAEMON_GIT_ENV,
         )
     except GitError:
         raise DataVersionError(

@@ -116,6 +116,7 @@ def test_hooks_and_config_a_job_plants_in_the_mirror_never_run(
     ran = tmp_path / "ran"
     hook = f'#!/bin/sh\necho "$0" >> {ran}\n'
     shared = mirror.shared
+    (shared / "hooks").mkdir(exist_ok=True)
     for name in ("reference-transaction", "post-checkout", "pre-auto-gc", "post-update"):
         path = shared / "hooks" / name
         path.write_text(hook)
@@ -146,9 +147,16 @@ def test_hooks_and_config_a_job_plants_in_the_mirror_never_run(
     (decoy / "refs" / "heads" / "x").write_text("0" * 39 + "1\n")
     home = tmp_path / "account-home"  # the daemon account's home, shared with the jobs
     home.mkdir()
-    (home / ".gitconfig").write_text(planted)
+    # A template directory hands every new repository its config: a promisor's, here.
+    template = tmp_path / "template"
+    template.mkdir()
+    (template / "config").write_text(planted)
+    (home / ".gitconfig").write_text(f"{planted}[init]\n\ttemplateDir = {template}\n")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    fresh = CodeMirror(tmp_path / "code", state=tmp_path / "fresh-home" / "code-mirror")
+    fresh.ensure()  # an install or an upgrade after the job's work: a new git directory
+    assert "promisor" not in (fresh.git_dir / "config").read_text()
 
     assert mirror.fetch_url(str(tmp_path / "proj"), "main") == commit
     assert mirror.fetch_url(proj_url, "main") == commit
@@ -157,8 +165,9 @@ def test_hooks_and_config_a_job_plants_in_the_mirror_never_run(
     with pytest.raises(MirrorError):
         mirror.fetch_url("ssh://unreachable.invalid/lab/proj.git", "main")
     missing = "0123456789abcdef0123456789abcdef01234567"
-    assert mirror.have([missing, commit]) == {commit}  # no promisor asked for the missing one
-    assert mirror.parent_of(missing) is None
+    for each in (mirror, fresh):
+        assert each.have([missing, commit]) == {commit}  # no promisor asked for the missing one
+        assert each.parent_of(missing) is None
     assert not ran.exists(), ran.read_text()
     # The shared repository still serves jobs their checkouts: its objects are the mirror's.
     subprocess.run(["git", "-C", str(shared), "cat-file", "-e", commit], check=True)
@@ -230,3 +239,19 @@ def test_refs_an_older_mirror_kept_in_the_shared_repository_are_taken_over(
     ).stdout.split()
     assert sorted(out) == sorted(f"refs/hpcops/c/{c}" for c in commits)
     assert mirror.have(commits) == set(commits)
+
+
+def test_a_new_code_root_gets_the_git_directory_pointed_at_its_objects(tmp_path: Path) -> None:
+    """code.mirror_root changed: the daemon's git directory must read and write the objects
+    the jobs check out from, the new ones."""
+    state = tmp_path / "home" / "code-mirror"
+    old = CodeMirror(tmp_path / "old", state=state)
+    old.ensure()
+    commit = _repo(tmp_path / "proj")
+    assert old.fetch_url(str(tmp_path / "proj"), "main") == commit
+    new = CodeMirror(tmp_path / "new", state=state)
+    new.ensure()
+    assert (new.git_dir / "objects").readlink() == new.shared / "objects"
+    assert new.have([commit]) == set()
+    assert new.fetch_url(str(tmp_path / "proj"), "main") == commit
+    subprocess.run(["git", "-C", str(new.shared), "cat-file", "-e", commit], check=True)

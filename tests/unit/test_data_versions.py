@@ -41,19 +41,19 @@ def repo(tmp_path: Path) -> Path:
 
 def test_the_version_is_read_from_the_dvc_file_at_the_commit(repo: Path) -> None:
     commit = _commit(repo, {"ds.dvc": DS_DVC})
-    assert read_version(str(repo), commit, "ds") == (
+    assert read_version(str(repo / ".git"), commit, "ds") == (
         "3b4d9879fdfb0cb6cedd91bca0746737.dir",
         1000391,
         51,
     )
     with pytest.raises(DataVersionError, match=r"other\.dvc is not in the repository"):
-        read_version(str(repo), commit, "other")
+        read_version(str(repo / ".git"), commit, "other")
 
 
 def test_a_dvc_file_too_large_to_be_one_is_refused(repo: Path) -> None:
     commit = _commit(repo, {"ds.dvc": DS_DVC + "#" * MAX_DVC_FILE_BYTES})
     with pytest.raises(DataVersionError, match=r"bytes; not a \.dvc file"):
-        read_version(str(repo), commit, "ds")
+        read_version(str(repo / ".git"), commit, "ds")
 
 
 def test_an_object_swapped_after_its_size_was_read_is_never_read_whole(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import subprocess
 import sys
 import uuid
@@ -306,10 +307,16 @@ def test_a_parent_purged_from_slurm_still_holds_its_child_until_it_completed(
 def test_kill_9_between_a_parents_end_and_its_childs_release_releases_it_once(
     untracked: Daemon,
 ) -> None:
+    # The parent ends once the test opens its gate, after the daemon that is to die has started
+    # (a fixed sleep could end before a loaded machine's test saw it running: CI saw that).
+    gate = scratch_dir("hpcops-gate", mode=0o755) / "open"
+    wait_for_gate = (
+        f"for i in $(seq 1200); do [ -e {shlex.quote(str(gate))} ] && break; sleep 0.1; done"
+    )
     path, names = _write_pipeline(
         {"parent": {}, "child": {"after": ["parent"]}},
         {
-            "parent": _spec("parent", "prepare", command="sleep 3"),
+            "parent": _spec("parent", "prepare", command=wait_for_gate),
             "child": _spec("child", "prepare"),
         },
     )
@@ -323,6 +330,7 @@ def test_kill_9_between_a_parents_end_and_its_childs_release_releases_it_once(
     untracked.stop()
     untracked.start(HPCOPS_FAULT="after_step_opened")
     pid = untracked.pid()
+    gate.touch()
     # The parent's end is read from sacct (slurmdbd), which lags on a busy cluster.
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 150, "the daemon to die at the fault")
     runs = _runs(untracked, pipeline_id)

@@ -411,33 +411,47 @@ def test_an_unreadable_relay_store_costs_no_other_run_and_not_its_own_record(
     assert lab.store.tracking_backlog() == 0
 
 
-def test_an_artifact_the_server_refuses_costs_only_itself(
-    lab: Lab, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """MLflow answers 400 to an artifact path it will not take (`a%23b`), a proxy 413 to a
-    body too large: that file is left out with a warning, and neither its run's record nor any
-    other run's waits behind it (it held the outbox's oldest operation for ever)."""
-    import requests
-    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
-
+def _two_runs_one_relaying(lab: Lab, files: dict[str, str]) -> tuple[int, int]:
+    """Two running runs; the first's job relays `files` (name: text) as artifacts."""
     bad, good = lab.add(), lab.add()
     lab.drain()
     env = lab.start(bad, "41")
     lab.start(good, "42")
     artifacts = Path(env["MLFLOW_TRACKING_URI"][len("file://") :]) / "0" / env["MLFLOW_RUN_ID"]
     (artifacts / "artifacts").mkdir(parents=True, exist_ok=True)
-    (artifacts / "artifacts" / "a%23b").write_text("refused")
-    (artifacts / "artifacts" / "ok.txt").write_text("kept")
-    upload = LocalArtifactRepository.log_artifact
+    for name, text in files.items():
+        (artifacts / "artifacts" / name).write_text(text)
+    return bad, good
 
-    def refusing(repo: Any, local_file: str, artifact_path: str | None = None) -> None:
-        if local_file.endswith("%23b"):
+
+def _upload_answering(monkeypatch: pytest.MonkeyPatch, suffix: str, status: int) -> list[bool]:
+    """Uploads of files named ...`suffix` answered with HTTP `status` while the returned
+    switch is on."""
+    import requests
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    upload = LocalArtifactRepository.log_artifact
+    switch = [True]
+
+    def answering(repo: Any, local_file: str, artifact_path: str | None = None) -> None:
+        if switch[0] and local_file.endswith(suffix):
             answer = requests.Response()
-            answer.status_code = 400
-            raise requests.HTTPError("400 Client Error: BAD REQUEST", response=answer)
+            answer.status_code = status
+            raise requests.HTTPError(f"{status} Error (for the test)", response=answer)
         upload(repo, local_file, artifact_path)
 
-    monkeypatch.setattr(LocalArtifactRepository, "log_artifact", refusing)
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifact", answering)
+    return switch
+
+
+def test_an_artifact_the_server_refuses_costs_only_itself(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow answers 400 to an artifact path it will not take (`a%23b`), a proxy 413 to a
+    body too large: that file is left out with a warning, and neither its run's record nor any
+    other run's waits behind it (it held the outbox's oldest operation for ever)."""
+    bad, good = _two_runs_one_relaying(lab, {"a%23b": "refused", "ok.txt": "kept"})
+    _upload_answering(monkeypatch, "%23b", 400)
     lab.end(bad, RunState.COMPLETED, retried=False, exit_code=0)  # its "close" comes first
     lab.end(good, RunState.COMPLETED, retried=False, exit_code=0)
     lab.drain()
@@ -454,27 +468,8 @@ def test_a_request_failing_while_the_server_answers_holds_up_only_its_run(
     run's record waits with a back-off, the others are made, and the server is not taken for
     down (which would hold every run's record). Once the file goes through, the record is
     completed."""
-    import requests
-    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
-
-    bad, good = lab.add(), lab.add()
-    lab.drain()
-    env = lab.start(bad, "41")
-    lab.start(good, "42")
-    artifacts = Path(env["MLFLOW_TRACKING_URI"][len("file://") :]) / "0" / env["MLFLOW_RUN_ID"]
-    (artifacts / "artifacts").mkdir(parents=True, exist_ok=True)
-    (artifacts / "artifacts" / "model.pt").write_text("weights")
-    upload = LocalArtifactRepository.log_artifact
-    failing = [True]
-
-    def unavailable(repo: Any, local_file: str, artifact_path: str | None = None) -> None:
-        if failing[0] and local_file.endswith("model.pt"):
-            answer = requests.Response()
-            answer.status_code = 503
-            raise requests.HTTPError("503 Server Error: SERVICE UNAVAILABLE", response=answer)
-        upload(repo, local_file, artifact_path)
-
-    monkeypatch.setattr(LocalArtifactRepository, "log_artifact", unavailable)
+    bad, good = _two_runs_one_relaying(lab, {"model.pt": "weights"})
+    failing = _upload_answering(monkeypatch, "model.pt", 503)
     lab.end(bad, RunState.COMPLETED, retried=False, exit_code=0)  # its "close" comes first
     lab.end(good, RunState.COMPLETED, retried=False, exit_code=0)
     lab.drain()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from hpcops.backoff import backoff_s
 from hpcops.errors import TrackingRejected, TrackingUnreachable
 from hpcops.states import RunState
 from hpcops.store import Run, Store
@@ -29,9 +32,16 @@ _FINAL_MAX_PASSES = 1000
 
 
 class RelayForwarder:
-    def __init__(self, store: Store, roots: tuple[Path, ...]) -> None:
+    def __init__(
+        self, store: Store, roots: tuple[Path, ...], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.store = store
         self.roots = roots
+        self.clock = clock
+        # Relayed files whose copy failed, by (run, cursor): (failures, when to try again). Held
+        # back from the passes until then, so one file that keeps failing (4 GB read again and
+        # again) takes neither a pass's artifact budget nor the files listed after it.
+        self._copy_failed: dict[tuple[int, str], tuple[int, float]] = {}
 
     def forward_all(self, server: TrackingServer) -> None:
         """What is new in every relaying run's store; one run's failure costs only that run."""
@@ -53,8 +63,9 @@ class RelayForwarder:
         the job runs is, until the store is read to its end."""
         assert run.id is not None
         passes = _FINAL_MAX_PASSES if final else 1
+        failed_now: set[str] = set()  # tried once in this read: not again in its next passes
         for _ in range(passes):
-            if not self._pass(server, run, final=final):
+            if not self._pass(server, run, final=final, failed_now=failed_now):
                 return
         if final:
             log.error(
@@ -63,7 +74,7 @@ class RelayForwarder:
                 passes,
             )
 
-    def _pass(self, server: TrackingServer, run: Run, *, final: bool) -> bool:
+    def _pass(self, server: TrackingServer, run: Run, *, final: bool, failed_now: set[str]) -> bool:
         """One pass; whether it left more for another (and moved on: never the same again)."""
         assert run.id is not None and run.mlflow_run_id is not None
         assert run.mlflow_relay_dir is not None and run.mlflow_relay_run_id is not None
@@ -72,7 +83,13 @@ class RelayForwarder:
         cursors = self.store.relay_cursors(run.id)
         try:
             root, run_dir = anchor(self.roots, store.run_dir)
-            delta = relay.collect(root, run_dir, cursors, final=final)
+            now = self.clock()
+            held_back = failed_now | {
+                key
+                for (run_id, key), (_, retry_at) in self._copy_failed.items()
+                if run_id == run.id and retry_at > now
+            }
+            delta = relay.collect(root, run_dir, cursors, final=final, held_back=held_back)
         except (UnsafeFile, OSError) as exc:
             # The store is the job's: one it made unreadable (chmod 000, a link) or that NFS
             # lost (ESTALE, EIO) costs this run only this pass (the next tries again while the
@@ -88,9 +105,17 @@ class RelayForwarder:
             self.store.save_relay_cursors(run.id, delta.cursors)
         moved = bool(delta.cursors)
         for artifact in delta.artifacts:
+            failure = (run.id, artifact.cursor)
             if self._upload(server, run, root, artifact):
                 self.store.save_relay_cursors(run.id, {artifact.cursor: artifact.signature})
+                self._copy_failed.pop(failure, None)
                 moved = True
+            else:
+                failed_now.add(artifact.cursor)
+                failures = self._copy_failed.get(failure, (0, 0.0))[0] + 1
+                retry_at = self.clock() + backoff_s(failures, first_s=30.0, max_s=3600.0)
+                self._copy_failed[failure] = (failures, retry_at)
+                moved = True  # the next pass of a last read takes what it held back
         if (
             not final
             and run.state == RunState.RUNNING.value

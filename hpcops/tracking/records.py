@@ -26,7 +26,9 @@ RERUN_BY_TAG = "hpcops.rerun_by"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting: a sweep's point under its parent
 USER_TAG = "mlflow.user"
 RUN_NAME_TAG = "mlflow.runName"
-SOURCE_PREFIX = "mlflow.source."  # where the code came from: its repository and commit
+# Where the code came from, in MLflow's own tags (the rest of mlflow.source.* is the job's).
+REPO_TAG = "mlflow.source.git.repoURL"
+COMMIT_TAG = "mlflow.source.git.commit"
 SLURM_PREFIX = "slurm."  # Slurm's figures of the run's job and of each attempt
 PIPELINE_ID_TAG = "hpcops.pipeline_id"
 PIPELINE_STEP_TAG = "hpcops.pipeline_step"
@@ -59,8 +61,8 @@ def daemon_owned(key: str) -> bool:
     """Whether the daemon records this metric, param or tag key itself (every one this module
     makes is): a relayed job's own of the same name is not copied, or it would say what Slurm
     and the daemon say instead of them (an exit code, a state, the commit, a data version)."""
-    return key in (USER_TAG, RUN_NAME_TAG, PARENT_TAG) or key.startswith(
-        (TAG_PREFIX, SOURCE_PREFIX, SLURM_PREFIX)
+    return key in (USER_TAG, RUN_NAME_TAG, PARENT_TAG, REPO_TAG, COMMIT_TAG) or key.startswith(
+        (TAG_PREFIX, SLURM_PREFIX)
     )
 
 
@@ -147,10 +149,10 @@ def creation_tags(
     )
     if run.code_repo:
         tags["hpcops.git.repo"] = run.code_repo
-        tags[f"{SOURCE_PREFIX}git.repoURL"] = run.code_repo
+        tags[REPO_TAG] = run.code_repo
     if run.code_commit:
         tags["hpcops.git.commit"] = run.code_commit
-        tags[f"{SOURCE_PREFIX}git.commit"] = run.code_commit
+        tags[COMMIT_TAG] = run.code_commit
         tags["hpcops.git.dirty"] = "true" if run.code_dirty else "false"
         if run.code_dirty and run.code_checkout:
             # The snapshot of the uncommitted changes, in the lab's mirror: what a rerun checks out.

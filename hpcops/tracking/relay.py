@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 
@@ -198,15 +199,23 @@ def _keys(names: list[str]) -> list[str]:
     return [name for name in names if _KEY_RE.fullmatch(name) and not daemon_owned(name)]
 
 
-def collect(root: Path, run_dir: PurePath, cursors: dict[str, str], *, final: bool) -> Delta:
+def collect(
+    root: Path,
+    run_dir: PurePath,
+    cursors: dict[str, str],
+    *,
+    final: bool,
+    held_back: Set[str] = frozenset(),
+) -> Delta:
     """What in the file-store run at `root/run_dir` the cursors say was not sent yet, as much
-    as one pass holds (`Delta.more`: the rest waits for the next). The store is the job's:
-    every file is reached from `root` without following links (hpcops/transport/beneath.py),
-    and a file that cannot be read so is skipped, not fatal."""
+    as one pass holds (`Delta.more`: the rest waits for the next), leaving out the artifacts
+    whose cursor is `held_back` (their copy failed: tried again later). The store is the
+    job's: every file is reached from `root` without following links
+    (hpcops/transport/beneath.py), and a file that cannot be read so is skipped, not fatal."""
     delta = Delta()
     _collect_metrics(root, run_dir, cursors, delta)
     _collect_values(root, run_dir, cursors, delta, final=final)
-    _collect_artifacts(root, run_dir, cursors, delta)
+    _collect_artifacts(root, run_dir, cursors, delta, held_back)
     return delta
 
 
@@ -263,10 +272,12 @@ def _collect_values(
 
 
 def _collect_artifacts(
-    root: Path, run_dir: PurePath, cursors: dict[str, str], delta: Delta
+    root: Path, run_dir: PurePath, cursors: dict[str, str], delta: Delta, held_back: Set[str]
 ) -> None:
     budget = _PASS_MAX_ARTIFACT_BYTES
     for rel in _listed(root, run_dir / "artifacts"):
+        if f"artifact:{rel}" in held_back:
+            continue
         path = run_dir / "artifacts" / rel
         try:
             fd = open_beneath(root, path)

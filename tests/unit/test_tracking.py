@@ -187,7 +187,8 @@ def test_every_key_the_daemon_records_is_its_own() -> None:
     keys |= set(closing.tags) | set(attempted.tags)
     assert {"slurm.exit_code", "slurm.state", "mlflow.source.git.commit"} <= keys
     assert [k for k in sorted(keys) if not records.daemon_owned(k)] == []
-    assert not any(records.daemon_owned(k) for k in ("loss", "note", "mlflow.note.content"))
+    mine = ("loss", "note", "mlflow.note.content", "mlflow.source.name", "mlflow.source.type")
+    assert not any(records.daemon_owned(k) for k in mine)
 
 
 def test_instance_key_differs_per_home(tmp_path: Path) -> None:

@@ -218,11 +218,39 @@ def test_an_artifact_that_could_not_be_copied_is_uploaded_by_the_next_pass(
         return copy(*args, **kwargs)
 
     monkeypatch.setattr(forward, "copy_beneath", copy_once_failing)
+    now = [1000.0]
+    tracker.forwarder.clock = lambda: now[0]
     server = RecordingServer()
     tracker.forwarder.forward(server, run, final=False)  # type: ignore[arg-type]
     assert failed and server.uploads == {}
     tracker.forwarder.forward(server, run, final=False)  # type: ignore[arg-type]
+    assert server.uploads == {}, "held back a while: not copied again every pass"
+    now[0] += 60
+    tracker.forwarder.forward(server, run, final=False)  # type: ignore[arg-type]
     assert server.uploads == {"None/model.pt": b"weights"}
+
+
+def test_a_file_that_keeps_failing_to_copy_holds_up_no_other(
+    lab: tuple[Tracker, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last read of a store whose first artifact never copies (EIO): the files after it,
+    beyond what one pass takes, are still forwarded."""
+    tracker, tmp = lab
+    monkeypatch.setattr(relay, "_PASS_MAX_ARTIFACT_BYTES", 10)
+    run, files = _relaying(tracker, tmp)
+    for name in ("a-broken", "b", "c"):
+        (files / "artifacts" / name).write_bytes(b"0123456789")
+    copy = forward.copy_beneath
+
+    def failing_for_a(root: Path, path: Any, *args: Any, **kwargs: Any) -> int:
+        if path.name == "a-broken":
+            raise OSError(errno.EIO, "Input/output error")
+        return copy(root, path, *args, **kwargs)
+
+    monkeypatch.setattr(forward, "copy_beneath", failing_for_a)
+    server = RecordingServer()
+    tracker.forwarder.forward(server, run, final=True)  # type: ignore[arg-type]
+    assert sorted(server.uploads) == ["None/b", "None/c"]
 
 
 def test_the_last_pass_forwards_everything_a_pass_at_a_time(

@@ -64,15 +64,20 @@ class RelayForwarder:
         assert run.id is not None
         passes = _FINAL_MAX_PASSES if final else 1
         failed_now: set[str] = set()  # tried once in this read: not again in its next passes
-        for _ in range(passes):
-            if not self._pass(server, run, final=final, failed_now=failed_now):
-                return
-        if final:
-            log.error(
-                "run %s: its relay store holds more after %d passes; the rest is not forwarded",
-                run.id,
-                passes,
-            )
+        try:
+            for _ in range(passes):
+                if not self._pass(server, run, final=final, failed_now=failed_now):
+                    return
+            if final:
+                log.error(
+                    "run %s: its relay store holds more after %d passes; the rest is not forwarded",
+                    run.id,
+                    passes,
+                )
+        finally:
+            if final:  # the run's last read: what it held back is not tried again
+                for key in [k for k in self._copy_failed if k[0] == run.id]:
+                    del self._copy_failed[key]
 
     def _pass(self, server: TrackingServer, run: Run, *, final: bool, failed_now: set[str]) -> bool:
         """One pass; whether it left more for another (and moved on: never the same again)."""
@@ -123,7 +128,7 @@ class RelayForwarder:
         ):
             server.set_status(run.mlflow_run_id, records.RUNNING)
             self.store.save_relay_cursors(run.id, {"status": records.RUNNING})
-        if delta.more and not moved:  # every file it took failed to copy: the next pass tries
+        if delta.more and not moved:  # a pass that took nothing: the next would take nothing
             log.warning("run %s: its relay store holds more, but this pass took none", run.id)
         return delta.more and moved
 
